@@ -1,0 +1,35 @@
+//! The actors of the pipeline and the messages between them.
+//!
+//! ```text
+//! sources ─▶ Ingest ─▶ Enricher ─▶ Router ─▶ Decisor[0..n] ─┬─▶ Producer (upsert sink)
+//!               │                     │                      ├─▶ Producer (drop sink)
+//!               └── dead letters ─────┴──────────────────────┴─▶ HistoryWriter ─▶ history, dead-letter sink
+//! ```
+
+pub mod decisor;
+pub mod enricher;
+pub mod history;
+pub mod ingest;
+pub mod producer;
+pub mod router;
+pub mod sweep;
+
+pub use decisor::Decisor;
+pub use enricher::Enricher;
+pub use history::HistoryWriter;
+pub use ingest::Ingest;
+pub use producer::Producer;
+pub use router::Router;
+
+use chrono::{DateTime, Utc};
+
+use crate::decision::Business;
+use crate::event::AssetEvent;
+
+/// An event with its business data, on its way to a decision.
+#[derive(Debug)]
+pub struct Enriched {
+    pub event: AssetEvent,
+    pub business: Business,
+    pub enriched_at: DateTime<Utc>,
+}

@@ -1,0 +1,423 @@
+//! Decisor: one shard of the decision stage. It owns the asset keys the router hashes to it and
+//! decides their events one micro-batch at a time, in arrival order.
+//!
+//! Messages queue up inside the shard while a batch is being applied; the next batch is
+//! everything queued by then. A batch reads the control records of its keys at once, decides
+//! every event in order against them (so two events of one key in a batch see each other), and
+//! then applies the effects outward first: content, output events, control records, history,
+//! and only then the acknowledgements. A batch runs under `ctx.wait`, so no other message of this
+//! shard is handled until it is done: that is what keeps each key's events in order.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use futures_util::future::try_join_all;
+use tokio::sync::oneshot;
+
+use super::Enriched;
+use super::history::{DeadLetters, HistoryWriter, Record};
+use super::producer::{Producer, Publish};
+use crate::decide::{Verdict, judge};
+use crate::decision::{Change, DeadLetter, Decision, Drop, HistoryRow, Outcome, Stage, Upsert, decision_id};
+use crate::envelope::Envelope;
+use crate::event::EventKind;
+use crate::hash::{HashIgnore, content_hash};
+use crate::lookup::{CachedLookup, LookupKeys};
+use crate::metrics::Metrics;
+use crate::ports::{BackendError, BackendResult, ContentStore, ControlStore, FailureKind, SinkRecord};
+use crate::record::{ControlRecord, RecordStatus};
+use crate::retry::RetryPolicy;
+
+/// How many times a batch is decided again after losing a conditional write.
+const CONFLICT_ROUNDS: u32 = 5;
+
+/// Decide this running event.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Decide(pub Envelope<Enriched>);
+
+/// Resolves once every message sent to this shard before it is fully applied.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Barrier;
+
+/// Drop these assets of `source`, unless they are no longer live or were seen in `run_id`.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "BackendResult<usize>")]
+pub struct ApplyDrops {
+    pub source: String,
+    pub run_id: String,
+    /// The completion event's id.
+    pub event_id: String,
+    pub emitted_at: DateTime<Utc>,
+    pub keys: Vec<String>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+enum Item {
+    Event(Envelope<Enriched>),
+    Barrier(oneshot::Sender<()>),
+    Drops(ApplyDrops, oneshot::Sender<BackendResult<usize>>),
+}
+
+/// What every shard needs to decide and apply.
+pub struct DecisorDeps {
+    pub control: Arc<dyn ControlStore>,
+    pub content: Arc<dyn ContentStore>,
+    pub upserts: Addr<Producer>,
+    pub drops: Addr<Producer>,
+    pub history: Addr<HistoryWriter>,
+    pub lookup: Arc<CachedLookup>,
+    pub lookup_keys: LookupKeys,
+    pub ignore: HashIgnore,
+    pub retry: RetryPolicy,
+    pub metrics: Arc<Metrics>,
+}
+
+pub struct Decisor {
+    shard: usize,
+    deps: Arc<DecisorDeps>,
+    mailbox: usize,
+    queue: Vec<Item>,
+    scheduled: bool,
+}
+
+impl Decisor {
+    pub fn new(shard: usize, deps: Arc<DecisorDeps>, mailbox: usize) -> Self {
+        Decisor { shard, deps, mailbox, queue: Vec::new(), scheduled: false }
+    }
+
+    fn push(&mut self, item: Item, ctx: &mut Context<Self>) {
+        self.queue.push(item);
+        if !self.scheduled {
+            self.scheduled = true;
+            // notify runs after the mailbox is drained, so the batch takes all that is queued.
+            ctx.notify(Flush);
+        }
+    }
+}
+
+impl Actor for Decisor {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.mailbox);
+        tracing::debug!(shard = self.shard, "decisor started");
+    }
+}
+
+impl Handler<Decide> for Decisor {
+    type Result = ();
+    fn handle(&mut self, msg: Decide, ctx: &mut Context<Self>) {
+        self.push(Item::Event(msg.0), ctx);
+    }
+}
+
+impl Handler<Barrier> for Decisor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, _: Barrier, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.push(Item::Barrier(tx), ctx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+impl Handler<ApplyDrops> for Decisor {
+    type Result = ResponseFuture<BackendResult<usize>>;
+    fn handle(&mut self, msg: ApplyDrops, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.push(Item::Drops(msg, tx), ctx);
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(BackendError::transient("decisor", "drop", "shard stopped"))) })
+    }
+}
+
+impl Handler<Flush> for Decisor {
+    type Result = ();
+    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
+        self.scheduled = false;
+        let items = std::mem::take(&mut self.queue);
+        ctx.wait(actix::fut::wrap_future(run_batch(self.deps.clone(), items)));
+    }
+}
+
+async fn run_batch(deps: Arc<DecisorDeps>, items: Vec<Item>) {
+    let mut events = Vec::new();
+    for item in items {
+        match item {
+            Item::Event(env) => events.push(env),
+            Item::Barrier(tx) => {
+                apply_events(&deps, std::mem::take(&mut events)).await;
+                let _ = tx.send(());
+            }
+            Item::Drops(cmd, tx) => {
+                apply_events(&deps, std::mem::take(&mut events)).await;
+                let _ = tx.send(apply_drops(&deps, cmd).await);
+            }
+        }
+    }
+    apply_events(&deps, events).await;
+}
+
+/// One event of a batch, its key and hash computed once.
+struct Pending {
+    env: Envelope<()>,
+    enriched: Enriched,
+    key: String,
+    hash: String,
+}
+
+async fn apply_events(deps: &DecisorDeps, events: Vec<Envelope<Enriched>>) {
+    if events.is_empty() {
+        return;
+    }
+    let mut batch = Vec::with_capacity(events.len());
+    for env in events {
+        let (enriched, env) = env.split();
+        let EventKind::Running { name: _, body } = &enriched.event.kind else {
+            // The router never sends completions here; ack it rather than hold the partition.
+            env.ack.done();
+            continue;
+        };
+        let hash = content_hash(body, &deps.ignore);
+        let key = enriched.event.asset_key().unwrap_or_default();
+        batch.push(Pending { env, enriched, key, hash });
+    }
+    let mut round = 0;
+    let rows = loop {
+        round += 1;
+        match decide_and_publish(deps, &mut batch).await {
+            Ok(rows) => break rows,
+            Err((_, e)) if e.kind == FailureKind::Conflict && round < CONFLICT_ROUNDS => {
+                tracing::info!(error = %e, "control record changed under this batch; deciding again");
+            }
+            Err((stage, e)) => return dead_letter_all(deps, batch, stage, &e).await,
+        }
+    };
+    let n = rows.len();
+    if let Err(e) = deps.history.send(Record(rows)).await.unwrap_or_else(|_| Err(stopped("history"))) {
+        return dead_letter_all(deps, batch, Stage::History, &e).await;
+    }
+    tracing::trace!(events = n, "batch applied");
+    for p in batch {
+        p.env.ack.done();
+    }
+}
+
+fn stopped(what: &str) -> BackendError {
+    BackendError::transient(what, "send", "actor stopped")
+}
+
+/// Decides the batch against fresh control records and applies content, outputs and records.
+/// Returns the history rows to write, or the stage that failed.
+async fn decide_and_publish(deps: &DecisorDeps, batch: &mut [Pending]) -> Result<Vec<HistoryRow>, (Stage, BackendError)> {
+    let keys: Vec<String> = {
+        let mut seen = HashSet::new();
+        batch.iter().filter(|p| seen.insert(p.key.as_str())).map(|p| p.key.clone()).collect()
+    };
+    let mut records = deps.retry.run(|| deps.control.get_many(&keys)).await.map_err(|e| (Stage::Decide, e))?;
+    let mut dirty: Vec<String> = Vec::new();
+    let mut rows = Vec::with_capacity(batch.len());
+    let mut upserts = Vec::new();
+    let mut contents: Vec<(String, String, Vec<u8>)> = Vec::new();
+    let mut outcomes: HashMap<Outcome, u64> = HashMap::new();
+    let now = Utc::now();
+    for p in batch.iter() {
+        let ev = &p.enriched.event;
+        let EventKind::Running { name, body } = &ev.kind else { continue };
+        let prior = records.get(&p.key);
+        let verdict = judge(prior, &p.hash, ev.emitted_at);
+        let prior_version = prior.map_or(0, |r| r.version);
+        let outcome = match verdict {
+            Verdict::Stale => Outcome::Stale,
+            Verdict::Created => Outcome::Created,
+            Verdict::Updated => Outcome::Updated,
+            Verdict::Unchanged => Outcome::Unchanged,
+        };
+        let kind = match verdict {
+            Verdict::Created | Verdict::Updated => "upsert",
+            other => outcome_kind(other),
+        };
+        let id = decision_id(&ev.event_id, &p.key, kind, prior_version);
+        *outcomes.entry(outcome).or_default() += 1;
+        rows.push(HistoryRow {
+            asset_key: Some(p.key.clone()),
+            source: Some(ev.source.clone()),
+            event_id: Some(ev.event_id.clone()),
+            run_id: Some(ev.run_id.clone()),
+            outcome,
+            hash: Some(p.hash.clone()),
+            decision_id: id.clone(),
+            at: now,
+        });
+        if verdict == Verdict::Stale {
+            continue;
+        }
+        let previous_hash = prior.filter(|r| r.is_live()).map(|r| r.hash.clone());
+        let mut content_ref = prior.and_then(|r| r.content_ref.clone());
+        if matches!(verdict, Verdict::Created | Verdict::Updated) {
+            let cref = deps.content.content_ref(&p.key, &p.hash);
+            contents.push((p.key.clone(), p.hash.clone(), serde_json::to_vec(body).unwrap_or_default()));
+            let decision = Decision::Upsert(Upsert {
+                decision_id: id,
+                change: if verdict == Verdict::Created { Change::Created } else { Change::Updated },
+                asset_key: p.key.clone(),
+                source: ev.source.clone(),
+                run_id: ev.run_id.clone(),
+                event_id: ev.event_id.clone(),
+                hash: p.hash.clone(),
+                previous_hash,
+                content_ref: cref.clone(),
+                asset: body.clone(),
+                business: p.enriched.business.clone(),
+                decided_at: now,
+            });
+            upserts.push(sink_record(&decision));
+            content_ref = Some(cref);
+        }
+        let record = ControlRecord {
+            asset_key: p.key.clone(),
+            source: ev.source.clone(),
+            name: name.clone(),
+            hash: p.hash.clone(),
+            last_seen_run: ev.run_id.clone(),
+            last_seen_at: ev.emitted_at,
+            status: RecordStatus::Live,
+            dropped_at: None,
+            content_ref,
+            version: prior_version + 1,
+        };
+        if !dirty.contains(&p.key) {
+            dirty.push(p.key.clone());
+        }
+        records.insert(p.key.clone(), record);
+    }
+    // Content first: an upsert must never point at content that is not there.
+    contents.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    contents.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+    try_join_all(contents.iter().map(|(k, h, body)| deps.retry.run(move || deps.content.put(k, h, body))))
+        .await
+        .map_err(|e| (Stage::Decide, e))?;
+    if !upserts.is_empty() {
+        let n = upserts.len() as u64;
+        deps.upserts.send(Publish(upserts)).await.unwrap_or_else(|_| Err(stopped("upsert producer"))).map_err(|e| (Stage::Publish, e))?;
+        Metrics::add(&deps.metrics.upserts_published, n);
+    }
+    let changed: Vec<ControlRecord> = dirty.iter().filter_map(|k| records.remove(k)).collect();
+    if !changed.is_empty() {
+        deps.retry.run(|| deps.control.put_many(&changed)).await.map_err(|e| (Stage::Decide, e))?;
+    }
+    for (o, n) in outcomes {
+        deps.metrics.outcome(o, n);
+    }
+    Ok(rows)
+}
+
+fn outcome_kind(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Stale => "stale",
+        Verdict::Unchanged => "unchanged",
+        Verdict::Created | Verdict::Updated => "upsert",
+    }
+}
+
+pub(crate) fn sink_record(decision: &Decision) -> SinkRecord {
+    SinkRecord {
+        key: decision.asset_key().to_owned(),
+        decision_id: decision.decision_id().to_owned(),
+        event_id: Some(decision.event_id().to_owned()),
+        // Serializing plain data with string keys cannot fail.
+        payload: serde_json::to_vec(decision).unwrap_or_default(),
+    }
+}
+
+async fn dead_letter_all(deps: &DecisorDeps, batch: Vec<Pending>, stage: Stage, error: &BackendError) {
+    let letters = batch
+        .into_iter()
+        .map(|p| {
+            let mut dl = DeadLetter::new(stage, "backend", error.to_string(), &p.env.raw, Some(p.enriched.event.event_id.clone()), p.env.origin.clone(), p.env.attempts);
+            dl.asset_key = Some(p.key);
+            (dl, p.env.ack)
+        })
+        .collect();
+    if deps.history.send(DeadLetters(letters)).await.is_err() {
+        tracing::error!("history writer stopped; dead letters left unacknowledged for re-delivery");
+    }
+}
+
+/// Applies the drops a completion sweep assigned to this shard.
+async fn apply_drops(deps: &DecisorDeps, cmd: ApplyDrops) -> BackendResult<usize> {
+    let mut round = 0;
+    loop {
+        round += 1;
+        match try_apply_drops(deps, &cmd).await {
+            Err(e) if e.kind == FailureKind::Conflict && round < CONFLICT_ROUNDS => continue,
+            other => return other,
+        }
+    }
+}
+
+async fn try_apply_drops(deps: &DecisorDeps, cmd: &ApplyDrops) -> BackendResult<usize> {
+    let records = deps.retry.run(|| deps.control.get_many(&cmd.keys)).await?;
+    let now = Utc::now();
+    let mut outputs = Vec::new();
+    let mut changed = Vec::new();
+    let mut rows = Vec::new();
+    for key in &cmd.keys {
+        let Some(r) = records.get(key) else { continue };
+        if !r.is_live() || r.last_seen_run == cmd.run_id || r.source != cmd.source {
+            continue;
+        }
+        let business = match deps.lookup_keys.params_for_asset(&r.source, &r.name) {
+            Some(params) => deps.lookup.get(&params).await?,
+            None => None,
+        };
+        let id = decision_id(&cmd.event_id, key, "drop", r.version);
+        outputs.push(sink_record(&Decision::Drop(Drop {
+            decision_id: id.clone(),
+            asset_key: key.clone(),
+            source: r.source.clone(),
+            run_id: cmd.run_id.clone(),
+            event_id: cmd.event_id.clone(),
+            last_seen_run: r.last_seen_run.clone(),
+            hash: r.hash.clone(),
+            business,
+            decided_at: now,
+        })));
+        rows.push(HistoryRow {
+            asset_key: Some(key.clone()),
+            source: Some(r.source.clone()),
+            event_id: Some(cmd.event_id.clone()),
+            run_id: Some(cmd.run_id.clone()),
+            outcome: Outcome::Dropped,
+            hash: Some(r.hash.clone()),
+            decision_id: id,
+            at: now,
+        });
+        let mut next = r.clone();
+        next.status = RecordStatus::Dropped;
+        next.dropped_at = Some(cmd.emitted_at);
+        next.version += 1;
+        changed.push(next);
+    }
+    if outputs.is_empty() {
+        return Ok(0);
+    }
+    let n = outputs.len();
+    deps.drops.send(Publish(outputs)).await.unwrap_or_else(|_| Err(stopped("drop producer")))?;
+    Metrics::add(&deps.metrics.drops_published, n as u64);
+    deps.retry.run(|| deps.control.put_many(&changed)).await?;
+    deps.history.send(Record(rows)).await.unwrap_or_else(|_| Err(stopped("history")))?;
+    deps.metrics.outcome(Outcome::Dropped, n as u64);
+    Ok(n)
+}
+
+impl Handler<crate::forward::Ping> for Decisor {
+    type Result = ();
+    fn handle(&mut self, _: crate::forward::Ping, _: &mut Context<Self>) {}
+}

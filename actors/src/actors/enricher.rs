@@ -1,0 +1,84 @@
+//! Enricher: attaches business data to each running event, looked up by the configured
+//! pointers through the cached [`Lookup`](crate::ports::Lookup); completions pass untouched.
+//!
+//! A cache miss pauses the enricher (`ctx.wait`) until the lookup is back, so events leave in the
+//! order they came. A lookup that still fails after the retries dead-letters its event (stage
+//! `enrich`, kind `backend`); a key that finds nothing is `business: null`, not an error.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use chrono::Utc;
+
+use super::Enriched;
+use super::history::{DeadLetters, HistoryWriter};
+use super::router::{Route, Router};
+use crate::decision::{Business, DeadLetter, Stage};
+use crate::envelope::Envelope;
+use crate::event::{AssetEvent, EventKind};
+use crate::forward::{Ping, forward_from};
+use crate::lookup::{CachedLookup, LookupKeys};
+use crate::ports::BackendError;
+
+/// Enrich this event.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Enrich(pub Envelope<AssetEvent>);
+
+pub struct Enricher {
+    lookup: Arc<CachedLookup>,
+    keys: LookupKeys,
+    router: Addr<Router>,
+    history: Addr<HistoryWriter>,
+    mailbox: usize,
+}
+
+impl Enricher {
+    pub fn new(lookup: Arc<CachedLookup>, keys: LookupKeys, router: Addr<Router>, history: Addr<HistoryWriter>, mailbox: usize) -> Self {
+        Enricher { lookup, keys, router, history, mailbox }
+    }
+
+    fn pass(&mut self, env: Envelope<AssetEvent>, business: Business, ctx: &mut Context<Self>) {
+        let env = env.map(|event| Enriched { event, business, enriched_at: Utc::now() });
+        forward_from::<Self, _, _>(ctx, &self.router, Route(env));
+    }
+
+    fn fail(&mut self, env: Envelope<AssetEvent>, error: BackendError, ctx: &mut Context<Self>) {
+        let mut dl = DeadLetter::new(Stage::Enrich, "backend", error.to_string(), &env.raw, Some(env.body.event_id.clone()), env.origin.clone(), env.attempts);
+        dl.asset_key = env.body.asset_key();
+        forward_from::<Self, _, _>(ctx, &self.history, DeadLetters(vec![(dl, env.ack)]));
+    }
+}
+
+impl Actor for Enricher {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.mailbox);
+    }
+}
+
+impl Handler<Enrich> for Enricher {
+    type Result = ();
+    fn handle(&mut self, msg: Enrich, ctx: &mut Context<Self>) {
+        let env = msg.0;
+        if matches!(env.body.kind, EventKind::Completed { .. }) {
+            return self.pass(env, None, ctx);
+        }
+        let Some(params) = self.keys.params(&env.body) else {
+            return self.pass(env, None, ctx);
+        };
+        if let Some(business) = self.lookup.cached(&params) {
+            return self.pass(env, business, ctx);
+        }
+        let lookup = self.lookup.clone();
+        ctx.wait(actix::fut::wrap_future::<_, Self>(async move { lookup.get(&params).await }).map(move |result, act, ctx| match result {
+            Ok(business) => act.pass(env, business, ctx),
+            Err(e) => act.fail(env, e, ctx),
+        }));
+    }
+}
+
+impl Handler<Ping> for Enricher {
+    type Result = ();
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
+}

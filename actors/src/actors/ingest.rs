@@ -1,0 +1,174 @@
+//! Ingest: one per source. Pulls raw messages, checks size, decodes and validates them, sends
+//! valid events on to the Enricher and invalid ones to the dead-letter path, and commits the
+//! source's watermark as acknowledgements come back.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::{oneshot, watch};
+
+use super::enricher::{Enrich, Enricher};
+use super::history::{DeadLetters, HistoryWriter};
+use crate::decision::{DeadLetter, Stage};
+use crate::envelope::Envelope;
+use crate::event::{RejectKind, decode};
+use crate::forward::forward;
+use crate::metrics::Metrics;
+use crate::ports::{Pull, Source};
+use std::sync::Arc;
+
+/// How an Ingest reads.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub max_event_bytes: usize,
+    /// Messages asked of the source per pull.
+    pub pull_batch: usize,
+    /// How often the watermark is committed while messages flow.
+    pub commit_interval: Duration,
+    /// After a stop, how long in-flight messages get to finish before the ingest gives up on them.
+    pub drain_timeout: Duration,
+}
+
+pub struct Ingest {
+    name: String,
+    source: Option<Box<dyn Source>>,
+    enricher: Addr<Enricher>,
+    history: Addr<HistoryWriter>,
+    settings: IngestSettings,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+    drained: Option<oneshot::Sender<()>>,
+}
+
+impl Ingest {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        source: Box<dyn Source>,
+        enricher: Addr<Enricher>,
+        history: Addr<HistoryWriter>,
+        settings: IngestSettings,
+        metrics: Arc<Metrics>,
+        stop: watch::Receiver<bool>,
+        drained: oneshot::Sender<()>,
+    ) -> Self {
+        Ingest { name, source: Some(source), enricher, history, settings, metrics, stop, drained: Some(drained) }
+    }
+}
+
+impl Actor for Ingest {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let Some(source) = self.source.take() else { return };
+        let run = IngestLoop {
+            name: self.name.clone(),
+            source,
+            enricher: self.enricher.clone(),
+            history: self.history.clone(),
+            settings: self.settings.clone(),
+            metrics: self.metrics.clone(),
+            stop: self.stop.clone(),
+        };
+        let drained = self.drained.take();
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(run.run()).map(move |_, _, ctx| {
+            if let Some(tx) = drained {
+                let _ = tx.send(());
+            }
+            ctx.stop();
+        }));
+    }
+}
+
+struct IngestLoop {
+    name: String,
+    source: Box<dyn Source>,
+    enricher: Addr<Enricher>,
+    history: Addr<HistoryWriter>,
+    settings: IngestSettings,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+}
+
+impl IngestLoop {
+    async fn run(mut self) {
+        let mut last_commit = Instant::now();
+        let mut idle_pause = Duration::from_millis(5);
+        loop {
+            if *self.stop.borrow() {
+                break;
+            }
+            let pulled = tokio::select! {
+                r = self.source.pull(self.settings.pull_batch) => r,
+                _ = self.stop.changed() => break,
+            };
+            match pulled {
+                Ok(Pull::Messages(msgs)) => {
+                    idle_pause = Duration::from_millis(5);
+                    for m in msgs {
+                        if !self.admit(m).await {
+                            return;
+                        }
+                    }
+                }
+                Ok(Pull::Idle) => {
+                    self.commit().await;
+                    last_commit = Instant::now();
+                    tokio::select! {
+                        _ = tokio::time::sleep(idle_pause) => {},
+                        _ = self.stop.changed() => break,
+                    }
+                    idle_pause = (idle_pause * 2).min(Duration::from_millis(200));
+                }
+                Ok(Pull::Drained) => break,
+                Err(e) => {
+                    tracing::error!(source = %self.name, error = %e, "reading the source failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            if last_commit.elapsed() >= self.settings.commit_interval {
+                self.commit().await;
+                last_commit = Instant::now();
+            }
+        }
+        self.drain().await;
+    }
+
+    /// Decodes one message and hands it on; false once the pipeline behind is gone.
+    async fn admit(&mut self, m: crate::ports::RawMessage) -> bool {
+        Metrics::add(&self.metrics.events_in, 1);
+        match decode(&m.bytes, self.settings.max_event_bytes) {
+            Ok(event) => {
+                let env = Envelope { body: event, raw: m.bytes.into(), origin: m.origin, attempts: 1, ack: m.ack };
+                forward(&self.enricher, Enrich(env)).await.is_ok()
+            }
+            Err(rejection) => {
+                let stage = if rejection.kind == RejectKind::InvalidEvent { Stage::Validate } else { Stage::Decode };
+                let dl = DeadLetter::new(stage, rejection.kind.as_str(), rejection.message, &m.bytes, rejection.event_id, m.origin, 1);
+                forward(&self.history, DeadLetters(vec![(dl, m.ack)])).await.is_ok()
+            }
+        }
+    }
+
+    async fn commit(&mut self) {
+        if let Err(e) = self.source.commit().await {
+            tracing::warn!(source = %self.name, error = %e, "committing the source position failed; will retry");
+        }
+    }
+
+    /// Waits for what is in flight to be acknowledged, committing as it goes.
+    async fn drain(&mut self) {
+        let started = Instant::now();
+        loop {
+            self.commit().await;
+            if self.source.outstanding() == 0 {
+                break;
+            }
+            if *self.stop.borrow() && started.elapsed() >= self.settings.drain_timeout {
+                tracing::warn!(source = %self.name, outstanding = self.source.outstanding(), "drain timed out; unacknowledged messages will be re-delivered after restart");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.commit().await;
+    }
+}

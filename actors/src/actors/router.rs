@@ -1,0 +1,142 @@
+//! Router: sends each running event to the shard that owns its asset key, and turns each
+//! completion into a sweep that waits behind a barrier on every shard.
+//!
+//! While a source's completion is being swept, that source's later events are held here (in
+//! order, up to the mailbox bound) so that a run's drops are decided before the next run's
+//! events; other sources keep flowing. When a completion says how many assets its run has
+//! (`expected_assets`), that run's own late events still pass, since the sweep waits for them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio::sync::watch;
+
+use super::Enriched;
+use super::decisor::{Decide, Decisor};
+use super::sweep::{self, SweepDeps, shard_of};
+use crate::envelope::Envelope;
+use crate::event::EventKind;
+use crate::forward::{Ping, forward_from};
+
+/// Route this event.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Route(pub Envelope<Enriched>);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SweepDone {
+    source: String,
+    generation: u64,
+}
+
+struct PendingSweep {
+    generation: u64,
+    run_id: String,
+    /// The completion waits for its run's assets: let that run's events through.
+    passes_run: bool,
+    held: VecDeque<Envelope<Enriched>>,
+    done: watch::Receiver<bool>,
+}
+
+pub struct Router {
+    shards: Vec<Addr<Decisor>>,
+    sweep: Arc<SweepDeps>,
+    mailbox: usize,
+    pending: HashMap<String, PendingSweep>,
+    generation: u64,
+}
+
+impl Router {
+    pub fn new(sweep: Arc<SweepDeps>, mailbox: usize) -> Self {
+        Router { shards: sweep.shards.clone(), sweep, mailbox, pending: HashMap::new(), generation: 0 }
+    }
+
+    fn route(&mut self, env: Envelope<Enriched>, ctx: &mut Context<Self>) {
+        let ev = &env.body.event;
+        if let Some(p) = self.pending.get_mut(&ev.source) {
+            let passes = p.passes_run && ev.run_id == p.run_id && matches!(ev.kind, EventKind::Running { .. });
+            if !passes {
+                p.held.push_back(env);
+                if p.held.len() >= self.mailbox {
+                    // Held events are at their bound: stop taking anything until the sweep ends.
+                    let mut done = p.done.clone();
+                    let (source, generation) = (p_source(&p.held), p.generation);
+                    ctx.wait(actix::fut::wrap_future::<_, Self>(async move {
+                        let _ = done.wait_for(|d| *d).await;
+                    })
+                    .map(move |_, act, ctx| act.release(&source, generation, ctx)));
+                }
+                return;
+            }
+        }
+        match ev.kind {
+            EventKind::Running { .. } => {
+                let key = ev.asset_key().unwrap_or_default();
+                let shard = shard_of(&key, self.shards.len());
+                forward_from::<Self, _, _>(ctx, &self.shards[shard], Decide(env));
+            }
+            EventKind::Completed { expected_assets } => self.start_sweep(env, expected_assets.is_some(), ctx),
+        }
+    }
+
+    fn start_sweep(&mut self, env: Envelope<Enriched>, passes_run: bool, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        let generation = self.generation;
+        let (tx, rx) = watch::channel(false);
+        let source = env.body.event.source.clone();
+        self.pending.insert(
+            source.clone(),
+            PendingSweep { generation, run_id: env.body.event.run_id.clone(), passes_run, held: VecDeque::new(), done: rx },
+        );
+        let deps = self.sweep.clone();
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            sweep::run(&deps, env).await;
+            let _ = tx.send(true);
+            me.do_send(SweepDone { source, generation });
+        });
+    }
+
+    /// Ends a sweep: its held events are routed again, in order (one may start the next sweep).
+    fn release(&mut self, source: &str, generation: u64, ctx: &mut Context<Self>) {
+        if self.pending.get(source).map(|p| p.generation) != Some(generation) {
+            return;
+        }
+        let Some(p) = self.pending.remove(source) else { return };
+        for env in p.held {
+            self.route(env, ctx);
+        }
+    }
+}
+
+fn p_source(held: &VecDeque<Envelope<Enriched>>) -> String {
+    held.front().map(|e| e.body.event.source.clone()).unwrap_or_default()
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.mailbox);
+    }
+}
+
+impl Handler<Route> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: Route, ctx: &mut Context<Self>) {
+        self.route(msg.0, ctx);
+    }
+}
+
+impl Handler<SweepDone> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: SweepDone, ctx: &mut Context<Self>) {
+        self.release(&msg.source, msg.generation, ctx);
+    }
+}
+
+impl Handler<Ping> for Router {
+    type Result = ();
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
+}

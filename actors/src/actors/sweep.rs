@@ -1,0 +1,136 @@
+//! The completion sweep (EVENTS.md §3.2, §3.3): barrier, wait for expected assets, drop guard,
+//! drops applied by the shards that own them, and the `completed` history row.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::Utc;
+use futures_util::future::join_all;
+
+use super::Enriched;
+use super::decisor::{ApplyDrops, Barrier, Decisor};
+use super::history::{DeadLetters, HistoryWriter, Record};
+use crate::decide::{SweepPlan, plan_sweep};
+use crate::decision::{DeadLetter, HistoryRow, Outcome, Stage, decision_id};
+use crate::envelope::Envelope;
+use crate::event::EventKind;
+use crate::metrics::Metrics;
+use crate::ports::ControlStore;
+use crate::retry::RetryPolicy;
+
+/// Longest pause between two checks of a run that has not yet seen its expected assets.
+const EXPECTED_POLL: Duration = Duration::from_millis(200);
+
+/// What a sweep needs.
+pub struct SweepDeps {
+    pub shards: Vec<Addr<Decisor>>,
+    pub control: Arc<dyn ControlStore>,
+    pub history: Addr<HistoryWriter>,
+    pub retry: RetryPolicy,
+    pub max_drop_fraction: f64,
+    pub completion_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The shard that owns an asset key: stable for the life of the process.
+pub fn shard_of(asset_key: &str, shards: usize) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    (BuildHasherDefault::<DefaultHasher>::default().hash_one(asset_key) % shards.max(1) as u64) as usize
+}
+
+/// Runs the sweep of one completion and acknowledges it once every effect is durable.
+pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
+    let (enriched, env) = env.split();
+    let ev = enriched.event;
+    let expected = match ev.kind {
+        EventKind::Completed { expected_assets } => expected_assets,
+        EventKind::Running { .. } => None,
+    };
+    let dead = |kind: &str, stage: Stage, message: String| {
+        DeadLetter::new(stage, kind, message, &env.raw, Some(ev.event_id.clone()), env.origin.clone(), env.attempts)
+    };
+    let started = Instant::now();
+    let plan: SweepPlan = loop {
+        // Every message sent to a shard before this barrier is applied once it returns.
+        join_all(deps.shards.iter().map(|s| s.send(Barrier))).await;
+        let records = match deps.retry.run(|| deps.control.list_source(&ev.source)).await {
+            Ok(r) => r,
+            Err(e) => {
+                let dl = dead("backend", Stage::Decide, format!("completion of run `{}`: {e}", ev.run_id));
+                return finish_dead(deps, dl, env.ack).await;
+            }
+        };
+        let plan = plan_sweep(&records, &ev.run_id, deps.max_drop_fraction);
+        match expected {
+            Some(n) if (plan.seen_in_run as u64) < n => {
+                let waited = started.elapsed();
+                if waited >= deps.completion_timeout {
+                    let msg = format!(
+                        "completion of run `{}` of source `{}` expected {n} assets but {} arrived within decisor.completion_timeout ({:?}); nothing dropped",
+                        ev.run_id, ev.source, plan.seen_in_run, deps.completion_timeout
+                    );
+                    return finish_dead(deps, dead("incomplete_run", Stage::Decide, msg), env.ack).await;
+                }
+                tokio::time::sleep(EXPECTED_POLL.min(deps.completion_timeout - waited)).await;
+            }
+            _ => break plan,
+        }
+    };
+    if plan.guarded {
+        let msg = format!(
+            "completion of run `{}` of source `{}` would drop {} of {} live assets, over decisor.max_drop_fraction = {}; nothing dropped",
+            ev.run_id,
+            ev.source,
+            plan.to_drop.len(),
+            plan.live,
+            deps.max_drop_fraction
+        );
+        return finish_dead(deps, dead("drop_guard", Stage::Decide, msg), env.ack).await;
+    }
+    let n = deps.shards.len();
+    let mut per_shard: Vec<Vec<String>> = vec![Vec::new(); n];
+    for key in plan.to_drop {
+        per_shard[shard_of(&key, n)].push(key);
+    }
+    let calls = per_shard.into_iter().enumerate().filter(|(_, keys)| !keys.is_empty()).map(|(i, keys)| {
+        deps.shards[i].send(ApplyDrops {
+            source: ev.source.clone(),
+            run_id: ev.run_id.clone(),
+            event_id: ev.event_id.clone(),
+            emitted_at: ev.emitted_at,
+            keys,
+        })
+    });
+    for result in join_all(calls).await {
+        let result = result.unwrap_or_else(|_| Err(crate::ports::BackendError::transient("decisor", "drop", "shard stopped")));
+        if let Err(e) = result {
+            let dl = dead("backend", Stage::Decide, format!("drops of run `{}`: {e}", ev.run_id));
+            return finish_dead(deps, dl, env.ack).await;
+        }
+    }
+    let row = HistoryRow {
+        asset_key: None,
+        source: Some(ev.source.clone()),
+        event_id: Some(ev.event_id.clone()),
+        run_id: Some(ev.run_id.clone()),
+        outcome: Outcome::Completed,
+        hash: None,
+        decision_id: decision_id(&ev.event_id, &ev.source, "completed", 0),
+        at: Utc::now(),
+    };
+    match deps.history.send(Record(vec![row])).await {
+        Ok(Ok(())) => {
+            deps.metrics.outcome(Outcome::Completed, 1);
+            env.ack.done();
+        }
+        Ok(Err(e)) => finish_dead(deps, dead("backend", Stage::History, e.to_string()), env.ack).await,
+        Err(_) => tracing::error!("history writer stopped; completion left unacknowledged for re-delivery"),
+    }
+}
+
+async fn finish_dead(deps: &SweepDeps, dl: DeadLetter, ack: crate::envelope::Ack) {
+    if deps.history.send(DeadLetters(vec![(dl, ack)])).await.is_err() {
+        tracing::error!("history writer stopped; completion left unacknowledged for re-delivery");
+    }
+}

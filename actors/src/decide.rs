@@ -1,0 +1,113 @@
+//! The decision rules of EVENTS.md §3 as pure functions, free of actors and I/O.
+
+use chrono::{DateTime, Utc};
+
+use crate::record::ControlRecord;
+
+/// What a `running` event means for its asset (EVENTS.md §3.1, first match wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The record has newer news; nothing changes.
+    Stale,
+    /// New asset, or one that had been dropped: upsert with `change = "created"`.
+    Created,
+    /// Live asset whose content hash changed: upsert with `change = "updated"`.
+    Updated,
+    /// Live asset, same hash: only `last_seen_*` moves.
+    Unchanged,
+}
+
+/// Applies §3.1 to the record of an asset (if any) and an event with hash `hash` emitted at `at`.
+pub fn judge(record: Option<&ControlRecord>, hash: &str, at: DateTime<Utc>) -> Verdict {
+    match record {
+        Some(r) if r.last_seen_at > at => Verdict::Stale,
+        None => Verdict::Created,
+        Some(r) if !r.is_live() => Verdict::Created,
+        Some(r) if r.hash != hash => Verdict::Updated,
+        Some(_) => Verdict::Unchanged,
+    }
+}
+
+/// What a completion of run `run` would do to its source's records (EVENTS.md §3.2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepPlan {
+    /// Live records of the source before the sweep.
+    pub live: usize,
+    /// Records whose `last_seen_run` is the completed run (what `expected_assets` counts).
+    pub seen_in_run: usize,
+    /// Asset keys of live records not seen in the run, in key order.
+    pub to_drop: Vec<String>,
+    /// The drop guard holds: dropping `to_drop` would remove more than the allowed fraction.
+    pub guarded: bool,
+}
+
+/// Plans the sweep of a completed run over all records of its source.
+pub fn plan_sweep<'a>(records: impl IntoIterator<Item = &'a ControlRecord>, run: &str, max_drop_fraction: f64) -> SweepPlan {
+    let mut live = 0;
+    let mut seen_in_run = 0;
+    let mut to_drop = Vec::new();
+    for r in records {
+        if r.last_seen_run == run {
+            seen_in_run += 1;
+        }
+        if r.is_live() {
+            live += 1;
+            if r.last_seen_run != run {
+                to_drop.push(r.asset_key.clone());
+            }
+        }
+    }
+    to_drop.sort_unstable();
+    let guarded = !to_drop.is_empty() && (to_drop.len() as f64) > max_drop_fraction * (live as f64);
+    SweepPlan { live, seen_in_run, to_drop, guarded }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::AssetName;
+    use crate::record::RecordStatus;
+
+    fn rec(key: &str, hash: &str, run: &str, at: &str, status: RecordStatus) -> ControlRecord {
+        ControlRecord {
+            asset_key: key.into(),
+            source: "s".into(),
+            name: AssetName { database: "d".into(), schema: "s".into(), table: key.into() },
+            hash: hash.into(),
+            last_seen_run: run.into(),
+            last_seen_at: at.parse().unwrap(),
+            status,
+            dropped_at: None,
+            content_ref: None,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn first_rule_that_matches_applies() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let live = rec("k", "h", "r1", "2026-01-01T10:00:00Z", RecordStatus::Live);
+        let dropped = rec("k", "h", "r1", "2026-01-01T10:00:00Z", RecordStatus::Dropped);
+        assert_eq!(judge(None, "h", t("2026-01-01T09:00:00Z")), Verdict::Created);
+        assert_eq!(judge(Some(&live), "x", t("2026-01-01T09:00:00Z")), Verdict::Stale);
+        assert_eq!(judge(Some(&dropped), "h", t("2026-01-01T09:00:00Z")), Verdict::Stale);
+        assert_eq!(judge(Some(&dropped), "h", t("2026-01-01T10:00:00Z")), Verdict::Created);
+        assert_eq!(judge(Some(&live), "x", t("2026-01-01T10:00:00Z")), Verdict::Updated);
+        assert_eq!(judge(Some(&live), "h", t("2026-01-01T10:00:00Z")), Verdict::Unchanged);
+    }
+
+    #[test]
+    fn drop_guard_allows_exactly_the_fraction() {
+        let at = "2026-01-01T10:00:00Z";
+        let rs = [
+            rec("a", "h", "r2", at, RecordStatus::Live),
+            rec("b", "h", "r1", at, RecordStatus::Live),
+            rec("c", "h", "r1", at, RecordStatus::Dropped),
+        ];
+        let plan = plan_sweep(&rs, "r2", 0.5);
+        assert_eq!((plan.live, plan.seen_in_run, plan.to_drop.clone(), plan.guarded), (2, 1, vec!["b".to_string()], false));
+        let plan = plan_sweep(&rs, "r3", 0.5);
+        assert!(plan.guarded, "dropping 2 of 2 is over half");
+        assert!(!plan_sweep(&rs, "r3", 1.0).guarded);
+    }
+}

@@ -1,0 +1,315 @@
+//! What the pipeline emits: decisions (upsert, drop), dead letters and history rows.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The business data attached by enrichment, shared between the decisions that carry it.
+pub type Business = Option<Arc<Map<String, Value>>>;
+
+/// A deterministic decision id: the same event, asset, kind of decision and prior record version
+/// always give the same id, so a replay after a crash or a redrive repeats it exactly. The
+/// prior version tells apart two genuinely different decisions of one re-delivered event (say, a
+/// `created` before a drop and another after it).
+pub fn decision_id(event_id: &str, asset_key: &str, kind: &str, prior_version: u64) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in [event_id.as_bytes(), asset_key.as_bytes(), kind.as_bytes()] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update(&prior_version.to_le_bytes());
+    let hex = h.finalize().to_hex();
+    hex[..32].to_owned()
+}
+
+/// Timestamps in outputs: RFC 3339, UTC, millisecond precision.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// `created` or `updated`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Created,
+    Updated,
+}
+
+/// An upsert: the asset is new or changed (EVENTS.md §4.1).
+#[derive(Debug, Clone, Serialize)]
+pub struct Upsert {
+    pub decision_id: String,
+    pub change: Change,
+    pub asset_key: String,
+    pub source: String,
+    pub run_id: String,
+    pub event_id: String,
+    pub hash: String,
+    pub previous_hash: Option<String>,
+    pub content_ref: String,
+    pub asset: Value,
+    pub business: Business,
+    #[serde(serialize_with = "ser_time")]
+    pub decided_at: DateTime<Utc>,
+}
+
+/// A drop: a live asset not seen in a completed run of its source (EVENTS.md §4.2).
+#[derive(Debug, Clone, Serialize)]
+pub struct Drop {
+    pub decision_id: String,
+    pub asset_key: String,
+    pub source: String,
+    pub run_id: String,
+    /// The completion event's id.
+    pub event_id: String,
+    pub last_seen_run: String,
+    pub hash: String,
+    pub business: Business,
+    #[serde(serialize_with = "ser_time")]
+    pub decided_at: DateTime<Utc>,
+}
+
+/// A decision that produces an output event.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Decision {
+    Upsert(Upsert),
+    Drop(Drop),
+}
+
+impl Decision {
+    pub fn decision_id(&self) -> &str {
+        match self {
+            Decision::Upsert(u) => &u.decision_id,
+            Decision::Drop(d) => &d.decision_id,
+        }
+    }
+    pub fn asset_key(&self) -> &str {
+        match self {
+            Decision::Upsert(u) => &u.asset_key,
+            Decision::Drop(d) => &d.asset_key,
+        }
+    }
+    pub fn event_id(&self) -> &str {
+        match self {
+            Decision::Upsert(u) => &u.event_id,
+            Decision::Drop(d) => &d.event_id,
+        }
+    }
+}
+
+fn ser_time<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*t))
+}
+
+/// Where in the pipeline something failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Decode,
+    Validate,
+    Enrich,
+    Decide,
+    Publish,
+    History,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Validate => "validate",
+            Stage::Enrich => "enrich",
+            Stage::Decide => "decide",
+            Stage::Publish => "publish",
+            Stage::History => "history",
+        }
+    }
+}
+
+/// `error` of a dead letter: which check or backend failed, and a message naming it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureReason {
+    pub kind: String,
+    pub message: String,
+}
+
+/// Where a message came from, so that a dead letter can be traced and replayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The configured source (`sources[0]`, or its `name`).
+    pub source: String,
+    /// File path, Kafka partition, Kinesis shard...
+    pub partition: String,
+    /// Byte offset, Kafka offset, sequence number...
+    pub offset: String,
+}
+
+/// A message that could not be processed, kept verbatim for redrive (EVENTS.md §4.4).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetter {
+    #[serde(rename = "type")]
+    pub kind: DeadLetterTag,
+    pub stage: Stage,
+    pub error: FailureReason,
+    pub attempts: u32,
+    pub payload: String,
+    pub event_id: Option<String>,
+    #[serde(default)]
+    pub asset_key: Option<String>,
+    #[serde(with = "time_str")]
+    pub failed_at: DateTime<Utc>,
+    /// Deterministic, like a decision's: a replay of the same failure repeats it.
+    pub decision_id: String,
+    pub origin: Origin,
+}
+
+/// The constant `"dead_letter"` type tag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterTag {
+    #[default]
+    DeadLetter,
+}
+
+impl DeadLetter {
+    /// A dead letter for `payload` that failed at `stage`; its id derives from where the
+    /// message came from, the failure and the attempt, so a replay after a crash repeats it.
+    pub fn new(
+        stage: Stage,
+        kind: &str,
+        message: impl Into<String>,
+        payload: &[u8],
+        event_id: Option<String>,
+        origin: Origin,
+        attempts: u32,
+    ) -> Self {
+        let anchor = format!("{}\u{0}{}\u{0}{}", origin.source, origin.partition, origin.offset);
+        let decision_id = decision_id(event_id.as_deref().unwrap_or(""), &anchor, &format!("dead_letter/{}/{kind}", stage.as_str()), attempts.into());
+        DeadLetter {
+            kind: DeadLetterTag::DeadLetter,
+            stage,
+            error: FailureReason { kind: kind.to_owned(), message: message.into() },
+            attempts,
+            payload: String::from_utf8_lossy(payload).into_owned(),
+            event_id,
+            asset_key: None,
+            failed_at: Utc::now(),
+            decision_id,
+            origin,
+        }
+    }
+}
+
+mod time_str {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::rfc3339(*t))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s).map(|t| t.with_timezone(&Utc)).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What happened to an event, as history records it (EVENTS.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Created,
+    Updated,
+    Unchanged,
+    Stale,
+    Dropped,
+    Completed,
+    DeadLetter,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Created,
+        Outcome::Updated,
+        Outcome::Unchanged,
+        Outcome::Stale,
+        Outcome::Dropped,
+        Outcome::Completed,
+        Outcome::DeadLetter,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Updated => "updated",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Stale => "stale",
+            Outcome::Dropped => "dropped",
+            Outcome::Completed => "completed",
+            Outcome::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+/// One history row: one decision about one asset (or none, for completions and dead letters).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRow {
+    pub asset_key: Option<String>,
+    pub source: Option<String>,
+    pub event_id: Option<String>,
+    pub run_id: Option<String>,
+    pub outcome: Outcome,
+    pub hash: Option<String>,
+    pub decision_id: String,
+    #[serde(with = "time_str")]
+    pub at: DateTime<Utc>,
+}
+
+impl HistoryRow {
+    pub fn for_dead_letter(dl: &DeadLetter) -> Self {
+        HistoryRow {
+            asset_key: dl.asset_key.clone(),
+            source: None,
+            event_id: dl.event_id.clone(),
+            run_id: None,
+            outcome: Outcome::DeadLetter,
+            hash: None,
+            decision_id: dl.decision_id.clone(),
+            at: dl.failed_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_deterministic_and_distinct() {
+        let a = decision_id("e1", "s/d/s/t", "upsert", 0);
+        assert_eq!(a, decision_id("e1", "s/d/s/t", "upsert", 0));
+        assert_ne!(a, decision_id("e1", "s/d/s/t", "drop", 0));
+        assert_ne!(a, decision_id("e1", "s/d/s/t", "upsert", 3));
+        // Length-prefixing keeps ("ab","c") and ("a","bc") apart.
+        assert_ne!(decision_id("ab", "c", "x", 0), decision_id("a", "bc", "x", 0));
+    }
+
+    #[test]
+    fn decisions_serialize_with_their_type() {
+        let d = Decision::Drop(Drop {
+            decision_id: "x".into(),
+            asset_key: "k".into(),
+            source: "s".into(),
+            run_id: "r".into(),
+            event_id: "e".into(),
+            last_seen_run: "r0".into(),
+            hash: "h".into(),
+            business: None,
+            decided_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+        });
+        let v: Value = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["type"], "drop");
+        assert_eq!(v["decided_at"], "2026-01-01T00:00:00.000Z");
+        assert!(v["business"].is_null());
+    }
+}

@@ -1,0 +1,37 @@
+//! assetflow's core: the domain, the ports and the actors, with no AWS, Kafka or SQL code.
+//!
+//! A map of the crate, outside in:
+//!
+//! - [`event`]: the input contract. Raw bytes become an [`event::AssetEvent`] or a
+//!   [`event::Rejection`] that says which check failed (`too_large`, `invalid_json`,
+//!   `invalid_event`).
+//! - [`hash`]: the canonical form of an asset and its content hash (BLAKE3 over canonical JSON).
+//! - [`record`]: the per-asset [`record::ControlRecord`] kept in the control table.
+//! - [`decide`]: the decision rules of EVENTS.md as pure functions: [`decide::judge`] for a
+//!   `running` event, [`decide::plan_sweep`] for a completion and its drop guard.
+//! - [`decision`]: what the decisor emits: [`decision::Decision`] (upsert or drop),
+//!   [`decision::DeadLetter`], [`decision::HistoryRow`], and their deterministic ids.
+//! - [`envelope`]: an input message in flight, with its [`envelope::Ack`] handle and the
+//!   per-partition watermark that decides what a source may commit.
+//! - [`ports`]: the traits through which actors reach the world (`Source`, `Sink`,
+//!   `ControlStore`, `ContentStore`, `HistoryStore`, `Lookup`).
+//! - [`lookup`]: building lookup keys from JSON pointers, and the TTL cache in front of a `Lookup`.
+//! - [`retry`]: exponential back-off with jitter for every backend call.
+//! - [`metrics`]: lock-free counters the actors bump and the binary reports.
+//! - [`forward`]: sending into a bounded mailbox without losing order or the bound.
+//! - [`actors`]: Ingest, Enricher, Router, Decisor, Producer, HistoryWriter.
+//! - [`pipeline`]: wiring the actors into a running topology.
+
+pub mod actors;
+pub mod decide;
+pub mod decision;
+pub mod envelope;
+pub mod event;
+pub mod forward;
+pub mod hash;
+pub mod lookup;
+pub mod metrics;
+pub mod pipeline;
+pub mod ports;
+pub mod record;
+pub mod retry;

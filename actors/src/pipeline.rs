@@ -1,0 +1,165 @@
+//! Wiring: starts the actors of a topology on their arbiters and hands back a [`Pipeline`] to
+//! wait on and stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::{oneshot, watch};
+
+use crate::actors::decisor::DecisorDeps;
+use crate::actors::ingest::IngestSettings;
+use crate::actors::sweep::SweepDeps;
+use crate::actors::{Decisor, Enricher, HistoryWriter, Ingest, Producer, Router};
+use crate::hash::HashIgnore;
+use crate::lookup::{CachedLookup, LookupKeys};
+use crate::metrics::Metrics;
+use crate::ports::{ContentStore, ControlStore, HistoryStore, Lookup, Sink, Source};
+use crate::retry::RetryPolicy;
+
+/// The knobs of a topology, resolved from the config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub shards: usize,
+    pub mailbox: usize,
+    pub max_event_bytes: usize,
+    pub hash_ignore: Vec<String>,
+    pub max_drop_fraction: f64,
+    pub completion_timeout: Duration,
+    pub retry: RetryPolicy,
+    pub lookup_pointers: Vec<String>,
+    pub cache_ttl: Duration,
+    pub pull_batch: usize,
+    pub commit_interval: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            shards: 4,
+            mailbox: 1024,
+            max_event_bytes: 1 << 20,
+            hash_ignore: Vec::new(),
+            max_drop_fraction: 0.5,
+            completion_timeout: Duration::from_secs(300),
+            retry: RetryPolicy::default(),
+            lookup_pointers: vec!["/source".into(), "/asset/database".into(), "/asset/schema".into()],
+            cache_ttl: Duration::from_secs(60),
+            pull_batch: 256,
+            commit_interval: Duration::from_millis(200),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The backends of a topology, one per port.
+pub struct Ports {
+    pub sources: Vec<(String, Box<dyn Source>)>,
+    pub control: Arc<dyn ControlStore>,
+    pub content: Arc<dyn ContentStore>,
+    pub history: Arc<dyn HistoryStore>,
+    pub lookup: Arc<dyn Lookup>,
+    pub upsert_sink: Arc<dyn Sink>,
+    pub drop_sink: Arc<dyn Sink>,
+    pub dead_letter_sink: Arc<dyn Sink>,
+}
+
+/// A running topology.
+pub struct Pipeline {
+    pub metrics: Arc<Metrics>,
+    pub lookup: Arc<CachedLookup>,
+    drained: Vec<oneshot::Receiver<()>>,
+    stop: watch::Sender<bool>,
+    arbiters: Vec<Arbiter>,
+}
+
+impl Pipeline {
+    /// Starts every actor. Call from inside a running actix `System`.
+    pub fn start(settings: Settings, ports: Ports) -> Pipeline {
+        let metrics = Arc::new(Metrics::default());
+        let mailbox = settings.mailbox.max(1);
+        let retry = settings.retry;
+        let lookup = Arc::new(CachedLookup::new(ports.lookup, settings.cache_ttl, retry));
+        let keys = LookupKeys::new(settings.lookup_pointers.clone());
+
+        // Outputs and history share one arbiter; each shard gets its own, so shards use the cores.
+        let outputs = Arbiter::new();
+        let history = {
+            let (store, sink, m) = (ports.history.clone(), ports.dead_letter_sink.clone(), metrics.clone());
+            HistoryWriter::start_in_arbiter(&outputs.handle(), move |_| HistoryWriter::new(store, sink, retry, m, mailbox))
+        };
+        let upserts = {
+            let sink = ports.upsert_sink.clone();
+            Producer::start_in_arbiter(&outputs.handle(), move |_| Producer::new("upsert sink", sink, retry, mailbox))
+        };
+        let drops = {
+            let sink = ports.drop_sink.clone();
+            Producer::start_in_arbiter(&outputs.handle(), move |_| Producer::new("drop sink", sink, retry, mailbox))
+        };
+        let deps = Arc::new(DecisorDeps {
+            control: ports.control.clone(),
+            content: ports.content.clone(),
+            upserts,
+            drops,
+            history: history.clone(),
+            lookup: lookup.clone(),
+            lookup_keys: keys.clone(),
+            ignore: HashIgnore::new(&settings.hash_ignore),
+            retry,
+            metrics: metrics.clone(),
+        });
+        let mut arbiters = vec![outputs];
+        let mut shards = Vec::with_capacity(settings.shards.max(1));
+        for i in 0..settings.shards.max(1) {
+            let arbiter = Arbiter::new();
+            let d = deps.clone();
+            shards.push(Decisor::start_in_arbiter(&arbiter.handle(), move |_| Decisor::new(i, d, mailbox)));
+            arbiters.push(arbiter);
+        }
+        let sweep = Arc::new(SweepDeps {
+            shards,
+            control: ports.control.clone(),
+            history: history.clone(),
+            retry,
+            max_drop_fraction: settings.max_drop_fraction,
+            completion_timeout: settings.completion_timeout,
+            metrics: metrics.clone(),
+        });
+        let router = Router::new(sweep, mailbox).start();
+        let enricher = Enricher::new(lookup.clone(), keys, router, history.clone(), mailbox).start();
+        let (stop, stop_rx) = watch::channel(false);
+        let ingest_settings = IngestSettings {
+            max_event_bytes: settings.max_event_bytes,
+            pull_batch: settings.pull_batch,
+            commit_interval: settings.commit_interval,
+            drain_timeout: settings.drain_timeout,
+        };
+        let mut drained = Vec::new();
+        for (name, source) in ports.sources {
+            let (tx, rx) = oneshot::channel();
+            drained.push(rx);
+            Ingest::new(name, source, enricher.clone(), history.clone(), ingest_settings.clone(), metrics.clone(), stop_rx.clone(), tx).start();
+        }
+        Pipeline { metrics, lookup, drained, stop, arbiters }
+    }
+
+    /// Resolves once every source is drained (or stopped) and what it read is acknowledged.
+    pub async fn drained(&mut self) {
+        for rx in self.drained.drain(..) {
+            let _ = rx.await;
+        }
+    }
+
+    /// Stops reading: sources finish what is in flight, commit, and report drained.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Stops the shard and output arbiters; call after [`Pipeline::drained`].
+    pub fn shutdown(self) {
+        for a in self.arbiters {
+            a.stop();
+        }
+    }
+}

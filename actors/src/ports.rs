@@ -1,0 +1,127 @@
+//! The ports: the traits through which actors reach the world. Adapters in the `assetflow`
+//! binary implement them for real backends; tests implement them in memory.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use crate::decision::{HistoryRow, Origin};
+use crate::envelope::Ack;
+use crate::record::ControlRecord;
+
+/// How a backend call failed, which decides whether it is worth retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Timeouts, throttling, connection loss: retry with back-off.
+    Transient,
+    /// A conditional write lost to another writer: re-read and decide again.
+    Conflict,
+    /// The request itself is wrong (too large, bad credentials): retrying will not help.
+    Permanent,
+}
+
+/// A failed call to a backend, naming the backend and the operation.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{backend} {operation}: {message}")]
+pub struct BackendError {
+    pub backend: String,
+    pub operation: String,
+    pub message: String,
+    pub kind: FailureKind,
+}
+
+impl BackendError {
+    pub fn new(backend: impl Into<String>, operation: impl Into<String>, message: impl ToString, kind: FailureKind) -> Self {
+        BackendError { backend: backend.into(), operation: operation.into(), message: message.to_string(), kind }
+    }
+    pub fn transient(backend: impl Into<String>, operation: impl Into<String>, message: impl ToString) -> Self {
+        Self::new(backend, operation, message, FailureKind::Transient)
+    }
+    pub fn permanent(backend: impl Into<String>, operation: impl Into<String>, message: impl ToString) -> Self {
+        Self::new(backend, operation, message, FailureKind::Permanent)
+    }
+}
+
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// The control table: one [`ControlRecord`] per asset key.
+#[async_trait]
+pub trait ControlStore: Send + Sync + 'static {
+    /// The records that exist among `keys`.
+    async fn get_many(&self, keys: &[String]) -> BackendResult<HashMap<String, ControlRecord>>;
+    /// Writes all `records` or none; each must find the stored version one below its own
+    /// (or no record, for version 1), else the call fails with [`FailureKind::Conflict`].
+    async fn put_many(&self, records: &[ControlRecord]) -> BackendResult<()>;
+    /// Every record of one source (live and dropped), for a completion sweep.
+    async fn list_source(&self, source: &str) -> BackendResult<Vec<ControlRecord>>;
+}
+
+/// The content bucket: one object per asset key and content hash, written idempotently.
+#[async_trait]
+pub trait ContentStore: Send + Sync + 'static {
+    /// Where the content of `asset_key` at `hash` lives (the `content_ref` of records and upserts).
+    fn content_ref(&self, asset_key: &str, hash: &str) -> String;
+    /// Stores the content; putting the same key and hash twice is harmless.
+    async fn put(&self, asset_key: &str, hash: &str, body: &[u8]) -> BackendResult<()>;
+}
+
+/// Where history rows go, and are read back newest first.
+#[async_trait]
+pub trait HistoryStore: Send + Sync + 'static {
+    async fn append(&self, rows: &[HistoryRow]) -> BackendResult<()>;
+    async fn read(&self, asset_key: &str, limit: usize) -> BackendResult<Vec<HistoryRow>>;
+}
+
+/// One output message, serialized, with what transports want as key and headers.
+#[derive(Debug, Clone)]
+pub struct SinkRecord {
+    /// The asset key (or event id): the partition key of keyed transports.
+    pub key: String,
+    pub decision_id: String,
+    pub event_id: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+/// An output: upserts, drops, enriched events or dead letters.
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// Sends the batch; when this returns `Ok`, every record is durable at the sink.
+    async fn send(&self, batch: &[SinkRecord]) -> BackendResult<()>;
+}
+
+/// Business data for an event: one object per lookup key, or none.
+#[async_trait]
+pub trait Lookup: Send + Sync + 'static {
+    /// `params` are the values the `lookup` pointers found in the event, in order.
+    async fn lookup(&self, params: &[String]) -> BackendResult<Option<Map<String, Value>>>;
+}
+
+/// One message read from a source, registered with its partition's watermark.
+#[derive(Debug)]
+pub struct RawMessage {
+    pub bytes: Vec<u8>,
+    pub origin: Origin,
+    pub ack: Ack,
+}
+
+/// What a source had to give.
+#[derive(Debug)]
+pub enum Pull {
+    Messages(Vec<RawMessage>),
+    /// Nothing right now; ask again later.
+    Idle,
+    /// A finite source that has nothing more, ever.
+    Drained,
+}
+
+/// An input: reads messages and commits the positions their watermarks allow.
+#[async_trait]
+pub trait Source: Send + 'static {
+    /// Up to `max` messages.
+    async fn pull(&mut self, max: usize) -> BackendResult<Pull>;
+    /// Persists every partition's watermark that moved (offset commit, checkpoint...).
+    async fn commit(&mut self) -> BackendResult<()>;
+    /// Messages read but not yet acknowledged.
+    fn outstanding(&self) -> usize;
+}

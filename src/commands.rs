@@ -1,0 +1,170 @@
+//! The commands of the command line, each a function from a loaded config to an outcome.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use assetflow_actors::metrics::Metrics;
+use assetflow_actors::pipeline::Pipeline;
+use assetflow_actors::ports::HistoryStore;
+
+use crate::config::{Config, HistoryKind, redact_url};
+use crate::topology::{build_ports, draw, open_state, settings};
+
+/// What a finished run did, for the closing summary.
+#[derive(Debug)]
+pub struct RunSummary {
+    pub elapsed: Duration,
+    pub events_in: u64,
+    pub outcomes: Vec<(String, u64)>,
+    pub upserts: u64,
+    pub drops: u64,
+    pub dead_letters: Vec<(String, u64)>,
+    pub stopped_by_signal: bool,
+}
+
+impl std::fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let how = if self.stopped_by_signal { "stopped" } else { "drained" };
+        writeln!(f, "assetflow: {how} after {:.2}s", self.elapsed.as_secs_f64())?;
+        writeln!(f, "  events in      {:>10}   ({:.0} events/s)", self.events_in, self.events_in as f64 / secs)?;
+        let outcomes: Vec<String> = self.outcomes.iter().filter(|(_, n)| *n > 0).map(|(o, n)| format!("{o} {n}")).collect();
+        writeln!(f, "  decisions      {}", if outcomes.is_empty() { "none".into() } else { outcomes.join(", ") })?;
+        writeln!(f, "  published      {} upserts, {} drops", self.upserts, self.drops)?;
+        let dl: Vec<String> = self.dead_letters.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        write!(f, "  dead letters   {}", if dl.is_empty() { "none".into() } else { dl.join(", ") })
+    }
+}
+
+/// `assetflow run`: runs until every finite source is drained, or until SIGINT/SIGTERM.
+pub fn run(config: &Config) -> anyhow::Result<RunSummary> {
+    let state = open_state(config)?;
+    let ports = build_ports(config, &state)?;
+    let settings = settings(config);
+    let system = actix_rt::System::new();
+    let summary = system.block_on(async move {
+        let started = Instant::now();
+        let mut pipeline = Pipeline::start(settings, ports);
+        let mut stopped_by_signal = false;
+        tokio::select! {
+            _ = pipeline.drained() => {}
+            _ = shutdown_signal() => {
+                stopped_by_signal = true;
+                tracing::info!("stopping: no new input; finishing what is in flight (a second signal exits at once)");
+                pipeline.stop();
+                tokio::select! {
+                    _ = pipeline.drained() => {}
+                    _ = shutdown_signal() => {
+                        eprintln!("assetflow: second signal, exiting now; unacknowledged input will be re-delivered on restart");
+                        std::process::exit(130);
+                    }
+                }
+            }
+        }
+        let m = pipeline.metrics.clone();
+        pipeline.shutdown();
+        summarize(&m, started.elapsed(), stopped_by_signal)
+    });
+    Ok(summary)
+}
+
+fn summarize(m: &Metrics, elapsed: Duration, stopped_by_signal: bool) -> RunSummary {
+    RunSummary {
+        elapsed,
+        events_in: Metrics::count(&m.events_in),
+        outcomes: m.outcomes().into_iter().map(|(o, n)| (o.as_str().to_owned(), n)).collect(),
+        upserts: Metrics::count(&m.upserts_published),
+        drops: Metrics::count(&m.drops_published),
+        dead_letters: m.dead_letters().into_iter().collect(),
+        stopped_by_signal,
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// `assetflow check-config`: the resolved topology, secrets redacted.
+pub fn check_config(config: &Config) -> anyhow::Result<String> {
+    let mut value = toml::Value::try_from(config).context("rendering the resolved config")?;
+    redact(&mut value);
+    let mut out = format!("{}: ok\n\n", config.file.display());
+    out.push_str(&draw(config, "text"));
+    out.push_str("\n# resolved configuration\n");
+    out.push_str(&toml::to_string_pretty(&value).context("rendering the resolved config")?);
+    Ok(out)
+}
+
+fn redact(v: &mut toml::Value) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, item) in t.iter_mut() {
+                let secret = ["password", "secret", "token", "key_id", "access_key"].iter().any(|s| k.contains(s));
+                match item {
+                    toml::Value::String(s) if secret => *s = "***".into(),
+                    toml::Value::String(s) => *s = redact_url(s),
+                    other => redact(other),
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// `assetflow history KEY`: the asset's history rows, newest first.
+pub fn history(config: &Config, asset_key: &str, limit: usize) -> anyhow::Result<String> {
+    if config.history.kind != HistoryKind::Embedded {
+        anyhow::bail!("{}: key `history.kind`: reading {:?} history is not built yet", config.file.display(), config.history.kind);
+    }
+    let state = open_state(config)?;
+    let rows = actix_rt::System::new().block_on(async move { state.read(asset_key, limit).await })?;
+    if rows.is_empty() {
+        return Ok(format!("no history for {asset_key}\n"));
+    }
+    let mut out = format!("{:<24}  {:<11}  {:<12}  {:<12}  {:<16}  {}\n", "at", "outcome", "event_id", "run_id", "hash", "decision_id");
+    for r in rows {
+        out.push_str(&format!(
+            "{:<24}  {:<11}  {:<12}  {:<12}  {:<16}  {}\n",
+            assetflow_actors::decision::rfc3339(r.at),
+            r.outcome.as_str(),
+            r.event_id.as_deref().unwrap_or("-"),
+            r.run_id.as_deref().unwrap_or("-"),
+            r.hash.as_deref().map(|h| &h[..h.len().min(16)]).unwrap_or("-"),
+            r.decision_id
+        ));
+    }
+    Ok(out)
+}
+
+/// `assetflow assets`: the control table, optionally filtered.
+pub fn assets(config: &Config, source: Option<&str>, status: Option<&str>) -> anyhow::Result<String> {
+    let state = open_state(config)?;
+    let mut records = state.all_records()?;
+    records.retain(|r| source.is_none_or(|s| r.source == s) && status.is_none_or(|s| r.status.as_str() == s));
+    records.sort_by(|a, b| a.asset_key.cmp(&b.asset_key));
+    let mut out = format!("{:<48}  {:<8}  {:<14}  {:<24}  {}\n", "asset_key", "status", "last_seen_run", "last_seen_at", "hash");
+    for r in &records {
+        out.push_str(&format!(
+            "{:<48}  {:<8}  {:<14}  {:<24}  {}\n",
+            r.asset_key,
+            r.status.as_str(),
+            r.last_seen_run,
+            assetflow_actors::decision::rfc3339(r.last_seen_at),
+            &r.hash[..r.hash.len().min(16)]
+        ));
+    }
+    out.push_str(&format!("{} assets\n", records.len()));
+    Ok(out)
+}

@@ -1,0 +1,11 @@
+//! assetflow: the service binary's library: config, adapters, topology and commands.
+//!
+//! - [`config`]: `config.toml` as typed data, with env expansion, overrides and validation.
+//! - [`adapters`]: one module per backend, each implementing a port of `assetflow-actors`.
+//! - [`topology`]: builds the adapters a config names, and draws the graph.
+//! - [`commands`]: `run`, `check-config`, `topology`, `history`, `assets`.
+
+pub mod adapters;
+pub mod commands;
+pub mod config;
+pub mod topology;

@@ -1,0 +1,104 @@
+//! The `assetflow` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use assetflow::commands;
+use assetflow::config::Config;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "assetflow", version, about = "Keeps a data catalog in step with the databases it describes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the topology until stopped (or, with only non-following file sources, until drained).
+    Run {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Validate the config and print the resolved topology.
+    CheckConfig {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Draw the topology.
+    Topology {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Show an asset's history, newest first.
+    History {
+        asset_key: String,
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// List the assets in the control table.
+    Assets {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long, value_parser = ["live", "dropped"])]
+        status: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Dot,
+    Mermaid,
+}
+
+fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs();
+    let result = match cli.command {
+        Command::Run { config } => Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::run(&c)).map(|s| {
+            eprintln!("{s}");
+            String::new()
+        }),
+        Command::CheckConfig { config } => Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::check_config(&c)),
+        Command::Topology { config, format } => Config::load(&config).map_err(anyhow::Error::from).map(|c| {
+            let f = match format {
+                Format::Text => "text",
+                Format::Dot => "dot",
+                Format::Mermaid => "mermaid",
+            };
+            assetflow::topology::draw(&c, f)
+        }),
+        Command::History { asset_key, config, limit } => {
+            Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::history(&c, &asset_key, limit))
+        }
+        Command::Assets { config, source, status } => {
+            Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::assets(&c, source.as_deref(), status.as_deref()))
+        }
+    };
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // One line: the error and its causes, no backtrace.
+            let msg = e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

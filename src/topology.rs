@@ -1,0 +1,225 @@
+//! From config to a running graph: builds each port's adapter, and draws the graph as text, dot
+//! or mermaid (`assetflow topology`).
+
+use std::sync::Arc;
+
+use assetflow_actors::pipeline::{Ports, Settings};
+use assetflow_actors::ports::{Lookup, Sink, Source};
+use assetflow_actors::retry::RetryPolicy;
+
+use crate::adapters::content_dir::ContentDir;
+use crate::adapters::file_lookup::{FileLookup, NoLookup};
+use crate::adapters::file_sink::{FileSink, StdoutSink};
+use crate::adapters::file_source::{FileSource, StdinSource};
+use crate::adapters::state::StateStore;
+use crate::config::{Config, ContentKind, ControlKind, EnricherKind, HistoryKind, SinkConfig, SinkKind, SourceConfig};
+
+/// A failure to build the topology, naming the config key and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: key `{key}`: {message}")]
+pub struct BuildError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+fn build_err(config: &Config, key: impl Into<String>, message: impl Into<String>) -> BuildError {
+    BuildError { file: config.file.display().to_string(), key: key.into(), message: message.into() }
+}
+
+fn not_in_this_build(config: &Config, key: &str, kind: &str) -> BuildError {
+    build_err(config, key, format!("kind \"{kind}\" is part of the topology contract but its adapter is not built yet; use an embedded kind for now"))
+}
+
+/// The pipeline settings a config asks for.
+pub fn settings(config: &Config) -> Settings {
+    Settings {
+        shards: config.pipeline.shards,
+        mailbox: config.pipeline.mailbox,
+        max_event_bytes: config.limits.max_event_bytes,
+        hash_ignore: config.decisor.hash_ignore.clone(),
+        max_drop_fraction: config.decisor.max_drop_fraction,
+        completion_timeout: config.decisor.completion_timeout,
+        retry: RetryPolicy { initial: config.retry.initial, max: config.retry.max, attempts: config.retry.attempts },
+        lookup_pointers: config.enricher.lookup.clone(),
+        cache_ttl: config.enricher.cache_ttl,
+        drain_timeout: config.shutdown.timeout,
+        ..Settings::default()
+    }
+}
+
+/// Opens the embedded store of a config.
+pub fn open_state(config: &Config) -> Result<StateStore, BuildError> {
+    StateStore::open(&config.state_dir()).map_err(|m| build_err(config, "pipeline.state_dir", m))
+}
+
+/// Builds every adapter the config names.
+pub fn build_ports(config: &Config, state: &StateStore) -> Result<Ports, BuildError> {
+    if !config.decides() {
+        return Err(build_err(config, "pipeline.stages", "the enrich-only topology is not built yet; use [\"enrich\", \"decide\"]"));
+    }
+    let mut sources: Vec<(String, Box<dyn Source>)> = Vec::new();
+    for (i, s) in config.sources.iter().enumerate() {
+        let key = format!("sources[{i}]");
+        let name = s.display_name();
+        let source: Box<dyn Source> = match s {
+            SourceConfig::File { path, follow, .. } => Box::new(
+                FileSource::open(name.clone(), &config.resolve(path), *follow, state.clone(), config.limits.max_event_bytes)
+                    .map_err(|m| build_err(config, format!("{key}.path"), m))?,
+            ),
+            SourceConfig::Stdin { .. } => Box::new(StdinSource::new(name.clone())),
+            other => return Err(not_in_this_build(config, &format!("{key}.kind"), other.kind())),
+        };
+        sources.push((name, source));
+    }
+    let lookup: Arc<dyn Lookup> = match config.enricher.kind {
+        EnricherKind::None => Arc::new(NoLookup),
+        EnricherKind::File => {
+            let path = config.enricher.path.as_deref().map(|p| config.resolve(p)).unwrap_or_default();
+            let fields = config.enricher.key_fields.clone().unwrap_or_else(|| {
+                config.enricher.lookup.iter().map(|p| p.rsplit('/').next().unwrap_or_default().to_owned()).collect()
+            });
+            Arc::new(FileLookup::load(&path, &fields).map_err(|m| build_err(config, "enricher.path", m))?)
+        }
+        EnricherKind::Postgres => return Err(not_in_this_build(config, "enricher.kind", "postgres")),
+    };
+    if config.control.kind != ControlKind::Embedded {
+        return Err(not_in_this_build(config, "control.kind", "dynamodb"));
+    }
+    if config.history.kind != HistoryKind::Embedded {
+        return Err(not_in_this_build(config, "history.kind", "scylla"));
+    }
+    let content = match config.content.kind {
+        ContentKind::Dir => {
+            let path = config.content.path.as_deref().map(|p| config.resolve(p)).unwrap_or_else(|| config.state_dir().join("content"));
+            Arc::new(ContentDir::open(&path).map_err(|m| build_err(config, "content.path", m))?)
+        }
+        ContentKind::S3 => return Err(not_in_this_build(config, "content.kind", "s3")),
+    };
+    Ok(Ports {
+        sources,
+        control: Arc::new(state.clone()),
+        content,
+        history: Arc::new(state.clone()),
+        lookup,
+        upsert_sink: sink(config, "sinks.upsert", &config.sinks.upsert)?,
+        drop_sink: sink(config, "sinks.drop", &config.sinks.drop)?,
+        dead_letter_sink: sink(config, "sinks.dead_letter", &config.sinks.dead_letter)?,
+    })
+}
+
+fn sink(config: &Config, key: &str, s: &SinkConfig) -> Result<Arc<dyn Sink>, BuildError> {
+    match s.kind {
+        SinkKind::File => {
+            let path = s.path.as_deref().map(|p| config.resolve(p)).unwrap_or_default();
+            Ok(Arc::new(FileSink::open(&path).map_err(|m| build_err(config, format!("{key}.path"), m))?))
+        }
+        SinkKind::Stdout => Ok(Arc::new(StdoutSink)),
+        SinkKind::Sqs => Err(not_in_this_build(config, &format!("{key}.kind"), "sqs")),
+        SinkKind::Kafka => Err(not_in_this_build(config, &format!("{key}.kind"), "kafka")),
+    }
+}
+
+/// One node of the drawn graph.
+struct Node {
+    id: String,
+    label: String,
+}
+
+fn sink_label(s: &SinkConfig) -> String {
+    match s.kind {
+        SinkKind::File => format!("file {}", s.path.as_deref().map(|p| p.display().to_string()).unwrap_or_default()),
+        SinkKind::Stdout => "stdout".into(),
+        SinkKind::Sqs => format!("sqs {}", s.queue_url.clone().unwrap_or_default()),
+        SinkKind::Kafka => format!("kafka {}", s.topic.clone().unwrap_or_default()),
+    }
+}
+
+/// The graph of a config: nodes and edges, in a stable order.
+fn graph(config: &Config) -> (Vec<Node>, Vec<(String, String)>) {
+    let mut nodes = Vec::new();
+    let mut edges = Vec::new();
+    let mut node = |id: &str, label: String| nodes.push(Node { id: id.into(), label });
+    for (i, s) in config.sources.iter().enumerate() {
+        node(&format!("source{i}"), format!("source: {}", s.display_name()));
+        node(&format!("ingest{i}"), format!("Ingest[{i}]"));
+        edges.push((format!("source{i}"), format!("ingest{i}")));
+        edges.push((format!("ingest{i}"), "enricher".into()));
+        edges.push((format!("ingest{i}"), "history".into()));
+    }
+    let lookup = match config.enricher.kind {
+        EnricherKind::None => "none".to_string(),
+        EnricherKind::File => format!("file {}", config.enricher.path.as_deref().map(|p| p.display().to_string()).unwrap_or_default()),
+        EnricherKind::Postgres => format!("postgres {}", crate::config::redact_url(config.enricher.url.as_deref().unwrap_or(""))),
+    };
+    node("enricher", format!("Enricher (lookup: {lookup})"));
+    edges.push(("enricher".into(), "history".into()));
+    if config.decides() {
+        node("router", "Router".into());
+        edges.push(("enricher".into(), "router".into()));
+        for i in 0..config.pipeline.shards {
+            node(&format!("decisor{i}"), format!("Decisor[{i}]"));
+            edges.push(("router".into(), format!("decisor{i}")));
+            edges.push((format!("decisor{i}"), "upsert".into()));
+            edges.push((format!("decisor{i}"), "drop".into()));
+            edges.push((format!("decisor{i}"), "history".into()));
+            edges.push((format!("decisor{i}"), "control".into()));
+            edges.push((format!("decisor{i}"), "content".into()));
+        }
+        let control = match config.control.kind {
+            ControlKind::Embedded => "embedded".to_string(),
+            ControlKind::Dynamodb => format!("dynamodb {}", config.control.table.clone().unwrap_or_default()),
+        };
+        node("control", format!("control store: {control}"));
+        let content = match config.content.kind {
+            ContentKind::Dir => "dir".to_string(),
+            ContentKind::S3 => format!("s3 {}", config.content.bucket.clone().unwrap_or_default()),
+        };
+        node("content", format!("content store: {content}"));
+        node("upsert", format!("UpsertProducer → {}", sink_label(&config.sinks.upsert)));
+        node("drop", format!("DropProducer → {}", sink_label(&config.sinks.drop)));
+    } else {
+        node("enriched", format!("EnrichedProducer → {}", sink_label(&config.sinks.enriched)));
+        edges.push(("enricher".into(), "enriched".into()));
+    }
+    let history = match config.history.kind {
+        HistoryKind::Embedded => "embedded".to_string(),
+        HistoryKind::Scylla => format!("scylla {}", config.history.nodes.join(",")),
+    };
+    node("history", format!("HistoryWriter (history: {history}) → dead letters: {}", sink_label(&config.sinks.dead_letter)));
+    (nodes, edges)
+}
+
+/// Draws the topology in `format`: `text`, `dot` or `mermaid`.
+pub fn draw(config: &Config, format: &str) -> String {
+    let (nodes, edges) = graph(config);
+    let label = |id: &str| nodes.iter().find(|n| n.id == id).map(|n| n.label.clone()).unwrap_or_else(|| id.to_string());
+    let mut out = String::new();
+    match format {
+        "dot" => {
+            out.push_str("digraph assetflow {\n  rankdir=LR;\n  node [shape=box];\n");
+            for n in &nodes {
+                out.push_str(&format!("  {} [label={:?}];\n", n.id, n.label));
+            }
+            for (a, b) in &edges {
+                out.push_str(&format!("  {a} -> {b};\n"));
+            }
+            out.push_str("}\n");
+        }
+        "mermaid" => {
+            out.push_str("flowchart LR\n");
+            for n in &nodes {
+                out.push_str(&format!("  {}[\"{}\"]\n", n.id, n.label.replace('"', "'")));
+            }
+            for (a, b) in &edges {
+                out.push_str(&format!("  {a} --> {b}\n"));
+            }
+        }
+        _ => {
+            for (a, b) in &edges {
+                out.push_str(&format!("{} -> {}\n", label(a), label(b)));
+            }
+        }
+    }
+    out
+}
