@@ -50,11 +50,19 @@ pub type BackendResult<T> = Result<T, BackendError>;
 pub trait ControlStore: Send + Sync + 'static {
     /// The records that exist among `keys`.
     async fn get_many(&self, keys: &[String]) -> BackendResult<HashMap<String, ControlRecord>>;
-    /// Writes all `records` or none; each must find the stored version one below its own
-    /// (or no record, for version 1), else the call fails with [`FailureKind::Conflict`].
-    async fn put_many(&self, records: &[ControlRecord]) -> BackendResult<()>;
+    /// Writes all records or none; each must find the stored record still at the version it
+    /// was read at (0: no record), else the call fails with [`FailureKind::Conflict`].
+    async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()>;
     /// Every record of one source (live and dropped), for a completion sweep.
     async fn list_source(&self, source: &str) -> BackendResult<Vec<ControlRecord>>;
+}
+
+/// A conditional write of one control record.
+#[derive(Debug, Clone)]
+pub struct RecordWrite {
+    pub record: ControlRecord,
+    /// The version the record had when it was read (0: it did not exist).
+    pub expected_version: u64,
 }
 
 /// The content bucket: one object per asset key and content hash, written idempotently.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use assetflow_actors::decision::HistoryRow;
-use assetflow_actors::ports::{BackendError, BackendResult, ControlStore, FailureKind, HistoryStore};
+use assetflow_actors::ports::{BackendError, BackendResult, ControlStore, FailureKind, HistoryStore, RecordWrite};
 use assetflow_actors::record::ControlRecord;
 use async_trait::async_trait;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -155,24 +155,24 @@ impl ControlStore for StateStore {
         .await
     }
 
-    async fn put_many(&self, records: &[ControlRecord]) -> BackendResult<()> {
+    async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()> {
         let db = self.db.clone();
-        let records = records.to_vec();
+        let writes = writes.to_vec();
         blocking("put records", move || {
             let tx = db.begin_write().map_err(|e| err("put records", e))?;
             {
                 let mut t = tx.open_table(CONTROL).map_err(|e| err("put records", e))?;
-                for r in &records {
+                for RecordWrite { record: r, expected_version } in &writes {
                     let stored = match t.get(r.asset_key.as_str()).map_err(|e| err("put records", e))? {
                         Some(v) => decode_record(v.value())?.version,
                         None => 0,
                     };
-                    if stored + 1 != r.version {
+                    if stored != *expected_version {
                         // Dropping the transaction unwritten aborts it.
                         return Err(BackendError::new(
                             BACKEND,
                             "put records",
-                            format!("record {} is at version {stored}, expected {}", r.asset_key, r.version - 1),
+                            format!("record {} is at version {stored}, expected {expected_version}", r.asset_key),
                             FailureKind::Conflict,
                         ));
                     }

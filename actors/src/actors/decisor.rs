@@ -26,7 +26,7 @@ use crate::event::EventKind;
 use crate::hash::{HashIgnore, content_hash};
 use crate::lookup::{CachedLookup, LookupKeys};
 use crate::metrics::Metrics;
-use crate::ports::{BackendError, BackendResult, ContentStore, ControlStore, FailureKind, SinkRecord};
+use crate::ports::{BackendError, BackendResult, ContentStore, ControlStore, FailureKind, RecordWrite, SinkRecord};
 use crate::record::{ControlRecord, RecordStatus};
 use crate::retry::RetryPolicy;
 
@@ -221,6 +221,7 @@ async fn decide_and_publish(deps: &DecisorDeps, batch: &mut [Pending]) -> Result
         batch.iter().filter(|p| seen.insert(p.key.as_str())).map(|p| p.key.clone()).collect()
     };
     let mut records = deps.retry.run(|| deps.control.get_many(&keys)).await.map_err(|e| (Stage::Decide, e))?;
+    let read_versions: HashMap<String, u64> = records.iter().map(|(k, r)| (k.clone(), r.version)).collect();
     let mut dirty: Vec<String> = Vec::new();
     let mut rows = Vec::with_capacity(batch.len());
     let mut upserts = Vec::new();
@@ -308,7 +309,10 @@ async fn decide_and_publish(deps: &DecisorDeps, batch: &mut [Pending]) -> Result
         deps.upserts.send(Publish(upserts)).await.unwrap_or_else(|_| Err(stopped("upsert producer"))).map_err(|e| (Stage::Publish, e))?;
         Metrics::add(&deps.metrics.upserts_published, n);
     }
-    let changed: Vec<ControlRecord> = dirty.iter().filter_map(|k| records.remove(k)).collect();
+    let changed: Vec<RecordWrite> = dirty
+        .iter()
+        .filter_map(|k| records.remove(k).map(|record| RecordWrite { record, expected_version: read_versions.get(k).copied().unwrap_or(0) }))
+        .collect();
     if !changed.is_empty() {
         deps.retry.run(|| deps.control.put_many(&changed)).await.map_err(|e| (Stage::Decide, e))?;
     }
@@ -403,7 +407,7 @@ async fn try_apply_drops(deps: &DecisorDeps, cmd: &ApplyDrops) -> BackendResult<
         next.status = RecordStatus::Dropped;
         next.dropped_at = Some(cmd.emitted_at);
         next.version += 1;
-        changed.push(next);
+        changed.push(RecordWrite { record: next, expected_version: r.version });
     }
     if outputs.is_empty() {
         return Ok(0);

@@ -1,0 +1,176 @@
+//! Helpers shared by the system tests: the scenario folders, running the binary, reading and
+//! comparing its outputs.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// `../shared/scenarios`, or `ASSETFLOW_SCENARIOS`.
+pub fn scenarios_dir() -> PathBuf {
+    std::env::var_os("ASSETFLOW_SCENARIOS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/scenarios"))
+}
+
+/// Every scenario folder, sorted.
+pub fn scenarios() -> Vec<PathBuf> {
+    let dir = scenarios_dir();
+    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read scenarios at {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("expected.json").exists())
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "no scenarios found in {}", dir.display());
+    out
+}
+
+/// The config of the scenarios README.
+pub const SCENARIO_CONFIG: &str = r#"
+[pipeline]
+stages = ["enrich", "decide"]
+shards = 4
+state_dir = "state"
+[[sources]]
+kind = "file"
+path = "events.jsonl"
+follow = false
+[enricher]
+kind = "file"
+path = "business.json"
+[decisor]
+hash_ignore = ["stats.row_count"]
+max_drop_fraction = 0.5
+[control]
+kind = "embedded"
+[content]
+kind = "dir"
+path = "state/content"
+[history]
+kind = "embedded"
+[sinks.upsert]
+kind = "file"
+path = "out/upsert.jsonl"
+[sinks.drop]
+kind = "file"
+path = "out/drop.jsonl"
+[sinks.dead_letter]
+kind = "file"
+path = "out/dead-letter.jsonl"
+[admin]
+listen = ""
+"#;
+
+/// A fresh working folder with a scenario's inputs and the README's config.
+pub fn prepare(scenario: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in ["events.jsonl", "business.json"] {
+        std::fs::copy(scenario.join(f), dir.path().join(f)).unwrap_or_else(|e| panic!("copy {f}: {e}"));
+    }
+    std::fs::write(dir.path().join("config.toml"), SCENARIO_CONFIG).expect("write config");
+    dir
+}
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_assetflow"))
+}
+
+/// Runs `assetflow <args>` in `dir`.
+pub fn assetflow(dir: &Path, args: &[&str]) -> Output {
+    bin().args(args).current_dir(dir).env("RUST_LOG", "warn").output().expect("run assetflow")
+}
+
+/// The JSON lines of a file (none if it does not exist).
+pub fn read_lines(path: &Path) -> Vec<Value> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: bad line {l:?}: {e}", path.display())))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The outputs of a run folder in the shape of `expected.json`.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    pub upserts: Vec<Value>,
+    pub drops: Vec<Value>,
+    pub dead_letters: Vec<Value>,
+}
+
+impl Outputs {
+    pub fn read(dir: &Path) -> Outputs {
+        Outputs {
+            upserts: read_lines(&dir.join("out/upsert.jsonl")),
+            drops: read_lines(&dir.join("out/drop.jsonl")),
+            dead_letters: read_lines(&dir.join("out/dead-letter.jsonl")),
+        }
+    }
+
+    /// Keeps the first record of each `decision_id` (what a de-duplicating consumer sees).
+    pub fn dedup(self) -> Outputs {
+        fn d(v: Vec<Value>) -> Vec<Value> {
+            let mut seen = std::collections::HashSet::new();
+            v.into_iter().filter(|r| seen.insert(r["decision_id"].as_str().unwrap_or_default().to_owned())).collect()
+        }
+        Outputs { upserts: d(self.upserts), drops: d(self.drops), dead_letters: d(self.dead_letters) }
+    }
+
+    /// Decision ids that appear more than once.
+    pub fn duplicate_ids(&self) -> Vec<String> {
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for r in self.upserts.iter().chain(&self.drops).chain(&self.dead_letters) {
+            *count.entry(r["decision_id"].as_str().unwrap_or("")).or_default() += 1;
+        }
+        count.into_iter().filter(|(_, n)| *n > 1).map(|(k, _)| k.to_owned()).collect()
+    }
+}
+
+/// Upserts per asset key, in order: (change, business.domain).
+fn upserts_by_key(list: impl Iterator<Item = (String, String, Value)>) -> BTreeMap<String, Vec<(String, Value)>> {
+    let mut m: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
+    for (k, change, domain) in list {
+        m.entry(k).or_default().push((change, domain));
+    }
+    m
+}
+
+/// Compares outputs with a scenario's `expected.json`, as its README says; `Err` explains.
+pub fn compare(expected_path: &Path, got: &Outputs) -> Result<(), String> {
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(expected_path).expect("read expected")).expect("parse expected");
+    let want_upserts = upserts_by_key(expected["upserts"].as_array().into_iter().flatten().map(|u| {
+        (u[0].as_str().unwrap_or_default().to_owned(), u[1].as_str().unwrap_or_default().to_owned(), u[2].clone())
+    }));
+    let got_upserts = upserts_by_key(got.upserts.iter().map(|u| {
+        (u["asset_key"].as_str().unwrap_or_default().to_owned(), u["change"].as_str().unwrap_or_default().to_owned(), u["business"]["domain"].clone())
+    }));
+    let mut problems = Vec::new();
+    for key in want_upserts.keys().chain(got_upserts.keys()).collect::<std::collections::BTreeSet<_>>() {
+        let (w, g) = (want_upserts.get(key), got_upserts.get(key));
+        if w != g {
+            problems.push(format!("upserts of {key}: expected {w:?}, got {g:?}"));
+        }
+    }
+    let mut want_drops: Vec<String> = expected["drops"].as_array().into_iter().flatten().map(|d| d.as_str().unwrap_or_default().to_owned()).collect();
+    let mut got_drops: Vec<String> = got.drops.iter().map(|d| d["asset_key"].as_str().unwrap_or_default().to_owned()).collect();
+    want_drops.sort();
+    got_drops.sort();
+    if want_drops != got_drops {
+        problems.push(format!("drops: expected {want_drops:?}, got {got_drops:?}"));
+    }
+    let want_dl: BTreeMap<String, u64> =
+        expected["dead_letters"].as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect();
+    let mut got_dl: BTreeMap<String, u64> = BTreeMap::new();
+    for d in &got.dead_letters {
+        *got_dl.entry(d["error"]["kind"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+    }
+    if want_dl != got_dl {
+        problems.push(format!("dead letters: expected {want_dl:?}, got {got_dl:?}"));
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
+}
