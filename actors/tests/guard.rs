@@ -1,0 +1,45 @@
+//! The drop guard: a completion that would drop more than `max_drop_fraction` of its source's
+//! live assets drops nothing and is dead-lettered instead.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+fn crawl(seen_second_time: usize, fraction: f64) -> Run {
+    let mut lines = Vec::new();
+    for k in 0..10 {
+        lines.push(running(&format!("a{k}"), "s", "r1", &format!("t{k}"), 10, "c"));
+    }
+    lines.push(completed("c1", "s", "r1", 11, None));
+    for k in 0..seen_second_time {
+        lines.push(running(&format!("b{k}"), "s", "r2", &format!("t{k}"), 20, "c"));
+    }
+    lines.push(completed("c2", "s", "r2", 21, None));
+    let mut s = settings(4);
+    s.max_drop_fraction = fraction;
+    run(s, lines, MemControl::slow(Duration::ZERO))
+}
+
+#[test]
+fn exactly_the_fraction_is_allowed() {
+    let out = crawl(5, 0.5);
+    assert_eq!(out.drops.len(), 5);
+    assert!(out.dead_letters.is_empty());
+}
+
+#[test]
+fn over_the_fraction_drops_nothing() {
+    let out = crawl(4, 0.5);
+    assert!(out.drops.is_empty(), "{:?}", out.drops);
+    assert_eq!(out.dead_letter_kinds(), vec!["drop_guard"]);
+    assert_eq!(out.dead_letters[0]["event_id"], "c2");
+    assert!(out.control.record("s/db/public/t9").unwrap().is_live());
+}
+
+#[test]
+fn one_turns_the_guard_off() {
+    let out = crawl(0, 1.0);
+    assert_eq!(out.drops.len(), 10);
+}

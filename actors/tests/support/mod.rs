@@ -1,0 +1,252 @@
+//! In-memory ports and a harness that runs the real actors over them.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use assetflow_actors::decision::{HistoryRow, Origin};
+use assetflow_actors::envelope::Watermark;
+use assetflow_actors::pipeline::{Pipeline, Ports, Settings};
+use assetflow_actors::ports::*;
+use assetflow_actors::record::ControlRecord;
+use async_trait::async_trait;
+use serde_json::{Map, Value, json};
+
+/// A control table in memory; `delay` slows reads and writes of records (not listing),
+/// `conflicts` counts lost conditional writes.
+#[derive(Default)]
+pub struct MemControl {
+    pub records: Mutex<HashMap<String, ControlRecord>>,
+    pub delay: Duration,
+    pub conflicts: AtomicU64,
+}
+
+impl MemControl {
+    pub fn slow(delay: Duration) -> Arc<Self> {
+        Arc::new(MemControl { delay, ..Default::default() })
+    }
+    async fn pause(&self) {
+        if !self.delay.is_zero() {
+            // Jitter, so that concurrent callers (if the actors let them be) finish out of order.
+            let d = self.delay.mul_f64(0.5 + fastrand_f64());
+            tokio::time::sleep(d).await;
+        }
+    }
+    pub fn record(&self, key: &str) -> Option<ControlRecord> {
+        self.records.lock().unwrap().get(key).cloned()
+    }
+}
+
+fn fastrand_f64() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    (RandomState::new().hash_one(std::time::Instant::now()) % 1000) as f64 / 1000.0
+}
+
+#[async_trait]
+impl ControlStore for MemControl {
+    async fn get_many(&self, keys: &[String]) -> BackendResult<HashMap<String, ControlRecord>> {
+        self.pause().await;
+        let m = self.records.lock().unwrap();
+        Ok(keys.iter().filter_map(|k| m.get(k).map(|r| (k.clone(), r.clone()))).collect())
+    }
+    async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()> {
+        self.pause().await;
+        let mut m = self.records.lock().unwrap();
+        for w in writes {
+            let stored = m.get(&w.record.asset_key).map_or(0, |r| r.version);
+            if stored != w.expected_version {
+                self.conflicts.fetch_add(1, Ordering::SeqCst);
+                return Err(BackendError::new("mem", "put", "version moved", FailureKind::Conflict));
+            }
+        }
+        for w in writes {
+            m.insert(w.record.asset_key.clone(), w.record.clone());
+        }
+        Ok(())
+    }
+    async fn list_source(&self, source: &str) -> BackendResult<Vec<ControlRecord>> {
+        // Not slowed: a sweep that did not wait behind the barrier would list at once and see
+        // records the slow shards have not written yet.
+        Ok(self.records.lock().unwrap().values().filter(|r| r.source == source).cloned().collect())
+    }
+}
+
+#[derive(Default)]
+pub struct MemContent {
+    pub objects: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+#[async_trait]
+impl ContentStore for MemContent {
+    fn content_ref(&self, asset_key: &str, hash: &str) -> String {
+        format!("mem://{asset_key}/{hash}")
+    }
+    async fn put(&self, asset_key: &str, hash: &str, body: &[u8]) -> BackendResult<()> {
+        self.objects.lock().unwrap().insert(self.content_ref(asset_key, hash), body.to_vec());
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+pub struct MemHistory {
+    pub rows: Mutex<Vec<HistoryRow>>,
+}
+
+#[async_trait]
+impl HistoryStore for MemHistory {
+    async fn append(&self, rows: &[HistoryRow]) -> BackendResult<()> {
+        self.rows.lock().unwrap().extend_from_slice(rows);
+        Ok(())
+    }
+    async fn read(&self, asset_key: &str, limit: usize) -> BackendResult<Vec<HistoryRow>> {
+        let rows = self.rows.lock().unwrap();
+        Ok(rows.iter().rev().filter(|r| r.asset_key.as_deref() == Some(asset_key)).take(limit).cloned().collect())
+    }
+}
+
+/// Collects what is sent, parsed back to JSON.
+#[derive(Default)]
+pub struct MemSink {
+    pub records: Mutex<Vec<Value>>,
+}
+
+impl MemSink {
+    pub fn all(&self) -> Vec<Value> {
+        self.records.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Sink for MemSink {
+    async fn send(&self, batch: &[SinkRecord]) -> BackendResult<()> {
+        let mut v = self.records.lock().unwrap();
+        for r in batch {
+            v.push(serde_json::from_slice(&r.payload).expect("sink payload is JSON"));
+        }
+        Ok(())
+    }
+}
+
+/// Business rows by (source, database, schema).
+#[derive(Default)]
+pub struct MemLookup {
+    pub rows: HashMap<Vec<String>, Map<String, Value>>,
+}
+
+#[async_trait]
+impl Lookup for MemLookup {
+    async fn lookup(&self, params: &[String]) -> BackendResult<Option<Map<String, Value>>> {
+        Ok(self.rows.get(params).cloned())
+    }
+}
+
+/// A finite source over lines, in small pulls so the pipeline sees many batches.
+pub struct VecSource {
+    lines: std::vec::IntoIter<String>,
+    pos: u64,
+    watermark: Arc<Watermark<u64>>,
+}
+
+impl VecSource {
+    pub fn new(lines: Vec<String>) -> Self {
+        VecSource { lines: lines.into_iter(), pos: 0, watermark: Watermark::new() }
+    }
+}
+
+#[async_trait]
+impl Source for VecSource {
+    async fn pull(&mut self, max: usize) -> BackendResult<Pull> {
+        let mut out = Vec::new();
+        for line in self.lines.by_ref().take(max.min(16)) {
+            self.pos += 1;
+            let ack = self.watermark.register(self.pos);
+            out.push(RawMessage {
+                bytes: line.into_bytes(),
+                origin: Origin { source: "test".into(), partition: "0".into(), offset: self.pos.to_string() },
+                ack,
+            });
+        }
+        Ok(if out.is_empty() { Pull::Drained } else { Pull::Messages(out) })
+    }
+    async fn commit(&mut self) -> BackendResult<()> {
+        let _ = self.watermark.take_ready();
+        Ok(())
+    }
+    fn outstanding(&self) -> usize {
+        self.watermark.outstanding()
+    }
+}
+
+/// Everything a run produced.
+pub struct Run {
+    pub control: Arc<MemControl>,
+    pub upserts: Vec<Value>,
+    pub drops: Vec<Value>,
+    pub dead_letters: Vec<Value>,
+    pub history: Vec<HistoryRow>,
+}
+
+impl Run {
+    pub fn upsert_changes(&self, key: &str) -> Vec<String> {
+        self.upserts.iter().filter(|u| u["asset_key"] == key).map(|u| u["change"].as_str().unwrap_or_default().to_owned()).collect()
+    }
+    pub fn dropped_keys(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.drops.iter().map(|d| d["asset_key"].as_str().unwrap_or_default().to_owned()).collect();
+        v.sort();
+        v
+    }
+    pub fn dead_letter_kinds(&self) -> Vec<String> {
+        self.dead_letters.iter().map(|d| d["error"]["kind"].as_str().unwrap_or_default().to_owned()).collect()
+    }
+}
+
+pub fn settings(shards: usize) -> Settings {
+    Settings { shards, mailbox: 64, ..Settings::default() }
+}
+
+/// Runs the pipeline over `lines` until drained.
+pub fn run(settings: Settings, lines: Vec<String>, control: Arc<MemControl>) -> Run {
+    let (upserts, drops, dead) = (Arc::new(MemSink::default()), Arc::new(MemSink::default()), Arc::new(MemSink::default()));
+    let history = Arc::new(MemHistory::default());
+    let ports = Ports {
+        sources: vec![("test".into(), Box::new(VecSource::new(lines)))],
+        control: control.clone(),
+        content: Arc::new(MemContent::default()),
+        history: history.clone(),
+        lookup: Arc::new(MemLookup::default()),
+        upsert_sink: upserts.clone(),
+        drop_sink: drops.clone(),
+        dead_letter_sink: dead.clone(),
+    };
+    actix_rt::System::new().block_on(async move {
+        let mut p = Pipeline::start(settings, ports);
+        tokio::time::timeout(Duration::from_secs(120), p.drained()).await.expect("pipeline drains within 2 minutes");
+        p.shutdown();
+    });
+    let history = history.rows.lock().unwrap().clone();
+    Run { control, upserts: upserts.all(), drops: drops.all(), dead_letters: dead.all(), history }
+}
+
+/// A `running` event for table `table` of `source`, emitted `t` seconds into the day.
+pub fn running(id: &str, source: &str, run: &str, table: &str, t: u32, content: &str) -> String {
+    json!({
+        "event_id": id, "source": source, "run_id": run, "status": "running",
+        "emitted_at": at(t),
+        "asset": {"database": "db", "schema": "public", "table": table, "comment": content}
+    })
+    .to_string()
+}
+
+pub fn completed(id: &str, source: &str, run: &str, t: u32, expected: Option<u64>) -> String {
+    let mut v = json!({"event_id": id, "source": source, "run_id": run, "status": "completed", "emitted_at": at(t)});
+    if let Some(n) = expected {
+        v["expected_assets"] = json!(n);
+    }
+    v.to_string()
+}
+
+pub fn at(t: u32) -> String {
+    format!("2026-11-01T{:02}:{:02}:{:02}Z", t / 3600, (t / 60) % 60, t % 60)
+}
