@@ -11,16 +11,29 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// Why a config could not be used; every message names the file and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read the config file: {source}. Pass --config FILE, or run from a folder that has config.toml")]
-    Read { file: String, source: std::io::Error },
+    #[error(
+        "{file}: cannot read the config file: {source}. Pass --config FILE, or run from a folder that has config.toml"
+    )]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("{file}: not valid TOML: {message}")]
     Syntax { file: String, message: String },
     #[error("{file}: key `{key}`: {message}")]
-    Key { file: String, key: String, message: String },
+    Key {
+        file: String,
+        key: String,
+        message: String,
+    },
 }
 
 fn key_err(file: &Path, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Key { file: file.display().to_string(), key: key.into(), message: message.into() }
+    ConfigError::Key {
+        file: file.display().to_string(),
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,7 +101,12 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        PipelineConfig { stages: vec![StageName::Enrich, StageName::Decide], shards: 4, mailbox: 1024, state_dir: PathBuf::from("data") }
+        PipelineConfig {
+            stages: vec![StageName::Enrich, StageName::Decide],
+            shards: 4,
+            mailbox: 1024,
+            state_dir: PathBuf::from("data"),
+        }
     }
 }
 
@@ -100,7 +118,9 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { max_event_bytes: 1 << 20 }
+        LimitsConfig {
+            max_event_bytes: 1 << 20,
+        }
     }
 }
 
@@ -180,7 +200,10 @@ impl SourceConfig {
 
     /// Does this source end by itself?
     pub fn is_finite(&self) -> bool {
-        matches!(self, SourceConfig::File { follow: false, .. } | SourceConfig::Stdin { .. })
+        matches!(
+            self,
+            SourceConfig::File { follow: false, .. } | SourceConfig::Stdin { .. }
+        )
     }
 }
 
@@ -214,7 +237,11 @@ impl Default for EnricherConfig {
             path: None,
             url: None,
             query: None,
-            lookup: vec!["/source".into(), "/asset/database".into(), "/asset/schema".into()],
+            lookup: vec![
+                "/source".into(),
+                "/asset/database".into(),
+                "/asset/schema".into(),
+            ],
             key_fields: None,
             cache_ttl: Duration::from_secs(60),
         }
@@ -232,7 +259,11 @@ pub struct DecisorConfig {
 
 impl Default for DecisorConfig {
     fn default() -> Self {
-        DecisorConfig { hash_ignore: Vec::new(), max_drop_fraction: 0.5, completion_timeout: Duration::from_secs(300) }
+        DecisorConfig {
+            hash_ignore: Vec::new(),
+            max_drop_fraction: 0.5,
+            completion_timeout: Duration::from_secs(300),
+        }
     }
 }
 
@@ -253,7 +284,11 @@ pub struct ControlConfig {
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        ControlConfig { kind: ControlKind::Embedded, table: None, create_if_missing: false }
+        ControlConfig {
+            kind: ControlKind::Embedded,
+            table: None,
+            create_if_missing: false,
+        }
     }
 }
 
@@ -276,7 +311,12 @@ pub struct ContentConfig {
 
 impl Default for ContentConfig {
     fn default() -> Self {
-        ContentConfig { kind: ContentKind::Dir, path: None, bucket: None, prefix: None }
+        ContentConfig {
+            kind: ContentKind::Dir,
+            path: None,
+            bucket: None,
+            prefix: None,
+        }
     }
 }
 
@@ -297,7 +337,11 @@ pub struct HistoryConfig {
 
 impl Default for HistoryConfig {
     fn default() -> Self {
-        HistoryConfig { kind: HistoryKind::Embedded, nodes: Vec::new(), keyspace: None }
+        HistoryConfig {
+            kind: HistoryKind::Embedded,
+            nodes: Vec::new(),
+            keyspace: None,
+        }
     }
 }
 
@@ -325,7 +369,13 @@ pub struct SinkConfig {
 
 impl SinkConfig {
     fn file(path: &str) -> Self {
-        SinkConfig { kind: SinkKind::File, path: Some(PathBuf::from(path)), queue_url: None, brokers: None, topic: None }
+        SinkConfig {
+            kind: SinkKind::File,
+            path: Some(PathBuf::from(path)),
+            queue_url: None,
+            brokers: None,
+            topic: None,
+        }
     }
 }
 
@@ -373,7 +423,11 @@ pub struct RetryConfig {
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        RetryConfig { initial: Duration::from_millis(100), max: Duration::from_secs(10), attempts: 8 }
+        RetryConfig {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            attempts: 8,
+        }
     }
 }
 
@@ -385,7 +439,9 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: "127.0.0.1:9464".into() }
+        AdminConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
     }
 }
 
@@ -398,7 +454,10 @@ pub struct AwsConfig {
 
 impl Default for AwsConfig {
     fn default() -> Self {
-        AwsConfig { region: "us-east-1".into(), endpoint_url: String::new() }
+        AwsConfig {
+            region: "us-east-1".into(),
+            endpoint_url: String::new(),
+        }
     }
 }
 
@@ -412,7 +471,9 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig { timeout: Duration::from_secs(30) }
+        ShutdownConfig {
+            timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -424,8 +485,11 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Secs(u64),
     }
     match Raw::deserialize(d)? {
-        Raw::Text(s) => humantime::parse_duration(&s)
-            .map_err(|e| serde::de::Error::custom(format!("expected a duration like \"100ms\", \"60s\" or \"5m\", got {s:?} ({e})"))),
+        Raw::Text(s) => humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "expected a duration like \"100ms\", \"60s\" or \"5m\", got {s:?} ({e})"
+            ))
+        }),
         Raw::Secs(n) => Ok(Duration::from_secs(n)),
     }
 }
@@ -438,14 +502,24 @@ impl Config {
     /// Loads `path` with the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let env: BTreeMap<String, String> = std::env::vars().collect();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
         Self::parse(&text, path, &env)
     }
 
     /// Parses config text as if read from `path`, with `env` as the environment.
-    pub fn parse(text: &str, path: &Path, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let mut doc: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Syntax { file: file.clone(), message: one_line(&e) })?;
+        let mut doc: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.clone(),
+            message: one_line(&e),
+        })?;
         expand_env(&mut doc, "", path, env)?;
         apply_overrides(&mut doc, path, env)?;
         let mut unknown = Vec::new();
@@ -453,20 +527,46 @@ impl Config {
         let de = serde_ignored::Deserializer::new(doc, &mut note_unknown);
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            key_err(path, if key == "." { "(top level)".to_string() } else { key }, e.into_inner().to_string())
+            // toml appends "in `key`" on a second line; the key is already named.
+            let message = e
+                .inner()
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            key_err(
+                path,
+                if key == "." {
+                    "(top level)".to_string()
+                } else {
+                    key
+                },
+                message,
+            )
         })?;
         for key in unknown {
-            tracing::warn!("{file}: unknown key `{key}` is ignored (check its spelling against CONFIG.md)");
+            tracing::warn!(
+                "{file}: unknown key `{key}` is ignored (check its spelling against CONFIG.md)"
+            );
         }
         config.file = path.to_path_buf();
-        config.base_dir = path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
+        config.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
         config.validate()?;
         Ok(config)
     }
 
     /// A path from the config, resolved against the config file's folder.
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -481,48 +581,107 @@ impl Config {
         let f = &self.file;
         let p = &self.pipeline;
         if p.stages.is_empty() || !p.stages.contains(&StageName::Enrich) {
-            return Err(key_err(f, "pipeline.stages", "expected [\"enrich\", \"decide\"] or [\"enrich\"]"));
+            return Err(key_err(
+                f,
+                "pipeline.stages",
+                "expected [\"enrich\", \"decide\"] or [\"enrich\"]",
+            ));
         }
         if p.shards == 0 || p.shards > 256 {
-            return Err(key_err(f, "pipeline.shards", format!("expected 1 to 256 shards, got {}", p.shards)));
+            return Err(key_err(
+                f,
+                "pipeline.shards",
+                format!("expected 1 to 256 shards, got {}", p.shards),
+            ));
         }
         if p.mailbox == 0 {
-            return Err(key_err(f, "pipeline.mailbox", "expected a capacity of at least 1"));
+            return Err(key_err(
+                f,
+                "pipeline.mailbox",
+                "expected a capacity of at least 1",
+            ));
         }
         if self.limits.max_event_bytes == 0 {
-            return Err(key_err(f, "limits.max_event_bytes", "expected at least 1 byte"));
+            return Err(key_err(
+                f,
+                "limits.max_event_bytes",
+                "expected at least 1 byte",
+            ));
         }
         if self.sources.is_empty() {
-            return Err(key_err(f, "sources", "expected at least one [[sources]] entry, e.g. kind = \"file\", path = \"events.jsonl\""));
+            return Err(key_err(
+                f,
+                "sources",
+                "expected at least one [[sources]] entry, e.g. kind = \"file\", path = \"events.jsonl\"",
+            ));
         }
         let d = &self.decisor;
         if !(0.0..=1.0).contains(&d.max_drop_fraction) {
-            return Err(key_err(f, "decisor.max_drop_fraction", format!("expected a fraction from 0.0 to 1.0, got {}", d.max_drop_fraction)));
+            return Err(key_err(
+                f,
+                "decisor.max_drop_fraction",
+                format!(
+                    "expected a fraction from 0.0 to 1.0, got {}",
+                    d.max_drop_fraction
+                ),
+            ));
         }
         for (i, path) in d.hash_ignore.iter().enumerate() {
             if path.is_empty() || path.split('.').any(str::is_empty) {
-                return Err(key_err(f, format!("decisor.hash_ignore[{i}]"), format!("expected a dotted path like \"stats.row_count\", got {path:?}")));
+                return Err(key_err(
+                    f,
+                    format!("decisor.hash_ignore[{i}]"),
+                    format!("expected a dotted path like \"stats.row_count\", got {path:?}"),
+                ));
             }
         }
         let e = &self.enricher;
         for (i, ptr) in e.lookup.iter().enumerate() {
             if !ptr.starts_with('/') {
-                return Err(key_err(f, format!("enricher.lookup[{i}]"), format!("expected a JSON pointer like \"/asset/database\", got {ptr:?}")));
+                return Err(key_err(
+                    f,
+                    format!("enricher.lookup[{i}]"),
+                    format!("expected a JSON pointer like \"/asset/database\", got {ptr:?}"),
+                ));
             }
         }
         match e.kind {
-            EnricherKind::File if e.path.is_none() => return Err(key_err(f, "enricher.path", "the file enricher needs path = \"business.json\"")),
-            EnricherKind::Postgres if e.url.is_none() => return Err(key_err(f, "enricher.url", "the postgres enricher needs url = \"postgres://…\"")),
+            EnricherKind::File if e.path.is_none() => {
+                return Err(key_err(
+                    f,
+                    "enricher.path",
+                    "the file enricher needs path = \"business.json\"",
+                ));
+            }
+            EnricherKind::Postgres if e.url.is_none() => {
+                return Err(key_err(
+                    f,
+                    "enricher.url",
+                    "the postgres enricher needs url = \"postgres://…\"",
+                ));
+            }
             EnricherKind::Postgres if e.query.is_none() => {
-                return Err(key_err(f, "enricher.query", "the postgres enricher needs a query with $1, $2… for the lookup values"));
+                return Err(key_err(
+                    f,
+                    "enricher.query",
+                    "the postgres enricher needs a query with $1, $2… for the lookup values",
+                ));
             }
             _ => {}
         }
         if self.control.kind == ControlKind::Dynamodb && self.control.table.is_none() {
-            return Err(key_err(f, "control.table", "the dynamodb control store needs table = \"…\""));
+            return Err(key_err(
+                f,
+                "control.table",
+                "the dynamodb control store needs table = \"…\"",
+            ));
         }
         if self.content.kind == ContentKind::S3 && self.content.bucket.is_none() {
-            return Err(key_err(f, "content.bucket", "the s3 content store needs bucket = \"…\""));
+            return Err(key_err(
+                f,
+                "content.bucket",
+                "the s3 content store needs bucket = \"…\"",
+            ));
         }
         let sinks: [(&str, &SinkConfig, bool); 4] = [
             ("sinks.upsert", &self.sinks.upsert, self.decides()),
@@ -542,7 +701,11 @@ impl Config {
                 _ => None,
             };
             if let Some(field) = missing {
-                return Err(key_err(f, format!("{key}.{field}"), format!("a {:?} sink needs `{field}`", sink.kind).to_lowercase()));
+                return Err(key_err(
+                    f,
+                    format!("{key}.{field}"),
+                    format!("a {:?} sink needs `{field}`", sink.kind).to_lowercase(),
+                ));
             }
         }
         if self.retry.attempts == 0 {
@@ -561,7 +724,12 @@ fn one_line(e: &toml::de::Error) -> String {
 }
 
 /// Replaces every `${VAR}` in string values; an unset variable is an error naming the key.
-fn expand_env(v: &mut toml::Value, key: &str, file: &Path, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+fn expand_env(
+    v: &mut toml::Value,
+    key: &str,
+    file: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
     match v {
         toml::Value::String(s) if s.contains("${") => {
             let mut out = String::with_capacity(s.len());
@@ -575,7 +743,15 @@ fn expand_env(v: &mut toml::Value, key: &str, file: &Path, env: &BTreeMap<String
                 let name = &after[..end];
                 match env.get(name) {
                     Some(val) => out.push_str(val),
-                    None => return Err(key_err(file, key, format!("environment variable `{name}` is not set; set it or write the value in the file"))),
+                    None => {
+                        return Err(key_err(
+                            file,
+                            key,
+                            format!(
+                                "environment variable `{name}` is not set; set it or write the value in the file"
+                            ),
+                        ));
+                    }
                 }
                 rest = &after[end + 1..];
             }
@@ -589,7 +765,11 @@ fn expand_env(v: &mut toml::Value, key: &str, file: &Path, env: &BTreeMap<String
         }
         toml::Value::Table(t) => {
             for (k, item) in t.iter_mut() {
-                let sub = if key.is_empty() { k.clone() } else { format!("{key}.{k}") };
+                let sub = if key.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{key}.{k}")
+                };
                 expand_env(item, &sub, file, env)?;
             }
         }
@@ -599,9 +779,15 @@ fn expand_env(v: &mut toml::Value, key: &str, file: &Path, env: &BTreeMap<String
 }
 
 /// `ASSETFLOW__SECTION__KEY=value` sets `section.key` (numbers index arrays: `SOURCES__0__PATH`).
-fn apply_overrides(doc: &mut toml::Value, file: &Path, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+fn apply_overrides(
+    doc: &mut toml::Value,
+    file: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
     for (name, raw) in env {
-        let Some(rest) = name.strip_prefix("ASSETFLOW__") else { continue };
+        let Some(rest) = name.strip_prefix("ASSETFLOW__") else {
+            continue;
+        };
         let segments: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
         if segments.iter().any(String::is_empty) {
             continue;
@@ -620,12 +806,23 @@ fn apply_overrides(doc: &mut toml::Value, file: &Path, env: &BTreeMap<String, St
                         t.insert(seg.clone(), value.clone());
                         break;
                     }
-                    t.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    t.entry(seg.clone())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
                 }
                 toml::Value::Array(a) => {
-                    let idx: usize = seg.parse().map_err(|_| key_err(file, &key, format!("override {name}: `{seg}` should be an array index")))?;
+                    let idx: usize = seg.parse().map_err(|_| {
+                        key_err(
+                            file,
+                            &key,
+                            format!("override {name}: `{seg}` should be an array index"),
+                        )
+                    })?;
                     let Some(item) = a.get_mut(idx) else {
-                        return Err(key_err(file, &key, format!("override {name}: there is no entry {idx}")));
+                        return Err(key_err(
+                            file,
+                            &key,
+                            format!("override {name}: there is no entry {idx}"),
+                        ));
                     };
                     if last {
                         *item = value.clone();
@@ -633,7 +830,13 @@ fn apply_overrides(doc: &mut toml::Value, file: &Path, env: &BTreeMap<String, St
                     }
                     item
                 }
-                _ => return Err(key_err(file, &key, format!("override {name}: `{seg}` is not inside a table"))),
+                _ => {
+                    return Err(key_err(
+                        file,
+                        &key,
+                        format!("override {name}: `{seg}` is not inside a table"),
+                    ));
+                }
             };
         }
     }
@@ -661,7 +864,10 @@ mod tests {
     use super::*;
 
     fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::parse(text, Path::new("/cfg/config.toml"), &env)
     }
 
@@ -678,29 +884,60 @@ mod tests {
     #[test]
     fn env_expansion_and_overrides() {
         let text = format!("{MIN}[pipeline]\nstate_dir = \"${{DIR}}/x\"\n");
-        let c = parse(&text, &[("DIR", "/tmp"), ("ASSETFLOW__PIPELINE__SHARDS", "8"), ("ASSETFLOW__SOURCES__0__FOLLOW", "true")]).unwrap();
+        let c = parse(
+            &text,
+            &[
+                ("DIR", "/tmp"),
+                ("ASSETFLOW__PIPELINE__SHARDS", "8"),
+                ("ASSETFLOW__SOURCES__0__FOLLOW", "true"),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.pipeline.state_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.pipeline.shards, 8);
-        assert!(matches!(c.sources[0], SourceConfig::File { follow: true, .. }));
+        assert!(matches!(
+            c.sources[0],
+            SourceConfig::File { follow: true, .. }
+        ));
         let err = parse(&text, &[]).unwrap_err().to_string();
-        assert!(err.contains("pipeline.state_dir") && err.contains("DIR"), "{err}");
+        assert!(
+            err.contains("pipeline.state_dir") && err.contains("DIR"),
+            "{err}"
+        );
     }
 
     #[test]
     fn errors_name_the_key() {
-        let err = parse(&format!("{MIN}[pipeline]\nshards = \"four\"\n"), &[]).unwrap_err().to_string();
+        let err = parse(&format!("{MIN}[pipeline]\nshards = \"four\"\n"), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("pipeline.shards"), "{err}");
-        let err = parse("[[sources]]\nkind = \"carrier-pigeon\"\n", &[]).unwrap_err().to_string();
-        assert!(err.contains("sources[0]") && err.contains("carrier-pigeon"), "{err}");
-        let err = parse(&format!("{MIN}[decisor]\nmax_drop_fraction = 2.0\n"), &[]).unwrap_err().to_string();
+        let err = parse("[[sources]]\nkind = \"carrier-pigeon\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sources[0]") && err.contains("carrier-pigeon"),
+            "{err}"
+        );
+        let err = parse(&format!("{MIN}[decisor]\nmax_drop_fraction = 2.0\n"), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("decisor.max_drop_fraction"), "{err}");
-        let err = parse(&format!("{MIN}[decisor]\ncompletion_timeout = \"soon\"\n"), &[]).unwrap_err().to_string();
+        let err = parse(
+            &format!("{MIN}[decisor]\ncompletion_timeout = \"soon\"\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("decisor.completion_timeout"), "{err}");
     }
 
     #[test]
     fn secrets_are_redacted() {
-        assert_eq!(redact_url("postgres://app:hunter2@db:5432/x"), "postgres://app:***@db:5432/x");
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
         assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
     }
 }

@@ -8,7 +8,11 @@ use assetflow::config::Config;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "assetflow", version, about = "Keeps a data catalog in step with the databases it describes")]
+#[command(
+    name = "assetflow",
+    version,
+    about = "Keeps a data catalog in step with the databases it describes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,32 +66,51 @@ enum Format {
 fn init_logs() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs();
     let result = match cli.command {
-        Command::Run { config } => Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::run(&c)).map(|s| {
-            eprintln!("{s}");
-            String::new()
-        }),
-        Command::CheckConfig { config } => Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::check_config(&c)),
-        Command::Topology { config, format } => Config::load(&config).map_err(anyhow::Error::from).map(|c| {
-            let f = match format {
-                Format::Text => "text",
-                Format::Dot => "dot",
-                Format::Mermaid => "mermaid",
-            };
-            assetflow::topology::draw(&c, f)
-        }),
-        Command::History { asset_key, config, limit } => {
-            Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::history(&c, &asset_key, limit))
+        Command::Run { config } => Config::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| commands::run(&c))
+            .map(|s| {
+                eprintln!("{s}");
+                String::new()
+            }),
+        Command::CheckConfig { config } => Config::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| commands::check_config(&c)),
+        Command::Topology { config, format } => {
+            Config::load(&config).map_err(anyhow::Error::from).map(|c| {
+                let f = match format {
+                    Format::Text => "text",
+                    Format::Dot => "dot",
+                    Format::Mermaid => "mermaid",
+                };
+                assetflow::topology::draw(&c, f)
+            })
         }
-        Command::Assets { config, source, status } => {
-            Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::assets(&c, source.as_deref(), status.as_deref()))
-        }
+        Command::History {
+            asset_key,
+            config,
+            limit,
+        } => Config::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| commands::history(&c, &asset_key, limit)),
+        Command::Assets {
+            config,
+            source,
+            status,
+        } => Config::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| commands::assets(&c, source.as_deref(), status.as_deref())),
     };
     match result {
         Ok(out) => {
@@ -96,7 +119,11 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // One line: the error and its causes, no backtrace.
-            let msg = e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ");
+            let msg = e
+                .chain()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(": ");
             eprintln!("error: {msg}");
             ExitCode::FAILURE
         }

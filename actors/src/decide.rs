@@ -42,7 +42,11 @@ pub struct SweepPlan {
 }
 
 /// Plans the sweep of a completed run over all records of its source.
-pub fn plan_sweep<'a>(records: impl IntoIterator<Item = &'a ControlRecord>, run: &str, max_drop_fraction: f64) -> SweepPlan {
+pub fn plan_sweep<'a>(
+    records: impl IntoIterator<Item = &'a ControlRecord>,
+    run: &str,
+    max_drop_fraction: f64,
+) -> SweepPlan {
     let mut live = 0;
     let mut seen_in_run = 0;
     let mut to_drop = Vec::new();
@@ -59,7 +63,12 @@ pub fn plan_sweep<'a>(records: impl IntoIterator<Item = &'a ControlRecord>, run:
     }
     to_drop.sort_unstable();
     let guarded = !to_drop.is_empty() && (to_drop.len() as f64) > max_drop_fraction * (live as f64);
-    SweepPlan { live, seen_in_run, to_drop, guarded }
+    SweepPlan {
+        live,
+        seen_in_run,
+        to_drop,
+        guarded,
+    }
 }
 
 #[cfg(test)]
@@ -72,7 +81,11 @@ mod tests {
         ControlRecord {
             asset_key: key.into(),
             source: "s".into(),
-            name: AssetName { database: "d".into(), schema: "s".into(), table: key.into() },
+            name: AssetName {
+                database: "d".into(),
+                schema: "s".into(),
+                table: key.into(),
+            },
             hash: hash.into(),
             last_seen_run: run.into(),
             last_seen_at: at.parse().unwrap(),
@@ -87,13 +100,37 @@ mod tests {
     fn first_rule_that_matches_applies() {
         let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
         let live = rec("k", "h", "r1", "2026-01-01T10:00:00Z", RecordStatus::Live);
-        let dropped = rec("k", "h", "r1", "2026-01-01T10:00:00Z", RecordStatus::Dropped);
-        assert_eq!(judge(None, "h", t("2026-01-01T09:00:00Z")), Verdict::Created);
-        assert_eq!(judge(Some(&live), "x", t("2026-01-01T09:00:00Z")), Verdict::Stale);
-        assert_eq!(judge(Some(&dropped), "h", t("2026-01-01T09:00:00Z")), Verdict::Stale);
-        assert_eq!(judge(Some(&dropped), "h", t("2026-01-01T10:00:00Z")), Verdict::Created);
-        assert_eq!(judge(Some(&live), "x", t("2026-01-01T10:00:00Z")), Verdict::Updated);
-        assert_eq!(judge(Some(&live), "h", t("2026-01-01T10:00:00Z")), Verdict::Unchanged);
+        let dropped = rec(
+            "k",
+            "h",
+            "r1",
+            "2026-01-01T10:00:00Z",
+            RecordStatus::Dropped,
+        );
+        assert_eq!(
+            judge(None, "h", t("2026-01-01T09:00:00Z")),
+            Verdict::Created
+        );
+        assert_eq!(
+            judge(Some(&live), "x", t("2026-01-01T09:00:00Z")),
+            Verdict::Stale
+        );
+        assert_eq!(
+            judge(Some(&dropped), "h", t("2026-01-01T09:00:00Z")),
+            Verdict::Stale
+        );
+        assert_eq!(
+            judge(Some(&dropped), "h", t("2026-01-01T10:00:00Z")),
+            Verdict::Created
+        );
+        assert_eq!(
+            judge(Some(&live), "x", t("2026-01-01T10:00:00Z")),
+            Verdict::Updated
+        );
+        assert_eq!(
+            judge(Some(&live), "h", t("2026-01-01T10:00:00Z")),
+            Verdict::Unchanged
+        );
     }
 
     #[test]
@@ -105,7 +142,15 @@ mod tests {
             rec("c", "h", "r1", at, RecordStatus::Dropped),
         ];
         let plan = plan_sweep(&rs, "r2", 0.5);
-        assert_eq!((plan.live, plan.seen_in_run, plan.to_drop.clone(), plan.guarded), (2, 1, vec!["b".to_string()], false));
+        assert_eq!(
+            (
+                plan.live,
+                plan.seen_in_run,
+                plan.to_drop.clone(),
+                plan.guarded
+            ),
+            (2, 1, vec!["b".to_string()], false)
+        );
         let plan = plan_sweep(&rs, "r3", 0.5);
         assert!(plan.guarded, "dropping 2 of 2 is over half");
         assert!(!plan_sweep(&rs, "r3", 1.0).guarded);

@@ -186,12 +186,23 @@ impl DeadLetter {
         origin: Origin,
         attempts: u32,
     ) -> Self {
-        let anchor = format!("{}\u{0}{}\u{0}{}", origin.source, origin.partition, origin.offset);
-        let decision_id = decision_id(event_id.as_deref().unwrap_or(""), &anchor, &format!("dead_letter/{}/{kind}", stage.as_str()), attempts.into());
+        let anchor = format!(
+            "{}\u{0}{}\u{0}{}",
+            origin.source, origin.partition, origin.offset
+        );
+        let decision_id = decision_id(
+            event_id.as_deref().unwrap_or(""),
+            &anchor,
+            &format!("dead_letter/{}/{kind}", stage.as_str()),
+            attempts.into(),
+        );
         DeadLetter {
             kind: DeadLetterTag::DeadLetter,
             stage,
-            error: FailureReason { kind: kind.to_owned(), message: message.into() },
+            error: FailureReason {
+                kind: kind.to_owned(),
+                message: message.into(),
+            },
             attempts,
             payload: String::from_utf8_lossy(payload).into_owned(),
             event_id,
@@ -211,7 +222,9 @@ mod time_str {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
         let s = String::deserialize(d)?;
-        DateTime::parse_from_rfc3339(&s).map(|t| t.with_timezone(&Utc)).map_err(serde::de::Error::custom)
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -291,7 +304,10 @@ mod tests {
         assert_ne!(a, decision_id("e1", "s/d/s/t", "drop", 0));
         assert_ne!(a, decision_id("e1", "s/d/s/t", "upsert", 3));
         // Length-prefixing keeps ("ab","c") and ("a","bc") apart.
-        assert_ne!(decision_id("ab", "c", "x", 0), decision_id("a", "bc", "x", 0));
+        assert_ne!(
+            decision_id("ab", "c", "x", 0),
+            decision_id("a", "bc", "x", 0)
+        );
     }
 
     #[test]

@@ -58,13 +58,21 @@ impl AssetEvent {
             "status" => Value::String(self.status().to_owned()),
             "asset" => match &self.kind {
                 EventKind::Running { body, .. } => {
-                    return if tail.is_empty() { Some(body.clone()) } else { body.pointer(tail).cloned() };
+                    return if tail.is_empty() {
+                        Some(body.clone())
+                    } else {
+                        body.pointer(tail).cloned()
+                    };
                 }
                 EventKind::Completed { .. } => return None,
             },
             other => {
                 let v = self.extra.get(&unescape(other))?;
-                return if tail.is_empty() { Some(v.clone()) } else { v.pointer(tail).cloned() };
+                return if tail.is_empty() {
+                    Some(v.clone())
+                } else {
+                    v.pointer(tail).cloned()
+                };
             }
         };
         tail.is_empty().then_some(top)
@@ -84,8 +92,13 @@ fn unescape(token: &str) -> String {
 
 /// The asset key of a table in a source.
 pub fn asset_key(source: &str, name: &AssetName) -> String {
-    let mut key = String::with_capacity(source.len() + name.database.len() + name.schema.len() + name.table.len() + 3);
-    for (i, part) in [source, &name.database, &name.schema, &name.table].into_iter().enumerate() {
+    let mut key = String::with_capacity(
+        source.len() + name.database.len() + name.schema.len() + name.table.len() + 3,
+    );
+    for (i, part) in [source, &name.database, &name.schema, &name.table]
+        .into_iter()
+        .enumerate()
+    {
         if i > 0 {
             key.push('/');
         }
@@ -129,7 +142,11 @@ impl std::fmt::Display for RejectKind {
 }
 
 fn reject(kind: RejectKind, message: impl Into<String>, event_id: Option<&str>) -> Rejection {
-    Rejection { kind, message: message.into(), event_id: event_id.map(str::to_owned) }
+    Rejection {
+        kind,
+        message: message.into(),
+        event_id: event_id.map(str::to_owned),
+    }
 }
 
 /// Decodes and validates one message: size, then JSON, then the field checks of EVENTS.md §1.
@@ -137,7 +154,10 @@ pub fn decode(raw: &[u8], max_bytes: usize) -> Result<AssetEvent, Rejection> {
     if raw.len() > max_bytes {
         return Err(reject(
             RejectKind::TooLarge,
-            format!("message is {} bytes, over limits.max_event_bytes = {max_bytes}", raw.len()),
+            format!(
+                "message is {} bytes, over limits.max_event_bytes = {max_bytes}",
+                raw.len()
+            ),
             None,
         ));
     }
@@ -151,7 +171,11 @@ pub fn decode(raw: &[u8], max_bytes: usize) -> Result<AssetEvent, Rejection> {
 /// The field checks of EVENTS.md §1 on an already parsed value.
 pub fn validate(value: Value) -> Result<AssetEvent, Rejection> {
     let Value::Object(mut map) = value else {
-        return Err(reject(RejectKind::InvalidEvent, format!("expected a JSON object, got {}", type_name(&value)), None));
+        return Err(reject(
+            RejectKind::InvalidEvent,
+            format!("expected a JSON object, got {}", type_name(&value)),
+            None,
+        ));
     };
     let event_id = take_id(&mut map, "event_id", None)?;
     let eid = Some(event_id.as_str());
@@ -162,28 +186,66 @@ pub fn validate(value: Value) -> Result<AssetEvent, Rejection> {
         Some(other) => {
             return Err(reject(
                 RejectKind::InvalidEvent,
-                format!("field `status` must be \"running\" or \"completed\", got {}", short(&other)),
+                format!(
+                    "field `status` must be \"running\" or \"completed\", got {}",
+                    short(&other)
+                ),
                 eid,
             ));
         }
-        None => return Err(reject(RejectKind::InvalidEvent, "missing required field `status`", eid)),
+        None => {
+            return Err(reject(
+                RejectKind::InvalidEvent,
+                "missing required field `status`",
+                eid,
+            ));
+        }
     };
     let emitted_at = match map.remove("emitted_at") {
         Some(Value::String(s)) => DateTime::parse_from_rfc3339(&s)
-            .map_err(|e| reject(RejectKind::InvalidEvent, format!("field `emitted_at` is not an RFC 3339 timestamp: {e}"), eid))?
+            .map_err(|e| {
+                reject(
+                    RejectKind::InvalidEvent,
+                    format!("field `emitted_at` is not an RFC 3339 timestamp: {e}"),
+                    eid,
+                )
+            })?
             .with_timezone(&Utc),
         Some(other) => {
-            return Err(reject(RejectKind::InvalidEvent, format!("field `emitted_at` must be a string, got {}", type_name(&other)), eid));
+            return Err(reject(
+                RejectKind::InvalidEvent,
+                format!(
+                    "field `emitted_at` must be a string, got {}",
+                    type_name(&other)
+                ),
+                eid,
+            ));
         }
-        None => return Err(reject(RejectKind::InvalidEvent, "missing required field `emitted_at`", eid)),
+        None => {
+            return Err(reject(
+                RejectKind::InvalidEvent,
+                "missing required field `emitted_at`",
+                eid,
+            ));
+        }
     };
     let kind = if status == "running" {
         let body = match map.remove("asset") {
             Some(body @ Value::Object(_)) => body,
             Some(other) => {
-                return Err(reject(RejectKind::InvalidEvent, format!("field `asset` must be an object, got {}", type_name(&other)), eid));
+                return Err(reject(
+                    RejectKind::InvalidEvent,
+                    format!("field `asset` must be an object, got {}", type_name(&other)),
+                    eid,
+                ));
             }
-            None => return Err(reject(RejectKind::InvalidEvent, "a running event needs the field `asset`", eid)),
+            None => {
+                return Err(reject(
+                    RejectKind::InvalidEvent,
+                    "a running event needs the field `asset`",
+                    eid,
+                ));
+            }
         };
         let name = AssetName {
             database: asset_name(&body, "database", eid)?,
@@ -198,37 +260,81 @@ pub fn validate(value: Value) -> Result<AssetEvent, Rejection> {
             Some(other) => {
                 return Err(reject(
                     RejectKind::InvalidEvent,
-                    format!("field `expected_assets` must be a non-negative integer, got {}", short(&other)),
+                    format!(
+                        "field `expected_assets` must be a non-negative integer, got {}",
+                        short(&other)
+                    ),
                     eid,
                 ));
             }
         };
         EventKind::Completed { expected_assets }
     };
-    Ok(AssetEvent { event_id, source, run_id, emitted_at, kind, extra: map })
+    Ok(AssetEvent {
+        event_id,
+        source,
+        run_id,
+        emitted_at,
+        kind,
+        extra: map,
+    })
 }
 
-fn take_id(map: &mut Map<String, Value>, field: &str, eid: Option<&str>) -> Result<String, Rejection> {
+fn take_id(
+    map: &mut Map<String, Value>,
+    field: &str,
+    eid: Option<&str>,
+) -> Result<String, Rejection> {
     match map.remove(field) {
         Some(Value::String(s)) => {
             let chars = s.chars().count();
             if chars == 0 || chars > MAX_ID_CHARS {
-                Err(reject(RejectKind::InvalidEvent, format!("field `{field}` must be 1 to {MAX_ID_CHARS} characters, got {chars}"), eid))
+                Err(reject(
+                    RejectKind::InvalidEvent,
+                    format!("field `{field}` must be 1 to {MAX_ID_CHARS} characters, got {chars}"),
+                    eid,
+                ))
             } else {
                 Ok(s)
             }
         }
-        Some(other) => Err(reject(RejectKind::InvalidEvent, format!("field `{field}` must be a string, got {}", type_name(&other)), eid)),
-        None => Err(reject(RejectKind::InvalidEvent, format!("missing required field `{field}`"), eid)),
+        Some(other) => Err(reject(
+            RejectKind::InvalidEvent,
+            format!(
+                "field `{field}` must be a string, got {}",
+                type_name(&other)
+            ),
+            eid,
+        )),
+        None => Err(reject(
+            RejectKind::InvalidEvent,
+            format!("missing required field `{field}`"),
+            eid,
+        )),
     }
 }
 
 fn asset_name(body: &Value, field: &str, eid: Option<&str>) -> Result<String, Rejection> {
     match body.get(field) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        Some(Value::String(_)) => Err(reject(RejectKind::InvalidEvent, format!("field `asset.{field}` must not be empty"), eid)),
-        Some(other) => Err(reject(RejectKind::InvalidEvent, format!("field `asset.{field}` must be a string, got {}", type_name(other)), eid)),
-        None => Err(reject(RejectKind::InvalidEvent, format!("missing required field `asset.{field}`"), eid)),
+        Some(Value::String(_)) => Err(reject(
+            RejectKind::InvalidEvent,
+            format!("field `asset.{field}` must not be empty"),
+            eid,
+        )),
+        Some(other) => Err(reject(
+            RejectKind::InvalidEvent,
+            format!(
+                "field `asset.{field}` must be a string, got {}",
+                type_name(other)
+            ),
+            eid,
+        )),
+        None => Err(reject(
+            RejectKind::InvalidEvent,
+            format!("missing required field `asset.{field}`"),
+            eid,
+        )),
     }
 }
 
@@ -245,7 +351,11 @@ fn type_name(v: &Value) -> &'static str {
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.chars().count() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s }
+    if s.chars().count() > 40 {
+        format!("{}…", s.chars().take(40).collect::<String>())
+    } else {
+        s
+    }
 }
 
 #[cfg(test)]
@@ -261,7 +371,9 @@ mod tests {
 
     #[test]
     fn running_event_gets_its_key() {
-        let e = ok(r#"{"event_id":"e","source":"pg","run_id":"r","status":"running","emitted_at":"2026-11-01T10:00:00Z","asset":{"database":"d","schema":"s","table":"t"},"x":1}"#);
+        let e = ok(
+            r#"{"event_id":"e","source":"pg","run_id":"r","status":"running","emitted_at":"2026-11-01T10:00:00Z","asset":{"database":"d","schema":"s","table":"t"},"x":1}"#,
+        );
         assert_eq!(e.asset_key().as_deref(), Some("pg/d/s/t"));
         assert_eq!(e.pointer("/asset/schema"), Some(Value::String("s".into())));
         assert_eq!(e.pointer("/x"), Some(Value::from(1)));
@@ -284,8 +396,15 @@ mod tests {
 
     #[test]
     fn completed_with_expected_assets() {
-        let e = ok(r#"{"event_id":"e","source":"s","run_id":"r","status":"completed","emitted_at":"2026-11-01T10:00:00+01:00","expected_assets":3}"#);
-        assert!(matches!(e.kind, EventKind::Completed { expected_assets: Some(3) }));
+        let e = ok(
+            r#"{"event_id":"e","source":"s","run_id":"r","status":"completed","emitted_at":"2026-11-01T10:00:00+01:00","expected_assets":3}"#,
+        );
+        assert!(matches!(
+            e.kind,
+            EventKind::Completed {
+                expected_assets: Some(3)
+            }
+        ));
         assert_eq!(e.emitted_at.to_rfc3339(), "2026-11-01T09:00:00+00:00");
     }
 }

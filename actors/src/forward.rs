@@ -5,8 +5,8 @@
 //! message at once and resolves when it has been handled; the sender sends nothing else in the
 //! meantime, so order is kept and the mailbox grows by at most one message per sender.
 
-use actix::prelude::*;
 use actix::dev::ToEnvelope;
+use actix::prelude::*;
 
 /// The receiving actor is gone.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -58,7 +58,9 @@ where
             }));
         }
         Err(SendError::Closed(_)) => {
-            tracing::error!("downstream actor stopped; message left unacknowledged for re-delivery");
+            tracing::error!(
+                "downstream actor stopped; message left unacknowledged for re-delivery"
+            );
         }
     }
 }

@@ -11,7 +11,14 @@ fn run_of(run: &str, tables: impl Iterator<Item = usize>, t: u32, n: &mut u32) -
     tables
         .map(|k| {
             *n += 1;
-            running(&format!("e{n:05}"), "src", run, &format!("t{k:03}"), t, "same")
+            running(
+                &format!("e{n:05}"),
+                "src",
+                run,
+                &format!("t{k:03}"),
+                t,
+                "same",
+            )
         })
         .collect()
 }
@@ -43,15 +50,26 @@ fn a_completion_sees_every_earlier_event_of_its_run() {
     let expected: Vec<String> = (0..20).map(|k| format!("src/db/public/t{k:03}")).collect();
     assert_eq!(out.dropped_keys(), expected);
     for k in 0..20 {
-        assert_eq!(out.upsert_changes(&format!("src/db/public/t{k:03}")), vec!["created", "created"], "dropped in r2, back in r3");
+        assert_eq!(
+            out.upsert_changes(&format!("src/db/public/t{k:03}")),
+            vec!["created", "created"],
+            "dropped in r2, back in r3"
+        );
     }
-    let completed = out.history.iter().filter(|h| h.outcome.as_str() == "completed").count();
+    let completed = out
+        .history
+        .iter()
+        .filter(|h| h.outcome.as_str() == "completed")
+        .count();
     assert_eq!(completed, 4);
 }
 
 #[test]
 fn other_sources_are_never_touched_by_a_sweep() {
-    let mut lines = vec![running("a1", "a", "ra", "x", 1, "c"), running("b1", "b", "rb", "y", 1, "c")];
+    let mut lines = vec![
+        running("a1", "a", "ra", "x", 1, "c"),
+        running("b1", "b", "rb", "y", 1, "c"),
+    ];
     lines.push(completed("a2", "a", "ra2", 2, None));
     let mut s = settings(4);
     s.max_drop_fraction = 1.0;

@@ -12,7 +12,8 @@ pub struct ContentDir {
 
 impl ContentDir {
     pub fn open(root: &Path) -> Result<Self, String> {
-        std::fs::create_dir_all(root).map_err(|e| format!("cannot create the content folder {}: {e}", root.display()))?;
+        std::fs::create_dir_all(root)
+            .map_err(|e| format!("cannot create the content folder {}: {e}", root.display()))?;
         let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
         Ok(ContentDir { root })
     }
@@ -58,7 +59,9 @@ impl ContentStore for ContentDir {
 
 /// Writes `body` to `path` unless it is there already: to a temporary name, fsync, rename.
 fn write_once(path: &Path, body: &[u8]) -> BackendResult<()> {
-    let fail = |op: &str, e: std::io::Error| BackendError::transient(format!("content dir {}", path.display()), op, e);
+    let fail = |op: &str, e: std::io::Error| {
+        BackendError::transient(format!("content dir {}", path.display()), op, e)
+    };
     if path.exists() {
         return Ok(());
     }

@@ -17,10 +17,18 @@ pub struct FileSink {
 impl FileSink {
     pub fn open(path: &Path) -> Result<Self, String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        Ok(FileSink { path: path.to_path_buf(), file: Arc::new(Mutex::new(file)) })
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        Ok(FileSink {
+            path: path.to_path_buf(),
+            file: Arc::new(Mutex::new(file)),
+        })
     }
 }
 
@@ -43,8 +51,10 @@ impl Sink for FileSink {
         tokio::task::spawn_blocking(move || {
             let f = file.lock().unwrap_or_else(|e| e.into_inner());
             let mut w = &*f;
-            w.write_all(&buf).map_err(|e| BackendError::transient(&b2, "write", e))?;
-            f.sync_data().map_err(|e| BackendError::transient(&b2, "fsync", e))
+            w.write_all(&buf)
+                .map_err(|e| BackendError::transient(&b2, "write", e))?;
+            f.sync_data()
+                .map_err(|e| BackendError::transient(&b2, "fsync", e))
         })
         .await
         .map_err(|e| BackendError::transient(backend, "write", e))?
@@ -58,6 +68,8 @@ impl Sink for StdoutSink {
     async fn send(&self, batch: &[SinkRecord]) -> BackendResult<()> {
         let buf = lines(batch);
         let mut out = std::io::stdout().lock();
-        out.write_all(&buf).and_then(|_| out.flush()).map_err(|e| BackendError::transient("stdout", "write", e))
+        out.write_all(&buf)
+            .and_then(|_| out.flush())
+            .map_err(|e| BackendError::transient("stdout", "write", e))
     }
 }

@@ -32,7 +32,13 @@ pub struct FileSource {
 impl FileSource {
     /// Opens `path` at its checkpoint. `max_line` bounds how much of an overlong line is kept
     /// (it will be rejected as too large anyway).
-    pub fn open(name: String, path: &Path, follow: bool, state: StateStore, max_line: usize) -> Result<Self, String> {
+    pub fn open(
+        name: String,
+        path: &Path,
+        follow: bool,
+        state: StateStore,
+        max_line: usize,
+    ) -> Result<Self, String> {
         let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let checkpoint_key = format!("file:{}", canonical.display());
@@ -50,7 +56,9 @@ impl FileSource {
             saved
         };
         let mut reader = BufReader::with_capacity(1 << 20, file);
-        reader.seek(SeekFrom::Start(offset)).map_err(|e| format!("cannot seek in {}: {e}", path.display()))?;
+        reader
+            .seek(SeekFrom::Start(offset))
+            .map_err(|e| format!("cannot seek in {}: {e}", path.display()))?;
         if offset > 0 {
             tracing::info!(file = %path.display(), offset, "resuming from checkpoint");
         }
@@ -77,7 +85,9 @@ struct Read {
 #[async_trait]
 impl Source for FileSource {
     async fn pull(&mut self, max: usize) -> BackendResult<Pull> {
-        let Some(mut reader) = self.reader.take() else { return Ok(Pull::Drained) };
+        let Some(mut reader) = self.reader.take() else {
+            return Ok(Pull::Drained);
+        };
         let mut offset = self.offset;
         let mut partial = std::mem::take(&mut self.partial);
         let (follow, max_line) = (self.follow, self.max_line);
@@ -90,7 +100,13 @@ impl Source for FileSource {
                 let mut buf = Vec::new();
                 let n = match reader.read_until(b'\n', &mut buf) {
                     Ok(n) => n,
-                    Err(e) => return Err(BackendError::transient(format!("file {}", path.display()), "read", e)),
+                    Err(e) => {
+                        return Err(BackendError::transient(
+                            format!("file {}", path.display()),
+                            "read",
+                            e,
+                        ));
+                    }
                 };
                 offset += n as u64;
                 if n == 0 {
@@ -121,7 +137,11 @@ impl Source for FileSource {
         self.partial = partial;
         self.offset = offset;
         if read.lines.is_empty() {
-            return Ok(if read.eof && !self.follow { Pull::Drained } else { Pull::Idle });
+            return Ok(if read.eof && !self.follow {
+                Pull::Drained
+            } else {
+                Pull::Idle
+            });
         }
         let mut out = Vec::with_capacity(read.lines.len());
         for (start, bytes, end) in read.lines {
@@ -131,7 +151,11 @@ impl Source for FileSource {
                 ack.done();
                 continue;
             }
-            let origin = Origin { source: self.name.clone(), partition: self.path.display().to_string(), offset: start.to_string() };
+            let origin = Origin {
+                source: self.name.clone(),
+                partition: self.path.display().to_string(),
+                offset: start.to_string(),
+            };
             out.push(RawMessage { bytes, origin, ack });
         }
         Ok(Pull::Messages(out))
@@ -139,7 +163,9 @@ impl Source for FileSource {
 
     async fn commit(&mut self) -> BackendResult<()> {
         if let Some(pos) = self.watermark.take_ready() {
-            self.state.set_checkpoint(self.checkpoint_key.clone(), pos.to_be_bytes().to_vec()).await?;
+            self.state
+                .set_checkpoint(self.checkpoint_key.clone(), pos.to_be_bytes().to_vec())
+                .await?;
         }
         Ok(())
     }
@@ -159,7 +185,12 @@ pub struct StdinSource {
 
 impl StdinSource {
     pub fn new(name: String) -> Self {
-        StdinSource { name, reader: tokio::io::BufReader::new(tokio::io::stdin()), line_no: 0, watermark: Watermark::new() }
+        StdinSource {
+            name,
+            reader: tokio::io::BufReader::new(tokio::io::stdin()),
+            line_no: 0,
+            watermark: Watermark::new(),
+        }
     }
 }
 
@@ -180,8 +211,16 @@ impl Source for StdinSource {
                     ack.done();
                     return Ok(Pull::Messages(Vec::new()));
                 }
-                let origin = Origin { source: self.name.clone(), partition: "stdin".into(), offset: self.line_no.to_string() };
-                Ok(Pull::Messages(vec![RawMessage { bytes: line, origin, ack }]))
+                let origin = Origin {
+                    source: self.name.clone(),
+                    partition: "stdin".into(),
+                    offset: self.line_no.to_string(),
+                };
+                Ok(Pull::Messages(vec![RawMessage {
+                    bytes: line,
+                    origin,
+                    ack,
+                }]))
             }
             Err(e) => Err(BackendError::transient("stdin", "read", e)),
         }

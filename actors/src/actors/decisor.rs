@@ -20,13 +20,17 @@ use super::Enriched;
 use super::history::{DeadLetters, HistoryWriter, Record};
 use super::producer::{Producer, Publish};
 use crate::decide::{Verdict, judge};
-use crate::decision::{Change, DeadLetter, Decision, Drop, HistoryRow, Outcome, Stage, Upsert, decision_id};
+use crate::decision::{
+    Change, DeadLetter, Decision, Drop, HistoryRow, Outcome, Stage, Upsert, decision_id,
+};
 use crate::envelope::Envelope;
 use crate::event::EventKind;
 use crate::hash::{HashIgnore, content_hash};
 use crate::lookup::{CachedLookup, LookupKeys};
 use crate::metrics::Metrics;
-use crate::ports::{BackendError, BackendResult, ContentStore, ControlStore, FailureKind, RecordWrite, SinkRecord};
+use crate::ports::{
+    BackendError, BackendResult, ContentStore, ControlStore, FailureKind, RecordWrite, SinkRecord,
+};
 use crate::record::{ControlRecord, RecordStatus};
 use crate::retry::RetryPolicy;
 
@@ -60,7 +64,7 @@ pub struct ApplyDrops {
 struct Flush;
 
 enum Item {
-    Event(Envelope<Enriched>),
+    Event(Box<Envelope<Enriched>>),
     Barrier(oneshot::Sender<()>),
     Drops(ApplyDrops, oneshot::Sender<BackendResult<usize>>),
 }
@@ -89,7 +93,13 @@ pub struct Decisor {
 
 impl Decisor {
     pub fn new(shard: usize, deps: Arc<DecisorDeps>, mailbox: usize) -> Self {
-        Decisor { shard, deps, mailbox, queue: Vec::new(), scheduled: false }
+        Decisor {
+            shard,
+            deps,
+            mailbox,
+            queue: Vec::new(),
+            scheduled: false,
+        }
     }
 
     fn push(&mut self, item: Item, ctx: &mut Context<Self>) {
@@ -113,7 +123,7 @@ impl Actor for Decisor {
 impl Handler<Decide> for Decisor {
     type Result = ();
     fn handle(&mut self, msg: Decide, ctx: &mut Context<Self>) {
-        self.push(Item::Event(msg.0), ctx);
+        self.push(Item::Event(Box::new(msg.0)), ctx);
     }
 }
 
@@ -133,7 +143,11 @@ impl Handler<ApplyDrops> for Decisor {
     fn handle(&mut self, msg: ApplyDrops, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         self.push(Item::Drops(msg, tx), ctx);
-        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(BackendError::transient("decisor", "drop", "shard stopped"))) })
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(BackendError::transient("decisor", "drop", "shard stopped"))
+            })
+        })
     }
 }
 
@@ -150,7 +164,7 @@ async fn run_batch(deps: Arc<DecisorDeps>, items: Vec<Item>) {
     let mut events = Vec::new();
     for item in items {
         match item {
-            Item::Event(env) => events.push(env),
+            Item::Event(env) => events.push(*env),
             Item::Barrier(tx) => {
                 apply_events(&deps, std::mem::take(&mut events)).await;
                 let _ = tx.send(());
@@ -186,7 +200,12 @@ async fn apply_events(deps: &DecisorDeps, events: Vec<Envelope<Enriched>>) {
         };
         let hash = content_hash(body, &deps.ignore);
         let key = enriched.event.asset_key().unwrap_or_default();
-        batch.push(Pending { env, enriched, key, hash });
+        batch.push(Pending {
+            env,
+            enriched,
+            key,
+            hash,
+        });
     }
     let mut round = 0;
     let rows = loop {
@@ -200,7 +219,12 @@ async fn apply_events(deps: &DecisorDeps, events: Vec<Envelope<Enriched>>) {
         }
     };
     let n = rows.len();
-    if let Err(e) = deps.history.send(Record(rows)).await.unwrap_or_else(|_| Err(stopped("history"))) {
+    if let Err(e) = deps
+        .history
+        .send(Record(rows))
+        .await
+        .unwrap_or_else(|_| Err(stopped("history")))
+    {
         return dead_letter_all(deps, batch, Stage::History, &e).await;
     }
     tracing::trace!(events = n, "batch applied");
@@ -215,13 +239,27 @@ fn stopped(what: &str) -> BackendError {
 
 /// Decides the batch against fresh control records and applies content, outputs and records.
 /// Returns the history rows to write, or the stage that failed.
-async fn decide_and_publish(deps: &DecisorDeps, batch: &mut [Pending]) -> Result<Vec<HistoryRow>, (Stage, BackendError)> {
+async fn decide_and_publish(
+    deps: &DecisorDeps,
+    batch: &mut [Pending],
+) -> Result<Vec<HistoryRow>, (Stage, BackendError)> {
     let keys: Vec<String> = {
         let mut seen = HashSet::new();
-        batch.iter().filter(|p| seen.insert(p.key.as_str())).map(|p| p.key.clone()).collect()
+        batch
+            .iter()
+            .filter(|p| seen.insert(p.key.as_str()))
+            .map(|p| p.key.clone())
+            .collect()
     };
-    let mut records = deps.retry.run(|| deps.control.get_many(&keys)).await.map_err(|e| (Stage::Decide, e))?;
-    let read_versions: HashMap<String, u64> = records.iter().map(|(k, r)| (k.clone(), r.version)).collect();
+    let mut records = deps
+        .retry
+        .run(|| deps.control.get_many(&keys))
+        .await
+        .map_err(|e| (Stage::Decide, e))?;
+    let read_versions: HashMap<String, u64> = records
+        .iter()
+        .map(|(k, r)| (k.clone(), r.version))
+        .collect();
     let mut dirty: Vec<String> = Vec::new();
     let mut rows = Vec::with_capacity(batch.len());
     let mut upserts = Vec::new();
@@ -230,7 +268,9 @@ async fn decide_and_publish(deps: &DecisorDeps, batch: &mut [Pending]) -> Result
     let now = Utc::now();
     for p in batch.iter() {
         let ev = &p.enriched.event;
-        let EventKind::Running { name, body } = &ev.kind else { continue };
+        let EventKind::Running { name, body } = &ev.kind else {
+            continue;
+        };
         let prior = records.get(&p.key);
         let verdict = judge(prior, &p.hash, ev.emitted_at);
         let prior_version = prior.map_or(0, |r| r.version);
@@ -263,10 +303,18 @@ async fn decide_and_publish(deps: &DecisorDeps, batch: &mut [Pending]) -> Result
         let mut content_ref = prior.and_then(|r| r.content_ref.clone());
         if matches!(verdict, Verdict::Created | Verdict::Updated) {
             let cref = deps.content.content_ref(&p.key, &p.hash);
-            contents.push((p.key.clone(), p.hash.clone(), serde_json::to_vec(body).unwrap_or_default()));
+            contents.push((
+                p.key.clone(),
+                p.hash.clone(),
+                serde_json::to_vec(body).unwrap_or_default(),
+            ));
             let decision = Decision::Upsert(Upsert {
                 decision_id: id,
-                change: if verdict == Verdict::Created { Change::Created } else { Change::Updated },
+                change: if verdict == Verdict::Created {
+                    Change::Created
+                } else {
+                    Change::Updated
+                },
                 asset_key: p.key.clone(),
                 source: ev.source.clone(),
                 run_id: ev.run_id.clone(),
@@ -301,20 +349,36 @@ async fn decide_and_publish(deps: &DecisorDeps, batch: &mut [Pending]) -> Result
     // Content first: an upsert must never point at content that is not there.
     contents.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     contents.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
-    try_join_all(contents.iter().map(|(k, h, body)| deps.retry.run(move || deps.content.put(k, h, body))))
-        .await
-        .map_err(|e| (Stage::Decide, e))?;
+    try_join_all(
+        contents
+            .iter()
+            .map(|(k, h, body)| deps.retry.run(move || deps.content.put(k, h, body))),
+    )
+    .await
+    .map_err(|e| (Stage::Decide, e))?;
     if !upserts.is_empty() {
         let n = upserts.len() as u64;
-        deps.upserts.send(Publish(upserts)).await.unwrap_or_else(|_| Err(stopped("upsert producer"))).map_err(|e| (Stage::Publish, e))?;
+        deps.upserts
+            .send(Publish(upserts))
+            .await
+            .unwrap_or_else(|_| Err(stopped("upsert producer")))
+            .map_err(|e| (Stage::Publish, e))?;
         Metrics::add(&deps.metrics.upserts_published, n);
     }
     let changed: Vec<RecordWrite> = dirty
         .iter()
-        .filter_map(|k| records.remove(k).map(|record| RecordWrite { record, expected_version: read_versions.get(k).copied().unwrap_or(0) }))
+        .filter_map(|k| {
+            records.remove(k).map(|record| RecordWrite {
+                record,
+                expected_version: read_versions.get(k).copied().unwrap_or(0),
+            })
+        })
         .collect();
     if !changed.is_empty() {
-        deps.retry.run(|| deps.control.put_many(&changed)).await.map_err(|e| (Stage::Decide, e))?;
+        deps.retry
+            .run(|| deps.control.put_many(&changed))
+            .await
+            .map_err(|e| (Stage::Decide, e))?;
     }
     for (o, n) in outcomes {
         deps.metrics.outcome(o, n);
@@ -340,11 +404,24 @@ pub(crate) fn sink_record(decision: &Decision) -> SinkRecord {
     }
 }
 
-async fn dead_letter_all(deps: &DecisorDeps, batch: Vec<Pending>, stage: Stage, error: &BackendError) {
+async fn dead_letter_all(
+    deps: &DecisorDeps,
+    batch: Vec<Pending>,
+    stage: Stage,
+    error: &BackendError,
+) {
     let letters = batch
         .into_iter()
         .map(|p| {
-            let mut dl = DeadLetter::new(stage, "backend", error.to_string(), &p.env.raw, Some(p.enriched.event.event_id.clone()), p.env.origin.clone(), p.env.attempts);
+            let mut dl = DeadLetter::new(
+                stage,
+                "backend",
+                error.to_string(),
+                &p.env.raw,
+                Some(p.enriched.event.event_id.clone()),
+                p.env.origin.clone(),
+                p.env.attempts,
+            );
             dl.asset_key = Some(p.key);
             (dl, p.env.ack)
         })
@@ -407,16 +484,25 @@ async fn try_apply_drops(deps: &DecisorDeps, cmd: &ApplyDrops) -> BackendResult<
         next.status = RecordStatus::Dropped;
         next.dropped_at = Some(cmd.emitted_at);
         next.version += 1;
-        changed.push(RecordWrite { record: next, expected_version: r.version });
+        changed.push(RecordWrite {
+            record: next,
+            expected_version: r.version,
+        });
     }
     if outputs.is_empty() {
         return Ok(0);
     }
     let n = outputs.len();
-    deps.drops.send(Publish(outputs)).await.unwrap_or_else(|_| Err(stopped("drop producer")))?;
+    deps.drops
+        .send(Publish(outputs))
+        .await
+        .unwrap_or_else(|_| Err(stopped("drop producer")))?;
     Metrics::add(&deps.metrics.drops_published, n as u64);
     deps.retry.run(|| deps.control.put_many(&changed)).await?;
-    deps.history.send(Record(rows)).await.unwrap_or_else(|_| Err(stopped("history")))?;
+    deps.history
+        .send(Record(rows))
+        .await
+        .unwrap_or_else(|_| Err(stopped("history")))?;
     deps.metrics.outcome(Outcome::Dropped, n as u64);
     Ok(n)
 }

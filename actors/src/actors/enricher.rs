@@ -34,17 +34,41 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    pub fn new(lookup: Arc<CachedLookup>, keys: LookupKeys, router: Addr<Router>, history: Addr<HistoryWriter>, mailbox: usize) -> Self {
-        Enricher { lookup, keys, router, history, mailbox }
+    pub fn new(
+        lookup: Arc<CachedLookup>,
+        keys: LookupKeys,
+        router: Addr<Router>,
+        history: Addr<HistoryWriter>,
+        mailbox: usize,
+    ) -> Self {
+        Enricher {
+            lookup,
+            keys,
+            router,
+            history,
+            mailbox,
+        }
     }
 
     fn pass(&mut self, env: Envelope<AssetEvent>, business: Business, ctx: &mut Context<Self>) {
-        let env = env.map(|event| Enriched { event, business, enriched_at: Utc::now() });
+        let env = env.map(|event| Enriched {
+            event,
+            business,
+            enriched_at: Utc::now(),
+        });
         forward_from::<Self, _, _>(ctx, &self.router, Route(env));
     }
 
     fn fail(&mut self, env: Envelope<AssetEvent>, error: BackendError, ctx: &mut Context<Self>) {
-        let mut dl = DeadLetter::new(Stage::Enrich, "backend", error.to_string(), &env.raw, Some(env.body.event_id.clone()), env.origin.clone(), env.attempts);
+        let mut dl = DeadLetter::new(
+            Stage::Enrich,
+            "backend",
+            error.to_string(),
+            &env.raw,
+            Some(env.body.event_id.clone()),
+            env.origin.clone(),
+            env.attempts,
+        );
         dl.asset_key = env.body.asset_key();
         forward_from::<Self, _, _>(ctx, &self.history, DeadLetters(vec![(dl, env.ack)]));
     }
@@ -71,10 +95,14 @@ impl Handler<Enrich> for Enricher {
             return self.pass(env, business, ctx);
         }
         let lookup = self.lookup.clone();
-        ctx.wait(actix::fut::wrap_future::<_, Self>(async move { lookup.get(&params).await }).map(move |result, act, ctx| match result {
-            Ok(business) => act.pass(env, business, ctx),
-            Err(e) => act.fail(env, e, ctx),
-        }));
+        ctx.wait(
+            actix::fut::wrap_future::<_, Self>(async move { lookup.get(&params).await }).map(
+                move |result, act, ctx| match result {
+                    Ok(business) => act.pass(env, business, ctx),
+                    Err(e) => act.fail(env, e, ctx),
+                },
+            ),
+        );
     }
 }
 

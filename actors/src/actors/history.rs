@@ -43,8 +43,24 @@ pub struct HistoryWriter {
 }
 
 impl HistoryWriter {
-    pub fn new(store: Arc<dyn HistoryStore>, dead_letter_sink: Arc<dyn Sink>, retry: RetryPolicy, metrics: Arc<Metrics>, mailbox: usize) -> Self {
-        HistoryWriter { store, dead_letter_sink, retry, metrics, mailbox, rows: Vec::new(), waiting: Vec::new(), letters: Vec::new(), scheduled: false }
+    pub fn new(
+        store: Arc<dyn HistoryStore>,
+        dead_letter_sink: Arc<dyn Sink>,
+        retry: RetryPolicy,
+        metrics: Arc<Metrics>,
+        mailbox: usize,
+    ) -> Self {
+        HistoryWriter {
+            store,
+            dead_letter_sink,
+            retry,
+            metrics,
+            mailbox,
+            rows: Vec::new(),
+            waiting: Vec::new(),
+            letters: Vec::new(),
+            scheduled: false,
+        }
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>) {
@@ -69,7 +85,15 @@ impl Handler<Record> for HistoryWriter {
         self.rows.extend(msg.0);
         self.waiting.push(tx);
         self.schedule(ctx);
-        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(BackendError::transient("history", "append", "history writer stopped"))) })
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(BackendError::transient(
+                    "history",
+                    "append",
+                    "history writer stopped",
+                ))
+            })
+        })
     }
 }
 
@@ -105,7 +129,12 @@ impl Handler<Flush> for HistoryWriter {
         let mut rows = std::mem::take(&mut self.rows);
         let waiting = std::mem::take(&mut self.waiting);
         let letters = std::mem::take(&mut self.letters);
-        let (store, sink, retry, metrics) = (self.store.clone(), self.dead_letter_sink.clone(), self.retry, self.metrics.clone());
+        let (store, sink, retry, metrics) = (
+            self.store.clone(),
+            self.dead_letter_sink.clone(),
+            self.retry,
+            self.metrics.clone(),
+        );
         ctx.wait(actix::fut::wrap_future(async move {
             let mut acks = Vec::with_capacity(letters.len());
             if !letters.is_empty() {

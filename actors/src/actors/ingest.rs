@@ -52,14 +52,25 @@ impl Ingest {
         stop: watch::Receiver<bool>,
         drained: oneshot::Sender<()>,
     ) -> Self {
-        Ingest { name, source: Some(source), enricher, history, settings, metrics, stop, drained: Some(drained) }
+        Ingest {
+            name,
+            source: Some(source),
+            enricher,
+            history,
+            settings,
+            metrics,
+            stop,
+            drained: Some(drained),
+        }
     }
 }
 
 impl Actor for Ingest {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let Some(source) = self.source.take() else { return };
+        let Some(source) = self.source.take() else {
+            return;
+        };
         let run = IngestLoop {
             name: self.name.clone(),
             source,
@@ -70,12 +81,14 @@ impl Actor for Ingest {
             stop: self.stop.clone(),
         };
         let drained = self.drained.take();
-        ctx.spawn(actix::fut::wrap_future::<_, Self>(run.run()).map(move |_, _, ctx| {
-            if let Some(tx) = drained {
-                let _ = tx.send(());
-            }
-            ctx.stop();
-        }));
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(run.run()).map(move |_, _, ctx| {
+                if let Some(tx) = drained {
+                    let _ = tx.send(());
+                }
+                ctx.stop();
+            }),
+        );
     }
 }
 
@@ -138,13 +151,33 @@ impl IngestLoop {
         Metrics::add(&self.metrics.events_in, 1);
         match decode(&m.bytes, self.settings.max_event_bytes) {
             Ok(event) => {
-                let env = Envelope { body: event, raw: m.bytes.into(), origin: m.origin, attempts: 1, ack: m.ack };
+                let env = Envelope {
+                    body: event,
+                    raw: m.bytes.into(),
+                    origin: m.origin,
+                    attempts: 1,
+                    ack: m.ack,
+                };
                 forward(&self.enricher, Enrich(env)).await.is_ok()
             }
             Err(rejection) => {
-                let stage = if rejection.kind == RejectKind::InvalidEvent { Stage::Validate } else { Stage::Decode };
-                let dl = DeadLetter::new(stage, rejection.kind.as_str(), rejection.message, &m.bytes, rejection.event_id, m.origin, 1);
-                forward(&self.history, DeadLetters(vec![(dl, m.ack)])).await.is_ok()
+                let stage = if rejection.kind == RejectKind::InvalidEvent {
+                    Stage::Validate
+                } else {
+                    Stage::Decode
+                };
+                let dl = DeadLetter::new(
+                    stage,
+                    rejection.kind.as_str(),
+                    rejection.message,
+                    &m.bytes,
+                    rejection.event_id,
+                    m.origin,
+                    1,
+                );
+                forward(&self.history, DeadLetters(vec![(dl, m.ack)]))
+                    .await
+                    .is_ok()
             }
         }
     }

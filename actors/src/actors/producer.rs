@@ -31,8 +31,21 @@ pub struct Producer {
 }
 
 impl Producer {
-    pub fn new(name: &'static str, sink: Arc<dyn Sink>, retry: RetryPolicy, mailbox: usize) -> Self {
-        Producer { name, sink, retry, mailbox, queue: Vec::new(), waiting: Vec::new(), scheduled: false }
+    pub fn new(
+        name: &'static str,
+        sink: Arc<dyn Sink>,
+        retry: RetryPolicy,
+        mailbox: usize,
+    ) -> Self {
+        Producer {
+            name,
+            sink,
+            retry,
+            mailbox,
+            queue: Vec::new(),
+            waiting: Vec::new(),
+            scheduled: false,
+        }
     }
 }
 
@@ -55,7 +68,13 @@ impl Handler<Publish> for Producer {
         }
         let name = self.name;
         Box::pin(async move {
-            rx.await.unwrap_or_else(|_| Err(BackendError::transient(name, "publish", "producer stopped before the write finished")))
+            rx.await.unwrap_or_else(|_| {
+                Err(BackendError::transient(
+                    name,
+                    "publish",
+                    "producer stopped before the write finished",
+                ))
+            })
         })
     }
 }

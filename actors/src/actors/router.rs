@@ -50,23 +50,33 @@ pub struct Router {
 
 impl Router {
     pub fn new(sweep: Arc<SweepDeps>, mailbox: usize) -> Self {
-        Router { shards: sweep.shards.clone(), sweep, mailbox, pending: HashMap::new(), generation: 0 }
+        Router {
+            shards: sweep.shards.clone(),
+            sweep,
+            mailbox,
+            pending: HashMap::new(),
+            generation: 0,
+        }
     }
 
     fn route(&mut self, env: Envelope<Enriched>, ctx: &mut Context<Self>) {
         let ev = &env.body.event;
         if let Some(p) = self.pending.get_mut(&ev.source) {
-            let passes = p.passes_run && ev.run_id == p.run_id && matches!(ev.kind, EventKind::Running { .. });
+            let passes = p.passes_run
+                && ev.run_id == p.run_id
+                && matches!(ev.kind, EventKind::Running { .. });
             if !passes {
                 p.held.push_back(env);
                 if p.held.len() >= self.mailbox {
                     // Held events are at their bound: stop taking anything until the sweep ends.
                     let mut done = p.done.clone();
                     let (source, generation) = (p_source(&p.held), p.generation);
-                    ctx.wait(actix::fut::wrap_future::<_, Self>(async move {
-                        let _ = done.wait_for(|d| *d).await;
-                    })
-                    .map(move |_, act, ctx| act.release(&source, generation, ctx)));
+                    ctx.wait(
+                        actix::fut::wrap_future::<_, Self>(async move {
+                            let _ = done.wait_for(|d| *d).await;
+                        })
+                        .map(move |_, act, ctx| act.release(&source, generation, ctx)),
+                    );
                 }
                 return;
             }
@@ -77,7 +87,9 @@ impl Router {
                 let shard = shard_of(&key, self.shards.len());
                 forward_from::<Self, _, _>(ctx, &self.shards[shard], Decide(env));
             }
-            EventKind::Completed { expected_assets } => self.start_sweep(env, expected_assets.is_some(), ctx),
+            EventKind::Completed { expected_assets } => {
+                self.start_sweep(env, expected_assets.is_some(), ctx)
+            }
         }
     }
 
@@ -88,7 +100,13 @@ impl Router {
         let source = env.body.event.source.clone();
         self.pending.insert(
             source.clone(),
-            PendingSweep { generation, run_id: env.body.event.run_id.clone(), passes_run, held: VecDeque::new(), done: rx },
+            PendingSweep {
+                generation,
+                run_id: env.body.event.run_id.clone(),
+                passes_run,
+                held: VecDeque::new(),
+                done: rx,
+            },
         );
         let deps = self.sweep.clone();
         let me = ctx.address();
@@ -104,7 +122,9 @@ impl Router {
         if self.pending.get(source).map(|p| p.generation) != Some(generation) {
             return;
         }
-        let Some(p) = self.pending.remove(source) else { return };
+        let Some(p) = self.pending.remove(source) else {
+            return;
+        };
         for env in p.held {
             self.route(env, ctx);
         }
@@ -112,7 +132,9 @@ impl Router {
 }
 
 fn p_source(held: &VecDeque<Envelope<Enriched>>) -> String {
-    held.front().map(|e| e.body.event.source.clone()).unwrap_or_default()
+    held.front()
+        .map(|e| e.body.event.source.clone())
+        .unwrap_or_default()
 }
 
 impl Actor for Router {

@@ -1,0 +1,37 @@
+# assetflow: the two commands a newcomer needs are `make run` and `make test`.
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: run test lint fmt services services-stop build clean
+
+## run: the embedded default topology (config.toml) over examples/, from a clean state.
+run:
+	rm -rf data out
+	$(CARGO) run --quiet -- run --config config.toml
+	@echo; echo "outputs:"; wc -l out/*.jsonl
+
+## test: everything the tests need, then every test (unit, actor-level, system), then lint.
+test: services
+	$(CARGO) test --workspace --all-targets
+	$(MAKE) lint
+
+## lint: formatting and clippy, warnings as errors.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## services: start the local backends the tests use (none yet for the embedded pipeline).
+services:
+	@bash scripts/services.sh start
+
+services-stop:
+	@bash scripts/services.sh stop
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+clean:
+	rm -rf data out target
