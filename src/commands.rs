@@ -25,56 +25,15 @@ pub struct RunSummary {
 impl std::fmt::Display for RunSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
-        let how = if self.stopped_by_signal {
-            "stopped"
-        } else {
-            "drained"
-        };
-        writeln!(
-            f,
-            "assetflow: {how} after {:.2}s",
-            self.elapsed.as_secs_f64()
-        )?;
-        writeln!(
-            f,
-            "  events in      {:>10}   ({:.0} events/s)",
-            self.events_in,
-            self.events_in as f64 / secs
-        )?;
-        let outcomes: Vec<String> = self
-            .outcomes
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(o, n)| format!("{o} {n}"))
-            .collect();
-        writeln!(
-            f,
-            "  decisions      {}",
-            if outcomes.is_empty() {
-                "none".into()
-            } else {
-                outcomes.join(", ")
-            }
-        )?;
-        writeln!(
-            f,
-            "  published      {} upserts, {} drops",
-            self.upserts, self.drops
-        )?;
-        let dl: Vec<String> = self
-            .dead_letters
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
-        write!(
-            f,
-            "  dead letters   {}",
-            if dl.is_empty() {
-                "none".into()
-            } else {
-                dl.join(", ")
-            }
-        )
+        let how = if self.stopped_by_signal { "stopped" } else { "drained" };
+        writeln!(f, "assetflow: {how} after {:.2}s", self.elapsed.as_secs_f64())?;
+        writeln!(f, "  events in      {:>10}   ({:.0} events/s)", self.events_in, self.events_in as f64 / secs)?;
+        let outcomes: Vec<String> =
+            self.outcomes.iter().filter(|(_, n)| *n > 0).map(|(o, n)| format!("{o} {n}")).collect();
+        writeln!(f, "  decisions      {}", if outcomes.is_empty() { "none".into() } else { outcomes.join(", ") })?;
+        writeln!(f, "  published      {} upserts, {} drops", self.upserts, self.drops)?;
+        let dl: Vec<String> = self.dead_letters.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        write!(f, "  dead letters   {}", if dl.is_empty() { "none".into() } else { dl.join(", ") })
     }
 }
 
@@ -114,11 +73,7 @@ fn summarize(m: &Metrics, elapsed: Duration, stopped_by_signal: bool) -> RunSumm
     RunSummary {
         elapsed,
         events_in: Metrics::count(&m.events_in),
-        outcomes: m
-            .outcomes()
-            .into_iter()
-            .map(|(o, n)| (o.as_str().to_owned(), n))
-            .collect(),
+        outcomes: m.outcomes().into_iter().map(|(o, n)| (o.as_str().to_owned(), n)).collect(),
         upserts: Metrics::count(&m.upserts_published),
         drops: Metrics::count(&m.drops_published),
         dead_letters: m.dead_letters().into_iter().collect(),
@@ -128,10 +83,7 @@ fn summarize(m: &Metrics, elapsed: Duration, stopped_by_signal: bool) -> RunSumm
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
@@ -159,9 +111,7 @@ fn redact(v: &mut toml::Value) {
     match v {
         toml::Value::Table(t) => {
             for (k, item) in t.iter_mut() {
-                let secret = ["password", "secret", "token", "key_id", "access_key"]
-                    .iter()
-                    .any(|s| k.contains(s));
+                let secret = ["password", "secret", "token", "key_id", "access_key"].iter().any(|s| k.contains(s));
                 match item {
                     toml::Value::String(s) if secret => *s = "***".into(),
                     toml::Value::String(s) => *s = redact_url(s),
@@ -184,8 +134,7 @@ pub fn history(config: &Config, asset_key: &str, limit: usize) -> anyhow::Result
         );
     }
     let state = open_state(config)?;
-    let rows =
-        actix_rt::System::new().block_on(async move { state.read(asset_key, limit).await })?;
+    let rows = actix_rt::System::new().block_on(async move { state.read(asset_key, limit).await })?;
     if rows.is_empty() {
         return Ok(format!("no history for {asset_key}\n"));
     }
@@ -200,10 +149,7 @@ pub fn history(config: &Config, asset_key: &str, limit: usize) -> anyhow::Result
             r.outcome.as_str(),
             r.event_id.as_deref().unwrap_or("-"),
             r.run_id.as_deref().unwrap_or("-"),
-            r.hash
-                .as_deref()
-                .map(|h| &h[..h.len().min(16)])
-                .unwrap_or("-"),
+            r.hash.as_deref().map(|h| &h[..h.len().min(16)]).unwrap_or("-"),
             r.decision_id
         ));
     }
@@ -211,21 +157,13 @@ pub fn history(config: &Config, asset_key: &str, limit: usize) -> anyhow::Result
 }
 
 /// `assetflow assets`: the control table, optionally filtered.
-pub fn assets(
-    config: &Config,
-    source: Option<&str>,
-    status: Option<&str>,
-) -> anyhow::Result<String> {
+pub fn assets(config: &Config, source: Option<&str>, status: Option<&str>) -> anyhow::Result<String> {
     let state = open_state(config)?;
     let mut records = state.all_records()?;
-    records.retain(|r| {
-        source.is_none_or(|s| r.source == s) && status.is_none_or(|s| r.status.as_str() == s)
-    });
+    records.retain(|r| source.is_none_or(|s| r.source == s) && status.is_none_or(|s| r.status.as_str() == s));
     records.sort_by(|a, b| a.asset_key.cmp(&b.asset_key));
-    let mut out = format!(
-        "{:<48}  {:<8}  {:<14}  {:<24}  {}\n",
-        "asset_key", "status", "last_seen_run", "last_seen_at", "hash"
-    );
+    let mut out =
+        format!("{:<48}  {:<8}  {:<14}  {:<24}  {}\n", "asset_key", "status", "last_seen_run", "last_seen_at", "hash");
     for r in &records {
         out.push_str(&format!(
             "{:<48}  {:<8}  {:<14}  {:<24}  {}\n",

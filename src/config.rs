@@ -12,28 +12,17 @@ use serde::{Deserialize, Deserializer, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "{file}: cannot read the config file: {source}. Pass --config FILE, or run from a folder that has config.toml"
+        "{file}: cannot read the config file: {reason}. Pass --config FILE, or run from a folder that has config.toml"
     )]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
+    Read { file: String, reason: std::io::Error },
     #[error("{file}: not valid TOML: {message}")]
     Syntax { file: String, message: String },
     #[error("{file}: key `{key}`: {message}")]
-    Key {
-        file: String,
-        key: String,
-        message: String,
-    },
+    Key { file: String, key: String, message: String },
 }
 
 fn key_err(file: &Path, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Key {
-        file: file.display().to_string(),
-        key: key.into(),
-        message: message.into(),
-    }
+    ConfigError::Key { file: file.display().to_string(), key: key.into(), message: message.into() }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,9 +107,7 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig {
-            max_event_bytes: 1 << 20,
-        }
+        LimitsConfig { max_event_bytes: 1 << 20 }
     }
 }
 
@@ -200,10 +187,7 @@ impl SourceConfig {
 
     /// Does this source end by itself?
     pub fn is_finite(&self) -> bool {
-        matches!(
-            self,
-            SourceConfig::File { follow: false, .. } | SourceConfig::Stdin { .. }
-        )
+        matches!(self, SourceConfig::File { follow: false, .. } | SourceConfig::Stdin { .. })
     }
 }
 
@@ -237,11 +221,7 @@ impl Default for EnricherConfig {
             path: None,
             url: None,
             query: None,
-            lookup: vec![
-                "/source".into(),
-                "/asset/database".into(),
-                "/asset/schema".into(),
-            ],
+            lookup: vec!["/source".into(), "/asset/database".into(), "/asset/schema".into()],
             key_fields: None,
             cache_ttl: Duration::from_secs(60),
         }
@@ -259,11 +239,7 @@ pub struct DecisorConfig {
 
 impl Default for DecisorConfig {
     fn default() -> Self {
-        DecisorConfig {
-            hash_ignore: Vec::new(),
-            max_drop_fraction: 0.5,
-            completion_timeout: Duration::from_secs(300),
-        }
+        DecisorConfig { hash_ignore: Vec::new(), max_drop_fraction: 0.5, completion_timeout: Duration::from_secs(300) }
     }
 }
 
@@ -284,11 +260,7 @@ pub struct ControlConfig {
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        ControlConfig {
-            kind: ControlKind::Embedded,
-            table: None,
-            create_if_missing: false,
-        }
+        ControlConfig { kind: ControlKind::Embedded, table: None, create_if_missing: false }
     }
 }
 
@@ -311,12 +283,7 @@ pub struct ContentConfig {
 
 impl Default for ContentConfig {
     fn default() -> Self {
-        ContentConfig {
-            kind: ContentKind::Dir,
-            path: None,
-            bucket: None,
-            prefix: None,
-        }
+        ContentConfig { kind: ContentKind::Dir, path: None, bucket: None, prefix: None }
     }
 }
 
@@ -337,11 +304,7 @@ pub struct HistoryConfig {
 
 impl Default for HistoryConfig {
     fn default() -> Self {
-        HistoryConfig {
-            kind: HistoryKind::Embedded,
-            nodes: Vec::new(),
-            keyspace: None,
-        }
+        HistoryConfig { kind: HistoryKind::Embedded, nodes: Vec::new(), keyspace: None }
     }
 }
 
@@ -423,11 +386,7 @@ pub struct RetryConfig {
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        RetryConfig {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(10),
-            attempts: 8,
-        }
+        RetryConfig { initial: Duration::from_millis(100), max: Duration::from_secs(10), attempts: 8 }
     }
 }
 
@@ -439,9 +398,7 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig {
-            listen: "127.0.0.1:9464".into(),
-        }
+        AdminConfig { listen: "127.0.0.1:9464".into() }
     }
 }
 
@@ -454,10 +411,7 @@ pub struct AwsConfig {
 
 impl Default for AwsConfig {
     fn default() -> Self {
-        AwsConfig {
-            region: "us-east-1".into(),
-            endpoint_url: String::new(),
-        }
+        AwsConfig { region: "us-east-1".into(), endpoint_url: String::new() }
     }
 }
 
@@ -471,9 +425,7 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig {
-            timeout: Duration::from_secs(30),
-        }
+        ShutdownConfig { timeout: Duration::from_secs(30) }
     }
 }
 
@@ -486,9 +438,7 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
     match Raw::deserialize(d)? {
         Raw::Text(s) => humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "expected a duration like \"100ms\", \"60s\" or \"5m\", got {s:?} ({e})"
-            ))
+            serde::de::Error::custom(format!("expected a duration like \"100ms\", \"60s\" or \"5m\", got {s:?} ({e})"))
         }),
         Raw::Secs(n) => Ok(Duration::from_secs(n)),
     }
@@ -502,24 +452,16 @@ impl Config {
     /// Loads `path` with the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let env: BTreeMap<String, String> = std::env::vars().collect();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|reason| ConfigError::Read { file: path.display().to_string(), reason })?;
         Self::parse(&text, path, &env)
     }
 
     /// Parses config text as if read from `path`, with `env` as the environment.
-    pub fn parse(
-        text: &str,
-        path: &Path,
-        env: &BTreeMap<String, String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn parse(text: &str, path: &Path, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let mut doc: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            file: file.clone(),
-            message: one_line(&e),
-        })?;
+        let mut doc: toml::Value =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax { file: file.clone(), message: one_line(&e) })?;
         expand_env(&mut doc, "", path, env)?;
         apply_overrides(&mut doc, path, env)?;
         let mut unknown = Vec::new();
@@ -528,27 +470,11 @@ impl Config {
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             // toml appends "in `key`" on a second line; the key is already named.
-            let message = e
-                .inner()
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            key_err(
-                path,
-                if key == "." {
-                    "(top level)".to_string()
-                } else {
-                    key
-                },
-                message,
-            )
+            let message = e.inner().to_string().lines().next().unwrap_or_default().to_owned();
+            key_err(path, if key == "." { "(top level)".to_string() } else { key }, message)
         })?;
         for key in unknown {
-            tracing::warn!(
-                "{file}: unknown key `{key}` is ignored (check its spelling against CONFIG.md)"
-            );
+            tracing::warn!("{file}: unknown key `{key}` is ignored (check its spelling against CONFIG.md)");
         }
         config.file = path.to_path_buf();
         config.base_dir = path
@@ -562,11 +488,7 @@ impl Config {
 
     /// A path from the config, resolved against the config file's folder.
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
+        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -581,32 +503,16 @@ impl Config {
         let f = &self.file;
         let p = &self.pipeline;
         if p.stages.is_empty() || !p.stages.contains(&StageName::Enrich) {
-            return Err(key_err(
-                f,
-                "pipeline.stages",
-                "expected [\"enrich\", \"decide\"] or [\"enrich\"]",
-            ));
+            return Err(key_err(f, "pipeline.stages", "expected [\"enrich\", \"decide\"] or [\"enrich\"]"));
         }
         if p.shards == 0 || p.shards > 256 {
-            return Err(key_err(
-                f,
-                "pipeline.shards",
-                format!("expected 1 to 256 shards, got {}", p.shards),
-            ));
+            return Err(key_err(f, "pipeline.shards", format!("expected 1 to 256 shards, got {}", p.shards)));
         }
         if p.mailbox == 0 {
-            return Err(key_err(
-                f,
-                "pipeline.mailbox",
-                "expected a capacity of at least 1",
-            ));
+            return Err(key_err(f, "pipeline.mailbox", "expected a capacity of at least 1"));
         }
         if self.limits.max_event_bytes == 0 {
-            return Err(key_err(
-                f,
-                "limits.max_event_bytes",
-                "expected at least 1 byte",
-            ));
+            return Err(key_err(f, "limits.max_event_bytes", "expected at least 1 byte"));
         }
         if self.sources.is_empty() {
             return Err(key_err(
@@ -620,10 +526,7 @@ impl Config {
             return Err(key_err(
                 f,
                 "decisor.max_drop_fraction",
-                format!(
-                    "expected a fraction from 0.0 to 1.0, got {}",
-                    d.max_drop_fraction
-                ),
+                format!("expected a fraction from 0.0 to 1.0, got {}", d.max_drop_fraction),
             ));
         }
         for (i, path) in d.hash_ignore.iter().enumerate() {
@@ -647,18 +550,10 @@ impl Config {
         }
         match e.kind {
             EnricherKind::File if e.path.is_none() => {
-                return Err(key_err(
-                    f,
-                    "enricher.path",
-                    "the file enricher needs path = \"business.json\"",
-                ));
+                return Err(key_err(f, "enricher.path", "the file enricher needs path = \"business.json\""));
             }
             EnricherKind::Postgres if e.url.is_none() => {
-                return Err(key_err(
-                    f,
-                    "enricher.url",
-                    "the postgres enricher needs url = \"postgres://…\"",
-                ));
+                return Err(key_err(f, "enricher.url", "the postgres enricher needs url = \"postgres://…\""));
             }
             EnricherKind::Postgres if e.query.is_none() => {
                 return Err(key_err(
@@ -670,18 +565,10 @@ impl Config {
             _ => {}
         }
         if self.control.kind == ControlKind::Dynamodb && self.control.table.is_none() {
-            return Err(key_err(
-                f,
-                "control.table",
-                "the dynamodb control store needs table = \"…\"",
-            ));
+            return Err(key_err(f, "control.table", "the dynamodb control store needs table = \"…\""));
         }
         if self.content.kind == ContentKind::S3 && self.content.bucket.is_none() {
-            return Err(key_err(
-                f,
-                "content.bucket",
-                "the s3 content store needs bucket = \"…\"",
-            ));
+            return Err(key_err(f, "content.bucket", "the s3 content store needs bucket = \"…\""));
         }
         let sinks: [(&str, &SinkConfig, bool); 4] = [
             ("sinks.upsert", &self.sinks.upsert, self.decides()),
@@ -724,12 +611,7 @@ fn one_line(e: &toml::de::Error) -> String {
 }
 
 /// Replaces every `${VAR}` in string values; an unset variable is an error naming the key.
-fn expand_env(
-    v: &mut toml::Value,
-    key: &str,
-    file: &Path,
-    env: &BTreeMap<String, String>,
-) -> Result<(), ConfigError> {
+fn expand_env(v: &mut toml::Value, key: &str, file: &Path, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
     match v {
         toml::Value::String(s) if s.contains("${") => {
             let mut out = String::with_capacity(s.len());
@@ -747,9 +629,7 @@ fn expand_env(
                         return Err(key_err(
                             file,
                             key,
-                            format!(
-                                "environment variable `{name}` is not set; set it or write the value in the file"
-                            ),
+                            format!("environment variable `{name}` is not set; set it or write the value in the file"),
                         ));
                     }
                 }
@@ -765,11 +645,7 @@ fn expand_env(
         }
         toml::Value::Table(t) => {
             for (k, item) in t.iter_mut() {
-                let sub = if key.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{key}.{k}")
-                };
+                let sub = if key.is_empty() { k.clone() } else { format!("{key}.{k}") };
                 expand_env(item, &sub, file, env)?;
             }
         }
@@ -779,11 +655,7 @@ fn expand_env(
 }
 
 /// `ASSETFLOW__SECTION__KEY=value` sets `section.key` (numbers index arrays: `SOURCES__0__PATH`).
-fn apply_overrides(
-    doc: &mut toml::Value,
-    file: &Path,
-    env: &BTreeMap<String, String>,
-) -> Result<(), ConfigError> {
+fn apply_overrides(doc: &mut toml::Value, file: &Path, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("ASSETFLOW__") else {
             continue;
@@ -806,23 +678,14 @@ fn apply_overrides(
                         t.insert(seg.clone(), value.clone());
                         break;
                     }
-                    t.entry(seg.clone())
-                        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    t.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()))
                 }
                 toml::Value::Array(a) => {
                     let idx: usize = seg.parse().map_err(|_| {
-                        key_err(
-                            file,
-                            &key,
-                            format!("override {name}: `{seg}` should be an array index"),
-                        )
+                        key_err(file, &key, format!("override {name}: `{seg}` should be an array index"))
                     })?;
                     let Some(item) = a.get_mut(idx) else {
-                        return Err(key_err(
-                            file,
-                            &key,
-                            format!("override {name}: there is no entry {idx}"),
-                        ));
+                        return Err(key_err(file, &key, format!("override {name}: there is no entry {idx}")));
                     };
                     if last {
                         *item = value.clone();
@@ -831,11 +694,7 @@ fn apply_overrides(
                     item
                 }
                 _ => {
-                    return Err(key_err(
-                        file,
-                        &key,
-                        format!("override {name}: `{seg}` is not inside a table"),
-                    ));
+                    return Err(key_err(file, &key, format!("override {name}: `{seg}` is not inside a table")));
                 }
             };
         }
@@ -864,10 +723,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::parse(text, Path::new("/cfg/config.toml"), &env)
     }
 
@@ -886,58 +742,31 @@ mod tests {
         let text = format!("{MIN}[pipeline]\nstate_dir = \"${{DIR}}/x\"\n");
         let c = parse(
             &text,
-            &[
-                ("DIR", "/tmp"),
-                ("ASSETFLOW__PIPELINE__SHARDS", "8"),
-                ("ASSETFLOW__SOURCES__0__FOLLOW", "true"),
-            ],
+            &[("DIR", "/tmp"), ("ASSETFLOW__PIPELINE__SHARDS", "8"), ("ASSETFLOW__SOURCES__0__FOLLOW", "true")],
         )
         .unwrap();
         assert_eq!(c.pipeline.state_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.pipeline.shards, 8);
-        assert!(matches!(
-            c.sources[0],
-            SourceConfig::File { follow: true, .. }
-        ));
+        assert!(matches!(c.sources[0], SourceConfig::File { follow: true, .. }));
         let err = parse(&text, &[]).unwrap_err().to_string();
-        assert!(
-            err.contains("pipeline.state_dir") && err.contains("DIR"),
-            "{err}"
-        );
+        assert!(err.contains("pipeline.state_dir") && err.contains("DIR"), "{err}");
     }
 
     #[test]
     fn errors_name_the_key() {
-        let err = parse(&format!("{MIN}[pipeline]\nshards = \"four\"\n"), &[])
-            .unwrap_err()
-            .to_string();
+        let err = parse(&format!("{MIN}[pipeline]\nshards = \"four\"\n"), &[]).unwrap_err().to_string();
         assert!(err.contains("pipeline.shards"), "{err}");
-        let err = parse("[[sources]]\nkind = \"carrier-pigeon\"\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("sources[0]") && err.contains("carrier-pigeon"),
-            "{err}"
-        );
-        let err = parse(&format!("{MIN}[decisor]\nmax_drop_fraction = 2.0\n"), &[])
-            .unwrap_err()
-            .to_string();
+        let err = parse("[[sources]]\nkind = \"carrier-pigeon\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("sources[0]") && err.contains("carrier-pigeon"), "{err}");
+        let err = parse(&format!("{MIN}[decisor]\nmax_drop_fraction = 2.0\n"), &[]).unwrap_err().to_string();
         assert!(err.contains("decisor.max_drop_fraction"), "{err}");
-        let err = parse(
-            &format!("{MIN}[decisor]\ncompletion_timeout = \"soon\"\n"),
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
+        let err = parse(&format!("{MIN}[decisor]\ncompletion_timeout = \"soon\"\n"), &[]).unwrap_err().to_string();
         assert!(err.contains("decisor.completion_timeout"), "{err}");
     }
 
     #[test]
     fn secrets_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://app:hunter2@db:5432/x"),
-            "postgres://app:***@db:5432/x"
-        );
+        assert_eq!(redact_url("postgres://app:hunter2@db:5432/x"), "postgres://app:***@db:5432/x");
         assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
     }
 }

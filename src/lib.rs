@@ -8,4 +8,5 @@
 pub mod adapters;
 pub mod commands;
 pub mod config;
+pub mod generator;
 pub mod topology;

@@ -8,11 +8,7 @@ use assetflow::config::Config;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(
-    name = "assetflow",
-    version,
-    about = "Keeps a data catalog in step with the databases it describes"
-)]
+#[command(name = "assetflow", version, about = "Keeps a data catalog in step with the databases it describes")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,6 +41,14 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Write a deterministic, realistic crawl stream (JSON Lines) to a file or stdout.
+    Gen {
+        #[command(flatten)]
+        params: assetflow::generator::GenParams,
+        /// Output file; standard output when absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// List the assets in the control table.
     Assets {
         #[arg(long, default_value = "config.toml")]
@@ -66,49 +70,57 @@ enum Format {
 fn init_logs() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn generate(params: &assetflow::generator::GenParams, out: Option<&std::path::Path>) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let n = match out {
+        Some(path) => {
+            let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            let n = assetflow::generator::generate(params, &mut w)?;
+            std::io::Write::flush(&mut w)?;
+            n
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            let n = assetflow::generator::generate(params, &mut w)?;
+            std::io::Write::flush(&mut w)?;
+            n
+        }
+    };
+    tracing::info!("wrote {n} events");
+    Ok(String::new())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs();
     let result = match cli.command {
-        Command::Run { config } => Config::load(&config)
-            .map_err(anyhow::Error::from)
-            .and_then(|c| commands::run(&c))
-            .map(|s| {
+        Command::Run { config } => {
+            Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::run(&c)).map(|s| {
                 eprintln!("{s}");
                 String::new()
-            }),
-        Command::CheckConfig { config } => Config::load(&config)
-            .map_err(anyhow::Error::from)
-            .and_then(|c| commands::check_config(&c)),
-        Command::Topology { config, format } => {
-            Config::load(&config).map_err(anyhow::Error::from).map(|c| {
-                let f = match format {
-                    Format::Text => "text",
-                    Format::Dot => "dot",
-                    Format::Mermaid => "mermaid",
-                };
-                assetflow::topology::draw(&c, f)
             })
         }
-        Command::History {
-            asset_key,
-            config,
-            limit,
-        } => Config::load(&config)
-            .map_err(anyhow::Error::from)
-            .and_then(|c| commands::history(&c, &asset_key, limit)),
-        Command::Assets {
-            config,
-            source,
-            status,
-        } => Config::load(&config)
+        Command::CheckConfig { config } => {
+            Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::check_config(&c))
+        }
+        Command::Topology { config, format } => Config::load(&config).map_err(anyhow::Error::from).map(|c| {
+            let f = match format {
+                Format::Text => "text",
+                Format::Dot => "dot",
+                Format::Mermaid => "mermaid",
+            };
+            assetflow::topology::draw(&c, f)
+        }),
+        Command::History { asset_key, config, limit } => {
+            Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::history(&c, &asset_key, limit))
+        }
+        Command::Gen { params, out } => generate(&params, out.as_deref()),
+        Command::Assets { config, source, status } => Config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| commands::assets(&c, source.as_deref(), status.as_deref())),
     };
@@ -119,11 +131,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // One line: the error and its causes, no backtrace.
-            let msg = e
-                .chain()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(": ");
+            let msg = e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ");
             eprintln!("error: {msg}");
             ExitCode::FAILURE
         }

@@ -12,9 +12,7 @@ use crate::adapters::file_lookup::{FileLookup, NoLookup};
 use crate::adapters::file_sink::{FileSink, StdoutSink};
 use crate::adapters::file_source::{FileSource, StdinSource};
 use crate::adapters::state::StateStore;
-use crate::config::{
-    Config, ContentKind, ControlKind, EnricherKind, HistoryKind, SinkConfig, SinkKind, SourceConfig,
-};
+use crate::config::{Config, ContentKind, ControlKind, EnricherKind, HistoryKind, SinkConfig, SinkKind, SourceConfig};
 
 /// A failure to build the topology, naming the config key and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -26,11 +24,7 @@ pub struct BuildError {
 }
 
 fn build_err(config: &Config, key: impl Into<String>, message: impl Into<String>) -> BuildError {
-    BuildError {
-        file: config.file.display().to_string(),
-        key: key.into(),
-        message: message.into(),
-    }
+    BuildError { file: config.file.display().to_string(), key: key.into(), message: message.into() }
 }
 
 fn not_in_this_build(config: &Config, key: &str, kind: &str) -> BuildError {
@@ -52,11 +46,7 @@ pub fn settings(config: &Config) -> Settings {
         hash_ignore: config.decisor.hash_ignore.clone(),
         max_drop_fraction: config.decisor.max_drop_fraction,
         completion_timeout: config.decisor.completion_timeout,
-        retry: RetryPolicy {
-            initial: config.retry.initial,
-            max: config.retry.max,
-            attempts: config.retry.attempts,
-        },
+        retry: RetryPolicy { initial: config.retry.initial, max: config.retry.max, attempts: config.retry.attempts },
         lookup_pointers: config.enricher.lookup.clone(),
         cache_ttl: config.enricher.cache_ttl,
         drain_timeout: config.shutdown.timeout,
@@ -95,11 +85,7 @@ pub fn build_ports(config: &Config, state: &StateStore) -> Result<Ports, BuildEr
             ),
             SourceConfig::Stdin { .. } => Box::new(StdinSource::new(name.clone())),
             other => {
-                return Err(not_in_this_build(
-                    config,
-                    &format!("{key}.kind"),
-                    other.kind(),
-                ));
+                return Err(not_in_this_build(config, &format!("{key}.kind"), other.kind()));
             }
         };
         sources.push((name, source));
@@ -107,24 +93,11 @@ pub fn build_ports(config: &Config, state: &StateStore) -> Result<Ports, BuildEr
     let lookup: Arc<dyn Lookup> = match config.enricher.kind {
         EnricherKind::None => Arc::new(NoLookup),
         EnricherKind::File => {
-            let path = config
-                .enricher
-                .path
-                .as_deref()
-                .map(|p| config.resolve(p))
-                .unwrap_or_default();
+            let path = config.enricher.path.as_deref().map(|p| config.resolve(p)).unwrap_or_default();
             let fields = config.enricher.key_fields.clone().unwrap_or_else(|| {
-                config
-                    .enricher
-                    .lookup
-                    .iter()
-                    .map(|p| p.rsplit('/').next().unwrap_or_default().to_owned())
-                    .collect()
+                config.enricher.lookup.iter().map(|p| p.rsplit('/').next().unwrap_or_default().to_owned()).collect()
             });
-            Arc::new(
-                FileLookup::load(&path, &fields)
-                    .map_err(|m| build_err(config, "enricher.path", m))?,
-            )
+            Arc::new(FileLookup::load(&path, &fields).map_err(|m| build_err(config, "enricher.path", m))?)
         }
         EnricherKind::Postgres => {
             return Err(not_in_this_build(config, "enricher.kind", "postgres"));
@@ -163,14 +136,8 @@ pub fn build_ports(config: &Config, state: &StateStore) -> Result<Ports, BuildEr
 fn sink(config: &Config, key: &str, s: &SinkConfig) -> Result<Arc<dyn Sink>, BuildError> {
     match s.kind {
         SinkKind::File => {
-            let path = s
-                .path
-                .as_deref()
-                .map(|p| config.resolve(p))
-                .unwrap_or_default();
-            Ok(Arc::new(FileSink::open(&path).map_err(|m| {
-                build_err(config, format!("{key}.path"), m)
-            })?))
+            let path = s.path.as_deref().map(|p| config.resolve(p)).unwrap_or_default();
+            Ok(Arc::new(FileSink::open(&path).map_err(|m| build_err(config, format!("{key}.path"), m))?))
         }
         SinkKind::Stdout => Ok(Arc::new(StdoutSink)),
         SinkKind::Sqs => Err(not_in_this_build(config, &format!("{key}.kind"), "sqs")),
@@ -186,13 +153,7 @@ struct Node {
 
 fn sink_label(s: &SinkConfig) -> String {
     match s.kind {
-        SinkKind::File => format!(
-            "file {}",
-            s.path
-                .as_deref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        ),
+        SinkKind::File => format!("file {}", s.path.as_deref().map(|p| p.display().to_string()).unwrap_or_default()),
         SinkKind::Stdout => "stdout".into(),
         SinkKind::Sqs => format!("sqs {}", s.queue_url.clone().unwrap_or_default()),
         SinkKind::Kafka => format!("kafka {}", s.topic.clone().unwrap_or_default()),
@@ -203,17 +164,9 @@ fn sink_label(s: &SinkConfig) -> String {
 fn graph(config: &Config) -> (Vec<Node>, Vec<(String, String)>) {
     let mut nodes = Vec::new();
     let mut edges = Vec::new();
-    let mut node = |id: &str, label: String| {
-        nodes.push(Node {
-            id: id.into(),
-            label,
-        })
-    };
+    let mut node = |id: &str, label: String| nodes.push(Node { id: id.into(), label });
     for (i, s) in config.sources.iter().enumerate() {
-        node(
-            &format!("source{i}"),
-            format!("source: {}", s.display_name()),
-        );
+        node(&format!("source{i}"), format!("source: {}", s.display_name()));
         node(&format!("ingest{i}"), format!("Ingest[{i}]"));
         edges.push((format!("source{i}"), format!("ingest{i}")));
         edges.push((format!("ingest{i}"), "enricher".into()));
@@ -221,19 +174,12 @@ fn graph(config: &Config) -> (Vec<Node>, Vec<(String, String)>) {
     }
     let lookup = match config.enricher.kind {
         EnricherKind::None => "none".to_string(),
-        EnricherKind::File => format!(
-            "file {}",
-            config
-                .enricher
-                .path
-                .as_deref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        ),
-        EnricherKind::Postgres => format!(
-            "postgres {}",
-            crate::config::redact_url(config.enricher.url.as_deref().unwrap_or(""))
-        ),
+        EnricherKind::File => {
+            format!("file {}", config.enricher.path.as_deref().map(|p| p.display().to_string()).unwrap_or_default())
+        }
+        EnricherKind::Postgres => {
+            format!("postgres {}", crate::config::redact_url(config.enricher.url.as_deref().unwrap_or("")))
+        }
     };
     node("enricher", format!("Enricher (lookup: {lookup})"));
     edges.push(("enricher".into(), "history".into()));
@@ -251,10 +197,7 @@ fn graph(config: &Config) -> (Vec<Node>, Vec<(String, String)>) {
         }
         let control = match config.control.kind {
             ControlKind::Embedded => "embedded".to_string(),
-            ControlKind::Dynamodb => format!(
-                "dynamodb {}",
-                config.control.table.clone().unwrap_or_default()
-            ),
+            ControlKind::Dynamodb => format!("dynamodb {}", config.control.table.clone().unwrap_or_default()),
         };
         node("control", format!("control store: {control}"));
         let content = match config.content.kind {
@@ -262,19 +205,10 @@ fn graph(config: &Config) -> (Vec<Node>, Vec<(String, String)>) {
             ContentKind::S3 => format!("s3 {}", config.content.bucket.clone().unwrap_or_default()),
         };
         node("content", format!("content store: {content}"));
-        node(
-            "upsert",
-            format!("UpsertProducer → {}", sink_label(&config.sinks.upsert)),
-        );
-        node(
-            "drop",
-            format!("DropProducer → {}", sink_label(&config.sinks.drop)),
-        );
+        node("upsert", format!("UpsertProducer → {}", sink_label(&config.sinks.upsert)));
+        node("drop", format!("DropProducer → {}", sink_label(&config.sinks.drop)));
     } else {
-        node(
-            "enriched",
-            format!("EnrichedProducer → {}", sink_label(&config.sinks.enriched)),
-        );
+        node("enriched", format!("EnrichedProducer → {}", sink_label(&config.sinks.enriched)));
         edges.push(("enricher".into(), "enriched".into()));
     }
     let history = match config.history.kind {
@@ -283,10 +217,7 @@ fn graph(config: &Config) -> (Vec<Node>, Vec<(String, String)>) {
     };
     node(
         "history",
-        format!(
-            "HistoryWriter (history: {history}) → dead letters: {}",
-            sink_label(&config.sinks.dead_letter)
-        ),
+        format!("HistoryWriter (history: {history}) → dead letters: {}", sink_label(&config.sinks.dead_letter)),
     );
     (nodes, edges)
 }
@@ -294,13 +225,7 @@ fn graph(config: &Config) -> (Vec<Node>, Vec<(String, String)>) {
 /// Draws the topology in `format`: `text`, `dot` or `mermaid`.
 pub fn draw(config: &Config, format: &str) -> String {
     let (nodes, edges) = graph(config);
-    let label = |id: &str| {
-        nodes
-            .iter()
-            .find(|n| n.id == id)
-            .map(|n| n.label.clone())
-            .unwrap_or_else(|| id.to_string())
-    };
+    let label = |id: &str| nodes.iter().find(|n| n.id == id).map(|n| n.label.clone()).unwrap_or_else(|| id.to_string());
     let mut out = String::new();
     match format {
         "dot" => {

@@ -8,19 +8,13 @@ use common::{assetflow, prepare, scenarios};
 fn err_of(dir: &std::path::Path, config: &str) -> (i32, String) {
     std::fs::write(dir.join("bad.toml"), config).unwrap();
     let out = assetflow(dir, &["check-config", "--config", "bad.toml"]);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 fn assert_one_clean_line(stderr: &str) {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line expected, got:\n{stderr}");
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("backtrace"),
-        "{stderr}"
-    );
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
 }
 
 #[test]
@@ -36,37 +30,24 @@ fn a_missing_config_file_is_one_line() {
 #[test]
 fn a_wrong_type_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, stderr) = err_of(
-        dir.path(),
-        "[pipeline]\nshards = \"four\"\n[[sources]]\nkind = \"file\"\npath = \"e.jsonl\"\n",
-    );
+    let (code, stderr) =
+        err_of(dir.path(), "[pipeline]\nshards = \"four\"\n[[sources]]\nkind = \"file\"\npath = \"e.jsonl\"\n");
     assert_eq!(code, 1);
     assert_one_clean_line(&stderr);
-    assert!(
-        stderr.contains("bad.toml") && stderr.contains("pipeline.shards"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("bad.toml") && stderr.contains("pipeline.shards"), "{stderr}");
 }
 
 #[test]
 fn an_unknown_backend_kind_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, stderr) = err_of(
-        dir.path(),
-        "[[sources]]\nkind = \"file\"\npath = \"e.jsonl\"\n[control]\nkind = \"cassandra\"\n",
-    );
+    let (code, stderr) =
+        err_of(dir.path(), "[[sources]]\nkind = \"file\"\npath = \"e.jsonl\"\n[control]\nkind = \"cassandra\"\n");
     assert_eq!(code, 1);
     assert_one_clean_line(&stderr);
-    assert!(
-        stderr.contains("control.kind") && stderr.contains("cassandra"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("control.kind") && stderr.contains("cassandra"), "{stderr}");
     let (code, stderr) = err_of(dir.path(), "[[sources]]\nkind = \"pigeon\"\n");
     assert_eq!(code, 1);
-    assert!(
-        stderr.contains("sources[0]") && stderr.contains("pigeon"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("sources[0]") && stderr.contains("pigeon"), "{stderr}");
 }
 
 #[test]
@@ -81,10 +62,7 @@ fn a_missing_input_file_is_reported_at_run() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_one_clean_line(&stderr);
-    assert!(
-        stderr.contains("sources[0].path") && stderr.contains("missing.jsonl"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("sources[0].path") && stderr.contains("missing.jsonl"), "{stderr}");
 }
 
 #[test]
@@ -101,11 +79,7 @@ fn secrets_never_reach_check_config() {
         .env("PGPASS", "hunter2")
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
     assert!(text.contains("app:***@db"), "{text}");
@@ -127,27 +101,17 @@ fn topology_draws_every_shard_in_each_format() {
 
 #[test]
 fn history_and_assets_read_back_a_run() {
-    let scenario = scenarios()
-        .into_iter()
-        .find(|p| p.ends_with("basics"))
-        .expect("basics scenario");
+    let scenario = scenarios().into_iter().find(|p| p.ends_with("basics")).expect("basics scenario");
     let dir = prepare(&scenario);
     assert!(assetflow(dir.path(), &["run"]).status.success());
     let out = assetflow(dir.path(), &["history", "pg/sales/public/customers"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let outcomes: Vec<&str> = text
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .collect();
+    let outcomes: Vec<&str> = text.lines().skip(1).filter_map(|l| l.split_whitespace().nth(1)).collect();
     // Newest first: re-created in r5, dropped by r4's completion, ... created in r1.
     assert_eq!(outcomes.first(), Some(&"created"), "{text}");
     assert_eq!(outcomes.get(1), Some(&"dropped"), "{text}");
     assert_eq!(outcomes.last(), Some(&"created"), "{text}");
-    assert!(
-        outcomes.contains(&"stale") && outcomes.contains(&"updated"),
-        "{text}"
-    );
+    assert!(outcomes.contains(&"stale") && outcomes.contains(&"updated"), "{text}");
     let out = assetflow(dir.path(), &["assets", "--status", "live"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("4 assets"), "{text}");

@@ -8,27 +8,17 @@ use common::{Outputs, assetflow, compare, prepare, scenarios};
 fn every_shared_scenario_passes() {
     let mut failures = Vec::new();
     for scenario in scenarios() {
-        let name = scenario
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
+        let name = scenario.file_name().unwrap_or_default().to_string_lossy().into_owned();
         let dir = prepare(&scenario);
         let out = assetflow(dir.path(), &["run", "--config", "config.toml"]);
         if !out.status.success() {
-            failures.push(format!(
-                "{name}: exit {:?}\n{}",
-                out.status.code(),
-                String::from_utf8_lossy(&out.stderr)
-            ));
+            failures.push(format!("{name}: exit {:?}\n{}", out.status.code(), String::from_utf8_lossy(&out.stderr)));
             continue;
         }
         let got = Outputs::read(dir.path());
         let dups = got.duplicate_ids();
         if !dups.is_empty() {
-            failures.push(format!(
-                "{name}: decision ids appear twice in a clean run: {dups:?}"
-            ));
+            failures.push(format!("{name}: decision ids appear twice in a clean run: {dups:?}"));
         }
         if let Err(e) = compare(&scenario.join("expected.json"), &got) {
             failures.push(format!("{name}:\n{e}"));

@@ -63,12 +63,7 @@ pub fn plan_sweep<'a>(
     }
     to_drop.sort_unstable();
     let guarded = !to_drop.is_empty() && (to_drop.len() as f64) > max_drop_fraction * (live as f64);
-    SweepPlan {
-        live,
-        seen_in_run,
-        to_drop,
-        guarded,
-    }
+    SweepPlan { live, seen_in_run, to_drop, guarded }
 }
 
 #[cfg(test)]
@@ -81,11 +76,7 @@ mod tests {
         ControlRecord {
             asset_key: key.into(),
             source: "s".into(),
-            name: AssetName {
-                database: "d".into(),
-                schema: "s".into(),
-                table: key.into(),
-            },
+            name: AssetName { database: "d".into(), schema: "s".into(), table: key.into() },
             hash: hash.into(),
             last_seen_run: run.into(),
             last_seen_at: at.parse().unwrap(),
@@ -100,37 +91,13 @@ mod tests {
     fn first_rule_that_matches_applies() {
         let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
         let live = rec("k", "h", "r1", "2026-01-01T10:00:00Z", RecordStatus::Live);
-        let dropped = rec(
-            "k",
-            "h",
-            "r1",
-            "2026-01-01T10:00:00Z",
-            RecordStatus::Dropped,
-        );
-        assert_eq!(
-            judge(None, "h", t("2026-01-01T09:00:00Z")),
-            Verdict::Created
-        );
-        assert_eq!(
-            judge(Some(&live), "x", t("2026-01-01T09:00:00Z")),
-            Verdict::Stale
-        );
-        assert_eq!(
-            judge(Some(&dropped), "h", t("2026-01-01T09:00:00Z")),
-            Verdict::Stale
-        );
-        assert_eq!(
-            judge(Some(&dropped), "h", t("2026-01-01T10:00:00Z")),
-            Verdict::Created
-        );
-        assert_eq!(
-            judge(Some(&live), "x", t("2026-01-01T10:00:00Z")),
-            Verdict::Updated
-        );
-        assert_eq!(
-            judge(Some(&live), "h", t("2026-01-01T10:00:00Z")),
-            Verdict::Unchanged
-        );
+        let dropped = rec("k", "h", "r1", "2026-01-01T10:00:00Z", RecordStatus::Dropped);
+        assert_eq!(judge(None, "h", t("2026-01-01T09:00:00Z")), Verdict::Created);
+        assert_eq!(judge(Some(&live), "x", t("2026-01-01T09:00:00Z")), Verdict::Stale);
+        assert_eq!(judge(Some(&dropped), "h", t("2026-01-01T09:00:00Z")), Verdict::Stale);
+        assert_eq!(judge(Some(&dropped), "h", t("2026-01-01T10:00:00Z")), Verdict::Created);
+        assert_eq!(judge(Some(&live), "x", t("2026-01-01T10:00:00Z")), Verdict::Updated);
+        assert_eq!(judge(Some(&live), "h", t("2026-01-01T10:00:00Z")), Verdict::Unchanged);
     }
 
     #[test]
@@ -143,12 +110,7 @@ mod tests {
         ];
         let plan = plan_sweep(&rs, "r2", 0.5);
         assert_eq!(
-            (
-                plan.live,
-                plan.seen_in_run,
-                plan.to_drop.clone(),
-                plan.guarded
-            ),
+            (plan.live, plan.seen_in_run, plan.to_drop.clone(), plan.guarded),
             (2, 1, vec!["b".to_string()], false)
         );
         let plan = plan_sweep(&rs, "r3", 0.5);

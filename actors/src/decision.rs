@@ -9,19 +9,29 @@ use serde_json::{Map, Value};
 /// The business data attached by enrichment, shared between the decisions that carry it.
 pub type Business = Option<Arc<Map<String, Value>>>;
 
-/// A deterministic decision id: the same event, asset, kind of decision and prior record version
-/// always give the same id, so a replay after a crash or a redrive repeats it exactly. The
-/// prior version tells apart two genuinely different decisions of one re-delivered event (say, a
-/// `created` before a drop and another after it).
-pub fn decision_id(event_id: &str, asset_key: &str, kind: &str, prior_version: u64) -> String {
+/// A deterministic decision id: the same event, asset, kind of decision and prior state of
+/// the asset's record always give the same id, so a replay after a crash or a redrive repeats
+/// it exactly. The prior state (`prior`, see [`prior_state`]) tells apart two genuinely
+/// different decisions of one re-delivered event (a `created` before a drop and another after
+/// it). It is the record's status and hash, not its version: a replayed event that finds its
+/// own effects already applied is `unchanged`, which moves the version but not the state, so the
+/// ids of later decisions stay those of a run without the crash.
+pub fn decision_id(event_id: &str, asset_key: &str, kind: &str, prior: &str) -> String {
     let mut h = blake3::Hasher::new();
-    for part in [event_id.as_bytes(), asset_key.as_bytes(), kind.as_bytes()] {
+    for part in [event_id.as_bytes(), asset_key.as_bytes(), kind.as_bytes(), prior.as_bytes()] {
         h.update(&(part.len() as u64).to_le_bytes());
         h.update(part);
     }
-    h.update(&prior_version.to_le_bytes());
     let hex = h.finalize().to_hex();
     hex[..32].to_owned()
+}
+
+/// The part of a record's state a decision id depends on: `""` for no record.
+pub fn prior_state(record: Option<&crate::record::ControlRecord>) -> String {
+    match record {
+        Some(r) => format!("{}:{}", r.status.as_str(), r.hash),
+        None => String::new(),
+    }
 }
 
 /// Timestamps in outputs: RFC 3339, UTC, millisecond precision.
@@ -186,23 +196,17 @@ impl DeadLetter {
         origin: Origin,
         attempts: u32,
     ) -> Self {
-        let anchor = format!(
-            "{}\u{0}{}\u{0}{}",
-            origin.source, origin.partition, origin.offset
-        );
+        let anchor = format!("{}\u{0}{}\u{0}{}", origin.source, origin.partition, origin.offset);
         let decision_id = decision_id(
             event_id.as_deref().unwrap_or(""),
             &anchor,
             &format!("dead_letter/{}/{kind}", stage.as_str()),
-            attempts.into(),
+            &attempts.to_string(),
         );
         DeadLetter {
             kind: DeadLetterTag::DeadLetter,
             stage,
-            error: FailureReason {
-                kind: kind.to_owned(),
-                message: message.into(),
-            },
+            error: FailureReason { kind: kind.to_owned(), message: message.into() },
             attempts,
             payload: String::from_utf8_lossy(payload).into_owned(),
             event_id,
@@ -222,9 +226,7 @@ mod time_str {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
         let s = String::deserialize(d)?;
-        DateTime::parse_from_rfc3339(&s)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(serde::de::Error::custom)
+        DateTime::parse_from_rfc3339(&s).map(|t| t.with_timezone(&Utc)).map_err(serde::de::Error::custom)
     }
 }
 
@@ -299,15 +301,12 @@ mod tests {
 
     #[test]
     fn ids_are_deterministic_and_distinct() {
-        let a = decision_id("e1", "s/d/s/t", "upsert", 0);
-        assert_eq!(a, decision_id("e1", "s/d/s/t", "upsert", 0));
-        assert_ne!(a, decision_id("e1", "s/d/s/t", "drop", 0));
-        assert_ne!(a, decision_id("e1", "s/d/s/t", "upsert", 3));
+        let a = decision_id("e1", "s/d/s/t", "upsert", "");
+        assert_eq!(a, decision_id("e1", "s/d/s/t", "upsert", ""));
+        assert_ne!(a, decision_id("e1", "s/d/s/t", "drop", ""));
+        assert_ne!(a, decision_id("e1", "s/d/s/t", "upsert", "dropped:abc"));
         // Length-prefixing keeps ("ab","c") and ("a","bc") apart.
-        assert_ne!(
-            decision_id("ab", "c", "x", 0),
-            decision_id("a", "bc", "x", 0)
-        );
+        assert_ne!(decision_id("ab", "c", "x", ""), decision_id("a", "bc", "x", ""));
     }
 
     #[test]

@@ -25,26 +25,11 @@ pub struct Envelope<T> {
 impl<T> Envelope<T> {
     /// The same message with another body.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Envelope<U> {
-        Envelope {
-            body: f(self.body),
-            raw: self.raw,
-            origin: self.origin,
-            attempts: self.attempts,
-            ack: self.ack,
-        }
+        Envelope { body: f(self.body), raw: self.raw, origin: self.origin, attempts: self.attempts, ack: self.ack }
     }
     /// Splits off the body, keeping the rest of the envelope.
     pub fn split(self) -> (T, Envelope<()>) {
-        (
-            self.body,
-            Envelope {
-                body: (),
-                raw: self.raw,
-                origin: self.origin,
-                attempts: self.attempts,
-                ack: self.ack,
-            },
-        )
+        (self.body, Envelope { body: (), raw: self.raw, origin: self.origin, attempts: self.attempts, ack: self.ack })
     }
 }
 
@@ -71,9 +56,7 @@ impl std::fmt::Debug for Ack {
 
 impl Ack {
     pub fn new(sink: Arc<dyn AckSink>, seq: u64) -> Self {
-        Ack {
-            target: Some((sink, seq)),
-        }
+        Ack { target: Some((sink, seq)) }
     }
     /// An ack that tracks nothing (tests, messages whose source has no positions).
     pub fn detached() -> Self {
@@ -89,10 +72,7 @@ impl Ack {
 impl Drop for Ack {
     fn drop(&mut self) {
         if let Some((_, seq)) = &self.target {
-            tracing::debug!(
-                seq,
-                "message released without acknowledgement; it will be re-delivered after a restart"
-            );
+            tracing::debug!(seq, "message released without acknowledgement; it will be re-delivered after a restart");
         }
     }
 }
@@ -113,13 +93,7 @@ struct Inner<P> {
 
 impl<P: Send + 'static> Watermark<P> {
     pub fn new() -> Arc<Self> {
-        Arc::new(Watermark {
-            inner: Mutex::new(Inner {
-                base: 0,
-                slots: VecDeque::new(),
-                ready: None,
-            }),
-        })
+        Arc::new(Watermark { inner: Mutex::new(Inner { base: 0, slots: VecDeque::new(), ready: None }) })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner<P>> {
@@ -182,10 +156,6 @@ mod tests {
         assert_eq!(wm.take_ready(), None);
         assert_eq!(wm.outstanding(), 1);
         drop(c);
-        assert_eq!(
-            wm.take_ready(),
-            None,
-            "a dropped ack never moves the watermark"
-        );
+        assert_eq!(wm.take_ready(), None, "a dropped ack never moves the watermark");
     }
 }

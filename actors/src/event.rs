@@ -58,21 +58,13 @@ impl AssetEvent {
             "status" => Value::String(self.status().to_owned()),
             "asset" => match &self.kind {
                 EventKind::Running { body, .. } => {
-                    return if tail.is_empty() {
-                        Some(body.clone())
-                    } else {
-                        body.pointer(tail).cloned()
-                    };
+                    return if tail.is_empty() { Some(body.clone()) } else { body.pointer(tail).cloned() };
                 }
                 EventKind::Completed { .. } => return None,
             },
             other => {
                 let v = self.extra.get(&unescape(other))?;
-                return if tail.is_empty() {
-                    Some(v.clone())
-                } else {
-                    v.pointer(tail).cloned()
-                };
+                return if tail.is_empty() { Some(v.clone()) } else { v.pointer(tail).cloned() };
             }
         };
         tail.is_empty().then_some(top)
@@ -92,13 +84,8 @@ fn unescape(token: &str) -> String {
 
 /// The asset key of a table in a source.
 pub fn asset_key(source: &str, name: &AssetName) -> String {
-    let mut key = String::with_capacity(
-        source.len() + name.database.len() + name.schema.len() + name.table.len() + 3,
-    );
-    for (i, part) in [source, &name.database, &name.schema, &name.table]
-        .into_iter()
-        .enumerate()
-    {
+    let mut key = String::with_capacity(source.len() + name.database.len() + name.schema.len() + name.table.len() + 3);
+    for (i, part) in [source, &name.database, &name.schema, &name.table].into_iter().enumerate() {
         if i > 0 {
             key.push('/');
         }
@@ -142,11 +129,7 @@ impl std::fmt::Display for RejectKind {
 }
 
 fn reject(kind: RejectKind, message: impl Into<String>, event_id: Option<&str>) -> Rejection {
-    Rejection {
-        kind,
-        message: message.into(),
-        event_id: event_id.map(str::to_owned),
-    }
+    Rejection { kind, message: message.into(), event_id: event_id.map(str::to_owned) }
 }
 
 /// Decodes and validates one message: size, then JSON, then the field checks of EVENTS.md §1.
@@ -154,17 +137,14 @@ pub fn decode(raw: &[u8], max_bytes: usize) -> Result<AssetEvent, Rejection> {
     if raw.len() > max_bytes {
         return Err(reject(
             RejectKind::TooLarge,
-            format!(
-                "message is {} bytes, over limits.max_event_bytes = {max_bytes}",
-                raw.len()
-            ),
+            format!("message is {} bytes, over limits.max_event_bytes = {max_bytes}", raw.len()),
             None,
         ));
     }
-    let text = std::str::from_utf8(raw)
-        .map_err(|e| reject(RejectKind::InvalidJson, format!("not UTF-8: {e}"), None))?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| reject(RejectKind::InvalidJson, format!("not JSON: {e}"), None))?;
+    let text =
+        std::str::from_utf8(raw).map_err(|e| reject(RejectKind::InvalidJson, format!("not UTF-8: {e}"), None))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| reject(RejectKind::InvalidJson, format!("not JSON: {e}"), None))?;
     validate(value)
 }
 
@@ -186,47 +166,29 @@ pub fn validate(value: Value) -> Result<AssetEvent, Rejection> {
         Some(other) => {
             return Err(reject(
                 RejectKind::InvalidEvent,
-                format!(
-                    "field `status` must be \"running\" or \"completed\", got {}",
-                    short(&other)
-                ),
+                format!("field `status` must be \"running\" or \"completed\", got {}", short(&other)),
                 eid,
             ));
         }
         None => {
-            return Err(reject(
-                RejectKind::InvalidEvent,
-                "missing required field `status`",
-                eid,
-            ));
+            return Err(reject(RejectKind::InvalidEvent, "missing required field `status`", eid));
         }
     };
     let emitted_at = match map.remove("emitted_at") {
         Some(Value::String(s)) => DateTime::parse_from_rfc3339(&s)
             .map_err(|e| {
-                reject(
-                    RejectKind::InvalidEvent,
-                    format!("field `emitted_at` is not an RFC 3339 timestamp: {e}"),
-                    eid,
-                )
+                reject(RejectKind::InvalidEvent, format!("field `emitted_at` is not an RFC 3339 timestamp: {e}"), eid)
             })?
             .with_timezone(&Utc),
         Some(other) => {
             return Err(reject(
                 RejectKind::InvalidEvent,
-                format!(
-                    "field `emitted_at` must be a string, got {}",
-                    type_name(&other)
-                ),
+                format!("field `emitted_at` must be a string, got {}", type_name(&other)),
                 eid,
             ));
         }
         None => {
-            return Err(reject(
-                RejectKind::InvalidEvent,
-                "missing required field `emitted_at`",
-                eid,
-            ));
+            return Err(reject(RejectKind::InvalidEvent, "missing required field `emitted_at`", eid));
         }
     };
     let kind = if status == "running" {
@@ -240,11 +202,7 @@ pub fn validate(value: Value) -> Result<AssetEvent, Rejection> {
                 ));
             }
             None => {
-                return Err(reject(
-                    RejectKind::InvalidEvent,
-                    "a running event needs the field `asset`",
-                    eid,
-                ));
+                return Err(reject(RejectKind::InvalidEvent, "a running event needs the field `asset`", eid));
             }
         };
         let name = AssetName {
@@ -260,31 +218,17 @@ pub fn validate(value: Value) -> Result<AssetEvent, Rejection> {
             Some(other) => {
                 return Err(reject(
                     RejectKind::InvalidEvent,
-                    format!(
-                        "field `expected_assets` must be a non-negative integer, got {}",
-                        short(&other)
-                    ),
+                    format!("field `expected_assets` must be a non-negative integer, got {}", short(&other)),
                     eid,
                 ));
             }
         };
         EventKind::Completed { expected_assets }
     };
-    Ok(AssetEvent {
-        event_id,
-        source,
-        run_id,
-        emitted_at,
-        kind,
-        extra: map,
-    })
+    Ok(AssetEvent { event_id, source, run_id, emitted_at, kind, extra: map })
 }
 
-fn take_id(
-    map: &mut Map<String, Value>,
-    field: &str,
-    eid: Option<&str>,
-) -> Result<String, Rejection> {
+fn take_id(map: &mut Map<String, Value>, field: &str, eid: Option<&str>) -> Result<String, Rejection> {
     match map.remove(field) {
         Some(Value::String(s)) => {
             let chars = s.chars().count();
@@ -300,41 +244,25 @@ fn take_id(
         }
         Some(other) => Err(reject(
             RejectKind::InvalidEvent,
-            format!(
-                "field `{field}` must be a string, got {}",
-                type_name(&other)
-            ),
+            format!("field `{field}` must be a string, got {}", type_name(&other)),
             eid,
         )),
-        None => Err(reject(
-            RejectKind::InvalidEvent,
-            format!("missing required field `{field}`"),
-            eid,
-        )),
+        None => Err(reject(RejectKind::InvalidEvent, format!("missing required field `{field}`"), eid)),
     }
 }
 
 fn asset_name(body: &Value, field: &str, eid: Option<&str>) -> Result<String, Rejection> {
     match body.get(field) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        Some(Value::String(_)) => Err(reject(
-            RejectKind::InvalidEvent,
-            format!("field `asset.{field}` must not be empty"),
-            eid,
-        )),
+        Some(Value::String(_)) => {
+            Err(reject(RejectKind::InvalidEvent, format!("field `asset.{field}` must not be empty"), eid))
+        }
         Some(other) => Err(reject(
             RejectKind::InvalidEvent,
-            format!(
-                "field `asset.{field}` must be a string, got {}",
-                type_name(other)
-            ),
+            format!("field `asset.{field}` must be a string, got {}", type_name(other)),
             eid,
         )),
-        None => Err(reject(
-            RejectKind::InvalidEvent,
-            format!("missing required field `asset.{field}`"),
-            eid,
-        )),
+        None => Err(reject(RejectKind::InvalidEvent, format!("missing required field `asset.{field}`"), eid)),
     }
 }
 
@@ -351,11 +279,7 @@ fn type_name(v: &Value) -> &'static str {
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.chars().count() > 40 {
-        format!("{}…", s.chars().take(40).collect::<String>())
-    } else {
-        s
-    }
+    if s.chars().count() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s }
 }
 
 #[cfg(test)]
@@ -386,10 +310,21 @@ mod tests {
         assert_eq!(kind(b"\xff\xfe"), RejectKind::InvalidJson);
         assert_eq!(kind(b"{\"a\":"), RejectKind::InvalidJson);
         assert_eq!(kind(b"[1]"), RejectKind::InvalidEvent);
-        assert_eq!(kind(br#"{"event_id":"e","source":"s","run_id":"r","status":"running","emitted_at":"2026-11-01T10:00:00Z"}"#), RejectKind::InvalidEvent);
-        assert_eq!(kind(br#"{"event_id":"e","source":"s","run_id":"r","status":"done","emitted_at":"2026-11-01T10:00:00Z"}"#), RejectKind::InvalidEvent);
+        assert_eq!(
+            kind(
+                br#"{"event_id":"e","source":"s","run_id":"r","status":"running","emitted_at":"2026-11-01T10:00:00Z"}"#
+            ),
+            RejectKind::InvalidEvent
+        );
+        assert_eq!(
+            kind(br#"{"event_id":"e","source":"s","run_id":"r","status":"done","emitted_at":"2026-11-01T10:00:00Z"}"#),
+            RejectKind::InvalidEvent
+        );
         assert_eq!(kind(br#"{"event_id":"","source":"s","run_id":"r","status":"completed","emitted_at":"2026-11-01T10:00:00Z"}"#), RejectKind::InvalidEvent);
-        assert_eq!(kind(br#"{"event_id":"e","source":"s","run_id":"r","status":"completed","emitted_at":"yesterday"}"#), RejectKind::InvalidEvent);
+        assert_eq!(
+            kind(br#"{"event_id":"e","source":"s","run_id":"r","status":"completed","emitted_at":"yesterday"}"#),
+            RejectKind::InvalidEvent
+        );
         assert_eq!(kind(br#"{"event_id":"e","source":"s","run_id":"r","status":"completed","emitted_at":"2026-11-01T10:00:00Z","expected_assets":-1}"#), RejectKind::InvalidEvent);
         assert_eq!(kind(br#"{"event_id":"e","source":"s","run_id":"r","status":"running","emitted_at":"2026-11-01T10:00:00Z","asset":{"database":"d","schema":"","table":"t"}}"#), RejectKind::InvalidEvent);
     }
@@ -399,12 +334,7 @@ mod tests {
         let e = ok(
             r#"{"event_id":"e","source":"s","run_id":"r","status":"completed","emitted_at":"2026-11-01T10:00:00+01:00","expected_assets":3}"#,
         );
-        assert!(matches!(
-            e.kind,
-            EventKind::Completed {
-                expected_assets: Some(3)
-            }
-        ));
+        assert!(matches!(e.kind, EventKind::Completed { expected_assets: Some(3) }));
         assert_eq!(e.emitted_at.to_rfc3339(), "2026-11-01T09:00:00+00:00");
     }
 }

@@ -58,9 +58,7 @@ where
             }));
         }
         Err(SendError::Closed(_)) => {
-            tracing::error!(
-                "downstream actor stopped; message left unacknowledged for re-delivery"
-            );
+            tracing::error!("downstream actor stopped; message left unacknowledged for re-delivery");
         }
     }
 }

@@ -37,11 +37,7 @@ impl HashIgnore {
                 below = true;
             }
         }
-        if below {
-            Membership::Partly
-        } else {
-            Membership::Kept
-        }
+        if below { Membership::Partly } else { Membership::Kept }
     }
 }
 
@@ -52,11 +48,7 @@ enum Membership {
 }
 
 /// Writes `value` in canonical form, leaving out the ignored paths.
-pub fn write_canonical<W: Write>(
-    out: &mut W,
-    value: &Value,
-    ignore: &HashIgnore,
-) -> std::io::Result<()> {
+pub fn write_canonical<W: Write>(out: &mut W, value: &Value, ignore: &HashIgnore) -> std::io::Result<()> {
     let mut prefix = Vec::new();
     write_value(out, value, ignore, &mut prefix, !ignore.paths.is_empty())
 }
@@ -135,11 +127,7 @@ impl Write for HashWriter<'_> {
 pub fn content_hash(asset: &Value, ignore: &HashIgnore) -> String {
     let mut hasher = blake3::Hasher::new();
     // Hashing never fails: the writer accepts every byte.
-    let _ = write_canonical(
-        &mut std::io::BufWriter::with_capacity(1024, HashWriter(&mut hasher)),
-        asset,
-        ignore,
-    );
+    let _ = write_canonical(&mut std::io::BufWriter::with_capacity(1024, HashWriter(&mut hasher)), asset, ignore);
     hasher.finalize().to_hex().to_string()
 }
 
@@ -151,22 +139,12 @@ mod tests {
     #[test]
     fn key_order_and_whitespace_do_not_matter() {
         let a: Value = serde_json::from_str(r#"{"b":1,"a":{"y":[1,2],"x":"s"}}"#).unwrap();
-        let b: Value =
-            serde_json::from_str("{ \"a\" : { \"x\":\"s\", \"y\":[1, 2] },\n \"b\":1 }").unwrap();
+        let b: Value = serde_json::from_str("{ \"a\" : { \"x\":\"s\", \"y\":[1, 2] },\n \"b\":1 }").unwrap();
         let none = HashIgnore::default();
-        assert_eq!(
-            canonical_json(&a, &none),
-            r#"{"a":{"x":"s","y":[1,2]},"b":1}"#
-        );
+        assert_eq!(canonical_json(&a, &none), r#"{"a":{"x":"s","y":[1,2]},"b":1}"#);
         assert_eq!(content_hash(&a, &none), content_hash(&b, &none));
-        assert_ne!(
-            content_hash(&a, &none),
-            content_hash(&json!({"b":2,"a":{"y":[1,2],"x":"s"}}), &none)
-        );
-        assert_ne!(
-            content_hash(&a, &none),
-            content_hash(&json!({"b":1,"a":{"y":[2,1],"x":"s"}}), &none)
-        );
+        assert_ne!(content_hash(&a, &none), content_hash(&json!({"b":2,"a":{"y":[1,2],"x":"s"}}), &none));
+        assert_ne!(content_hash(&a, &none), content_hash(&json!({"b":1,"a":{"y":[2,1],"x":"s"}}), &none));
     }
 
     #[test]
@@ -175,10 +153,7 @@ mod tests {
         let a = json!({"t":"x","owner":"me","stats":{"row_count":10,"size":3}});
         let b = json!({"t":"x","owner":"you","stats":{"row_count":12,"size":3}});
         let c = json!({"t":"x","stats":{"row_count":12,"size":4}});
-        assert_eq!(
-            canonical_json(&a, &ignore),
-            r#"{"stats":{"size":3},"t":"x"}"#
-        );
+        assert_eq!(canonical_json(&a, &ignore), r#"{"stats":{"size":3},"t":"x"}"#);
         assert_eq!(content_hash(&a, &ignore), content_hash(&b, &ignore));
         assert_ne!(content_hash(&a, &ignore), content_hash(&c, &ignore));
     }

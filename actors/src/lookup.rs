@@ -28,10 +28,7 @@ impl LookupKeys {
 
     /// The parameters for an event, or `None` when a pointer finds nothing usable (no match).
     pub fn params(&self, event: &AssetEvent) -> Option<Vec<String>> {
-        self.pointers
-            .iter()
-            .map(|p| scalar(event.pointer(p)?))
-            .collect()
+        self.pointers.iter().map(|p| scalar(event.pointer(p)?)).collect()
     }
 
     /// The parameters for a dropped asset, looked up as if its last event were here again.
@@ -85,12 +82,7 @@ struct CacheState {
 
 impl CachedLookup {
     pub fn new(inner: Arc<dyn Lookup>, ttl: Duration, retry: RetryPolicy) -> Self {
-        CachedLookup {
-            inner,
-            ttl,
-            retry,
-            state: Mutex::default(),
-        }
+        CachedLookup { inner, ttl, retry, state: Mutex::default() }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, CacheState> {
@@ -100,11 +92,7 @@ impl CachedLookup {
     /// The cached answer for `params`, if fresh.
     pub fn cached(&self, params: &[String]) -> Option<Business> {
         let mut st = self.state();
-        let hit = st
-            .entries
-            .get(params)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, b)| b.clone());
+        let hit = st.entries.get(params).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, b)| b.clone());
         if hit.is_some() {
             st.hits += 1;
         }
@@ -128,18 +116,13 @@ impl CachedLookup {
             }
         }
         if !self.ttl.is_zero() {
-            st.entries
-                .insert(params.to_vec(), (Instant::now(), business.clone()));
+            st.entries.insert(params.to_vec(), (Instant::now(), business.clone()));
         }
         Ok(business)
     }
 
     pub fn stats(&self) -> CacheStats {
         let st = self.state();
-        CacheStats {
-            hits: st.hits,
-            misses: st.misses,
-            size: st.entries.len(),
-        }
+        CacheStats { hits: st.hits, misses: st.misses, size: st.entries.len() }
     }
 }

@@ -26,10 +26,7 @@ impl Metrics {
         self.outcomes[index(o)].fetch_add(n, Ordering::Relaxed);
     }
     pub fn outcomes(&self) -> Vec<(Outcome, u64)> {
-        Outcome::ALL
-            .iter()
-            .map(|o| (*o, self.outcomes[index(*o)].load(Ordering::Relaxed)))
-            .collect()
+        Outcome::ALL.iter().map(|o| (*o, self.outcomes[index(*o)].load(Ordering::Relaxed))).collect()
     }
     pub fn dead_letter(&self, kind: &str) {
         let mut m = self.dead_letters.lock().unwrap_or_else(|e| e.into_inner());
@@ -37,10 +34,7 @@ impl Metrics {
     }
     /// Dead letters by `error.kind`.
     pub fn dead_letters(&self) -> BTreeMap<String, u64> {
-        self.dead_letters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.dead_letters.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
     pub fn count(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)

@@ -44,11 +44,7 @@ impl Default for Settings {
             max_drop_fraction: 0.5,
             completion_timeout: Duration::from_secs(300),
             retry: RetryPolicy::default(),
-            lookup_pointers: vec![
-                "/source".into(),
-                "/asset/database".into(),
-                "/asset/schema".into(),
-            ],
+            lookup_pointers: vec!["/source".into(), "/asset/database".into(), "/asset/schema".into()],
             cache_ttl: Duration::from_secs(60),
             pull_batch: 256,
             commit_interval: Duration::from_millis(200),
@@ -90,26 +86,18 @@ impl Pipeline {
         // Outputs and history share one arbiter; each shard gets its own, so shards use the cores.
         let outputs = Arbiter::new();
         let history = {
-            let (store, sink, m) = (
-                ports.history.clone(),
-                ports.dead_letter_sink.clone(),
-                metrics.clone(),
-            );
+            let (store, sink, m) = (ports.history.clone(), ports.dead_letter_sink.clone(), metrics.clone());
             HistoryWriter::start_in_arbiter(&outputs.handle(), move |_| {
                 HistoryWriter::new(store, sink, retry, m, mailbox)
             })
         };
         let upserts = {
             let sink = ports.upsert_sink.clone();
-            Producer::start_in_arbiter(&outputs.handle(), move |_| {
-                Producer::new("upsert sink", sink, retry, mailbox)
-            })
+            Producer::start_in_arbiter(&outputs.handle(), move |_| Producer::new("upsert sink", sink, retry, mailbox))
         };
         let drops = {
             let sink = ports.drop_sink.clone();
-            Producer::start_in_arbiter(&outputs.handle(), move |_| {
-                Producer::new("drop sink", sink, retry, mailbox)
-            })
+            Producer::start_in_arbiter(&outputs.handle(), move |_| Producer::new("drop sink", sink, retry, mailbox))
         };
         let deps = Arc::new(DecisorDeps {
             control: ports.control.clone(),
@@ -128,9 +116,7 @@ impl Pipeline {
         for i in 0..settings.shards.max(1) {
             let arbiter = Arbiter::new();
             let d = deps.clone();
-            shards.push(Decisor::start_in_arbiter(&arbiter.handle(), move |_| {
-                Decisor::new(i, d, mailbox)
-            }));
+            shards.push(Decisor::start_in_arbiter(&arbiter.handle(), move |_| Decisor::new(i, d, mailbox)));
             arbiters.push(arbiter);
         }
         let sweep = Arc::new(SweepDeps {
@@ -143,8 +129,7 @@ impl Pipeline {
             metrics: metrics.clone(),
         });
         let router = Router::new(sweep, mailbox).start();
-        let enricher =
-            Enricher::new(lookup.clone(), keys, router, history.clone(), mailbox).start();
+        let enricher = Enricher::new(lookup.clone(), keys, router, history.clone(), mailbox).start();
         let (stop, stop_rx) = watch::channel(false);
         let ingest_settings = IngestSettings {
             max_event_bytes: settings.max_event_bytes,
@@ -168,13 +153,7 @@ impl Pipeline {
             )
             .start();
         }
-        Pipeline {
-            metrics,
-            lookup,
-            drained,
-            stop,
-            arbiters,
-        }
+        Pipeline { metrics, lookup, drained, stop, arbiters }
     }
 
     /// Resolves once every source is drained (or stopped) and what it read is acknowledged.

@@ -38,25 +38,12 @@ impl BackendError {
         message: impl ToString,
         kind: FailureKind,
     ) -> Self {
-        BackendError {
-            backend: backend.into(),
-            operation: operation.into(),
-            message: message.to_string(),
-            kind,
-        }
+        BackendError { backend: backend.into(), operation: operation.into(), message: message.to_string(), kind }
     }
-    pub fn transient(
-        backend: impl Into<String>,
-        operation: impl Into<String>,
-        message: impl ToString,
-    ) -> Self {
+    pub fn transient(backend: impl Into<String>, operation: impl Into<String>, message: impl ToString) -> Self {
         Self::new(backend, operation, message, FailureKind::Transient)
     }
-    pub fn permanent(
-        backend: impl Into<String>,
-        operation: impl Into<String>,
-        message: impl ToString,
-    ) -> Self {
+    pub fn permanent(backend: impl Into<String>, operation: impl Into<String>, message: impl ToString) -> Self {
         Self::new(backend, operation, message, FailureKind::Permanent)
     }
 }

@@ -15,11 +15,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(10),
-            attempts: 8,
-        }
+        RetryPolicy { initial: Duration::from_millis(100), max: Duration::from_secs(10), attempts: 8 }
     }
 }
 
@@ -27,14 +23,10 @@ impl RetryPolicy {
     /// The pause before attempt `n + 1` (n starting at 1): doubling from `initial`, capped at
     /// `max`, then drawn uniformly from its upper half so that retrying callers spread out.
     pub fn delay(&self, n: u32) -> Duration {
-        let exp = self
-            .initial
-            .saturating_mul(1u32 << n.saturating_sub(1).min(20));
+        let exp = self.initial.saturating_mul(1u32 << n.saturating_sub(1).min(20));
         let capped = exp.min(self.max);
         let half = capped / 2;
-        half + Duration::from_nanos(fastrand::u64(
-            0..=half.as_nanos().min(u64::MAX as u128) as u64,
-        ))
+        half + Duration::from_nanos(fastrand::u64(0..=half.as_nanos().min(u64::MAX as u128) as u64))
     }
 
     /// Runs `op` until it succeeds, fails for a reason retrying cannot fix, or runs out of attempts.
@@ -66,31 +58,17 @@ mod tests {
 
     #[test]
     fn delays_grow_and_stay_capped() {
-        let p = RetryPolicy {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-            attempts: 5,
-        };
+        let p = RetryPolicy { initial: Duration::from_millis(100), max: Duration::from_secs(1), attempts: 5 };
         let d1 = p.delay(1);
-        assert!(
-            d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
-            "{d1:?}"
-        );
+        assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
         let d3 = p.delay(3);
-        assert!(
-            d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400),
-            "{d3:?}"
-        );
+        assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400), "{d3:?}");
         assert!(p.delay(30) <= Duration::from_secs(1));
     }
 
     #[tokio::test]
     async fn transient_errors_are_retried_then_given_up() {
-        let p = RetryPolicy {
-            initial: Duration::from_millis(1),
-            max: Duration::from_millis(2),
-            attempts: 3,
-        };
+        let p = RetryPolicy { initial: Duration::from_millis(1), max: Duration::from_millis(2), attempts: 3 };
         let calls = AtomicU32::new(0);
         let r: Result<(), _> = p
             .run(|| async {
@@ -108,10 +86,6 @@ mod tests {
             })
             .await;
         assert!(r.is_err());
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            1,
-            "permanent errors are not retried"
-        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "permanent errors are not retried");
     }
 }

@@ -11,14 +11,7 @@ fn run_of(run: &str, tables: impl Iterator<Item = usize>, t: u32, n: &mut u32) -
     tables
         .map(|k| {
             *n += 1;
-            running(
-                &format!("e{n:05}"),
-                "src",
-                run,
-                &format!("t{k:03}"),
-                t,
-                "same",
-            )
+            running(&format!("e{n:05}"), "src", run, &format!("t{k:03}"), t, "same")
         })
         .collect()
 }
@@ -56,20 +49,13 @@ fn a_completion_sees_every_earlier_event_of_its_run() {
             "dropped in r2, back in r3"
         );
     }
-    let completed = out
-        .history
-        .iter()
-        .filter(|h| h.outcome.as_str() == "completed")
-        .count();
+    let completed = out.history.iter().filter(|h| h.outcome.as_str() == "completed").count();
     assert_eq!(completed, 4);
 }
 
 #[test]
 fn other_sources_are_never_touched_by_a_sweep() {
-    let mut lines = vec![
-        running("a1", "a", "ra", "x", 1, "c"),
-        running("b1", "b", "rb", "y", 1, "c"),
-    ];
+    let mut lines = vec![running("a1", "a", "ra", "x", 1, "c"), running("b1", "b", "rb", "y", 1, "c")];
     lines.push(completed("a2", "a", "ra2", 2, None));
     let mut s = settings(4);
     s.max_drop_fraction = 1.0;

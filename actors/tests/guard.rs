@@ -10,25 +10,11 @@ use support::*;
 fn crawl(seen_second_time: usize, fraction: f64) -> Run {
     let mut lines = Vec::new();
     for k in 0..10 {
-        lines.push(running(
-            &format!("a{k}"),
-            "s",
-            "r1",
-            &format!("t{k}"),
-            10,
-            "c",
-        ));
+        lines.push(running(&format!("a{k}"), "s", "r1", &format!("t{k}"), 10, "c"));
     }
     lines.push(completed("c1", "s", "r1", 11, None));
     for k in 0..seen_second_time {
-        lines.push(running(
-            &format!("b{k}"),
-            "s",
-            "r2",
-            &format!("t{k}"),
-            20,
-            "c",
-        ));
+        lines.push(running(&format!("b{k}"), "s", "r2", &format!("t{k}"), 20, "c"));
     }
     lines.push(completed("c2", "s", "r2", 21, None));
     let mut s = settings(4);

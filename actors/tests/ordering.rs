@@ -37,33 +37,20 @@ fn each_key_sees_its_events_in_input_order_under_eight_shards() {
     let control = MemControl::slow(Duration::from_millis(2));
     let out = run(settings(8), lines, control.clone());
 
-    assert_eq!(
-        control.conflicts.load(Ordering::SeqCst),
-        0,
-        "a shard ran two batches at once: their writes conflicted"
-    );
+    assert_eq!(control.conflicts.load(Ordering::SeqCst), 0, "a shard ran two batches at once: their writes conflicted");
     assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
     let mut by_key: HashMap<String, Vec<&serde_json::Value>> = HashMap::new();
     for u in &out.upserts {
-        by_key
-            .entry(u["asset_key"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(u);
+        by_key.entry(u["asset_key"].as_str().unwrap().to_owned()).or_default().push(u);
     }
     assert_eq!(by_key.len(), KEYS);
     for (key, ups) in by_key {
         assert_eq!(ups.len(), VERSIONS, "{key}: one upsert per version");
         assert_eq!(ups[0]["change"], "created", "{key}");
         for w in ups.windows(2) {
-            assert!(
-                w[0]["event_id"].as_str() < w[1]["event_id"].as_str(),
-                "{key}: upserts out of input order"
-            );
+            assert!(w[0]["event_id"].as_str() < w[1]["event_id"].as_str(), "{key}: upserts out of input order");
             assert_eq!(w[1]["change"], "updated", "{key}");
-            assert_eq!(
-                w[1]["previous_hash"], w[0]["hash"],
-                "{key}: an update must follow the one before it"
-            );
+            assert_eq!(w[1]["previous_hash"], w[0]["hash"], "{key}: an update must follow the one before it");
         }
         let last = ups.last().unwrap();
         assert_eq!(
@@ -87,8 +74,5 @@ fn stale_events_change_nothing_and_emit_nothing() {
     let r = control.record("s/db/public/a").unwrap();
     assert_eq!(r.last_seen_run, "r1", "older news must not overwrite newer");
     let outcomes: Vec<&str> = out.history.iter().map(|h| h.outcome.as_str()).collect();
-    assert!(
-        outcomes.contains(&"stale") && outcomes.contains(&"unchanged"),
-        "{outcomes:?}"
-    );
+    assert!(outcomes.contains(&"stale") && outcomes.contains(&"unchanged"), "{outcomes:?}");
 }

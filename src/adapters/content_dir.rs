@@ -59,9 +59,7 @@ impl ContentStore for ContentDir {
 
 /// Writes `body` to `path` unless it is there already: to a temporary name, fsync, rename.
 fn write_once(path: &Path, body: &[u8]) -> BackendResult<()> {
-    let fail = |op: &str, e: std::io::Error| {
-        BackendError::transient(format!("content dir {}", path.display()), op, e)
-    };
+    let fail = |op: &str, e: std::io::Error| BackendError::transient(format!("content dir {}", path.display()), op, e);
     if path.exists() {
         return Ok(());
     }

@@ -15,8 +15,7 @@ pub struct FileLookup {
 impl FileLookup {
     /// Loads `path`; each row's `key_fields` (in `lookup` order) are its key, the rest its business.
     pub fn load(path: &Path, key_fields: &[String]) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let rows: Vec<Map<String, Value>> = serde_json::from_str(&text)
             .map_err(|e| format!("{}: expected a JSON array of objects: {e}", path.display()))?;
         let mut index = HashMap::with_capacity(rows.len());
@@ -27,10 +26,7 @@ impl FileLookup {
                     Some(Value::String(s)) => key.push(s),
                     Some(Value::Number(n)) => key.push(n.to_string()),
                     _ => {
-                        return Err(format!(
-                            "{}: row {i} has no string field `{field}` to match on",
-                            path.display()
-                        ));
+                        return Err(format!("{}: row {i} has no string field `{field}` to match on", path.display()));
                     }
                 }
             }

@@ -32,13 +32,7 @@ pub struct FileSource {
 impl FileSource {
     /// Opens `path` at its checkpoint. `max_line` bounds how much of an overlong line is kept
     /// (it will be rejected as too large anyway).
-    pub fn open(
-        name: String,
-        path: &Path,
-        follow: bool,
-        state: StateStore,
-        max_line: usize,
-    ) -> Result<Self, String> {
+    pub fn open(name: String, path: &Path, follow: bool, state: StateStore, max_line: usize) -> Result<Self, String> {
         let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let checkpoint_key = format!("file:{}", canonical.display());
@@ -56,9 +50,7 @@ impl FileSource {
             saved
         };
         let mut reader = BufReader::with_capacity(1 << 20, file);
-        reader
-            .seek(SeekFrom::Start(offset))
-            .map_err(|e| format!("cannot seek in {}: {e}", path.display()))?;
+        reader.seek(SeekFrom::Start(offset)).map_err(|e| format!("cannot seek in {}: {e}", path.display()))?;
         if offset > 0 {
             tracing::info!(file = %path.display(), offset, "resuming from checkpoint");
         }
@@ -101,11 +93,7 @@ impl Source for FileSource {
                 let n = match reader.read_until(b'\n', &mut buf) {
                     Ok(n) => n,
                     Err(e) => {
-                        return Err(BackendError::transient(
-                            format!("file {}", path.display()),
-                            "read",
-                            e,
-                        ));
+                        return Err(BackendError::transient(format!("file {}", path.display()), "read", e));
                     }
                 };
                 offset += n as u64;
@@ -137,11 +125,7 @@ impl Source for FileSource {
         self.partial = partial;
         self.offset = offset;
         if read.lines.is_empty() {
-            return Ok(if read.eof && !self.follow {
-                Pull::Drained
-            } else {
-                Pull::Idle
-            });
+            return Ok(if read.eof && !self.follow { Pull::Drained } else { Pull::Idle });
         }
         let mut out = Vec::with_capacity(read.lines.len());
         for (start, bytes, end) in read.lines {
@@ -163,9 +147,7 @@ impl Source for FileSource {
 
     async fn commit(&mut self) -> BackendResult<()> {
         if let Some(pos) = self.watermark.take_ready() {
-            self.state
-                .set_checkpoint(self.checkpoint_key.clone(), pos.to_be_bytes().to_vec())
-                .await?;
+            self.state.set_checkpoint(self.checkpoint_key.clone(), pos.to_be_bytes().to_vec()).await?;
         }
         Ok(())
     }
@@ -211,16 +193,9 @@ impl Source for StdinSource {
                     ack.done();
                     return Ok(Pull::Messages(Vec::new()));
                 }
-                let origin = Origin {
-                    source: self.name.clone(),
-                    partition: "stdin".into(),
-                    offset: self.line_no.to_string(),
-                };
-                Ok(Pull::Messages(vec![RawMessage {
-                    bytes: line,
-                    origin,
-                    ack,
-                }]))
+                let origin =
+                    Origin { source: self.name.clone(), partition: "stdin".into(), offset: self.line_no.to_string() };
+                Ok(Pull::Messages(vec![RawMessage { bytes: line, origin, ack }]))
             }
             Err(e) => Err(BackendError::transient("stdin", "read", e)),
         }

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use assetflow_actors::decision::HistoryRow;
-use assetflow_actors::ports::{
-    BackendError, BackendResult, ControlStore, FailureKind, HistoryStore, RecordWrite,
-};
+use assetflow_actors::ports::{BackendError, BackendResult, ControlStore, FailureKind, HistoryStore, RecordWrite};
 use assetflow_actors::record::ControlRecord;
 use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition};
@@ -40,16 +38,13 @@ async fn blocking<T: Send + 'static>(
     op: &'static str,
     f: impl FnOnce() -> BackendResult<T> + Send + 'static,
 ) -> BackendResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| BackendError::transient(BACKEND, op, e))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| BackendError::transient(BACKEND, op, e))?
 }
 
 impl StateStore {
     /// Opens (or creates) `{dir}/state.redb`.
     pub fn open(dir: &Path) -> Result<StateStore, String> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create pipeline.state_dir {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create pipeline.state_dir {}: {e}", dir.display()))?;
         let path = dir.join("state.redb");
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => format!(
@@ -58,29 +53,15 @@ impl StateStore {
             ),
             other => format!("cannot open the embedded store {}: {other}", path.display()),
         })?;
-        let seq = init_tables(&db).map_err(|e| {
-            format!(
-                "cannot initialise the embedded store {}: {e}",
-                path.display()
-            )
-        })?;
-        Ok(StateStore {
-            db: Arc::new(db),
-            history_seq: Arc::new(AtomicU64::new(seq)),
-        })
+        let seq =
+            init_tables(&db).map_err(|e| format!("cannot initialise the embedded store {}: {e}", path.display()))?;
+        Ok(StateStore { db: Arc::new(db), history_seq: Arc::new(AtomicU64::new(seq)) })
     }
 
     pub fn checkpoint(&self, key: &str) -> BackendResult<Option<Vec<u8>>> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| err("read checkpoint", e))?;
-        let t = tx
-            .open_table(CHECKPOINTS)
-            .map_err(|e| err("read checkpoint", e))?;
-        Ok(t.get(key)
-            .map_err(|e| err("read checkpoint", e))?
-            .map(|v| v.value().to_vec()))
+        let tx = self.db.begin_read().map_err(|e| err("read checkpoint", e))?;
+        let t = tx.open_table(CHECKPOINTS).map_err(|e| err("read checkpoint", e))?;
+        Ok(t.get(key).map_err(|e| err("read checkpoint", e))?.map(|v| v.value().to_vec()))
     }
 
     pub async fn set_checkpoint(&self, key: String, value: Vec<u8>) -> BackendResult<()> {
@@ -88,11 +69,8 @@ impl StateStore {
         blocking("write checkpoint", move || {
             let tx = db.begin_write().map_err(|e| err("write checkpoint", e))?;
             {
-                let mut t = tx
-                    .open_table(CHECKPOINTS)
-                    .map_err(|e| err("write checkpoint", e))?;
-                t.insert(key.as_str(), value.as_slice())
-                    .map_err(|e| err("write checkpoint", e))?;
+                let mut t = tx.open_table(CHECKPOINTS).map_err(|e| err("write checkpoint", e))?;
+                t.insert(key.as_str(), value.as_slice()).map_err(|e| err("write checkpoint", e))?;
             }
             tx.commit().map_err(|e| err("write checkpoint", e))
         })
@@ -116,15 +94,10 @@ impl StateStore {
         let t = tx.open_table(HISTORY).map_err(|e| err("read history", e))?;
         let (lo, hi) = history_range(asset_key);
         let mut out = Vec::new();
-        for entry in t
-            .range(lo.as_slice()..=hi.as_slice())
-            .map_err(|e| err("read history", e))?
-            .rev()
-        {
+        for entry in t.range(lo.as_slice()..=hi.as_slice()).map_err(|e| err("read history", e))?.rev() {
             let (_, v) = entry.map_err(|e| err("read history", e))?;
             out.push(
-                serde_json::from_slice(v.value())
-                    .map_err(|e| BackendError::permanent(BACKEND, "read history", e))?,
+                serde_json::from_slice(v.value()).map_err(|e| BackendError::permanent(BACKEND, "read history", e))?,
             );
             if out.len() >= limit {
                 break;
@@ -142,11 +115,7 @@ fn init_tables(db: &Database) -> Result<u64, Box<redb::Error>> {
     tx.open_table(CHECKPOINTS).map_err(|e| boxed(e.into()))?;
     tx.open_table(HISTORY).map_err(|e| boxed(e.into()))?;
     let meta = tx.open_table(META).map_err(|e| boxed(e.into()))?;
-    let seq = meta
-        .get("history_seq")
-        .map_err(|e| boxed(e.into()))?
-        .map(|v| v.value())
-        .unwrap_or(0);
+    let seq = meta.get("history_seq").map_err(|e| boxed(e.into()))?.map(|v| v.value()).unwrap_or(0);
     drop(meta);
     tx.commit().map_err(|e| boxed(e.into()))?;
     Ok(seq)
@@ -191,15 +160,8 @@ impl ControlStore for StateStore {
             let tx = db.begin_write().map_err(|e| err("put records", e))?;
             {
                 let mut t = tx.open_table(CONTROL).map_err(|e| err("put records", e))?;
-                for RecordWrite {
-                    record: r,
-                    expected_version,
-                } in &writes
-                {
-                    let stored = match t
-                        .get(r.asset_key.as_str())
-                        .map_err(|e| err("put records", e))?
-                    {
+                for RecordWrite { record: r, expected_version } in &writes {
+                    let stored = match t.get(r.asset_key.as_str()).map_err(|e| err("put records", e))? {
                         Some(v) => decode_record(v.value())?.version,
                         None => 0,
                     };
@@ -208,17 +170,13 @@ impl ControlStore for StateStore {
                         return Err(BackendError::new(
                             BACKEND,
                             "put records",
-                            format!(
-                                "record {} is at version {stored}, expected {expected_version}",
-                                r.asset_key
-                            ),
+                            format!("record {} is at version {stored}, expected {expected_version}", r.asset_key),
                             FailureKind::Conflict,
                         ));
                     }
-                    let bytes = serde_json::to_vec(r)
-                        .map_err(|e| BackendError::permanent(BACKEND, "put records", e))?;
-                    t.insert(r.asset_key.as_str(), bytes.as_slice())
-                        .map_err(|e| err("put records", e))?;
+                    let bytes =
+                        serde_json::to_vec(r).map_err(|e| BackendError::permanent(BACKEND, "put records", e))?;
+                    t.insert(r.asset_key.as_str(), bytes.as_slice()).map_err(|e| err("put records", e))?;
                 }
             }
             tx.commit().map_err(|e| err("put records", e))
@@ -237,10 +195,7 @@ impl ControlStore for StateStore {
             let lo = format!("{source}/");
             let hi = format!("{source}0");
             let mut out = Vec::new();
-            for entry in t
-                .range(lo.as_str()..hi.as_str())
-                .map_err(|e| err("list source", e))?
-            {
+            for entry in t.range(lo.as_str()..hi.as_str()).map_err(|e| err("list source", e))? {
                 let (_, v) = entry.map_err(|e| err("list source", e))?;
                 let r = decode_record(v.value())?;
                 if r.source == source {
@@ -262,28 +217,21 @@ impl HistoryStore for StateStore {
         blocking("append history", move || {
             let tx = db.begin_write().map_err(|e| err("append history", e))?;
             {
-                let mut t = tx
-                    .open_table(HISTORY)
-                    .map_err(|e| err("append history", e))?;
+                let mut t = tx.open_table(HISTORY).map_err(|e| err("append history", e))?;
                 for row in &rows {
                     let n = seq.fetch_add(1, Ordering::Relaxed) + 1;
                     let mut key = row.asset_key.as_deref().unwrap_or("").as_bytes().to_vec();
                     key.push(0);
                     key.extend_from_slice(&n.to_be_bytes());
-                    let bytes = serde_json::to_vec(row)
-                        .map_err(|e| BackendError::permanent(BACKEND, "append history", e))?;
-                    t.insert(key.as_slice(), bytes.as_slice())
-                        .map_err(|e| err("append history", e))?;
+                    let bytes =
+                        serde_json::to_vec(row).map_err(|e| BackendError::permanent(BACKEND, "append history", e))?;
+                    t.insert(key.as_slice(), bytes.as_slice()).map_err(|e| err("append history", e))?;
                 }
                 let mut meta = tx.open_table(META).map_err(|e| err("append history", e))?;
                 let last = seq.load(Ordering::Relaxed);
-                let stored = meta
-                    .get("history_seq")
-                    .map_err(|e| err("append history", e))?
-                    .map(|v| v.value())
-                    .unwrap_or(0);
-                meta.insert("history_seq", last.max(stored))
-                    .map_err(|e| err("append history", e))?;
+                let stored =
+                    meta.get("history_seq").map_err(|e| err("append history", e))?.map(|v| v.value()).unwrap_or(0);
+                meta.insert("history_seq", last.max(stored)).map_err(|e| err("append history", e))?;
             }
             tx.commit().map_err(|e| err("append history", e))
         })

@@ -68,8 +68,7 @@ listen = ""
 pub fn prepare(scenario: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     for f in ["events.jsonl", "business.json"] {
-        std::fs::copy(scenario.join(f), dir.path().join(f))
-            .unwrap_or_else(|e| panic!("copy {f}: {e}"));
+        std::fs::copy(scenario.join(f), dir.path().join(f)).unwrap_or_else(|e| panic!("copy {f}: {e}"));
     }
     std::fs::write(dir.path().join("config.toml"), SCENARIO_CONFIG).expect("write config");
     dir
@@ -81,12 +80,7 @@ pub fn bin() -> Command {
 
 /// Runs `assetflow <args>` in `dir`.
 pub fn assetflow(dir: &Path, args: &[&str]) -> Output {
-    bin()
-        .args(args)
-        .current_dir(dir)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run assetflow")
+    bin().args(args).current_dir(dir).env("RUST_LOG", "warn").output().expect("run assetflow")
 }
 
 /// The JSON lines of a file (none if it does not exist).
@@ -95,10 +89,7 @@ pub fn read_lines(path: &Path) -> Vec<Value> {
         Ok(text) => text
             .lines()
             .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("{}: bad line {l:?}: {e}", path.display()))
-            })
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: bad line {l:?}: {e}", path.display())))
             .collect(),
         Err(_) => Vec::new(),
     }
@@ -125,42 +116,23 @@ impl Outputs {
     pub fn dedup(self) -> Outputs {
         fn d(v: Vec<Value>) -> Vec<Value> {
             let mut seen = std::collections::HashSet::new();
-            v.into_iter()
-                .filter(|r| seen.insert(r["decision_id"].as_str().unwrap_or_default().to_owned()))
-                .collect()
+            v.into_iter().filter(|r| seen.insert(r["decision_id"].as_str().unwrap_or_default().to_owned())).collect()
         }
-        Outputs {
-            upserts: d(self.upserts),
-            drops: d(self.drops),
-            dead_letters: d(self.dead_letters),
-        }
+        Outputs { upserts: d(self.upserts), drops: d(self.drops), dead_letters: d(self.dead_letters) }
     }
 
     /// Decision ids that appear more than once.
     pub fn duplicate_ids(&self) -> Vec<String> {
         let mut count: HashMap<&str, usize> = HashMap::new();
-        for r in self
-            .upserts
-            .iter()
-            .chain(&self.drops)
-            .chain(&self.dead_letters)
-        {
-            *count
-                .entry(r["decision_id"].as_str().unwrap_or(""))
-                .or_default() += 1;
+        for r in self.upserts.iter().chain(&self.drops).chain(&self.dead_letters) {
+            *count.entry(r["decision_id"].as_str().unwrap_or("")).or_default() += 1;
         }
-        count
-            .into_iter()
-            .filter(|(_, n)| *n > 1)
-            .map(|(k, _)| k.to_owned())
-            .collect()
+        count.into_iter().filter(|(_, n)| *n > 1).map(|(k, _)| k.to_owned()).collect()
     }
 }
 
 /// Upserts per asset key, in order: (change, business.domain).
-fn upserts_by_key(
-    list: impl Iterator<Item = (String, String, Value)>,
-) -> BTreeMap<String, Vec<(String, Value)>> {
+fn upserts_by_key(list: impl Iterator<Item = (String, String, Value)>) -> BTreeMap<String, Vec<(String, Value)>> {
     let mut m: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
     for (k, change, domain) in list {
         m.entry(k).or_default().push((change, domain));
@@ -171,17 +143,10 @@ fn upserts_by_key(
 /// Compares outputs with a scenario's `expected.json`, as its README says; `Err` explains.
 pub fn compare(expected_path: &Path, got: &Outputs) -> Result<(), String> {
     let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(expected_path).expect("read expected"))
-            .expect("parse expected");
-    let want_upserts = upserts_by_key(expected["upserts"].as_array().into_iter().flatten().map(
-        |u| {
-            (
-                u[0].as_str().unwrap_or_default().to_owned(),
-                u[1].as_str().unwrap_or_default().to_owned(),
-                u[2].clone(),
-            )
-        },
-    ));
+        serde_json::from_str(&std::fs::read_to_string(expected_path).expect("read expected")).expect("parse expected");
+    let want_upserts = upserts_by_key(expected["upserts"].as_array().into_iter().flatten().map(|u| {
+        (u[0].as_str().unwrap_or_default().to_owned(), u[1].as_str().unwrap_or_default().to_owned(), u[2].clone())
+    }));
     let got_upserts = upserts_by_key(got.upserts.iter().map(|u| {
         (
             u["asset_key"].as_str().unwrap_or_default().to_owned(),
@@ -190,27 +155,16 @@ pub fn compare(expected_path: &Path, got: &Outputs) -> Result<(), String> {
         )
     }));
     let mut problems = Vec::new();
-    for key in want_upserts
-        .keys()
-        .chain(got_upserts.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-    {
+    for key in want_upserts.keys().chain(got_upserts.keys()).collect::<std::collections::BTreeSet<_>>() {
         let (w, g) = (want_upserts.get(key), got_upserts.get(key));
         if w != g {
             problems.push(format!("upserts of {key}: expected {w:?}, got {g:?}"));
         }
     }
-    let mut want_drops: Vec<String> = expected["drops"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|d| d.as_str().unwrap_or_default().to_owned())
-        .collect();
-    let mut got_drops: Vec<String> = got
-        .drops
-        .iter()
-        .map(|d| d["asset_key"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let mut want_drops: Vec<String> =
+        expected["drops"].as_array().into_iter().flatten().map(|d| d.as_str().unwrap_or_default().to_owned()).collect();
+    let mut got_drops: Vec<String> =
+        got.drops.iter().map(|d| d["asset_key"].as_str().unwrap_or_default().to_owned()).collect();
     want_drops.sort();
     got_drops.sort();
     if want_drops != got_drops {
@@ -224,18 +178,10 @@ pub fn compare(expected_path: &Path, got: &Outputs) -> Result<(), String> {
         .collect();
     let mut got_dl: BTreeMap<String, u64> = BTreeMap::new();
     for d in &got.dead_letters {
-        *got_dl
-            .entry(d["error"]["kind"].as_str().unwrap_or_default().to_owned())
-            .or_default() += 1;
+        *got_dl.entry(d["error"]["kind"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
     }
     if want_dl != got_dl {
-        problems.push(format!(
-            "dead letters: expected {want_dl:?}, got {got_dl:?}"
-        ));
+        problems.push(format!("dead letters: expected {want_dl:?}, got {got_dl:?}"));
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
-    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
 }

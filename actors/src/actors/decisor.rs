@@ -21,16 +21,14 @@ use super::history::{DeadLetters, HistoryWriter, Record};
 use super::producer::{Producer, Publish};
 use crate::decide::{Verdict, judge};
 use crate::decision::{
-    Change, DeadLetter, Decision, Drop, HistoryRow, Outcome, Stage, Upsert, decision_id,
+    Change, DeadLetter, Decision, Drop, HistoryRow, Outcome, Stage, Upsert, decision_id, prior_state,
 };
 use crate::envelope::Envelope;
 use crate::event::EventKind;
 use crate::hash::{HashIgnore, content_hash};
 use crate::lookup::{CachedLookup, LookupKeys};
 use crate::metrics::Metrics;
-use crate::ports::{
-    BackendError, BackendResult, ContentStore, ControlStore, FailureKind, RecordWrite, SinkRecord,
-};
+use crate::ports::{BackendError, BackendResult, ContentStore, ControlStore, FailureKind, RecordWrite, SinkRecord};
 use crate::record::{ControlRecord, RecordStatus};
 use crate::retry::RetryPolicy;
 
@@ -93,13 +91,7 @@ pub struct Decisor {
 
 impl Decisor {
     pub fn new(shard: usize, deps: Arc<DecisorDeps>, mailbox: usize) -> Self {
-        Decisor {
-            shard,
-            deps,
-            mailbox,
-            queue: Vec::new(),
-            scheduled: false,
-        }
+        Decisor { shard, deps, mailbox, queue: Vec::new(), scheduled: false }
     }
 
     fn push(&mut self, item: Item, ctx: &mut Context<Self>) {
@@ -144,9 +136,7 @@ impl Handler<ApplyDrops> for Decisor {
         let (tx, rx) = oneshot::channel();
         self.push(Item::Drops(msg, tx), ctx);
         Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(BackendError::transient("decisor", "drop", "shard stopped"))
-            })
+            rx.await.unwrap_or_else(|_| Err(BackendError::transient("decisor", "drop", "shard stopped")))
         })
     }
 }
@@ -200,12 +190,7 @@ async fn apply_events(deps: &DecisorDeps, events: Vec<Envelope<Enriched>>) {
         };
         let hash = content_hash(body, &deps.ignore);
         let key = enriched.event.asset_key().unwrap_or_default();
-        batch.push(Pending {
-            env,
-            enriched,
-            key,
-            hash,
-        });
+        batch.push(Pending { env, enriched, key, hash });
     }
     let mut round = 0;
     let rows = loop {
@@ -219,12 +204,7 @@ async fn apply_events(deps: &DecisorDeps, events: Vec<Envelope<Enriched>>) {
         }
     };
     let n = rows.len();
-    if let Err(e) = deps
-        .history
-        .send(Record(rows))
-        .await
-        .unwrap_or_else(|_| Err(stopped("history")))
-    {
+    if let Err(e) = deps.history.send(Record(rows)).await.unwrap_or_else(|_| Err(stopped("history"))) {
         return dead_letter_all(deps, batch, Stage::History, &e).await;
     }
     tracing::trace!(events = n, "batch applied");
@@ -245,21 +225,10 @@ async fn decide_and_publish(
 ) -> Result<Vec<HistoryRow>, (Stage, BackendError)> {
     let keys: Vec<String> = {
         let mut seen = HashSet::new();
-        batch
-            .iter()
-            .filter(|p| seen.insert(p.key.as_str()))
-            .map(|p| p.key.clone())
-            .collect()
+        batch.iter().filter(|p| seen.insert(p.key.as_str())).map(|p| p.key.clone()).collect()
     };
-    let mut records = deps
-        .retry
-        .run(|| deps.control.get_many(&keys))
-        .await
-        .map_err(|e| (Stage::Decide, e))?;
-    let read_versions: HashMap<String, u64> = records
-        .iter()
-        .map(|(k, r)| (k.clone(), r.version))
-        .collect();
+    let mut records = deps.retry.run(|| deps.control.get_many(&keys)).await.map_err(|e| (Stage::Decide, e))?;
+    let read_versions: HashMap<String, u64> = records.iter().map(|(k, r)| (k.clone(), r.version)).collect();
     let mut dirty: Vec<String> = Vec::new();
     let mut rows = Vec::with_capacity(batch.len());
     let mut upserts = Vec::new();
@@ -284,7 +253,7 @@ async fn decide_and_publish(
             Verdict::Created | Verdict::Updated => "upsert",
             other => outcome_kind(other),
         };
-        let id = decision_id(&ev.event_id, &p.key, kind, prior_version);
+        let id = decision_id(&ev.event_id, &p.key, kind, &prior_state(prior));
         *outcomes.entry(outcome).or_default() += 1;
         rows.push(HistoryRow {
             asset_key: Some(p.key.clone()),
@@ -303,18 +272,10 @@ async fn decide_and_publish(
         let mut content_ref = prior.and_then(|r| r.content_ref.clone());
         if matches!(verdict, Verdict::Created | Verdict::Updated) {
             let cref = deps.content.content_ref(&p.key, &p.hash);
-            contents.push((
-                p.key.clone(),
-                p.hash.clone(),
-                serde_json::to_vec(body).unwrap_or_default(),
-            ));
+            contents.push((p.key.clone(), p.hash.clone(), serde_json::to_vec(body).unwrap_or_default()));
             let decision = Decision::Upsert(Upsert {
                 decision_id: id,
-                change: if verdict == Verdict::Created {
-                    Change::Created
-                } else {
-                    Change::Updated
-                },
+                change: if verdict == Verdict::Created { Change::Created } else { Change::Updated },
                 asset_key: p.key.clone(),
                 source: ev.source.clone(),
                 run_id: ev.run_id.clone(),
@@ -349,13 +310,9 @@ async fn decide_and_publish(
     // Content first: an upsert must never point at content that is not there.
     contents.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     contents.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
-    try_join_all(
-        contents
-            .iter()
-            .map(|(k, h, body)| deps.retry.run(move || deps.content.put(k, h, body))),
-    )
-    .await
-    .map_err(|e| (Stage::Decide, e))?;
+    try_join_all(contents.iter().map(|(k, h, body)| deps.retry.run(move || deps.content.put(k, h, body))))
+        .await
+        .map_err(|e| (Stage::Decide, e))?;
     if !upserts.is_empty() {
         let n = upserts.len() as u64;
         deps.upserts
@@ -368,17 +325,13 @@ async fn decide_and_publish(
     let changed: Vec<RecordWrite> = dirty
         .iter()
         .filter_map(|k| {
-            records.remove(k).map(|record| RecordWrite {
-                record,
-                expected_version: read_versions.get(k).copied().unwrap_or(0),
-            })
+            records
+                .remove(k)
+                .map(|record| RecordWrite { record, expected_version: read_versions.get(k).copied().unwrap_or(0) })
         })
         .collect();
     if !changed.is_empty() {
-        deps.retry
-            .run(|| deps.control.put_many(&changed))
-            .await
-            .map_err(|e| (Stage::Decide, e))?;
+        deps.retry.run(|| deps.control.put_many(&changed)).await.map_err(|e| (Stage::Decide, e))?;
     }
     for (o, n) in outcomes {
         deps.metrics.outcome(o, n);
@@ -404,12 +357,7 @@ pub(crate) fn sink_record(decision: &Decision) -> SinkRecord {
     }
 }
 
-async fn dead_letter_all(
-    deps: &DecisorDeps,
-    batch: Vec<Pending>,
-    stage: Stage,
-    error: &BackendError,
-) {
+async fn dead_letter_all(deps: &DecisorDeps, batch: Vec<Pending>, stage: Stage, error: &BackendError) {
     let letters = batch
         .into_iter()
         .map(|p| {
@@ -458,7 +406,7 @@ async fn try_apply_drops(deps: &DecisorDeps, cmd: &ApplyDrops) -> BackendResult<
             Some(params) => deps.lookup.get(&params).await?,
             None => None,
         };
-        let id = decision_id(&cmd.event_id, key, "drop", r.version);
+        let id = decision_id(&cmd.event_id, key, "drop", &prior_state(Some(r)));
         outputs.push(sink_record(&Decision::Drop(Drop {
             decision_id: id.clone(),
             asset_key: key.clone(),
@@ -484,25 +432,16 @@ async fn try_apply_drops(deps: &DecisorDeps, cmd: &ApplyDrops) -> BackendResult<
         next.status = RecordStatus::Dropped;
         next.dropped_at = Some(cmd.emitted_at);
         next.version += 1;
-        changed.push(RecordWrite {
-            record: next,
-            expected_version: r.version,
-        });
+        changed.push(RecordWrite { record: next, expected_version: r.version });
     }
     if outputs.is_empty() {
         return Ok(0);
     }
     let n = outputs.len();
-    deps.drops
-        .send(Publish(outputs))
-        .await
-        .unwrap_or_else(|_| Err(stopped("drop producer")))?;
+    deps.drops.send(Publish(outputs)).await.unwrap_or_else(|_| Err(stopped("drop producer")))?;
     Metrics::add(&deps.metrics.drops_published, n as u64);
     deps.retry.run(|| deps.control.put_many(&changed)).await?;
-    deps.history
-        .send(Record(rows))
-        .await
-        .unwrap_or_else(|_| Err(stopped("history")))?;
+    deps.history.send(Record(rows)).await.unwrap_or_else(|_| Err(stopped("history")))?;
     deps.metrics.outcome(Outcome::Dropped, n as u64);
     Ok(n)
 }

@@ -41,21 +41,11 @@ impl Enricher {
         history: Addr<HistoryWriter>,
         mailbox: usize,
     ) -> Self {
-        Enricher {
-            lookup,
-            keys,
-            router,
-            history,
-            mailbox,
-        }
+        Enricher { lookup, keys, router, history, mailbox }
     }
 
     fn pass(&mut self, env: Envelope<AssetEvent>, business: Business, ctx: &mut Context<Self>) {
-        let env = env.map(|event| Enriched {
-            event,
-            business,
-            enriched_at: Utc::now(),
-        });
+        let env = env.map(|event| Enriched { event, business, enriched_at: Utc::now() });
         forward_from::<Self, _, _>(ctx, &self.router, Route(env));
     }
 
@@ -95,14 +85,12 @@ impl Handler<Enrich> for Enricher {
             return self.pass(env, business, ctx);
         }
         let lookup = self.lookup.clone();
-        ctx.wait(
-            actix::fut::wrap_future::<_, Self>(async move { lookup.get(&params).await }).map(
-                move |result, act, ctx| match result {
-                    Ok(business) => act.pass(env, business, ctx),
-                    Err(e) => act.fail(env, e, ctx),
-                },
-            ),
-        );
+        ctx.wait(actix::fut::wrap_future::<_, Self>(async move { lookup.get(&params).await }).map(
+            move |result, act, ctx| match result {
+                Ok(business) => act.pass(env, business, ctx),
+                Err(e) => act.fail(env, e, ctx),
+            },
+        ));
     }
 }
 

@@ -86,13 +86,7 @@ impl Handler<Record> for HistoryWriter {
         self.waiting.push(tx);
         self.schedule(ctx);
         Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(BackendError::transient(
-                    "history",
-                    "append",
-                    "history writer stopped",
-                ))
-            })
+            rx.await.unwrap_or_else(|_| Err(BackendError::transient("history", "append", "history writer stopped")))
         })
     }
 }
@@ -129,12 +123,8 @@ impl Handler<Flush> for HistoryWriter {
         let mut rows = std::mem::take(&mut self.rows);
         let waiting = std::mem::take(&mut self.waiting);
         let letters = std::mem::take(&mut self.letters);
-        let (store, sink, retry, metrics) = (
-            self.store.clone(),
-            self.dead_letter_sink.clone(),
-            self.retry,
-            self.metrics.clone(),
-        );
+        let (store, sink, retry, metrics) =
+            (self.store.clone(), self.dead_letter_sink.clone(), self.retry, self.metrics.clone());
         ctx.wait(actix::fut::wrap_future(async move {
             let mut acks = Vec::with_capacity(letters.len());
             if !letters.is_empty() {

@@ -52,16 +52,7 @@ impl Ingest {
         stop: watch::Receiver<bool>,
         drained: oneshot::Sender<()>,
     ) -> Self {
-        Ingest {
-            name,
-            source: Some(source),
-            enricher,
-            history,
-            settings,
-            metrics,
-            stop,
-            drained: Some(drained),
-        }
+        Ingest { name, source: Some(source), enricher, history, settings, metrics, stop, drained: Some(drained) }
     }
 }
 
@@ -81,14 +72,12 @@ impl Actor for Ingest {
             stop: self.stop.clone(),
         };
         let drained = self.drained.take();
-        ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(run.run()).map(move |_, _, ctx| {
-                if let Some(tx) = drained {
-                    let _ = tx.send(());
-                }
-                ctx.stop();
-            }),
-        );
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(run.run()).map(move |_, _, ctx| {
+            if let Some(tx) = drained {
+                let _ = tx.send(());
+            }
+            ctx.stop();
+        }));
     }
 }
 
@@ -151,21 +140,11 @@ impl IngestLoop {
         Metrics::add(&self.metrics.events_in, 1);
         match decode(&m.bytes, self.settings.max_event_bytes) {
             Ok(event) => {
-                let env = Envelope {
-                    body: event,
-                    raw: m.bytes.into(),
-                    origin: m.origin,
-                    attempts: 1,
-                    ack: m.ack,
-                };
+                let env = Envelope { body: event, raw: m.bytes.into(), origin: m.origin, attempts: 1, ack: m.ack };
                 forward(&self.enricher, Enrich(env)).await.is_ok()
             }
             Err(rejection) => {
-                let stage = if rejection.kind == RejectKind::InvalidEvent {
-                    Stage::Validate
-                } else {
-                    Stage::Decode
-                };
+                let stage = if rejection.kind == RejectKind::InvalidEvent { Stage::Validate } else { Stage::Decode };
                 let dl = DeadLetter::new(
                     stage,
                     rejection.kind.as_str(),
@@ -175,9 +154,7 @@ impl IngestLoop {
                     m.origin,
                     1,
                 );
-                forward(&self.history, DeadLetters(vec![(dl, m.ack)]))
-                    .await
-                    .is_ok()
+                forward(&self.history, DeadLetters(vec![(dl, m.ack)])).await.is_ok()
             }
         }
     }

@@ -31,21 +31,8 @@ pub struct Producer {
 }
 
 impl Producer {
-    pub fn new(
-        name: &'static str,
-        sink: Arc<dyn Sink>,
-        retry: RetryPolicy,
-        mailbox: usize,
-    ) -> Self {
-        Producer {
-            name,
-            sink,
-            retry,
-            mailbox,
-            queue: Vec::new(),
-            waiting: Vec::new(),
-            scheduled: false,
-        }
+    pub fn new(name: &'static str, sink: Arc<dyn Sink>, retry: RetryPolicy, mailbox: usize) -> Self {
+        Producer { name, sink, retry, mailbox, queue: Vec::new(), waiting: Vec::new(), scheduled: false }
     }
 }
 
@@ -69,11 +56,7 @@ impl Handler<Publish> for Producer {
         let name = self.name;
         Box::pin(async move {
             rx.await.unwrap_or_else(|_| {
-                Err(BackendError::transient(
-                    name,
-                    "publish",
-                    "producer stopped before the write finished",
-                ))
+                Err(BackendError::transient(name, "publish", "producer stopped before the write finished"))
             })
         })
     }

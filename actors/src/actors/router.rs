@@ -50,21 +50,13 @@ pub struct Router {
 
 impl Router {
     pub fn new(sweep: Arc<SweepDeps>, mailbox: usize) -> Self {
-        Router {
-            shards: sweep.shards.clone(),
-            sweep,
-            mailbox,
-            pending: HashMap::new(),
-            generation: 0,
-        }
+        Router { shards: sweep.shards.clone(), sweep, mailbox, pending: HashMap::new(), generation: 0 }
     }
 
     fn route(&mut self, env: Envelope<Enriched>, ctx: &mut Context<Self>) {
         let ev = &env.body.event;
         if let Some(p) = self.pending.get_mut(&ev.source) {
-            let passes = p.passes_run
-                && ev.run_id == p.run_id
-                && matches!(ev.kind, EventKind::Running { .. });
+            let passes = p.passes_run && ev.run_id == p.run_id && matches!(ev.kind, EventKind::Running { .. });
             if !passes {
                 p.held.push_back(env);
                 if p.held.len() >= self.mailbox {
@@ -87,9 +79,7 @@ impl Router {
                 let shard = shard_of(&key, self.shards.len());
                 forward_from::<Self, _, _>(ctx, &self.shards[shard], Decide(env));
             }
-            EventKind::Completed { expected_assets } => {
-                self.start_sweep(env, expected_assets.is_some(), ctx)
-            }
+            EventKind::Completed { expected_assets } => self.start_sweep(env, expected_assets.is_some(), ctx),
         }
     }
 
@@ -132,9 +122,7 @@ impl Router {
 }
 
 fn p_source(held: &VecDeque<Envelope<Enriched>>) -> String {
-    held.front()
-        .map(|e| e.body.event.source.clone())
-        .unwrap_or_default()
+    held.front().map(|e| e.body.event.source.clone()).unwrap_or_default()
 }
 
 impl Actor for Router {

@@ -36,8 +36,7 @@ pub struct SweepDeps {
 /// The shard that owns an asset key: stable for the life of the process.
 pub fn shard_of(asset_key: &str, shards: usize) -> usize {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    (BuildHasherDefault::<DefaultHasher>::default().hash_one(asset_key) % shards.max(1) as u64)
-        as usize
+    (BuildHasherDefault::<DefaultHasher>::default().hash_one(asset_key) % shards.max(1) as u64) as usize
 }
 
 /// Runs the sweep of one completion and acknowledges it once every effect is durable.
@@ -49,32 +48,16 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
         EventKind::Running { .. } => None,
     };
     let dead = |kind: &str, stage: Stage, message: String| {
-        DeadLetter::new(
-            stage,
-            kind,
-            message,
-            &env.raw,
-            Some(ev.event_id.clone()),
-            env.origin.clone(),
-            env.attempts,
-        )
+        DeadLetter::new(stage, kind, message, &env.raw, Some(ev.event_id.clone()), env.origin.clone(), env.attempts)
     };
     let started = Instant::now();
     let plan: SweepPlan = loop {
         // Every message sent to a shard before this barrier is applied once it returns.
         join_all(deps.shards.iter().map(|s| s.send(Barrier))).await;
-        let records = match deps
-            .retry
-            .run(|| deps.control.list_source(&ev.source))
-            .await
-        {
+        let records = match deps.retry.run(|| deps.control.list_source(&ev.source)).await {
             Ok(r) => r,
             Err(e) => {
-                let dl = dead(
-                    "backend",
-                    Stage::Decide,
-                    format!("completion of run `{}`: {e}", ev.run_id),
-                );
+                let dl = dead("backend", Stage::Decide, format!("completion of run `{}`: {e}", ev.run_id));
                 return finish_dead(deps, dl, env.ack).await;
             }
         };
@@ -87,8 +70,7 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
                         "completion of run `{}` of source `{}` expected {n} assets but {} arrived within decisor.completion_timeout ({:?}); nothing dropped",
                         ev.run_id, ev.source, plan.seen_in_run, deps.completion_timeout
                     );
-                    return finish_dead(deps, dead("incomplete_run", Stage::Decide, msg), env.ack)
-                        .await;
+                    return finish_dead(deps, dead("incomplete_run", Stage::Decide, msg), env.ack).await;
                 }
                 tokio::time::sleep(EXPECTED_POLL.min(deps.completion_timeout - waited)).await;
             }
@@ -111,33 +93,20 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
     for key in plan.to_drop {
         per_shard[shard_of(&key, n)].push(key);
     }
-    let calls = per_shard
-        .into_iter()
-        .enumerate()
-        .filter(|(_, keys)| !keys.is_empty())
-        .map(|(i, keys)| {
-            deps.shards[i].send(ApplyDrops {
-                source: ev.source.clone(),
-                run_id: ev.run_id.clone(),
-                event_id: ev.event_id.clone(),
-                emitted_at: ev.emitted_at,
-                keys,
-            })
-        });
+    let calls = per_shard.into_iter().enumerate().filter(|(_, keys)| !keys.is_empty()).map(|(i, keys)| {
+        deps.shards[i].send(ApplyDrops {
+            source: ev.source.clone(),
+            run_id: ev.run_id.clone(),
+            event_id: ev.event_id.clone(),
+            emitted_at: ev.emitted_at,
+            keys,
+        })
+    });
     for result in join_all(calls).await {
-        let result = result.unwrap_or_else(|_| {
-            Err(crate::ports::BackendError::transient(
-                "decisor",
-                "drop",
-                "shard stopped",
-            ))
-        });
+        let result =
+            result.unwrap_or_else(|_| Err(crate::ports::BackendError::transient("decisor", "drop", "shard stopped")));
         if let Err(e) = result {
-            let dl = dead(
-                "backend",
-                Stage::Decide,
-                format!("drops of run `{}`: {e}", ev.run_id),
-            );
+            let dl = dead("backend", Stage::Decide, format!("drops of run `{}`: {e}", ev.run_id));
             return finish_dead(deps, dl, env.ack).await;
         }
     }
@@ -148,7 +117,7 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
         run_id: Some(ev.run_id.clone()),
         outcome: Outcome::Completed,
         hash: None,
-        decision_id: decision_id(&ev.event_id, &ev.source, "completed", 0),
+        decision_id: decision_id(&ev.event_id, &ev.source, "completed", &ev.run_id),
         at: Utc::now(),
     };
     match deps.history.send(Record(vec![row])).await {
@@ -156,27 +125,13 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
             deps.metrics.outcome(Outcome::Completed, 1);
             env.ack.done();
         }
-        Ok(Err(e)) => {
-            finish_dead(
-                deps,
-                dead("backend", Stage::History, e.to_string()),
-                env.ack,
-            )
-            .await
-        }
-        Err(_) => tracing::error!(
-            "history writer stopped; completion left unacknowledged for re-delivery"
-        ),
+        Ok(Err(e)) => finish_dead(deps, dead("backend", Stage::History, e.to_string()), env.ack).await,
+        Err(_) => tracing::error!("history writer stopped; completion left unacknowledged for re-delivery"),
     }
 }
 
 async fn finish_dead(deps: &SweepDeps, dl: DeadLetter, ack: crate::envelope::Ack) {
-    if deps
-        .history
-        .send(DeadLetters(vec![(dl, ack)]))
-        .await
-        .is_err()
-    {
+    if deps.history.send(DeadLetters(vec![(dl, ack)])).await.is_err() {
         tracing::error!("history writer stopped; completion left unacknowledged for re-delivery");
     }
 }

@@ -25,10 +25,7 @@ pub struct MemControl {
 
 impl MemControl {
     pub fn slow(delay: Duration) -> Arc<Self> {
-        Arc::new(MemControl {
-            delay,
-            ..Default::default()
-        })
+        Arc::new(MemControl { delay, ..Default::default() })
     }
     async fn pause(&self) {
         if !self.delay.is_zero() {
@@ -52,10 +49,7 @@ impl ControlStore for MemControl {
     async fn get_many(&self, keys: &[String]) -> BackendResult<HashMap<String, ControlRecord>> {
         self.pause().await;
         let m = self.records.lock().unwrap();
-        Ok(keys
-            .iter()
-            .filter_map(|k| m.get(k).map(|r| (k.clone(), r.clone())))
-            .collect())
+        Ok(keys.iter().filter_map(|k| m.get(k).map(|r| (k.clone(), r.clone()))).collect())
     }
     async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()> {
         self.pause().await;
@@ -64,12 +58,7 @@ impl ControlStore for MemControl {
             let stored = m.get(&w.record.asset_key).map_or(0, |r| r.version);
             if stored != w.expected_version {
                 self.conflicts.fetch_add(1, Ordering::SeqCst);
-                return Err(BackendError::new(
-                    "mem",
-                    "put",
-                    "version moved",
-                    FailureKind::Conflict,
-                ));
+                return Err(BackendError::new("mem", "put", "version moved", FailureKind::Conflict));
             }
         }
         for w in writes {
@@ -80,14 +69,7 @@ impl ControlStore for MemControl {
     async fn list_source(&self, source: &str) -> BackendResult<Vec<ControlRecord>> {
         // Not slowed: a sweep that did not wait behind the barrier would list at once and see
         // records the slow shards have not written yet.
-        Ok(self
-            .records
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|r| r.source == source)
-            .cloned()
-            .collect())
+        Ok(self.records.lock().unwrap().values().filter(|r| r.source == source).cloned().collect())
     }
 }
 
@@ -102,10 +84,7 @@ impl ContentStore for MemContent {
         format!("mem://{asset_key}/{hash}")
     }
     async fn put(&self, asset_key: &str, hash: &str, body: &[u8]) -> BackendResult<()> {
-        self.objects
-            .lock()
-            .unwrap()
-            .insert(self.content_ref(asset_key, hash), body.to_vec());
+        self.objects.lock().unwrap().insert(self.content_ref(asset_key, hash), body.to_vec());
         Ok(())
     }
 }
@@ -123,13 +102,7 @@ impl HistoryStore for MemHistory {
     }
     async fn read(&self, asset_key: &str, limit: usize) -> BackendResult<Vec<HistoryRow>> {
         let rows = self.rows.lock().unwrap();
-        Ok(rows
-            .iter()
-            .rev()
-            .filter(|r| r.asset_key.as_deref() == Some(asset_key))
-            .take(limit)
-            .cloned()
-            .collect())
+        Ok(rows.iter().rev().filter(|r| r.asset_key.as_deref() == Some(asset_key)).take(limit).cloned().collect())
     }
 }
 
@@ -178,11 +151,7 @@ pub struct VecSource {
 
 impl VecSource {
     pub fn new(lines: Vec<String>) -> Self {
-        VecSource {
-            lines: lines.into_iter(),
-            pos: 0,
-            watermark: Watermark::new(),
-        }
+        VecSource { lines: lines.into_iter(), pos: 0, watermark: Watermark::new() }
     }
 }
 
@@ -195,19 +164,11 @@ impl Source for VecSource {
             let ack = self.watermark.register(self.pos);
             out.push(RawMessage {
                 bytes: line.into_bytes(),
-                origin: Origin {
-                    source: "test".into(),
-                    partition: "0".into(),
-                    offset: self.pos.to_string(),
-                },
+                origin: Origin { source: "test".into(), partition: "0".into(), offset: self.pos.to_string() },
                 ack,
             });
         }
-        Ok(if out.is_empty() {
-            Pull::Drained
-        } else {
-            Pull::Messages(out)
-        })
+        Ok(if out.is_empty() { Pull::Drained } else { Pull::Messages(out) })
     }
     async fn commit(&mut self) -> BackendResult<()> {
         let _ = self.watermark.take_ready();
@@ -236,37 +197,24 @@ impl Run {
             .collect()
     }
     pub fn dropped_keys(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .drops
-            .iter()
-            .map(|d| d["asset_key"].as_str().unwrap_or_default().to_owned())
-            .collect();
+        let mut v: Vec<String> =
+            self.drops.iter().map(|d| d["asset_key"].as_str().unwrap_or_default().to_owned()).collect();
         v.sort();
         v
     }
     pub fn dead_letter_kinds(&self) -> Vec<String> {
-        self.dead_letters
-            .iter()
-            .map(|d| d["error"]["kind"].as_str().unwrap_or_default().to_owned())
-            .collect()
+        self.dead_letters.iter().map(|d| d["error"]["kind"].as_str().unwrap_or_default().to_owned()).collect()
     }
 }
 
 pub fn settings(shards: usize) -> Settings {
-    Settings {
-        shards,
-        mailbox: 64,
-        ..Settings::default()
-    }
+    Settings { shards, mailbox: 64, ..Settings::default() }
 }
 
 /// Runs the pipeline over `lines` until drained.
 pub fn run(settings: Settings, lines: Vec<String>, control: Arc<MemControl>) -> Run {
-    let (upserts, drops, dead) = (
-        Arc::new(MemSink::default()),
-        Arc::new(MemSink::default()),
-        Arc::new(MemSink::default()),
-    );
+    let (upserts, drops, dead) =
+        (Arc::new(MemSink::default()), Arc::new(MemSink::default()), Arc::new(MemSink::default()));
     let history = Arc::new(MemHistory::default());
     let ports = Ports {
         sources: vec![("test".into(), Box::new(VecSource::new(lines)))],
@@ -280,19 +228,11 @@ pub fn run(settings: Settings, lines: Vec<String>, control: Arc<MemControl>) -> 
     };
     actix_rt::System::new().block_on(async move {
         let mut p = Pipeline::start(settings, ports);
-        tokio::time::timeout(Duration::from_secs(120), p.drained())
-            .await
-            .expect("pipeline drains within 2 minutes");
+        tokio::time::timeout(Duration::from_secs(120), p.drained()).await.expect("pipeline drains within 2 minutes");
         p.shutdown();
     });
     let history = history.rows.lock().unwrap().clone();
-    Run {
-        control,
-        upserts: upserts.all(),
-        drops: drops.all(),
-        dead_letters: dead.all(),
-        history,
-    }
+    Run { control, upserts: upserts.all(), drops: drops.all(), dead_letters: dead.all(), history }
 }
 
 /// A `running` event for table `table` of `source`, emitted `t` seconds into the day.
@@ -314,10 +254,5 @@ pub fn completed(id: &str, source: &str, run: &str, t: u32, expected: Option<u64
 }
 
 pub fn at(t: u32) -> String {
-    format!(
-        "2026-11-01T{:02}:{:02}:{:02}Z",
-        t / 3600,
-        (t / 60) % 60,
-        t % 60
-    )
+    format!("2026-11-01T{:02}:{:02}:{:02}Z", t / 3600, (t / 60) % 60, t % 60)
 }
