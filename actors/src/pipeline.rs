@@ -157,9 +157,11 @@ impl Pipeline {
     }
 
     /// Resolves once every source is drained (or stopped) and what it read is acknowledged.
+    /// Cancel-safe: a receiver is only removed once it has resolved.
     pub async fn drained(&mut self) {
-        for rx in self.drained.drain(..) {
+        while let Some(rx) = self.drained.last_mut() {
             let _ = rx.await;
+            self.drained.pop();
         }
     }
 

@@ -17,6 +17,8 @@ use super::state::StateStore;
 pub struct FileSource {
     name: String,
     path: PathBuf,
+    /// The path as configured: the partition named in dead letters, stable if the folder moves.
+    partition: String,
     follow: bool,
     reader: Option<BufReader<File>>,
     /// Offset of the next byte to read.
@@ -57,6 +59,7 @@ impl FileSource {
         Ok(FileSource {
             name,
             path: canonical,
+            partition: path.display().to_string(),
             follow,
             reader: Some(reader),
             offset,
@@ -135,11 +138,8 @@ impl Source for FileSource {
                 ack.done();
                 continue;
             }
-            let origin = Origin {
-                source: self.name.clone(),
-                partition: self.path.display().to_string(),
-                offset: start.to_string(),
-            };
+            let origin =
+                Origin { source: self.name.clone(), partition: self.partition.clone(), offset: start.to_string() };
             out.push(RawMessage { bytes, origin, ack });
         }
         Ok(Pull::Messages(out))

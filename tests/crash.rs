@@ -1,0 +1,166 @@
+//! Crash safety: the binary killed with SIGKILL at random moments, restarted until drained,
+//! must end with exactly the decisions of a clean run (duplicates allowed, with the same
+//! `decision_id`); and SIGTERM must stop it cleanly, to resume where it stopped.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Outputs, SCENARIO_CONFIG, bin};
+use serde_json::Value;
+
+/// A generated crawl: several sources, churn, re-deliveries, bad lines, half-way runs.
+fn make_input(dir: &Path, assets: &str) {
+    std::fs::write(dir.join("config.toml"), SCENARIO_CONFIG).unwrap();
+    std::fs::write(
+        dir.join("business.json"),
+        r#"[{"source":"src-0","database":"db0","schema":"public","domain":"d0"}]"#,
+    )
+    .unwrap();
+    let status = bin()
+        .args([
+            "gen",
+            "--sources",
+            "4",
+            "--assets",
+            assets,
+            "--runs",
+            "6",
+            "--halfway-every",
+            "4",
+            "--out",
+            "events.jsonl",
+        ])
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn start(dir: &Path) -> Child {
+    bin()
+        .args(["run", "--config", "config.toml"])
+        .current_dir(dir)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The fields that make a decision what it is (not when it was made, nor where content lives).
+fn essence(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        for k in ["decided_at", "content_ref", "failed_at"] {
+            o.remove(k);
+        }
+    }
+    v
+}
+
+/// Every decision id of `all` names one decision only; returns them by id.
+fn by_id(all: &[Value], what: &str) -> HashMap<String, Value> {
+    let mut m: HashMap<String, Value> = HashMap::new();
+    for r in all {
+        let id = r["decision_id"].as_str().unwrap_or_default().to_owned();
+        let e = essence(r);
+        if let Some(prev) = m.get(&id) {
+            assert_eq!(prev, &e, "{what}: decision id {id} names two different decisions");
+        }
+        m.insert(id, e);
+    }
+    m
+}
+
+fn assert_same_decisions(clean: &Outputs, crashed: &Outputs) {
+    for (what, a, b) in [
+        ("upserts", &clean.upserts, &crashed.upserts),
+        ("drops", &clean.drops, &crashed.drops),
+        ("dead letters", &clean.dead_letters, &crashed.dead_letters),
+    ] {
+        let (a, b) = (by_id(a, what), by_id(b, what));
+        let mut missing: Vec<&String> = a.keys().filter(|k| !b.contains_key(*k)).collect();
+        let mut extra: Vec<&String> = b.keys().filter(|k| !a.contains_key(*k)).collect();
+        missing.sort();
+        extra.sort();
+        assert!(missing.is_empty() && extra.is_empty(), "{what}: lost {missing:?}; never in a clean run {extra:?}");
+        for (id, v) in &a {
+            assert_eq!(Some(v), b.get(id), "{what}: {id} differs");
+        }
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_nothing() {
+    let clean = tempfile::tempdir().unwrap();
+    make_input(clean.path(), "1000");
+    let lines = std::fs::read_to_string(clean.path().join("events.jsonl")).unwrap().lines().count();
+    assert!(lines >= 20_000, "the stream has {lines} events");
+    let out = bin().args(["run"]).current_dir(clean.path()).env("RUST_LOG", "error").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let clean_out = Outputs::read(clean.path());
+    assert!(clean_out.duplicate_ids().is_empty());
+    assert!(!clean_out.drops.is_empty() && !clean_out.dead_letters.is_empty());
+
+    let crashed = tempfile::tempdir().unwrap();
+    make_input(crashed.path(), "1000");
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut kills = 0;
+    let started = Instant::now();
+    while kills < 20 {
+        assert!(started.elapsed() < Duration::from_secs(300), "the crash loop made no progress");
+        let mut child = start(crashed.path());
+        std::thread::sleep(Duration::from_millis(rng.u64(30..400)));
+        if child.try_wait().unwrap().is_some() {
+            // Drained before the kill: the input is used up, the kills so far must do.
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+    }
+    let out = bin().args(["run"]).current_dir(crashed.path()).env("RUST_LOG", "error").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(kills >= 20, "only {kills} kills landed before the input was drained");
+    assert_same_decisions(&clean_out, &Outputs::read(crashed.path()));
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_a_restart_resumes() {
+    let clean = tempfile::tempdir().unwrap();
+    make_input(clean.path(), "800");
+    assert!(bin().args(["run"]).current_dir(clean.path()).env("RUST_LOG", "error").status().unwrap().success());
+    let clean_out = Outputs::read(clean.path());
+
+    let dir = tempfile::tempdir().unwrap();
+    make_input(dir.path(), "800");
+    let child = bin()
+        .args(["run"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(t.elapsed() < Duration::from_secs(30), "shutdown took {:?}", t.elapsed());
+    assert!(stderr.contains("stopped after"), "a stopped run says so: {stderr}");
+    let partial = Outputs::read(dir.path());
+    assert!(partial.upserts.len() < clean_out.upserts.len(), "the run was stopped before the end");
+    // The restart takes up where the stop left off: together, exactly a clean run, no repeats.
+    assert!(bin().args(["run"]).current_dir(dir.path()).env("RUST_LOG", "error").status().unwrap().success());
+    let resumed = Outputs::read(dir.path());
+    assert!(resumed.duplicate_ids().is_empty(), "a clean stop acknowledges all it did: nothing is repeated");
+    assert_same_decisions(&clean_out, &resumed);
+}
