@@ -382,11 +382,19 @@ pub struct RetryConfig {
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub max: Duration,
     pub attempts: u32,
+    /// How long one backend call may take before it counts as failed.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub timeout: Duration,
 }
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        RetryConfig { initial: Duration::from_millis(100), max: Duration::from_secs(10), attempts: 8 }
+        RetryConfig {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            attempts: 8,
+            timeout: Duration::from_secs(30),
+        }
     }
 }
 

@@ -46,7 +46,12 @@ pub fn settings(config: &Config) -> Settings {
         hash_ignore: config.decisor.hash_ignore.clone(),
         max_drop_fraction: config.decisor.max_drop_fraction,
         completion_timeout: config.decisor.completion_timeout,
-        retry: RetryPolicy { initial: config.retry.initial, max: config.retry.max, attempts: config.retry.attempts },
+        retry: RetryPolicy {
+            initial: config.retry.initial,
+            max: config.retry.max,
+            attempts: config.retry.attempts,
+            timeout: config.retry.timeout,
+        },
         lookup_pointers: config.enricher.lookup.clone(),
         cache_ttl: config.enricher.cache_ttl,
         drain_timeout: config.shutdown.timeout,

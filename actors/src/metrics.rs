@@ -14,6 +14,8 @@ pub struct Metrics {
     pub upserts_published: AtomicU64,
     pub drops_published: AtomicU64,
     pub enriched_published: AtomicU64,
+    /// Times an actor recovered from a panic (its held messages delivered again).
+    pub restarts: AtomicU64,
     dead_letters: Mutex<BTreeMap<String, u64>>,
 }
 

@@ -3,19 +3,28 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+
 use crate::ports::{BackendError, FailureKind};
 
-/// `[retry]`: first delay, ceiling, and how many attempts in all.
+/// `[retry]`: first delay, ceiling, how many attempts in all, and how long one attempt may take.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     pub initial: Duration,
     pub max: Duration,
     pub attempts: u32,
+    /// An attempt that has not answered by then counts as a transient failure.
+    pub timeout: Duration,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { initial: Duration::from_millis(100), max: Duration::from_secs(10), attempts: 8 }
+        RetryPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            attempts: 8,
+            timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -30,6 +39,8 @@ impl RetryPolicy {
     }
 
     /// Runs `op` until it succeeds, fails for a reason retrying cannot fix, or runs out of attempts.
+    /// An attempt that hangs past `timeout` or panics counts as a transient failure: a faulty
+    /// adapter costs retries and, at worst, a dead letter, never the actor that called it.
     pub async fn run<T, F, Fut>(&self, mut op: F) -> Result<T, BackendError>
     where
         F: FnMut() -> Fut,
@@ -37,7 +48,17 @@ impl RetryPolicy {
     {
         let mut attempt = 1;
         loop {
-            match op().await {
+            let guarded = std::panic::AssertUnwindSafe(op()).catch_unwind();
+            let outcome = match tokio::time::timeout(self.timeout, guarded).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(panic)) => {
+                    Err(BackendError::transient("adapter", "call", format!("panicked: {}", panic_message(&panic))))
+                }
+                Err(_) => {
+                    Err(BackendError::transient("adapter", "call", format!("no answer within {:?}", self.timeout)))
+                }
+            };
+            match outcome {
                 Ok(v) => return Ok(v),
                 Err(e) if e.kind == FailureKind::Transient && attempt < self.attempts => {
                     let pause = self.delay(attempt);
@@ -51,6 +72,15 @@ impl RetryPolicy {
     }
 }
 
+/// The text of a panic payload, when it has one.
+pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,7 +88,12 @@ mod tests {
 
     #[test]
     fn delays_grow_and_stay_capped() {
-        let p = RetryPolicy { initial: Duration::from_millis(100), max: Duration::from_secs(1), attempts: 5 };
+        let p = RetryPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            attempts: 5,
+            ..Default::default()
+        };
         let d1 = p.delay(1);
         assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
         let d3 = p.delay(3);
@@ -68,7 +103,12 @@ mod tests {
 
     #[tokio::test]
     async fn transient_errors_are_retried_then_given_up() {
-        let p = RetryPolicy { initial: Duration::from_millis(1), max: Duration::from_millis(2), attempts: 3 };
+        let p = RetryPolicy {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+            attempts: 3,
+            timeout: Duration::from_millis(50),
+        };
         let calls = AtomicU32::new(0);
         let r: Result<(), _> = p
             .run(|| async {
@@ -87,5 +127,30 @@ mod tests {
             .await;
         assert!(r.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 1, "permanent errors are not retried");
+    }
+
+    #[tokio::test]
+    async fn panics_and_hangs_are_transient_failures() {
+        let p = RetryPolicy {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+            attempts: 3,
+            timeout: Duration::from_millis(20),
+        };
+        let calls = AtomicU32::new(0);
+        let r = p
+            .run(|| async {
+                match calls.fetch_add(1, Ordering::SeqCst) {
+                    0 => panic!("adapter bug"),
+                    1 => {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        Ok(0)
+                    }
+                    _ => Ok(7),
+                }
+            })
+            .await;
+        assert_eq!(r.unwrap(), 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 }

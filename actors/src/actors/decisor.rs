@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use futures_util::future::try_join_all;
+use std::panic::AssertUnwindSafe;
 use tokio::sync::oneshot;
 
 use super::Enriched;
@@ -30,7 +32,7 @@ use crate::lookup::{CachedLookup, LookupKeys};
 use crate::metrics::Metrics;
 use crate::ports::{BackendError, BackendResult, ContentStore, ControlStore, FailureKind, RecordWrite, SinkRecord};
 use crate::record::{ControlRecord, RecordStatus};
-use crate::retry::RetryPolicy;
+use crate::retry::{RetryPolicy, panic_message};
 
 /// How many times a batch is decided again after losing a conditional write.
 const CONFLICT_ROUNDS: u32 = 5;
@@ -156,16 +158,20 @@ async fn run_batch(deps: Arc<DecisorDeps>, items: Vec<Item>) {
         match item {
             Item::Event(env) => events.push(*env),
             Item::Barrier(tx) => {
-                apply_events(&deps, std::mem::take(&mut events)).await;
+                apply_supervised(&deps, std::mem::take(&mut events)).await;
                 let _ = tx.send(());
             }
             Item::Drops(cmd, tx) => {
-                apply_events(&deps, std::mem::take(&mut events)).await;
-                let _ = tx.send(apply_drops(&deps, cmd).await);
+                apply_supervised(&deps, std::mem::take(&mut events)).await;
+                let result = AssertUnwindSafe(apply_drops(&deps, cmd)).catch_unwind().await.unwrap_or_else(|panic| {
+                    Metrics::add(&deps.metrics.restarts, 1);
+                    Err(BackendError::transient("decisor", "drop", format!("panicked: {}", panic_message(&panic))))
+                });
+                let _ = tx.send(result);
             }
         }
     }
-    apply_events(&deps, events).await;
+    apply_supervised(&deps, events).await;
 }
 
 /// One event of a batch, its key and hash computed once.
@@ -176,10 +182,11 @@ struct Pending {
     hash: String,
 }
 
-async fn apply_events(deps: &DecisorDeps, events: Vec<Envelope<Enriched>>) {
-    if events.is_empty() {
-        return;
-    }
+/// Applies a micro-batch under supervision. If applying it panics, the shard recovers and
+/// delivers each event of the batch again, alone, after a pause (nothing it held is dropped);
+/// an event that panics on its own is a poison message and is dead-lettered (kind `panic`), so
+/// the events behind it go on.
+async fn apply_supervised(deps: &DecisorDeps, events: Vec<Envelope<Enriched>>) {
     let mut batch = Vec::with_capacity(events.len());
     for env in events {
         let (enriched, env) = env.split();
@@ -192,23 +199,41 @@ async fn apply_events(deps: &DecisorDeps, events: Vec<Envelope<Enriched>>) {
         let key = enriched.event.asset_key().unwrap_or_default();
         batch.push(Pending { env, enriched, key, hash });
     }
+    if batch.is_empty() || AssertUnwindSafe(apply_events(deps, &mut batch)).catch_unwind().await.is_ok() {
+        return;
+    }
+    Metrics::add(&deps.metrics.restarts, 1);
+    tracing::error!(events = batch.len(), "a decisor batch panicked; delivering its events again one by one");
+    tokio::time::sleep(deps.retry.delay(1)).await;
+    for p in std::mem::take(&mut batch) {
+        let mut one = vec![p];
+        if let Err(panic) = AssertUnwindSafe(apply_events(deps, &mut one)).catch_unwind().await {
+            let why = BackendError::permanent("decisor", "decide", format!("panicked: {}", panic_message(&panic)));
+            dead_letter_all(deps, one, Stage::Decide, "panic", &why).await;
+        }
+    }
+}
+
+/// Decides and applies `batch`, then acknowledges (or dead-letters) and empties it. A panic
+/// leaves the unacknowledged events in `batch` for the caller to deliver again.
+async fn apply_events(deps: &DecisorDeps, batch: &mut Vec<Pending>) {
     let mut round = 0;
     let rows = loop {
         round += 1;
-        match decide_and_publish(deps, &mut batch).await {
+        match decide_and_publish(deps, batch).await {
             Ok(rows) => break rows,
             Err((_, e)) if e.kind == FailureKind::Conflict && round < CONFLICT_ROUNDS => {
                 tracing::info!(error = %e, "control record changed under this batch; deciding again");
             }
-            Err((stage, e)) => return dead_letter_all(deps, batch, stage, &e).await,
+            Err((stage, e)) => return dead_letter_all(deps, std::mem::take(batch), stage, "backend", &e).await,
         }
     };
     let n = rows.len();
     if let Err(e) = deps.history.send(Record(rows)).await.unwrap_or_else(|_| Err(stopped("history"))) {
-        return dead_letter_all(deps, batch, Stage::History, &e).await;
+        return dead_letter_all(deps, std::mem::take(batch), Stage::History, "backend", &e).await;
     }
     tracing::trace!(events = n, "batch applied");
-    for p in batch {
+    for p in batch.drain(..) {
         p.env.ack.done();
     }
 }
@@ -357,13 +382,13 @@ pub(crate) fn sink_record(decision: &Decision) -> SinkRecord {
     }
 }
 
-async fn dead_letter_all(deps: &DecisorDeps, batch: Vec<Pending>, stage: Stage, error: &BackendError) {
+async fn dead_letter_all(deps: &DecisorDeps, batch: Vec<Pending>, stage: Stage, kind: &str, error: &BackendError) {
     let letters = batch
         .into_iter()
         .map(|p| {
             let mut dl = DeadLetter::new(
                 stage,
-                "backend",
+                kind,
                 error.to_string(),
                 &p.env.raw,
                 Some(p.enriched.event.event_id.clone()),

@@ -14,6 +14,64 @@ use assetflow_actors::record::ControlRecord;
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
+/// What a faulty port does on its Nth call (counting from 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FaultMode {
+    Error,
+    Panic,
+    Hang,
+    /// Fails every call from the Nth on.
+    ErrorForever,
+}
+
+/// A fault to inject into one port.
+pub struct Fault {
+    pub mode: FaultMode,
+    pub nth: u64,
+    calls: AtomicU64,
+}
+
+impl Fault {
+    pub fn new(mode: FaultMode, nth: u64) -> Arc<Self> {
+        Arc::new(Fault { mode, nth, calls: AtomicU64::new(0) })
+    }
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+    /// Counts a call; is this the one (or one of those) that fails?
+    pub fn fires(&self) -> bool {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        match self.mode {
+            FaultMode::ErrorForever => n >= self.nth,
+            _ => n == self.nth,
+        }
+    }
+
+    /// Called at the start of every call of the faulty port.
+    pub async fn hit(&self, port: &str) -> BackendResult<()> {
+        if !self.fires() {
+            return Ok(());
+        }
+        match self.mode {
+            FaultMode::Error | FaultMode::ErrorForever => {
+                Err(BackendError::transient(port, "call", "injected failure"))
+            }
+            FaultMode::Panic => panic!("injected panic in {port}"),
+            FaultMode::Hang => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn maybe(fault: &Option<Arc<Fault>>, port: &str) -> BackendResult<()> {
+    match fault {
+        Some(f) => f.hit(port).await,
+        None => Ok(()),
+    }
+}
+
 /// A control table in memory; `delay` slows reads and writes of records (not listing),
 /// `conflicts` counts lost conditional writes.
 #[derive(Default)]
@@ -21,6 +79,7 @@ pub struct MemControl {
     pub records: Mutex<HashMap<String, ControlRecord>>,
     pub delay: Duration,
     pub conflicts: AtomicU64,
+    pub fault: Option<Arc<Fault>>,
 }
 
 impl MemControl {
@@ -47,11 +106,13 @@ fn fastrand_f64() -> f64 {
 #[async_trait]
 impl ControlStore for MemControl {
     async fn get_many(&self, keys: &[String]) -> BackendResult<HashMap<String, ControlRecord>> {
+        maybe(&self.fault, "control").await?;
         self.pause().await;
         let m = self.records.lock().unwrap();
         Ok(keys.iter().filter_map(|k| m.get(k).map(|r| (k.clone(), r.clone()))).collect())
     }
     async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()> {
+        maybe(&self.fault, "control").await?;
         self.pause().await;
         let mut m = self.records.lock().unwrap();
         for w in writes {
@@ -76,14 +137,23 @@ impl ControlStore for MemControl {
 #[derive(Default)]
 pub struct MemContent {
     pub objects: Mutex<HashMap<String, Vec<u8>>>,
+    pub fault: Option<Arc<Fault>>,
+    /// `content_ref` panics on its Nth call (a fault outside any retried backend call).
+    pub ref_panic: Option<Arc<Fault>>,
+    /// `content_ref` panics for this asset key, always: a poison message.
+    pub poison_key: Option<String>,
 }
 
 #[async_trait]
 impl ContentStore for MemContent {
     fn content_ref(&self, asset_key: &str, hash: &str) -> String {
+        if self.ref_panic.as_ref().is_some_and(|f| f.fires()) || self.poison_key.as_deref() == Some(asset_key) {
+            panic!("injected panic in content_ref for {asset_key}");
+        }
         format!("mem://{asset_key}/{hash}")
     }
     async fn put(&self, asset_key: &str, hash: &str, body: &[u8]) -> BackendResult<()> {
+        maybe(&self.fault, "content").await?;
         self.objects.lock().unwrap().insert(self.content_ref(asset_key, hash), body.to_vec());
         Ok(())
     }
@@ -92,11 +162,13 @@ impl ContentStore for MemContent {
 #[derive(Default)]
 pub struct MemHistory {
     pub rows: Mutex<Vec<HistoryRow>>,
+    pub fault: Option<Arc<Fault>>,
 }
 
 #[async_trait]
 impl HistoryStore for MemHistory {
     async fn append(&self, rows: &[HistoryRow]) -> BackendResult<()> {
+        maybe(&self.fault, "history").await?;
         self.rows.lock().unwrap().extend_from_slice(rows);
         Ok(())
     }
@@ -110,6 +182,9 @@ impl HistoryStore for MemHistory {
 #[derive(Default)]
 pub struct MemSink {
     pub records: Mutex<Vec<Value>>,
+    pub fault: Option<Arc<Fault>>,
+    /// Pause per record sent: a slow consumer.
+    pub per_record: Duration,
 }
 
 impl MemSink {
@@ -121,6 +196,10 @@ impl MemSink {
 #[async_trait]
 impl Sink for MemSink {
     async fn send(&self, batch: &[SinkRecord]) -> BackendResult<()> {
+        maybe(&self.fault, "sink").await?;
+        if !self.per_record.is_zero() {
+            tokio::time::sleep(self.per_record * batch.len() as u32).await;
+        }
         let mut v = self.records.lock().unwrap();
         for r in batch {
             v.push(serde_json::from_slice(&r.payload).expect("sink payload is JSON"));
@@ -133,11 +212,13 @@ impl Sink for MemSink {
 #[derive(Default)]
 pub struct MemLookup {
     pub rows: HashMap<Vec<String>, Map<String, Value>>,
+    pub fault: Option<Arc<Fault>>,
 }
 
 #[async_trait]
 impl Lookup for MemLookup {
     async fn lookup(&self, params: &[String]) -> BackendResult<Option<Map<String, Value>>> {
+        maybe(&self.fault, "lookup").await?;
         Ok(self.rows.get(params).cloned())
     }
 }
@@ -211,17 +292,45 @@ pub fn settings(shards: usize) -> Settings {
     Settings { shards, mailbox: 64, ..Settings::default() }
 }
 
+/// The in-memory backends of one run; replace any to inject faults or slowness.
+pub struct Backends {
+    pub control: Arc<MemControl>,
+    pub content: Arc<MemContent>,
+    pub history: Arc<MemHistory>,
+    pub lookup: Arc<MemLookup>,
+    pub upserts: Arc<MemSink>,
+    pub drops: Arc<MemSink>,
+    pub dead: Arc<MemSink>,
+}
+
+impl Default for Backends {
+    fn default() -> Self {
+        Backends {
+            control: Arc::new(MemControl::default()),
+            content: Arc::default(),
+            history: Arc::default(),
+            lookup: Arc::default(),
+            upserts: Arc::default(),
+            drops: Arc::default(),
+            dead: Arc::default(),
+        }
+    }
+}
+
 /// Runs the pipeline over `lines` until drained.
 pub fn run(settings: Settings, lines: Vec<String>, control: Arc<MemControl>) -> Run {
-    let (upserts, drops, dead) =
-        (Arc::new(MemSink::default()), Arc::new(MemSink::default()), Arc::new(MemSink::default()));
-    let history = Arc::new(MemHistory::default());
+    run_with(settings, Box::new(VecSource::new(lines)), Backends { control, ..Backends::default() })
+}
+
+/// Runs the pipeline over `source` with `b` until drained.
+pub fn run_with(settings: Settings, source: Box<dyn Source>, b: Backends) -> Run {
+    let (upserts, drops, dead, history, control) = (b.upserts, b.drops, b.dead, b.history, b.control);
     let ports = Ports {
-        sources: vec![("test".into(), Box::new(VecSource::new(lines)))],
+        sources: vec![("test".into(), source)],
         control: control.clone(),
-        content: Arc::new(MemContent::default()),
+        content: b.content,
         history: history.clone(),
-        lookup: Arc::new(MemLookup::default()),
+        lookup: b.lookup,
         upsert_sink: upserts.clone(),
         drop_sink: drops.clone(),
         dead_letter_sink: dead.clone(),
