@@ -322,6 +322,53 @@ pub fn run(settings: Settings, lines: Vec<String>, control: Arc<MemControl>) -> 
     run_with(settings, Box::new(VecSource::new(lines)), Backends { control, ..Backends::default() })
 }
 
+/// Runs the pipeline with `upserts` as the upsert sink (history and control in memory).
+pub fn run_dyn_sink(settings: Settings, source: Box<dyn Source>, upserts: Arc<dyn Sink>) -> Run {
+    let b = Backends::default();
+    let ports = Ports {
+        sources: vec![("test".into(), source)],
+        control: b.control.clone(),
+        content: Arc::new(NullContent),
+        history: Arc::new(NullHistory),
+        lookup: b.lookup,
+        upsert_sink: upserts,
+        drop_sink: b.drops.clone(),
+        dead_letter_sink: b.dead.clone(),
+    };
+    actix_rt::System::new().block_on(async move {
+        let mut p = Pipeline::start(settings, ports);
+        tokio::time::timeout(Duration::from_secs(600), p.drained()).await.expect("pipeline drains");
+        p.shutdown();
+    });
+    Run { control: b.control, upserts: Vec::new(), drops: b.drops.all(), dead_letters: b.dead.all(), history: Vec::new() }
+}
+
+/// Keeps nothing: for runs whose memory is measured.
+pub struct NullContent;
+
+#[async_trait]
+impl ContentStore for NullContent {
+    fn content_ref(&self, asset_key: &str, hash: &str) -> String {
+        format!("null://{asset_key}/{hash}")
+    }
+    async fn put(&self, _: &str, _: &str, _: &[u8]) -> BackendResult<()> {
+        Ok(())
+    }
+}
+
+/// Keeps nothing: for runs whose memory is measured.
+pub struct NullHistory;
+
+#[async_trait]
+impl HistoryStore for NullHistory {
+    async fn append(&self, _: &[HistoryRow]) -> BackendResult<()> {
+        Ok(())
+    }
+    async fn read(&self, _: &str, _: usize) -> BackendResult<Vec<HistoryRow>> {
+        Ok(Vec::new())
+    }
+}
+
 /// Runs the pipeline over `source` with `b` until drained.
 pub fn run_with(settings: Settings, source: Box<dyn Source>, b: Backends) -> Run {
     let (upserts, drops, dead, history, control) = (b.upserts, b.drops, b.dead, b.history, b.control);

@@ -1,0 +1,108 @@
+//! Back-pressure: with a slow sink, the source is slowed down to the sink's pace. What is in
+//! flight stays within what the bounded mailboxes hold, whatever the input size, and memory
+//! stays flat.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use assetflow_actors::decision::Origin;
+use assetflow_actors::envelope::Watermark;
+use assetflow_actors::ports::*;
+use async_trait::async_trait;
+use support::*;
+
+const EVENTS: usize = 200_000;
+const KEYS: usize = 2_000;
+
+/// Generates events on the fly (nothing held in memory) and records the most messages that
+/// were ever read but not yet acknowledged, and memory along the way.
+struct Firehose {
+    next: usize,
+    watermark: Arc<Watermark<u64>>,
+    peak_in_flight: Arc<AtomicUsize>,
+    rss_samples: Arc<Mutex<Vec<(usize, u64)>>>,
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl Source for Firehose {
+    async fn pull(&mut self, max: usize) -> BackendResult<Pull> {
+        if self.next >= EVENTS {
+            return Ok(Pull::Drained);
+        }
+        let mut out = Vec::with_capacity(max);
+        while out.len() < max && self.next < EVENTS {
+            let i = self.next;
+            self.next += 1;
+            // Every event changes its asset: each one is an upsert the slow sink must take.
+            let line = running(&format!("e{i:07}"), "s", "r1", &format!("t{:05}", i % KEYS), (i / KEYS) as u32, &format!("v{i}"));
+            out.push(RawMessage {
+                bytes: line.into_bytes(),
+                origin: Origin { source: "firehose".into(), partition: "0".into(), offset: i.to_string() },
+                ack: self.watermark.register(i as u64),
+            });
+        }
+        self.peak_in_flight.fetch_max(self.watermark.outstanding(), Ordering::SeqCst);
+        if self.next % 20_000 < max {
+            self.rss_samples.lock().unwrap().push((self.next, rss_kib()));
+        }
+        Ok(Pull::Messages(out))
+    }
+    async fn commit(&mut self) -> BackendResult<()> {
+        let _ = self.watermark.take_ready();
+        Ok(())
+    }
+    fn outstanding(&self) -> usize {
+        self.watermark.outstanding()
+    }
+}
+
+/// Counts what it is sent, slowly, and keeps nothing.
+#[derive(Default)]
+struct SlowCountingSink {
+    count: AtomicUsize,
+}
+
+#[async_trait]
+impl Sink for SlowCountingSink {
+    async fn send(&self, batch: &[SinkRecord]) -> BackendResult<()> {
+        // 20 microseconds a record: far slower than deciding in memory.
+        tokio::time::sleep(Duration::from_micros(20 * batch.len() as u64)).await;
+        self.count.fetch_add(batch.len(), Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_slow_sink_slows_the_source_and_memory_stays_flat() {
+    let peak = Arc::new(AtomicUsize::new(0));
+    let rss = Arc::new(Mutex::new(Vec::new()));
+    let source = Firehose { next: 0, watermark: Watermark::new(), peak_in_flight: peak.clone(), rss_samples: rss.clone() };
+    let sink = Arc::new(SlowCountingSink::default());
+    let mut s = settings(4);
+    s.mailbox = 64;
+    s.pull_batch = 64;
+    let upserts: Arc<dyn Sink> = sink.clone();
+    let out = run_dyn_sink(s, Box::new(source), upserts);
+    assert_eq!(sink.count.load(Ordering::SeqCst), EVENTS, "every event reached the sink");
+    assert!(out.dead_letters.is_empty());
+    // Mailboxes of 64 before the enricher, router and 4 shards (each may also hold one batch),
+    // plus one pull: about a thousand messages. Without back-pressure the source would have
+    // read far ahead of the sink, up to all 200,000.
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(peak <= 2_000, "{peak} messages were in flight at once");
+    let samples = rss.lock().unwrap().clone();
+    let early = samples.iter().find(|(n, _)| *n >= 40_000).map(|s| s.1).unwrap_or(0);
+    let late = samples.last().map(|s| s.1).unwrap_or(0);
+    assert!(early > 0 && late > 0, "{samples:?}");
+    assert!(late < early + 64 * 1024, "memory grew from {early} KiB to {late} KiB: {samples:?}");
+}
