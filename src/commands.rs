@@ -7,7 +7,12 @@ use assetflow_actors::metrics::Metrics;
 use assetflow_actors::pipeline::Pipeline;
 use assetflow_actors::ports::HistoryStore;
 
-use crate::config::{Config, HistoryKind, redact_url};
+use std::sync::Arc;
+
+use assetflow_actors::redrive::{RedriveSource, RedriveStats};
+
+use crate::adapters::dead_letter_file::DeadLetterFile;
+use crate::config::{Config, HistoryKind, SinkKind, redact_url};
 use crate::topology::{build_ports, draw, open_state, settings};
 
 /// What a finished run did, for the closing summary.
@@ -40,10 +45,37 @@ impl std::fmt::Display for RunSummary {
 /// `assetflow run`: runs until every finite source is drained, or until SIGINT/SIGTERM.
 pub fn run(config: &Config) -> anyhow::Result<RunSummary> {
     let state = open_state(config)?;
-    let ports = build_ports(config, &state)?;
+    let ports = build_ports(config, &state, true)?;
+    Ok(execute(config, ports))
+}
+
+/// `assetflow redrive`: replays the dead letters written since the last redrive through the
+/// pipeline; those tried `redrive.max_attempts` times are parked instead.
+pub fn redrive(config: &Config, max: Option<u64>) -> anyhow::Result<(RunSummary, u64, u64)> {
+    let state = open_state(config)?;
+    let mut ports = build_ports(config, &state, false)?;
+    let sink = &config.sinks.dead_letter;
+    let store = match (sink.kind, &sink.path) {
+        (SinkKind::File, Some(path)) => DeadLetterFile::open(&config.resolve(path), state.clone())
+            .map_err(|m| anyhow::anyhow!("{}: key `sinks.dead_letter.path`: {m}", config.file.display()))?,
+        _ => anyhow::bail!(
+            "{}: key `sinks.dead_letter.kind`: redrive reads dead letters back from a file sink; {:?} cannot be read back yet",
+            config.file.display(),
+            sink.kind
+        ),
+    };
+    let stats = Arc::new(RedriveStats::default());
+    let source = RedriveSource::new(store, config.redrive.max_attempts, max, stats.clone());
+    ports.sources = vec![("redrive".into(), Box::new(source))];
+    let summary = execute(config, ports);
+    Ok((summary, stats.replayed(), stats.parked()))
+}
+
+/// Runs a topology until its sources are drained or a signal stops it.
+fn execute(config: &Config, ports: assetflow_actors::pipeline::Ports) -> RunSummary {
     let settings = settings(config);
     let system = actix_rt::System::new();
-    let summary = system.block_on(async move {
+    system.block_on(async move {
         let started = Instant::now();
         let mut pipeline = Pipeline::start(settings, ports);
         let mut stopped_by_signal = false;
@@ -65,8 +97,7 @@ pub fn run(config: &Config) -> anyhow::Result<RunSummary> {
         let m = pipeline.metrics.clone();
         pipeline.shutdown();
         summarize(&m, started.elapsed(), stopped_by_signal)
-    });
-    Ok(summary)
+    })
 }
 
 fn summarize(m: &Metrics, elapsed: Duration, stopped_by_signal: bool) -> RunSummary {

@@ -41,6 +41,14 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Replay dead letters through the pipeline (parking those past redrive.max_attempts).
+    Redrive {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        /// Replay at most this many dead letters.
+        #[arg(long)]
+        max: Option<u64>,
+    },
     /// Write a deterministic, realistic crawl stream (JSON Lines) to a file or stdout.
     Gen {
         #[command(flatten)]
@@ -119,6 +127,14 @@ fn main() -> ExitCode {
         Command::History { asset_key, config, limit } => {
             Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::history(&c, &asset_key, limit))
         }
+        Command::Redrive { config, max } => Config::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| commands::redrive(&c, max))
+            .map(|(s, replayed, parked)| {
+                eprintln!("{s}");
+                eprintln!("  redrive        {replayed} replayed, {parked} parked");
+                String::new()
+            }),
         Command::Gen { params, out } => generate(&params, out.as_deref()),
         Command::Assets { config, source, status } => Config::load(&config)
             .map_err(anyhow::Error::from)

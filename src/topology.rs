@@ -64,8 +64,8 @@ pub fn open_state(config: &Config) -> Result<StateStore, BuildError> {
     StateStore::open(&config.state_dir()).map_err(|m| build_err(config, "pipeline.state_dir", m))
 }
 
-/// Builds every adapter the config names.
-pub fn build_ports(config: &Config, state: &StateStore) -> Result<Ports, BuildError> {
+/// Builds every adapter the config names (its sources only if `with_sources`).
+pub fn build_ports(config: &Config, state: &StateStore, with_sources: bool) -> Result<Ports, BuildError> {
     if !config.decides() {
         return Err(build_err(
             config,
@@ -74,7 +74,7 @@ pub fn build_ports(config: &Config, state: &StateStore) -> Result<Ports, BuildEr
         ));
     }
     let mut sources: Vec<(String, Box<dyn Source>)> = Vec::new();
-    for (i, s) in config.sources.iter().enumerate() {
+    for (i, s) in config.sources.iter().enumerate().filter(|_| with_sources) {
         let key = format!("sources[{i}]");
         let name = s.display_name();
         let source: Box<dyn Source> = match s {

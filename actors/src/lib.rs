@@ -20,6 +20,7 @@
 //! - [`metrics`]: lock-free counters the actors bump and the binary reports.
 //! - [`forward`]: sending into a bounded mailbox without losing order or the bound.
 //! - [`actors`]: Ingest, Enricher, Router, Decisor, Producer, HistoryWriter.
+//! - [`redrive`]: dead letters fed back to the pipeline as a source, parked past `max_attempts`.
 //! - [`pipeline`]: wiring the actors into a running topology.
 
 pub mod actors;
@@ -34,4 +35,5 @@ pub mod metrics;
 pub mod pipeline;
 pub mod ports;
 pub mod record;
+pub mod redrive;
 pub mod retry;

@@ -116,6 +116,27 @@ pub struct RawMessage {
     pub bytes: Vec<u8>,
     pub origin: Origin,
     pub ack: Ack,
+    /// 1 for a first delivery; a redriven dead letter's attempts plus one.
+    pub attempts: u32,
+}
+
+impl RawMessage {
+    /// A first delivery.
+    pub fn new(bytes: Vec<u8>, origin: Origin, ack: Ack) -> Self {
+        RawMessage { bytes, origin, ack, attempts: 1 }
+    }
+}
+
+/// Where dead letters are read back for redrive: the dead-letter file, an SQS DLQ, a failure
+/// topic. Reading is at least once: a dead letter counts as redriven once its ack is done.
+#[async_trait]
+pub trait DeadLetterStore: Send + 'static {
+    /// Up to `max` dead letters not yet redriven, each with its ack; `None` once none are left.
+    async fn next(&mut self, max: usize) -> BackendResult<Option<Vec<(crate::decision::DeadLetter, Ack)>>>;
+    /// Persists how far redrive has got.
+    async fn commit(&mut self) -> BackendResult<()>;
+    /// Dead letters handed out but not yet acknowledged.
+    fn outstanding(&self) -> usize;
 }
 
 /// What a source had to give.

@@ -29,7 +29,9 @@ struct Firehose {
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -44,12 +46,19 @@ impl Source for Firehose {
             let i = self.next;
             self.next += 1;
             // Every event changes its asset: each one is an upsert the slow sink must take.
-            let line = running(&format!("e{i:07}"), "s", "r1", &format!("t{:05}", i % KEYS), (i / KEYS) as u32, &format!("v{i}"));
-            out.push(RawMessage {
-                bytes: line.into_bytes(),
-                origin: Origin { source: "firehose".into(), partition: "0".into(), offset: i.to_string() },
-                ack: self.watermark.register(i as u64),
-            });
+            let line = running(
+                &format!("e{i:07}"),
+                "s",
+                "r1",
+                &format!("t{:05}", i % KEYS),
+                (i / KEYS) as u32,
+                &format!("v{i}"),
+            );
+            out.push(RawMessage::new(
+                line.into_bytes(),
+                Origin { source: "firehose".into(), partition: "0".into(), offset: i.to_string() },
+                self.watermark.register(i as u64),
+            ));
         }
         self.peak_in_flight.fetch_max(self.watermark.outstanding(), Ordering::SeqCst);
         if self.next % 20_000 < max {
@@ -86,7 +95,8 @@ impl Sink for SlowCountingSink {
 fn a_slow_sink_slows_the_source_and_memory_stays_flat() {
     let peak = Arc::new(AtomicUsize::new(0));
     let rss = Arc::new(Mutex::new(Vec::new()));
-    let source = Firehose { next: 0, watermark: Watermark::new(), peak_in_flight: peak.clone(), rss_samples: rss.clone() };
+    let source =
+        Firehose { next: 0, watermark: Watermark::new(), peak_in_flight: peak.clone(), rss_samples: rss.clone() };
     let sink = Arc::new(SlowCountingSink::default());
     let mut s = settings(4);
     s.mailbox = 64;

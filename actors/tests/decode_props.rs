@@ -14,7 +14,8 @@ fn arb_json() -> impl Strategy<Value = Value> {
         any::<i64>().prop_map(Value::from),
         any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
         ".{0,12}".prop_map(Value::String),
-        prop_oneof![Just("running"), Just("completed"), Just("2026-11-01T10:00:00Z"), Just("")].prop_map(|s| Value::String(s.into())),
+        prop_oneof![Just("running"), Just("completed"), Just("2026-11-01T10:00:00Z"), Just("")]
+            .prop_map(|s| Value::String(s.into())),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![

@@ -140,7 +140,7 @@ impl Source for FileSource {
             }
             let origin =
                 Origin { source: self.name.clone(), partition: self.partition.clone(), offset: start.to_string() };
-            out.push(RawMessage { bytes, origin, ack });
+            out.push(RawMessage::new(bytes, origin, ack));
         }
         Ok(Pull::Messages(out))
     }
@@ -195,7 +195,7 @@ impl Source for StdinSource {
                 }
                 let origin =
                     Origin { source: self.name.clone(), partition: "stdin".into(), offset: self.line_no.to_string() };
-                Ok(Pull::Messages(vec![RawMessage { bytes: line, origin, ack }]))
+                Ok(Pull::Messages(vec![RawMessage::new(line, origin, ack)]))
             }
             Err(e) => Err(BackendError::transient("stdin", "read", e)),
         }

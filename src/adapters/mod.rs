@@ -1,6 +1,7 @@
 //! Backend adapters: each implements one port of `assetflow-actors` for one kind of backend.
 
 pub mod content_dir;
+pub mod dead_letter_file;
 pub mod file_lookup;
 pub mod file_sink;
 pub mod file_source;

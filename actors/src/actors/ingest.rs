@@ -140,7 +140,8 @@ impl IngestLoop {
         Metrics::add(&self.metrics.events_in, 1);
         match decode(&m.bytes, self.settings.max_event_bytes) {
             Ok(event) => {
-                let env = Envelope { body: event, raw: m.bytes.into(), origin: m.origin, attempts: 1, ack: m.ack };
+                let env =
+                    Envelope { body: event, raw: m.bytes.into(), origin: m.origin, attempts: m.attempts, ack: m.ack };
                 forward(&self.enricher, Enrich(env)).await.is_ok()
             }
             Err(rejection) => {
@@ -152,7 +153,7 @@ impl IngestLoop {
                     &m.bytes,
                     rejection.event_id,
                     m.origin,
-                    1,
+                    m.attempts,
                 );
                 forward(&self.history, DeadLetters(vec![(dl, m.ack)])).await.is_ok()
             }

@@ -243,11 +243,11 @@ impl Source for VecSource {
         for line in self.lines.by_ref().take(max.min(16)) {
             self.pos += 1;
             let ack = self.watermark.register(self.pos);
-            out.push(RawMessage {
-                bytes: line.into_bytes(),
-                origin: Origin { source: "test".into(), partition: "0".into(), offset: self.pos.to_string() },
+            out.push(RawMessage::new(
+                line.into_bytes(),
+                Origin { source: "test".into(), partition: "0".into(), offset: self.pos.to_string() },
                 ack,
-            });
+            ));
         }
         Ok(if out.is_empty() { Pull::Drained } else { Pull::Messages(out) })
     }
@@ -340,7 +340,13 @@ pub fn run_dyn_sink(settings: Settings, source: Box<dyn Source>, upserts: Arc<dy
         tokio::time::timeout(Duration::from_secs(600), p.drained()).await.expect("pipeline drains");
         p.shutdown();
     });
-    Run { control: b.control, upserts: Vec::new(), drops: b.drops.all(), dead_letters: b.dead.all(), history: Vec::new() }
+    Run {
+        control: b.control,
+        upserts: Vec::new(),
+        drops: b.drops.all(),
+        dead_letters: b.dead.all(),
+        history: Vec::new(),
+    }
 }
 
 /// Keeps nothing: for runs whose memory is measured.

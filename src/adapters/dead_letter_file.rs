@@ -1,0 +1,95 @@
+//! The dead-letter file as a [`DeadLetterStore`]: redrive reads it from its checkpoint (kept in
+//! the embedded store) up to where it ended when redrive began, so the dead letters the redrive
+//! itself writes wait for the next one.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+
+use assetflow_actors::decision::DeadLetter;
+use assetflow_actors::envelope::{Ack, Watermark};
+use assetflow_actors::ports::{BackendError, BackendResult, DeadLetterStore};
+use async_trait::async_trait;
+
+use super::state::StateStore;
+
+pub struct DeadLetterFile {
+    reader: Option<BufReader<File>>,
+    offset: u64,
+    end: u64,
+    watermark: Arc<Watermark<u64>>,
+    state: StateStore,
+    checkpoint_key: String,
+    label: String,
+}
+
+impl DeadLetterFile {
+    pub fn open(path: &Path, state: StateStore) -> Result<Self, String> {
+        let label = format!("dead-letter file {}", path.display());
+        let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let checkpoint_key = format!("redrive:{}", canonical.display());
+        let (reader, end) = match File::open(path) {
+            Ok(f) => {
+                let end = f.metadata().map(|m| m.len()).unwrap_or(0);
+                (Some(BufReader::new(f)), end)
+            }
+            // No dead letters yet: nothing to redrive.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, 0),
+            Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
+        };
+        let saved = state
+            .checkpoint(&checkpoint_key)
+            .map_err(|e| e.to_string())?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let offset = if saved > end { 0 } else { saved };
+        let reader = match reader {
+            Some(mut r) => {
+                r.seek(SeekFrom::Start(offset)).map_err(|e| format!("cannot seek in {}: {e}", path.display()))?;
+                Some(r)
+            }
+            None => None,
+        };
+        Ok(DeadLetterFile { reader, offset, end, watermark: Watermark::new(), state, checkpoint_key, label })
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for DeadLetterFile {
+    async fn next(&mut self, max: usize) -> BackendResult<Option<Vec<(DeadLetter, Ack)>>> {
+        let Some(reader) = self.reader.as_mut() else { return Ok(None) };
+        let mut out = Vec::new();
+        while out.len() < max && self.offset < self.end {
+            let mut line = Vec::new();
+            let n = reader.read_until(b'\n', &mut line).map_err(|e| BackendError::transient(&self.label, "read", e))?;
+            if n == 0 {
+                break;
+            }
+            self.offset += n as u64;
+            let ack = self.watermark.register(self.offset);
+            match serde_json::from_slice::<DeadLetter>(&line) {
+                Ok(dl) => out.push((dl, ack)),
+                Err(e) => {
+                    if !line.iter().all(u8::is_ascii_whitespace) {
+                        tracing::warn!(file = %self.label, offset = self.offset - n as u64, "skipping a line that is not a dead letter: {e}");
+                    }
+                    ack.done();
+                }
+            }
+        }
+        if out.is_empty() && self.offset >= self.end { Ok(None) } else { Ok(Some(out)) }
+    }
+
+    async fn commit(&mut self) -> BackendResult<()> {
+        if let Some(pos) = self.watermark.take_ready() {
+            self.state.set_checkpoint(self.checkpoint_key.clone(), pos.to_be_bytes().to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    fn outstanding(&self) -> usize {
+        self.watermark.outstanding()
+    }
+}
