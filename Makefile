@@ -23,7 +23,7 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## services: start the local backends the tests use (none yet for the embedded pipeline).
+## services: install and start the local backends the tests use (moto for AWS), on 127.0.0.1.
 services:
 	@bash scripts/services.sh start
 

@@ -11,7 +11,12 @@ use std::sync::Arc;
 
 use assetflow_actors::redrive::{RedriveSource, RedriveStats};
 
+use assetflow_actors::ports::DeadLetterStore;
+
+use crate::adapters::aws::Aws;
+use crate::adapters::aws::sqs::SqsDeadLetters;
 use crate::adapters::dead_letter_file::DeadLetterFile;
+use crate::adapters::state::StateStore;
 use crate::config::{Config, HistoryKind, SinkKind, redact_url};
 use crate::topology::{build_ports, draw, open_state, settings};
 
@@ -25,6 +30,8 @@ pub struct RunSummary {
     pub drops: u64,
     pub dead_letters: Vec<(String, u64)>,
     pub stopped_by_signal: bool,
+    /// AWS requests by `service.Operation`, when the topology uses AWS.
+    pub aws_requests: Option<Vec<(String, u64)>>,
 }
 
 impl std::fmt::Display for RunSummary {
@@ -38,46 +45,63 @@ impl std::fmt::Display for RunSummary {
         writeln!(f, "  decisions      {}", if outcomes.is_empty() { "none".into() } else { outcomes.join(", ") })?;
         writeln!(f, "  published      {} upserts, {} drops", self.upserts, self.drops)?;
         let dl: Vec<String> = self.dead_letters.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        write!(f, "  dead letters   {}", if dl.is_empty() { "none".into() } else { dl.join(", ") })
+        write!(f, "  dead letters   {}", if dl.is_empty() { "none".into() } else { dl.join(", ") })?;
+        if let Some(reqs) = &self.aws_requests {
+            let total: u64 = reqs.iter().map(|(_, n)| n).sum();
+            let per_k = if self.events_in > 0 { total as f64 * 1000.0 / self.events_in as f64 } else { 0.0 };
+            let each: Vec<String> = reqs.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            write!(f, "\n  aws requests   {total} ({per_k:.1} per 1,000 events): {}", each.join(", "))?;
+        }
+        Ok(())
     }
 }
 
 /// `assetflow run`: runs until every finite source is drained, or until SIGINT/SIGTERM.
 pub fn run(config: &Config) -> anyhow::Result<RunSummary> {
     let state = open_state(config)?;
-    let ports = build_ports(config, &state, true)?;
-    Ok(execute(config, ports))
+    execute(config, state, None)
 }
 
 /// `assetflow redrive`: replays the dead letters written since the last redrive through the
 /// pipeline; those tried `redrive.max_attempts` times are parked instead.
 pub fn redrive(config: &Config, max: Option<u64>) -> anyhow::Result<(RunSummary, u64, u64)> {
     let state = open_state(config)?;
-    let mut ports = build_ports(config, &state, false)?;
-    let sink = &config.sinks.dead_letter;
-    let store = match (sink.kind, &sink.path) {
-        (SinkKind::File, Some(path)) => DeadLetterFile::open(&config.resolve(path), state.clone())
-            .map_err(|m| anyhow::anyhow!("{}: key `sinks.dead_letter.path`: {m}", config.file.display()))?,
-        _ => anyhow::bail!(
-            "{}: key `sinks.dead_letter.kind`: redrive reads dead letters back from a file sink; {:?} cannot be read back yet",
-            config.file.display(),
-            sink.kind
-        ),
-    };
     let stats = Arc::new(RedriveStats::default());
-    let source = RedriveSource::new(store, config.redrive.max_attempts, max, stats.clone());
-    ports.sources = vec![("redrive".into(), Box::new(source))];
-    let summary = execute(config, ports);
+    let summary = execute(config, state, Some((max, stats.clone())))?;
     Ok((summary, stats.replayed(), stats.parked()))
 }
 
-/// Runs a topology until its sources are drained or a signal stops it.
-fn execute(config: &Config, ports: assetflow_actors::pipeline::Ports) -> RunSummary {
+/// The dead-letter sink read back as a store.
+async fn dead_letter_store(config: &Config, state: &StateStore, aws: Option<&Aws>) -> anyhow::Result<Box<dyn DeadLetterStore>> {
+    let sink = &config.sinks.dead_letter;
+    let file = config.file.display();
+    match (sink.kind, &sink.path, &sink.queue_url) {
+        (SinkKind::File, Some(path), _) => Ok(Box::new(
+            DeadLetterFile::open(&config.resolve(path), state.clone())
+                .map_err(|m| anyhow::anyhow!("{file}: key `sinks.dead_letter.path`: {m}"))?,
+        )),
+        (SinkKind::Sqs, _, Some(url)) => {
+            let aws = aws.ok_or_else(|| anyhow::anyhow!("{file}: key `sinks.dead_letter`: AWS is not configured"))?;
+            Ok(Box::new(SqsDeadLetters::open(aws, url).await.map_err(|e| anyhow::anyhow!("{file}: key `sinks.dead_letter.queue_url`: {e}"))?))
+        }
+        _ => anyhow::bail!("{file}: key `sinks.dead_letter.kind`: redrive reads dead letters back from a file or an SQS queue; {:?} cannot be read back", sink.kind),
+    }
+}
+
+/// Builds the topology and runs it until its sources are drained or a signal stops it. With
+/// `redrive`, the dead-letter store replaces the configured sources.
+fn execute(config: &Config, state: StateStore, redrive: Option<(Option<u64>, Arc<RedriveStats>)>) -> anyhow::Result<RunSummary> {
     let settings = settings(config);
     let system = actix_rt::System::new();
     system.block_on(async move {
+        let mut built = build_ports(config, &state, redrive.is_none()).await?;
+        if let Some((max, stats)) = redrive {
+            let store = dead_letter_store(config, &state, built.aws.as_ref()).await?;
+            let source = RedriveSource::new(store, config.redrive.max_attempts, max, stats);
+            built.ports.sources = vec![("redrive".into(), Box::new(source))];
+        }
         let started = Instant::now();
-        let mut pipeline = Pipeline::start(settings, ports);
+        let mut pipeline = Pipeline::start(settings, built.ports);
         let mut stopped_by_signal = false;
         tokio::select! {
             _ = pipeline.drained() => {}
@@ -96,7 +120,9 @@ fn execute(config: &Config, ports: assetflow_actors::pipeline::Ports) -> RunSumm
         }
         let m = pipeline.metrics.clone();
         pipeline.shutdown();
-        summarize(&m, started.elapsed(), stopped_by_signal)
+        let mut summary = summarize(&m, started.elapsed(), stopped_by_signal);
+        summary.aws_requests = built.aws_requests.map(|r| r.snapshot().into_iter().collect());
+        Ok(summary)
     })
 }
 
@@ -109,6 +135,7 @@ fn summarize(m: &Metrics, elapsed: Duration, stopped_by_signal: bool) -> RunSumm
         drops: Metrics::count(&m.drops_published),
         dead_letters: m.dead_letters().into_iter().collect(),
         stopped_by_signal,
+        aws_requests: None,
     }
 }
 

@@ -141,14 +141,31 @@ pub enum SourceConfig {
     },
     Kinesis {
         stream: String,
+        /// false: stop once every shard is read to its tip (batch runs, tests).
+        #[serde(default = "yes")]
+        follow: bool,
         #[serde(default)]
         name: Option<String>,
     },
     Sqs {
         queue_url: String,
+        /// Long-polling wait of each ReceiveMessage, 0 to 20 seconds.
+        #[serde(default = "default_wait")]
+        wait_seconds: i32,
+        /// false: stop once a receive comes back empty.
+        #[serde(default = "yes")]
+        follow: bool,
         #[serde(default)]
         name: Option<String>,
     },
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_wait() -> i32 {
+    20
 }
 
 fn default_group() -> String {
@@ -187,7 +204,13 @@ impl SourceConfig {
 
     /// Does this source end by itself?
     pub fn is_finite(&self) -> bool {
-        matches!(self, SourceConfig::File { follow: false, .. } | SourceConfig::Stdin { .. })
+        matches!(
+            self,
+            SourceConfig::File { follow: false, .. }
+                | SourceConfig::Stdin { .. }
+                | SourceConfig::Kinesis { follow: false, .. }
+                | SourceConfig::Sqs { follow: false, .. }
+        )
     }
 }
 
@@ -275,6 +298,8 @@ pub enum ContentKind {
 #[serde(default)]
 pub struct ContentConfig {
     pub kind: ContentKind,
+    /// `s3`: create the bucket if it does not exist (local setups).
+    pub create_if_missing: bool,
     /// `dir`: the folder; default `{state_dir}/content`.
     pub path: Option<PathBuf>,
     pub bucket: Option<String>,
@@ -283,7 +308,7 @@ pub struct ContentConfig {
 
 impl Default for ContentConfig {
     fn default() -> Self {
-        ContentConfig { kind: ContentKind::Dir, path: None, bucket: None, prefix: None }
+        ContentConfig { kind: ContentKind::Dir, create_if_missing: false, path: None, bucket: None, prefix: None }
     }
 }
 
@@ -415,11 +440,14 @@ impl Default for AdminConfig {
 pub struct AwsConfig {
     pub region: String,
     pub endpoint_url: String,
+    /// Static credentials for local emulators; absent: the default credential chain.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
 }
 
 impl Default for AwsConfig {
     fn default() -> Self {
-        AwsConfig { region: "us-east-1".into(), endpoint_url: String::new() }
+        AwsConfig { region: "us-east-1".into(), endpoint_url: String::new(), access_key_id: None, secret_access_key: None }
     }
 }
 

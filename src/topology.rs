@@ -4,9 +4,15 @@
 use std::sync::Arc;
 
 use assetflow_actors::pipeline::{Ports, Settings};
-use assetflow_actors::ports::{Lookup, Sink, Source};
+use assetflow_actors::ports::{ContentStore, ControlStore, Lookup, Sink, Source};
 use assetflow_actors::retry::RetryPolicy;
 
+use crate::adapters::aws::dynamodb::DynamoControl;
+use crate::adapters::aws::kinesis::KinesisSource;
+use crate::adapters::aws::s3::S3Content;
+use crate::adapters::aws::sqs::{SqsSink, SqsSource};
+use crate::adapters::aws::{Aws, RequestCounter};
+use crate::adapters::checkpoints::Checkpoints;
 use crate::adapters::content_dir::ContentDir;
 use crate::adapters::file_lookup::{FileLookup, NoLookup};
 use crate::adapters::file_sink::{FileSink, StdoutSink};
@@ -64,34 +70,64 @@ pub fn open_state(config: &Config) -> Result<StateStore, BuildError> {
     StateStore::open(&config.state_dir()).map_err(|m| build_err(config, "pipeline.state_dir", m))
 }
 
+/// The adapters of a topology, and what the command reports about them afterwards.
+pub struct Built {
+    pub ports: Ports,
+    /// AWS requests made, when the topology uses AWS.
+    pub aws_requests: Option<RequestCounter>,
+    pub aws: Option<Aws>,
+}
+
+fn uses_aws(config: &Config) -> bool {
+    config.sources.iter().any(|s| matches!(s, SourceConfig::Kinesis { .. } | SourceConfig::Sqs { .. }))
+        || config.control.kind == ControlKind::Dynamodb
+        || config.content.kind == ContentKind::S3
+        || [&config.sinks.upsert, &config.sinks.drop, &config.sinks.dead_letter, &config.sinks.enriched].iter().any(|s| s.kind == SinkKind::Sqs)
+}
+
+fn backend_err(config: &Config, key: &str, e: assetflow_actors::ports::BackendError) -> BuildError {
+    build_err(config, key, format!("{e}; check that the backend is reachable and the resource exists (or set create_if_missing)"))
+}
+
 /// Builds every adapter the config names (its sources only if `with_sources`).
-pub fn build_ports(config: &Config, state: &StateStore, with_sources: bool) -> Result<Ports, BuildError> {
+pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool) -> Result<Built, BuildError> {
     if !config.decides() {
-        return Err(build_err(
-            config,
-            "pipeline.stages",
-            "the enrich-only topology is not built yet; use [\"enrich\", \"decide\"]",
-        ));
+        return Err(build_err(config, "pipeline.stages", "the enrich-only topology is not built yet; use [\"enrich\", \"decide\"]"));
     }
+    let aws = if uses_aws(config) { Some(Aws::load(&config.aws).await) } else { None };
+    let aws_ref = |key: &str| aws.as_ref().ok_or_else(|| build_err(config, key, "AWS is not configured"));
+    let dynamo = match config.control.kind {
+        ControlKind::Dynamodb => {
+            let table = config.control.table.clone().unwrap_or_default();
+            let d = DynamoControl::new(aws_ref("control.kind")?, &table);
+            if config.control.create_if_missing {
+                d.ensure_table().await.map_err(|e| backend_err(config, "control.table", e))?;
+            }
+            Some(d)
+        }
+        ControlKind::Embedded => None,
+    };
+    let checkpoints: Arc<dyn Checkpoints> = match &dynamo {
+        Some(d) => Arc::new(d.clone()),
+        None => Arc::new(state.clone()),
+    };
     let mut sources: Vec<(String, Box<dyn Source>)> = Vec::new();
     for (i, s) in config.sources.iter().enumerate().filter(|_| with_sources) {
         let key = format!("sources[{i}]");
         let name = s.display_name();
         let source: Box<dyn Source> = match s {
             SourceConfig::File { path, follow, .. } => Box::new(
-                FileSource::open(
-                    name.clone(),
-                    &config.resolve(path),
-                    *follow,
-                    state.clone(),
-                    config.limits.max_event_bytes,
-                )
-                .map_err(|m| build_err(config, format!("{key}.path"), m))?,
+                FileSource::open(name.clone(), &config.resolve(path), *follow, state.clone(), config.limits.max_event_bytes)
+                    .map_err(|m| build_err(config, format!("{key}.path"), m))?,
             ),
             SourceConfig::Stdin { .. } => Box::new(StdinSource::new(name.clone())),
-            other => {
-                return Err(not_in_this_build(config, &format!("{key}.kind"), other.kind()));
+            SourceConfig::Kinesis { stream, follow, .. } => {
+                Box::new(KinesisSource::new(aws_ref(&key)?, name.clone(), stream, checkpoints.clone(), *follow))
             }
+            SourceConfig::Sqs { queue_url, wait_seconds, follow, .. } => {
+                Box::new(SqsSource::new(aws_ref(&key)?, name.clone(), queue_url, (*wait_seconds).clamp(0, 20), !*follow))
+            }
+            other => return Err(not_in_this_build(config, &format!("{key}.kind"), other.kind())),
         };
         sources.push((name, source));
     }
@@ -104,48 +140,56 @@ pub fn build_ports(config: &Config, state: &StateStore, with_sources: bool) -> R
             });
             Arc::new(FileLookup::load(&path, &fields).map_err(|m| build_err(config, "enricher.path", m))?)
         }
-        EnricherKind::Postgres => {
-            return Err(not_in_this_build(config, "enricher.kind", "postgres"));
-        }
+        EnricherKind::Postgres => return Err(not_in_this_build(config, "enricher.kind", "postgres")),
     };
-    if config.control.kind != ControlKind::Embedded {
-        return Err(not_in_this_build(config, "control.kind", "dynamodb"));
-    }
     if config.history.kind != HistoryKind::Embedded {
         return Err(not_in_this_build(config, "history.kind", "scylla"));
     }
-    let content = match config.content.kind {
+    let control: Arc<dyn ControlStore> = match dynamo {
+        Some(d) => Arc::new(d),
+        None => Arc::new(state.clone()),
+    };
+    let content: Arc<dyn ContentStore> = match config.content.kind {
         ContentKind::Dir => {
-            let path = config
-                .content
-                .path
-                .as_deref()
-                .map(|p| config.resolve(p))
-                .unwrap_or_else(|| config.state_dir().join("content"));
+            let path = config.content.path.as_deref().map(|p| config.resolve(p)).unwrap_or_else(|| config.state_dir().join("content"));
             Arc::new(ContentDir::open(&path).map_err(|m| build_err(config, "content.path", m))?)
         }
-        ContentKind::S3 => return Err(not_in_this_build(config, "content.kind", "s3")),
+        ContentKind::S3 => {
+            let c = S3Content::new(
+                aws_ref("content.kind")?,
+                config.content.bucket.as_deref().unwrap_or_default(),
+                config.content.prefix.as_deref().unwrap_or_default(),
+            );
+            if config.content.create_if_missing {
+                c.ensure_bucket().await.map_err(|e| backend_err(config, "content.bucket", e))?;
+            }
+            Arc::new(c)
+        }
     };
-    Ok(Ports {
+    let ports = Ports {
         sources,
-        control: Arc::new(state.clone()),
+        control,
         content,
         history: Arc::new(state.clone()),
         lookup,
-        upsert_sink: sink(config, "sinks.upsert", &config.sinks.upsert)?,
-        drop_sink: sink(config, "sinks.drop", &config.sinks.drop)?,
-        dead_letter_sink: sink(config, "sinks.dead_letter", &config.sinks.dead_letter)?,
-    })
+        upsert_sink: sink(config, aws.as_ref(), "sinks.upsert", &config.sinks.upsert)?,
+        drop_sink: sink(config, aws.as_ref(), "sinks.drop", &config.sinks.drop)?,
+        dead_letter_sink: sink(config, aws.as_ref(), "sinks.dead_letter", &config.sinks.dead_letter)?,
+    };
+    Ok(Built { ports, aws_requests: aws.as_ref().map(|a| a.requests.clone()), aws })
 }
 
-fn sink(config: &Config, key: &str, s: &SinkConfig) -> Result<Arc<dyn Sink>, BuildError> {
+fn sink(config: &Config, aws: Option<&Aws>, key: &str, s: &SinkConfig) -> Result<Arc<dyn Sink>, BuildError> {
     match s.kind {
         SinkKind::File => {
             let path = s.path.as_deref().map(|p| config.resolve(p)).unwrap_or_default();
             Ok(Arc::new(FileSink::open(&path).map_err(|m| build_err(config, format!("{key}.path"), m))?))
         }
         SinkKind::Stdout => Ok(Arc::new(StdoutSink)),
-        SinkKind::Sqs => Err(not_in_this_build(config, &format!("{key}.kind"), "sqs")),
+        SinkKind::Sqs => {
+            let aws = aws.ok_or_else(|| build_err(config, key, "AWS is not configured"))?;
+            Ok(Arc::new(SqsSink::new(aws, s.queue_url.as_deref().unwrap_or_default())))
+        }
         SinkKind::Kafka => Err(not_in_this_build(config, &format!("{key}.kind"), "kafka")),
     }
 }

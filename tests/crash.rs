@@ -98,7 +98,7 @@ fn assert_same_decisions(clean: &Outputs, crashed: &Outputs) {
 #[test]
 fn sigkill_at_random_moments_loses_nothing() {
     let clean = tempfile::tempdir().unwrap();
-    make_input(clean.path(), "1000");
+    make_input(clean.path(), "1200");
     let lines = std::fs::read_to_string(clean.path().join("events.jsonl")).unwrap().lines().count();
     assert!(lines >= 20_000, "the stream has {lines} events");
     let out = bin().args(["run"]).current_dir(clean.path()).env("RUST_LOG", "error").output().unwrap();
@@ -108,14 +108,14 @@ fn sigkill_at_random_moments_loses_nothing() {
     assert!(!clean_out.drops.is_empty() && !clean_out.dead_letters.is_empty());
 
     let crashed = tempfile::tempdir().unwrap();
-    make_input(crashed.path(), "1000");
+    make_input(crashed.path(), "1200");
     let mut rng = fastrand::Rng::with_seed(7);
     let mut kills = 0;
     let started = Instant::now();
     while kills < 20 {
         assert!(started.elapsed() < Duration::from_secs(300), "the crash loop made no progress");
         let mut child = start(crashed.path());
-        std::thread::sleep(Duration::from_millis(rng.u64(30..400)));
+        std::thread::sleep(Duration::from_millis(rng.u64(30..300)));
         if child.try_wait().unwrap().is_some() {
             // Drained before the kill: the input is used up, the kills so far must do.
             break;

@@ -53,13 +53,20 @@ pub type BackendResult<T> = Result<T, BackendError>;
 /// The control table: one [`ControlRecord`] per asset key.
 #[async_trait]
 pub trait ControlStore: Send + Sync + 'static {
-    /// The records that exist among `keys`.
-    async fn get_many(&self, keys: &[String]) -> BackendResult<HashMap<String, ControlRecord>>;
+    /// The records that exist among `keys`, by asset key.
+    async fn get_many(&self, keys: &[RecordKey]) -> BackendResult<HashMap<String, ControlRecord>>;
     /// Writes all records or none; each must find the stored record still at the version it
     /// was read at (0: no record), else the call fails with [`FailureKind::Conflict`].
     async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()>;
     /// Every record of one source (live and dropped), for a completion sweep.
     async fn list_source(&self, source: &str) -> BackendResult<Vec<ControlRecord>>;
+}
+
+/// Where a control record lives: its source (the partition of keyed stores) and asset key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RecordKey {
+    pub source: String,
+    pub asset_key: String,
 }
 
 /// A conditional write of one control record.
@@ -158,4 +165,17 @@ pub trait Source: Send + 'static {
     async fn commit(&mut self) -> BackendResult<()>;
     /// Messages read but not yet acknowledged.
     fn outstanding(&self) -> usize;
+}
+
+#[async_trait]
+impl DeadLetterStore for Box<dyn DeadLetterStore> {
+    async fn next(&mut self, max: usize) -> BackendResult<Option<Vec<(crate::decision::DeadLetter, Ack)>>> {
+        (**self).next(max).await
+    }
+    async fn commit(&mut self) -> BackendResult<()> {
+        (**self).commit().await
+    }
+    fn outstanding(&self) -> usize {
+        (**self).outstanding()
+    }
 }

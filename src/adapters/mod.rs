@@ -1,5 +1,7 @@
 //! Backend adapters: each implements one port of `assetflow-actors` for one kind of backend.
 
+pub mod aws;
+pub mod checkpoints;
 pub mod content_dir;
 pub mod dead_letter_file;
 pub mod file_lookup;

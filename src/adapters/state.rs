@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use assetflow_actors::decision::HistoryRow;
-use assetflow_actors::ports::{BackendError, BackendResult, ControlStore, FailureKind, HistoryStore, RecordWrite};
+use assetflow_actors::ports::{BackendError, BackendResult, ControlStore, FailureKind, HistoryStore, RecordKey, RecordWrite};
 use assetflow_actors::record::ControlRecord;
 use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition};
@@ -136,7 +136,7 @@ fn decode_record(bytes: &[u8]) -> BackendResult<ControlRecord> {
 
 #[async_trait]
 impl ControlStore for StateStore {
-    async fn get_many(&self, keys: &[String]) -> BackendResult<HashMap<String, ControlRecord>> {
+    async fn get_many(&self, keys: &[RecordKey]) -> BackendResult<HashMap<String, ControlRecord>> {
         let db = self.db.clone();
         let keys = keys.to_vec();
         blocking("get records", move || {
@@ -144,8 +144,8 @@ impl ControlStore for StateStore {
             let t = tx.open_table(CONTROL).map_err(|e| err("get records", e))?;
             let mut out = HashMap::with_capacity(keys.len());
             for k in keys {
-                if let Some(v) = t.get(k.as_str()).map_err(|e| err("get records", e))? {
-                    out.insert(k, decode_record(v.value())?);
+                if let Some(v) = t.get(k.asset_key.as_str()).map_err(|e| err("get records", e))? {
+                    out.insert(k.asset_key, decode_record(v.value())?);
                 }
             }
             Ok(out)

@@ -30,7 +30,7 @@ use crate::event::EventKind;
 use crate::hash::{HashIgnore, content_hash};
 use crate::lookup::{CachedLookup, LookupKeys};
 use crate::metrics::Metrics;
-use crate::ports::{BackendError, BackendResult, ContentStore, ControlStore, FailureKind, RecordWrite, SinkRecord};
+use crate::ports::{BackendError, BackendResult, ContentStore, ControlStore, FailureKind, RecordKey, RecordWrite, SinkRecord};
 use crate::record::{ControlRecord, RecordStatus};
 use crate::retry::{RetryPolicy, panic_message};
 
@@ -248,9 +248,13 @@ async fn decide_and_publish(
     deps: &DecisorDeps,
     batch: &mut [Pending],
 ) -> Result<Vec<HistoryRow>, (Stage, BackendError)> {
-    let keys: Vec<String> = {
+    let keys: Vec<RecordKey> = {
         let mut seen = HashSet::new();
-        batch.iter().filter(|p| seen.insert(p.key.as_str())).map(|p| p.key.clone()).collect()
+        batch
+            .iter()
+            .filter(|p| seen.insert(p.key.as_str()))
+            .map(|p| RecordKey { source: p.enriched.event.source.clone(), asset_key: p.key.clone() })
+            .collect()
     };
     let mut records = deps.retry.run(|| deps.control.get_many(&keys)).await.map_err(|e| (Stage::Decide, e))?;
     let read_versions: HashMap<String, u64> = records.iter().map(|(k, r)| (k.clone(), r.version)).collect();
@@ -417,7 +421,9 @@ async fn apply_drops(deps: &DecisorDeps, cmd: ApplyDrops) -> BackendResult<usize
 }
 
 async fn try_apply_drops(deps: &DecisorDeps, cmd: &ApplyDrops) -> BackendResult<usize> {
-    let records = deps.retry.run(|| deps.control.get_many(&cmd.keys)).await?;
+    let keys: Vec<RecordKey> =
+        cmd.keys.iter().map(|k| RecordKey { source: cmd.source.clone(), asset_key: k.clone() }).collect();
+    let records = deps.retry.run(|| deps.control.get_many(&keys)).await?;
     let now = Utc::now();
     let mut outputs = Vec::new();
     let mut changed = Vec::new();

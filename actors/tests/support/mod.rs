@@ -105,11 +105,11 @@ fn fastrand_f64() -> f64 {
 
 #[async_trait]
 impl ControlStore for MemControl {
-    async fn get_many(&self, keys: &[String]) -> BackendResult<HashMap<String, ControlRecord>> {
+    async fn get_many(&self, keys: &[RecordKey]) -> BackendResult<HashMap<String, ControlRecord>> {
         maybe(&self.fault, "control").await?;
         self.pause().await;
         let m = self.records.lock().unwrap();
-        Ok(keys.iter().filter_map(|k| m.get(k).map(|r| (k.clone(), r.clone()))).collect())
+        Ok(keys.iter().filter_map(|k| m.get(&k.asset_key).map(|r| (k.asset_key.clone(), r.clone()))).collect())
     }
     async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()> {
         maybe(&self.fault, "control").await?;

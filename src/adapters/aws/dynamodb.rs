@@ -1,0 +1,275 @@
+//! The `dynamodb` control store. Table layout: partition key `source`, sort key `asset_key`,
+//! so a completion sweep is a Query on one source, never a Scan. A shard's micro-batch is read
+//! with BatchGetItem (100 keys a call, unprocessed keys retried) and written with
+//! TransactWriteItems (100 items a call), each item conditional on the version it was read at:
+//! BatchWriteItem cannot carry conditions, and conditions are what keep two processes honest.
+//! Source checkpoints (Kinesis) live in the same table under the partition `#checkpoints`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use assetflow_actors::event::AssetName;
+use assetflow_actors::ports::{BackendError, BackendResult, ControlStore, FailureKind, RecordKey, RecordWrite};
+use assetflow_actors::record::{ControlRecord, RecordStatus};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes, Put,
+    ScalarAttributeType, TransactWriteItem,
+};
+use chrono::{DateTime, Utc};
+
+use super::{Aws, RequestCounter, build_error, sdk_error};
+
+const SVC: &str = "dynamodb";
+/// BatchGetItem takes at most 100 keys, TransactWriteItems at most 100 items.
+const BATCH: usize = 100;
+const CHECKPOINTS: &str = "#checkpoints";
+
+type Item = HashMap<String, AttributeValue>;
+
+#[derive(Clone)]
+pub struct DynamoControl {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    requests: RequestCounter,
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn get_s(item: &Item, k: &str) -> Option<String> {
+    item.get(k).and_then(|v| v.as_s().ok()).cloned()
+}
+
+fn to_item(r: &ControlRecord) -> Item {
+    let mut item = Item::new();
+    item.insert("source".into(), s(&r.source));
+    item.insert("asset_key".into(), s(&r.asset_key));
+    item.insert("database".into(), s(&r.name.database));
+    item.insert("schema".into(), s(&r.name.schema));
+    item.insert("table".into(), s(&r.name.table));
+    item.insert("hash".into(), s(&r.hash));
+    item.insert("last_seen_run".into(), s(&r.last_seen_run));
+    item.insert("last_seen_at".into(), s(&r.last_seen_at.to_rfc3339()));
+    item.insert("status".into(), s(r.status.as_str()));
+    if let Some(t) = r.dropped_at {
+        item.insert("dropped_at".into(), s(&t.to_rfc3339()));
+    }
+    if let Some(c) = &r.content_ref {
+        item.insert("content_ref".into(), s(c));
+    }
+    item.insert("version".into(), AttributeValue::N(r.version.to_string()));
+    item
+}
+
+fn from_item(item: &Item) -> BackendResult<ControlRecord> {
+    let bad = |what: &str| BackendError::permanent(SVC, "decode record", format!("item has no valid `{what}`"));
+    let time = |k: &str| get_s(item, k).and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc));
+    Ok(ControlRecord {
+        asset_key: get_s(item, "asset_key").ok_or_else(|| bad("asset_key"))?,
+        source: get_s(item, "source").ok_or_else(|| bad("source"))?,
+        name: AssetName {
+            database: get_s(item, "database").ok_or_else(|| bad("database"))?,
+            schema: get_s(item, "schema").ok_or_else(|| bad("schema"))?,
+            table: get_s(item, "table").ok_or_else(|| bad("table"))?,
+        },
+        hash: get_s(item, "hash").ok_or_else(|| bad("hash"))?,
+        last_seen_run: get_s(item, "last_seen_run").ok_or_else(|| bad("last_seen_run"))?,
+        last_seen_at: time("last_seen_at").ok_or_else(|| bad("last_seen_at"))?,
+        status: match get_s(item, "status").as_deref() {
+            Some("live") => RecordStatus::Live,
+            Some("dropped") => RecordStatus::Dropped,
+            _ => return Err(bad("status")),
+        },
+        dropped_at: time("dropped_at"),
+        content_ref: get_s(item, "content_ref"),
+        version: item.get("version").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()).ok_or_else(|| bad("version"))?,
+    })
+}
+
+impl DynamoControl {
+    pub fn new(aws: &Aws, table: &str) -> Self {
+        DynamoControl { client: aws_sdk_dynamodb::Client::new(&aws.sdk), table: table.to_owned(), requests: aws.requests.clone() }
+    }
+
+    /// Creates the table (on-demand capacity) unless it exists, and waits until it is active.
+    pub async fn ensure_table(&self) -> BackendResult<()> {
+        self.requests.hit(SVC, "DescribeTable");
+        if self.client.describe_table().table_name(&self.table).send().await.is_ok() {
+            return Ok(());
+        }
+        let attr = |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build();
+        let key = |n: &str, t| KeySchemaElement::builder().attribute_name(n).key_type(t).build();
+        self.requests.hit(SVC, "CreateTable");
+        let created = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .attribute_definitions(attr("source").map_err(|e| build_error(SVC, "CreateTable", e))?)
+            .attribute_definitions(attr("asset_key").map_err(|e| build_error(SVC, "CreateTable", e))?)
+            .key_schema(key("source", KeyType::Hash).map_err(|e| build_error(SVC, "CreateTable", e))?)
+            .key_schema(key("asset_key", KeyType::Range).map_err(|e| build_error(SVC, "CreateTable", e))?)
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await;
+        if let Err(e) = created {
+            let err = sdk_error(SVC, "CreateTable", e);
+            if !err.message.contains("ResourceInUse") {
+                return Err(err);
+            }
+        }
+        for _ in 0..100 {
+            self.requests.hit(SVC, "DescribeTable");
+            let d = self.client.describe_table().table_name(&self.table).send().await.map_err(|e| sdk_error(SVC, "DescribeTable", e))?;
+            if d.table().and_then(|t| t.table_status()).map(|s| s.as_str() == "ACTIVE").unwrap_or(false) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(BackendError::transient(SVC, "CreateTable", format!("table {} did not become ACTIVE", self.table)))
+    }
+
+    /// A source checkpoint (Kinesis sequence number) stored beside the records.
+    pub async fn checkpoint(&self, key: &str) -> BackendResult<Option<String>> {
+        self.requests.hit(SVC, "GetItem");
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("source", s(CHECKPOINTS))
+            .key("asset_key", s(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error(SVC, "GetItem", e))?;
+        Ok(out.item().and_then(|i| get_s(i, "position")))
+    }
+
+    pub async fn set_checkpoint(&self, key: &str, position: &str) -> BackendResult<()> {
+        self.requests.hit(SVC, "PutItem");
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("source", s(CHECKPOINTS))
+            .item("asset_key", s(key))
+            .item("position", s(position))
+            .send()
+            .await
+            .map_err(|e| sdk_error(SVC, "PutItem", e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ControlStore for DynamoControl {
+    async fn get_many(&self, keys: &[RecordKey]) -> BackendResult<HashMap<String, ControlRecord>> {
+        let mut out = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH) {
+            let mut pending: Vec<Item> = chunk
+                .iter()
+                .map(|k| HashMap::from([("source".to_string(), s(&k.source)), ("asset_key".to_string(), s(&k.asset_key))]))
+                .collect();
+            let mut rounds = 0;
+            while !pending.is_empty() {
+                rounds += 1;
+                if rounds > 10 {
+                    return Err(BackendError::transient(SVC, "BatchGetItem", "keys stayed unprocessed after 10 rounds"));
+                }
+                let ka = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut pending)))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| build_error(SVC, "BatchGetItem", e))?;
+                self.requests.hit(SVC, "BatchGetItem");
+                let resp = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, ka)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error(SVC, "BatchGetItem", e))?;
+                for item in resp.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+                    let r = from_item(item)?;
+                    out.insert(r.asset_key.clone(), r);
+                }
+                if let Some(left) = resp.unprocessed_keys().and_then(|u| u.get(&self.table)) {
+                    pending = left.keys().to_vec();
+                    if !pending.is_empty() {
+                        // Throttled part of the batch: back off a little before asking again.
+                        tokio::time::sleep(Duration::from_millis(20 * rounds)).await;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()> {
+        // Each chunk is atomic; a conflict in a later chunk leaves earlier ones applied, which is
+        // safe: those records carry decisions whose effects (outputs) are already out.
+        for chunk in writes.chunks(BATCH) {
+            let mut items = Vec::with_capacity(chunk.len());
+            for w in chunk {
+                let mut put = Put::builder().table_name(&self.table).set_item(Some(to_item(&w.record)));
+                put = if w.expected_version == 0 {
+                    put.condition_expression("attribute_not_exists(asset_key)")
+                } else {
+                    put.condition_expression("version = :v").expression_attribute_values(":v", AttributeValue::N(w.expected_version.to_string()))
+                };
+                let put = put.build().map_err(|e| build_error(SVC, "TransactWriteItems", e))?;
+                items.push(TransactWriteItem::builder().put(put).build());
+            }
+            self.requests.hit(SVC, "TransactWriteItems");
+            if let Err(e) = self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+                let conflict = e
+                    .as_service_error()
+                    .and_then(|se| match se {
+                        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(tc) => {
+                            Some(tc.cancellation_reasons().iter().any(|r| r.code() == Some("ConditionalCheckFailed")))
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or(false);
+                let mut err = sdk_error(SVC, "TransactWriteItems", e);
+                err.kind = if conflict {
+                    FailureKind::Conflict
+                } else if err.kind == FailureKind::Conflict {
+                    // Cancelled for another reason (throttling, a concurrent transaction): retry.
+                    FailureKind::Transient
+                } else {
+                    err.kind
+                };
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_source(&self, source: &str) -> BackendResult<Vec<ControlRecord>> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            self.requests.hit(SVC, "Query");
+            let resp = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#s = :s")
+                .expression_attribute_names("#s", "source")
+                .expression_attribute_values(":s", s(source))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error(SVC, "Query", e))?;
+            for item in resp.items() {
+                out.push(from_item(item)?);
+            }
+            match resp.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => return Ok(out),
+            }
+        }
+    }
+}
