@@ -2,6 +2,9 @@
 //! comparing its outputs.
 #![allow(dead_code)]
 
+pub mod aws;
+pub mod proxy;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

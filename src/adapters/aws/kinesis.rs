@@ -32,6 +32,8 @@ struct Shard {
     watermark: Arc<Watermark<String>>,
     /// GetRecords said there is no more (the shard was closed by resharding).
     closed: bool,
+    /// ListShards gave the shard an ending sequence number: it takes no new records.
+    ended: bool,
     /// Closed, fully acknowledged, and `SHARD_END` checkpointed.
     finished: bool,
     /// The last read came back empty at the tip of the stream.
@@ -80,7 +82,8 @@ impl KinesisSource {
             first = false;
             let out = req.send().await.map_err(|e| sdk_error(SVC, "ListShards", e))?;
             for s in out.shards() {
-                if self.shards.contains_key(s.shard_id()) {
+                if let Some(known) = self.shards.get_mut(s.shard_id()) {
+                    known.ended |= s.sequence_number_range().and_then(|r| r.ending_sequence_number()).is_some();
                     continue;
                 }
                 let key = self.checkpoint_key(s.shard_id());
@@ -96,6 +99,7 @@ impl KinesisSource {
                         last_read: saved.filter(|p| p != SHARD_END),
                         watermark: Watermark::new(),
                         closed: finished,
+                        ended: s.sequence_number_range().and_then(|r| r.ending_sequence_number()).is_some(),
                         finished,
                         caught_up: false,
                         started: false,
@@ -132,6 +136,15 @@ impl KinesisSource {
         Ok(out.shard_iterator().map(str::to_owned))
     }
 
+    /// Without `follow`: every shard is finished, or read to its tip and still open, and all
+    /// that was read is acknowledged. A closed shard not yet finished is not drained: its
+    /// children come next.
+    fn drained(&self) -> bool {
+        !self.follow
+            && self.outstanding() == 0
+            && self.shards.values().all(|s| s.finished || (s.started && s.caught_up && !s.closed))
+    }
+
     /// Reads one shard once.
     async fn read(&mut self, id: &str, max: usize) -> BackendResult<Vec<RawMessage>> {
         let Some(shard) = self.shards.get(id) else { return Ok(Vec::new()) };
@@ -161,8 +174,10 @@ impl KinesisSource {
         let Some(shard) = self.shards.get_mut(id) else { return Ok(Vec::new()) };
         shard.started = true;
         shard.iterator = out.next_shard_iterator().map(str::to_owned);
-        shard.closed = shard.iterator.is_none();
         shard.caught_up = out.records().is_empty() && out.millis_behind_latest().unwrap_or(0) == 0;
+        // Closed: no next iterator; or (emulators that keep handing one out) an ended shard
+        // read to its tip.
+        shard.closed = shard.iterator.is_none() || (shard.ended && shard.caught_up);
         let mut msgs = Vec::with_capacity(out.records().len());
         for r in out.records() {
             let seq = r.sequence_number().to_owned();
@@ -183,8 +198,7 @@ impl Source for KinesisSource {
         }
         let ready = self.ready();
         if ready.is_empty() {
-            let all_done = self.shards.values().all(|s| s.finished);
-            return Ok(if !self.follow && all_done && self.outstanding() == 0 { Pull::Drained } else { Pull::Idle });
+            return Ok(if self.drained() { Pull::Drained } else { Pull::Idle });
         }
         // Round-robin: one GetRecords per call, on the next ready shard.
         let id = ready[self.next_shard % ready.len()].clone();
@@ -193,11 +207,7 @@ impl Source for KinesisSource {
         if !msgs.is_empty() {
             return Ok(Pull::Messages(msgs));
         }
-        let caught_up = self.ready().iter().all(|id| self.shards.get(id).is_some_and(|s| s.started && s.caught_up));
-        if !self.follow && caught_up && self.outstanding() == 0 {
-            return Ok(Pull::Drained);
-        }
-        Ok(Pull::Idle)
+        Ok(if self.drained() { Pull::Drained } else { Pull::Idle })
     }
 
     async fn commit(&mut self) -> BackendResult<()> {

@@ -1,0 +1,87 @@
+//! A fault-injecting HTTP proxy for adapter tests: forwards each request to the real backend,
+//! or answers the next N requests with a 503 (a backend's "try again later").
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub struct FaultProxy {
+    pub url: String,
+    fail: Arc<AtomicU64>,
+    pub requests: Arc<AtomicU64>,
+    pub failed: Arc<AtomicU64>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy in front of `upstream` (`host:port`).
+    pub fn start(upstream: &str) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (fail, requests, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (f, r, d, up) = (fail.clone(), requests.clone(), failed.clone(), upstream.to_owned());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (f, r, d, up) = (f.clone(), r.clone(), d.clone(), up.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &up, &f, &r, &d);
+                });
+            }
+        });
+        FaultProxy { url, fail, requests, failed }
+    }
+
+    /// The next `n` requests get a 503.
+    pub fn fail_next(&self, n: u64) {
+        self.fail.store(n, Ordering::SeqCst);
+    }
+}
+
+/// Reads one HTTP/1.1 request: head and Content-Length body.
+fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<Vec<u8>>> {
+    let mut head = Vec::new();
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        let end = line == "\r\n";
+        head.extend_from_slice(line.as_bytes());
+        if end {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body)?;
+    head.extend_from_slice(&body);
+    Ok(Some(head))
+}
+
+fn serve(conn: TcpStream, upstream: &str, fail: &AtomicU64, requests: &AtomicU64, failed: &AtomicU64) -> std::io::Result<()> {
+    let mut writer = conn.try_clone()?;
+    let mut reader = BufReader::new(conn);
+    while let Some(request) = read_request(&mut reader)? {
+        requests.fetch_add(1, Ordering::SeqCst);
+        let failing = fail.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        if failing {
+            failed.fetch_add(1, Ordering::SeqCst);
+            let body = r#"{"__type":"ServiceUnavailable","message":"injected by the test proxy"}"#;
+            write!(writer, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/x-amz-json-1.0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+            return Ok(());
+        }
+        // Forward the request whole and relay the answer; the backend closes after answering.
+        let mut up = TcpStream::connect(upstream)?;
+        let request = String::from_utf8_lossy(&request).replace("Connection: keep-alive", "Connection: close").into_bytes();
+        up.write_all(&request)?;
+        let mut response = Vec::new();
+        up.read_to_end(&mut response)?;
+        writer.write_all(&response)?;
+        return Ok(());
+    }
+    Ok(())
+}
