@@ -85,6 +85,18 @@ pub fn sdk_error<E>(service: &str, op: &str, e: SdkError<E>) -> BackendError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    let message = match &e {
+        SdkError::ServiceError(ctx) => {
+            let err = ctx.err();
+            format!(
+                "{} (HTTP {}): {}",
+                err.code().unwrap_or("error"),
+                ctx.raw().status().as_u16(),
+                err.message().unwrap_or("no message")
+            )
+        }
+        other => DisplayErrorContext(other).to_string(),
+    };
     let kind = match &e {
         SdkError::ServiceError(ctx) => {
             let code = ctx.err().code().unwrap_or_default();
@@ -100,7 +112,7 @@ where
         SdkError::ConstructionFailure(_) => FailureKind::Permanent,
         _ => FailureKind::Transient,
     };
-    BackendError::new(service, op, DisplayErrorContext(&e), kind)
+    BackendError::new(service, op, message, kind)
 }
 
 /// A request that could not even be built (a missing required field): a bug, not an outage.
