@@ -6,7 +6,7 @@
 #   usage: scripts/aws-requests.sh [ASSETS_PER_SOURCE] [SOURCES]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-bin="${ASSETFLOW_BIN:-$here/target/release/assetflow}"
+bin="$(realpath "${ASSETFLOW_BIN:-$here/target/release/assetflow}")"
 py="$here/.services/venv/bin/python"
 endpoint="${ASSETFLOW_TEST_AWS_ENDPOINT:-http://127.0.0.1:4566}"
 assets="${1:-1000}"

@@ -72,7 +72,11 @@ pub fn redrive(config: &Config, max: Option<u64>) -> anyhow::Result<(RunSummary,
 }
 
 /// The dead-letter sink read back as a store.
-async fn dead_letter_store(config: &Config, state: &StateStore, aws: Option<&Aws>) -> anyhow::Result<Box<dyn DeadLetterStore>> {
+async fn dead_letter_store(
+    config: &Config,
+    state: &StateStore,
+    aws: Option<&Aws>,
+) -> anyhow::Result<Box<dyn DeadLetterStore>> {
     let sink = &config.sinks.dead_letter;
     let file = config.file.display();
     match (sink.kind, &sink.path, &sink.queue_url) {
@@ -82,15 +86,26 @@ async fn dead_letter_store(config: &Config, state: &StateStore, aws: Option<&Aws
         )),
         (SinkKind::Sqs, _, Some(url)) => {
             let aws = aws.ok_or_else(|| anyhow::anyhow!("{file}: key `sinks.dead_letter`: AWS is not configured"))?;
-            Ok(Box::new(SqsDeadLetters::open(aws, url).await.map_err(|e| anyhow::anyhow!("{file}: key `sinks.dead_letter.queue_url`: {e}"))?))
+            Ok(Box::new(
+                SqsDeadLetters::open(aws, url)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{file}: key `sinks.dead_letter.queue_url`: {e}"))?,
+            ))
         }
-        _ => anyhow::bail!("{file}: key `sinks.dead_letter.kind`: redrive reads dead letters back from a file or an SQS queue; {:?} cannot be read back", sink.kind),
+        _ => anyhow::bail!(
+            "{file}: key `sinks.dead_letter.kind`: redrive reads dead letters back from a file or an SQS queue; {:?} cannot be read back",
+            sink.kind
+        ),
     }
 }
 
 /// Builds the topology and runs it until its sources are drained or a signal stops it. With
 /// `redrive`, the dead-letter store replaces the configured sources.
-fn execute(config: &Config, state: StateStore, redrive: Option<(Option<u64>, Arc<RedriveStats>)>) -> anyhow::Result<RunSummary> {
+fn execute(
+    config: &Config,
+    state: StateStore,
+    redrive: Option<(Option<u64>, Arc<RedriveStats>)>,
+) -> anyhow::Result<RunSummary> {
     let settings = settings(config);
     let system = actix_rt::System::new();
     system.block_on(async move {

@@ -447,7 +447,12 @@ pub struct AwsConfig {
 
 impl Default for AwsConfig {
     fn default() -> Self {
-        AwsConfig { region: "us-east-1".into(), endpoint_url: String::new(), access_key_id: None, secret_access_key: None }
+        AwsConfig {
+            region: "us-east-1".into(),
+            endpoint_url: String::new(),
+            access_key_id: None,
+            secret_access_key: None,
+        }
     }
 }
 

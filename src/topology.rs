@@ -82,17 +82,27 @@ fn uses_aws(config: &Config) -> bool {
     config.sources.iter().any(|s| matches!(s, SourceConfig::Kinesis { .. } | SourceConfig::Sqs { .. }))
         || config.control.kind == ControlKind::Dynamodb
         || config.content.kind == ContentKind::S3
-        || [&config.sinks.upsert, &config.sinks.drop, &config.sinks.dead_letter, &config.sinks.enriched].iter().any(|s| s.kind == SinkKind::Sqs)
+        || [&config.sinks.upsert, &config.sinks.drop, &config.sinks.dead_letter, &config.sinks.enriched]
+            .iter()
+            .any(|s| s.kind == SinkKind::Sqs)
 }
 
 fn backend_err(config: &Config, key: &str, e: assetflow_actors::ports::BackendError) -> BuildError {
-    build_err(config, key, format!("{e}; check that the backend is reachable and the resource exists (or set create_if_missing)"))
+    build_err(
+        config,
+        key,
+        format!("{e}; check that the backend is reachable and the resource exists (or set create_if_missing)"),
+    )
 }
 
 /// Builds every adapter the config names (its sources only if `with_sources`).
 pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool) -> Result<Built, BuildError> {
     if !config.decides() {
-        return Err(build_err(config, "pipeline.stages", "the enrich-only topology is not built yet; use [\"enrich\", \"decide\"]"));
+        return Err(build_err(
+            config,
+            "pipeline.stages",
+            "the enrich-only topology is not built yet; use [\"enrich\", \"decide\"]",
+        ));
     }
     let aws = if uses_aws(config) { Some(Aws::load(&config.aws).await) } else { None };
     let aws_ref = |key: &str| aws.as_ref().ok_or_else(|| build_err(config, key, "AWS is not configured"));
@@ -117,16 +127,26 @@ pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool
         let name = s.display_name();
         let source: Box<dyn Source> = match s {
             SourceConfig::File { path, follow, .. } => Box::new(
-                FileSource::open(name.clone(), &config.resolve(path), *follow, state.clone(), config.limits.max_event_bytes)
-                    .map_err(|m| build_err(config, format!("{key}.path"), m))?,
+                FileSource::open(
+                    name.clone(),
+                    &config.resolve(path),
+                    *follow,
+                    state.clone(),
+                    config.limits.max_event_bytes,
+                )
+                .map_err(|m| build_err(config, format!("{key}.path"), m))?,
             ),
             SourceConfig::Stdin { .. } => Box::new(StdinSource::new(name.clone())),
             SourceConfig::Kinesis { stream, follow, .. } => {
                 Box::new(KinesisSource::new(aws_ref(&key)?, name.clone(), stream, checkpoints.clone(), *follow))
             }
-            SourceConfig::Sqs { queue_url, wait_seconds, follow, .. } => {
-                Box::new(SqsSource::new(aws_ref(&key)?, name.clone(), queue_url, (*wait_seconds).clamp(0, 20), !*follow))
-            }
+            SourceConfig::Sqs { queue_url, wait_seconds, follow, .. } => Box::new(SqsSource::new(
+                aws_ref(&key)?,
+                name.clone(),
+                queue_url,
+                (*wait_seconds).clamp(0, 20),
+                !*follow,
+            )),
             other => return Err(not_in_this_build(config, &format!("{key}.kind"), other.kind())),
         };
         sources.push((name, source));
@@ -151,7 +171,12 @@ pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool
     };
     let content: Arc<dyn ContentStore> = match config.content.kind {
         ContentKind::Dir => {
-            let path = config.content.path.as_deref().map(|p| config.resolve(p)).unwrap_or_else(|| config.state_dir().join("content"));
+            let path = config
+                .content
+                .path
+                .as_deref()
+                .map(|p| config.resolve(p))
+                .unwrap_or_else(|| config.state_dir().join("content"));
             Arc::new(ContentDir::open(&path).map_err(|m| build_err(config, "content.path", m))?)
         }
         ContentKind::S3 => {

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use assetflow::adapters::aws::Aws;
 use assetflow::adapters::aws::dynamodb::DynamoControl;
 use assetflow::adapters::aws::kinesis::KinesisSource;
 use assetflow::adapters::aws::s3::S3Content;
 use assetflow::adapters::aws::sqs::{SqsSink, SqsSource};
-use assetflow::adapters::aws::Aws;
 use assetflow::adapters::checkpoints::Checkpoints;
 use assetflow::config::AwsConfig;
 use assetflow_actors::event::AssetName;
@@ -58,7 +58,12 @@ fn key(r: &ControlRecord) -> RecordKey {
 }
 
 fn quick_retry() -> RetryPolicy {
-    RetryPolicy { initial: Duration::from_millis(10), max: Duration::from_millis(50), attempts: 5, timeout: Duration::from_secs(10) }
+    RetryPolicy {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+        attempts: 5,
+        timeout: Duration::from_secs(10),
+    }
 }
 
 #[test]
@@ -69,7 +74,8 @@ fn dynamodb_batches_round_trip_and_a_conflict_writes_nothing() {
         control.ensure_table().await.unwrap();
         // 150 records: two transactions of at most 100, two BatchGetItems.
         let records: Vec<ControlRecord> = (0..150).map(|i| record("src", i, 1)).collect();
-        let writes: Vec<RecordWrite> = records.iter().map(|r| RecordWrite { record: r.clone(), expected_version: 0 }).collect();
+        let writes: Vec<RecordWrite> =
+            records.iter().map(|r| RecordWrite { record: r.clone(), expected_version: 0 }).collect();
         control.put_many(&writes).await.unwrap();
         let got = control.get_many(&records.iter().map(key).collect::<Vec<_>>()).await.unwrap();
         assert_eq!(got.len(), 150);
@@ -81,7 +87,8 @@ fn dynamodb_batches_round_trip_and_a_conflict_writes_nothing() {
         control.put_many(&[RecordWrite { record: record("other", 1, 1), expected_version: 0 }]).await.unwrap();
         assert_eq!(control.list_source("src").await.unwrap().len(), 150);
         // One stale expectation among five: the whole write is refused as a conflict.
-        let mut batch: Vec<RecordWrite> = (0..5).map(|i| RecordWrite { record: record("src", i, 2), expected_version: 1 }).collect();
+        let mut batch: Vec<RecordWrite> =
+            (0..5).map(|i| RecordWrite { record: record("src", i, 2), expected_version: 1 }).collect();
         batch[3].expected_version = 7;
         let err = control.put_many(&batch).await.unwrap_err();
         assert_eq!(err.kind, FailureKind::Conflict, "{err}");
@@ -114,7 +121,12 @@ fn a_503_from_any_service_is_retried() {
         let url = create_queue(&conf, &unique("q")).await;
         let sink = SqsSink::new(&aws, &url);
         proxy.fail_next(1);
-        let recs = vec![SinkRecord { key: "k".into(), decision_id: "d1".into(), event_id: None, payload: b"{\"a\":1}".to_vec() }];
+        let recs = vec![SinkRecord {
+            key: "k".into(),
+            decision_id: "d1".into(),
+            event_id: None,
+            payload: b"{\"a\":1}".to_vec(),
+        }];
         retry.run(|| sink.send(&recs)).await.unwrap();
         assert_eq!(proxy.failed.load(Ordering::SeqCst), 3);
         assert_eq!(drain_queue(&conf, &url).await.len(), 1);
@@ -137,8 +149,13 @@ fn s3_content_is_one_object_per_key_and_hash() {
         content.ensure_bucket().await.unwrap();
         content.put("pg/sales/public/orders", "h1", b"{\"v\":1}").await.unwrap();
         content.put("pg/sales/public/orders", "h1", b"{\"v\":1}").await.unwrap();
-        assert_eq!(content.content_ref("pg/sales/public/orders", "h1"), format!("s3://{bucket}/catalog/pg/sales/public/orders/h1.json"));
-        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk_config().await).force_path_style(true).build());
+        assert_eq!(
+            content.content_ref("pg/sales/public/orders", "h1"),
+            format!("s3://{bucket}/catalog/pg/sales/public/orders/h1.json")
+        );
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk_config().await).force_path_style(true).build(),
+        );
         let obj = s3.get_object().bucket(&bucket).key("catalog/pg/sales/public/orders/h1.json").send().await.unwrap();
         assert_eq!(obj.body.collect().await.unwrap().into_bytes().as_ref(), b"{\"v\":1}");
         let listed = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
@@ -154,19 +171,36 @@ fn sqs_sink_sends_in_batches_of_ten_with_the_decision_id() {
         let url = create_queue(&conf, &unique("upserts")).await;
         let sink = SqsSink::new(&aws, &url);
         let recs: Vec<SinkRecord> = (0..23)
-            .map(|i| SinkRecord { key: format!("k{i}"), decision_id: format!("d{i}"), event_id: Some(format!("e{i}")), payload: format!("{{\"i\":{i}}}").into_bytes() })
+            .map(|i| SinkRecord {
+                key: format!("k{i}"),
+                decision_id: format!("d{i}"),
+                event_id: Some(format!("e{i}")),
+                payload: format!("{{\"i\":{i}}}").into_bytes(),
+            })
             .collect();
         sink.send(&recs).await.unwrap();
         assert_eq!(aws.requests.snapshot().get("sqs.SendMessageBatch"), Some(&3));
         let q = aws_sdk_sqs::Client::new(&conf);
         let mut seen = HashMap::new();
         loop {
-            let r = q.receive_message().queue_url(&url).max_number_of_messages(10).message_attribute_names("All").send().await.unwrap();
+            let r = q
+                .receive_message()
+                .queue_url(&url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .unwrap();
             if r.messages().is_empty() {
                 break;
             }
             for m in r.messages() {
-                let id = m.message_attributes().and_then(|a| a.get("decision_id")).and_then(|v| v.string_value()).unwrap().to_owned();
+                let id = m
+                    .message_attributes()
+                    .and_then(|a| a.get("decision_id"))
+                    .and_then(|v| v.string_value())
+                    .unwrap()
+                    .to_owned();
                 seen.insert(id, m.body().unwrap().to_owned());
                 q.delete_message().queue_url(&url).receipt_handle(m.receipt_handle().unwrap()).send().await.unwrap();
             }
@@ -223,7 +257,10 @@ fn sqs_source_deletes_only_what_is_acknowledged() {
             .send()
             .await
             .unwrap();
-        let in_flight = attrs.attributes().and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)).cloned();
+        let in_flight = attrs
+            .attributes()
+            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+            .cloned();
         assert_eq!(in_flight.as_deref(), Some("3"), "unacknowledged messages stay on the queue");
         drop(keep);
     });
@@ -271,8 +308,7 @@ fn kinesis_source_reads_every_shard_in_order_and_resumes_after_its_checkpoint() 
         let conf = sdk_config().await;
         let stream = unique("stream");
         create_stream(&conf, &stream, 2).await;
-        let lines: Vec<String> =
-            (0..60).map(|i| format!("{{\"source\":\"src-{}\",\"n\":{i}}}", i % 3)).collect();
+        let lines: Vec<String> = (0..60).map(|i| format!("{{\"source\":\"src-{}\",\"n\":{i}}}", i % 3)).collect();
         put_lines(&conf, &stream, &lines).await;
         let checkpoints = Arc::new(MemCheckpoints::default());
         let mut first = KinesisSource::new(&aws, "kinesis".into(), &stream, checkpoints.clone(), true);
@@ -357,7 +393,10 @@ fn a_split_shard_is_finished_before_its_children_start() {
         // Real Kinesis routes records put after the split to the children; moto keeps putting
         // them on the parent, so which shard holds 10..19 is the emulator's business. What is
         // ours: the parent is read to its end and finished before any child is read.
-        assert_eq!(Checkpoints::get(&*checkpoints, &format!("kinesis:{stream}:{parent}")).await.unwrap().as_deref(), Some("SHARD_END"));
+        assert_eq!(
+            Checkpoints::get(&*checkpoints, &format!("kinesis:{stream}:{parent}")).await.unwrap().as_deref(),
+            Some("SHARD_END")
+        );
         // Both children were started (read to their tips) after the parent finished.
         let started = aws.requests.snapshot().get("kinesis.GetShardIterator").copied().unwrap_or(0);
         assert!(started >= 3, "parent and both children get iterators: {started}");

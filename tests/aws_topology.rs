@@ -80,7 +80,11 @@ listen = ""
     }
 
     async fn outputs(&self, conf: &aws_config::SdkConfig) -> Outputs {
-        Outputs { upserts: drain_queue(conf, &self.upsert).await, drops: drain_queue(conf, &self.drop).await, dead_letters: drain_queue(conf, &self.dead).await }
+        Outputs {
+            upserts: drain_queue(conf, &self.upsert).await,
+            drops: drain_queue(conf, &self.drop).await,
+            dead_letters: drain_queue(conf, &self.dead).await,
+        }
     }
 }
 
@@ -97,7 +101,8 @@ fn every_shared_scenario_through_kinesis_dynamodb_s3_and_sqs() {
     for scenario in scenarios() {
         let name = scenario.file_name().unwrap_or_default().to_string_lossy().into_owned();
         let aws = rt.block_on(AwsRun::create(&conf));
-        let all: Vec<String> = std::fs::read_to_string(scenario.join("events.jsonl")).unwrap().lines().map(str::to_owned).collect();
+        let all: Vec<String> =
+            std::fs::read_to_string(scenario.join("events.jsonl")).unwrap().lines().map(str::to_owned).collect();
         // Kinesis refuses records over 1 MiB at the producer: such a line never reaches
         // assetflow in this topology, so its `too_large` dead letter is not expected here.
         let (lines, refused): (Vec<String>, Vec<String>) = all.into_iter().partition(|l| l.len() <= 1024 * 1024);
@@ -116,7 +121,8 @@ fn every_shared_scenario_through_kinesis_dynamodb_s3_and_sqs() {
             failures.push(format!("{name}: duplicate decision ids in a clean run"));
         }
         let expected = dir.path().join("expected.json");
-        let mut want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(scenario.join("expected.json")).unwrap()).unwrap();
+        let mut want: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(scenario.join("expected.json")).unwrap()).unwrap();
         if !refused.is_empty() {
             let n = want["dead_letters"]["too_large"].as_u64().unwrap_or(0).saturating_sub(refused.len() as u64);
             want["dead_letters"]["too_large"] = n.into();
@@ -141,13 +147,26 @@ fn killed_and_restarted_mid_stream_loses_nothing() {
     let conf = rt.block_on(sdk_config());
     let gen_dir = tempfile::tempdir().unwrap();
     let status = bin()
-        .args(["gen", "--sources", "2", "--assets", "80", "--runs", "4", "--halfway-every", "3", "--out", "events.jsonl"])
+        .args([
+            "gen",
+            "--sources",
+            "2",
+            "--assets",
+            "80",
+            "--runs",
+            "4",
+            "--halfway-every",
+            "3",
+            "--out",
+            "events.jsonl",
+        ])
         .current_dir(gen_dir.path())
         .env("RUST_LOG", "warn")
         .status()
         .unwrap();
     assert!(status.success());
-    let lines: Vec<String> = std::fs::read_to_string(gen_dir.path().join("events.jsonl")).unwrap().lines().map(str::to_owned).collect();
+    let lines: Vec<String> =
+        std::fs::read_to_string(gen_dir.path().join("events.jsonl")).unwrap().lines().map(str::to_owned).collect();
 
     let prepare = |aws: &AwsRun| {
         rt.block_on(put_lines(&conf, &aws.stream, &lines));
@@ -196,8 +215,15 @@ fn killed_and_restarted_mid_stream_loses_nothing() {
     // Dead letters name their origin (stream shard and sequence number), which differ between
     // the two streams: compare what failed, and how.
     let what = |v: &[serde_json::Value]| -> Vec<(String, String)> {
-        let mut w: Vec<(String, String)> =
-            v.iter().map(|d| (d["error"]["kind"].as_str().unwrap_or_default().to_owned(), d["payload"].as_str().unwrap_or_default().to_owned())).collect();
+        let mut w: Vec<(String, String)> = v
+            .iter()
+            .map(|d| {
+                (
+                    d["error"]["kind"].as_str().unwrap_or_default().to_owned(),
+                    d["payload"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
         w.sort();
         w
     };

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use assetflow_actors::decision::HistoryRow;
-use assetflow_actors::ports::{BackendError, BackendResult, ControlStore, FailureKind, HistoryStore, RecordKey, RecordWrite};
+use assetflow_actors::ports::{
+    BackendError, BackendResult, ControlStore, FailureKind, HistoryStore, RecordKey, RecordWrite,
+};
 use assetflow_actors::record::ControlRecord;
 use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition};

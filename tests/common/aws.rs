@@ -18,7 +18,9 @@ pub fn endpoint() -> String {
 pub fn require_emulator() {
     let url = endpoint();
     let hostport = url.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_owned();
-    if std::net::TcpStream::connect_timeout(&hostport.parse().expect("endpoint host:port"), Duration::from_secs(2)).is_err() {
+    if std::net::TcpStream::connect_timeout(&hostport.parse().expect("endpoint host:port"), Duration::from_secs(2))
+        .is_err()
+    {
         panic!("no AWS emulator at {url}: run `make services` (or set ASSETFLOW_TEST_AWS_ENDPOINT)");
     }
 }
@@ -36,7 +38,9 @@ pub async fn sdk_config_at(url: &str) -> aws_config::SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(url)
-        .http_client(aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring)).build_https())
+        .http_client(
+            aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring)).build_https(),
+        )
         .credentials_provider(aws_credential_types::Credentials::from_keys("testing", "testing", None))
         .retry_config(aws_config::retry::RetryConfig::disabled())
         .load()
@@ -45,7 +49,10 @@ pub async fn sdk_config_at(url: &str) -> aws_config::SdkConfig {
 
 /// The `[aws]` section a test config uses.
 pub fn aws_section() -> String {
-    format!("[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\naccess_key_id = \"testing\"\nsecret_access_key = \"testing\"\n", endpoint())
+    format!(
+        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\naccess_key_id = \"testing\"\nsecret_access_key = \"testing\"\n",
+        endpoint()
+    )
 }
 
 pub async fn create_stream(conf: &aws_config::SdkConfig, name: &str, shards: i32) {
@@ -73,7 +80,11 @@ pub async fn put_lines(conf: &aws_config::SdkConfig, stream: &str, lines: &[Stri
                     .ok()
                     .and_then(|v| v["source"].as_str().map(str::to_owned))
                     .unwrap_or_else(|| "unkeyed".into());
-                PutRecordsRequestEntry::builder().data(Blob::new(l.as_bytes())).partition_key(key).build().expect("entry")
+                PutRecordsRequestEntry::builder()
+                    .data(Blob::new(l.as_bytes()))
+                    .partition_key(key)
+                    .build()
+                    .expect("entry")
             })
             .collect();
         let out = k.put_records().stream_name(stream).set_records(Some(entries)).send().await.expect("put records");
@@ -92,14 +103,26 @@ pub async fn drain_queue(conf: &aws_config::SdkConfig, url: &str) -> Vec<Value> 
     let mut out = Vec::new();
     let mut empty = 0;
     while empty < 2 {
-        let r = q.receive_message().queue_url(url).max_number_of_messages(10).wait_time_seconds(0).send().await.expect("receive");
+        let r = q
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .expect("receive");
         if r.messages().is_empty() {
             empty += 1;
             continue;
         }
         for m in r.messages() {
             out.push(serde_json::from_str(m.body().unwrap_or("null")).expect("message is JSON"));
-            q.delete_message().queue_url(url).receipt_handle(m.receipt_handle().unwrap_or_default()).send().await.expect("delete");
+            q.delete_message()
+                .queue_url(url)
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .send()
+                .await
+                .expect("delete");
         }
     }
     out

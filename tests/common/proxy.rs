@@ -19,7 +19,8 @@ impl FaultProxy {
     pub fn start(upstream: &str) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let (fail, requests, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (fail, requests, failed) =
+            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (f, r, d, up) = (fail.clone(), requests.clone(), failed.clone(), upstream.to_owned());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
@@ -62,26 +63,32 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<Vec
     Ok(Some(head))
 }
 
-fn serve(conn: TcpStream, upstream: &str, fail: &AtomicU64, requests: &AtomicU64, failed: &AtomicU64) -> std::io::Result<()> {
+/// One request per connection: answered with a 503, or relayed to the backend (which closes
+/// the connection after answering, as moto does).
+fn serve(
+    conn: TcpStream,
+    upstream: &str,
+    fail: &AtomicU64,
+    requests: &AtomicU64,
+    failed: &AtomicU64,
+) -> std::io::Result<()> {
     let mut writer = conn.try_clone()?;
     let mut reader = BufReader::new(conn);
-    while let Some(request) = read_request(&mut reader)? {
-        requests.fetch_add(1, Ordering::SeqCst);
-        let failing = fail.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
-        if failing {
-            failed.fetch_add(1, Ordering::SeqCst);
-            let body = r#"{"__type":"ServiceUnavailable","message":"injected by the test proxy"}"#;
-            write!(writer, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/x-amz-json-1.0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
-            return Ok(());
-        }
-        // Forward the request whole and relay the answer; the backend closes after answering.
-        let mut up = TcpStream::connect(upstream)?;
-        let request = String::from_utf8_lossy(&request).replace("Connection: keep-alive", "Connection: close").into_bytes();
-        up.write_all(&request)?;
-        let mut response = Vec::new();
-        up.read_to_end(&mut response)?;
-        writer.write_all(&response)?;
-        return Ok(());
+    let Some(request) = read_request(&mut reader)? else { return Ok(()) };
+    requests.fetch_add(1, Ordering::SeqCst);
+    if fail.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+        failed.fetch_add(1, Ordering::SeqCst);
+        let body = r#"{"__type":"ServiceUnavailable","message":"injected by the test proxy"}"#;
+        return write!(
+            writer,
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/x-amz-json-1.0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
     }
-    Ok(())
+    let mut up = TcpStream::connect(upstream)?;
+    let request = String::from_utf8_lossy(&request).replace("Connection: keep-alive", "Connection: close").into_bytes();
+    up.write_all(&request)?;
+    let mut response = Vec::new();
+    up.read_to_end(&mut response)?;
+    writer.write_all(&response)
 }

@@ -30,7 +30,9 @@ use crate::event::EventKind;
 use crate::hash::{HashIgnore, content_hash};
 use crate::lookup::{CachedLookup, LookupKeys};
 use crate::metrics::Metrics;
-use crate::ports::{BackendError, BackendResult, ContentStore, ControlStore, FailureKind, RecordKey, RecordWrite, SinkRecord};
+use crate::ports::{
+    BackendError, BackendResult, ContentStore, ControlStore, FailureKind, RecordKey, RecordWrite, SinkRecord,
+};
 use crate::record::{ControlRecord, RecordStatus};
 use crate::retry::{RetryPolicy, panic_message};
 

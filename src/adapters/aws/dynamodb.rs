@@ -65,7 +65,8 @@ fn to_item(r: &ControlRecord) -> Item {
 
 fn from_item(item: &Item) -> BackendResult<ControlRecord> {
     let bad = |what: &str| BackendError::permanent(SVC, "decode record", format!("item has no valid `{what}`"));
-    let time = |k: &str| get_s(item, k).and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc));
+    let time =
+        |k: &str| get_s(item, k).and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc));
     Ok(ControlRecord {
         asset_key: get_s(item, "asset_key").ok_or_else(|| bad("asset_key"))?,
         source: get_s(item, "source").ok_or_else(|| bad("source"))?,
@@ -84,13 +85,21 @@ fn from_item(item: &Item) -> BackendResult<ControlRecord> {
         },
         dropped_at: time("dropped_at"),
         content_ref: get_s(item, "content_ref"),
-        version: item.get("version").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()).ok_or_else(|| bad("version"))?,
+        version: item
+            .get("version")
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| bad("version"))?,
     })
 }
 
 impl DynamoControl {
     pub fn new(aws: &Aws, table: &str) -> Self {
-        DynamoControl { client: aws_sdk_dynamodb::Client::new(&aws.sdk), table: table.to_owned(), requests: aws.requests.clone() }
+        DynamoControl {
+            client: aws_sdk_dynamodb::Client::new(&aws.sdk),
+            table: table.to_owned(),
+            requests: aws.requests.clone(),
+        }
     }
 
     /// Creates the table (on-demand capacity) unless it exists, and waits until it is active.
@@ -99,7 +108,8 @@ impl DynamoControl {
         if self.client.describe_table().table_name(&self.table).send().await.is_ok() {
             return Ok(());
         }
-        let attr = |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build();
+        let attr =
+            |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build();
         let key = |n: &str, t| KeySchemaElement::builder().attribute_name(n).key_type(t).build();
         self.requests.hit(SVC, "CreateTable");
         let created = self
@@ -121,7 +131,13 @@ impl DynamoControl {
         }
         for _ in 0..100 {
             self.requests.hit(SVC, "DescribeTable");
-            let d = self.client.describe_table().table_name(&self.table).send().await.map_err(|e| sdk_error(SVC, "DescribeTable", e))?;
+            let d = self
+                .client
+                .describe_table()
+                .table_name(&self.table)
+                .send()
+                .await
+                .map_err(|e| sdk_error(SVC, "DescribeTable", e))?;
             if d.table().and_then(|t| t.table_status()).map(|s| s.as_str() == "ACTIVE").unwrap_or(false) {
                 return Ok(());
             }
@@ -168,13 +184,19 @@ impl ControlStore for DynamoControl {
         for chunk in keys.chunks(BATCH) {
             let mut pending: Vec<Item> = chunk
                 .iter()
-                .map(|k| HashMap::from([("source".to_string(), s(&k.source)), ("asset_key".to_string(), s(&k.asset_key))]))
+                .map(|k| {
+                    HashMap::from([("source".to_string(), s(&k.source)), ("asset_key".to_string(), s(&k.asset_key))])
+                })
                 .collect();
             let mut rounds = 0;
             while !pending.is_empty() {
                 rounds += 1;
                 if rounds > 10 {
-                    return Err(BackendError::transient(SVC, "BatchGetItem", "keys stayed unprocessed after 10 rounds"));
+                    return Err(BackendError::transient(
+                        SVC,
+                        "BatchGetItem",
+                        "keys stayed unprocessed after 10 rounds",
+                    ));
                 }
                 let ka = KeysAndAttributes::builder()
                     .set_keys(Some(std::mem::take(&mut pending)))
@@ -215,7 +237,8 @@ impl ControlStore for DynamoControl {
                 put = if w.expected_version == 0 {
                     put.condition_expression("attribute_not_exists(asset_key)")
                 } else {
-                    put.condition_expression("version = :v").expression_attribute_values(":v", AttributeValue::N(w.expected_version.to_string()))
+                    put.condition_expression("version = :v")
+                        .expression_attribute_values(":v", AttributeValue::N(w.expected_version.to_string()))
                 };
                 let put = put.build().map_err(|e| build_error(SVC, "TransactWriteItems", e))?;
                 items.push(TransactWriteItem::builder().put(put).build());

@@ -89,7 +89,11 @@ impl KinesisSource {
                 let key = self.checkpoint_key(s.shard_id());
                 let saved = self.checkpoints.get(&key).await?;
                 let finished = saved.as_deref() == Some(SHARD_END);
-                let parents = [s.parent_shard_id(), s.adjacent_parent_shard_id()].into_iter().flatten().map(str::to_owned).collect();
+                let parents = [s.parent_shard_id(), s.adjacent_parent_shard_id()]
+                    .into_iter()
+                    .flatten()
+                    .map(str::to_owned)
+                    .collect();
                 self.shards.insert(
                     s.shard_id().to_owned(),
                     Shard {
@@ -120,7 +124,9 @@ impl KinesisSource {
         let finished: HashSet<&str> = self.shards.values().filter(|s| s.finished).map(|s| s.id.as_str()).collect();
         self.shards
             .values()
-            .filter(|s| !s.closed && s.parents.iter().all(|p| finished.contains(p.as_str()) || !self.shards.contains_key(p)))
+            .filter(|s| {
+                !s.closed && s.parents.iter().all(|p| finished.contains(p.as_str()) || !self.shards.contains_key(p))
+            })
             .map(|s| s.id.clone())
             .collect()
     }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use assetflow_actors::decision::{DeadLetter, Origin};
 use assetflow_actors::envelope::{Ack, AckSink};
-use assetflow_actors::ports::{BackendError, BackendResult, DeadLetterStore, Pull, RawMessage, Sink, SinkRecord, Source};
+use assetflow_actors::ports::{
+    BackendError, BackendResult, DeadLetterStore, Pull, RawMessage, Sink, SinkRecord, Source,
+};
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue,
@@ -51,11 +53,19 @@ pub fn plan_batches(records: &[SinkRecord]) -> (Vec<Vec<usize>>, Vec<usize>) {
 
 /// What an entry counts toward the 256 KiB limit: its body and its attributes.
 fn entry_size(r: &SinkRecord) -> usize {
-    r.payload.len() + "decision_id".len() + r.decision_id.len() + 6 + r.event_id.as_ref().map_or(0, |e| "event_id".len() + e.len() + 6)
+    r.payload.len()
+        + "decision_id".len()
+        + r.decision_id.len()
+        + 6
+        + r.event_id.as_ref().map_or(0, |e| "event_id".len() + e.len() + 6)
 }
 
 fn attr(v: &str) -> Result<MessageAttributeValue, BackendError> {
-    MessageAttributeValue::builder().data_type("String").string_value(v).build().map_err(|e| build_error(SVC, "SendMessageBatch", e))
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(v)
+        .build()
+        .map_err(|e| build_error(SVC, "SendMessageBatch", e))
 }
 
 pub struct SqsSink {
@@ -111,7 +121,13 @@ impl SqsSink {
                 return Err(BackendError::permanent(
                     SVC,
                     "SendMessageBatch",
-                    format!("{} rejected entry {}: {} {}", self.queue_url, f.id(), f.code(), f.message().unwrap_or_default()),
+                    format!(
+                        "{} rejected entry {}: {} {}",
+                        self.queue_url,
+                        f.id(),
+                        f.code(),
+                        f.message().unwrap_or_default()
+                    ),
                 ));
             }
             if idx < records.len() {
@@ -130,7 +146,11 @@ impl Sink for SqsSink {
             return Err(BackendError::permanent(
                 SVC,
                 "SendMessageBatch",
-                format!("message {} is {} bytes, over SQS's 256 KiB limit", records[i].decision_id, records[i].payload.len()),
+                format!(
+                    "message {} is {} bytes, over SQS's 256 KiB limit",
+                    records[i].decision_id,
+                    records[i].payload.len()
+                ),
             ));
         }
         for batch in batches {
@@ -143,7 +163,11 @@ impl Sink for SqsSink {
                     break;
                 }
                 if round >= 5 {
-                    return Err(BackendError::transient(SVC, "SendMessageBatch", format!("{} entries kept failing on {}", failed.len(), self.queue_url)));
+                    return Err(BackendError::transient(
+                        SVC,
+                        "SendMessageBatch",
+                        format!("{} entries kept failing on {}", failed.len(), self.queue_url),
+                    ));
                 }
                 tracing::warn!(queue = %self.queue_url, failed = failed.len(), "some entries of a batch failed; sending them again");
                 tokio::time::sleep(Duration::from_millis(50 * u64::from(round))).await;
@@ -260,7 +284,12 @@ impl SqsSource {
 }
 
 /// Deletes done messages, 10 per call.
-async fn delete_done(client: &aws_sdk_sqs::Client, queue_url: &str, receipts: &ReceiptSink, requests: &RequestCounter) -> BackendResult<()> {
+async fn delete_done(
+    client: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    receipts: &ReceiptSink,
+    requests: &RequestCounter,
+) -> BackendResult<()> {
     let done = std::mem::take(&mut receipts.0.lock().unwrap_or_else(|e| e.into_inner()).done);
     for (n, chunk) in done.chunks(MAX_ENTRIES).enumerate() {
         let entries = chunk
@@ -383,7 +412,12 @@ mod tests {
     use super::*;
 
     fn rec(bytes: usize) -> SinkRecord {
-        SinkRecord { key: "k".into(), decision_id: "d".repeat(32), event_id: Some("e".into()), payload: vec![b'x'; bytes] }
+        SinkRecord {
+            key: "k".into(),
+            decision_id: "d".repeat(32),
+            event_id: Some("e".into()),
+            payload: vec![b'x'; bytes],
+        }
     }
 
     #[test]
