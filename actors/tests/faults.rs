@@ -71,10 +71,12 @@ fn transient_faults_on_any_port_change_nothing() {
     assert!(!clean.drops.is_empty() && clean.upserts.len() > 40);
     for port in ["control", "content", "history", "lookup", "upsert sink", "drop sink"] {
         for mode in [FaultMode::Error, FaultMode::Panic, FaultMode::Hang] {
-            let fault = Fault::new(mode, 2);
+            // The drop producer may coalesce a completion's drops into one call: fail the first.
+            let nth = if port == "drop sink" { 1 } else { 2 };
+            let fault = Fault::new(mode, nth);
             let out = run_with(fast_settings(), Box::new(VecSource::new(stream())), faulty(port, fault.clone()));
-            let what = format!("{mode:?} on the 2nd call of {port}");
-            assert!(fault.calls() >= 2, "{what}: the fault never fired");
+            let what = format!("{mode:?} on call {nth} of {port}");
+            assert!(fault.calls() >= nth, "{what}: the fault never fired");
             assert!(out.dead_letters.is_empty(), "{what}: {:?}", out.dead_letters);
             assert_eq!(ids(&out.upserts), ids(&clean.upserts), "{what}: upserts differ");
             assert_eq!(ids(&out.drops), ids(&clean.drops), "{what}: drops differ");
