@@ -229,3 +229,39 @@ fn killed_and_restarted_mid_stream_loses_nothing() {
     };
     assert_eq!(what(&crashed.dead_letters), what(&clean.dead_letters));
 }
+
+#[test]
+fn redrive_reads_the_dead_letter_queue() {
+    require_emulator();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let conf = rt.block_on(sdk_config());
+    let scenario = scenarios().into_iter().find(|p| p.ends_with("basics")).expect("basics");
+    let aws = rt.block_on(AwsRun::create(&conf));
+    let lines: Vec<String> =
+        std::fs::read_to_string(scenario.join("events.jsonl")).unwrap().lines().map(str::to_owned).collect();
+    rt.block_on(put_lines(&conf, &aws.stream, &lines));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(scenario.join("business.json"), dir.path().join("business.json")).unwrap();
+    std::fs::write(dir.path().join("config.toml"), aws.config()).unwrap();
+    assert!(run_in(dir.path()).status.success());
+    assert_eq!(rt.block_on(drain_queue(&conf, &aws.drop)).len(), 2);
+    // The guarded completion and the bad line sit on the dead-letter queue; with the guard
+    // lifted, redrive replays both: the completion now drops, the bad line fails again.
+    let out = bin()
+        .args(["redrive", "--config", "config.toml"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .env("ASSETFLOW__DECISOR__MAX_DROP_FRACTION", "1.0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("2 replayed"), "{stderr}");
+    let drops = rt.block_on(drain_queue(&conf, &aws.drop));
+    let mut keys: Vec<&str> = drops.iter().map(|d| d["asset_key"].as_str().unwrap()).collect();
+    keys.sort();
+    assert_eq!(keys, vec!["pg/hr/public/staff", "pg/sales/public/customers"]);
+    let dead = rt.block_on(drain_queue(&conf, &aws.dead));
+    assert_eq!(dead.len(), 1, "only the new dead letter is left: the replayed ones were deleted");
+    assert_eq!(dead[0]["attempts"], 2);
+}
