@@ -136,6 +136,17 @@ pub enum SourceConfig {
         topic: String,
         #[serde(default = "default_group")]
         group: String,
+        /// Where a new group starts: `earliest` or `latest`.
+        #[serde(default = "default_reset")]
+        auto_offset_reset: String,
+        #[serde(default = "default_session_timeout")]
+        session_timeout_ms: u32,
+        /// false: stop once every assigned partition is read to its end.
+        #[serde(default = "yes")]
+        follow: bool,
+        /// Further librdkafka consumer settings.
+        #[serde(default)]
+        options: BTreeMap<String, String>,
         #[serde(default)]
         name: Option<String>,
     },
@@ -166,6 +177,14 @@ fn yes() -> bool {
 
 fn default_wait() -> i32 {
     20
+}
+
+fn default_reset() -> String {
+    "earliest".into()
+}
+
+fn default_session_timeout() -> u32 {
+    10_000
 }
 
 fn default_group() -> String {
@@ -210,6 +229,7 @@ impl SourceConfig {
                 | SourceConfig::Stdin { .. }
                 | SourceConfig::Kinesis { follow: false, .. }
                 | SourceConfig::Sqs { follow: false, .. }
+                | SourceConfig::Kafka { follow: false, .. }
         )
     }
 }
@@ -235,6 +255,11 @@ pub struct EnricherConfig {
     pub key_fields: Option<Vec<String>>,
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub cache_ttl: Duration,
+    /// `postgres`: connections in the pool.
+    pub pool_size: usize,
+    /// `postgres`: how long to wait for a connection or a query.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub timeout: Duration,
 }
 
 impl Default for EnricherConfig {
@@ -247,6 +272,8 @@ impl Default for EnricherConfig {
             lookup: vec!["/source".into(), "/asset/database".into(), "/asset/schema".into()],
             key_fields: None,
             cache_ttl: Duration::from_secs(60),
+            pool_size: 8,
+            timeout: Duration::from_secs(5),
         }
     }
 }
@@ -353,6 +380,9 @@ pub struct SinkConfig {
     pub brokers: Option<String>,
     #[serde(default)]
     pub topic: Option<String>,
+    /// `kafka`: further librdkafka producer settings.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
 }
 
 impl SinkConfig {
@@ -363,6 +393,7 @@ impl SinkConfig {
             queue_url: None,
             brokers: None,
             topic: None,
+            options: BTreeMap::new(),
         }
     }
 }

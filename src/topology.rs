@@ -17,6 +17,9 @@ use crate::adapters::content_dir::ContentDir;
 use crate::adapters::file_lookup::{FileLookup, NoLookup};
 use crate::adapters::file_sink::{FileSink, StdoutSink};
 use crate::adapters::file_source::{FileSource, StdinSource};
+use crate::adapters::kafka::sink::KafkaSink;
+use crate::adapters::kafka::source::{KafkaSource, KafkaSourceOptions};
+use crate::adapters::postgres_lookup::PgLookup;
 use crate::adapters::state::StateStore;
 use crate::config::{Config, ContentKind, ControlKind, EnricherKind, HistoryKind, SinkConfig, SinkKind, SourceConfig};
 
@@ -97,13 +100,6 @@ fn backend_err(config: &Config, key: &str, e: assetflow_actors::ports::BackendEr
 
 /// Builds every adapter the config names (its sources only if `with_sources`).
 pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool) -> Result<Built, BuildError> {
-    if !config.decides() {
-        return Err(build_err(
-            config,
-            "pipeline.stages",
-            "the enrich-only topology is not built yet; use [\"enrich\", \"decide\"]",
-        ));
-    }
     let aws = if uses_aws(config) { Some(Aws::load(&config.aws).await) } else { None };
     let aws_ref = |key: &str| aws.as_ref().ok_or_else(|| build_err(config, key, "AWS is not configured"));
     let dynamo = match config.control.kind {
@@ -147,6 +143,27 @@ pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool
                 (*wait_seconds).clamp(0, 20),
                 !*follow,
             )),
+            SourceConfig::Kafka {
+                brokers,
+                topic,
+                group,
+                auto_offset_reset,
+                session_timeout_ms,
+                follow,
+                options,
+                ..
+            } => {
+                let opts = KafkaSourceOptions {
+                    auto_offset_reset: auto_offset_reset.clone(),
+                    session_timeout_ms: *session_timeout_ms,
+                    follow: *follow,
+                    extra: options.clone(),
+                };
+                Box::new(
+                    KafkaSource::new(name.clone(), brokers, topic, group, &opts)
+                        .map_err(|m| build_err(config, &key, m))?,
+                )
+            }
             other => return Err(not_in_this_build(config, &format!("{key}.kind"), other.kind())),
         };
         sources.push((name, source));
@@ -160,7 +177,15 @@ pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool
             });
             Arc::new(FileLookup::load(&path, &fields).map_err(|m| build_err(config, "enricher.path", m))?)
         }
-        EnricherKind::Postgres => return Err(not_in_this_build(config, "enricher.kind", "postgres")),
+        EnricherKind::Postgres => Arc::new(
+            PgLookup::new(
+                config.enricher.url.as_deref().unwrap_or_default(),
+                config.enricher.query.as_deref().unwrap_or_default(),
+                config.enricher.pool_size,
+                config.enricher.timeout,
+            )
+            .map_err(|m| build_err(config, "enricher.url", m))?,
+        ),
     };
     if config.history.kind != HistoryKind::Embedded {
         return Err(not_in_this_build(config, "history.kind", "scylla"));
@@ -191,15 +216,30 @@ pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool
             Arc::new(c)
         }
     };
+    // Enrich-only topologies never write upserts or drops: their sinks are not even opened.
+    let dead = sink(config, aws.as_ref(), "sinks.dead_letter", &config.sinks.dead_letter)?;
     let ports = Ports {
         sources,
         control,
         content,
         history: Arc::new(state.clone()),
         lookup,
-        upsert_sink: sink(config, aws.as_ref(), "sinks.upsert", &config.sinks.upsert)?,
-        drop_sink: sink(config, aws.as_ref(), "sinks.drop", &config.sinks.drop)?,
-        dead_letter_sink: sink(config, aws.as_ref(), "sinks.dead_letter", &config.sinks.dead_letter)?,
+        upsert_sink: if config.decides() {
+            sink(config, aws.as_ref(), "sinks.upsert", &config.sinks.upsert)?
+        } else {
+            dead.clone()
+        },
+        drop_sink: if config.decides() {
+            sink(config, aws.as_ref(), "sinks.drop", &config.sinks.drop)?
+        } else {
+            dead.clone()
+        },
+        dead_letter_sink: dead,
+        enriched_sink: if config.decides() {
+            None
+        } else {
+            Some(sink(config, aws.as_ref(), "sinks.enriched", &config.sinks.enriched)?)
+        },
     };
     Ok(Built { ports, aws_requests: aws.as_ref().map(|a| a.requests.clone()), aws })
 }
@@ -215,7 +255,14 @@ fn sink(config: &Config, aws: Option<&Aws>, key: &str, s: &SinkConfig) -> Result
             let aws = aws.ok_or_else(|| build_err(config, key, "AWS is not configured"))?;
             Ok(Arc::new(SqsSink::new(aws, s.queue_url.as_deref().unwrap_or_default())))
         }
-        SinkKind::Kafka => Err(not_in_this_build(config, &format!("{key}.kind"), "kafka")),
+        SinkKind::Kafka => Ok(Arc::new(
+            KafkaSink::new(
+                s.brokers.as_deref().unwrap_or_default(),
+                s.topic.as_deref().unwrap_or_default(),
+                &s.options,
+            )
+            .map_err(|m| build_err(config, key, m))?,
+        )),
     }
 }
 

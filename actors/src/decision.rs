@@ -241,10 +241,12 @@ pub enum Outcome {
     Dropped,
     Completed,
     DeadLetter,
+    /// The enrich-only topology published the event, enriched.
+    Enriched,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Created,
         Outcome::Updated,
         Outcome::Unchanged,
@@ -252,6 +254,7 @@ impl Outcome {
         Outcome::Dropped,
         Outcome::Completed,
         Outcome::DeadLetter,
+        Outcome::Enriched,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -262,6 +265,7 @@ impl Outcome {
             Outcome::Dropped => "dropped",
             Outcome::Completed => "completed",
             Outcome::DeadLetter => "dead_letter",
+            Outcome::Enriched => "enriched",
         }
     }
 }

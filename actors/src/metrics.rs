@@ -10,7 +10,7 @@ use crate::decision::Outcome;
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub events_in: AtomicU64,
-    outcomes: [AtomicU64; 7],
+    outcomes: [AtomicU64; 8],
     pub upserts_published: AtomicU64,
     pub drops_published: AtomicU64,
     pub enriched_published: AtomicU64,

@@ -8,6 +8,7 @@ use actix::prelude::*;
 use tokio::sync::{oneshot, watch};
 
 use crate::actors::decisor::DecisorDeps;
+use crate::actors::enricher::Next;
 use crate::actors::ingest::IngestSettings;
 use crate::actors::sweep::SweepDeps;
 use crate::actors::{Decisor, Enricher, HistoryWriter, Ingest, Producer, Router};
@@ -63,6 +64,8 @@ pub struct Ports {
     pub upsert_sink: Arc<dyn Sink>,
     pub drop_sink: Arc<dyn Sink>,
     pub dead_letter_sink: Arc<dyn Sink>,
+    /// Set for the enrich-only topology: enriched events go here, nothing is decided.
+    pub enriched_sink: Option<Arc<dyn Sink>>,
 }
 
 /// A running topology.
@@ -80,7 +83,7 @@ impl Pipeline {
         let metrics = Arc::new(Metrics::default());
         let mailbox = settings.mailbox.max(1);
         let retry = settings.retry;
-        let lookup = Arc::new(CachedLookup::new(ports.lookup, settings.cache_ttl, retry));
+        let lookup = Arc::new(CachedLookup::new(ports.lookup.clone(), settings.cache_ttl, retry));
         let keys = LookupKeys::new(settings.lookup_pointers.clone());
 
         // Outputs and history share one arbiter; each shard gets its own, so shards use the cores.
@@ -91,45 +94,28 @@ impl Pipeline {
                 HistoryWriter::new(store, sink, retry, m, mailbox)
             })
         };
-        let upserts = {
-            let sink = ports.upsert_sink.clone();
-            Producer::start_in_arbiter(&outputs.handle(), move |_| Producer::new("upsert sink", sink, retry, mailbox))
+        let mut arbiters = Vec::new();
+        let next = match &ports.enriched_sink {
+            Some(sink) => {
+                // Enrich only: enriched events go straight to their sink.
+                let (sink, h, m) = (sink.clone(), history.clone(), metrics.clone());
+                Next::Publish(Producer::start_in_arbiter(&outputs.handle(), move |_| {
+                    Producer::new("enriched sink", sink, retry, mailbox).delivering(h, m)
+                }))
+            }
+            None => Next::Decide(Self::start_decision_stage(
+                &settings,
+                &ports,
+                &outputs,
+                &mut arbiters,
+                &history,
+                &lookup,
+                &keys,
+                &metrics,
+            )),
         };
-        let drops = {
-            let sink = ports.drop_sink.clone();
-            Producer::start_in_arbiter(&outputs.handle(), move |_| Producer::new("drop sink", sink, retry, mailbox))
-        };
-        let deps = Arc::new(DecisorDeps {
-            control: ports.control.clone(),
-            content: ports.content.clone(),
-            upserts,
-            drops,
-            history: history.clone(),
-            lookup: lookup.clone(),
-            lookup_keys: keys.clone(),
-            ignore: HashIgnore::new(&settings.hash_ignore),
-            retry,
-            metrics: metrics.clone(),
-        });
-        let mut arbiters = vec![outputs];
-        let mut shards = Vec::with_capacity(settings.shards.max(1));
-        for i in 0..settings.shards.max(1) {
-            let arbiter = Arbiter::new();
-            let d = deps.clone();
-            shards.push(Decisor::start_in_arbiter(&arbiter.handle(), move |_| Decisor::new(i, d, mailbox)));
-            arbiters.push(arbiter);
-        }
-        let sweep = Arc::new(SweepDeps {
-            shards,
-            control: ports.control.clone(),
-            history: history.clone(),
-            retry,
-            max_drop_fraction: settings.max_drop_fraction,
-            completion_timeout: settings.completion_timeout,
-            metrics: metrics.clone(),
-        });
-        let router = Router::new(sweep, mailbox).start();
-        let enricher = Enricher::new(lookup.clone(), keys, router, history.clone(), mailbox).start();
+        arbiters.push(outputs);
+        let enricher = Enricher::new(lookup.clone(), keys, next, history.clone(), mailbox).start();
         let (stop, stop_rx) = watch::channel(false);
         let ingest_settings = IngestSettings {
             max_event_bytes: settings.max_event_bytes,
@@ -154,6 +140,59 @@ impl Pipeline {
             .start();
         }
         Pipeline { metrics, lookup, drained, stop, arbiters }
+    }
+
+    /// The decision stage: upsert and drop producers, the shards (each on its own arbiter), and
+    /// the router in front of them.
+    #[allow(clippy::too_many_arguments)]
+    fn start_decision_stage(
+        settings: &Settings,
+        ports: &Ports,
+        outputs: &Arbiter,
+        arbiters: &mut Vec<Arbiter>,
+        history: &Addr<HistoryWriter>,
+        lookup: &Arc<CachedLookup>,
+        keys: &LookupKeys,
+        metrics: &Arc<Metrics>,
+    ) -> Addr<Router> {
+        let (retry, mailbox) = (settings.retry, settings.mailbox.max(1));
+        let upserts = {
+            let sink = ports.upsert_sink.clone();
+            Producer::start_in_arbiter(&outputs.handle(), move |_| Producer::new("upsert sink", sink, retry, mailbox))
+        };
+        let drops = {
+            let sink = ports.drop_sink.clone();
+            Producer::start_in_arbiter(&outputs.handle(), move |_| Producer::new("drop sink", sink, retry, mailbox))
+        };
+        let deps = Arc::new(DecisorDeps {
+            control: ports.control.clone(),
+            content: ports.content.clone(),
+            upserts,
+            drops,
+            history: history.clone(),
+            lookup: lookup.clone(),
+            lookup_keys: keys.clone(),
+            ignore: HashIgnore::new(&settings.hash_ignore),
+            retry,
+            metrics: metrics.clone(),
+        });
+        let mut shards = Vec::with_capacity(settings.shards.max(1));
+        for i in 0..settings.shards.max(1) {
+            let arbiter = Arbiter::new();
+            let d = deps.clone();
+            shards.push(Decisor::start_in_arbiter(&arbiter.handle(), move |_| Decisor::new(i, d, mailbox)));
+            arbiters.push(arbiter);
+        }
+        let sweep = Arc::new(SweepDeps {
+            shards,
+            control: ports.control.clone(),
+            history: history.clone(),
+            retry,
+            max_drop_fraction: settings.max_drop_fraction,
+            completion_timeout: settings.completion_timeout,
+            metrics: metrics.clone(),
+        });
+        Router::new(sweep, mailbox).start()
     }
 
     /// Resolves once every source is drained (or stopped) and what it read is acknowledged.

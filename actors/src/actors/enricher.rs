@@ -12,6 +12,7 @@ use chrono::Utc;
 
 use super::Enriched;
 use super::history::{DeadLetters, HistoryWriter};
+use super::producer::{Deliver, Producer};
 use super::router::{Route, Router};
 use crate::decision::{Business, DeadLetter, Stage};
 use crate::envelope::Envelope;
@@ -25,10 +26,16 @@ use crate::ports::BackendError;
 #[rtype(result = "()")]
 pub struct Enrich(pub Envelope<AssetEvent>);
 
+/// Where enriched events go: to the decision stage, or (enrich-only) straight to their sink.
+pub enum Next {
+    Decide(Addr<Router>),
+    Publish(Addr<Producer>),
+}
+
 pub struct Enricher {
     lookup: Arc<CachedLookup>,
     keys: LookupKeys,
-    router: Addr<Router>,
+    next: Next,
     history: Addr<HistoryWriter>,
     mailbox: usize,
 }
@@ -37,16 +44,19 @@ impl Enricher {
     pub fn new(
         lookup: Arc<CachedLookup>,
         keys: LookupKeys,
-        router: Addr<Router>,
+        next: Next,
         history: Addr<HistoryWriter>,
         mailbox: usize,
     ) -> Self {
-        Enricher { lookup, keys, router, history, mailbox }
+        Enricher { lookup, keys, next, history, mailbox }
     }
 
     fn pass(&mut self, env: Envelope<AssetEvent>, business: Business, ctx: &mut Context<Self>) {
         let env = env.map(|event| Enriched { event, business, enriched_at: Utc::now() });
-        forward_from::<Self, _, _>(ctx, &self.router, Route(env));
+        match &self.next {
+            Next::Decide(router) => forward_from::<Self, _, _>(ctx, router, Route(env)),
+            Next::Publish(producer) => forward_from::<Self, _, _>(ctx, producer, Deliver(env)),
+        }
     }
 
     fn fail(&mut self, env: Envelope<AssetEvent>, error: BackendError, ctx: &mut Context<Self>) {

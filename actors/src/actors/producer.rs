@@ -8,8 +8,49 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use super::Enriched;
+use super::history::{DeadLetters, HistoryWriter, Record};
+use crate::decision::{DeadLetter, HistoryRow, Outcome, Stage, decision_id, rfc3339};
+use crate::envelope::Envelope;
+use crate::metrics::Metrics;
 use crate::ports::{BackendError, BackendResult, Sink, SinkRecord};
 use crate::retry::RetryPolicy;
+
+/// Publish this enriched event (the enrich-only topology) and acknowledge it once durable; if
+/// the sink keeps failing, dead-letter it instead.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Envelope<Enriched>);
+
+/// What a delivered event needs after the write: its ack, or what a dead letter needs.
+struct Delivery {
+    env: Envelope<()>,
+    event_id: String,
+    asset_key: Option<String>,
+    source: String,
+    run_id: String,
+    decision_id: String,
+}
+
+/// The enriched output: the input event as received, plus `business` and `enriched_at`.
+fn enriched_record(env: &Envelope<Enriched>) -> (SinkRecord, String) {
+    let ev = &env.body.event;
+    let mut doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&env.raw).unwrap_or_default();
+    doc.insert(
+        "business".into(),
+        env.body.business.as_ref().map(|b| serde_json::Value::Object((**b).clone())).unwrap_or_default(),
+    );
+    doc.insert("enriched_at".into(), rfc3339(env.body.enriched_at).into());
+    let key = ev.asset_key().unwrap_or_else(|| ev.source.clone());
+    let id = decision_id(&ev.event_id, &key, "enriched", "");
+    let record = SinkRecord {
+        key,
+        decision_id: id.clone(),
+        event_id: Some(ev.event_id.clone()),
+        payload: serde_json::to_vec(&doc).unwrap_or_default(),
+    };
+    (record, id)
+}
 
 /// Publish these records; resolves once they are durable at the sink (or failed for good).
 #[derive(Message)]
@@ -27,13 +68,60 @@ pub struct Producer {
     mailbox: usize,
     queue: Vec<SinkRecord>,
     waiting: Vec<oneshot::Sender<BackendResult<()>>>,
+    deliveries: Vec<Delivery>,
+    delivered: Vec<SinkRecord>,
+    /// Where deliveries leave history and, when they fail, dead letters.
+    history: Option<(Addr<HistoryWriter>, Arc<Metrics>)>,
     scheduled: bool,
 }
 
 impl Producer {
     pub fn new(name: &'static str, sink: Arc<dyn Sink>, retry: RetryPolicy, mailbox: usize) -> Self {
-        Producer { name, sink, retry, mailbox, queue: Vec::new(), waiting: Vec::new(), scheduled: false }
+        Producer {
+            name,
+            sink,
+            retry,
+            mailbox,
+            queue: Vec::new(),
+            waiting: Vec::new(),
+            deliveries: Vec::new(),
+            delivered: Vec::new(),
+            history: None,
+            scheduled: false,
+        }
     }
+
+    /// A producer that also takes [`Deliver`] (the enriched output of the enrich-only topology).
+    pub fn delivering(mut self, history: Addr<HistoryWriter>, metrics: Arc<Metrics>) -> Self {
+        self.history = Some((history, metrics));
+        self
+    }
+
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        if !self.scheduled {
+            self.scheduled = true;
+            ctx.notify(Flush);
+        }
+    }
+}
+
+impl Handler<Deliver> for Producer {
+    type Result = ();
+    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        let (record, id) = enriched_record(&msg.0);
+        let ev = &msg.0.body.event;
+        let (event_id, asset_key, source, run_id) =
+            (ev.event_id.clone(), ev.asset_key(), ev.source.clone(), ev.run_id.clone());
+        let (_, env) = msg.0.split();
+        self.delivered.push(record);
+        self.deliveries.push(Delivery { env, event_id, asset_key, source, run_id, decision_id: id });
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<crate::forward::Ping> for Producer {
+    type Result = ();
+    fn handle(&mut self, _: crate::forward::Ping, _: &mut Context<Self>) {}
 }
 
 impl Actor for Producer {
@@ -49,10 +137,7 @@ impl Handler<Publish> for Producer {
         let (tx, rx) = oneshot::channel();
         self.queue.extend(msg.0);
         self.waiting.push(tx);
-        if !self.scheduled {
-            self.scheduled = true;
-            ctx.notify(Flush);
-        }
+        self.schedule(ctx);
         let name = self.name;
         Box::pin(async move {
             rx.await.unwrap_or_else(|_| {
@@ -68,7 +153,9 @@ impl Handler<Flush> for Producer {
         self.scheduled = false;
         let batch = std::mem::take(&mut self.queue);
         let waiting = std::mem::take(&mut self.waiting);
-        let (sink, retry) = (self.sink.clone(), self.retry);
+        let delivered = std::mem::take(&mut self.delivered);
+        let deliveries = std::mem::take(&mut self.deliveries);
+        let (sink, retry, history) = (self.sink.clone(), self.retry, self.history.clone());
         // ctx.wait: one write at a time, in arrival order; what comes meanwhile forms the next batch.
         ctx.wait(actix::fut::wrap_future(async move {
             let result = if batch.is_empty() { Ok(()) } else { retry.run(|| sink.send(&batch)).await };
@@ -78,6 +165,74 @@ impl Handler<Flush> for Producer {
             for tx in waiting {
                 let _ = tx.send(result.clone());
             }
+            if deliveries.is_empty() {
+                return;
+            }
+            let result = retry.run(|| sink.send(&delivered)).await;
+            finish_deliveries(history, deliveries, result).await;
         }));
+    }
+}
+
+/// After a delivery write: history rows and acks, or dead letters.
+async fn finish_deliveries(
+    history: Option<(Addr<HistoryWriter>, Arc<Metrics>)>,
+    deliveries: Vec<Delivery>,
+    result: BackendResult<()>,
+) {
+    let Some((history, metrics)) = history else {
+        tracing::error!("a producer without a history writer got deliveries; leaving them unacknowledged");
+        return;
+    };
+    match result {
+        Ok(()) => {
+            let now = chrono::Utc::now();
+            let rows = deliveries
+                .iter()
+                .map(|d| HistoryRow {
+                    asset_key: d.asset_key.clone(),
+                    source: Some(d.source.clone()),
+                    event_id: Some(d.event_id.clone()),
+                    run_id: Some(d.run_id.clone()),
+                    outcome: Outcome::Enriched,
+                    hash: None,
+                    decision_id: d.decision_id.clone(),
+                    at: now,
+                })
+                .collect();
+            Metrics::add(&metrics.enriched_published, deliveries.len() as u64);
+            if let Err(e) = history
+                .send(Record(rows))
+                .await
+                .unwrap_or_else(|_| Err(BackendError::transient("history", "send", "stopped")))
+            {
+                tracing::warn!(error = %e, "history of enriched events not written; the events are published");
+            }
+            metrics.outcome(Outcome::Enriched, deliveries.len() as u64);
+            for d in deliveries {
+                d.env.ack.done();
+            }
+        }
+        Err(e) => {
+            let letters = deliveries
+                .into_iter()
+                .map(|d| {
+                    let mut dl = DeadLetter::new(
+                        Stage::Publish,
+                        "backend",
+                        e.to_string(),
+                        &d.env.raw,
+                        Some(d.event_id),
+                        d.env.origin.clone(),
+                        d.env.attempts,
+                    );
+                    dl.asset_key = d.asset_key;
+                    (dl, d.env.ack)
+                })
+                .collect();
+            if history.send(DeadLetters(letters)).await.is_err() {
+                tracing::error!("history writer stopped; enriched events left unacknowledged for re-delivery");
+            }
+        }
     }
 }

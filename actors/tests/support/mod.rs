@@ -335,6 +335,7 @@ pub fn run_dyn_sink(settings: Settings, source: Box<dyn Source>, upserts: Arc<dy
         upsert_sink: upserts,
         drop_sink: b.drops.clone(),
         dead_letter_sink: b.dead.clone(),
+        enriched_sink: None,
     };
     actix_rt::System::new().block_on(async move {
         let mut p = Pipeline::start(settings, ports);
@@ -388,6 +389,7 @@ pub fn run_with(settings: Settings, source: Box<dyn Source>, b: Backends) -> Run
         upsert_sink: upserts.clone(),
         drop_sink: drops.clone(),
         dead_letter_sink: dead.clone(),
+        enriched_sink: None,
     };
     actix_rt::System::new().block_on(async move {
         let mut p = Pipeline::start(settings, ports);

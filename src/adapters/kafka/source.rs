@@ -1,0 +1,216 @@
+//! The `kafka` source: a consumer group with manual commits. Each partition has its own
+//! acknowledgement watermark; a commit carries, per partition, the offset after the longest
+//! prefix of done messages, so nothing in flight or failed is ever skipped. When a rebalance
+//! takes a partition away, what is done there is committed at once (synchronously, before the
+//! partition moves) and the rest is abandoned to the next owner, which reads it again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use assetflow_actors::decision::Origin;
+use assetflow_actors::envelope::Watermark;
+use assetflow_actors::ports::{BackendError, BackendResult, Pull, RawMessage, Source};
+use async_trait::async_trait;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+
+use super::kafka_error;
+
+/// Per partition: its watermark, and the offset after the last message received.
+#[derive(Default)]
+struct Partitions {
+    watermarks: HashMap<i32, Arc<Watermark<i64>>>,
+    received: HashMap<i32, i64>,
+}
+
+type Shared = Arc<Mutex<Partitions>>;
+
+fn lock(p: &Shared) -> std::sync::MutexGuard<'_, Partitions> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The done prefix of `partitions` (all if `None`), as a commit list.
+fn ready_offsets(p: &Shared, topic: &str, only: Option<&[i32]>) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    let parts = lock(p);
+    for (part, wm) in &parts.watermarks {
+        if only.is_some_and(|o| !o.contains(part)) {
+            continue;
+        }
+        if let Some(pos) = wm.take_ready() {
+            let _ = tpl.add_partition_offset(topic, *part, Offset::Offset(pos));
+        }
+    }
+    tpl
+}
+
+pub struct GroupContext {
+    topic: String,
+    partitions: Shared,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(revoked) = rebalance {
+            let parts: Vec<i32> =
+                revoked.elements().iter().filter(|e| e.topic() == self.topic).map(|e| e.partition()).collect();
+            let tpl = ready_offsets(&self.partitions, &self.topic, Some(&parts));
+            if tpl.count() > 0 {
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                    tracing::warn!(topic = %self.topic, error = %e, "commit on revoke failed; the next owner re-reads from the last commit");
+                }
+            }
+            let mut p = lock(&self.partitions);
+            for part in &parts {
+                // In-flight messages of a revoked partition still finish here, but their acks
+                // go to a watermark nobody commits: the new owner re-reads them.
+                p.watermarks.remove(part);
+                p.received.remove(part);
+            }
+            tracing::info!(topic = %self.topic, partitions = ?parts, "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            let parts: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
+            tracing::info!(topic = %self.topic, partitions = ?parts, "partitions assigned");
+        }
+    }
+}
+
+/// Consumer settings beyond the required ones.
+#[derive(Debug, Clone)]
+pub struct KafkaSourceOptions {
+    pub auto_offset_reset: String,
+    pub session_timeout_ms: u32,
+    /// false: stop once every assigned partition is read to its end.
+    pub follow: bool,
+    pub extra: BTreeMap<String, String>,
+}
+
+pub struct KafkaSource {
+    name: String,
+    topic: String,
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    partitions: Shared,
+    follow: bool,
+}
+
+impl KafkaSource {
+    pub fn new(
+        name: String,
+        brokers: &str,
+        topic: &str,
+        group: &str,
+        opts: &KafkaSourceOptions,
+    ) -> Result<Self, String> {
+        let partitions: Shared = Arc::default();
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", &opts.auto_offset_reset)
+            .set("session.timeout.ms", opts.session_timeout_ms.to_string())
+            .set("enable.partition.eof", "false");
+        for (k, v) in &opts.extra {
+            cfg.set(k, v);
+        }
+        let ctx = GroupContext { topic: topic.to_owned(), partitions: partitions.clone() };
+        let consumer: StreamConsumer<GroupContext> =
+            cfg.create_with_context(ctx).map_err(|e| format!("cannot create a Kafka consumer for {brokers}: {e}"))?;
+        consumer.subscribe(&[topic]).map_err(|e| format!("cannot subscribe to {topic}: {e}"))?;
+        Ok(KafkaSource { name, topic: topic.to_owned(), consumer: Arc::new(consumer), partitions, follow: opts.follow })
+    }
+
+    /// Every assigned partition read to its high watermark (blocking broker calls).
+    async fn caught_up(&self) -> BackendResult<bool> {
+        let consumer = self.consumer.clone();
+        let partitions = self.partitions.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let assignment = consumer.assignment().map_err(|e| kafka_error("assignment", &e))?;
+            if assignment.count() == 0 {
+                return Ok(false);
+            }
+            for e in assignment.elements() {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, e.partition(), Duration::from_secs(5))
+                    .map_err(|e| kafka_error("fetch watermarks", &e))?;
+                let next = lock(&partitions).received.get(&e.partition()).copied();
+                let done = match next {
+                    Some(n) => n >= high,
+                    None => high <= low,
+                };
+                if !done {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+        .await
+        .map_err(|e| BackendError::transient("kafka", "watermarks", e))?
+    }
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn pull(&mut self, max: usize) -> BackendResult<Pull> {
+        let mut out = Vec::new();
+        let mut wait = Duration::from_millis(200);
+        while out.len() < max {
+            let msg = match tokio::time::timeout(wait, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Err(e)) => {
+                    if out.is_empty() {
+                        return Err(kafka_error("consume", &e));
+                    }
+                    break;
+                }
+                Ok(Ok(m)) => m,
+            };
+            // After the first message, take only what is already there.
+            wait = Duration::from_millis(1);
+            let (part, offset) = (msg.partition(), msg.offset());
+            let wm = {
+                let mut p = lock(&self.partitions);
+                p.received.insert(part, offset + 1);
+                p.watermarks.entry(part).or_insert_with(Watermark::new).clone()
+            };
+            let origin = Origin {
+                source: self.name.clone(),
+                partition: format!("{}/{part}", self.topic),
+                offset: offset.to_string(),
+            };
+            out.push(RawMessage::new(msg.payload().unwrap_or_default().to_vec(), origin, wm.register(offset + 1)));
+        }
+        if !out.is_empty() {
+            return Ok(Pull::Messages(out));
+        }
+        if !self.follow && self.outstanding() == 0 && self.caught_up().await? {
+            return Ok(Pull::Drained);
+        }
+        Ok(Pull::Idle)
+    }
+
+    async fn commit(&mut self) -> BackendResult<()> {
+        let tpl = ready_offsets(&self.partitions, &self.topic, None);
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || {
+            consumer.commit(&tpl, CommitMode::Sync).map_err(|e| kafka_error("commit", &e))
+        })
+        .await
+        .map_err(|e| BackendError::transient("kafka", "commit", e))?
+    }
+
+    fn outstanding(&self) -> usize {
+        lock(&self.partitions).watermarks.values().map(|w| w.outstanding()).sum()
+    }
+}
