@@ -1,0 +1,116 @@
+//! The enricher's database stopped and started again mid-run: lookups are retried with
+//! back-off, nothing is lost, and the decisions are those of a run without the outage.
+//! (Its own test binary: it stops the PostgreSQL of `make services`, which others use.)
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Outputs, bin};
+
+fn url() -> String {
+    std::env::var("ASSETFLOW_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://assetflow:assetflow@127.0.0.1:5432/assetflow".into())
+}
+
+fn pg_ctl(action: &str) {
+    let version = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("Debian's postgresql: run `make services`")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .max_by_key(|v| v.parse::<u32>().unwrap_or(0))
+        .expect("a postgresql version");
+    let status = std::process::Command::new("pg_ctlcluster")
+        .args([&version, "main", action, "-m", "fast"])
+        .status()
+        .expect("pg_ctlcluster");
+    assert!(status.success(), "pg_ctlcluster {action}");
+}
+
+fn setup(dir: &std::path::Path) {
+    let status = bin()
+        .args(["gen", "--sources", "3", "--assets", "150", "--runs", "3", "--out", "events.jsonl"])
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            r#"
+[pipeline]
+state_dir = "state"
+[[sources]]
+kind = "file"
+path = "events.jsonl"
+[enricher]
+kind = "postgres"
+url = "{url}"
+query = "SELECT domain, owner FROM outage_catalog WHERE source = $1 AND database = $2 AND schema_name = $3"
+cache_ttl = "0s"
+timeout = "1s"
+[decisor]
+hash_ignore = ["stats.row_count"]
+[retry]
+initial = "100ms"
+max = "1s"
+attempts = 40
+timeout = "2s"
+[admin]
+listen = ""
+"#,
+            url = url()
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_database_outage_mid_run_loses_nothing() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.expect("postgres: run `make services`");
+        tokio::spawn(conn);
+        client
+            .batch_execute(
+                "DROP TABLE IF EXISTS outage_catalog; \
+                 CREATE TABLE outage_catalog (source text, database text, schema_name text, domain text, owner text); \
+                 INSERT INTO outage_catalog VALUES ('src-0','db0','public','d0','o0'), ('src-1','db1','public','d1','o1'), ('src-2','db2','public','d2','o2');",
+            )
+            .await
+            .unwrap();
+    });
+    let clean = tempfile::tempdir().unwrap();
+    setup(clean.path());
+    let out = bin().arg("run").current_dir(clean.path()).env("RUST_LOG", "warn").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let clean_out = Outputs::read(clean.path());
+    assert!(clean_out.upserts.iter().any(|u| u["business"]["domain"] == "d1"));
+
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let child = bin()
+        .arg("run")
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    pg_ctl("stop");
+    std::thread::sleep(Duration::from_secs(2));
+    pg_ctl("start");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("retrying"), "the outage was seen and retried through: {stderr}");
+    let got = Outputs::read(dir.path());
+    assert!(got.dead_letters.iter().all(|d| d["error"]["kind"] != "backend"), "no event gave up on the enricher");
+    let ids = |v: &[serde_json::Value]| -> std::collections::BTreeSet<String> {
+        v.iter().map(|r| format!("{}|{}", r["decision_id"].as_str().unwrap_or_default(), r["business"])).collect()
+    };
+    assert_eq!(ids(&got.upserts), ids(&clean_out.upserts), "same decisions, same business data");
+    assert_eq!(ids(&got.drops), ids(&clean_out.drops));
+}
