@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use assetflow_actors::metrics::Metrics;
 use assetflow_actors::pipeline::Pipeline;
-use assetflow_actors::ports::HistoryStore;
 
 use std::sync::Arc;
 
@@ -17,7 +16,7 @@ use crate::adapters::aws::Aws;
 use crate::adapters::aws::sqs::SqsDeadLetters;
 use crate::adapters::dead_letter_file::DeadLetterFile;
 use crate::adapters::state::StateStore;
-use crate::config::{Config, HistoryKind, SinkKind, redact_url};
+use crate::config::{Config, SinkKind, redact_url};
 use crate::topology::{build_ports, draw, open_state, settings};
 
 /// What a finished run did, for the closing summary.
@@ -199,15 +198,11 @@ fn redact(v: &mut toml::Value) {
 
 /// `assetflow history KEY`: the asset's history rows, newest first.
 pub fn history(config: &Config, asset_key: &str, limit: usize) -> anyhow::Result<String> {
-    if config.history.kind != HistoryKind::Embedded {
-        anyhow::bail!(
-            "{}: key `history.kind`: reading {:?} history is not built yet",
-            config.file.display(),
-            config.history.kind
-        );
-    }
     let state = open_state(config)?;
-    let rows = actix_rt::System::new().block_on(async move { state.read(asset_key, limit).await })?;
+    let rows = actix_rt::System::new().block_on(async move {
+        let store = crate::topology::history_store(config, &state).await?;
+        anyhow::Ok(store.read(asset_key, limit).await?)
+    })?;
     if rows.is_empty() {
         return Ok(format!("no history for {asset_key}\n"));
     }

@@ -636,6 +636,19 @@ impl Config {
             }
             _ => {}
         }
+        if self.history.kind == HistoryKind::Scylla {
+            if self.history.nodes.is_empty() {
+                return Err(key_err(f, "history.nodes", "the scylla history store needs nodes = [\"127.0.0.1:9042\"]"));
+            }
+            let ks = self.history.keyspace.as_deref().unwrap_or("assetflow");
+            if !crate::adapters::scylla_history::valid_keyspace(ks) {
+                return Err(key_err(
+                    f,
+                    "history.keyspace",
+                    format!("expected a plain identifier (letters, digits, _), got {ks:?}"),
+                ));
+            }
+        }
         if self.control.kind == ControlKind::Dynamodb && self.control.table.is_none() {
             return Err(key_err(f, "control.table", "the dynamodb control store needs table = \"…\""));
         }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use assetflow_actors::pipeline::{Ports, Settings};
-use assetflow_actors::ports::{ContentStore, ControlStore, Lookup, Sink, Source};
+use assetflow_actors::ports::{ContentStore, ControlStore, HistoryStore, Lookup, Sink, Source};
 use assetflow_actors::retry::RetryPolicy;
 
 use crate::adapters::aws::dynamodb::DynamoControl;
@@ -20,6 +20,7 @@ use crate::adapters::file_source::{FileSource, StdinSource};
 use crate::adapters::kafka::sink::KafkaSink;
 use crate::adapters::kafka::source::{KafkaSource, KafkaSourceOptions};
 use crate::adapters::postgres_lookup::PgLookup;
+use crate::adapters::scylla_history::ScyllaHistory;
 use crate::adapters::state::StateStore;
 use crate::config::{Config, ContentKind, ControlKind, EnricherKind, HistoryKind, SinkConfig, SinkKind, SourceConfig};
 
@@ -187,9 +188,7 @@ pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool
             .map_err(|m| build_err(config, "enricher.url", m))?,
         ),
     };
-    if config.history.kind != HistoryKind::Embedded {
-        return Err(not_in_this_build(config, "history.kind", "scylla"));
-    }
+    let history = history_store(config, state).await?;
     let control: Arc<dyn ControlStore> = match dynamo {
         Some(d) => Arc::new(d),
         None => Arc::new(state.clone()),
@@ -222,7 +221,7 @@ pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool
         sources,
         control,
         content,
-        history: Arc::new(state.clone()),
+        history,
         lookup,
         upsert_sink: if config.decides() {
             sink(config, aws.as_ref(), "sinks.upsert", &config.sinks.upsert)?
@@ -242,6 +241,20 @@ pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool
         },
     };
     Ok(Built { ports, aws_requests: aws.as_ref().map(|a| a.requests.clone()), aws })
+}
+
+/// The history store a config names: embedded, or ScyllaDB.
+pub async fn history_store(config: &Config, state: &StateStore) -> Result<Arc<dyn HistoryStore>, BuildError> {
+    match config.history.kind {
+        HistoryKind::Embedded => Ok(Arc::new(state.clone())),
+        HistoryKind::Scylla => {
+            let keyspace = config.history.keyspace.as_deref().unwrap_or("assetflow");
+            let h = ScyllaHistory::connect(&config.history.nodes, keyspace)
+                .await
+                .map_err(|m| build_err(config, "history.nodes", m))?;
+            Ok(Arc::new(h))
+        }
+    }
 }
 
 fn sink(config: &Config, aws: Option<&Aws>, key: &str, s: &SinkConfig) -> Result<Arc<dyn Sink>, BuildError> {

@@ -9,4 +9,5 @@ pub mod file_sink;
 pub mod file_source;
 pub mod kafka;
 pub mod postgres_lookup;
+pub mod scylla_history;
 pub mod state;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod cql;
 pub mod kafka;
 pub mod proxy;
 
