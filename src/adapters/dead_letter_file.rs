@@ -38,12 +38,7 @@ impl DeadLetterFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, 0),
             Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
         };
-        let saved = state
-            .checkpoint(&checkpoint_key)
-            .map_err(|e| e.to_string())?
-            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
+        let saved = state.offset(&checkpoint_key).map_err(|e| e.to_string())?.unwrap_or(0);
         let offset = if saved > end { 0 } else { saved };
         let reader = match reader {
             Some(mut r) => {
@@ -83,10 +78,7 @@ impl DeadLetterStore for DeadLetterFile {
     }
 
     async fn commit(&mut self) -> BackendResult<()> {
-        if let Some(pos) = self.watermark.take_ready() {
-            self.state.set_checkpoint(self.checkpoint_key.clone(), pos.to_be_bytes().to_vec()).await?;
-        }
-        Ok(())
+        self.state.commit_offset(&self.checkpoint_key, &self.watermark).await
     }
 
     fn outstanding(&self) -> usize {

@@ -39,12 +39,7 @@ impl FileSource {
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let checkpoint_key = format!("file:{}", canonical.display());
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let saved = state
-            .checkpoint(&checkpoint_key)
-            .map_err(|e| e.to_string())?
-            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
+        let saved = state.offset(&checkpoint_key).map_err(|e| e.to_string())?.unwrap_or(0);
         let offset = if saved > len {
             tracing::warn!(file = %path.display(), saved, len, "file is shorter than its checkpoint (replaced or truncated?); reading it from the start");
             0
@@ -146,10 +141,7 @@ impl Source for FileSource {
     }
 
     async fn commit(&mut self) -> BackendResult<()> {
-        if let Some(pos) = self.watermark.take_ready() {
-            self.state.set_checkpoint(self.checkpoint_key.clone(), pos.to_be_bytes().to_vec()).await?;
-        }
-        Ok(())
+        self.state.commit_offset(&self.checkpoint_key, &self.watermark).await
     }
 
     fn outstanding(&self) -> usize {

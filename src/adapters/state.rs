@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use assetflow_actors::decision::HistoryRow;
+use assetflow_actors::envelope::Watermark;
 use assetflow_actors::ports::{
     BackendError, BackendResult, ControlStore, FailureKind, HistoryStore, RecordKey, RecordWrite,
 };
@@ -77,6 +78,19 @@ impl StateStore {
             tx.commit().map_err(|e| err("write checkpoint", e))
         })
         .await
+    }
+
+    /// A byte-offset checkpoint (file sources, the dead-letter file).
+    pub fn offset(&self, key: &str) -> BackendResult<Option<u64>> {
+        Ok(self.checkpoint(key)?.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map(u64::from_be_bytes))
+    }
+
+    /// Stores the offset the watermark allows, if it moved.
+    pub async fn commit_offset(&self, key: &str, watermark: &Watermark<u64>) -> BackendResult<()> {
+        match watermark.take_ready() {
+            Some(pos) => self.set_checkpoint(key.to_owned(), pos.to_be_bytes().to_vec()).await,
+            None => Ok(()),
+        }
     }
 
     /// Every control record, for `assetflow assets`.
