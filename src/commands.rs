@@ -6,7 +6,9 @@ use anyhow::Context as _;
 use assetflow_actors::metrics::Metrics;
 use assetflow_actors::pipeline::Pipeline;
 
+use std::io::IsTerminal;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use assetflow_actors::redrive::{RedriveSource, RedriveStats};
 
@@ -16,6 +18,7 @@ use crate::adapters::aws::Aws;
 use crate::adapters::aws::sqs::SqsDeadLetters;
 use crate::adapters::dead_letter_file::DeadLetterFile;
 use crate::adapters::state::StateStore;
+use crate::admin::AdminState;
 use crate::config::{Config, SinkKind, redact_url};
 use crate::topology::{build_ports, draw, open_state, settings};
 
@@ -115,12 +118,36 @@ fn execute(
             built.ports.sources = vec![("redrive".into(), Box::new(source))];
         }
         let started = Instant::now();
+        let sources: Vec<String> = built.ports.sources.iter().map(|(n, _)| n.clone()).collect();
+        let shards = settings.shards;
         let mut pipeline = Pipeline::start(settings, built.ports);
+        let ready = Arc::new(AtomicBool::new(true));
+        if !config.admin.listen.is_empty() {
+            let state = AdminState {
+                metrics: pipeline.metrics.clone(),
+                lookup: pipeline.lookup.clone(),
+                ready: ready.clone(),
+                aws: built.aws_requests.clone(),
+                started,
+                sources,
+                shards,
+                decides: config.decides(),
+            };
+            if let Err(m) = crate::admin::serve(&config.admin.listen, state).await {
+                pipeline.stop();
+                pipeline.drained().await;
+                pipeline.shutdown();
+                anyhow::bail!("{}: key `admin.listen`: {m}; pick a free port, or \"\" to turn the admin server off", config.file.display());
+            }
+            tracing::info!("admin: http://{}/ (status page), /metrics, /healthz, /readyz", config.admin.listen);
+        }
+        let progress = tokio::spawn(report_progress(pipeline.metrics.clone(), started));
         let mut stopped_by_signal = false;
         tokio::select! {
             _ = pipeline.drained() => {}
             _ = shutdown_signal() => {
                 stopped_by_signal = true;
+                ready.store(false, Ordering::Relaxed);
                 tracing::info!("stopping: no new input; finishing what is in flight (a second signal exits at once)");
                 pipeline.stop();
                 tokio::select! {
@@ -132,12 +159,41 @@ fn execute(
                 }
             }
         }
+        progress.abort();
+        if std::io::stderr().is_terminal() {
+            eprint!("\r\x1b[2K");
+        }
         let m = pipeline.metrics.clone();
         pipeline.shutdown();
         let mut summary = summarize(&m, started.elapsed(), stopped_by_signal);
         summary.aws_requests = built.aws_requests.map(|r| r.snapshot().into_iter().collect());
         Ok(summary)
     })
+}
+
+/// A live progress line on a terminal (every second), a log line otherwise (every 10 s).
+async fn report_progress(m: Arc<Metrics>, started: Instant) {
+    let tty = std::io::stderr().is_terminal();
+    let every = Duration::from_secs(if tty { 1 } else { 10 });
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        tokio::time::sleep(every).await;
+        let events = Metrics::count(&m.events_in);
+        let rate = (events - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-3);
+        last = (Instant::now(), events);
+        let decided: u64 = m.outcomes().iter().map(|(_, n)| n).sum();
+        let dead: u64 = m.dead_letters().values().sum();
+        let in_flight: u64 = m.in_flight().values().sum();
+        let line = format!(
+            "{:>6.0}s  {events} events in ({rate:.0}/s), {decided} decided, {dead} dead letters, {in_flight} in flight",
+            started.elapsed().as_secs_f64()
+        );
+        if tty {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            tracing::info!("progress: {line}");
+        }
+    }
 }
 
 fn summarize(m: &Metrics, elapsed: Duration, stopped_by_signal: bool) -> RunSummary {

@@ -6,6 +6,7 @@
 //! - [`commands`]: `run`, `check-config`, `topology`, `history`, `assets`.
 
 pub mod adapters;
+pub mod admin;
 pub mod commands;
 pub mod config;
 pub mod generator;

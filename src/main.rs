@@ -10,8 +10,17 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Parser)]
 #[command(name = "assetflow", version, about = "Keeps a data catalog in step with the databases it describes")]
 struct Cli {
+    /// Log lines as human-readable text (default) or JSON objects.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -75,12 +84,16 @@ enum Format {
     Mermaid,
 }
 
-fn init_logs() {
+fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,aws_smithy_runtime=warn,aws_smithy_runtime_api=warn,aws_config=warn,hyper=warn")
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    match format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().init(),
+    }
 }
 
 fn generate(params: &assetflow::generator::GenParams, out: Option<&std::path::Path>) -> anyhow::Result<String> {
@@ -107,7 +120,7 @@ fn generate(params: &assetflow::generator::GenParams, out: Option<&std::path::Pa
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs();
+    init_logs(cli.log_format);
     let result = match cli.command {
         Command::Run { config } => {
             Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::run(&c)).map(|s| {

@@ -17,6 +17,16 @@ pub struct Metrics {
     /// Times an actor recovered from a panic (its held messages delivered again).
     pub restarts: AtomicU64,
     dead_letters: Mutex<BTreeMap<String, u64>>,
+    dead_letters_by_stage: Mutex<BTreeMap<(String, String), u64>>,
+    events_by_source: Mutex<BTreeMap<String, u64>>,
+    in_flight: Mutex<BTreeMap<String, u64>>,
+    /// Decisor micro-batches applied, and the events in them.
+    pub batches: AtomicU64,
+    pub batch_events: AtomicU64,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn index(o: Outcome) -> usize {
@@ -30,9 +40,34 @@ impl Metrics {
     pub fn outcomes(&self) -> Vec<(Outcome, u64)> {
         Outcome::ALL.iter().map(|o| (*o, self.outcomes[index(*o)].load(Ordering::Relaxed))).collect()
     }
-    pub fn dead_letter(&self, kind: &str) {
-        let mut m = self.dead_letters.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry(kind.to_owned()).or_default() += 1;
+    pub fn dead_letter(&self, stage: &str, kind: &str) {
+        *locked(&self.dead_letters).entry(kind.to_owned()).or_default() += 1;
+        *locked(&self.dead_letters_by_stage).entry((stage.to_owned(), kind.to_owned())).or_default() += 1;
+    }
+    /// Dead letters by (stage, kind).
+    pub fn dead_letters_by_stage(&self) -> BTreeMap<(String, String), u64> {
+        locked(&self.dead_letters_by_stage).clone()
+    }
+    /// One message read from `source`.
+    pub fn event_in(&self, source: &str) {
+        self.events_in.fetch_add(1, Ordering::Relaxed);
+        let mut m = locked(&self.events_by_source);
+        match m.get_mut(source) {
+            Some(n) => *n += 1,
+            None => {
+                m.insert(source.to_owned(), 1);
+            }
+        }
+    }
+    pub fn events_by_source(&self) -> BTreeMap<String, u64> {
+        locked(&self.events_by_source).clone()
+    }
+    /// Messages of `source` read but not yet acknowledged.
+    pub fn set_in_flight(&self, source: &str, n: u64) {
+        locked(&self.in_flight).insert(source.to_owned(), n);
+    }
+    pub fn in_flight(&self) -> BTreeMap<String, u64> {
+        locked(&self.in_flight).clone()
     }
     /// Dead letters by `error.kind`.
     pub fn dead_letters(&self) -> BTreeMap<String, u64> {

@@ -201,6 +201,8 @@ async fn apply_supervised(deps: &DecisorDeps, events: Vec<Envelope<Enriched>>) {
         let key = enriched.event.asset_key().unwrap_or_default();
         batch.push(Pending { env, enriched, key, hash });
     }
+    Metrics::add(&deps.metrics.batches, 1);
+    Metrics::add(&deps.metrics.batch_events, batch.len() as u64);
     if batch.is_empty() || AssertUnwindSafe(apply_events(deps, &mut batch)).catch_unwind().await.is_ok() {
         return;
     }

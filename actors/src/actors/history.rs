@@ -131,7 +131,7 @@ impl Handler<Flush> for HistoryWriter {
                 let mut records = Vec::with_capacity(letters.len());
                 for (dl, ack) in letters {
                     rows.push(HistoryRow::for_dead_letter(&dl));
-                    metrics.dead_letter(&dl.error.kind);
+                    metrics.dead_letter(dl.stage.as_str(), &dl.error.kind);
                     tracing::warn!(stage = dl.stage.as_str(), kind = %dl.error.kind, event_id = dl.event_id.as_deref().unwrap_or("-"), "dead letter: {}", dl.error.message);
                     records.push(SinkRecord {
                         key: dl.event_id.clone().unwrap_or_default(),

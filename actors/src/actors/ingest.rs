@@ -128,6 +128,7 @@ impl IngestLoop {
                 }
             }
             if last_commit.elapsed() >= self.settings.commit_interval {
+                self.metrics.set_in_flight(&self.name, self.source.outstanding() as u64);
                 self.commit().await;
                 last_commit = Instant::now();
             }
@@ -137,7 +138,7 @@ impl IngestLoop {
 
     /// Decodes one message and hands it on; false once the pipeline behind is gone.
     async fn admit(&mut self, m: crate::ports::RawMessage) -> bool {
-        Metrics::add(&self.metrics.events_in, 1);
+        self.metrics.event_in(&self.name);
         match decode(&m.bytes, self.settings.max_event_bytes) {
             Ok(event) => {
                 let env =
@@ -161,6 +162,7 @@ impl IngestLoop {
     }
 
     async fn commit(&mut self) {
+        self.metrics.set_in_flight(&self.name, self.source.outstanding() as u64);
         if let Err(e) = self.source.commit().await {
             tracing::warn!(source = %self.name, error = %e, "committing the source position failed; will retry");
         }

@@ -1,0 +1,204 @@
+//! The admin HTTP server (`admin.listen`, 127.0.0.1 by default): `/healthz`, `/readyz`,
+//! `/metrics` (Prometheus text format), `/status.json`, and `/`, a live status page served by
+//! the binary itself (no build step, no external assets).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use assetflow_actors::lookup::CachedLookup;
+use assetflow_actors::metrics::Metrics;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::adapters::aws::RequestCounter;
+
+/// What the admin endpoints read.
+#[derive(Clone)]
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub lookup: Arc<CachedLookup>,
+    /// True while the pipeline runs and takes input; false before start and once stopping.
+    pub ready: Arc<AtomicBool>,
+    pub aws: Option<RequestCounter>,
+    pub started: Instant,
+    pub sources: Vec<String>,
+    pub shards: usize,
+    pub decides: bool,
+}
+
+/// Binds `listen` and serves until the process ends.
+pub async fn serve(listen: &str, state: AdminState) -> Result<(), String> {
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let app = Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status.json", get(status))
+        .with_state(state);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "admin server stopped");
+        }
+    });
+    Ok(())
+}
+
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n".to_string())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the pipeline is starting or stopping\n".to_string())
+    }
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The Prometheus text exposition of every counter and gauge.
+pub fn render(s: &AdminState) -> String {
+    let m = &s.metrics;
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    family(
+        "assetflow_events_in_total",
+        "counter",
+        "Messages read, by source.",
+        m.events_by_source().into_iter().map(|(k, v)| (format!("{{source=\"{}\"}}", label(&k)), v as f64)).collect(),
+    );
+    family(
+        "assetflow_in_flight",
+        "gauge",
+        "Messages read but not yet acknowledged, by source.",
+        m.in_flight().into_iter().map(|(k, v)| (format!("{{source=\"{}\"}}", label(&k)), v as f64)).collect(),
+    );
+    family(
+        "assetflow_decisions_total",
+        "counter",
+        "Decisions by outcome.",
+        m.outcomes().into_iter().map(|(o, v)| (format!("{{outcome=\"{}\"}}", o.as_str()), v as f64)).collect(),
+    );
+    family(
+        "assetflow_dead_letters_total",
+        "counter",
+        "Dead letters by stage and error kind.",
+        m.dead_letters_by_stage()
+            .into_iter()
+            .map(|((stage, kind), v)| (format!("{{stage=\"{}\",kind=\"{}\"}}", label(&stage), label(&kind)), v as f64))
+            .collect(),
+    );
+    family(
+        "assetflow_published_total",
+        "counter",
+        "Output events written, by sink.",
+        vec![
+            ("{sink=\"upsert\"}".into(), Metrics::count(&m.upserts_published) as f64),
+            ("{sink=\"drop\"}".into(), Metrics::count(&m.drops_published) as f64),
+            ("{sink=\"enriched\"}".into(), Metrics::count(&m.enriched_published) as f64),
+        ],
+    );
+    family(
+        "assetflow_decisor_batches_total",
+        "counter",
+        "Decisor micro-batches applied.",
+        vec![(String::new(), Metrics::count(&m.batches) as f64)],
+    );
+    family(
+        "assetflow_decisor_batch_events_total",
+        "counter",
+        "Events in decisor micro-batches (divide by batches for the mean batch size).",
+        vec![(String::new(), Metrics::count(&m.batch_events) as f64)],
+    );
+    family(
+        "assetflow_restarts_total",
+        "counter",
+        "Times an actor recovered from a panic and delivered its messages again.",
+        vec![(String::new(), Metrics::count(&m.restarts) as f64)],
+    );
+    let cache = s.lookup.stats();
+    family(
+        "assetflow_lookup_cache_hits_total",
+        "counter",
+        "Enrichment lookups answered by the cache.",
+        vec![(String::new(), cache.hits as f64)],
+    );
+    family(
+        "assetflow_lookup_cache_misses_total",
+        "counter",
+        "Enrichment lookups sent to the backend.",
+        vec![(String::new(), cache.misses as f64)],
+    );
+    family(
+        "assetflow_lookup_cache_size",
+        "gauge",
+        "Enrichment cache entries.",
+        vec![(String::new(), cache.size as f64)],
+    );
+    if let Some(aws) = &s.aws {
+        family(
+            "assetflow_aws_requests_total",
+            "counter",
+            "AWS requests, by service and operation.",
+            aws.snapshot().into_iter().map(|(k, v)| (format!("{{operation=\"{}\"}}", label(&k)), v as f64)).collect(),
+        );
+    }
+    family(
+        "assetflow_ready",
+        "gauge",
+        "1 while the pipeline takes input.",
+        vec![(String::new(), f64::from(u8::from(s.ready.load(Ordering::Relaxed))))],
+    );
+    family(
+        "assetflow_uptime_seconds",
+        "gauge",
+        "Seconds since start.",
+        vec![(String::new(), s.started.elapsed().as_secs_f64())],
+    );
+    out
+}
+
+async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&s))
+}
+
+async fn status(State(s): State<AdminState>) -> impl IntoResponse {
+    let m = &s.metrics;
+    let outcomes: serde_json::Map<String, serde_json::Value> =
+        m.outcomes().into_iter().map(|(o, v)| (o.as_str().to_owned(), v.into())).collect();
+    let body = json!({
+        "uptime": s.started.elapsed().as_secs_f64(),
+        "ready": s.ready.load(Ordering::Relaxed),
+        "sources": s.sources,
+        "shards": s.shards,
+        "decides": s.decides,
+        "events_in": m.events_by_source(),
+        "in_flight": m.in_flight(),
+        "outcomes": outcomes,
+        "dead_letters": m.dead_letters(),
+        "upserts": Metrics::count(&m.upserts_published),
+        "drops": Metrics::count(&m.drops_published),
+        "enriched": Metrics::count(&m.enriched_published),
+        "batches": Metrics::count(&m.batches),
+        "batch_events": Metrics::count(&m.batch_events),
+        "restarts": Metrics::count(&m.restarts),
+        "aws_requests": s.aws.as_ref().map(|a| a.total()),
+    });
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string())
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("status.html"))
+}

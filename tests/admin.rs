@@ -1,0 +1,109 @@
+//! The admin HTTP server of a running binary: health, readiness, Prometheus metrics whose
+//! counters move as a scenario runs, and the status page.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{SCENARIO_CONFIG, bin, scenarios};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+fn sample(metrics: &prometheus_parse::Scrape, name: &str, label: (&str, &str)) -> f64 {
+    metrics
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+        .sum()
+}
+
+#[test]
+fn metrics_move_as_a_scenario_runs_and_the_page_is_served() {
+    let scenario = scenarios().into_iter().find(|p| p.ends_with("basics")).expect("basics");
+    let dir = common::prepare(&scenario);
+    let port = free_port();
+    let config = SCENARIO_CONFIG
+        .replace("follow = false", "follow = true")
+        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let mut child = bin()
+        .arg("run")
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let started = Instant::now();
+    let scrape = loop {
+        assert!(started.elapsed() < Duration::from_secs(30), "metrics never showed the whole scenario");
+        std::thread::sleep(Duration::from_millis(200));
+        let Some((200, text)) = get(port, "/metrics") else { continue };
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("/metrics parses as Prometheus text");
+        if sample(&scrape, "assetflow_decisions_total", ("outcome", "completed")) >= 5.0 {
+            break scrape;
+        }
+    };
+    // The basics scenario, counted: 23 lines in, 6 created, 1 updated, 2 stale, 2 dropped...
+    assert_eq!(sample(&scrape, "assetflow_events_in_total", ("source", "file:events.jsonl")), 23.0);
+    assert_eq!(sample(&scrape, "assetflow_decisions_total", ("outcome", "created")), 6.0);
+    assert_eq!(sample(&scrape, "assetflow_decisions_total", ("outcome", "updated")), 1.0);
+    assert_eq!(sample(&scrape, "assetflow_decisions_total", ("outcome", "stale")), 2.0);
+    assert_eq!(sample(&scrape, "assetflow_decisions_total", ("outcome", "dropped")), 2.0);
+    assert_eq!(sample(&scrape, "assetflow_dead_letters_total", ("kind", "invalid_json")), 1.0);
+    assert_eq!(sample(&scrape, "assetflow_dead_letters_total", ("kind", "drop_guard")), 1.0);
+    assert_eq!(sample(&scrape, "assetflow_published_total", ("sink", "upsert")), 7.0);
+
+    assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(get(port, "/readyz").map(|r| r.0), Some(200));
+    let (status, page) = get(port, "/").unwrap();
+    assert_eq!(status, 200);
+    // Served by the binary itself: no external scripts or styles.
+    assert!(page.contains("<svg") && page.contains("/status.json"), "{page}");
+    assert!(!page.contains("<script src") && !page.contains("<link"), "no external assets");
+    let (_, json) = get(port, "/status.json").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["upserts"], 7);
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_busy_admin_port_is_a_clear_error() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let scenario = scenarios().into_iter().next().unwrap();
+    let dir = common::prepare(&scenario);
+    let config = SCENARIO_CONFIG.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let out = bin().arg("run").current_dir(dir.path()).env("RUST_LOG", "error").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("admin.listen"), "{stderr}");
+}
