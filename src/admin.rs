@@ -51,12 +51,20 @@ pub async fn serve(listen: &str, state: AdminState) -> Result<(), String> {
     Ok(())
 }
 
+/// 200 while the pipeline takes input and no backend's last call failed; 503 with the reasons.
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n".to_string())
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the pipeline is starting or stopping\n".to_string())
+    if !s.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: the pipeline is starting or stopping\n".to_string());
     }
+    let failing = s.metrics.unhealthy();
+    if failing.is_empty() {
+        return (StatusCode::OK, "ready\n".to_string());
+    }
+    let mut body = String::from("not ready:\n");
+    for (backend, why) in failing {
+        let _ = writeln!(body, "  {backend}: {why}");
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
 fn label(v: &str) -> String {

@@ -27,7 +27,37 @@ fn pg_ctl(action: &str) {
     assert!(status.success(), "pg_ctlcluster {action}");
 }
 
+/// A plain HTTP/1.1 GET of the admin server: (status, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
+}
+
+/// Polls `path` until `want(status, body)` or 30 s pass.
+fn wait_for(port: u16, path: &str, want: impl Fn(u16, &str) -> bool) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if let Some((status, body)) = get(port, path) {
+            if want(status, &body) {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
 fn setup(dir: &std::path::Path) {
+    setup_with(dir, false, "");
+}
+
+fn setup_with(dir: &std::path::Path, follow: bool, admin: &str) {
     let status = bin()
         .args(["gen", "--sources", "3", "--assets", "150", "--runs", "3", "--out", "events.jsonl"])
         .current_dir(dir)
@@ -44,6 +74,7 @@ state_dir = "state"
 [[sources]]
 kind = "file"
 path = "events.jsonl"
+follow = {follow}
 [enricher]
 kind = "postgres"
 url = "{url}"
@@ -58,9 +89,11 @@ max = "1s"
 attempts = 40
 timeout = "2s"
 [admin]
-listen = ""
+listen = "{admin}"
 "#,
-            url = url()
+            url = url(),
+            follow = follow,
+            admin = admin
         ),
     )
     .unwrap();
@@ -89,7 +122,10 @@ fn a_database_outage_mid_run_loses_nothing() {
     assert!(clean_out.upserts.iter().any(|u| u["business"]["domain"] == "d1"));
 
     let dir = tempfile::tempdir().unwrap();
-    setup(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Following the file, so the service stays up to be asked whether it is ready.
+    setup_with(dir.path(), true, &format!("127.0.0.1:{port}"));
+    let lines = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap().lines().count() as u64;
     let child = bin()
         .arg("run")
         .current_dir(dir.path())
@@ -98,10 +134,22 @@ fn a_database_outage_mid_run_loses_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(wait_for(port, "/readyz", |s, _| s == 200), "ready before the outage");
+    std::thread::sleep(Duration::from_millis(200));
     pg_ctl("stop");
-    std::thread::sleep(Duration::from_secs(2));
+    let saw_503 = wait_for(port, "/readyz", |s, body| s == 503 && body.contains("enricher"));
+    std::thread::sleep(Duration::from_secs(1));
     pg_ctl("start");
+    assert!(saw_503, "/readyz turns 503 while the enricher's database is down");
+    assert!(wait_for(port, "/readyz", |s, _| s == 200), "/readyz is 200 again once it is back");
+    let drained = wait_for(port, "/status.json", |_, body| {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        v["events_in"].as_object().map(|o| o.values().filter_map(|n| n.as_u64()).sum::<u64>()) == Some(lines)
+            && v["in_flight"].as_object().is_some_and(|o| o.values().all(|n| n == 0))
+    });
+    assert!(drained, "the whole file was processed");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");

@@ -71,6 +71,7 @@ pub struct CachedLookup {
     ttl: Duration,
     retry: RetryPolicy,
     state: Mutex<CacheState>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 #[derive(Default)]
@@ -82,7 +83,13 @@ struct CacheState {
 
 impl CachedLookup {
     pub fn new(inner: Arc<dyn Lookup>, ttl: Duration, retry: RetryPolicy) -> Self {
-        CachedLookup { inner, ttl, retry, state: Mutex::default() }
+        CachedLookup { inner, ttl, retry, state: Mutex::default(), metrics: None }
+    }
+
+    /// Reports the enricher's health (for `/readyz`) to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, CacheState> {
@@ -104,7 +111,12 @@ impl CachedLookup {
         if let Some(b) = self.cached(params) {
             return Ok(b);
         }
-        let found = self.retry.run(|| self.inner.lookup(params)).await?;
+        let report = |e: Option<&crate::ports::BackendError>| {
+            if let Some(m) = &self.metrics {
+                m.backend_result("enricher", e.map_or(Ok(()), Err));
+            }
+        };
+        let found = self.retry.run_reporting(report, || self.inner.lookup(params)).await?;
         let business: Business = found.map(Arc::new);
         let mut st = self.state();
         st.misses += 1;

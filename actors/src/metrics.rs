@@ -20,6 +20,8 @@ pub struct Metrics {
     dead_letters_by_stage: Mutex<BTreeMap<(String, String), u64>>,
     events_by_source: Mutex<BTreeMap<String, u64>>,
     in_flight: Mutex<BTreeMap<String, u64>>,
+    /// Backends whose last call failed (after retries), with the error: what `/readyz` reports.
+    unhealthy: Mutex<BTreeMap<String, String>>,
     /// Decisor micro-batches applied, and the events in them.
     pub batches: AtomicU64,
     pub batch_events: AtomicU64,
@@ -47,6 +49,24 @@ impl Metrics {
     /// Dead letters by (stage, kind).
     pub fn dead_letters_by_stage(&self) -> BTreeMap<(String, String), u64> {
         locked(&self.dead_letters_by_stage).clone()
+    }
+    /// Records how the last call to `backend` ended.
+    pub fn backend_result(&self, backend: &str, result: Result<(), &crate::ports::BackendError>) {
+        let mut m = locked(&self.unhealthy);
+        match result {
+            Ok(()) => {
+                if !m.is_empty() {
+                    m.remove(backend);
+                }
+            }
+            Err(e) => {
+                m.insert(backend.to_owned(), e.to_string());
+            }
+        }
+    }
+    /// Backends whose last call failed, with why.
+    pub fn unhealthy(&self) -> BTreeMap<String, String> {
+        locked(&self.unhealthy).clone()
     }
     /// One message read from `source`.
     pub fn event_in(&self, source: &str) {

@@ -83,7 +83,8 @@ impl Pipeline {
         let metrics = Arc::new(Metrics::default());
         let mailbox = settings.mailbox.max(1);
         let retry = settings.retry;
-        let lookup = Arc::new(CachedLookup::new(ports.lookup.clone(), settings.cache_ttl, retry));
+        let lookup =
+            Arc::new(CachedLookup::new(ports.lookup.clone(), settings.cache_ttl, retry).with_metrics(metrics.clone()));
         let keys = LookupKeys::new(settings.lookup_pointers.clone());
 
         // Outputs and history share one arbiter; each shard gets its own, so shards use the cores.
@@ -100,7 +101,7 @@ impl Pipeline {
                 // Enrich only: enriched events go straight to their sink.
                 let (sink, h, m) = (sink.clone(), history.clone(), metrics.clone());
                 Next::Publish(Producer::start_in_arbiter(&outputs.handle(), move |_| {
-                    Producer::new("enriched sink", sink, retry, mailbox).delivering(h, m)
+                    Producer::new("enriched sink", sink, retry, mailbox).with_metrics(m.clone()).delivering(h, m)
                 }))
             }
             None => Next::Decide(Self::start_decision_stage(
@@ -157,12 +158,16 @@ impl Pipeline {
     ) -> Addr<Router> {
         let (retry, mailbox) = (settings.retry, settings.mailbox.max(1));
         let upserts = {
-            let sink = ports.upsert_sink.clone();
-            Producer::start_in_arbiter(&outputs.handle(), move |_| Producer::new("upsert sink", sink, retry, mailbox))
+            let (sink, m) = (ports.upsert_sink.clone(), metrics.clone());
+            Producer::start_in_arbiter(&outputs.handle(), move |_| {
+                Producer::new("upsert sink", sink, retry, mailbox).with_metrics(m)
+            })
         };
         let drops = {
-            let sink = ports.drop_sink.clone();
-            Producer::start_in_arbiter(&outputs.handle(), move |_| Producer::new("drop sink", sink, retry, mailbox))
+            let (sink, m) = (ports.drop_sink.clone(), metrics.clone());
+            Producer::start_in_arbiter(&outputs.handle(), move |_| {
+                Producer::new("drop sink", sink, retry, mailbox).with_metrics(m)
+            })
         };
         let deps = Arc::new(DecisorDeps {
             control: ports.control.clone(),

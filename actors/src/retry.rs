@@ -41,7 +41,21 @@ impl RetryPolicy {
     /// Runs `op` until it succeeds, fails for a reason retrying cannot fix, or runs out of attempts.
     /// An attempt that hangs past `timeout` or panics counts as a transient failure: a faulty
     /// adapter costs retries and, at worst, a dead letter, never the actor that called it.
-    pub async fn run<T, F, Fut>(&self, mut op: F) -> Result<T, BackendError>
+    pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, BackendError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
+        self.run_reporting(|_| {}, op).await
+    }
+
+    /// [`RetryPolicy::run`], telling `report` how each attempt ended (`None`: it succeeded), so
+    /// health shows an outage while it is being retried, not only once retries run out.
+    pub async fn run_reporting<T, F, Fut>(
+        &self,
+        report: impl Fn(Option<&BackendError>),
+        mut op: F,
+    ) -> Result<T, BackendError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
@@ -58,6 +72,7 @@ impl RetryPolicy {
                     Err(BackendError::transient("adapter", "call", format!("no answer within {:?}", self.timeout)))
                 }
             };
+            report(outcome.as_ref().err());
             match outcome {
                 Ok(v) => return Ok(v),
                 Err(e) if e.kind == FailureKind::Transient && attempt < self.attempts => {

@@ -260,7 +260,9 @@ async fn decide_and_publish(
             .map(|p| RecordKey { source: p.enriched.event.source.clone(), asset_key: p.key.clone() })
             .collect()
     };
-    let mut records = deps.retry.run(|| deps.control.get_many(&keys)).await.map_err(|e| (Stage::Decide, e))?;
+    let read = deps.retry.run(|| deps.control.get_many(&keys)).await;
+    deps.metrics.backend_result("control store", read.as_ref().map(|_| ()));
+    let mut records = read.map_err(|e| (Stage::Decide, e))?;
     let read_versions: HashMap<String, u64> = records.iter().map(|(k, r)| (k.clone(), r.version)).collect();
     let mut dirty: Vec<String> = Vec::new();
     let mut rows = Vec::with_capacity(batch.len());

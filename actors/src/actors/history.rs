@@ -144,6 +144,9 @@ impl Handler<Flush> for HistoryWriter {
                 persist(retry, "writing dead letters", || sink.send(&records)).await;
             }
             let result = if rows.is_empty() { Ok(()) } else { retry.run(|| store.append(&rows)).await };
+            if !rows.is_empty() {
+                metrics.backend_result("history store", result.as_ref().map(|_| ()));
+            }
             if let Err(e) = &result {
                 tracing::error!(error = %e, rows = rows.len(), "history write failed after retries");
             }

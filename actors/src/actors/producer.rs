@@ -72,6 +72,8 @@ pub struct Producer {
     delivered: Vec<SinkRecord>,
     /// Where deliveries leave history and, when they fail, dead letters.
     history: Option<(Addr<HistoryWriter>, Arc<Metrics>)>,
+    /// Where the sink's health is reported (for `/readyz`).
+    health: Option<Arc<Metrics>>,
     scheduled: bool,
 }
 
@@ -87,8 +89,15 @@ impl Producer {
             deliveries: Vec::new(),
             delivered: Vec::new(),
             history: None,
+            health: None,
             scheduled: false,
         }
+    }
+
+    /// Reports the sink's health to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.health = Some(metrics);
+        self
     }
 
     /// A producer that also takes [`Deliver`] (the enriched output of the enrich-only topology).
@@ -155,10 +164,14 @@ impl Handler<Flush> for Producer {
         let waiting = std::mem::take(&mut self.waiting);
         let delivered = std::mem::take(&mut self.delivered);
         let deliveries = std::mem::take(&mut self.deliveries);
-        let (sink, retry, history) = (self.sink.clone(), self.retry, self.history.clone());
+        let (sink, retry, history, name) = (self.sink.clone(), self.retry, self.history.clone(), self.name);
+        let health = self.health.clone();
         // ctx.wait: one write at a time, in arrival order; what comes meanwhile forms the next batch.
         ctx.wait(actix::fut::wrap_future(async move {
             let result = if batch.is_empty() { Ok(()) } else { retry.run(|| sink.send(&batch)).await };
+            if let (Some(m), false) = (&health, batch.is_empty()) {
+                m.backend_result(name, result.as_ref().map(|_| ()));
+            }
             if let Err(e) = &result {
                 tracing::error!(error = %e, records = batch.len(), "sink write failed after retries");
             }
@@ -169,6 +182,9 @@ impl Handler<Flush> for Producer {
                 return;
             }
             let result = retry.run(|| sink.send(&delivered)).await;
+            if let Some(m) = &health {
+                m.backend_result(name, result.as_ref().map(|_| ()));
+            }
             finish_deliveries(history, deliveries, result).await;
         }));
     }
