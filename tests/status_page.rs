@@ -1,0 +1,113 @@
+//! The status page in a real headless browser (Debian's chromium): it renders the topology,
+//! its numbers move while events flow, and a screenshot is kept in target/test-artifacts/.
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{SCENARIO_CONFIG, bin};
+
+fn chromium() -> &'static str {
+    for c in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
+        if std::path::Path::new(c).exists() {
+            return c;
+        }
+    }
+    panic!("no chromium: run `make services` (it installs Debian's chromium)");
+}
+
+/// Loads the page, lets its script run, and returns the DOM it built (and a screenshot).
+fn render(url: &str, screenshot: Option<&PathBuf>) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(chromium());
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1100,700",
+        "--virtual-time-budget=2500",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()));
+    match screenshot {
+        Some(path) => cmd.arg(format!("--screenshot={}", path.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = cmd.arg(url).stderr(Stdio::null()).output().expect("run chromium");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The number after `label` in the rendered table.
+fn count(dom: &str, label: &str) -> u64 {
+    let at =
+        dom.find(&format!("<th>{label}</th><td>")).unwrap_or_else(|| panic!("no `{label}` row in the page: {dom}"));
+    let rest = &dom[at + label.len() + 13..];
+    rest[..rest.find('<').unwrap_or(0)].parse().unwrap_or(0)
+}
+
+#[test]
+fn the_status_page_renders_the_topology_with_moving_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(dir.path().join("business.json"), "[]").unwrap();
+    let config = SCENARIO_CONFIG
+        .replace("follow = false", "follow = true")
+        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let status = bin()
+        .args(["gen", "--sources", "2", "--assets", "300", "--runs", "8", "--out", "all.jsonl"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let all: Vec<String> =
+        std::fs::read_to_string(dir.path().join("all.jsonl")).unwrap().lines().map(str::to_owned).collect();
+    std::fs::write(dir.path().join("events.jsonl"), "").unwrap();
+    let mut child = bin()
+        .arg("run")
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A crawler writing while the browser watches.
+    let path = dir.path().join("events.jsonl");
+    let writer = std::thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        for chunk in all.chunks(100) {
+            for l in chunk {
+                writeln!(f, "{l}").unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let url = format!("http://127.0.0.1:{port}/");
+    let first = render(&url, None);
+    assert!(
+        first.contains("Decisor × 4") && first.contains("UpsertProducer") && first.contains("HistoryWriter"),
+        "{first}"
+    );
+    assert!(first.contains("file:events.jsonl"), "the source is drawn: {first}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = render(&url, None);
+    let (a, b) = (count(&first, "events in"), count(&second, "events in"));
+    assert!(b > a && a > 0, "numbers move: {a} then {b}");
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/status-page.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&shot);
+    render(&url, Some(&shot));
+    assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "a screenshot was taken");
+    writer.join().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+}
