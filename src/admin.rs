@@ -164,6 +164,36 @@ pub fn render(s: &AdminState) -> String {
         );
     }
     family(
+        "assetflow_backend_up",
+        "gauge",
+        "0 for a backend whose last call failed.",
+        s.metrics.unhealthy().into_keys().map(|b| (format!("{{backend=\"{}\"}}", label(&b)), 0.0)).collect(),
+    );
+    let calls = assetflow_actors::metrics::backend_calls();
+    family(
+        "assetflow_backend_errors_total",
+        "counter",
+        "Failed backend call attempts, by backend and operation.",
+        calls
+            .iter()
+            .map(|((b, o), c)| (format!("{{backend=\"{}\",operation=\"{}\"}}", label(b), label(o)), c.errors as f64))
+            .collect(),
+    );
+    let mut hist = Vec::new();
+    for ((b, o), c) in &calls {
+        let l = format!("backend=\"{}\",operation=\"{}\"", label(b), label(o));
+        let mut cumulative = 0;
+        for (i, bound) in assetflow_actors::metrics::CALL_BUCKETS.iter().enumerate() {
+            cumulative += c.buckets[i];
+            hist.push((format!("_bucket{{{l},le=\"{bound}\"}}"), cumulative as f64));
+        }
+        hist.push((format!("_bucket{{{l},le=\"+Inf\"}}"), c.count as f64));
+        hist.push((format!("_sum{{{l}}}"), c.sum_seconds));
+        hist.push((format!("_count{{{l}}}"), c.count as f64));
+    }
+    // Histogram samples carry their own `_bucket`/`_sum`/`_count` suffix before the labels.
+    family("assetflow_backend_call_duration_seconds", "histogram", "Backend call attempts by latency.", hist);
+    family(
         "assetflow_ready",
         "gauge",
         "1 while the pipeline takes input.",

@@ -77,6 +77,15 @@ fn metrics_move_as_a_scenario_runs_and_the_page_is_served() {
     assert_eq!(sample(&scrape, "assetflow_dead_letters_total", ("kind", "invalid_json")), 1.0);
     assert_eq!(sample(&scrape, "assetflow_dead_letters_total", ("kind", "drop_guard")), 1.0);
     assert_eq!(sample(&scrape, "assetflow_published_total", ("sink", "upsert")), 7.0);
+    // Backend calls are timed, per backend and operation.
+    let timed = |backend: &str| {
+        scrape.samples.iter().any(|s| {
+            s.metric == "assetflow_backend_call_duration_seconds"
+                && s.labels.get("backend") == Some(backend)
+                && matches!(&s.value, prometheus_parse::Value::Histogram(h) if h.iter().any(|b| b.count > 0.0))
+        })
+    };
+    assert!(timed("control store") && timed("upsert sink") && timed("history store"), "latency histograms");
 
     assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200));
     assert_eq!(get(port, "/readyz").map(|r| r.0), Some(200));

@@ -48,6 +48,18 @@ impl LookupKeys {
     }
 }
 
+/// Records the latency of one lookup attempt.
+async fn timed<T>(
+    backend: &str,
+    operation: &str,
+    f: impl std::future::Future<Output = BackendResult<T>>,
+) -> BackendResult<T> {
+    let began = std::time::Instant::now();
+    let r = f.await;
+    crate::metrics::record_call(backend, operation, began.elapsed(), r.is_ok());
+    r
+}
+
 fn scalar(v: Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s),
@@ -116,7 +128,7 @@ impl CachedLookup {
                 m.backend_result("enricher", e.map_or(Ok(()), Err));
             }
         };
-        let found = self.retry.run_reporting(report, || self.inner.lookup(params)).await?;
+        let found = self.retry.run_reporting(report, || timed("enricher", "lookup", self.inner.lookup(params))).await?;
         let business: Business = found.map(Arc::new);
         let mut st = self.state();
         st.misses += 1;

@@ -100,3 +100,42 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 }
+
+/// Upper bounds (seconds) of the backend-call latency histogram buckets.
+pub const CALL_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// Latency and errors of one (backend, operation).
+#[derive(Debug, Default, Clone)]
+pub struct CallStats {
+    pub count: u64,
+    pub errors: u64,
+    pub sum_seconds: f64,
+    /// Counts per bucket of [`CALL_BUCKETS`] (not cumulative).
+    pub buckets: [u64; CALL_BUCKETS.len()],
+}
+
+fn calls() -> &'static Mutex<BTreeMap<(String, String), CallStats>> {
+    static CALLS: std::sync::OnceLock<Mutex<BTreeMap<(String, String), CallStats>>> = std::sync::OnceLock::new();
+    CALLS.get_or_init(Mutex::default)
+}
+
+/// Records one attempt of a backend call.
+pub fn record_call(backend: &str, operation: &str, took: std::time::Duration, ok: bool) {
+    let mut m = locked(calls());
+    let key = (backend.to_owned(), operation.to_owned());
+    let s = m.entry(key).or_default();
+    s.count += 1;
+    if !ok {
+        s.errors += 1;
+    }
+    let secs = took.as_secs_f64();
+    s.sum_seconds += secs;
+    if let Some(i) = CALL_BUCKETS.iter().position(|b| secs <= *b) {
+        s.buckets[i] += 1;
+    }
+}
+
+/// Every backend call's statistics so far, by (backend, operation).
+pub fn backend_calls() -> BTreeMap<(String, String), CallStats> {
+    locked(calls()).clone()
+}

@@ -54,6 +54,29 @@ impl RetryPolicy {
     pub async fn run_reporting<T, F, Fut>(
         &self,
         report: impl Fn(Option<&BackendError>),
+        op: F,
+    ) -> Result<T, BackendError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
+        self.run_inner(None, report, op).await
+    }
+
+    /// [`RetryPolicy::run`] for a named backend call: each attempt's latency and outcome go to
+    /// the process's backend-call statistics (`/metrics`).
+    pub async fn call<T, F, Fut>(&self, backend: &str, operation: &str, op: F) -> Result<T, BackendError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
+        self.run_inner(Some((backend, operation)), |_| {}, op).await
+    }
+
+    async fn run_inner<T, F, Fut>(
+        &self,
+        name: Option<(&str, &str)>,
+        report: impl Fn(Option<&BackendError>),
         mut op: F,
     ) -> Result<T, BackendError>
     where
@@ -62,6 +85,7 @@ impl RetryPolicy {
     {
         let mut attempt = 1;
         loop {
+            let began = std::time::Instant::now();
             let guarded = std::panic::AssertUnwindSafe(op()).catch_unwind();
             let outcome = match tokio::time::timeout(self.timeout, guarded).await {
                 Ok(Ok(result)) => result,
@@ -73,6 +97,9 @@ impl RetryPolicy {
                 }
             };
             report(outcome.as_ref().err());
+            if let Some((backend, operation)) = name {
+                crate::metrics::record_call(backend, operation, began.elapsed(), outcome.is_ok());
+            }
             match outcome {
                 Ok(v) => return Ok(v),
                 Err(e) if e.kind == FailureKind::Transient && attempt < self.attempts => {

@@ -260,7 +260,7 @@ async fn decide_and_publish(
             .map(|p| RecordKey { source: p.enriched.event.source.clone(), asset_key: p.key.clone() })
             .collect()
     };
-    let read = deps.retry.run(|| deps.control.get_many(&keys)).await;
+    let read = deps.retry.call("control store", "get", || deps.control.get_many(&keys)).await;
     deps.metrics.backend_result("control store", read.as_ref().map(|_| ()));
     let mut records = read.map_err(|e| (Stage::Decide, e))?;
     let read_versions: HashMap<String, u64> = records.iter().map(|(k, r)| (k.clone(), r.version)).collect();
@@ -345,9 +345,13 @@ async fn decide_and_publish(
     // Content first: an upsert must never point at content that is not there.
     contents.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     contents.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
-    try_join_all(contents.iter().map(|(k, h, body)| deps.retry.run(move || deps.content.put(k, h, body))))
-        .await
-        .map_err(|e| (Stage::Decide, e))?;
+    try_join_all(
+        contents
+            .iter()
+            .map(|(k, h, body)| deps.retry.call("content store", "put", move || deps.content.put(k, h, body))),
+    )
+    .await
+    .map_err(|e| (Stage::Decide, e))?;
     if !upserts.is_empty() {
         let n = upserts.len() as u64;
         deps.upserts
@@ -366,7 +370,10 @@ async fn decide_and_publish(
         })
         .collect();
     if !changed.is_empty() {
-        deps.retry.run(|| deps.control.put_many(&changed)).await.map_err(|e| (Stage::Decide, e))?;
+        deps.retry
+            .call("control store", "put", || deps.control.put_many(&changed))
+            .await
+            .map_err(|e| (Stage::Decide, e))?;
     }
     for (o, n) in outcomes {
         deps.metrics.outcome(o, n);
@@ -429,7 +436,7 @@ async fn apply_drops(deps: &DecisorDeps, cmd: ApplyDrops) -> BackendResult<usize
 async fn try_apply_drops(deps: &DecisorDeps, cmd: &ApplyDrops) -> BackendResult<usize> {
     let keys: Vec<RecordKey> =
         cmd.keys.iter().map(|k| RecordKey { source: cmd.source.clone(), asset_key: k.clone() }).collect();
-    let records = deps.retry.run(|| deps.control.get_many(&keys)).await?;
+    let records = deps.retry.call("control store", "get", || deps.control.get_many(&keys)).await?;
     let now = Utc::now();
     let mut outputs = Vec::new();
     let mut changed = Vec::new();
@@ -477,7 +484,7 @@ async fn try_apply_drops(deps: &DecisorDeps, cmd: &ApplyDrops) -> BackendResult<
     let n = outputs.len();
     deps.drops.send(Publish(outputs)).await.unwrap_or_else(|_| Err(stopped("drop producer")))?;
     Metrics::add(&deps.metrics.drops_published, n as u64);
-    deps.retry.run(|| deps.control.put_many(&changed)).await?;
+    deps.retry.call("control store", "put", || deps.control.put_many(&changed)).await?;
     deps.history.send(Record(rows)).await.unwrap_or_else(|_| Err(stopped("history")))?;
     deps.metrics.outcome(Outcome::Dropped, n as u64);
     Ok(n)

@@ -143,7 +143,7 @@ impl Handler<Flush> for HistoryWriter {
                 }
                 persist(retry, "writing dead letters", || sink.send(&records)).await;
             }
-            let result = if rows.is_empty() { Ok(()) } else { retry.run(|| store.append(&rows)).await };
+            let result = if rows.is_empty() { Ok(()) } else { retry.call("history store", "append", || store.append(&rows)).await };
             if !rows.is_empty() {
                 metrics.backend_result("history store", result.as_ref().map(|_| ()));
             }

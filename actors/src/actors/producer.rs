@@ -168,7 +168,7 @@ impl Handler<Flush> for Producer {
         let health = self.health.clone();
         // ctx.wait: one write at a time, in arrival order; what comes meanwhile forms the next batch.
         ctx.wait(actix::fut::wrap_future(async move {
-            let result = if batch.is_empty() { Ok(()) } else { retry.run(|| sink.send(&batch)).await };
+            let result = if batch.is_empty() { Ok(()) } else { retry.call(name, "send", || sink.send(&batch)).await };
             if let (Some(m), false) = (&health, batch.is_empty()) {
                 m.backend_result(name, result.as_ref().map(|_| ()));
             }
@@ -181,7 +181,7 @@ impl Handler<Flush> for Producer {
             if deliveries.is_empty() {
                 return;
             }
-            let result = retry.run(|| sink.send(&delivered)).await;
+            let result = retry.call(name, "send", || sink.send(&delivered)).await;
             if let Some(m) = &health {
                 m.backend_result(name, result.as_ref().map(|_| ()));
             }

@@ -54,7 +54,7 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
     let plan: SweepPlan = loop {
         // Every message sent to a shard before this barrier is applied once it returns.
         join_all(deps.shards.iter().map(|s| s.send(Barrier))).await;
-        let records = match deps.retry.run(|| deps.control.list_source(&ev.source)).await {
+        let records = match deps.retry.call("control store", "list", || deps.control.list_source(&ev.source)).await {
             Ok(r) => r,
             Err(e) => {
                 let dl = dead("backend", Stage::Decide, format!("completion of run `{}`: {e}", ev.run_id));
