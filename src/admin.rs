@@ -94,6 +94,12 @@ pub fn render(s: &AdminState) -> String {
         m.in_flight().into_iter().map(|(k, v)| (format!("{{source=\"{}\"}}", label(&k)), v as f64)).collect(),
     );
     family(
+        "assetflow_source_lag",
+        "gauge",
+        "How far behind its input's end a source is: bytes for a file, milliseconds for Kinesis.",
+        m.lag().into_iter().map(|(k, v)| (format!("{{source=\"{}\"}}", label(&k)), v as f64)).collect(),
+    );
+    family(
         "assetflow_decisions_total",
         "counter",
         "Decisions by outcome.",
@@ -224,6 +230,7 @@ async fn status(State(s): State<AdminState>) -> impl IntoResponse {
         "decides": s.decides,
         "events_in": m.events_by_source(),
         "in_flight": m.in_flight(),
+        "lag": m.lag(),
         "outcomes": outcomes,
         "dead_letters": m.dead_letters(),
         "upserts": Metrics::count(&m.upserts_published),

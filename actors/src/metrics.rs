@@ -20,6 +20,7 @@ pub struct Metrics {
     dead_letters_by_stage: Mutex<BTreeMap<(String, String), u64>>,
     events_by_source: Mutex<BTreeMap<String, u64>>,
     in_flight: Mutex<BTreeMap<String, u64>>,
+    lag: Mutex<BTreeMap<String, u64>>,
     /// Backends whose last call failed (after retries), with the error: what `/readyz` reports.
     unhealthy: Mutex<BTreeMap<String, String>>,
     /// Decisor micro-batches applied, and the events in them.
@@ -85,6 +86,13 @@ impl Metrics {
     /// Messages of `source` read but not yet acknowledged.
     pub fn set_in_flight(&self, source: &str, n: u64) {
         locked(&self.in_flight).insert(source.to_owned(), n);
+    }
+    pub fn set_lag(&self, source: &str, lag: u64) {
+        locked(&self.lag).insert(source.to_owned(), lag);
+    }
+    /// How far behind its input's end each source is (bytes, milliseconds...).
+    pub fn lag(&self) -> BTreeMap<String, u64> {
+        locked(&self.lag).clone()
     }
     pub fn in_flight(&self) -> BTreeMap<String, u64> {
         locked(&self.in_flight).clone()

@@ -165,6 +165,11 @@ pub trait Source: Send + 'static {
     async fn commit(&mut self) -> BackendResult<()>;
     /// Messages read but not yet acknowledged.
     fn outstanding(&self) -> usize;
+    /// How far behind the input's end the source is, in the source's own unit (bytes for a
+    /// file, milliseconds for Kinesis), when it can tell cheaply.
+    fn lag(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[async_trait]

@@ -147,6 +147,12 @@ impl Source for FileSource {
     fn outstanding(&self) -> usize {
         self.watermark.outstanding()
     }
+
+    /// Bytes of the file not yet read.
+    fn lag(&self) -> Option<u64> {
+        let len = std::fs::metadata(&self.path).ok()?.len();
+        Some(len.saturating_sub(self.offset))
+    }
 }
 
 /// The `stdin` source: JSON Lines on standard input, no checkpoint (a pipe cannot be re-read).

@@ -289,6 +289,8 @@ async fn decide_and_publish(
             other => outcome_kind(other),
         };
         let id = decision_id(&ev.event_id, &p.key, kind, &prior_state(prior));
+        let span = tracing::debug_span!("decision", event_id = %ev.event_id, asset_key = %p.key, decision_id = %id);
+        span.in_scope(|| tracing::debug!(outcome = outcome.as_str(), "decided"));
         *outcomes.entry(outcome).or_default() += 1;
         rows.push(HistoryRow {
             asset_key: Some(p.key.clone()),

@@ -163,6 +163,9 @@ impl IngestLoop {
 
     async fn commit(&mut self) {
         self.metrics.set_in_flight(&self.name, self.source.outstanding() as u64);
+        if let Some(lag) = self.source.lag() {
+            self.metrics.set_lag(&self.name, lag);
+        }
         if let Err(e) = self.source.commit().await {
             tracing::warn!(source = %self.name, error = %e, "committing the source position failed; will retry");
         }

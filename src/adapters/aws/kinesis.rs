@@ -38,6 +38,8 @@ struct Shard {
     finished: bool,
     /// The last read came back empty at the tip of the stream.
     caught_up: bool,
+    /// MillisBehindLatest of the last read.
+    behind_ms: u64,
     started: bool,
 }
 
@@ -106,6 +108,7 @@ impl KinesisSource {
                         ended: s.sequence_number_range().and_then(|r| r.ending_sequence_number()).is_some(),
                         finished,
                         caught_up: false,
+                        behind_ms: 0,
                         started: false,
                     },
                 );
@@ -180,7 +183,8 @@ impl KinesisSource {
         let Some(shard) = self.shards.get_mut(id) else { return Ok(Vec::new()) };
         shard.started = true;
         shard.iterator = out.next_shard_iterator().map(str::to_owned);
-        shard.caught_up = out.records().is_empty() && out.millis_behind_latest().unwrap_or(0) == 0;
+        shard.behind_ms = out.millis_behind_latest().unwrap_or(0).max(0) as u64;
+        shard.caught_up = out.records().is_empty() && shard.behind_ms == 0;
         // Closed: no next iterator; or (emulators that keep handing one out) an ended shard
         // read to its tip.
         shard.closed = shard.iterator.is_none() || (shard.ended && shard.caught_up);
@@ -243,5 +247,10 @@ impl Source for KinesisSource {
 
     fn outstanding(&self) -> usize {
         self.shards.values().map(|s| s.watermark.outstanding()).sum()
+    }
+
+    /// Milliseconds behind the tip, the most of any shard being read.
+    fn lag(&self) -> Option<u64> {
+        self.shards.values().filter(|s| !s.finished).map(|s| s.behind_ms).max()
     }
 }
