@@ -3,27 +3,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{SCENARIO_CONFIG, bin, scenarios};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A plain HTTP/1.1 GET: (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Some((status, body))
-}
+use common::{SCENARIO_CONFIG, bin, free_port, http_get as get, scenarios, spawn_run};
 
 fn sample(metrics: &prometheus_parse::Scrape, name: &str, label: (&str, &str)) -> f64 {
     metrics
@@ -48,14 +30,7 @@ fn metrics_move_as_a_scenario_runs_and_the_page_is_served() {
         .replace("follow = false", "follow = true")
         .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
-    let mut child = bin()
-        .arg("run")
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(dir.path());
 
     let started = Instant::now();
     let scrape = loop {

@@ -7,7 +7,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Outputs, bin};
+use common::{Outputs, bin, free_port, http_get as get};
 
 fn url() -> String {
     std::env::var("ASSETFLOW_TEST_PG_URL")
@@ -25,18 +25,6 @@ fn pg_ctl(action: &str) {
         .status()
         .expect("pg_ctlcluster");
     assert!(status.success(), "pg_ctlcluster {action}");
-}
-
-/// A plain HTTP/1.1 GET of the admin server: (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
 }
 
 /// Polls `path` until `want(status, body)` or 30 s pass.
@@ -122,7 +110,7 @@ fn a_database_outage_mid_run_loses_nothing() {
     assert!(clean_out.upserts.iter().any(|u| u["business"]["domain"] == "d1"));
 
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     // Following the file, so the service stays up to be asked whether it is ready.
     setup_with(dir.path(), true, &format!("127.0.0.1:{port}"));
     let lines = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap().lines().count() as u64;

@@ -55,7 +55,7 @@ fn count(dom: &str, label: &str) -> u64 {
 #[test]
 fn the_status_page_renders_the_topology_with_moving_numbers() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     std::fs::write(dir.path().join("business.json"), "[]").unwrap();
     let config = SCENARIO_CONFIG
         .replace("follow = false", "follow = true")
@@ -71,14 +71,7 @@ fn the_status_page_renders_the_topology_with_moving_numbers() {
     let all: Vec<String> =
         std::fs::read_to_string(dir.path().join("all.jsonl")).unwrap().lines().map(str::to_owned).collect();
     std::fs::write(dir.path().join("events.jsonl"), "").unwrap();
-    let mut child = bin()
-        .arg("run")
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = common::spawn_run(dir.path());
     // A crawler writing while the browser watches.
     let path = dir.path().join("events.jsonl");
     let writer = std::thread::spawn(move || {

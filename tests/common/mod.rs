@@ -210,3 +210,32 @@ pub fn expected_without_refused(scenario: &Path, refused: usize, dir: &Path) -> 
     std::fs::write(&path, want.to_string()).expect("write expected");
     path
 }
+
+/// A free TCP port on 127.0.0.1 (for an admin server).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A plain HTTP/1.1 GET on 127.0.0.1: (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
+}
+
+/// `assetflow run` in `dir`, in the background, quiet.
+pub fn spawn_run(dir: &Path) -> std::process::Child {
+    bin()
+        .arg("run")
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn assetflow")
+}
