@@ -114,6 +114,19 @@ pub fn render(s: &AdminState) -> String {
             .map(|((stage, kind), v)| (format!("{{stage=\"{}\",kind=\"{}\"}}", label(&stage), label(&kind)), v as f64))
             .collect(),
     );
+    let actors = m.actors();
+    family(
+        "assetflow_actor_messages_handled_total",
+        "counter",
+        "Messages each actor has handled (shards together).",
+        actors.iter().map(|(a, h, _)| (format!("{{actor=\"{}\"}}", a.as_str()), *h as f64)).collect(),
+    );
+    family(
+        "assetflow_actor_mailbox_depth",
+        "gauge",
+        "Messages sent to an actor and not yet handled (shards together).",
+        actors.iter().map(|(a, _, d)| (format!("{{actor=\"{}\"}}", a.as_str()), *d as f64)).collect(),
+    );
     family(
         "assetflow_published_total",
         "counter",
@@ -231,6 +244,7 @@ async fn status(State(s): State<AdminState>) -> impl IntoResponse {
         "events_in": m.events_by_source(),
         "in_flight": m.in_flight(),
         "lag": m.lag(),
+        "queues": m.actors().into_iter().map(|(a, _, d)| (a.as_str().to_owned(), d)).collect::<std::collections::BTreeMap<_, _>>(),
         "outcomes": outcomes,
         "dead_letters": m.dead_letters(),
         "upserts": Metrics::count(&m.upserts_published),

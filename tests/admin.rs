@@ -61,6 +61,9 @@ fn metrics_move_as_a_scenario_runs_and_the_page_is_served() {
         })
     };
     assert!(timed("control store") && timed("upsert sink") && timed("history store"), "latency histograms");
+    // Every running event went through the router and a shard; queues are empty once idle.
+    assert_eq!(sample(&scrape, "assetflow_actor_messages_handled_total", ("actor", "decisor")), 16.0);
+    assert_eq!(sample(&scrape, "assetflow_actor_mailbox_depth", ("actor", "decisor")), 0.0);
 
     assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200));
     assert_eq!(get(port, "/readyz").map(|r| r.0), Some(200));

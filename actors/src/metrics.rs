@@ -6,6 +6,41 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::decision::Outcome;
 
+/// The actors whose mailboxes are measured (shards together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorName {
+    Enricher,
+    Router,
+    Decisor,
+    UpsertProducer,
+    DropProducer,
+    EnrichedProducer,
+    HistoryWriter,
+}
+
+impl ActorName {
+    pub const ALL: [ActorName; 7] = [
+        ActorName::Enricher,
+        ActorName::Router,
+        ActorName::Decisor,
+        ActorName::UpsertProducer,
+        ActorName::DropProducer,
+        ActorName::EnrichedProducer,
+        ActorName::HistoryWriter,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorName::Enricher => "enricher",
+            ActorName::Router => "router",
+            ActorName::Decisor => "decisor",
+            ActorName::UpsertProducer => "upsert_producer",
+            ActorName::DropProducer => "drop_producer",
+            ActorName::EnrichedProducer => "enriched_producer",
+            ActorName::HistoryWriter => "history_writer",
+        }
+    }
+}
+
 /// Pipeline-wide counters, shared by every actor through an `Arc`.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -23,6 +58,9 @@ pub struct Metrics {
     lag: Mutex<BTreeMap<String, u64>>,
     /// Backends whose last call failed (after retries), with the error: what `/readyz` reports.
     unhealthy: Mutex<BTreeMap<String, String>>,
+    /// Messages sent to and handled by each actor: the difference is its mailbox depth.
+    actor_sent: [AtomicU64; 7],
+    actor_handled: [AtomicU64; 7],
     /// Decisor micro-batches applied, and the events in them.
     pub batches: AtomicU64,
     pub batch_events: AtomicU64,
@@ -37,6 +75,23 @@ fn index(o: Outcome) -> usize {
 }
 
 impl Metrics {
+    pub fn sent(&self, a: ActorName) {
+        self.actor_sent[a as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn handled(&self, a: ActorName) {
+        self.actor_handled[a as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    /// (actor, messages handled, messages waiting) for every measured actor.
+    pub fn actors(&self) -> Vec<(ActorName, u64, u64)> {
+        ActorName::ALL
+            .iter()
+            .map(|a| {
+                let handled = self.actor_handled[*a as usize].load(Ordering::Relaxed);
+                let sent = self.actor_sent[*a as usize].load(Ordering::Relaxed);
+                (*a, handled, sent.saturating_sub(handled))
+            })
+            .collect()
+    }
     pub fn outcome(&self, o: Outcome, n: u64) {
         self.outcomes[index(o)].fetch_add(n, Ordering::Relaxed);
     }

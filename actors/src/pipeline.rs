@@ -116,7 +116,7 @@ impl Pipeline {
             )),
         };
         arbiters.push(outputs);
-        let enricher = Enricher::new(lookup.clone(), keys, next, history.clone(), mailbox).start();
+        let enricher = Enricher::new(lookup.clone(), keys, next, history.clone(), mailbox, metrics.clone()).start();
         let (stop, stop_rx) = watch::channel(false);
         let ingest_settings = IngestSettings {
             max_event_bytes: settings.max_event_bytes,

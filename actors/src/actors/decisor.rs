@@ -29,7 +29,7 @@ use crate::envelope::Envelope;
 use crate::event::EventKind;
 use crate::hash::{HashIgnore, content_hash};
 use crate::lookup::{CachedLookup, LookupKeys};
-use crate::metrics::Metrics;
+use crate::metrics::{ActorName, Metrics};
 use crate::ports::{
     BackendError, BackendResult, ContentStore, ControlStore, FailureKind, RecordKey, RecordWrite, SinkRecord,
 };
@@ -119,6 +119,7 @@ impl Actor for Decisor {
 impl Handler<Decide> for Decisor {
     type Result = ();
     fn handle(&mut self, msg: Decide, ctx: &mut Context<Self>) {
+        self.deps.metrics.handled(ActorName::Decisor);
         self.push(Item::Event(Box::new(msg.0)), ctx);
     }
 }
@@ -233,7 +234,13 @@ async fn apply_events(deps: &DecisorDeps, batch: &mut Vec<Pending>) {
         }
     };
     let n = rows.len();
-    if let Err(e) = deps.history.send(Record(rows)).await.unwrap_or_else(|_| Err(stopped("history"))) {
+    if let Err(e) = {
+        deps.metrics.sent(ActorName::HistoryWriter);
+        deps.history.send(Record(rows))
+    }
+    .await
+    .unwrap_or_else(|_| Err(stopped("history")))
+    {
         return dead_letter_all(deps, std::mem::take(batch), Stage::History, "backend", &e).await;
     }
     tracing::trace!(events = n, "batch applied");
@@ -418,7 +425,13 @@ async fn dead_letter_all(deps: &DecisorDeps, batch: Vec<Pending>, stage: Stage, 
             (dl, p.env.ack)
         })
         .collect();
-    if deps.history.send(DeadLetters(letters)).await.is_err() {
+    if {
+        deps.metrics.sent(ActorName::HistoryWriter);
+        deps.history.send(DeadLetters(letters))
+    }
+    .await
+    .is_err()
+    {
         tracing::error!("history writer stopped; dead letters left unacknowledged for re-delivery");
     }
 }
@@ -484,10 +497,20 @@ async fn try_apply_drops(deps: &DecisorDeps, cmd: &ApplyDrops) -> BackendResult<
         return Ok(0);
     }
     let n = outputs.len();
-    deps.drops.send(Publish(outputs)).await.unwrap_or_else(|_| Err(stopped("drop producer")))?;
+    {
+        deps.metrics.sent(ActorName::DropProducer);
+        deps.drops.send(Publish(outputs))
+    }
+    .await
+    .unwrap_or_else(|_| Err(stopped("drop producer")))?;
     Metrics::add(&deps.metrics.drops_published, n as u64);
     deps.retry.call("control store", "put", || deps.control.put_many(&changed)).await?;
-    deps.history.send(Record(rows)).await.unwrap_or_else(|_| Err(stopped("history")))?;
+    {
+        deps.metrics.sent(ActorName::HistoryWriter);
+        deps.history.send(Record(rows))
+    }
+    .await
+    .unwrap_or_else(|_| Err(stopped("history")))?;
     deps.metrics.outcome(Outcome::Dropped, n as u64);
     Ok(n)
 }

@@ -19,6 +19,7 @@ use crate::envelope::Envelope;
 use crate::event::{AssetEvent, EventKind};
 use crate::forward::{Ping, forward_from};
 use crate::lookup::{CachedLookup, LookupKeys};
+use crate::metrics::{ActorName, Metrics};
 use crate::ports::BackendError;
 
 /// Enrich this event.
@@ -38,6 +39,7 @@ pub struct Enricher {
     next: Next,
     history: Addr<HistoryWriter>,
     mailbox: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Enricher {
@@ -47,15 +49,22 @@ impl Enricher {
         next: Next,
         history: Addr<HistoryWriter>,
         mailbox: usize,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        Enricher { lookup, keys, next, history, mailbox }
+        Enricher { lookup, keys, next, history, mailbox, metrics }
     }
 
     fn pass(&mut self, env: Envelope<AssetEvent>, business: Business, ctx: &mut Context<Self>) {
         let env = env.map(|event| Enriched { event, business, enriched_at: Utc::now() });
         match &self.next {
-            Next::Decide(router) => forward_from::<Self, _, _>(ctx, router, Route(env)),
-            Next::Publish(producer) => forward_from::<Self, _, _>(ctx, producer, Deliver(env)),
+            Next::Decide(router) => {
+                self.metrics.sent(ActorName::Router);
+                forward_from::<Self, _, _>(ctx, router, Route(env))
+            }
+            Next::Publish(producer) => {
+                self.metrics.sent(ActorName::EnrichedProducer);
+                forward_from::<Self, _, _>(ctx, producer, Deliver(env))
+            }
         }
     }
 
@@ -70,6 +79,7 @@ impl Enricher {
             env.attempts,
         );
         dl.asset_key = env.body.asset_key();
+        self.metrics.sent(ActorName::HistoryWriter);
         forward_from::<Self, _, _>(ctx, &self.history, DeadLetters(vec![(dl, env.ack)]));
     }
 }
@@ -84,6 +94,7 @@ impl Actor for Enricher {
 impl Handler<Enrich> for Enricher {
     type Result = ();
     fn handle(&mut self, msg: Enrich, ctx: &mut Context<Self>) {
+        self.metrics.handled(ActorName::Enricher);
         let env = msg.0;
         if matches!(env.body.kind, EventKind::Completed { .. }) {
             return self.pass(env, None, ctx);

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::decision::{DeadLetter, HistoryRow};
 use crate::envelope::Ack;
-use crate::metrics::Metrics;
+use crate::metrics::{ActorName, Metrics};
 use crate::ports::{BackendError, BackendResult, HistoryStore, Sink, SinkRecord};
 use crate::retry::RetryPolicy;
 
@@ -81,6 +81,7 @@ impl Actor for HistoryWriter {
 impl Handler<Record> for HistoryWriter {
     type Result = ResponseFuture<BackendResult<()>>;
     fn handle(&mut self, msg: Record, ctx: &mut Context<Self>) -> Self::Result {
+        self.metrics.handled(ActorName::HistoryWriter);
         let (tx, rx) = oneshot::channel();
         self.rows.extend(msg.0);
         self.waiting.push(tx);
@@ -94,6 +95,7 @@ impl Handler<Record> for HistoryWriter {
 impl Handler<DeadLetters> for HistoryWriter {
     type Result = ();
     fn handle(&mut self, msg: DeadLetters, ctx: &mut Context<Self>) {
+        self.metrics.handled(ActorName::HistoryWriter);
         self.letters.extend(msg.0);
         self.schedule(ctx);
     }

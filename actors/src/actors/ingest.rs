@@ -13,7 +13,7 @@ use crate::decision::{DeadLetter, Stage};
 use crate::envelope::Envelope;
 use crate::event::{RejectKind, decode};
 use crate::forward::forward;
-use crate::metrics::Metrics;
+use crate::metrics::{ActorName, Metrics};
 use crate::ports::{Pull, Source};
 use std::sync::Arc;
 
@@ -143,6 +143,7 @@ impl IngestLoop {
             Ok(event) => {
                 let env =
                     Envelope { body: event, raw: m.bytes.into(), origin: m.origin, attempts: m.attempts, ack: m.ack };
+                self.metrics.sent(ActorName::Enricher);
                 forward(&self.enricher, Enrich(env)).await.is_ok()
             }
             Err(rejection) => {
@@ -156,6 +157,7 @@ impl IngestLoop {
                     m.origin,
                     m.attempts,
                 );
+                self.metrics.sent(ActorName::HistoryWriter);
                 forward(&self.history, DeadLetters(vec![(dl, m.ack)])).await.is_ok()
             }
         }

@@ -12,7 +12,7 @@ use super::Enriched;
 use super::history::{DeadLetters, HistoryWriter, Record};
 use crate::decision::{DeadLetter, HistoryRow, Outcome, Stage, decision_id, rfc3339};
 use crate::envelope::Envelope;
-use crate::metrics::Metrics;
+use crate::metrics::{ActorName, Metrics};
 use crate::ports::{BackendError, BackendResult, Sink, SinkRecord};
 use crate::retry::RetryPolicy;
 
@@ -117,6 +117,9 @@ impl Producer {
 impl Handler<Deliver> for Producer {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        if let Some(m) = &self.health {
+            m.handled(ActorName::EnrichedProducer);
+        }
         let (record, id) = enriched_record(&msg.0);
         let ev = &msg.0.body.event;
         let (event_id, asset_key, source, run_id) =
@@ -143,6 +146,9 @@ impl Actor for Producer {
 impl Handler<Publish> for Producer {
     type Result = ResponseFuture<BackendResult<()>>;
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(m) = &self.health {
+            m.handled(if self.name.starts_with("drop") { ActorName::DropProducer } else { ActorName::UpsertProducer });
+        }
         let (tx, rx) = oneshot::channel();
         self.queue.extend(msg.0);
         self.waiting.push(tx);
@@ -246,7 +252,13 @@ async fn finish_deliveries(
                     (dl, d.env.ack)
                 })
                 .collect();
-            if history.send(DeadLetters(letters)).await.is_err() {
+            if {
+                metrics.sent(ActorName::HistoryWriter);
+                history.send(DeadLetters(letters))
+            }
+            .await
+            .is_err()
+            {
                 tracing::error!("history writer stopped; enriched events left unacknowledged for re-delivery");
             }
         }

@@ -18,6 +18,7 @@ use super::sweep::{self, SweepDeps, shard_of};
 use crate::envelope::Envelope;
 use crate::event::EventKind;
 use crate::forward::{Ping, forward_from};
+use crate::metrics::ActorName;
 
 /// Route this event.
 #[derive(Message)]
@@ -77,6 +78,7 @@ impl Router {
             EventKind::Running { .. } => {
                 let key = ev.asset_key().unwrap_or_default();
                 let shard = shard_of(&key, self.shards.len());
+                self.sweep.metrics.sent(ActorName::Decisor);
                 forward_from::<Self, _, _>(ctx, &self.shards[shard], Decide(env));
             }
             EventKind::Completed { expected_assets } => self.start_sweep(env, expected_assets.is_some(), ctx),
@@ -135,6 +137,7 @@ impl Actor for Router {
 impl Handler<Route> for Router {
     type Result = ();
     fn handle(&mut self, msg: Route, ctx: &mut Context<Self>) {
+        self.sweep.metrics.handled(ActorName::Router);
         self.route(msg.0, ctx);
     }
 }

@@ -15,7 +15,7 @@ use crate::decide::{SweepPlan, plan_sweep};
 use crate::decision::{DeadLetter, HistoryRow, Outcome, Stage, decision_id};
 use crate::envelope::Envelope;
 use crate::event::EventKind;
-use crate::metrics::Metrics;
+use crate::metrics::{ActorName, Metrics};
 use crate::ports::ControlStore;
 use crate::retry::RetryPolicy;
 
@@ -120,7 +120,12 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
         decision_id: decision_id(&ev.event_id, &ev.source, "completed", &ev.run_id),
         at: Utc::now(),
     };
-    match deps.history.send(Record(vec![row])).await {
+    match {
+        deps.metrics.sent(ActorName::HistoryWriter);
+        deps.history.send(Record(vec![row]))
+    }
+    .await
+    {
         Ok(Ok(())) => {
             deps.metrics.outcome(Outcome::Completed, 1);
             env.ack.done();
@@ -131,7 +136,13 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
 }
 
 async fn finish_dead(deps: &SweepDeps, dl: DeadLetter, ack: crate::envelope::Ack) {
-    if deps.history.send(DeadLetters(vec![(dl, ack)])).await.is_err() {
+    if {
+        deps.metrics.sent(ActorName::HistoryWriter);
+        deps.history.send(DeadLetters(vec![(dl, ack)]))
+    }
+    .await
+    .is_err()
+    {
         tracing::error!("history writer stopped; completion left unacknowledged for re-delivery");
     }
 }
