@@ -123,6 +123,11 @@ impl CachedLookup {
         if let Some(b) = self.cached(params) {
             return Ok(b);
         }
+        self.fetch(params).await
+    }
+
+    /// Asks the backend (the caller has already missed the cache), and caches the answer.
+    pub async fn fetch(&self, params: &[String]) -> BackendResult<Business> {
         let report = |e: Option<&crate::ports::BackendError>| {
             if let Some(m) = &self.metrics {
                 m.backend_result("enricher", e.map_or(Ok(()), Err));

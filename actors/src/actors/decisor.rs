@@ -291,10 +291,7 @@ async fn decide_and_publish(
             Verdict::Updated => Outcome::Updated,
             Verdict::Unchanged => Outcome::Unchanged,
         };
-        let kind = match verdict {
-            Verdict::Created | Verdict::Updated => "upsert",
-            other => outcome_kind(other),
-        };
+        let kind = outcome_kind(verdict);
         let id = decision_id(&ev.event_id, &p.key, kind, &prior_state(prior));
         let span = tracing::debug_span!("decision", event_id = %ev.event_id, asset_key = %p.key, decision_id = %id);
         span.in_scope(|| tracing::debug!(outcome = outcome.as_str(), "decided"));

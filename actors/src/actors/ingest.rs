@@ -128,7 +128,6 @@ impl IngestLoop {
                 }
             }
             if last_commit.elapsed() >= self.settings.commit_interval {
-                self.metrics.set_in_flight(&self.name, self.source.outstanding() as u64);
                 self.commit().await;
                 last_commit = Instant::now();
             }

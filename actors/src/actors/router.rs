@@ -33,6 +33,7 @@ struct SweepDone {
 }
 
 struct PendingSweep {
+    source: String,
     generation: u64,
     run_id: String,
     /// The completion waits for its run's assets: let that run's events through.
@@ -63,7 +64,7 @@ impl Router {
                 if p.held.len() >= self.mailbox {
                     // Held events are at their bound: stop taking anything until the sweep ends.
                     let mut done = p.done.clone();
-                    let (source, generation) = (p_source(&p.held), p.generation);
+                    let (source, generation) = (p.source.clone(), p.generation);
                     ctx.wait(
                         actix::fut::wrap_future::<_, Self>(async move {
                             let _ = done.wait_for(|d| *d).await;
@@ -93,6 +94,7 @@ impl Router {
         self.pending.insert(
             source.clone(),
             PendingSweep {
+                source: source.clone(),
                 generation,
                 run_id: env.body.event.run_id.clone(),
                 passes_run,
@@ -121,10 +123,6 @@ impl Router {
             self.route(env, ctx);
         }
     }
-}
-
-fn p_source(held: &VecDeque<Envelope<Enriched>>) -> String {
-    held.front().map(|e| e.body.event.source.clone()).unwrap_or_default()
 }
 
 impl Actor for Router {
