@@ -37,6 +37,10 @@ pub struct GenParams {
     pub halfway_every: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Leave out the first K runs (they are still generated, so the rest is the same bytes as
+    /// in the full stream): a "steady crawl" over state a full first run left behind.
+    #[arg(long, default_value_t = 0)]
+    pub skip_runs: usize,
 }
 
 impl Default for GenParams {
@@ -52,6 +56,7 @@ impl Default for GenParams {
             bad: 0.001,
             halfway_every: 0,
             seed: 42,
+            skip_runs: 0,
         }
     }
 }
@@ -136,10 +141,12 @@ pub fn generate(p: &GenParams, out: &mut dyn Write) -> std::io::Result<u64> {
             }
             let i = live[rng.usize(0..live.len())];
             let take = rng.usize(1..=16).min(pending[i].len() - cursors[i]);
-            for line in &pending[i][cursors[i]..cursors[i] + take] {
-                out.write_all(line.as_bytes())?;
-                out.write_all(b"\n")?;
-                lines += 1;
+            if run >= p.skip_runs {
+                for line in &pending[i][cursors[i]..cursors[i] + take] {
+                    out.write_all(line.as_bytes())?;
+                    out.write_all(b"\n")?;
+                    lines += 1;
+                }
             }
             cursors[i] += take;
         }

@@ -71,7 +71,10 @@ fn write_value<'v, W: Write>(
     match value {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable();
+            // serde_json's default map is sorted already; only a `preserve_order` build needs this.
+            if !keys.is_sorted() {
+                keys.sort_unstable();
+            }
             out.write_all(b"{")?;
             let mut first = true;
             for key in keys {

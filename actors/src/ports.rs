@@ -84,6 +84,20 @@ pub trait ContentStore: Send + Sync + 'static {
     fn content_ref(&self, asset_key: &str, hash: &str) -> String;
     /// Stores the content; putting the same key and hash twice is harmless.
     async fn put(&self, asset_key: &str, hash: &str, body: &[u8]) -> BackendResult<()>;
+    /// Stores a batch (a decisor micro-batch's new content): durable when this returns. Stores
+    /// that can make many writes durable at once (one sync for a folder) override it.
+    async fn put_many(&self, items: &[ContentPut]) -> BackendResult<()> {
+        futures_util::future::try_join_all(items.iter().map(|c| self.put(&c.asset_key, &c.hash, &c.body))).await?;
+        Ok(())
+    }
+}
+
+/// One asset's content at one hash, to store.
+#[derive(Debug, Clone)]
+pub struct ContentPut {
+    pub asset_key: String,
+    pub hash: String,
+    pub body: Vec<u8>,
 }
 
 /// Where history rows go, and are read back newest first.

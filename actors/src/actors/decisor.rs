@@ -14,7 +14,6 @@ use std::sync::Arc;
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
-use futures_util::future::try_join_all;
 use std::panic::AssertUnwindSafe;
 use tokio::sync::oneshot;
 
@@ -31,7 +30,7 @@ use crate::hash::{HashIgnore, content_hash};
 use crate::lookup::{CachedLookup, LookupKeys};
 use crate::metrics::{ActorName, Metrics};
 use crate::ports::{
-    BackendError, BackendResult, ContentStore, ControlStore, FailureKind, RecordKey, RecordWrite, SinkRecord,
+    BackendError, BackendResult, ContentPut, ContentStore, ControlStore, FailureKind, RecordKey, RecordWrite, SinkRecord,
 };
 use crate::record::{ControlRecord, RecordStatus};
 use crate::retry::{RetryPolicy, panic_message};
@@ -271,10 +270,12 @@ async fn decide_and_publish(
     deps.metrics.backend_result("control store", read.as_ref().map(|_| ()));
     let mut records = read.map_err(|e| (Stage::Decide, e))?;
     let read_versions: HashMap<String, u64> = records.iter().map(|(k, r)| (k.clone(), r.version)).collect();
+    // Keys in first-change order (the write order), and the same set for O(1) membership.
     let mut dirty: Vec<String> = Vec::new();
+    let mut dirty_set: HashSet<String> = HashSet::new();
     let mut rows = Vec::with_capacity(batch.len());
     let mut upserts = Vec::new();
-    let mut contents: Vec<(String, String, Vec<u8>)> = Vec::new();
+    let mut contents: Vec<ContentPut> = Vec::new();
     let mut outcomes: HashMap<Outcome, u64> = HashMap::new();
     let now = Utc::now();
     for p in batch.iter() {
@@ -313,7 +314,11 @@ async fn decide_and_publish(
         let mut content_ref = prior.and_then(|r| r.content_ref.clone());
         if matches!(verdict, Verdict::Created | Verdict::Updated) {
             let cref = deps.content.content_ref(&p.key, &p.hash);
-            contents.push((p.key.clone(), p.hash.clone(), serde_json::to_vec(body).unwrap_or_default()));
+            contents.push(ContentPut {
+                asset_key: p.key.clone(),
+                hash: p.hash.clone(),
+                body: serde_json::to_vec(body).unwrap_or_default(),
+            });
             let decision = Decision::Upsert(Upsert {
                 decision_id: id,
                 change: if verdict == Verdict::Created { Change::Created } else { Change::Updated },
@@ -343,21 +348,20 @@ async fn decide_and_publish(
             content_ref,
             version: prior_version + 1,
         };
-        if !dirty.contains(&p.key) {
+        if dirty_set.insert(p.key.clone()) {
             dirty.push(p.key.clone());
         }
         records.insert(p.key.clone(), record);
     }
     // Content first: an upsert must never point at content that is not there.
-    contents.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    contents.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
-    try_join_all(
-        contents
-            .iter()
-            .map(|(k, h, body)| deps.retry.call("content store", "put", move || deps.content.put(k, h, body))),
-    )
-    .await
-    .map_err(|e| (Stage::Decide, e))?;
+    contents.sort_by(|a, b| (&a.asset_key, &a.hash).cmp(&(&b.asset_key, &b.hash)));
+    contents.dedup_by(|a, b| a.asset_key == b.asset_key && a.hash == b.hash);
+    if !contents.is_empty() {
+        deps.retry
+            .call("content store", "put", || deps.content.put_many(&contents))
+            .await
+            .map_err(|e| (Stage::Decide, e))?;
+    }
     if !upserts.is_empty() {
         let n = upserts.len() as u64;
         deps.upserts
