@@ -17,6 +17,7 @@ use crate::adapters::content_dir::ContentDir;
 use crate::adapters::file_lookup::{FileLookup, NoLookup};
 use crate::adapters::file_sink::{FileSink, StdoutSink};
 use crate::adapters::file_source::{FileSource, StdinSource};
+use crate::adapters::http_source::HttpSource;
 use crate::adapters::kafka::sink::KafkaSink;
 use crate::adapters::kafka::source::{KafkaSource, KafkaSourceOptions};
 use crate::adapters::postgres_lookup::PgLookup;
@@ -35,16 +36,6 @@ pub struct BuildError {
 
 fn build_err(config: &Config, key: impl Into<String>, message: impl Into<String>) -> BuildError {
     BuildError { file: config.file.display().to_string(), key: key.into(), message: message.into() }
-}
-
-fn not_in_this_build(config: &Config, key: &str, kind: &str) -> BuildError {
-    build_err(
-        config,
-        key,
-        format!(
-            "kind \"{kind}\" is part of the topology contract but its adapter is not built yet; use an embedded kind for now"
-        ),
-    )
 }
 
 /// The pipeline settings a config asks for.
@@ -134,6 +125,11 @@ pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool
                 .map_err(|m| build_err(config, format!("{key}.path"), m))?,
             ),
             SourceConfig::Stdin { .. } => Box::new(StdinSource::new(name.clone())),
+            SourceConfig::Http { listen, .. } => Box::new(
+                HttpSource::bind(name.clone(), listen)
+                    .await
+                    .map_err(|m| build_err(config, format!("{key}.listen"), m))?,
+            ),
             SourceConfig::Kinesis { stream, follow, .. } => {
                 Box::new(KinesisSource::new(aws_ref(&key)?, name.clone(), stream, checkpoints.clone(), *follow))
             }
@@ -165,7 +161,6 @@ pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool
                         .map_err(|m| build_err(config, &key, m))?,
                 )
             }
-            other => return Err(not_in_this_build(config, &format!("{key}.kind"), other.kind())),
         };
         sources.push((name, source));
     }

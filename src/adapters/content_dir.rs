@@ -103,9 +103,7 @@ impl ContentStore for ContentDir {
         let me = self.clone();
         let items: Vec<(PathBuf, Vec<u8>)> =
             items.iter().map(|c| (self.path_of(&c.asset_key, &c.hash), c.body.clone())).collect();
-        tokio::task::spawn_blocking(move || me.write_batch(&items))
-            .await
-            .map_err(|e| self.fail("put", e))?
+        tokio::task::spawn_blocking(move || me.write_batch(&items)).await.map_err(|e| self.fail("put", e))?
     }
 }
 
@@ -126,7 +124,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ContentDir::open(dir.path()).unwrap();
         let put = |k: &str, h: &str, b: &str| ContentPut { asset_key: k.into(), hash: h.into(), body: b.into() };
-        store.put_many(&[put("pg/db/public/orders", "h1", "{}"), put("pg/db/public/orders.x", "h1", "[]")]).await.unwrap();
+        store
+            .put_many(&[put("pg/db/public/orders", "h1", "{}"), put("pg/db/public/orders.x", "h1", "[]")])
+            .await
+            .unwrap();
         // Already there: left as it was (content at one hash never changes).
         store.put_many(&[put("pg/db/public/orders", "h1", "changed")]).await.unwrap();
         let a = dir.path().join("pg/db/public/orders.h1.json");
@@ -135,6 +136,9 @@ mod tests {
         assert_eq!(std::fs::read_to_string(b).unwrap(), "[]");
         let names: Vec<_> = std::fs::read_dir(dir.path().join("pg/db/public")).unwrap().collect();
         assert_eq!(names.len(), 2, "no temporary file left behind");
-        assert_eq!(store.content_ref("pg/db/public/orders", "h1"), format!("file://{}", dir.path().canonicalize().unwrap().join("pg/db/public/orders.h1.json").display()));
+        assert_eq!(
+            store.content_ref("pg/db/public/orders", "h1"),
+            format!("file://{}", dir.path().canonicalize().unwrap().join("pg/db/public/orders.h1.json").display())
+        );
     }
 }

@@ -30,7 +30,8 @@ use crate::hash::{HashIgnore, content_hash};
 use crate::lookup::{CachedLookup, LookupKeys};
 use crate::metrics::{ActorName, Metrics};
 use crate::ports::{
-    BackendError, BackendResult, ContentPut, ContentStore, ControlStore, FailureKind, RecordKey, RecordWrite, SinkRecord,
+    BackendError, BackendResult, ContentPut, ContentStore, ControlStore, FailureKind, RecordKey, RecordWrite,
+    SinkRecord,
 };
 use crate::record::{ControlRecord, RecordStatus};
 use crate::retry::{RetryPolicy, panic_message};
