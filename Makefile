@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test lint fmt services services-stop build clean
+.PHONY: run test lint fmt services services-stop build clean bench
 
 ## run: the embedded default topology (config.toml) over examples/, from a clean state.
 run:
@@ -22,6 +22,12 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## bench: end-to-end benchmarks (written to BENCHMARKS.md) and the hot-path micro-benchmarks.
+## The Kafka and AWS sections need `make services` first; without it they are marked skipped.
+bench:
+	$(CARGO) bench --bench pipeline
+	$(CARGO) bench -p assetflow-actors --bench hot_paths
 
 ## services: install and start the local backends the tests use (moto for AWS), on 127.0.0.1.
 services:

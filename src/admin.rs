@@ -30,6 +30,8 @@ pub struct AdminState {
     pub sources: Vec<String>,
     pub shards: usize,
     pub decides: bool,
+    /// Set while `assetflow redrive` runs: dead letters replayed and parked so far.
+    pub redrive: Option<Arc<assetflow_actors::redrive::RedriveStats>>,
 }
 
 /// Binds `listen` and serves until the process ends.
@@ -121,6 +123,23 @@ pub fn render(s: &AdminState) -> String {
         "Messages each actor has handled (shards together).",
         actors.iter().map(|(a, h, _)| (format!("{{actor=\"{}\"}}", a.as_str()), *h as f64)).collect(),
     );
+    if let Some(r) = &s.redrive {
+        family(
+            "assetflow_redrive_dead_letters_total",
+            "counter",
+            "Dead letters read back by `assetflow redrive`: replayed through the pipeline, or parked past redrive.max_attempts.",
+            vec![
+                ("{result=\"replayed\"}".into(), r.replayed() as f64),
+                ("{result=\"parked\"}".into(), r.parked() as f64),
+            ],
+        );
+    }
+    family(
+        "assetflow_actor_busy_seconds_total",
+        "counter",
+        "Seconds each actor spent on its own work, not waiting for the next stage (shards together): its rate is how busy the stage is.",
+        m.busy_seconds().into_iter().map(|(a, v)| (format!("{{actor=\"{}\"}}", a.as_str()), v)).collect(),
+    );
     family(
         "assetflow_actor_mailbox_depth",
         "gauge",
@@ -152,8 +171,8 @@ pub fn render(s: &AdminState) -> String {
     family(
         "assetflow_restarts_total",
         "counter",
-        "Times an actor recovered from a panic and delivered its messages again.",
-        vec![(String::new(), Metrics::count(&m.restarts) as f64)],
+        "Times an actor recovered from a panic and delivered its messages again (the decisor shards are the supervised actors; the others hold no panicking path).",
+        vec![("{actor=\"decisor\"}".into(), Metrics::count(&m.restarts) as f64)],
     );
     let cache = s.lookup.stats();
     family(
@@ -212,6 +231,25 @@ pub fn render(s: &AdminState) -> String {
     }
     // Histogram samples carry their own `_bucket`/`_sum`/`_count` suffix before the labels.
     family("assetflow_backend_call_duration_seconds", "histogram", "Backend call attempts by latency.", hist);
+    // Every fourth bound of the fine internal histogram (each ~2.4x the last) keeps the family short.
+    let lat = &m.decision_latency;
+    let mut hist = Vec::new();
+    let mut cumulative = 0;
+    for (i, (bound, n)) in lat.buckets().into_iter().enumerate() {
+        cumulative += n;
+        if i % 4 == 3 {
+            hist.push((format!("_bucket{{le=\"{bound:.6}\"}}"), cumulative as f64));
+        }
+    }
+    hist.push(("_bucket{le=\"+Inf\"}".to_owned(), lat.count() as f64));
+    hist.push(("_sum".to_owned(), lat.sum_seconds()));
+    hist.push(("_count".to_owned(), lat.count() as f64));
+    family(
+        "assetflow_decision_latency_seconds",
+        "histogram",
+        "From reading an event to its decision being durable and acknowledged.",
+        hist,
+    );
     family(
         "assetflow_ready",
         "gauge",
@@ -245,6 +283,7 @@ async fn status(State(s): State<AdminState>) -> impl IntoResponse {
         "in_flight": m.in_flight(),
         "lag": m.lag(),
         "queues": m.actors().into_iter().map(|(a, _, d)| (a.as_str().to_owned(), d)).collect::<std::collections::BTreeMap<_, _>>(),
+        "busy": m.busy_seconds().into_iter().map(|(a, v)| (a.as_str().to_owned(), v)).collect::<std::collections::BTreeMap<_, _>>(),
         "outcomes": outcomes,
         "dead_letters": m.dead_letters(),
         "upserts": Metrics::count(&m.upserts_published),

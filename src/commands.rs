@@ -34,6 +34,29 @@ pub struct RunSummary {
     pub stopped_by_signal: bool,
     /// AWS requests by `service.Operation`, when the topology uses AWS.
     pub aws_requests: Option<Vec<(String, u64)>>,
+    /// Decision latency quantiles (p50, p99), in seconds: upper bounds of histogram buckets.
+    pub latency: Option<(f64, f64)>,
+}
+
+impl RunSummary {
+    /// The summary as one JSON object (`assetflow run --summary-json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let pairs =
+            |v: &[(String, u64)]| serde_json::Value::Object(v.iter().map(|(k, n)| (k.clone(), (*n).into())).collect());
+        serde_json::json!({
+            "elapsed_seconds": self.elapsed.as_secs_f64(),
+            "events_in": self.events_in,
+            "events_per_second": self.events_in as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            "outcomes": pairs(&self.outcomes),
+            "upserts": self.upserts,
+            "drops": self.drops,
+            "dead_letters": pairs(&self.dead_letters),
+            "stopped_by_signal": self.stopped_by_signal,
+            "aws_requests": self.aws_requests.as_deref().map(pairs),
+            "latency_p50_seconds": self.latency.map(|l| l.0),
+            "latency_p99_seconds": self.latency.map(|l| l.1),
+        })
+    }
 }
 
 impl std::fmt::Display for RunSummary {
@@ -48,6 +71,9 @@ impl std::fmt::Display for RunSummary {
         writeln!(f, "  published      {} upserts, {} drops", self.upserts, self.drops)?;
         let dl: Vec<String> = self.dead_letters.iter().map(|(k, n)| format!("{k} {n}")).collect();
         write!(f, "  dead letters   {}", if dl.is_empty() { "none".into() } else { dl.join(", ") })?;
+        if let Some((p50, p99)) = self.latency {
+            write!(f, "\n  latency        p50 {:.1} ms, p99 {:.1} ms (read to durable)", p50 * 1e3, p99 * 1e3)?;
+        }
         if let Some(reqs) = &self.aws_requests {
             let total: u64 = reqs.iter().map(|(_, n)| n).sum();
             let per_k = if self.events_in > 0 { total as f64 * 1000.0 / self.events_in as f64 } else { 0.0 };
@@ -112,6 +138,7 @@ fn execute(
     let system = actix_rt::System::new();
     system.block_on(async move {
         let mut built = build_ports(config, &state, redrive.is_none()).await?;
+        let redrive_stats = redrive.as_ref().map(|(_, stats)| stats.clone());
         if let Some((max, stats)) = redrive {
             let store = dead_letter_store(config, &state, built.aws.as_ref()).await?;
             let source = RedriveSource::new(store, config.redrive.max_attempts, max, stats);
@@ -132,6 +159,7 @@ fn execute(
                 sources,
                 shards,
                 decides: config.decides(),
+                redrive: redrive_stats,
             };
             if let Err(m) = crate::admin::serve(&config.admin.listen, state).await {
                 pipeline.stop();
@@ -206,6 +234,7 @@ fn summarize(m: &Metrics, elapsed: Duration, stopped_by_signal: bool) -> RunSumm
         dead_letters: m.dead_letters().into_iter().collect(),
         stopped_by_signal,
         aws_requests: None,
+        latency: m.decision_latency.quantile(0.5).zip(m.decision_latency.quantile(0.99)),
     }
 }
 

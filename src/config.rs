@@ -86,6 +86,8 @@ pub struct PipelineConfig {
     pub shards: usize,
     pub mailbox: usize,
     pub state_dir: PathBuf,
+    /// Per source: unacknowledged messages past which reading pauses (bounds memory).
+    pub max_in_flight: usize,
 }
 
 impl Default for PipelineConfig {
@@ -95,6 +97,7 @@ impl Default for PipelineConfig {
             shards: 4,
             mailbox: 1024,
             state_dir: PathBuf::from("data"),
+            max_in_flight: 4096,
         }
     }
 }
@@ -579,6 +582,9 @@ impl Config {
         }
         if p.shards == 0 || p.shards > 256 {
             return Err(key_err(f, "pipeline.shards", format!("expected 1 to 256 shards, got {}", p.shards)));
+        }
+        if p.max_in_flight == 0 {
+            return Err(key_err(f, "pipeline.max_in_flight", "expected at least 1 message in flight"));
         }
         if p.mailbox == 0 {
             return Err(key_err(f, "pipeline.mailbox", "expected a capacity of at least 1"));

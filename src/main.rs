@@ -29,6 +29,9 @@ enum Command {
     Run {
         #[arg(long, default_value = "config.toml")]
         config: PathBuf,
+        /// Also write the closing summary as JSON to this file (benchmarks, scripts).
+        #[arg(long)]
+        summary_json: Option<PathBuf>,
     },
     /// Validate the config and print the resolved topology.
     CheckConfig {
@@ -62,9 +65,14 @@ enum Command {
     Gen {
         #[command(flatten)]
         params: assetflow::generator::GenParams,
-        /// Output file; standard output when absent.
+        /// Output file; standard output when absent (and no topic is given).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Write to this Kafka topic instead (one message per event, keyed by source).
+        #[arg(long, requires = "kafka_brokers")]
+        topic: Option<String>,
+        #[arg(long, requires = "topic")]
+        kafka_brokers: Option<String>,
     },
     /// List the assets in the control table.
     Assets {
@@ -118,14 +126,29 @@ fn generate(params: &assetflow::generator::GenParams, out: Option<&std::path::Pa
     Ok(String::new())
 }
 
+fn generate_to_kafka(params: &assetflow::generator::GenParams, brokers: &str, topic: &str) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let mut w = assetflow::adapters::kafka::lines::KafkaLines::new(brokers, topic).map_err(anyhow::Error::msg)?;
+    let n =
+        assetflow::generator::generate(params, &mut w).with_context(|| format!("writing to Kafka topic {topic}"))?;
+    w.finish().with_context(|| format!("writing to Kafka topic {topic}"))?;
+    tracing::info!("wrote {n} events to Kafka topic {topic}");
+    Ok(String::new())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     let result = match cli.command {
-        Command::Run { config } => {
-            Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::run(&c)).map(|s| {
+        Command::Run { config, summary_json } => {
+            Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::run(&c)).and_then(|s| {
                 eprintln!("{s}");
-                String::new()
+                if let Some(path) = summary_json {
+                    use anyhow::Context as _;
+                    std::fs::write(&path, s.to_json().to_string())
+                        .with_context(|| format!("cannot write the summary to {}", path.display()))?;
+                }
+                Ok(String::new())
             })
         }
         Command::CheckConfig { config } => {
@@ -150,7 +173,10 @@ fn main() -> ExitCode {
                 eprintln!("  redrive        {replayed} replayed, {parked} parked");
                 String::new()
             }),
-        Command::Gen { params, out } => generate(&params, out.as_deref()),
+        Command::Gen { params, out, topic, kafka_brokers } => match (topic, kafka_brokers) {
+            (Some(topic), Some(brokers)) => generate_to_kafka(&params, &brokers, &topic),
+            _ => generate(&params, out.as_deref()),
+        },
         Command::Assets { config, source, status } => Config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| commands::assets(&c, source.as_deref(), status.as_deref())),

@@ -56,6 +56,7 @@ pub fn settings(config: &Config) -> Settings {
         lookup_pointers: config.enricher.lookup.clone(),
         cache_ttl: config.enricher.cache_ttl,
         drain_timeout: config.shutdown.timeout,
+        max_in_flight: config.pipeline.max_in_flight,
         ..Settings::default()
     }
 }

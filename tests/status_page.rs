@@ -1,5 +1,6 @@
 //! The status page in a real headless browser (Debian's chromium): it renders the topology,
-//! its numbers move while events flow, and a screenshot is kept in target/test-artifacts/.
+//! its numbers move while events flow, a throttled sink is marked as the slowest stage, and
+//! screenshots are kept in target/test-artifacts/.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{SCENARIO_CONFIG, bin};
+use common::{SCENARIO_CONFIG, aws, bin, proxy};
 
 fn chromium() -> &'static str {
     for c in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
@@ -103,4 +104,60 @@ fn the_status_page_renders_the_topology_with_moving_numbers() {
     writer.join().unwrap();
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The slowest-stage marker in a rendered page: the `data-actor` of the node marked `slow`.
+fn slowest(dom: &str) -> Option<String> {
+    let at = dom.find("class=\"node slow\"").or_else(|| dom.find("class=\"node bad slow\""))?;
+    let rest = &dom[at..];
+    let a = rest.find("data-actor=\"")? + 12;
+    Some(rest[a..a + rest[a..].find('"')?].to_owned())
+}
+
+#[test]
+fn a_throttled_sink_is_marked_as_the_slowest_stage() {
+    aws::require_emulator();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let conf = rt.block_on(aws::sdk_config());
+    let queue = rt.block_on(aws::create_queue(&conf, &aws::unique("slow-upserts")));
+    // Every SQS request of the upsert sink waits 300 ms: the upsert producer is the bottleneck.
+    let moto = aws::endpoint().trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let throttle = proxy::FaultProxy::start(&moto);
+    throttle.delay_each(Duration::from_millis(300));
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    std::fs::write(dir.path().join("business.json"), "[]").unwrap();
+    let config = SCENARIO_CONFIG
+        .replace("follow = false", "follow = true")
+        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""))
+        .replace(
+            "[sinks.upsert]\nkind = \"file\"\npath = \"out/upsert.jsonl\"",
+            &format!("[sinks.upsert]\nkind = \"sqs\"\nqueue_url = \"{queue}\""),
+        )
+        + &format!(
+            "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\naccess_key_id = \"testing\"\nsecret_access_key = \"testing\"\n",
+            throttle.url
+        );
+    assert!(config.contains("kind = \"sqs\""), "the upsert sink is swapped for the throttled queue");
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let status = bin()
+        .args(["gen", "--sources", "2", "--assets", "1500", "--runs", "1", "--out", "events.jsonl"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = common::spawn_run(dir.path());
+    std::thread::sleep(Duration::from_millis(2500));
+    let url = format!("http://127.0.0.1:{port}/");
+    let dom = render(&url, None);
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/status-page-throttled-sink.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    render(&url, Some(&shot));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(throttle.requests.load(std::sync::atomic::Ordering::SeqCst) > 0, "the sink went through the throttle");
+    assert_eq!(slowest(&dom).as_deref(), Some("upsert_producer"), "the page must point at the throttled sink: {dom}");
+    assert!(dom.contains("◀ slowest stage"), "and say so in words: {dom}");
 }

@@ -20,16 +20,33 @@ pub struct Envelope<T> {
     /// How many times this message has been through the pipeline (1 for a first delivery).
     pub attempts: u32,
     pub ack: Ack,
+    /// When the source handed the message over: decision latency is measured from here.
+    pub read_at: std::time::Instant,
 }
 
 impl<T> Envelope<T> {
     /// The same message with another body.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Envelope<U> {
-        Envelope { body: f(self.body), raw: self.raw, origin: self.origin, attempts: self.attempts, ack: self.ack }
+        Envelope {
+            body: f(self.body),
+            raw: self.raw,
+            origin: self.origin,
+            attempts: self.attempts,
+            ack: self.ack,
+            read_at: self.read_at,
+        }
     }
     /// Splits off the body, keeping the rest of the envelope.
     pub fn split(self) -> (T, Envelope<()>) {
-        (self.body, Envelope { body: (), raw: self.raw, origin: self.origin, attempts: self.attempts, ack: self.ack })
+        let rest = Envelope {
+            body: (),
+            raw: self.raw,
+            origin: self.origin,
+            attempts: self.attempts,
+            ack: self.ack,
+            read_at: self.read_at,
+        };
+        (self.body, rest)
     }
 }
 

@@ -17,7 +17,8 @@
 //!   `ControlStore`, `ContentStore`, `HistoryStore`, `Lookup`).
 //! - [`lookup`]: building lookup keys from JSON pointers, and the TTL cache in front of a `Lookup`.
 //! - [`retry`]: exponential back-off with jitter for every backend call.
-//! - [`metrics`]: lock-free counters the actors bump and the binary reports.
+//! - [`metrics`]: lock-free counters the actors bump and the binary reports; [`latency`]: the
+//!   decision-latency histogram among them.
 //! - [`forward`]: sending into a bounded mailbox without losing order or the bound.
 //! - [`actors`]: Ingest, Enricher, Router, Decisor, Producer, HistoryWriter.
 //! - [`redrive`]: dead letters fed back to the pipeline as a source, parked past `max_attempts`.
@@ -30,6 +31,7 @@ pub mod envelope;
 pub mod event;
 pub mod forward;
 pub mod hash;
+pub mod latency;
 pub mod lookup;
 pub mod metrics;
 pub mod pipeline;

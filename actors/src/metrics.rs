@@ -64,6 +64,57 @@ pub struct Metrics {
     /// Decisor micro-batches applied, and the events in them.
     pub batches: AtomicU64,
     pub batch_events: AtomicU64,
+    /// From reading a message to its decision being durable (acknowledged).
+    pub decision_latency: crate::latency::LatencyHistogram,
+    /// Time each actor spent on its own work (not waiting for the stage after it), summed over
+    /// its instances, work in progress included: the rate of this is how busy a stage is,
+    /// which is how the status page finds the slow one.
+    busy: [Mutex<BusyClock>; 7],
+}
+
+/// Integrates "how many instances of an actor are working" over time.
+#[derive(Debug, Default)]
+struct BusyClock {
+    active: u32,
+    since: Option<std::time::Instant>,
+    total: std::time::Duration,
+}
+
+impl BusyClock {
+    fn now_total(&self) -> std::time::Duration {
+        self.total + self.since.map_or(std::time::Duration::ZERO, |s| s.elapsed() * self.active)
+    }
+    fn change(&mut self, up: bool) {
+        self.total = self.now_total();
+        self.since = Some(std::time::Instant::now());
+        self.active = if up { self.active + 1 } else { self.active.saturating_sub(1) };
+    }
+}
+
+/// While alive, one instance of an actor counts as working (see [`Metrics::working`]).
+#[must_use = "the actor counts as working only while this is alive"]
+pub struct Working<'a> {
+    metrics: &'a Metrics,
+    actor: ActorName,
+}
+
+impl Drop for Working<'_> {
+    fn drop(&mut self) {
+        self.metrics.clock(self.actor, false);
+    }
+}
+
+/// While alive, a working instance is waiting for the next stage instead (see [`Metrics::waiting`]).
+#[must_use = "the actor counts as waiting only while this is alive"]
+pub struct Waiting<'a> {
+    metrics: &'a Metrics,
+    actor: ActorName,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.metrics.clock(self.actor, true);
+    }
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -80,6 +131,23 @@ impl Metrics {
     }
     pub fn handled(&self, a: ActorName) {
         self.actor_handled[a as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    fn clock(&self, a: ActorName, up: bool) {
+        locked(&self.busy[a as usize]).change(up);
+    }
+    /// One instance of `a` works on its own until the guard drops.
+    pub fn working(&self, a: ActorName) -> Working<'_> {
+        self.clock(a, true);
+        Working { metrics: self, actor: a }
+    }
+    /// Inside [`Metrics::working`]: the instance waits for the next stage until the guard drops.
+    pub fn waiting(&self, a: ActorName) -> Waiting<'_> {
+        self.clock(a, false);
+        Waiting { metrics: self, actor: a }
+    }
+    /// Seconds of work so far (in progress included), per actor.
+    pub fn busy_seconds(&self) -> Vec<(ActorName, f64)> {
+        ActorName::ALL.iter().map(|a| (*a, locked(&self.busy[*a as usize]).now_total().as_secs_f64())).collect()
     }
     /// (actor, messages handled, messages waiting) for every measured actor.
     pub fn actors(&self) -> Vec<(ActorName, u64, u64)> {

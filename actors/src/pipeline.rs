@@ -31,6 +31,9 @@ pub struct Settings {
     pub lookup_pointers: Vec<String>,
     pub cache_ttl: Duration,
     pub pull_batch: usize,
+    /// Per source: messages read and not yet acknowledged past which reading pauses. It bounds
+    /// memory by what is in flight, whatever the mailboxes, shards and batches add up to.
+    pub max_in_flight: usize,
     pub commit_interval: Duration,
     pub drain_timeout: Duration,
 }
@@ -48,6 +51,7 @@ impl Default for Settings {
             lookup_pointers: vec!["/source".into(), "/asset/database".into(), "/asset/schema".into()],
             cache_ttl: Duration::from_secs(60),
             pull_batch: 256,
+            max_in_flight: 4096,
             commit_interval: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(30),
         }
@@ -121,6 +125,7 @@ impl Pipeline {
         let ingest_settings = IngestSettings {
             max_event_bytes: settings.max_event_bytes,
             pull_batch: settings.pull_batch,
+            max_in_flight: settings.max_in_flight,
             commit_interval: settings.commit_interval,
             drain_timeout: settings.drain_timeout,
         };

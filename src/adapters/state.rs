@@ -26,7 +26,7 @@ const BACKEND: &str = "embedded store";
 
 /// redb's page cache. Its default (1 GiB) let the resident set grow with the store, to 600 MiB
 /// over 100k assets; bounded, memory stays flat as the input grows (see BENCHMARKS.md).
-const CACHE_BYTES: usize = 64 << 20;
+const CACHE_BYTES: usize = 32 << 20;
 
 /// The embedded store. Cloning shares the open database.
 #[derive(Clone)]

@@ -1,5 +1,6 @@
 //! A fault-injecting HTTP proxy for adapter tests: forwards each request to the real backend,
-//! or answers the next N requests with a 503 (a backend's "try again later").
+//! or answers the next N requests with a 503 (a backend's "try again later"), optionally
+//! holding every request for a while first (a throttled backend).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -12,6 +13,7 @@ pub struct FaultProxy {
     fail: Arc<AtomicU64>,
     pub requests: Arc<AtomicU64>,
     pub failed: Arc<AtomicU64>,
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl FaultProxy {
@@ -21,16 +23,23 @@ impl FaultProxy {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (fail, requests, failed) =
             (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (f, r, d, up) = (fail.clone(), requests.clone(), failed.clone(), upstream.to_owned());
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (f, r, d, up, w) = (fail.clone(), requests.clone(), failed.clone(), upstream.to_owned(), delay_ms.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (f, r, d, up) = (f.clone(), r.clone(), d.clone(), up.clone());
+                let (f, r, d, up, w) = (f.clone(), r.clone(), d.clone(), up.clone(), w.clone());
                 std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(w.load(Ordering::SeqCst)));
                     let _ = serve(conn, &up, &f, &r, &d);
                 });
             }
         });
-        FaultProxy { url, fail, requests, failed }
+        FaultProxy { url, fail, requests, failed, delay_ms }
+    }
+
+    /// Every request from now on waits this long before it is served.
+    pub fn delay_each(&self, d: std::time::Duration) {
+        self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// The next `n` requests get a 503.

@@ -156,6 +156,19 @@ impl Handler<Flush> for Decisor {
 }
 
 async fn run_batch(deps: Arc<DecisorDeps>, items: Vec<Item>) {
+    let metrics = deps.metrics.clone();
+    let _working = metrics.working(ActorName::Decisor);
+    run_items(&deps, items).await;
+}
+
+/// Counts `f`, a wait for a later stage, as waiting rather than work.
+async fn waiting<T>(deps: &DecisorDeps, f: impl std::future::Future<Output = T>) -> T {
+    let _waiting = deps.metrics.waiting(ActorName::Decisor);
+    f.await
+}
+
+async fn run_items(deps: &Arc<DecisorDeps>, items: Vec<Item>) {
+    let deps = deps.clone();
     let mut events = Vec::new();
     for item in items {
         match item {
@@ -234,10 +247,10 @@ async fn apply_events(deps: &DecisorDeps, batch: &mut Vec<Pending>) {
         }
     };
     let n = rows.len();
-    if let Err(e) = {
+    if let Err(e) = waiting(deps, {
         deps.metrics.sent(ActorName::HistoryWriter);
         deps.history.send(Record(rows))
-    }
+    })
     .await
     .unwrap_or_else(|_| Err(stopped("history")))
     {
@@ -245,6 +258,7 @@ async fn apply_events(deps: &DecisorDeps, batch: &mut Vec<Pending>) {
     }
     tracing::trace!(events = n, "batch applied");
     for p in batch.drain(..) {
+        deps.metrics.decision_latency.observe(p.env.read_at.elapsed());
         p.env.ack.done();
     }
 }
@@ -365,8 +379,7 @@ async fn decide_and_publish(
     }
     if !upserts.is_empty() {
         let n = upserts.len() as u64;
-        deps.upserts
-            .send(Publish(upserts))
+        waiting(deps, deps.upserts.send(Publish(upserts)))
             .await
             .unwrap_or_else(|_| Err(stopped("upsert producer")))
             .map_err(|e| (Stage::Publish, e))?;
@@ -499,18 +512,18 @@ async fn try_apply_drops(deps: &DecisorDeps, cmd: &ApplyDrops) -> BackendResult<
         return Ok(0);
     }
     let n = outputs.len();
-    {
+    waiting(deps, {
         deps.metrics.sent(ActorName::DropProducer);
         deps.drops.send(Publish(outputs))
-    }
+    })
     .await
     .unwrap_or_else(|_| Err(stopped("drop producer")))?;
     Metrics::add(&deps.metrics.drops_published, n as u64);
     deps.retry.call("control store", "put", || deps.control.put_many(&changed)).await?;
-    {
+    waiting(deps, {
         deps.metrics.sent(ActorName::HistoryWriter);
         deps.history.send(Record(rows))
-    }
+    })
     .await
     .unwrap_or_else(|_| Err(stopped("history")))?;
     deps.metrics.outcome(Outcome::Dropped, n as u64);

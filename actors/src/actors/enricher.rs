@@ -106,12 +106,17 @@ impl Handler<Enrich> for Enricher {
             return self.pass(env, business, ctx);
         }
         let lookup = self.lookup.clone();
-        ctx.wait(actix::fut::wrap_future::<_, Self>(async move { lookup.fetch(&params).await }).map(
-            move |result, act, ctx| match result {
+        let metrics = self.metrics.clone();
+        ctx.wait(
+            actix::fut::wrap_future::<_, Self>(async move {
+                let _working = metrics.working(ActorName::Enricher);
+                lookup.fetch(&params).await
+            })
+            .map(move |result, act, ctx| match result {
                 Ok(business) => act.pass(env, business, ctx),
                 Err(e) => act.fail(env, e, ctx),
-            },
-        ));
+            }),
+        );
     }
 }
 

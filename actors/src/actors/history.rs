@@ -128,6 +128,7 @@ impl Handler<Flush> for HistoryWriter {
         let (store, sink, retry, metrics) =
             (self.store.clone(), self.dead_letter_sink.clone(), self.retry, self.metrics.clone());
         ctx.wait(actix::fut::wrap_future(async move {
+            let working = metrics.working(ActorName::HistoryWriter);
             let mut acks = Vec::with_capacity(letters.len());
             if !letters.is_empty() {
                 let mut records = Vec::with_capacity(letters.len());
@@ -152,6 +153,7 @@ impl Handler<Flush> for HistoryWriter {
             if let Err(e) = &result {
                 tracing::error!(error = %e, rows = rows.len(), "history write failed after retries");
             }
+            drop(working);
             for tx in waiting {
                 let _ = tx.send(result.clone());
             }

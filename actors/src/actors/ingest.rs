@@ -23,6 +23,8 @@ pub struct IngestSettings {
     pub max_event_bytes: usize,
     /// Messages asked of the source per pull.
     pub pull_batch: usize,
+    /// Unacknowledged messages past which reading pauses.
+    pub max_in_flight: usize,
     /// How often the watermark is committed while messages flow.
     pub commit_interval: Duration,
     /// After a stop, how long in-flight messages get to finish before the ingest gives up on them.
@@ -99,6 +101,18 @@ impl IngestLoop {
             if *self.stop.borrow() {
                 break;
             }
+            if self.source.outstanding() >= self.settings.max_in_flight {
+                // Enough in flight: let the pipeline catch up before reading more.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(2)) => {},
+                    _ = self.stop.changed() => break,
+                }
+                if last_commit.elapsed() >= self.settings.commit_interval {
+                    self.commit().await;
+                    last_commit = Instant::now();
+                }
+                continue;
+            }
             let pulled = tokio::select! {
                 r = self.source.pull(self.settings.pull_batch) => r,
                 _ = self.stop.changed() => break,
@@ -138,10 +152,17 @@ impl IngestLoop {
     /// Decodes one message and hands it on; false once the pipeline behind is gone.
     async fn admit(&mut self, m: crate::ports::RawMessage) -> bool {
         self.metrics.event_in(&self.name);
+        let read_at = std::time::Instant::now();
         match decode(&m.bytes, self.settings.max_event_bytes) {
             Ok(event) => {
-                let env =
-                    Envelope { body: event, raw: m.bytes.into(), origin: m.origin, attempts: m.attempts, ack: m.ack };
+                let env = Envelope {
+                    body: event,
+                    raw: m.bytes.into(),
+                    origin: m.origin,
+                    attempts: m.attempts,
+                    ack: m.ack,
+                    read_at,
+                };
                 self.metrics.sent(ActorName::Enricher);
                 forward(&self.enricher, Enrich(env)).await.is_ok()
             }

@@ -106,6 +106,15 @@ impl Producer {
         self
     }
 
+    /// Which producer this is, for metrics (its sink's name says).
+    fn actor(&self) -> ActorName {
+        match self.name {
+            n if n.starts_with("drop") => ActorName::DropProducer,
+            n if n.starts_with("enriched") => ActorName::EnrichedProducer,
+            _ => ActorName::UpsertProducer,
+        }
+    }
+
     fn schedule(&mut self, ctx: &mut Context<Self>) {
         if !self.scheduled {
             self.scheduled = true;
@@ -118,7 +127,7 @@ impl Handler<Deliver> for Producer {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
         if let Some(m) = &self.health {
-            m.handled(ActorName::EnrichedProducer);
+            m.handled(self.actor());
         }
         let (record, id) = enriched_record(&msg.0);
         let ev = &msg.0.body.event;
@@ -147,7 +156,7 @@ impl Handler<Publish> for Producer {
     type Result = ResponseFuture<BackendResult<()>>;
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
         if let Some(m) = &self.health {
-            m.handled(if self.name.starts_with("drop") { ActorName::DropProducer } else { ActorName::UpsertProducer });
+            m.handled(self.actor());
         }
         let (tx, rx) = oneshot::channel();
         self.queue.extend(msg.0);
@@ -172,9 +181,12 @@ impl Handler<Flush> for Producer {
         let deliveries = std::mem::take(&mut self.deliveries);
         let (sink, retry, history, name) = (self.sink.clone(), self.retry, self.history.clone(), self.name);
         let health = self.health.clone();
+        let actor = self.actor();
         // ctx.wait: one write at a time, in arrival order; what comes meanwhile forms the next batch.
         ctx.wait(actix::fut::wrap_future(async move {
+            let working = health.as_ref().map(|m| m.working(actor));
             let result = if batch.is_empty() { Ok(()) } else { retry.call(name, "send", || sink.send(&batch)).await };
+            drop(working);
             if let (Some(m), false) = (&health, batch.is_empty()) {
                 m.backend_result(name, result.as_ref().map(|_| ()));
             }
@@ -187,7 +199,9 @@ impl Handler<Flush> for Producer {
             if deliveries.is_empty() {
                 return;
             }
+            let working = health.as_ref().map(|m| m.working(actor));
             let result = retry.call(name, "send", || sink.send(&delivered)).await;
+            drop(working);
             if let Some(m) = &health {
                 m.backend_result(name, result.as_ref().map(|_| ()));
             }

@@ -48,9 +48,19 @@ fn ready_offsets(p: &Shared, topic: &str, only: Option<&[i32]>) -> TopicPartitio
 pub struct GroupContext {
     topic: String,
     partitions: Shared,
+    /// Messages behind the partitions' high watermarks, from librdkafka's statistics (every
+    /// few seconds, no extra broker calls); `u64::MAX` until the first report.
+    lag: Arc<std::sync::atomic::AtomicU64>,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else { return };
+        // Partition -1 is librdkafka's internal "unassigned" one; -1 lag means "not known yet".
+        let lag: i64 = topic.partitions.values().filter(|p| p.partition >= 0).map(|p| p.consumer_lag.max(0)).sum();
+        self.lag.store(lag as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -98,6 +108,7 @@ pub struct KafkaSource {
     consumer: Arc<StreamConsumer<GroupContext>>,
     partitions: Shared,
     follow: bool,
+    lag: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl KafkaSource {
@@ -116,15 +127,24 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", &opts.auto_offset_reset)
             .set("session.timeout.ms", opts.session_timeout_ms.to_string())
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", "5000");
         for (k, v) in &opts.extra {
             cfg.set(k, v);
         }
-        let ctx = GroupContext { topic: topic.to_owned(), partitions: partitions.clone() };
+        let lag = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+        let ctx = GroupContext { topic: topic.to_owned(), partitions: partitions.clone(), lag: lag.clone() };
         let consumer: StreamConsumer<GroupContext> =
             cfg.create_with_context(ctx).map_err(|e| format!("cannot create a Kafka consumer for {brokers}: {e}"))?;
         consumer.subscribe(&[topic]).map_err(|e| format!("cannot subscribe to {topic}: {e}"))?;
-        Ok(KafkaSource { name, topic: topic.to_owned(), consumer: Arc::new(consumer), partitions, follow: opts.follow })
+        Ok(KafkaSource {
+            name,
+            topic: topic.to_owned(),
+            consumer: Arc::new(consumer),
+            partitions,
+            follow: opts.follow,
+            lag,
+        })
     }
 
     /// Every assigned partition read to its high watermark (blocking broker calls).
@@ -212,5 +232,10 @@ impl Source for KafkaSource {
 
     fn outstanding(&self) -> usize {
         lock(&self.partitions).watermarks.values().map(|w| w.outstanding()).sum()
+    }
+
+    /// Consumer lag: messages behind the high watermarks of the assigned partitions.
+    fn lag(&self) -> Option<u64> {
+        Some(self.lag.load(std::sync::atomic::Ordering::Relaxed)).filter(|l| *l != u64::MAX)
     }
 }

@@ -1,0 +1,484 @@
+//! `make bench`: end-to-end benchmarks of the release binary, written to BENCHMARKS.md.
+//!
+//! Every figure comes from one run on one machine, so ratios between lines of one report are
+//! what to compare. Sections: the embedded topology (first and steady crawls, 100k and 1M
+//! events: events/s, decision latency, peak RSS), the no-durability ceiling (a plain
+//! single-threaded read-parse-hash-write loop over the same stream), shard scaling, Kafka end to
+//! end against a bare rdkafka consume-and-produce loop on the same broker and data, and AWS
+//! requests per 1,000 events (`scripts/aws-requests.sh`). The Kafka and AWS parts need
+//! `make services`; they are reported as skipped when the backends are not there.
+//!
+//! Sizes: `BENCH_SMALL` (default 100000) and `BENCH_LARGE` (default 1000000) events.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use assetflow_actors::event::{EventKind, decode};
+use assetflow_actors::hash::{HashIgnore, content_hash};
+
+const BIN: &str = env!("CARGO_BIN_EXE_assetflow");
+const SOURCES: usize = 10;
+
+/// One `assetflow run`, measured.
+#[derive(Debug, Clone)]
+struct Measured {
+    events: u64,
+    seconds: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    peak_rss_mib: f64,
+    summary: serde_json::Value,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.seconds
+    }
+
+    /// The run's decisions by outcome, from its summary: what the figures are figures of.
+    fn decisions(&self) -> String {
+        let Some(o) = self.summary["outcomes"].as_object() else { return String::new() };
+        o.iter().filter(|(_, n)| n.as_u64() > Some(0)).map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn main() {
+    // `cargo test --all-targets` runs bench targets as tests; only `cargo bench` measures.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benches/pipeline.rs measures only under `cargo bench` (make bench)");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let work = root.join("target/bench-work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).expect("create target/bench-work");
+    let small = env_usize("BENCH_SMALL", 100_000);
+    let large = env_usize("BENCH_LARGE", 1_000_000);
+    let mut report = Report::default();
+    let machine = machine();
+    eprintln!("bench: {machine}");
+
+    // The streams: a first crawl (every asset new) and the next crawl of the same assets
+    // (2% changed, 1% gone), run over the state the first one left.
+    for n in [small, large] {
+        generate(&work, &format!("first-{n}"), n, 1, 0);
+        generate(&work, &format!("steady-{n}"), n, 2, 1);
+    }
+
+    // Embedded end to end.
+    let mut embedded = Vec::new();
+    for n in [small, large] {
+        let dir = work.join(format!("embedded-{n}"));
+        let first = run_embedded(&dir, &work.join(format!("first-{n}.jsonl")), 4, true);
+        let steady = run_embedded(&dir, &work.join(format!("steady-{n}.jsonl")), 4, false);
+        embedded.push((n, first, steady));
+    }
+    let ceiling = ceiling(&work.join(format!("steady-{small}.jsonl")), &work.join("ceiling.out"));
+    let scaling: Vec<(usize, Measured)> = [1, 2, 4, 8]
+        .into_iter()
+        .map(|shards| {
+            let dir = work.join(format!("shards-{shards}"));
+            run_embedded(&dir, &work.join(format!("first-{small}.jsonl")), shards, true);
+            (shards, run_embedded(&dir, &work.join(format!("steady-{small}.jsonl")), shards, false))
+        })
+        .collect();
+    report.embedded(&embedded, ceiling, &scaling, small, large);
+
+    // Kafka against a bare loop on the same broker and data.
+    let brokers = std::env::var("ASSETFLOW_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    if std::net::TcpStream::connect(brokers.trim_start_matches("kafka://")).is_ok() {
+        let n = small / 2;
+        report.kafka(&brokers, n, kafka(&work, &brokers, n));
+    } else {
+        report.skipped("Kafka end to end", &format!("no broker at {brokers} (make services)"));
+    }
+
+    // AWS requests.
+    if std::net::TcpStream::connect("127.0.0.1:4566").is_ok() {
+        report.aws(aws_requests(root));
+    } else {
+        report.skipped("AWS requests per 1,000 events", "no AWS emulator at 127.0.0.1:4566 (make services)");
+    }
+
+    let text = report.finish(&machine);
+    std::fs::write(root.join("BENCHMARKS.md"), &text).expect("write BENCHMARKS.md");
+    println!("{text}");
+}
+
+fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    format!("{cpus} CPUs ({model})")
+}
+
+/// `assetflow gen` of about `events` events over [`SOURCES`] sources, ~1 KiB each.
+fn generate(work: &Path, name: &str, events: usize, runs: usize, skip: usize) {
+    let assets = (events / SOURCES).max(1).to_string();
+    let out = work.join(format!("{name}.jsonl"));
+    let status = Command::new(BIN)
+        .args(["gen", "--sources", &SOURCES.to_string(), "--assets", &assets, "--runs", &runs.to_string()])
+        .args(["--skip-runs", &skip.to_string(), "--churn", "0.02", "--missing", "0.01", "--payload", "1024"])
+        .args(["--bad", "0", "--redeliver", "0", "--out"])
+        .arg(&out)
+        .env("RUST_LOG", "warn")
+        .status()
+        .expect("run assetflow gen");
+    assert!(status.success(), "assetflow gen failed for {name}");
+}
+
+fn embedded_config(input: &Path, shards: usize) -> String {
+    format!(
+        r#"[pipeline]
+stages = ["enrich", "decide"]
+shards = {shards}
+state_dir = "state"
+[[sources]]
+kind = "file"
+path = "{input}"
+[enricher]
+kind = "none"
+[decisor]
+hash_ignore = ["stats.row_count"]
+[control]
+kind = "embedded"
+[content]
+kind = "dir"
+path = "state/content"
+[history]
+kind = "embedded"
+[sinks.upsert]
+kind = "file"
+path = "out/upsert.jsonl"
+[sinks.drop]
+kind = "file"
+path = "out/drop.jsonl"
+[sinks.dead_letter]
+kind = "file"
+path = "out/dead-letter.jsonl"
+[admin]
+listen = ""
+"#,
+        input = input.display()
+    )
+}
+
+/// Runs the embedded topology over `input` in `dir` (`fresh`: from empty state).
+fn run_embedded(dir: &Path, input: &Path, shards: usize, fresh: bool) -> Measured {
+    if fresh {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let _ = std::fs::remove_dir_all(dir.join("out"));
+    std::fs::create_dir_all(dir).expect("bench dir");
+    std::fs::write(dir.join("config.toml"), embedded_config(input, shards)).expect("config");
+    let m = run_measured(dir, &["run", "--config", "config.toml", "--summary-json", "summary.json"]);
+    eprintln!(
+        "bench: {} shards={shards} {}: {:.0} events/s, p99 {:.1} ms, peak {:.0} MiB",
+        input.file_name().and_then(|f| f.to_str()).unwrap_or(""),
+        if fresh { "fresh" } else { "over prior state" },
+        m.rate(),
+        m.p99_ms,
+        m.peak_rss_mib
+    );
+    m
+}
+
+/// Runs the binary in `dir` and reads its JSON summary and peak RSS (from `wait4`).
+fn run_measured(dir: &Path, args: &[&str]) -> Measured {
+    let started = Instant::now();
+    // Reaped by the wait4 below, which also reports the child's peak RSS.
+    #[allow(clippy::zombie_processes)]
+    let child = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn assetflow");
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child's pid; the pointers are valid for the call.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32, "wait4");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "assetflow {args:?} failed in {}",
+        dir.display()
+    );
+    let wall = started.elapsed().as_secs_f64();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).expect("summary.json")).expect("summary json");
+    let ms = |k: &str| summary[k].as_f64().unwrap_or(f64::NAN) * 1e3;
+    Measured {
+        events: summary["events_in"].as_u64().unwrap_or(0),
+        seconds: summary["elapsed_seconds"].as_f64().unwrap_or(wall),
+        p50_ms: ms("latency_p50_seconds"),
+        p99_ms: ms("latency_p99_seconds"),
+        peak_rss_mib: usage.ru_maxrss as f64 / 1024.0,
+        summary,
+    }
+}
+
+/// The ceiling: read, decode and validate, hash, write one line per event; one thread, no
+/// actors, no state, no fsync. What assetflow would cost if it only had to compute.
+fn ceiling(input: &Path, out: &Path) -> Measured {
+    let ignore = HashIgnore::new(&["stats.row_count"]);
+    let started = Instant::now();
+    let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(input).expect("open input"));
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(out).expect("create out"));
+    let mut n = 0u64;
+    for line in reader.split(b'\n') {
+        let line = line.expect("read");
+        n += 1;
+        let Ok(event) = decode(&line, 1 << 20) else { continue };
+        if let EventKind::Running { body, .. } = &event.kind {
+            let hash = content_hash(body, &ignore);
+            let key = event.asset_key().unwrap_or_default();
+            serde_json::to_writer(&mut w, &serde_json::json!({"asset_key": key, "hash": hash, "asset": body}))
+                .expect("write");
+            w.write_all(b"\n").expect("write");
+        }
+    }
+    w.flush().expect("flush");
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!("bench: ceiling {:.0} events/s", n as f64 / seconds);
+    Measured {
+        events: n,
+        seconds,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        peak_rss_mib: f64::NAN,
+        summary: serde_json::Value::Null,
+    }
+}
+
+/// (assetflow, bare loop) over the same `n`-event first crawl on the same broker.
+fn kafka(work: &Path, brokers: &str, n: usize) -> (Measured, Measured) {
+    let tag = format!("bench{}", std::process::id());
+    let input = format!("{tag}-in");
+    let assets = (n / SOURCES).max(1).to_string();
+    let status = Command::new(BIN)
+        .args(["gen", "--sources", &SOURCES.to_string(), "--assets", &assets, "--runs", "1", "--bad", "0"])
+        .args(["--redeliver", "0", "--missing", "0", "--topic", &input, "--kafka-brokers", brokers])
+        .env("RUST_LOG", "warn")
+        .status()
+        .expect("gen to kafka");
+    assert!(status.success(), "gen to Kafka failed");
+    let dir = work.join("kafka");
+    std::fs::create_dir_all(&dir).expect("kafka dir");
+    let sink =
+        |name: &str| format!("[sinks.{name}]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{tag}-{name}\"\n");
+    let config = format!(
+        "[pipeline]\nstate_dir = \"state\"\n[[sources]]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{input}\"\ngroup = \"{tag}\"\nauto_offset_reset = \"earliest\"\nfollow = false\n[enricher]\nkind = \"none\"\n[decisor]\nhash_ignore = [\"stats.row_count\"]\n[content]\nkind = \"dir\"\npath = \"state/content\"\n{}{}{}[admin]\nlisten = \"\"\n",
+        sink("upsert"),
+        sink("drop"),
+        sink("dead_letter")
+    );
+    std::fs::write(dir.join("config.toml"), config).expect("config");
+    let assetflow = run_measured(&dir, &["run", "--config", "config.toml", "--summary-json", "summary.json"]);
+    eprintln!("bench: kafka assetflow {:.0} events/s", assetflow.rate());
+    let bare = bare_kafka_loop(brokers, &input, &format!("{tag}-bare-out"), &format!("{tag}-bare"), assetflow.events);
+    eprintln!("bench: kafka bare loop {:.0} events/s", bare.rate());
+    (assetflow, bare)
+}
+
+/// Consume `topic` from the start, produce every message to `out` (acks=all, idempotent, as
+/// assetflow's sink), commit, until `expected` messages went through: the least any Kafka
+/// pipeline with delivery guarantees must do, with nothing decided or stored.
+fn bare_kafka_loop(brokers: &str, topic: &str, out: &str, group: &str, expected: u64) -> Measured {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    // Assigned, not subscribed: no group rebalance in the measured time (assetflow pays its
+    // join, so this favours the bare loop).
+    let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in meta.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning).expect("partition");
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let started = Instant::now();
+    let mut n = 0u64;
+    let mut idle_since = Instant::now();
+    while n < expected && idle_since.elapsed() < Duration::from_secs(20) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                idle_since = Instant::now();
+                let mut record = BaseRecord::to(out).payload(m.payload().unwrap_or_default());
+                if let Some(k) = m.key() {
+                    record = record.key(k);
+                }
+                let mut record = Some(record);
+                while let Some(r) = record.take() {
+                    if let Err((_, r)) = producer.send(r) {
+                        producer.poll(Duration::from_millis(10));
+                        record = Some(r);
+                    }
+                }
+                producer.poll(Duration::ZERO);
+                n += 1;
+                if n % 1000 == 0 {
+                    producer.flush(Duration::from_secs(30)).expect("flush");
+                    consumer.commit_consumer_state(CommitMode::Sync).expect("commit");
+                }
+            }
+            Some(Err(e)) => panic!("bare loop consume: {e}"),
+            None => {}
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    let seconds = started.elapsed().as_secs_f64();
+    Measured {
+        events: n,
+        seconds,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        peak_rss_mib: f64::NAN,
+        summary: serde_json::Value::Null,
+    }
+}
+
+/// The output of `scripts/aws-requests.sh 300 3`.
+fn aws_requests(root: &Path) -> String {
+    let out = Command::new("bash")
+        .arg(root.join("scripts/aws-requests.sh"))
+        .args(["300", "3"])
+        .env("ASSETFLOW_BIN", BIN)
+        .output()
+        .expect("run scripts/aws-requests.sh");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[derive(Default)]
+struct Report {
+    body: String,
+}
+
+fn mib(v: f64) -> String {
+    format!("{v:.0} MiB")
+}
+
+impl Report {
+    fn embedded(
+        &mut self,
+        runs: &[(usize, Measured, Measured)],
+        ceiling: Measured,
+        scaling: &[(usize, Measured)],
+        small: usize,
+        large: usize,
+    ) {
+        let b = &mut self.body;
+        let _ = writeln!(b, "## Embedded end to end\n");
+        let _ = writeln!(
+            b,
+            "File source, no enricher, 4 decisor shards, embedded control table and history (redb), content\nfolder, file sinks; every effect durable before its event is acknowledged. Events are ~1 KiB\n(18 columns), {SOURCES} sources. *First*: every asset new. *Steady*: the next crawl of the same\nassets over the state the first left (2% changed, 1% gone). Latency is read-to-durable per event\n(p50/p99 are bucket upper bounds, 25% wide).\n"
+        );
+        let _ = writeln!(
+            b,
+            "| crawl | events | events/s | p50 | p99 | peak RSS | decisions |\n|---|---|---|---|---|---|---|"
+        );
+        for (n, first, steady) in runs {
+            for (name, m) in [("first", first), ("steady", steady)] {
+                let _ = writeln!(
+                    b,
+                    "| {name} {n} | {} | **{:.0}** | {:.0} ms | {:.0} ms | {} | {} |",
+                    m.events,
+                    m.rate(),
+                    m.p50_ms,
+                    m.p99_ms,
+                    mib(m.peak_rss_mib),
+                    m.decisions()
+                );
+            }
+        }
+        let steady_small = &runs[0].2;
+        let steady_large = runs.iter().find(|r| r.0 == large).map(|r| &r.2).unwrap_or(steady_small);
+        let _ = writeln!(
+            b,
+            "\nMemory as the input grows: peak RSS {} at {small} events, {} at {large}: **{:.2}x** (target: at most 1.5x, under 200 MiB).\n",
+            mib(steady_small.peak_rss_mib),
+            mib(steady_large.peak_rss_mib),
+            steady_large.peak_rss_mib / steady_small.peak_rss_mib
+        );
+        let _ = writeln!(
+            b,
+            "## The ceiling\n\nThe same steady {small}-event stream through a plain single-threaded loop (read a line, decode\nand validate, hash, write a JSON line; no actors, no state, no fsync): **{:.0} events/s**.\nassetflow's steady crawl is **{:.2}** of it (target: at least 0.5).\n",
+            ceiling.rate(),
+            steady_small.rate() / ceiling.rate()
+        );
+        let _ = writeln!(
+            b,
+            "## Shard scaling (steady {small})\n\n| shards | events/s | vs 1 shard | p99 |\n|---|---|---|---|"
+        );
+        let one = scaling.first().map(|s| s.1.rate()).unwrap_or(1.0);
+        for (shards, m) in scaling {
+            let _ = writeln!(b, "| {shards} | {:.0} | {:.2}x | {:.0} ms |", m.rate(), m.rate() / one, m.p99_ms);
+        }
+        b.push('\n');
+    }
+
+    fn kafka(&mut self, brokers: &str, n: usize, (assetflow, bare): (Measured, Measured)) {
+        let _ = writeln!(
+            self.body,
+            "## Kafka end to end\n\nA {n}-event first crawl on a topic of the local broker ({brokers}, tansu), consumed by\nassetflow (Kafka source and sinks, embedded state) and, on the same data, by a bare rdkafka loop\nthat consumes, produces each message (idempotent, acks=all) and commits every 1,000.\n\n| | events | events/s |\n|---|---|---|\n| bare rdkafka loop | {} | {:.0} |\n| assetflow | {} | {:.0} |\n\nassetflow is **{:.2}** of the bare loop (target: at least 0.7).\n",
+            bare.events,
+            bare.rate(),
+            assetflow.events,
+            assetflow.rate(),
+            assetflow.rate() / bare.rate()
+        );
+    }
+
+    fn aws(&mut self, output: String) {
+        let _ = writeln!(
+            self.body,
+            "## AWS requests per 1,000 events\n\nFrom the service's own request counters, over Kinesis → DynamoDB/S3 → SQS against the local\nemulator (`scripts/aws-requests.sh 300 3`: a first crawl of 900 assets, then 3 steady runs):\n\n```\n{}```\n",
+            output
+        );
+    }
+
+    fn skipped(&mut self, what: &str, why: &str) {
+        let _ = writeln!(self.body, "## {what}\n\nSkipped: {why}.\n");
+    }
+
+    fn finish(self, machine: &str) -> String {
+        format!(
+            "# Benchmarks\n\nWritten by `make bench` (benches/pipeline.rs) on {machine}. The machine is noisy: compare\nratios within this report, not absolute figures across runs. Analysis and what would move the\nnumbers: the end of this file.\n\n{}{}",
+            self.body, ANALYSIS
+        )
+    }
+}
+
+/// Kept by hand: the profile behind the numbers (see the issue notes for how it was taken).
+const ANALYSIS: &str = include_str!("analysis.md");
