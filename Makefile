@@ -26,8 +26,8 @@ fmt:
 ## bench: end-to-end benchmarks (written to BENCHMARKS.md) and the hot-path micro-benchmarks.
 ## The Kafka and AWS sections need `make services` first; without it they are marked skipped.
 bench:
-	$(CARGO) bench --bench pipeline
 	$(CARGO) bench -p assetflow-actors --bench hot_paths
+	$(CARGO) bench --bench pipeline
 
 ## services: install and start the local backends the tests use (moto for AWS), on 127.0.0.1.
 services:

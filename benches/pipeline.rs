@@ -103,6 +103,7 @@ fn main() {
         report.skipped("AWS requests per 1,000 events", "no AWS emulator at 127.0.0.1:4566 (make services)");
     }
 
+    report.micro(&root.join("target/criterion/per_event"));
     let text = report.finish(&machine);
     std::fs::write(root.join("BENCHMARKS.md"), &text).expect("write BENCHMARKS.md");
     println!("{text}");
@@ -465,6 +466,26 @@ impl Report {
             self.body,
             "## AWS requests per 1,000 events\n\nFrom the service's own request counters, over Kinesis → DynamoDB/S3 → SQS against the local\nemulator (`scripts/aws-requests.sh 300 3`: a first crawl of 900 assets, then 3 steady runs):\n\n```\n{}```\n",
             output
+        );
+    }
+
+    /// The criterion figures `make bench` produced just before this (actors/benches/hot_paths.rs).
+    fn micro(&mut self, dir: &Path) {
+        let mut rows = String::new();
+        for name in ["decode_and_validate", "canonical_hash", "judge_and_decision_id"] {
+            let path = dir.join(name).join("new/estimates.json");
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
+            let ns = v["mean"]["point_estimate"].as_f64().unwrap_or(f64::NAN);
+            let _ = writeln!(rows, "| {name} | {:.2} µs | {:.0} per second on one core |", ns / 1e3, 1e9 / ns);
+        }
+        if rows.is_empty() {
+            return self
+                .skipped("Hot paths (criterion)", "no criterion results in target/criterion (run `make bench`)");
+        }
+        let _ = writeln!(
+            self.body,
+            "## Hot paths (criterion)\n\n`cargo bench -p assetflow-actors --bench hot_paths`, one ~1 KiB event (mean time):\n\n| path | time | rate |\n|---|---|---|\n{rows}"
         );
     }
 

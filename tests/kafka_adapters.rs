@@ -55,8 +55,11 @@ fn a_group_commits_the_acknowledged_prefix_and_resumes_after_it() {
         produce_lines(&topic, &lines(40)).await;
         let group = unique("group");
         let mut first = KafkaSource::new("k".into(), &brokers(), &topic, &group, &opts(true)).unwrap();
+        // Not ready (503 at /readyz) until the group gives this member partitions.
+        assert!(first.not_ready().is_some_and(|why| why.contains("no partition")), "unassigned is not ready");
         let mut got = pull_until(&mut first, 40, Duration::from_secs(30)).await;
         assert_eq!(got.len(), 40);
+        assert_eq!(first.not_ready(), None, "assigned partitions make the source ready");
         // Ack all but the last 5 of each partition, out of order: only prefixes count.
         let mut per_part: HashMap<String, Vec<RawMessage>> = HashMap::new();
         for m in got.drain(..) {

@@ -201,6 +201,7 @@ impl Pipeline {
             max_drop_fraction: settings.max_drop_fraction,
             completion_timeout: settings.completion_timeout,
             metrics: metrics.clone(),
+            scans: Arc::new(tokio::sync::Semaphore::new(1)),
         });
         Router::new(sweep, mailbox).start()
     }

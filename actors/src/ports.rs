@@ -184,6 +184,11 @@ pub trait Source: Send + 'static {
     fn lag(&self) -> Option<u64> {
         None
     }
+    /// Why the source cannot take input yet (a consumer group with no partitions assigned),
+    /// or `None` when it can: `/readyz` answers 503 with this reason.
+    fn not_ready(&self) -> Option<String> {
+        None
+    }
 }
 
 #[async_trait]

@@ -188,6 +188,13 @@ impl IngestLoop {
         if let Some(lag) = self.source.lag() {
             self.metrics.set_lag(&self.name, lag);
         }
+        match self.source.not_ready() {
+            Some(why) => self.metrics.backend_result(
+                &self.name,
+                Err(&crate::ports::BackendError::transient(self.name.as_str(), "assign", why)),
+            ),
+            None => self.metrics.backend_result(&self.name, Ok(())),
+        }
         if let Err(e) = self.source.commit().await {
             tracing::warn!(source = %self.name, error = %e, "committing the source position failed; will retry");
         }

@@ -31,6 +31,9 @@ pub struct SweepDeps {
     pub max_drop_fraction: f64,
     pub completion_timeout: Duration,
     pub metrics: Arc<Metrics>,
+    /// One source's records in memory at a time: completions of many sources arriving
+    /// together (the end of a first crawl) otherwise held every source's table at once.
+    pub scans: Arc<tokio::sync::Semaphore>,
 }
 
 /// The shard that owns an asset key: stable for the life of the process.
@@ -54,14 +57,17 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
     let plan: SweepPlan = loop {
         // Every message sent to a shard before this barrier is applied once it returns.
         join_all(deps.shards.iter().map(|s| s.send(Barrier))).await;
-        let records = match deps.retry.call("control store", "list", || deps.control.list_source(&ev.source)).await {
-            Ok(r) => r,
-            Err(e) => {
-                let dl = dead("backend", Stage::Decide, format!("completion of run `{}`: {e}", ev.run_id));
-                return finish_dead(deps, dl, env.ack).await;
+        let plan = {
+            // A closed semaphore cannot happen (it is never closed); scanning anyway is safe.
+            let _scan = deps.scans.acquire().await.ok();
+            match deps.retry.call("control store", "list", || deps.control.list_source(&ev.source)).await {
+                Ok(records) => plan_sweep(&records, &ev.run_id, deps.max_drop_fraction),
+                Err(e) => {
+                    let dl = dead("backend", Stage::Decide, format!("completion of run `{}`: {e}", ev.run_id));
+                    return finish_dead(deps, dl, env.ack).await;
+                }
             }
         };
-        let plan = plan_sweep(&records, &ev.run_id, deps.max_drop_fraction);
         match expected {
             Some(n) if (plan.seen_in_run as u64) < n => {
                 let waited = started.elapsed();

@@ -234,6 +234,18 @@ impl Source for KafkaSource {
         lock(&self.partitions).watermarks.values().map(|w| w.outstanding()).sum()
     }
 
+    /// Not ready while the group has given this member no partition of the topic.
+    fn not_ready(&self) -> Option<String> {
+        match self.consumer.assignment() {
+            Ok(tpl) if tpl.count() > 0 => None,
+            Ok(_) => Some(format!(
+                "no partition of {} assigned yet (the group is rebalancing, or has more members than partitions)",
+                self.topic
+            )),
+            Err(e) => Some(format!("cannot read the assignment: {e}")),
+        }
+    }
+
     /// Consumer lag: messages behind the high watermarks of the assigned partitions.
     fn lag(&self) -> Option<u64> {
         Some(self.lag.load(std::sync::atomic::Ordering::Relaxed)).filter(|l| *l != u64::MAX)
