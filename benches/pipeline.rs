@@ -34,6 +34,12 @@ struct Measured {
 }
 
 impl Measured {
+    /// A loop that is not assetflow: only how many events in how long.
+    fn throughput(events: u64, seconds: f64) -> Measured {
+        let nan = f64::NAN;
+        Measured { events, seconds, p50_ms: nan, p99_ms: nan, peak_rss_mib: nan, summary: serde_json::Value::Null }
+    }
+
     fn rate(&self) -> f64 {
         self.events as f64 / self.seconds
     }
@@ -256,14 +262,7 @@ fn ceiling(input: &Path, out: &Path) -> Measured {
     w.flush().expect("flush");
     let seconds = started.elapsed().as_secs_f64();
     eprintln!("bench: ceiling {:.0} events/s", n as f64 / seconds);
-    Measured {
-        events: n,
-        seconds,
-        p50_ms: f64::NAN,
-        p99_ms: f64::NAN,
-        peak_rss_mib: f64::NAN,
-        summary: serde_json::Value::Null,
-    }
+    Measured::throughput(n, seconds)
 }
 
 /// (assetflow, bare loop) over the same `n`-event first crawl on the same broker.
@@ -360,14 +359,7 @@ fn bare_kafka_loop(brokers: &str, topic: &str, out: &str, group: &str, expected:
     producer.flush(Duration::from_secs(30)).expect("flush");
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
     let seconds = started.elapsed().as_secs_f64();
-    Measured {
-        events: n,
-        seconds,
-        p50_ms: f64::NAN,
-        p99_ms: f64::NAN,
-        peak_rss_mib: f64::NAN,
-        summary: serde_json::Value::Null,
-    }
+    Measured::throughput(n, seconds)
 }
 
 /// The output of `scripts/aws-requests.sh 300 3`.

@@ -69,6 +69,30 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     (StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
+/// The samples of one Prometheus histogram series, each name suffix with its labels: a cumulative
+/// `_bucket` per `(upper bound, count in that bucket)`, then `+Inf`, `_sum` and `_count`.
+/// `labels` (`a="b",...`, or empty) go on every sample.
+fn histogram_series(
+    labels: &str,
+    buckets: impl IntoIterator<Item = (String, u64)>,
+    sum: f64,
+    count: u64,
+) -> Vec<(String, f64)> {
+    let with =
+        |le: &str| if labels.is_empty() { format!("{{le=\"{le}\"}}") } else { format!("{{{labels},le=\"{le}\"}}") };
+    let own = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+    let mut out = Vec::new();
+    let mut cumulative = 0;
+    for (bound, n) in buckets {
+        cumulative += n;
+        out.push((format!("_bucket{}", with(&bound)), cumulative as f64));
+    }
+    out.push((format!("_bucket{}", with("+Inf")), count as f64));
+    out.push((format!("_sum{own}"), sum));
+    out.push((format!("_count{own}"), count as f64));
+    out
+}
+
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
@@ -220,30 +244,18 @@ pub fn render(s: &AdminState) -> String {
     let mut hist = Vec::new();
     for ((b, o), c) in &calls {
         let l = format!("backend=\"{}\",operation=\"{}\"", label(b), label(o));
-        let mut cumulative = 0;
-        for (i, bound) in assetflow_actors::metrics::CALL_BUCKETS.iter().enumerate() {
-            cumulative += c.buckets[i];
-            hist.push((format!("_bucket{{{l},le=\"{bound}\"}}"), cumulative as f64));
-        }
-        hist.push((format!("_bucket{{{l},le=\"+Inf\"}}"), c.count as f64));
-        hist.push((format!("_sum{{{l}}}"), c.sum_seconds));
-        hist.push((format!("_count{{{l}}}"), c.count as f64));
+        let buckets = assetflow_actors::metrics::CALL_BUCKETS.iter().zip(c.buckets).map(|(b, n)| (b.to_string(), n));
+        hist.extend(histogram_series(&l, buckets, c.sum_seconds, c.count));
     }
     // Histogram samples carry their own `_bucket`/`_sum`/`_count` suffix before the labels.
     family("assetflow_backend_call_duration_seconds", "histogram", "Backend call attempts by latency.", hist);
     // Every fourth bound of the fine internal histogram (each ~2.4x the last) keeps the family short.
     let lat = &m.decision_latency;
-    let mut hist = Vec::new();
-    let mut cumulative = 0;
-    for (i, (bound, n)) in lat.buckets().into_iter().enumerate() {
-        cumulative += n;
-        if i % 4 == 3 {
-            hist.push((format!("_bucket{{le=\"{bound:.6}\"}}"), cumulative as f64));
-        }
-    }
-    hist.push(("_bucket{le=\"+Inf\"}".to_owned(), lat.count() as f64));
-    hist.push(("_sum".to_owned(), lat.sum_seconds()));
-    hist.push(("_count".to_owned(), lat.count() as f64));
+    let fine = lat.buckets();
+    // Merge each run of four fine buckets into one, labelled with the run's last bound.
+    let buckets =
+        fine.chunks(4).filter(|c| c.len() == 4).map(|c| (format!("{:.6}", c[3].0), c.iter().map(|b| b.1).sum()));
+    let hist = histogram_series("", buckets, lat.sum_seconds(), lat.count());
     family(
         "assetflow_decision_latency_seconds",
         "histogram",

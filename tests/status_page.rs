@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{SCENARIO_CONFIG, aws, bin, proxy};
+use common::{SCENARIO_CONFIG, aws, proxy};
 
 fn chromium() -> &'static str {
     for c in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
@@ -53,22 +53,29 @@ fn count(dom: &str, label: &str) -> u64 {
     rest[..rest.find('<').unwrap_or(0)].parse().unwrap_or(0)
 }
 
-#[test]
-fn the_status_page_renders_the_topology_with_moving_numbers() {
+/// A working folder for a followed run with the admin server on a free port: (folder, port,
+/// the scenario config adapted to it, for the test to adjust and write).
+fn watched_run_dir() -> (tempfile::TempDir, u16, String) {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     std::fs::write(dir.path().join("business.json"), "[]").unwrap();
     let config = SCENARIO_CONFIG
         .replace("follow = false", "follow = true")
         .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    (dir, port, config)
+}
+
+/// `assetflow gen <args>` in `dir`.
+fn generate(dir: &std::path::Path, args: &[&str]) {
+    let out = common::assetflow(dir, &[&["gen"], args].concat());
+    assert!(out.status.success(), "assetflow gen failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_status_page_renders_the_topology_with_moving_numbers() {
+    let (dir, port, config) = watched_run_dir();
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
-    let status = bin()
-        .args(["gen", "--sources", "2", "--assets", "300", "--runs", "8", "--out", "all.jsonl"])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    generate(dir.path(), &["--sources", "2", "--assets", "300", "--runs", "8", "--out", "all.jsonl"]);
     let all: Vec<String> =
         std::fs::read_to_string(dir.path().join("all.jsonl")).unwrap().lines().map(str::to_owned).collect();
     std::fs::write(dir.path().join("events.jsonl"), "").unwrap();
@@ -125,29 +132,14 @@ fn a_throttled_sink_is_marked_as_the_slowest_stage() {
     let throttle = proxy::FaultProxy::start(&moto);
     throttle.delay_each(Duration::from_millis(300));
 
-    let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    std::fs::write(dir.path().join("business.json"), "[]").unwrap();
-    let config = SCENARIO_CONFIG
-        .replace("follow = false", "follow = true")
-        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""))
-        .replace(
-            "[sinks.upsert]\nkind = \"file\"\npath = \"out/upsert.jsonl\"",
-            &format!("[sinks.upsert]\nkind = \"sqs\"\nqueue_url = \"{queue}\""),
-        )
-        + &format!(
-            "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\naccess_key_id = \"testing\"\nsecret_access_key = \"testing\"\n",
-            throttle.url
-        );
+    let (dir, port, config) = watched_run_dir();
+    let config = config.replace(
+        "[sinks.upsert]\nkind = \"file\"\npath = \"out/upsert.jsonl\"",
+        &format!("[sinks.upsert]\nkind = \"sqs\"\nqueue_url = \"{queue}\""),
+    ) + &aws::aws_section_at(&throttle.url);
     assert!(config.contains("kind = \"sqs\""), "the upsert sink is swapped for the throttled queue");
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
-    let status = bin()
-        .args(["gen", "--sources", "2", "--assets", "1500", "--runs", "1", "--out", "events.jsonl"])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    generate(dir.path(), &["--sources", "2", "--assets", "1500", "--runs", "1", "--out", "events.jsonl"]);
     let mut child = common::spawn_run(dir.path());
     std::thread::sleep(Duration::from_millis(2500));
     let url = format!("http://127.0.0.1:{port}/");

@@ -91,29 +91,19 @@ impl BusyClock {
     }
 }
 
-/// While alive, one instance of an actor counts as working (see [`Metrics::working`]).
-#[must_use = "the actor counts as working only while this is alive"]
-pub struct Working<'a> {
+/// While alive, an instance of an actor is counted as working ([`Metrics::working`]) or, inside
+/// that, as waiting for the next stage instead ([`Metrics::waiting`]); dropping it undoes that.
+#[must_use = "the count changes back as soon as this is dropped"]
+pub struct BusyGuard<'a> {
     metrics: &'a Metrics,
     actor: ActorName,
+    /// Whether dropping the guard counts the instance as working again.
+    resumes_work: bool,
 }
 
-impl Drop for Working<'_> {
+impl Drop for BusyGuard<'_> {
     fn drop(&mut self) {
-        self.metrics.clock(self.actor, false);
-    }
-}
-
-/// While alive, a working instance is waiting for the next stage instead (see [`Metrics::waiting`]).
-#[must_use = "the actor counts as waiting only while this is alive"]
-pub struct Waiting<'a> {
-    metrics: &'a Metrics,
-    actor: ActorName,
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.metrics.clock(self.actor, true);
+        self.metrics.clock(self.actor, self.resumes_work);
     }
 }
 
@@ -136,14 +126,14 @@ impl Metrics {
         locked(&self.busy[a as usize]).change(up);
     }
     /// One instance of `a` works on its own until the guard drops.
-    pub fn working(&self, a: ActorName) -> Working<'_> {
+    pub fn working(&self, a: ActorName) -> BusyGuard<'_> {
         self.clock(a, true);
-        Working { metrics: self, actor: a }
+        BusyGuard { metrics: self, actor: a, resumes_work: false }
     }
     /// Inside [`Metrics::working`]: the instance waits for the next stage until the guard drops.
-    pub fn waiting(&self, a: ActorName) -> Waiting<'_> {
+    pub fn waiting(&self, a: ActorName) -> BusyGuard<'_> {
         self.clock(a, false);
-        Waiting { metrics: self, actor: a }
+        BusyGuard { metrics: self, actor: a, resumes_work: true }
     }
     /// Seconds of work so far (in progress included), per actor.
     pub fn busy_seconds(&self) -> Vec<(ActorName, f64)> {
@@ -176,15 +166,19 @@ impl Metrics {
     }
     /// Records how the last call to `backend` ended.
     pub fn backend_result(&self, backend: &str, result: Result<(), &crate::ports::BackendError>) {
+        self.set_problem(backend, result.err().map(ToString::to_string));
+    }
+    /// Marks `backend` (or a source) unhealthy with why, or healthy again with `None`.
+    pub fn set_problem(&self, backend: &str, problem: Option<String>) {
         let mut m = locked(&self.unhealthy);
-        match result {
-            Ok(()) => {
+        match problem {
+            None => {
                 if !m.is_empty() {
                     m.remove(backend);
                 }
             }
-            Err(e) => {
-                m.insert(backend.to_owned(), e.to_string());
+            Some(why) => {
+                m.insert(backend.to_owned(), why);
             }
         }
     }

@@ -49,9 +49,13 @@ pub async fn sdk_config_at(url: &str) -> aws_config::SdkConfig {
 
 /// The `[aws]` section a test config uses.
 pub fn aws_section() -> String {
+    aws_section_at(&endpoint())
+}
+
+/// The `[aws]` section for an emulator reached at `url` (a proxy in front of it, say).
+pub fn aws_section_at(url: &str) -> String {
     format!(
-        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\naccess_key_id = \"testing\"\nsecret_access_key = \"testing\"\n",
-        endpoint()
+        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{url}\"\naccess_key_id = \"testing\"\nsecret_access_key = \"testing\"\n"
     )
 }
 

@@ -155,20 +155,15 @@ impl Handler<Flush> for Decisor {
     }
 }
 
-async fn run_batch(deps: Arc<DecisorDeps>, items: Vec<Item>) {
-    let metrics = deps.metrics.clone();
-    let _working = metrics.working(ActorName::Decisor);
-    run_items(&deps, items).await;
-}
-
 /// Counts `f`, a wait for a later stage, as waiting rather than work.
 async fn waiting<T>(deps: &DecisorDeps, f: impl std::future::Future<Output = T>) -> T {
     let _waiting = deps.metrics.waiting(ActorName::Decisor);
     f.await
 }
 
-async fn run_items(deps: &Arc<DecisorDeps>, items: Vec<Item>) {
-    let deps = deps.clone();
+async fn run_batch(deps: Arc<DecisorDeps>, items: Vec<Item>) {
+    let metrics = deps.metrics.clone();
+    let _working = metrics.working(ActorName::Decisor);
     let mut events = Vec::new();
     for item in items {
         match item {

@@ -101,20 +101,11 @@ impl IngestLoop {
             if *self.stop.borrow() {
                 break;
             }
-            if self.source.outstanding() >= self.settings.max_in_flight {
-                // Enough in flight: let the pipeline catch up before reading more.
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(2)) => {},
-                    _ = self.stop.changed() => break,
-                }
-                if last_commit.elapsed() >= self.settings.commit_interval {
-                    self.commit().await;
-                    last_commit = Instant::now();
-                }
-                continue;
-            }
+            let throttled = self.source.outstanding() >= self.settings.max_in_flight;
             let pulled = tokio::select! {
-                r = self.source.pull(self.settings.pull_batch) => r,
+                r = self.source.pull(self.settings.pull_batch), if !throttled => r,
+                // Enough in flight: let the pipeline catch up before reading more.
+                _ = tokio::time::sleep(Duration::from_millis(2)), if throttled => Ok(Pull::Messages(Vec::new())),
                 _ = self.stop.changed() => break,
             };
             match pulled {
@@ -188,13 +179,7 @@ impl IngestLoop {
         if let Some(lag) = self.source.lag() {
             self.metrics.set_lag(&self.name, lag);
         }
-        match self.source.not_ready() {
-            Some(why) => self.metrics.backend_result(
-                &self.name,
-                Err(&crate::ports::BackendError::transient(self.name.as_str(), "assign", why)),
-            ),
-            None => self.metrics.backend_result(&self.name, Ok(())),
-        }
+        self.metrics.set_problem(&self.name, self.source.not_ready());
         if let Err(e) = self.source.commit().await {
             tracing::warn!(source = %self.name, error = %e, "committing the source position failed; will retry");
         }
