@@ -1,10 +1,14 @@
-//! The embedded state store: control table, history and source checkpoints in one redb file
-//! (`{state_dir}/state.redb`), every write a durable (fsynced) transaction.
+//! The embedded state store: control table, history and source checkpoints in one fjall
+//! database (`{state_dir}/state/`), every write batch made durable (fsynced) before it returns.
+//!
+//! fjall is a log-structured merge tree: a batch is one journal append plus memtable inserts,
+//! so writing a micro-batch of random asset keys costs a sequential write, not a page rewrite
+//! per key as in a B-tree (BENCHMARKS.md has the figures that chose it).
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use assetflow_actors::decision::HistoryRow;
 use assetflow_actors::envelope::Watermark;
@@ -13,30 +17,39 @@ use assetflow_actors::ports::{
 };
 use assetflow_actors::record::ControlRecord;
 use async_trait::async_trait;
-use redb::{Database, ReadableTable, TableDefinition};
-
-const CONTROL: TableDefinition<&str, &[u8]> = TableDefinition::new("control");
-/// Key: asset key (empty for rows of no asset), a 0 byte, the row's sequence number big-endian.
-const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("history");
-const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
-/// Small counters; `history_seq` is the last history sequence number used.
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 const BACKEND: &str = "embedded store";
 
-/// redb's page cache. Its default (1 GiB) let the resident set grow with the store, to 600 MiB
-/// over 100k assets; bounded, memory stays flat as the input grows (see BENCHMARKS.md).
-const CACHE_BYTES: usize = 32 << 20;
+/// The block cache. Bounded so memory stays flat as the store grows (see BENCHMARKS.md).
+const CACHE_BYTES: u64 = 16 << 20;
+/// Memtable size of the control and history keyspaces: what is held in memory before a flush.
+const MEMTABLE_BYTES: u64 = 16 << 20;
+/// Journal kept on disk before fjall flushes the keyspaces holding it back; bounds replay time
+/// after a crash.
+const JOURNAL_BYTES: u64 = 128 << 20;
+/// The history keyspace's counter of the last sequence number used. Asset keys are UTF-8, so a
+/// key starting with 0xff can never name an asset.
+const HISTORY_SEQ_KEY: &[u8] = b"\xffseq";
 
 /// The embedded store. Cloning shares the open database.
 #[derive(Clone)]
 pub struct StateStore {
-    db: Arc<Database>,
-    history_seq: Arc<AtomicU64>,
+    inner: Arc<Inner>,
 }
 
-fn err(op: &str, e: impl Into<redb::Error>) -> BackendError {
-    let e: redb::Error = e.into();
+struct Inner {
+    db: Database,
+    control: Keyspace,
+    history: Keyspace,
+    checkpoints: Keyspace,
+    history_seq: AtomicU64,
+    /// Serialises conditional control writes: a read-compare-write must not interleave with
+    /// another writer's.
+    control_writer: Mutex<()>,
+}
+
+fn err(op: &str, e: fjall::Error) -> BackendError {
     BackendError::new(BACKEND, op, e, FailureKind::Transient)
 }
 
@@ -49,37 +62,65 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl StateStore {
-    /// Opens (or creates) `{dir}/state.redb`.
+    /// Opens (or creates) the store in `{dir}/state/`.
     pub fn open(dir: &Path) -> Result<StateStore, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create pipeline.state_dir {}: {e}", dir.display()))?;
-        let path = dir.join("state.redb");
-        let db = redb::Builder::new().set_cache_size(CACHE_BYTES).create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => format!(
-                "{} is in use by another assetflow process; stop it first (or give this one another pipeline.state_dir)",
-                path.display()
-            ),
-            other => format!("cannot open the embedded store {}: {other}", path.display()),
-        })?;
-        let seq =
-            init_tables(&db).map_err(|e| format!("cannot initialise the embedded store {}: {e}", path.display()))?;
-        Ok(StateStore { db: Arc::new(db), history_seq: Arc::new(AtomicU64::new(seq)) })
+        let old = dir.join("state.redb");
+        if old.exists() {
+            return Err(format!(
+                "{} was written by an earlier assetflow (a redb file); this version keeps its state in {}. \
+                 Move the old file away (every asset is then new again) or use another pipeline.state_dir",
+                old.display(),
+                dir.join("state").display()
+            ));
+        }
+        let path = dir.join("state");
+        let db = Database::builder(&path)
+            .cache_size(CACHE_BYTES)
+            .max_journaling_size(JOURNAL_BYTES)
+            .open()
+            .map_err(|e| match e {
+                fjall::Error::Locked => format!(
+                    "{} is in use by another assetflow process; stop it first (or give this one another pipeline.state_dir)",
+                    path.display()
+                ),
+                other => format!("cannot open the embedded store {}: {other}", path.display()),
+            })?;
+        let opened = |name: &str, memtable: u64| {
+            db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(memtable))
+                .map_err(|e| format!("cannot open the embedded store {} ({name}): {e}", path.display()))
+        };
+        let control = opened("control", MEMTABLE_BYTES)?;
+        let history = opened("history", MEMTABLE_BYTES)?;
+        let checkpoints = opened("checkpoints", 1 << 20)?;
+        let seq = history
+            .get(HISTORY_SEQ_KEY)
+            .map_err(|e| format!("cannot read the embedded store {}: {e}", path.display()))?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        Ok(StateStore {
+            inner: Arc::new(Inner {
+                db,
+                control,
+                history,
+                checkpoints,
+                history_seq: AtomicU64::new(seq),
+                control_writer: Mutex::new(()),
+            }),
+        })
     }
 
     pub fn checkpoint(&self, key: &str) -> BackendResult<Option<Vec<u8>>> {
-        let tx = self.db.begin_read().map_err(|e| err("read checkpoint", e))?;
-        let t = tx.open_table(CHECKPOINTS).map_err(|e| err("read checkpoint", e))?;
-        Ok(t.get(key).map_err(|e| err("read checkpoint", e))?.map(|v| v.value().to_vec()))
+        Ok(self.inner.checkpoints.get(key).map_err(|e| err("read checkpoint", e))?.map(|v| v.to_vec()))
     }
 
     pub async fn set_checkpoint(&self, key: String, value: Vec<u8>) -> BackendResult<()> {
-        let db = self.db.clone();
+        let inner = self.inner.clone();
         blocking("write checkpoint", move || {
-            let tx = db.begin_write().map_err(|e| err("write checkpoint", e))?;
-            {
-                let mut t = tx.open_table(CHECKPOINTS).map_err(|e| err("write checkpoint", e))?;
-                t.insert(key.as_str(), value.as_slice()).map_err(|e| err("write checkpoint", e))?;
-            }
-            tx.commit().map_err(|e| err("write checkpoint", e))
+            let mut batch = inner.db.batch().durability(Some(PersistMode::SyncAll));
+            batch.insert(&inner.checkpoints, key, value);
+            batch.commit().map_err(|e| err("write checkpoint", e))
         })
         .await
     }
@@ -99,55 +140,37 @@ impl StateStore {
 
     /// Every control record, for `assetflow assets`.
     pub fn all_records(&self) -> BackendResult<Vec<ControlRecord>> {
-        let tx = self.db.begin_read().map_err(|e| err("list", e))?;
-        let t = tx.open_table(CONTROL).map_err(|e| err("list", e))?;
         let mut out = Vec::new();
-        for entry in t.iter().map_err(|e| err("list", e))? {
-            let (_, v) = entry.map_err(|e| err("list", e))?;
-            out.push(decode_record(v.value())?);
+        for entry in self.inner.control.iter() {
+            let value = entry.value().map_err(|e| err("list", e))?;
+            out.push(decode_record(&value)?);
         }
         Ok(out)
     }
 
     fn read_history(&self, asset_key: &str, limit: usize) -> BackendResult<Vec<HistoryRow>> {
-        let tx = self.db.begin_read().map_err(|e| err("read history", e))?;
-        let t = tx.open_table(HISTORY).map_err(|e| err("read history", e))?;
         let (lo, hi) = history_range(asset_key);
         let mut out = Vec::new();
-        for entry in t.range(lo.as_slice()..=hi.as_slice()).map_err(|e| err("read history", e))?.rev() {
-            let (_, v) = entry.map_err(|e| err("read history", e))?;
-            out.push(
-                serde_json::from_slice(v.value()).map_err(|e| BackendError::permanent(BACKEND, "read history", e))?,
-            );
-            if out.len() >= limit {
-                break;
-            }
+        for entry in self.inner.history.range(lo..=hi).rev().take(limit) {
+            let value = entry.value().map_err(|e| err("read history", e))?;
+            out.push(serde_json::from_slice(&value).map_err(|e| BackendError::permanent(BACKEND, "read history", e))?);
         }
         Ok(out)
     }
 }
 
-/// Creates the tables on first use; returns the last history sequence number.
-fn init_tables(db: &Database) -> Result<u64, Box<redb::Error>> {
-    let boxed = |e: redb::Error| Box::new(e);
-    let tx = db.begin_write().map_err(|e| boxed(e.into()))?;
-    tx.open_table(CONTROL).map_err(|e| boxed(e.into()))?;
-    tx.open_table(CHECKPOINTS).map_err(|e| boxed(e.into()))?;
-    tx.open_table(HISTORY).map_err(|e| boxed(e.into()))?;
-    let meta = tx.open_table(META).map_err(|e| boxed(e.into()))?;
-    let seq = meta.get("history_seq").map_err(|e| boxed(e.into()))?.map(|v| v.value()).unwrap_or(0);
-    drop(meta);
-    tx.commit().map_err(|e| boxed(e.into()))?;
-    Ok(seq)
+/// History keys: asset key (empty for rows of no asset), a 0 byte, the row's sequence number
+/// big-endian, so one asset's rows are adjacent and in order.
+fn history_key(asset_key: &str, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(asset_key.len() + 9);
+    key.extend_from_slice(asset_key.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
 }
 
 fn history_range(asset_key: &str) -> (Vec<u8>, Vec<u8>) {
-    let mut lo = asset_key.as_bytes().to_vec();
-    lo.push(0);
-    let mut hi = lo.clone();
-    lo.extend_from_slice(&[0u8; 8]);
-    hi.extend_from_slice(&[0xffu8; 8]);
-    (lo, hi)
+    (history_key(asset_key, 0), history_key(asset_key, u64::MAX))
 }
 
 fn decode_record(bytes: &[u8]) -> BackendResult<ControlRecord> {
@@ -157,15 +180,13 @@ fn decode_record(bytes: &[u8]) -> BackendResult<ControlRecord> {
 #[async_trait]
 impl ControlStore for StateStore {
     async fn get_many(&self, keys: &[RecordKey]) -> BackendResult<HashMap<String, ControlRecord>> {
-        let db = self.db.clone();
+        let inner = self.inner.clone();
         let keys = keys.to_vec();
         blocking("get records", move || {
-            let tx = db.begin_read().map_err(|e| err("get records", e))?;
-            let t = tx.open_table(CONTROL).map_err(|e| err("get records", e))?;
             let mut out = HashMap::with_capacity(keys.len());
             for k in keys {
-                if let Some(v) = t.get(k.asset_key.as_str()).map_err(|e| err("get records", e))? {
-                    out.insert(k.asset_key, decode_record(v.value())?);
+                if let Some(v) = inner.control.get(k.asset_key.as_bytes()).map_err(|e| err("get records", e))? {
+                    out.insert(k.asset_key, decode_record(&v)?);
                 }
             }
             Ok(out)
@@ -174,50 +195,45 @@ impl ControlStore for StateStore {
     }
 
     async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()> {
-        let db = self.db.clone();
+        let inner = self.inner.clone();
         let writes = writes.to_vec();
         blocking("put records", move || {
-            let tx = db.begin_write().map_err(|e| err("put records", e))?;
-            {
-                let mut t = tx.open_table(CONTROL).map_err(|e| err("put records", e))?;
-                for RecordWrite { record: r, expected_version } in &writes {
-                    let stored = match t.get(r.asset_key.as_str()).map_err(|e| err("put records", e))? {
-                        Some(v) => decode_record(v.value())?.version,
-                        None => 0,
-                    };
-                    if stored != *expected_version {
-                        // Dropping the transaction unwritten aborts it.
-                        return Err(BackendError::new(
-                            BACKEND,
-                            "put records",
-                            format!("record {} is at version {stored}, expected {expected_version}", r.asset_key),
-                            FailureKind::Conflict,
-                        ));
-                    }
-                    let bytes =
-                        serde_json::to_vec(r).map_err(|e| BackendError::permanent(BACKEND, "put records", e))?;
-                    t.insert(r.asset_key.as_str(), bytes.as_slice()).map_err(|e| err("put records", e))?;
+            // A poisoned lock only means another writer panicked between its check and its
+            // commit; the store itself is consistent (a batch commits whole or not at all).
+            let _writer = inner.control_writer.lock().unwrap_or_else(|p| p.into_inner());
+            let mut batch = inner.db.batch().durability(Some(PersistMode::SyncAll));
+            for RecordWrite { record: r, expected_version } in &writes {
+                let stored = match inner.control.get(r.asset_key.as_bytes()).map_err(|e| err("put records", e))? {
+                    Some(v) => decode_record(&v)?.version,
+                    None => 0,
+                };
+                if stored != *expected_version {
+                    // The batch is dropped uncommitted: nothing of it is written.
+                    return Err(BackendError::new(
+                        BACKEND,
+                        "put records",
+                        format!("record {} is at version {stored}, expected {expected_version}", r.asset_key),
+                        FailureKind::Conflict,
+                    ));
                 }
+                let bytes = serde_json::to_vec(r).map_err(|e| BackendError::permanent(BACKEND, "put records", e))?;
+                batch.insert(&inner.control, r.asset_key.as_bytes(), bytes);
             }
-            tx.commit().map_err(|e| err("put records", e))
+            batch.commit().map_err(|e| err("put records", e))
         })
         .await
     }
 
     async fn list_source(&self, source: &str) -> BackendResult<Vec<ControlRecord>> {
-        let db = self.db.clone();
+        let inner = self.inner.clone();
         let source = source.to_owned();
         blocking("list source", move || {
-            let tx = db.begin_read().map_err(|e| err("list source", e))?;
-            let t = tx.open_table(CONTROL).map_err(|e| err("list source", e))?;
-            // Asset keys start with "{source}/": scan that range, then keep exact source matches
-            // (a source may itself contain '/').
-            let lo = format!("{source}/");
-            let hi = format!("{source}0");
+            // Asset keys start with "{source}/": scan that prefix, then keep exact source
+            // matches (a source may itself contain '/').
             let mut out = Vec::new();
-            for entry in t.range(lo.as_str()..hi.as_str()).map_err(|e| err("list source", e))? {
-                let (_, v) = entry.map_err(|e| err("list source", e))?;
-                let r = decode_record(v.value())?;
+            for entry in inner.control.prefix(format!("{source}/")) {
+                let value = entry.value().map_err(|e| err("list source", e))?;
+                let r = decode_record(&value)?;
                 if r.source == source {
                     out.push(r);
                 }
@@ -231,29 +247,28 @@ impl ControlStore for StateStore {
 #[async_trait]
 impl HistoryStore for StateStore {
     async fn append(&self, rows: &[HistoryRow]) -> BackendResult<()> {
-        let db = self.db.clone();
-        let seq = self.history_seq.clone();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
         let rows = rows.to_vec();
         blocking("append history", move || {
-            let tx = db.begin_write().map_err(|e| err("append history", e))?;
-            {
-                let mut t = tx.open_table(HISTORY).map_err(|e| err("append history", e))?;
-                for row in &rows {
-                    let n = seq.fetch_add(1, Ordering::Relaxed) + 1;
-                    let mut key = row.asset_key.as_deref().unwrap_or("").as_bytes().to_vec();
-                    key.push(0);
-                    key.extend_from_slice(&n.to_be_bytes());
-                    let bytes =
-                        serde_json::to_vec(row).map_err(|e| BackendError::permanent(BACKEND, "append history", e))?;
-                    t.insert(key.as_slice(), bytes.as_slice()).map_err(|e| err("append history", e))?;
-                }
-                let mut meta = tx.open_table(META).map_err(|e| err("append history", e))?;
-                let last = seq.load(Ordering::Relaxed);
-                let stored =
-                    meta.get("history_seq").map_err(|e| err("append history", e))?.map(|v| v.value()).unwrap_or(0);
-                meta.insert("history_seq", last.max(stored)).map_err(|e| err("append history", e))?;
+            let mut batch = inner.db.batch().durability(Some(PersistMode::SyncAll));
+            // Sequence numbers are taken as a block, so concurrent appends never share one; the
+            // stored counter only ever moves forward (a batch that fails leaves a gap, harmless).
+            let first = inner.history_seq.fetch_add(rows.len() as u64, Ordering::Relaxed) + 1;
+            for (n, row) in (first..).zip(&rows) {
+                let bytes =
+                    serde_json::to_vec(row).map_err(|e| BackendError::permanent(BACKEND, "append history", e))?;
+                batch.insert(&inner.history, history_key(row.asset_key.as_deref().unwrap_or(""), n), bytes);
             }
-            tx.commit().map_err(|e| err("append history", e))
+            let last = first + rows.len() as u64 - 1;
+            batch.insert(
+                &inner.history,
+                HISTORY_SEQ_KEY,
+                last.max(inner.history_seq.load(Ordering::Relaxed)).to_be_bytes(),
+            );
+            batch.commit().map_err(|e| err("append history", e))
         })
         .await
     }
