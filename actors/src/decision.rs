@@ -59,7 +59,8 @@ pub struct Upsert {
     pub hash: String,
     pub previous_hash: Option<String>,
     pub content_ref: String,
-    pub asset: Value,
+    /// The asset object as received.
+    pub asset: Box<serde_json::value::RawValue>,
     pub business: Business,
     #[serde(serialize_with = "ser_time")]
     pub decided_at: DateTime<Utc>,

@@ -1,7 +1,12 @@
 //! The input contract: decoding and validating one raw message into an [`AssetEvent`].
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use crate::hash::raw_members;
 
 /// Longest accepted `event_id`, `source` or `run_id`, in characters.
 pub const MAX_ID_CHARS: usize = 256;
@@ -17,8 +22,9 @@ pub struct AssetName {
 /// What an event says happened.
 #[derive(Debug, Clone)]
 pub enum EventKind {
-    /// One asset seen in a run; `body` is the whole `asset` object, free-form beyond its names.
-    Running { name: AssetName, body: Value },
+    /// One asset seen in a run; `body` is the whole `asset` object as received (checked to be
+    /// an object), free-form beyond its names.
+    Running { name: AssetName, body: Box<RawValue> },
     /// The run is over; the crawler may say how many `running` events it emitted.
     Completed { expected_assets: Option<u64> },
 }
@@ -57,8 +63,17 @@ impl AssetEvent {
             "run_id" => Value::String(self.run_id.clone()),
             "status" => Value::String(self.status().to_owned()),
             "asset" => match &self.kind {
-                EventKind::Running { body, .. } => {
-                    return if tail.is_empty() { Some(body.clone()) } else { body.pointer(tail).cloned() };
+                EventKind::Running { name, body } => {
+                    // The names are at hand; anything else means parsing the asset's text.
+                    return match tail {
+                        "/database" => Some(Value::String(name.database.clone())),
+                        "/schema" => Some(Value::String(name.schema.clone())),
+                        "/table" => Some(Value::String(name.table.clone())),
+                        _ => {
+                            let body: Value = serde_json::from_str(body.get()).ok()?;
+                            if tail.is_empty() { Some(body) } else { body.pointer(tail).cloned() }
+                        }
+                    };
                 }
                 EventKind::Completed { .. } => return None,
             },
@@ -133,6 +148,10 @@ fn reject(kind: RejectKind, message: impl Into<String>, event_id: Option<&str>) 
 }
 
 /// Decodes and validates one message: size, then JSON, then the field checks of EVENTS.md §1.
+///
+/// Only the envelope's fields are parsed into values; the `asset` object is checked to be an
+/// object with its three names and kept as the text received ([`RawValue`]): it is hashed from
+/// that text and written out as it came, so an event in flight holds its bytes, not a tree.
 pub fn decode(raw: &[u8], max_bytes: usize) -> Result<AssetEvent, Rejection> {
     if raw.len() > max_bytes {
         return Err(reject(
@@ -143,25 +162,67 @@ pub fn decode(raw: &[u8], max_bytes: usize) -> Result<AssetEvent, Rejection> {
     }
     let text =
         std::str::from_utf8(raw).map_err(|e| reject(RejectKind::InvalidJson, format!("not UTF-8: {e}"), None))?;
-    let value: Value =
+    // Parsing into a RawValue checks the whole text is JSON without building anything.
+    let doc: &RawValue =
         serde_json::from_str(text).map_err(|e| reject(RejectKind::InvalidJson, format!("not JSON: {e}"), None))?;
-    validate(value)
-}
-
-/// The field checks of EVENTS.md §1 on an already parsed value.
-pub fn validate(value: Value) -> Result<AssetEvent, Rejection> {
-    let Value::Object(mut map) = value else {
+    if !doc.get().starts_with('{') {
         return Err(reject(
             RejectKind::InvalidEvent,
-            format!("expected a JSON object, got {}", type_name(&value)),
+            format!("expected a JSON object, got {}", raw_type_name(doc)),
             None,
         ));
-    };
+    }
+    let members =
+        raw_members(doc.get()).map_err(|e| reject(RejectKind::InvalidJson, format!("not JSON: {e}"), None))?;
+    validate(Fields::new(members))
+}
+
+/// The top-level members of an event, a repeated key keeping its last value (as a JSON object
+/// parsed into a map would).
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Fields<'a> {
+    fn new(mut members: Vec<(Cow<'a, str>, &'a RawValue)>) -> Self {
+        // Stable: of repeated keys the last stays last; keep only it.
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut kept: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::with_capacity(members.len());
+        for m in members {
+            match kept.last_mut() {
+                Some(last) if last.0 == m.0 => *last = m,
+                _ => kept.push(m),
+            }
+        }
+        Fields(kept)
+    }
+
+    /// Removes the member `name`, raw.
+    fn take_raw(&mut self, name: &str) -> Option<&'a RawValue> {
+        let i = self.0.binary_search_by(|(k, _)| k.as_ref().cmp(name)).ok()?;
+        Some(self.0.remove(i).1)
+    }
+
+    /// Removes the member `name`, parsed.
+    fn take(&mut self, name: &str) -> Option<Value> {
+        // The text was parsed once already, so this cannot fail; Null stands in if it did.
+        self.take_raw(name).map(|raw| serde_json::from_str(raw.get()).unwrap_or(Value::Null))
+    }
+
+    /// What is left, parsed: the fields the contract does not name.
+    fn into_extra(self) -> Map<String, Value> {
+        self.0
+            .into_iter()
+            .map(|(k, raw)| (k.into_owned(), serde_json::from_str(raw.get()).unwrap_or(Value::Null)))
+            .collect()
+    }
+}
+
+/// The field checks of EVENTS.md §1, in order.
+fn validate(mut map: Fields<'_>) -> Result<AssetEvent, Rejection> {
     let event_id = take_id(&mut map, "event_id", None)?;
     let eid = Some(event_id.as_str());
     let source = take_id(&mut map, "source", eid)?;
     let run_id = take_id(&mut map, "run_id", eid)?;
-    let status = match map.remove("status") {
+    let status = match map.take("status") {
         Some(Value::String(s)) if s == "running" || s == "completed" => s,
         Some(other) => {
             return Err(reject(
@@ -174,7 +235,7 @@ pub fn validate(value: Value) -> Result<AssetEvent, Rejection> {
             return Err(reject(RejectKind::InvalidEvent, "missing required field `status`", eid));
         }
     };
-    let emitted_at = match map.remove("emitted_at") {
+    let emitted_at = match map.take("emitted_at") {
         Some(Value::String(s)) => DateTime::parse_from_rfc3339(&s)
             .map_err(|e| {
                 reject(RejectKind::InvalidEvent, format!("field `emitted_at` is not an RFC 3339 timestamp: {e}"), eid)
@@ -192,12 +253,12 @@ pub fn validate(value: Value) -> Result<AssetEvent, Rejection> {
         }
     };
     let kind = if status == "running" {
-        let body = match map.remove("asset") {
-            Some(body @ Value::Object(_)) => body,
+        let body = match map.take_raw("asset") {
+            Some(body) if body.get().starts_with('{') => body,
             Some(other) => {
                 return Err(reject(
                     RejectKind::InvalidEvent,
-                    format!("field `asset` must be an object, got {}", type_name(&other)),
+                    format!("field `asset` must be an object, got {}", raw_type_name(other)),
                     eid,
                 ));
             }
@@ -205,14 +266,17 @@ pub fn validate(value: Value) -> Result<AssetEvent, Rejection> {
                 return Err(reject(RejectKind::InvalidEvent, "a running event needs the field `asset`", eid));
             }
         };
+        let members =
+            raw_members(body.get()).map_err(|e| reject(RejectKind::InvalidJson, format!("not JSON: {e}"), eid))?;
+        let mut names = Fields::new(members);
         let name = AssetName {
-            database: asset_name(&body, "database", eid)?,
-            schema: asset_name(&body, "schema", eid)?,
-            table: asset_name(&body, "table", eid)?,
+            database: asset_name(&mut names, "database", eid)?,
+            schema: asset_name(&mut names, "schema", eid)?,
+            table: asset_name(&mut names, "table", eid)?,
         };
-        EventKind::Running { name, body }
+        EventKind::Running { name, body: body.to_owned() }
     } else {
-        let expected_assets = match map.remove("expected_assets") {
+        let expected_assets = match map.take("expected_assets") {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
             Some(other) => {
@@ -225,11 +289,11 @@ pub fn validate(value: Value) -> Result<AssetEvent, Rejection> {
         };
         EventKind::Completed { expected_assets }
     };
-    Ok(AssetEvent { event_id, source, run_id, emitted_at, kind, extra: map })
+    Ok(AssetEvent { event_id, source, run_id, emitted_at, kind, extra: map.into_extra() })
 }
 
-fn take_id(map: &mut Map<String, Value>, field: &str, eid: Option<&str>) -> Result<String, Rejection> {
-    match map.remove(field) {
+fn take_id(map: &mut Fields<'_>, field: &str, eid: Option<&str>) -> Result<String, Rejection> {
+    match map.take(field) {
         Some(Value::String(s)) => {
             let chars = s.chars().count();
             if chars == 0 || chars > MAX_ID_CHARS {
@@ -251,15 +315,15 @@ fn take_id(map: &mut Map<String, Value>, field: &str, eid: Option<&str>) -> Resu
     }
 }
 
-fn asset_name(body: &Value, field: &str, eid: Option<&str>) -> Result<String, Rejection> {
-    match body.get(field) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+fn asset_name(body: &mut Fields<'_>, field: &str, eid: Option<&str>) -> Result<String, Rejection> {
+    match body.take(field) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
         Some(Value::String(_)) => {
             Err(reject(RejectKind::InvalidEvent, format!("field `asset.{field}` must not be empty"), eid))
         }
         Some(other) => Err(reject(
             RejectKind::InvalidEvent,
-            format!("field `asset.{field}` must be a string, got {}", type_name(other)),
+            format!("field `asset.{field}` must be a string, got {}", type_name(&other)),
             eid,
         )),
         None => Err(reject(RejectKind::InvalidEvent, format!("missing required field `asset.{field}`"), eid)),
@@ -274,6 +338,17 @@ fn type_name(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+fn raw_type_name(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
     }
 }
 

@@ -40,7 +40,10 @@ impl LookupKeys {
             emitted_at: chrono::DateTime::UNIX_EPOCH,
             kind: EventKind::Running {
                 name: name.clone(),
-                body: serde_json::json!({"database": name.database, "schema": name.schema, "table": name.table}),
+                body: serde_json::value::to_raw_value(
+                    &serde_json::json!({"database": name.database, "schema": name.schema, "table": name.table}),
+                )
+                .ok()?,
             },
             extra: Default::default(),
         };

@@ -327,7 +327,7 @@ async fn decide_and_publish(
             contents.push(ContentPut {
                 asset_key: p.key.clone(),
                 hash: p.hash.clone(),
-                body: serde_json::to_vec(body).unwrap_or_default(),
+                body: body.get().as_bytes().to_vec(),
             });
             let decision = Decision::Upsert(Upsert {
                 decision_id: id,
