@@ -47,23 +47,48 @@ pub fn plan_sweep<'a>(
     run: &str,
     max_drop_fraction: f64,
 ) -> SweepPlan {
-    let mut live = 0;
-    let mut seen_in_run = 0;
-    let mut to_drop = Vec::new();
+    let mut planner = SweepPlanner::new(run);
     for r in records {
-        if r.last_seen_run == run {
-            seen_in_run += 1;
+        planner.add(&r.asset_key, r.is_live(), &r.last_seen_run);
+    }
+    planner.finish(max_drop_fraction)
+}
+
+/// Builds a [`SweepPlan`] one record at a time, so a store can stream a source's records
+/// through it instead of holding them all.
+#[derive(Debug)]
+pub struct SweepPlanner<'r> {
+    run: &'r str,
+    live: usize,
+    seen_in_run: usize,
+    to_drop: Vec<String>,
+}
+
+impl<'r> SweepPlanner<'r> {
+    pub fn new(run: &'r str) -> Self {
+        SweepPlanner { run, live: 0, seen_in_run: 0, to_drop: Vec::new() }
+    }
+
+    /// Counts one record of the source: its key, whether it is live, the run that last saw it.
+    pub fn add(&mut self, asset_key: &str, live: bool, last_seen_run: &str) {
+        let in_run = last_seen_run == self.run;
+        if in_run {
+            self.seen_in_run += 1;
         }
-        if r.is_live() {
-            live += 1;
-            if r.last_seen_run != run {
-                to_drop.push(r.asset_key.clone());
+        if live {
+            self.live += 1;
+            if !in_run {
+                self.to_drop.push(asset_key.to_owned());
             }
         }
     }
-    to_drop.sort_unstable();
-    let guarded = !to_drop.is_empty() && (to_drop.len() as f64) > max_drop_fraction * (live as f64);
-    SweepPlan { live, seen_in_run, to_drop, guarded }
+
+    pub fn finish(mut self, max_drop_fraction: f64) -> SweepPlan {
+        self.to_drop.sort_unstable();
+        let dropping = self.to_drop.len();
+        let guarded = dropping > 0 && (dropping as f64) > max_drop_fraction * (self.live as f64);
+        SweepPlan { live: self.live, seen_in_run: self.seen_in_run, to_drop: self.to_drop, guarded }
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
+use crate::decide::{SweepPlan, plan_sweep};
 use crate::decision::{HistoryRow, Origin};
 use crate::envelope::Ack;
 use crate::record::ControlRecord;
@@ -58,8 +59,14 @@ pub trait ControlStore: Send + Sync + 'static {
     /// Writes all records or none; each must find the stored record still at the version it
     /// was read at (0: no record), else the call fails with [`FailureKind::Conflict`].
     async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()>;
-    /// Every record of one source (live and dropped), for a completion sweep.
+    /// Every record of one source (live and dropped).
     async fn list_source(&self, source: &str) -> BackendResult<Vec<ControlRecord>>;
+    /// The sweep of run `run` over the records of `source` (EVENTS.md §3.2). This lists them
+    /// all; a store that can stream its records overrides it, so that a sweep's memory does not
+    /// grow with the size of the source.
+    async fn sweep_plan(&self, source: &str, run: &str, max_drop_fraction: f64) -> BackendResult<SweepPlan> {
+        Ok(plan_sweep(&self.list_source(source).await?, run, max_drop_fraction))
+    }
 }
 
 /// Where a control record lives: its source (the partition of keyed stores) and asset key.

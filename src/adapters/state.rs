@@ -10,12 +10,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use assetflow_actors::decide::{SweepPlan, SweepPlanner};
 use assetflow_actors::decision::HistoryRow;
 use assetflow_actors::envelope::Watermark;
 use assetflow_actors::ports::{
     BackendError, BackendResult, ControlStore, FailureKind, HistoryStore, RecordKey, RecordWrite,
 };
-use assetflow_actors::record::ControlRecord;
+use assetflow_actors::record::{ControlRecord, RecordStatus};
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
@@ -173,6 +174,18 @@ fn history_range(asset_key: &str) -> (Vec<u8>, Vec<u8>) {
     (history_key(asset_key, 0), history_key(asset_key, u64::MAX))
 }
 
+/// The fields of a stored [`ControlRecord`] a sweep reads; the rest are skipped unparsed.
+#[derive(serde::Deserialize)]
+struct SweepFields<'a> {
+    #[serde(borrow)]
+    asset_key: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    source: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    last_seen_run: std::borrow::Cow<'a, str>,
+    status: RecordStatus,
+}
+
 fn decode_record(bytes: &[u8]) -> BackendResult<ControlRecord> {
     serde_json::from_slice(bytes).map_err(|e| BackendError::permanent(BACKEND, "decode record", e))
 }
@@ -220,6 +233,26 @@ impl ControlStore for StateStore {
                 batch.insert(&inner.control, r.asset_key.as_bytes(), bytes);
             }
             batch.commit().map_err(|e| err("put records", e))
+        })
+        .await
+    }
+
+    /// Streams the source's records through the planner: only the keys to drop are kept.
+    async fn sweep_plan(&self, source: &str, run: &str, max_drop_fraction: f64) -> BackendResult<SweepPlan> {
+        let inner = self.inner.clone();
+        let source = source.to_owned();
+        let run = run.to_owned();
+        blocking("list source", move || {
+            let mut planner = SweepPlanner::new(&run);
+            for entry in inner.control.prefix(format!("{source}/")) {
+                let value = entry.value().map_err(|e| err("list source", e))?;
+                let r: SweepFields =
+                    serde_json::from_slice(&value).map_err(|e| BackendError::permanent(BACKEND, "decode record", e))?;
+                if r.source == source {
+                    planner.add(&r.asset_key, r.status == RecordStatus::Live, &r.last_seen_run);
+                }
+            }
+            Ok(planner.finish(max_drop_fraction))
         })
         .await
     }

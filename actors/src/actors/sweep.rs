@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 use super::Enriched;
 use super::decisor::{ApplyDrops, Barrier, Decisor};
 use super::history::{DeadLetters, HistoryWriter, Record};
-use crate::decide::{SweepPlan, plan_sweep};
+use crate::decide::SweepPlan;
 use crate::decision::{DeadLetter, HistoryRow, Outcome, Stage, decision_id};
 use crate::envelope::Envelope;
 use crate::event::EventKind;
@@ -31,8 +31,8 @@ pub struct SweepDeps {
     pub max_drop_fraction: f64,
     pub completion_timeout: Duration,
     pub metrics: Arc<Metrics>,
-    /// One source's records in memory at a time: completions of many sources arriving
-    /// together (the end of a first crawl) otherwise held every source's table at once.
+    /// One source scanned at a time: completions of many sources arriving together (the end
+    /// of a first crawl) otherwise scan, and with listing stores hold, every table at once.
     pub scans: Arc<tokio::sync::Semaphore>,
 }
 
@@ -60,8 +60,9 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
         let plan = {
             // A closed semaphore cannot happen (it is never closed); scanning anyway is safe.
             let _scan = deps.scans.acquire().await.ok();
-            match deps.retry.call("control store", "list", || deps.control.list_source(&ev.source)).await {
-                Ok(records) => plan_sweep(&records, &ev.run_id, deps.max_drop_fraction),
+            let plan = || deps.control.sweep_plan(&ev.source, &ev.run_id, deps.max_drop_fraction);
+            match deps.retry.call("control store", "list", plan).await {
+                Ok(plan) => plan,
                 Err(e) => {
                     let dl = dead("backend", Stage::Decide, format!("completion of run `{}`: {e}", ev.run_id));
                     return finish_dead(deps, dl, env.ack).await;
