@@ -274,7 +274,7 @@ fn validate(mut map: Fields<'_>) -> Result<AssetEvent, Rejection> {
             schema: asset_name(&mut names, "schema", eid)?,
             table: asset_name(&mut names, "table", eid)?,
         };
-        EventKind::Running { name, body: body.to_owned() }
+        EventKind::Running { name, body: compact(body) }
     } else {
         let expected_assets = match map.take("expected_assets") {
             None | Some(Value::Null) => None,
@@ -341,6 +341,37 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
+/// The asset's text without whitespace between tokens. Outputs embed it as it is, and a
+/// pretty-printed event (from a queue or a topic) would otherwise put line breaks inside one
+/// JSON Lines record.
+fn compact(raw: &RawValue) -> Box<RawValue> {
+    let text = raw.get();
+    if !text.bytes().any(|b| b.is_ascii_whitespace()) {
+        return raw.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_ascii_whitespace() {
+            out.push(c);
+        }
+    }
+    // Removing whitespace between tokens of valid JSON leaves valid JSON; keep the original
+    // should that ever not hold.
+    RawValue::from_string(out).unwrap_or_else(|_| raw.to_owned())
+}
+
 fn raw_type_name(raw: &RawValue) -> &'static str {
     match raw.get().as_bytes().first() {
         Some(b'{') => "an object",
@@ -402,6 +433,15 @@ mod tests {
         );
         assert_eq!(kind(br#"{"event_id":"e","source":"s","run_id":"r","status":"completed","emitted_at":"2026-11-01T10:00:00Z","expected_assets":-1}"#), RejectKind::InvalidEvent);
         assert_eq!(kind(br#"{"event_id":"e","source":"s","run_id":"r","status":"running","emitted_at":"2026-11-01T10:00:00Z","asset":{"database":"d","schema":"","table":"t"}}"#), RejectKind::InvalidEvent);
+    }
+
+    #[test]
+    fn a_pretty_printed_asset_is_kept_on_one_line() {
+        let e = ok(
+            "{\"event_id\":\"e\",\"source\":\"pg\",\"run_id\":\"r\",\"status\":\"running\",\n \"emitted_at\":\"2026-11-01T10:00:00Z\",\n \"asset\": {\n  \"database\": \"d\",\n  \"schema\": \"s\",\n  \"table\": \"t\",\n  \"note\": \"two  words \\\" and\\n\"\n }\n}",
+        );
+        let EventKind::Running { body, .. } = &e.kind else { panic!("a running event") };
+        assert_eq!(body.get(), r#"{"database":"d","schema":"s","table":"t","note":"two  words \" and\n"}"#);
     }
 
     #[test]

@@ -1,12 +1,9 @@
 //! The `dir` content store: one file per asset key and content hash,
 //! `{path}/{source}/{database}/{schema}/{table}.{hash}.json`, each name component escaped.
 //!
-//! A batch is made durable in two rounds of syncs, whatever its size: every file is written
-//! under a temporary name; the files are synced; renamed into place; the folders holding the new
-//! names are synced. Each round syncs from several threads at once (see [`ContentDir::sync_all`]):
-//! one `fsync` after another made first crawls spend most of their time waiting on the disk, and
-//! `syncfs` (one call for the whole file system) also waited for every other process's writes,
-//! which made a Kafka broker on the same disk the bottleneck.
+//! A batch is made durable with two file-system syncs, whatever its size: every file is written
+//! under a temporary name, synced, renamed into place, and the renames synced. One `fsync` per
+//! file made first crawls (every asset new) spend most of their time waiting on the disk.
 
 use std::path::{Path, PathBuf};
 
@@ -45,20 +42,12 @@ impl ContentDir {
     fn write_batch(&self, items: &[(PathBuf, Vec<u8>)]) -> BackendResult<()> {
         let tmp_ext = format!("tmp{}", std::process::id());
         let mut renames = Vec::new();
-        let mut folders = std::collections::BTreeSet::new();
         for (path, body) in items {
             if path.exists() {
                 continue;
             }
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| self.fail("mkdir", e))?;
-                // The file's folder holds its new name; the folders above it may hold new
-                // folders' names.
-                for folder in dir.ancestors().take_while(|f| f.starts_with(&self.root)) {
-                    if !folders.insert(folder.to_path_buf()) {
-                        break;
-                    }
-                }
             }
             let tmp = path.with_extension(&tmp_ext);
             std::fs::write(&tmp, body).map_err(|e| self.fail("write", e))?;
@@ -67,29 +56,22 @@ impl ContentDir {
         if renames.is_empty() {
             return Ok(());
         }
-        self.sync_all(renames.iter().map(|(tmp, _)| tmp.as_path()).collect())?;
+        self.sync()?;
         for (tmp, path) in &renames {
             std::fs::rename(tmp, path).map_err(|e| self.fail("rename", e))?;
         }
-        self.sync_all(folders.iter().map(PathBuf::as_path).collect())
+        self.sync()
     }
 
-    /// Syncs every path (files or folders) from a few threads at once: the file system commits
-    /// concurrent syncs together, so a batch costs a few journal commits, not one per file,
-    /// and, unlike `syncfs`, nothing written by other processes on the same disk is waited for.
-    fn sync_all(&self, paths: Vec<&Path>) -> BackendResult<()> {
-        const SYNCERS: usize = 16;
-        let chunk = paths.len().div_ceil(SYNCERS).max(1);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = paths
-                .chunks(chunk)
-                .map(|part| scope.spawn(move || part.iter().try_for_each(|p| std::fs::File::open(p)?.sync_all())))
-                .collect();
-            workers.into_iter().try_for_each(|w| match w.join() {
-                Ok(r) => r.map_err(|e| self.fail("sync", e)),
-                Err(_) => Err(self.fail("sync", "a sync thread panicked")),
-            })
-        })
+    /// Flushes the file system the folder is on (data, new names and folders).
+    fn sync(&self) -> BackendResult<()> {
+        use std::os::fd::AsRawFd;
+        let dir = std::fs::File::open(&self.root).map_err(|e| self.fail("open", e))?;
+        // SAFETY: `dir` is an open descriptor for the whole call; syncfs only reads it.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(self.fail("sync", std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 }
 
