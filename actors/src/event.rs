@@ -274,7 +274,8 @@ fn validate(mut map: Fields<'_>) -> Result<AssetEvent, Rejection> {
             schema: asset_name(&mut names, "schema", eid)?,
             table: asset_name(&mut names, "table", eid)?,
         };
-        EventKind::Running { name, body: compact(body) }
+        let body = tidy(body).map_err(|e| reject(RejectKind::InvalidJson, format!("not JSON: {e}"), eid))?;
+        EventKind::Running { name, body }
     } else {
         let expected_assets = match map.take("expected_assets") {
             None | Some(Value::Null) => None,
@@ -341,35 +342,69 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// The asset's text without whitespace between tokens. Outputs embed it as it is, and a
+/// The asset's text, checked and made compact.
+///
+/// Checked: a `RawValue` only scans what a parse into values would check, so two things must
+/// be looked at here for the asset to be JSON the hash (and any consumer) can parse: string
+/// escapes (a lone surrogate `\uD800`) and numbers out of range (`1e400`). Both are rare, so
+/// only strings with a backslash and numbers with an exponent or many digits are parsed.
+///
+/// Compact: whitespace between tokens is removed. Outputs embed the asset as it is, and a
 /// pretty-printed event (from a queue or a topic) would otherwise put line breaks inside one
 /// JSON Lines record.
-fn compact(raw: &RawValue) -> Box<RawValue> {
+fn tidy(raw: &RawValue) -> Result<Box<RawValue>, String> {
     let text = raw.get();
-    if !text.bytes().any(|b| b.is_ascii_whitespace()) {
-        return raw.to_owned();
-    }
-    let mut out = String::with_capacity(text.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for c in text.chars() {
-        if in_string {
-            out.push(c);
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => in_string = false,
-                _ => {}
+    let bytes = text.as_bytes();
+    let mut out: Option<String> = None;
+    let mut i = 0;
+    let mut kept = 0; // text[kept..i] is still to be copied to `out`
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i;
+                let mut escaped = false;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        escaped = true;
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                i += 1;
+                let token = &text[start..i.min(text.len())];
+                if escaped {
+                    serde_json::from_str::<std::borrow::Cow<str>>(token)
+                        .map_err(|e| format!("in `asset`, {token}: {e}"))?;
+                }
             }
-        } else if c == '"' {
-            in_string = true;
-            out.push(c);
-        } else if !c.is_ascii_whitespace() {
-            out.push(c);
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len() && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                    i += 1;
+                }
+                let token = &text[start..i];
+                if token.len() > 300 || token.contains(['e', 'E']) {
+                    serde_json::from_str::<serde_json::Number>(token)
+                        .map_err(|e| format!("in `asset`, {token}: {e}"))?;
+                }
+            }
+            b if b.is_ascii_whitespace() => {
+                let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
+                o.push_str(&text[kept..i]);
+                i += 1;
+                kept = i;
+            }
+            _ => i += 1,
         }
     }
-    // Removing whitespace between tokens of valid JSON leaves valid JSON; keep the original
-    // should that ever not hold.
-    RawValue::from_string(out).unwrap_or_else(|_| raw.to_owned())
+    match out {
+        None => Ok(raw.to_owned()),
+        Some(mut o) => {
+            o.push_str(&text[kept..]);
+            RawValue::from_string(o).map_err(|e| format!("in `asset`: {e}"))
+        }
+    }
 }
 
 fn raw_type_name(raw: &RawValue) -> &'static str {
@@ -394,6 +429,9 @@ mod tests {
 
     fn ok(s: &str) -> AssetEvent {
         decode(s.as_bytes(), 1 << 20).expect("valid")
+    }
+    fn kind_of(s: &str) -> RejectKind {
+        decode(s.as_bytes(), 1 << 20).expect_err("invalid").kind
     }
     fn kind(s: &[u8]) -> RejectKind {
         decode(s, 200).expect_err("invalid").kind
@@ -442,6 +480,24 @@ mod tests {
         );
         let EventKind::Running { body, .. } = &e.kind else { panic!("a running event") };
         assert_eq!(body.get(), r#"{"database":"d","schema":"s","table":"t","note":"two  words \" and\n"}"#);
+    }
+
+    #[test]
+    fn what_a_value_parse_rejects_is_rejected_inside_the_asset() {
+        let with = |v: &str| {
+            format!(
+                r#"{{"event_id":"e","source":"pg","run_id":"r","status":"running","emitted_at":"2026-11-01T10:00:00Z","asset":{{"database":"d","schema":"s","table":"t","n":{v}}}}}"#
+            )
+        };
+        for bad in ["1e400", "-1E+999", r#""\uD800x""#, &format!("1{}", "0".repeat(400))] {
+            assert!(serde_json::from_str::<Value>(bad).is_err(), "{bad} is not JSON a parser takes");
+            assert_eq!(kind_of(&with(bad)), RejectKind::InvalidJson, "{bad}");
+        }
+        for good in ["1e300", "-0.5E-3", r#""\ud83d\ude00 \" \\""#, "12345678901234567890123"] {
+            let e = ok(&with(good));
+            let EventKind::Running { body, .. } = &e.kind else { panic!("a running event") };
+            assert!(serde_json::from_str::<Value>(body.get()).is_ok(), "{good}");
+        }
     }
 
     #[test]
