@@ -11,6 +11,16 @@ fn err_of(dir: &std::path::Path, config: &str) -> (i32, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// `run` over `config`: it must fail with exit 1 and one clean line, which is returned.
+fn run_err(dir: &std::path::Path, config: &str) -> String {
+    std::fs::write(dir.join("c.toml"), config).unwrap();
+    let out = assetflow(dir, &["run", "--config", "c.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_one_clean_line(&stderr);
+    stderr
+}
+
 fn assert_one_clean_line(stderr: &str) {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line expected, got:\n{stderr}");
@@ -53,15 +63,8 @@ fn an_unknown_backend_kind_names_the_key() {
 #[test]
 fn a_missing_input_file_is_reported_at_run() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("c.toml"),
-        "[[sources]]\nkind = \"file\"\npath = \"missing.jsonl\"\n[admin]\nlisten = \"\"\n",
-    )
-    .unwrap();
-    let out = assetflow(dir.path(), &["run", "--config", "c.toml"]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_one_clean_line(&stderr);
+    let stderr =
+        run_err(dir.path(), "[[sources]]\nkind = \"file\"\npath = \"missing.jsonl\"\n[admin]\nlisten = \"\"\n");
     assert!(stderr.contains("sources[0].path") && stderr.contains("missing.jsonl"), "{stderr}");
 }
 
@@ -72,15 +75,10 @@ fn state_from_the_old_store_is_refused_not_ignored() {
     std::fs::write(dir.path().join("e.jsonl"), "").unwrap();
     std::fs::create_dir_all(dir.path().join("st")).unwrap();
     std::fs::write(dir.path().join("st/state.redb"), "old").unwrap();
-    std::fs::write(
-        dir.path().join("c.toml"),
+    let stderr = run_err(
+        dir.path(),
         "[pipeline]\nstate_dir = \"st\"\n[[sources]]\nkind = \"file\"\npath = \"e.jsonl\"\n[admin]\nlisten = \"\"\n",
-    )
-    .unwrap();
-    let out = assetflow(dir.path(), &["run", "--config", "c.toml"]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_one_clean_line(&stderr);
+    );
     assert!(stderr.contains("state.redb") && stderr.contains("pipeline.state_dir"), "{stderr}");
 }
 

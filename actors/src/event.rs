@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::hash::raw_members;
+use crate::hash::sorted_members;
 
 /// Longest accepted `event_id`, `source` or `run_id`, in characters.
 pub const MAX_ID_CHARS: usize = 256;
@@ -162,39 +162,23 @@ pub fn decode(raw: &[u8], max_bytes: usize) -> Result<AssetEvent, Rejection> {
     }
     let text =
         std::str::from_utf8(raw).map_err(|e| reject(RejectKind::InvalidJson, format!("not UTF-8: {e}"), None))?;
-    // Parsing into a RawValue checks the whole text is JSON without building anything.
-    let doc: &RawValue =
-        serde_json::from_str(text).map_err(|e| reject(RejectKind::InvalidJson, format!("not JSON: {e}"), None))?;
-    if !doc.get().starts_with('{') {
-        return Err(reject(
-            RejectKind::InvalidEvent,
-            format!("expected a JSON object, got {}", raw_type_name(doc)),
-            None,
-        ));
-    }
-    let members =
-        raw_members(doc.get()).map_err(|e| reject(RejectKind::InvalidJson, format!("not JSON: {e}"), None))?;
-    validate(Fields::new(members))
+    // One pass splits an object into its members; only when that fails is the text looked at
+    // again, to tell a message that is not JSON from JSON that is not an object.
+    let members = sorted_members(text).map_err(|split| match serde_json::from_str::<&RawValue>(text) {
+        Err(e) => reject(RejectKind::InvalidJson, format!("not JSON: {e}"), None),
+        Ok(doc) if !doc.get().starts_with('{') => {
+            reject(RejectKind::InvalidEvent, format!("expected a JSON object, got {}", raw_type_name(doc)), None)
+        }
+        Ok(_) => reject(RejectKind::InvalidJson, format!("not JSON: {split}"), None),
+    })?;
+    validate(Fields(members))
 }
 
-/// The top-level members of an event, a repeated key keeping its last value (as a JSON object
-/// parsed into a map would).
+/// The members of an event (or of its asset) from [`sorted_members`]: sorted by key, a repeated
+/// key keeping its last value.
 struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'a> Fields<'a> {
-    fn new(mut members: Vec<(Cow<'a, str>, &'a RawValue)>) -> Self {
-        // Stable: of repeated keys the last stays last; keep only it.
-        members.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut kept: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::with_capacity(members.len());
-        for m in members {
-            match kept.last_mut() {
-                Some(last) if last.0 == m.0 => *last = m,
-                _ => kept.push(m),
-            }
-        }
-        Fields(kept)
-    }
-
     /// Removes the member `name`, raw.
     fn take_raw(&mut self, name: &str) -> Option<&'a RawValue> {
         let i = self.0.binary_search_by(|(k, _)| k.as_ref().cmp(name)).ok()?;
@@ -267,8 +251,8 @@ fn validate(mut map: Fields<'_>) -> Result<AssetEvent, Rejection> {
             }
         };
         let members =
-            raw_members(body.get()).map_err(|e| reject(RejectKind::InvalidJson, format!("not JSON: {e}"), eid))?;
-        let mut names = Fields::new(members);
+            sorted_members(body.get()).map_err(|e| reject(RejectKind::InvalidJson, format!("not JSON: {e}"), eid))?;
+        let mut names = Fields(members);
         let name = AssetName {
             database: asset_name(&mut names, "database", eid)?,
             schema: asset_name(&mut names, "schema", eid)?,
@@ -374,8 +358,7 @@ fn tidy(raw: &RawValue) -> Result<Box<RawValue>, String> {
                 i += 1;
                 let token = &text[start..i.min(text.len())];
                 if escaped {
-                    serde_json::from_str::<std::borrow::Cow<str>>(token)
-                        .map_err(|e| format!("in `asset`, {token}: {e}"))?;
+                    serde_json::from_str::<Cow<str>>(token).map_err(|e| format!("in `asset`, {token}: {e}"))?;
                 }
             }
             b'-' | b'0'..=b'9' => {

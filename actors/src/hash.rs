@@ -60,8 +60,9 @@ enum Membership {
 #[derive(serde::Deserialize)]
 struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
 
-/// The members of a JSON object's text, in the order written, values left as raw text.
-pub fn raw_members(text: &str) -> serde_json::Result<Vec<(Cow<'_, str>, &RawValue)>> {
+/// The members of a JSON object's text, values left as raw text, sorted by key (by its UTF-8
+/// bytes), a repeated key keeping only its last value (as a parse into a map keeps it).
+pub fn sorted_members(text: &str) -> serde_json::Result<Vec<(Cow<'_, str>, &RawValue)>> {
     struct Members;
     impl<'de> Visitor<'de> for Members {
         type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
@@ -77,9 +78,18 @@ pub fn raw_members(text: &str) -> serde_json::Result<Vec<(Cow<'_, str>, &RawValu
         }
     }
     let mut de = serde_json::Deserializer::from_str(text);
-    let members = (&mut de).deserialize_map(Members)?;
+    let mut members = (&mut de).deserialize_map(Members)?;
     de.end()?;
-    Ok(members)
+    // Stable: of repeated keys the last stays last; keep only it.
+    members.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut kept: Vec<(Cow<'_, str>, &RawValue)> = Vec::with_capacity(members.len());
+    for m in members {
+        match kept.last_mut() {
+            Some(last) if last.0 == m.0 => *last = m,
+            _ => kept.push(m),
+        }
+    }
+    Ok(kept)
 }
 
 /// Writes the JSON text `raw` in canonical form, leaving out the ignored paths.
@@ -106,15 +116,10 @@ fn write_raw<W: Write>(
     let text = text.trim_ascii();
     match text.as_bytes().first() {
         Some(b'{') => {
-            let mut members = raw_members(text).map_err(std::io::Error::other)?;
-            // Stable: of repeated keys the last stays last, and is the one kept below.
-            members.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            let members = sorted_members(text).map_err(std::io::Error::other)?;
             out.write_all(b"{")?;
             let mut first = true;
-            for (i, (key, value)) in members.iter().enumerate() {
-                if members.get(i + 1).is_some_and(|next| next.0 == *key) {
-                    continue;
-                }
+            for (key, value) in &members {
                 let sub_filter = if filtering {
                     match ignore.check(prefix, key) {
                         Membership::Ignored => continue,

@@ -5,6 +5,7 @@
 //! so writing a micro-batch of random asset keys costs a sequential write, not a page rewrite
 //! per key as in a B-tree (BENCHMARKS.md has the figures that chose it).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -178,16 +179,38 @@ fn history_range(asset_key: &str) -> (Vec<u8>, Vec<u8>) {
 #[derive(serde::Deserialize)]
 struct SweepFields<'a> {
     #[serde(borrow)]
-    asset_key: std::borrow::Cow<'a, str>,
+    asset_key: Cow<'a, str>,
     #[serde(borrow)]
-    source: std::borrow::Cow<'a, str>,
+    source: Cow<'a, str>,
     #[serde(borrow)]
-    last_seen_run: std::borrow::Cow<'a, str>,
+    last_seen_run: Cow<'a, str>,
     status: RecordStatus,
 }
 
-fn decode_record(bytes: &[u8]) -> BackendResult<ControlRecord> {
+/// The version of a stored [`ControlRecord`], for the conditional write's check.
+#[derive(serde::Deserialize)]
+struct VersionField {
+    version: u64,
+}
+
+/// A stored control record, or the part of it `T` names.
+fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> BackendResult<T> {
     serde_json::from_slice(bytes).map_err(|e| BackendError::permanent(BACKEND, "decode record", e))
+}
+
+fn decode_record(bytes: &[u8]) -> BackendResult<ControlRecord> {
+    decode(bytes)
+}
+
+impl Inner {
+    /// Calls `each` with the stored record of every asset key under `{source}/`. Callers keep
+    /// the records whose `source` is exactly `source` (a source may itself contain '/').
+    fn scan_source(&self, source: &str, mut each: impl FnMut(&[u8]) -> BackendResult<()>) -> BackendResult<()> {
+        for entry in self.control.prefix(format!("{source}/")) {
+            each(&entry.value().map_err(|e| err("list source", e))?)?;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -217,7 +240,8 @@ impl ControlStore for StateStore {
             let mut batch = inner.db.batch().durability(Some(PersistMode::SyncAll));
             for RecordWrite { record: r, expected_version } in &writes {
                 let stored = match inner.control.get(r.asset_key.as_bytes()).map_err(|e| err("put records", e))? {
-                    Some(v) => decode_record(&v)?.version,
+                    // Only the version is compared: the rest of the record is skipped unparsed.
+                    Some(v) => decode::<VersionField>(&v)?.version,
                     None => 0,
                 };
                 if stored != *expected_version {
@@ -244,14 +268,13 @@ impl ControlStore for StateStore {
         let run = run.to_owned();
         blocking("list source", move || {
             let mut planner = SweepPlanner::new(&run);
-            for entry in inner.control.prefix(format!("{source}/")) {
-                let value = entry.value().map_err(|e| err("list source", e))?;
-                let r: SweepFields =
-                    serde_json::from_slice(&value).map_err(|e| BackendError::permanent(BACKEND, "decode record", e))?;
+            inner.scan_source(&source, |value| {
+                let r: SweepFields = decode(value)?;
                 if r.source == source {
                     planner.add(&r.asset_key, r.status == RecordStatus::Live, &r.last_seen_run);
                 }
-            }
+                Ok(())
+            })?;
             Ok(planner.finish(max_drop_fraction))
         })
         .await
@@ -261,16 +284,14 @@ impl ControlStore for StateStore {
         let inner = self.inner.clone();
         let source = source.to_owned();
         blocking("list source", move || {
-            // Asset keys start with "{source}/": scan that prefix, then keep exact source
-            // matches (a source may itself contain '/').
             let mut out = Vec::new();
-            for entry in inner.control.prefix(format!("{source}/")) {
-                let value = entry.value().map_err(|e| err("list source", e))?;
-                let r = decode_record(&value)?;
+            inner.scan_source(&source, |value| {
+                let r = decode_record(value)?;
                 if r.source == source {
                     out.push(r);
                 }
-            }
+                Ok(())
+            })?;
             Ok(out)
         })
         .await
