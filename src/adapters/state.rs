@@ -5,7 +5,6 @@
 //! so writing a micro-batch of random asset keys costs a sequential write, not a page rewrite
 //! per key as in a B-tree (BENCHMARKS.md has the figures that chose it).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -17,9 +16,11 @@ use assetflow_actors::envelope::Watermark;
 use assetflow_actors::ports::{
     BackendError, BackendResult, ControlStore, FailureKind, HistoryStore, RecordKey, RecordWrite,
 };
-use assetflow_actors::record::{ControlRecord, RecordStatus};
+use assetflow_actors::record::ControlRecord;
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use super::stored_record;
 
 const BACKEND: &str = "embedded store";
 
@@ -136,8 +137,8 @@ impl StateStore {
     pub fn all_records(&self) -> BackendResult<Vec<ControlRecord>> {
         let mut out = Vec::new();
         for entry in self.inner.control.iter() {
-            let value = entry.value().map_err(|e| err("list", e))?;
-            out.push(decode_record(&value)?);
+            let (key, value) = entry.into_inner().map_err(|e| err("list", e))?;
+            out.push(stored_record::decode(&String::from_utf8_lossy(&key), &value)?);
         }
         Ok(out)
     }
@@ -195,33 +196,14 @@ fn legacy_history_range(asset_key: &str) -> (Vec<u8>, Vec<u8>) {
     (legacy_history_key(asset_key, 0), legacy_history_key(asset_key, u64::MAX))
 }
 
-/// The fields of a stored [`ControlRecord`] a sweep reads; the rest are skipped unparsed.
-#[derive(serde::Deserialize)]
-struct SweepFields<'a> {
-    #[serde(borrow)]
-    asset_key: Cow<'a, str>,
-    #[serde(borrow)]
-    source: Cow<'a, str>,
-    #[serde(borrow)]
-    last_seen_run: Cow<'a, str>,
-    status: RecordStatus,
-}
-
-/// A stored control record, or the part of it `T` names.
-fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> BackendResult<T> {
-    serde_json::from_slice(bytes).map_err(|e| BackendError::permanent(BACKEND, "decode record", e))
-}
-
-fn decode_record(bytes: &[u8]) -> BackendResult<ControlRecord> {
-    decode(bytes)
-}
-
 impl Inner {
-    /// Calls `each` with the stored record of every asset key under `{source}/`. Callers keep
-    /// the records whose `source` is exactly `source` (a source may itself contain '/').
-    fn scan_source(&self, source: &str, mut each: impl FnMut(&[u8]) -> BackendResult<()>) -> BackendResult<()> {
+    /// Calls `each` with the key and stored record of every asset key under `{source}/`.
+    /// Callers keep the records whose `source` is exactly `source` (a source may itself
+    /// contain '/').
+    fn scan_source(&self, source: &str, mut each: impl FnMut(&str, &[u8]) -> BackendResult<()>) -> BackendResult<()> {
         for entry in self.control.prefix(format!("{source}/")) {
-            each(&entry.value().map_err(|e| err("list source", e))?)?;
+            let (key, value) = entry.into_inner().map_err(|e| err("list source", e))?;
+            each(&String::from_utf8_lossy(&key), &value)?;
         }
         Ok(())
     }
@@ -236,7 +218,8 @@ impl ControlStore for StateStore {
             let mut out = HashMap::with_capacity(keys.len());
             for k in keys {
                 if let Some(v) = inner.control.get(k.asset_key.as_bytes()).map_err(|e| err("get records", e))? {
-                    out.insert(k.asset_key, decode_record(&v)?);
+                    let record = stored_record::decode(&k.asset_key, &v)?;
+                    out.insert(k.asset_key, record);
                 }
             }
             Ok(out)
@@ -253,8 +236,7 @@ impl ControlStore for StateStore {
     async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()> {
         let mut batch = self.inner.db.batch().durability(Some(PersistMode::SyncAll));
         for RecordWrite { record: r, .. } in writes {
-            let bytes = serde_json::to_vec(r).map_err(|e| BackendError::permanent(BACKEND, "put records", e))?;
-            batch.insert(&self.inner.control, r.asset_key.as_bytes(), bytes);
+            batch.insert(&self.inner.control, r.asset_key.as_bytes(), stored_record::encode(r)?);
         }
         blocking("put records", move || batch.commit().map_err(|e| err("put records", e))).await
     }
@@ -266,10 +248,10 @@ impl ControlStore for StateStore {
         let run = run.to_owned();
         blocking("list source", move || {
             let mut planner = SweepPlanner::new(&run);
-            inner.scan_source(&source, |value| {
-                let r: SweepFields = decode(value)?;
+            inner.scan_source(&source, |key, value| {
+                let r = stored_record::sweep_view(value)?;
                 if r.source == source {
-                    planner.add(&r.asset_key, r.status == RecordStatus::Live, &r.last_seen_run);
+                    planner.add(key, r.live, &r.last_seen_run);
                 }
                 Ok(())
             })?;
@@ -283,8 +265,8 @@ impl ControlStore for StateStore {
         let source = source.to_owned();
         blocking("list source", move || {
             let mut out = Vec::new();
-            inner.scan_source(&source, |value| {
-                let r = decode_record(value)?;
+            inner.scan_source(&source, |key, value| {
+                let r = stored_record::decode(key, value)?;
                 if r.source == source {
                     out.push(r);
                 }
