@@ -12,4 +12,4 @@ pub mod kafka;
 pub mod postgres_lookup;
 pub mod scylla_history;
 pub mod state;
-pub mod stored_record;
+pub mod state_layout;

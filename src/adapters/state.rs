@@ -20,7 +20,7 @@ use assetflow_actors::record::ControlRecord;
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use super::stored_record;
+use super::state_layout;
 
 const BACKEND: &str = "embedded store";
 
@@ -28,14 +28,16 @@ const BACKEND: &str = "embedded store";
 const CACHE_BYTES: u64 = 16 << 20;
 /// Memtable size of the control and history keyspaces: what is held in memory before a flush.
 const MEMTABLE_BYTES: u64 = 16 << 20;
+/// Memtable size of the history keyspace. History rows are small (~150 bytes), and a memtable
+/// holds per row a skiplist node its byte count leaves out: at 16 MiB the 1M-event run peaked
+/// ~6 MiB higher than with rows twice the size, so history keeps fewer bytes in memory instead.
+const HISTORY_MEMTABLE_BYTES: u64 = 8 << 20;
 /// Journal kept on disk before fjall flushes the keyspaces holding it back; bounds replay time
 /// after a crash.
 const JOURNAL_BYTES: u64 = 128 << 20;
 /// The history keyspace's counter of the last sequence number used. Asset keys are UTF-8, so a
 /// key starting with 0xff can never name an asset.
 const HISTORY_SEQ_KEY: &[u8] = b"\xffseq";
-/// The first byte of a history row's key (see [`history_key`]).
-const HISTORY_TAG: u8 = 0xfe;
 
 /// The embedded store. Cloning shares the open database.
 #[derive(Clone)]
@@ -93,7 +95,7 @@ impl StateStore {
                 .map_err(|e| format!("cannot open the embedded store {} ({name}): {e}", path.display()))
         };
         let control = opened("control", MEMTABLE_BYTES)?;
-        let history = opened("history", MEMTABLE_BYTES)?;
+        let history = opened("history", HISTORY_MEMTABLE_BYTES)?;
         let checkpoints = opened("checkpoints", 1 << 20)?;
         let seq = history
             .get(HISTORY_SEQ_KEY)
@@ -138,7 +140,7 @@ impl StateStore {
         let mut out = Vec::new();
         for entry in self.inner.control.iter() {
             let (key, value) = entry.into_inner().map_err(|e| err("list", e))?;
-            out.push(stored_record::decode(&String::from_utf8_lossy(&key), &value)?);
+            out.push(state_layout::decode(&String::from_utf8_lossy(&key), &value)?);
         }
         Ok(out)
     }
@@ -147,14 +149,13 @@ impl StateStore {
     /// first (they are all newer), then rows an earlier version wrote under the first layout.
     fn read_history(&self, asset_key: &str, limit: usize) -> BackendResult<Vec<HistoryRow>> {
         let mut out = Vec::new();
-        for (lo, hi) in [history_range(asset_key), legacy_history_range(asset_key)] {
+        for (lo, hi) in state_layout::history_ranges(asset_key) {
             for entry in self.inner.history.range(lo..=hi).rev() {
                 if out.len() == limit {
                     return Ok(out);
                 }
                 let value = entry.value().map_err(|e| err("read history", e))?;
-                let row: HistoryRow =
-                    serde_json::from_slice(&value).map_err(|e| BackendError::permanent(BACKEND, "read history", e))?;
+                let row = state_layout::decode_history(&value)?;
                 // Two asset keys may share the 8-byte digest of the key layout.
                 if row.asset_key.as_deref().unwrap_or("") == asset_key {
                     out.push(row);
@@ -163,37 +164,6 @@ impl StateStore {
         }
         Ok(out)
     }
-}
-
-/// History keys: a 0xfe tag, the first 8 bytes of the asset key's BLAKE3 digest (of `""` for
-/// rows of no asset), the row's sequence number big-endian; 17 bytes, so one asset's rows are
-/// adjacent and in order. Short keys with a random prefix keep the memtable's comparisons
-/// cheap: the first layout (the asset key itself) made them a tenth of a steady crawl's CPU.
-/// The tag is never the first byte of UTF-8 text, so the two layouts never interleave, and it
-/// sorts below the sequence counter's 0xff key.
-fn history_key(asset_key: &str, seq: u64) -> [u8; 17] {
-    let mut key = [0u8; 17];
-    key[0] = HISTORY_TAG;
-    key[1..9].copy_from_slice(&blake3::hash(asset_key.as_bytes()).as_bytes()[..8]);
-    key[9..].copy_from_slice(&seq.to_be_bytes());
-    key
-}
-
-fn history_range(asset_key: &str) -> (Vec<u8>, Vec<u8>) {
-    (history_key(asset_key, 0).to_vec(), history_key(asset_key, u64::MAX).to_vec())
-}
-
-/// Keys of the first layout: the asset key, a 0 byte, the sequence number big-endian.
-fn legacy_history_key(asset_key: &str, seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(asset_key.len() + 9);
-    key.extend_from_slice(asset_key.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
-}
-
-fn legacy_history_range(asset_key: &str) -> (Vec<u8>, Vec<u8>) {
-    (legacy_history_key(asset_key, 0), legacy_history_key(asset_key, u64::MAX))
 }
 
 impl Inner {
@@ -218,7 +188,7 @@ impl ControlStore for StateStore {
             let mut out = HashMap::with_capacity(keys.len());
             for k in keys {
                 if let Some(v) = inner.control.get(k.asset_key.as_bytes()).map_err(|e| err("get records", e))? {
-                    let record = stored_record::decode(&k.asset_key, &v)?;
+                    let record = state_layout::decode(&k.asset_key, &v)?;
                     out.insert(k.asset_key, record);
                 }
             }
@@ -236,7 +206,7 @@ impl ControlStore for StateStore {
     async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()> {
         let mut batch = self.inner.db.batch().durability(Some(PersistMode::SyncAll));
         for RecordWrite { record: r, .. } in writes {
-            batch.insert(&self.inner.control, r.asset_key.as_bytes(), stored_record::encode(r)?);
+            batch.insert(&self.inner.control, r.asset_key.as_bytes(), state_layout::encode(r)?);
         }
         blocking("put records", move || batch.commit().map_err(|e| err("put records", e))).await
     }
@@ -249,7 +219,7 @@ impl ControlStore for StateStore {
         blocking("list source", move || {
             let mut planner = SweepPlanner::new(&run);
             inner.scan_source(&source, |key, value| {
-                let r = stored_record::sweep_view(value)?;
+                let r = state_layout::sweep_view(value)?;
                 if r.source == source {
                     planner.add(key, r.live, &r.last_seen_run);
                 }
@@ -266,7 +236,7 @@ impl ControlStore for StateStore {
         blocking("list source", move || {
             let mut out = Vec::new();
             inner.scan_source(&source, |key, value| {
-                let r = stored_record::decode(key, value)?;
+                let r = state_layout::decode(key, value)?;
                 if r.source == source {
                     out.push(r);
                 }
@@ -292,9 +262,8 @@ impl HistoryStore for StateStore {
             // stored counter only ever moves forward (a batch that fails leaves a gap, harmless).
             let first = inner.history_seq.fetch_add(rows.len() as u64, Ordering::Relaxed) + 1;
             for (n, row) in (first..).zip(&rows) {
-                let bytes =
-                    serde_json::to_vec(row).map_err(|e| BackendError::permanent(BACKEND, "append history", e))?;
-                batch.insert(&inner.history, history_key(row.asset_key.as_deref().unwrap_or(""), n), bytes);
+                let key = state_layout::history_key(row.asset_key.as_deref().unwrap_or(""), n);
+                batch.insert(&inner.history, key, state_layout::encode_history(row)?);
             }
             let last = first + rows.len() as u64 - 1;
             batch.insert(
@@ -343,12 +312,12 @@ mod tests {
         // Rows an earlier version wrote under the first layout (asset key, 0, sequence).
         for (seq, id) in [(1, "old-1"), (2, "old-2")] {
             let value = serde_json::to_vec(&row("pg/db/s/a", id)).unwrap();
-            store.inner.history.insert(legacy_history_key("pg/db/s/a", seq), value).unwrap();
+            store.inner.history.insert(state_layout::legacy_history_key("pg/db/s/a", seq), value).unwrap();
         }
         store.append(&[row("pg/db/s/a", "a-1"), row("pg/db/s/b", "b-1"), row("pg/db/s/a", "a-2")]).await.unwrap();
         // A row of another asset filed under this asset's digest, as a digest collision would.
-        let stray = serde_json::to_vec(&row("pg/db/s/zz", "stray")).unwrap();
-        store.inner.history.insert(history_key("pg/db/s/a", 99), stray).unwrap();
+        let stray = state_layout::encode_history(&row("pg/db/s/zz", "stray")).unwrap();
+        store.inner.history.insert(state_layout::history_key("pg/db/s/a", 99), stray).unwrap();
 
         assert_eq!(ids(&store.read("pg/db/s/a", 10).await.unwrap()), ["a-2", "a-1", "old-2", "old-1"]);
         assert_eq!(ids(&store.read("pg/db/s/a", 3).await.unwrap()), ["a-2", "a-1", "old-2"]);
