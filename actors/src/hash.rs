@@ -12,7 +12,6 @@
 //! and re-parsing every level (the next version) parsed nested text once per depth.
 
 use std::borrow::Cow;
-use std::io::Write;
 
 use serde::de::{DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -91,11 +90,6 @@ pub fn sorted_members(text: &str) -> serde_json::Result<Vec<(Cow<'_, str>, &RawV
         }
     }
     Ok(kept)
-}
-
-/// Writes the JSON text `raw` in canonical form, leaving out the ignored paths.
-pub fn write_canonical<W: Write>(out: &mut W, raw: &RawValue, ignore: &HashIgnore) -> std::io::Result<()> {
-    out.write_all(&canonical_bytes(raw, ignore).map_err(std::io::Error::other)?)
 }
 
 /// The canonical JSON text of `raw`.
