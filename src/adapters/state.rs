@@ -3,7 +3,8 @@
 //!
 //! fjall is a log-structured merge tree: a batch is one journal append plus memtable inserts,
 //! so writing a micro-batch of random asset keys costs a sequential write, not a page rewrite
-//! per key as in a B-tree (BENCHMARKS.md has the figures that chose it).
+//! per key as in a B-tree (BENCHMARKS.md has the figures that chose it). How rows and keys are
+//! laid out is `state_layout.rs`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,7 +27,7 @@ const BACKEND: &str = "embedded store";
 
 /// The block cache. Bounded so memory stays flat as the store grows (see BENCHMARKS.md).
 const CACHE_BYTES: u64 = 16 << 20;
-/// Memtable size of the control and history keyspaces: what is held in memory before a flush.
+/// Memtable size of the control keyspace: what is held in memory before a flush.
 const MEMTABLE_BYTES: u64 = 16 << 20;
 /// Memtable size of the history keyspace. History rows are small (~150 bytes), and a memtable
 /// holds per row a skiplist node its byte count leaves out: at 16 MiB the 1M-event run peaked
