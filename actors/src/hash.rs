@@ -80,16 +80,23 @@ pub fn sorted_members(text: &str) -> serde_json::Result<Vec<(Cow<'_, str>, &RawV
     let mut de = serde_json::Deserializer::from_str(text);
     let mut members = (&mut de).deserialize_map(Members)?;
     de.end()?;
-    // Stable: of repeated keys the last stays last; keep only it.
+    sort_keep_last(&mut members);
+    Ok(members)
+}
+
+/// Sorts an object's members by key (by its UTF-8 bytes) and keeps only the last value of a
+/// repeated key, as a parse into a map keeps it. Serves decode and the canonical form alike.
+fn sort_keep_last<K: Ord, V>(members: &mut Vec<(K, V)>) {
+    // Stable: of repeated keys the last stays last.
     members.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut kept: Vec<(Cow<'_, str>, &RawValue)> = Vec::with_capacity(members.len());
-    for m in members {
-        match kept.last_mut() {
-            Some(last) if last.0 == m.0 => *last = m,
-            _ => kept.push(m),
+    // `dedup_by` keeps the earlier of two equal neighbours; move the later value into it.
+    members.dedup_by(|later, kept| {
+        let repeated = later.0 == kept.0;
+        if repeated {
+            std::mem::swap(later, kept);
         }
-    }
-    Ok(kept)
+        repeated
+    });
 }
 
 /// The canonical JSON text of `raw`.
@@ -211,20 +218,13 @@ impl<'de> Visitor<'de> for Canonical<'_> {
             }
             members.push((key, at..self.buf.len()));
         }
-        // Stable: of repeated keys the last stays last; keep only it.
-        members.sort_by(|a, b| a.0.cmp(&b.0));
+        sort_keep_last(&mut members);
         let mut object = Vec::with_capacity(self.buf.len() - start + members.len() * 16 + 2);
         object.push(b'{');
-        let mut members = members.iter().peekable();
-        let mut first = true;
-        while let Some((key, range)) = members.next() {
-            if members.peek().is_some_and(|next| next.0 == *key) {
-                continue;
-            }
-            if !first {
+        for (i, (key, range)) in members.iter().enumerate() {
+            if i > 0 {
                 object.push(b',');
             }
-            first = false;
             serde_json::to_writer(&mut object, key.as_ref()).map_err(serde::de::Error::custom)?;
             object.push(b':');
             object.extend_from_slice(&self.buf[range.clone()]);
