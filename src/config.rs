@@ -532,13 +532,24 @@ impl Config {
         Self::parse(&text, path, &env)
     }
 
+    /// Only the `[aws]` section of a config file (with its `${VAR}`s and overrides applied): what
+    /// `assetflow gen --kinesis-stream` needs, from a file that may hold nothing else.
+    pub fn load_aws(path: &Path) -> Result<AwsConfig, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        let text = std::fs::read_to_string(path)
+            .map_err(|reason| ConfigError::Read { file: path.display().to_string(), reason })?;
+        let doc = prepared(&text, path, &env)?;
+        let Some(aws) = doc.get("aws").cloned() else { return Ok(AwsConfig::default()) };
+        serde_path_to_error::deserialize(aws).map_err(|e| {
+            let message = e.inner().to_string().lines().next().unwrap_or_default().to_owned();
+            key_err(path, format!("aws.{}", e.path()), message)
+        })
+    }
+
     /// Parses config text as if read from `path`, with `env` as the environment.
     pub fn parse(text: &str, path: &Path, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let mut doc: toml::Value =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax { file: file.clone(), message: one_line(&e) })?;
-        expand_env(&mut doc, "", path, env)?;
-        apply_overrides(&mut doc, path, env)?;
+        let doc = prepared(text, path, env)?;
         let mut unknown = Vec::new();
         let mut note_unknown = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
         let de = serde_ignored::Deserializer::new(doc, &mut note_unknown);
@@ -702,6 +713,15 @@ fn one_line(e: &toml::de::Error) -> String {
 }
 
 /// Replaces every `${VAR}` in string values; an unset variable is an error naming the key.
+/// The TOML document of a config file, `${VAR}`s expanded and `ASSETFLOW_…` overrides applied.
+fn prepared(text: &str, path: &Path, env: &BTreeMap<String, String>) -> Result<toml::Value, ConfigError> {
+    let mut doc: toml::Value = toml::from_str(text)
+        .map_err(|e| ConfigError::Syntax { file: path.display().to_string(), message: one_line(&e) })?;
+    expand_env(&mut doc, "", path, env)?;
+    apply_overrides(&mut doc, path, env)?;
+    Ok(doc)
+}
+
 fn expand_env(v: &mut toml::Value, key: &str, file: &Path, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
     match v {
         toml::Value::String(s) if s.contains("${") => {

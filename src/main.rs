@@ -61,18 +61,27 @@ enum Command {
         #[arg(long)]
         max: Option<u64>,
     },
-    /// Write a deterministic, realistic crawl stream (JSON Lines) to a file or stdout.
+    /// Write a deterministic, realistic crawl stream (JSON Lines) to a file, stdout, a Kafka
+    /// topic or a Kinesis stream.
     Gen {
         #[command(flatten)]
         params: assetflow::generator::GenParams,
-        /// Output file; standard output when absent (and no topic is given).
-        #[arg(long)]
+        /// Output file; standard output when absent (and no topic or stream is given).
+        #[arg(long, conflicts_with_all = ["topic", "kinesis_stream"])]
         out: Option<PathBuf>,
         /// Write to this Kafka topic instead (one message per event, keyed by source).
-        #[arg(long, requires = "kafka_brokers")]
+        #[arg(long, requires = "kafka_brokers", conflicts_with = "kinesis_stream")]
         topic: Option<String>,
         #[arg(long, requires = "topic")]
         kafka_brokers: Option<String>,
+        /// Put the events on this Kinesis stream instead (one record per event, partition key
+        /// the source). Region, endpoint and credentials come from the `[aws]` section of
+        /// --config, or the AWS environment when no config is given.
+        #[arg(long)]
+        kinesis_stream: Option<String>,
+        /// The config whose `[aws]` section --kinesis-stream uses.
+        #[arg(long, requires = "kinesis_stream")]
+        config: Option<PathBuf>,
     },
     /// List the assets in the control table.
     Assets {
@@ -136,6 +145,30 @@ fn generate_to_kafka(params: &assetflow::generator::GenParams, brokers: &str, to
     Ok(String::new())
 }
 
+fn generate_to_kinesis(
+    params: &assetflow::generator::GenParams,
+    stream: &str,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let aws_config = match config {
+        Some(path) => Config::load_aws(path)?,
+        None => assetflow::config::AwsConfig {
+            region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+            ..Default::default()
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let aws = runtime.block_on(assetflow::adapters::aws::Aws::load(&aws_config));
+    let mut w = assetflow::adapters::aws::kinesis_lines::KinesisLines::new(&aws, stream, runtime)
+        .map_err(anyhow::Error::msg)?;
+    assetflow::generator::generate(params, &mut w).with_context(|| format!("writing to Kinesis stream {stream}"))?;
+    let (records, calls) = (w.records, w.calls);
+    w.finish().with_context(|| format!("writing to Kinesis stream {stream}"))?;
+    tracing::info!("put {records} events on Kinesis stream {stream} in {calls} PutRecords calls");
+    Ok(String::new())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
@@ -173,10 +206,13 @@ fn main() -> ExitCode {
                 eprintln!("  redrive        {replayed} replayed, {parked} parked");
                 String::new()
             }),
-        Command::Gen { params, out, topic, kafka_brokers } => match (topic, kafka_brokers) {
-            (Some(topic), Some(brokers)) => generate_to_kafka(&params, &brokers, &topic),
-            _ => generate(&params, out.as_deref()),
-        },
+        Command::Gen { params, out, topic, kafka_brokers, kinesis_stream, config } => {
+            match (topic, kafka_brokers, kinesis_stream) {
+                (Some(topic), Some(brokers), _) => generate_to_kafka(&params, &brokers, &topic),
+                (_, _, Some(stream)) => generate_to_kinesis(&params, &stream, config.as_deref()),
+                _ => generate(&params, out.as_deref()),
+            }
+        }
         Command::Assets { config, source, status } => Config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| commands::assets(&c, source.as_deref(), status.as_deref())),

@@ -402,3 +402,71 @@ fn a_split_shard_is_finished_before_its_children_start() {
         assert!(started >= 3, "parent and both children get iterators: {started}");
     });
 }
+
+/// The events of `lines` by source, in order; lines without a source under "".
+fn by_source(lines: impl IntoIterator<Item = String>) -> HashMap<String, Vec<String>> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for l in lines {
+        let source = serde_json::from_str::<serde_json::Value>(&l)
+            .ok()
+            .and_then(|v| v["source"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        out.entry(source).or_default().push(l);
+    }
+    out
+}
+
+#[test]
+fn gen_puts_the_same_stream_on_kinesis_in_order_per_source() {
+    let rt = rt();
+    let conf = rt.block_on(sdk_config());
+    let stream = unique("gen");
+    rt.block_on(create_stream(&conf, &stream, 3));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("aws.toml"), aws_section()).unwrap();
+    // Malformed lines (--bad) have no source and take another partition key; 2,000-odd lines
+    // take several PutRecords calls.
+    let params = ["--sources", "3", "--assets", "300", "--runs", "2", "--payload", "200", "--bad", "0.02"];
+    let file = common::assetflow(dir.path(), &[&["gen"], &params[..], &["--out", "events.jsonl"]].concat());
+    assert!(file.status.success(), "{}", String::from_utf8_lossy(&file.stderr));
+    let put = common::assetflow(
+        dir.path(),
+        &[&["gen"], &params[..], &["--kinesis-stream", &stream, "--config", "aws.toml"]].concat(),
+    );
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+
+    let expected: Vec<String> =
+        std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap().lines().map(str::to_owned).collect();
+    assert!(expected.len() > 1500, "{} lines", expected.len());
+    let got: Vec<String> = rt.block_on(async {
+        let aws = aws_at(&endpoint()).await;
+        let mut source =
+            KinesisSource::new(&aws, "kinesis".into(), &stream, Arc::new(MemCheckpoints::default()), false);
+        read_all(&mut source).await.into_iter().map(|m| String::from_utf8_lossy(&m.bytes).into_owned()).collect()
+    });
+    assert_eq!(got.len(), expected.len(), "every line becomes one record");
+    let (mut want, mut have) = (by_source(expected), by_source(got));
+    // Each source's events (its runs and their completions) keep their order.
+    for (source, lines) in &want {
+        if !source.is_empty() {
+            assert_eq!(have.get(source), Some(lines), "events of {source} differ or are out of order");
+        }
+    }
+    let (mut bad_want, mut bad_have) = (want.remove("").unwrap_or_default(), have.remove("").unwrap_or_default());
+    assert!(!bad_want.is_empty());
+    bad_want.sort();
+    bad_have.sort();
+    assert_eq!(bad_have, bad_want, "malformed lines are put too");
+}
+
+#[test]
+fn gen_to_a_missing_kinesis_stream_fails_with_a_clear_error() {
+    let _rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("aws.toml"), aws_section()).unwrap();
+    let out = common::assetflow(dir.path(), &["gen", "--kinesis-stream", "no-such-stream", "--config", "aws.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no-such-stream") && stderr.contains("ResourceNotFound"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

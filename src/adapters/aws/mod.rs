@@ -6,6 +6,7 @@
 
 pub mod dynamodb;
 pub mod kinesis;
+pub mod kinesis_lines;
 pub mod s3;
 pub mod sqs;
 
