@@ -98,6 +98,12 @@ impl StateStore {
         let control = opened("control", MEMTABLE_BYTES)?;
         let history = opened("history", HISTORY_MEMTABLE_BYTES)?;
         let checkpoints = opened("checkpoints", 1 << 20)?;
+        let moved = migrate_control_keys(&db, &control).map_err(|e| {
+            format!("cannot move the control records of {} to the current key layout: {e}", path.display())
+        })?;
+        if moved > 0 {
+            tracing::info!(records = moved, "control records moved to the current key layout");
+        }
         let seq = history
             .get(HISTORY_SEQ_KEY)
             .map_err(|e| format!("cannot read the embedded store {}: {e}", path.display()))?
@@ -141,7 +147,7 @@ impl StateStore {
         let mut out = Vec::new();
         for entry in self.inner.control.iter() {
             let (key, value) = entry.into_inner().map_err(|e| err("list", e))?;
-            out.push(state_layout::decode(&String::from_utf8_lossy(&key), &value)?);
+            out.push(state_layout::decode(&key, &value)?);
         }
         Ok(out)
     }
@@ -168,15 +174,42 @@ impl StateStore {
 }
 
 impl Inner {
-    /// Calls `each` with the key and stored record of every asset key under `{source}/`.
-    /// Callers keep the records whose `source` is exactly `source` (a source may itself
-    /// contain '/').
-    fn scan_source(&self, source: &str, mut each: impl FnMut(&str, &[u8]) -> BackendResult<()>) -> BackendResult<()> {
-        for entry in self.control.prefix(format!("{source}/")) {
+    /// Calls `each` with the key and stored record of every record filed under `source`.
+    /// Callers keep the records whose `source` is exactly `source` (sources may share a prefix).
+    fn scan_source(&self, source: &str, mut each: impl FnMut(&[u8], &[u8]) -> BackendResult<()>) -> BackendResult<()> {
+        for entry in self.control.prefix(state_layout::control_prefix(source)) {
             let (key, value) = entry.into_inner().map_err(|e| err("list source", e))?;
-            each(&String::from_utf8_lossy(&key), &value)?;
+            each(&key, &value)?;
         }
         Ok(())
+    }
+}
+
+/// Moves control records of the first key layout (keyed by the asset key) under their
+/// current keys, a few thousand per durable batch, so a crash part way leaves every record
+/// under exactly one key and the next open carries on. Returns how many moved.
+fn migrate_control_keys(db: &Database, control: &Keyspace) -> Result<usize, BackendError> {
+    const BATCH: usize = 4096;
+    let mut moved = 0;
+    loop {
+        let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
+        let mut n = 0;
+        for entry in control.range(state_layout::legacy_control_keys()).take(BATCH) {
+            let (key, value) = entry.into_inner().map_err(|e| err("migrate records", e))?;
+            let record = state_layout::decode(&key, &value)?;
+            batch.insert(
+                control,
+                state_layout::control_key(&record.source, &record.asset_key),
+                state_layout::encode(&record)?,
+            );
+            batch.remove(control, key);
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(moved);
+        }
+        batch.commit().map_err(|e| err("migrate records", e))?;
+        moved += n;
     }
 }
 
@@ -188,8 +221,16 @@ impl ControlStore for StateStore {
         blocking("get records", move || {
             let mut out = HashMap::with_capacity(keys.len());
             for k in keys {
-                if let Some(v) = inner.control.get(k.asset_key.as_bytes()).map_err(|e| err("get records", e))? {
-                    let record = state_layout::decode(&k.asset_key, &v)?;
+                let key = state_layout::control_key(&k.source, &k.asset_key);
+                if let Some(v) = inner.control.get(key).map_err(|e| err("get records", e))? {
+                    let record = state_layout::decode(&key, &v)?;
+                    if record.asset_key != k.asset_key {
+                        return Err(BackendError::permanent(
+                            BACKEND,
+                            "get records",
+                            format!("asset keys {} and {} share a control key digest", record.asset_key, k.asset_key),
+                        ));
+                    }
                     out.insert(k.asset_key, record);
                 }
             }
@@ -207,7 +248,11 @@ impl ControlStore for StateStore {
     async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()> {
         let mut batch = self.inner.db.batch().durability(Some(PersistMode::SyncAll));
         for RecordWrite { record: r, .. } in writes {
-            batch.insert(&self.inner.control, r.asset_key.as_bytes(), state_layout::encode(r)?);
+            batch.insert(
+                &self.inner.control,
+                state_layout::control_key(&r.source, &r.asset_key),
+                state_layout::encode(r)?,
+            );
         }
         blocking("put records", move || batch.commit().map_err(|e| err("put records", e))).await
     }
@@ -220,9 +265,9 @@ impl ControlStore for StateStore {
         blocking("list source", move || {
             let mut planner = SweepPlanner::new(&run);
             inner.scan_source(&source, |key, value| {
-                let r = state_layout::sweep_view(value)?;
+                let r = state_layout::sweep_view(key, value)?;
                 if r.source == source {
-                    planner.add(key, r.live, &r.last_seen_run);
+                    planner.add(&r.asset_key, r.live, &r.last_seen_run);
                 }
                 Ok(())
             })?;
@@ -329,5 +374,67 @@ mod tests {
         let store = StateStore::open(dir.path()).unwrap();
         store.append(&[row("pg/db/s/b", "b-2")]).await.unwrap();
         assert_eq!(ids(&store.read("pg/db/s/b", 10).await.unwrap()), ["b-2", "b-1"]);
+    }
+
+    fn record(source: &str, asset_key: &str, run: &str) -> ControlRecord {
+        ControlRecord {
+            asset_key: asset_key.to_owned(),
+            source: source.to_owned(),
+            name: assetflow_actors::event::AssetName { database: "db".into(), schema: "s".into(), table: "t".into() },
+            hash: "ab".repeat(32),
+            last_seen_run: run.to_owned(),
+            last_seen_at: chrono::Utc::now(),
+            status: assetflow_actors::record::RecordStatus::Live,
+            dropped_at: None,
+            content_ref: None,
+            version: 3,
+        }
+    }
+
+    fn keys(of: &[(&str, &str)]) -> Vec<RecordKey> {
+        of.iter().map(|(s, k)| RecordKey { source: (*s).to_owned(), asset_key: (*k).to_owned() }).collect()
+    }
+
+    #[tokio::test]
+    async fn records_of_the_first_key_layout_move_to_the_current_one_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        // Records as an earlier version stored them: under the asset key, as JSON and as binary
+        // without the asset key; 5,000 of them so the move takes more than one batch.
+        let mut old: Vec<ControlRecord> = (0..5000).map(|i| record("pg", &format!("pg/db/s/t{i:05}"), "r1")).collect();
+        old.push(record("pg/x", "pg/x/db/s/t", "r1"));
+        for (i, r) in old.iter().enumerate() {
+            let value = if i % 2 == 0 {
+                serde_json::to_vec(r).unwrap()
+            } else {
+                let bytes = state_layout::encode(r).unwrap();
+                let (_, rest): (&str, &[u8]) = postcard::take_from_bytes(&bytes[1..]).unwrap();
+                [&[1u8][..], rest].concat()
+            };
+            store.inner.control.insert(r.asset_key.as_bytes(), value).unwrap();
+        }
+        drop(store);
+
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.inner.control.range(state_layout::legacy_control_keys()).count(), 0);
+        assert_eq!(store.inner.control.len().unwrap(), old.len());
+        let got = store
+            .get_many(&keys(&[("pg", "pg/db/s/t00001"), ("pg", "pg/db/s/t04998"), ("pg/x", "pg/x/db/s/t")]))
+            .await
+            .unwrap();
+        assert_eq!(got["pg/db/s/t00001"], old[1]);
+        assert_eq!(got["pg/db/s/t04998"], old[4998]);
+        assert_eq!(got["pg/x/db/s/t"], old[5000]);
+        // A sweep of "pg" sees exactly its 5,000 records, not those of "pg/x".
+        let plan = store.sweep_plan("pg", "r2", 1.0).await.unwrap();
+        assert_eq!((plan.live, plan.to_drop.len()), (5000, 5000));
+        assert_eq!(plan.to_drop[0], "pg/db/s/t00000");
+        assert_eq!(store.list_source("pg/x").await.unwrap(), vec![old[5000].clone()]);
+        // Written records replace the moved ones: one record per asset.
+        let mut next = old[1].clone();
+        next.version += 1;
+        store.put_many(&[RecordWrite { record: next.clone(), expected_version: 3 }]).await.unwrap();
+        assert_eq!(store.get_many(&keys(&[("pg", "pg/db/s/t00001")])).await.unwrap()["pg/db/s/t00001"], next);
+        assert_eq!(store.all_records().unwrap().len(), old.len());
     }
 }

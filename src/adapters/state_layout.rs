@@ -1,12 +1,20 @@
-//! How the embedded store lays out its rows: control records, history rows and history keys.
+//! How the embedded store lays out its rows: control records, history rows and their keys.
 //!
 //! Values are a tag byte and the fields in postcard (a compact binary serde format). A steady
 //! crawl reads and rewrites every record it sees and appends a history row per event, so row
 //! size is CPU: records that fit the block cache are read without a disk read, and every byte is
 //! written to the journal, flushed and compacted. The binary forms are about half the size of
 //! the JSON the first layout stored (field names, RFC 3339 timestamps, a record's key repeated).
-//! Rows of that first layout (JSON, always starting with `{`) are still read; a record is
-//! rewritten in the binary form the next time its asset is seen.
+//!
+//! Keys are short digests rather than the asset key itself (see [`control_key`] and
+//! [`history_key`]): the memtable is a skiplist of keys compared byte by byte, and asset keys
+//! share long prefixes (`source/database/schema/`), so every comparison read far into two
+//! keys kept on the heap. A key of at most 20 bytes is kept inside the skiplist node.
+//!
+//! Earlier layouts are still read: JSON rows (always starting with `{`), binary records without
+//! their asset key (tag 1), control records under the asset key, and history rows under
+//! `asset key, 0, sequence`. Control records are moved to the current layout when the store
+//! opens ([`legacy_control_keys`]); history rows stay where they are.
 
 use std::borrow::Cow;
 
@@ -17,10 +25,15 @@ use assetflow_actors::record::{ControlRecord, RecordStatus};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// The first byte of a value in the binary layout. JSON text never starts with it.
+/// The first byte of a control record in the binary layout of the first key layout, whose key
+/// was the asset key. JSON text never starts with it.
 const BINARY_TAG: u8 = 1;
+/// The first byte of a control record that carries its asset key (its key is a digest).
+const KEYED_TAG: u8 = 2;
 /// The first byte of a history row's key (see [`history_key`]).
 const HISTORY_TAG: u8 = 0xfe;
+/// The first byte of a control record's key (see [`control_key`]).
+const CONTROL_TAG: u8 = 0xfd;
 
 const BACKEND: &str = "embedded store";
 
@@ -72,7 +85,33 @@ fn corrupt_history(what: impl std::fmt::Display) -> BackendError {
     BackendError::permanent(BACKEND, "read history", format!("a stored history row is unreadable: {what}"))
 }
 
-/// The row value of `r`.
+/// Control keys: the tag, the first 3 bytes of the BLAKE3 digest of the source, the first 16
+/// bytes of the digest of the asset key; 20 bytes. A source's records are adjacent (what a
+/// completion's sweep scans, [`control_prefix`]), and no two asset keys of a store share a key
+/// in practice (2^-128 a pair); a read still checks the record's own asset key. The tag is
+/// never the first byte of UTF-8 text, so keys of the first layout (the asset key) sort below
+/// every key of this one.
+pub fn control_key(source: &str, asset_key: &str) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key[..4].copy_from_slice(&control_prefix(source));
+    key[4..].copy_from_slice(&blake3::hash(asset_key.as_bytes()).as_bytes()[..16]);
+    key
+}
+
+/// The first 4 bytes of the keys of `source`'s records. Sources whose digests share 3 bytes share
+/// a prefix: scanners keep the records whose own `source` matches.
+pub fn control_prefix(source: &str) -> [u8; 4] {
+    let mut prefix = [CONTROL_TAG; 4];
+    prefix[1..].copy_from_slice(&blake3::hash(source.as_bytes()).as_bytes()[..3]);
+    prefix
+}
+
+/// Keys below this are control records of the first key layout.
+pub fn legacy_control_keys() -> std::ops::RangeTo<&'static [u8]> {
+    ..&[CONTROL_TAG]
+}
+
+/// The row value of `r`: its asset key, then the record's fields.
 pub fn encode(r: &ControlRecord) -> BackendResult<Vec<u8>> {
     let stored = Stored {
         source: Cow::Borrowed(&r.source),
@@ -87,37 +126,49 @@ pub fn encode(r: &ControlRecord) -> BackendResult<Vec<u8>> {
         content_ref: r.content_ref.as_deref().map(Cow::Borrowed),
         version: r.version,
     };
-    postcard::to_extend(&stored, vec![BINARY_TAG]).map_err(|e| BackendError::permanent(BACKEND, "encode record", e))
+    postcard::to_extend(&(r.asset_key.as_str(), stored), vec![KEYED_TAG])
+        .map_err(|e| BackendError::permanent(BACKEND, "encode record", e))
 }
 
-/// The record stored under `asset_key`.
-pub fn decode(asset_key: &str, bytes: &[u8]) -> BackendResult<ControlRecord> {
+/// A stored record's asset key and fields, borrowed from the row. `key` is the row's key, the
+/// asset key itself in the first key layout.
+fn stored<'a>(key: &'a [u8], bytes: &'a [u8]) -> BackendResult<Option<(Cow<'a, str>, Stored<'a>)>> {
     match bytes.split_first() {
+        Some((&KEYED_TAG, rest)) => postcard::from_bytes(rest).map(Some).map_err(corrupt),
         Some((&BINARY_TAG, rest)) => {
-            let s: Stored = postcard::from_bytes(rest).map_err(corrupt)?;
-            Ok(ControlRecord {
-                asset_key: asset_key.to_owned(),
-                source: s.source.into_owned(),
-                name: AssetName {
-                    database: s.database.into_owned(),
-                    schema: s.schema.into_owned(),
-                    table: s.table.into_owned(),
-                },
-                hash: s.hash.into_owned(),
-                last_seen_run: s.last_seen_run.into_owned(),
-                last_seen_at: s.last_seen_at.time()?,
-                status: if s.live { RecordStatus::Live } else { RecordStatus::Dropped },
-                dropped_at: s.dropped_at.as_ref().map(Instant::time).transpose()?,
-                content_ref: s.content_ref.map(Cow::into_owned),
-                version: s.version,
-            })
+            let asset_key = std::str::from_utf8(key).map_err(|_| corrupt("a first-layout key that is not text"))?;
+            Ok(Some((Cow::Borrowed(asset_key), postcard::from_bytes(rest).map_err(corrupt)?)))
         }
-        _ => serde_json::from_slice(bytes).map_err(corrupt),
+        _ => Ok(None),
     }
+}
+
+/// The record stored under `key`.
+pub fn decode(key: &[u8], bytes: &[u8]) -> BackendResult<ControlRecord> {
+    let Some((asset_key, s)) = stored(key, bytes)? else {
+        return serde_json::from_slice(bytes).map_err(corrupt);
+    };
+    Ok(ControlRecord {
+        asset_key: asset_key.into_owned(),
+        source: s.source.into_owned(),
+        name: AssetName {
+            database: s.database.into_owned(),
+            schema: s.schema.into_owned(),
+            table: s.table.into_owned(),
+        },
+        hash: s.hash.into_owned(),
+        last_seen_run: s.last_seen_run.into_owned(),
+        last_seen_at: s.last_seen_at.time()?,
+        status: if s.live { RecordStatus::Live } else { RecordStatus::Dropped },
+        dropped_at: s.dropped_at.as_ref().map(Instant::time).transpose()?,
+        content_ref: s.content_ref.map(Cow::into_owned),
+        version: s.version,
+    })
 }
 
 /// What a completion's sweep reads of a record.
 pub struct SweepView<'a> {
+    pub asset_key: Cow<'a, str>,
     pub source: Cow<'a, str>,
     pub last_seen_run: Cow<'a, str>,
     pub live: bool,
@@ -127,22 +178,28 @@ pub struct SweepView<'a> {
 #[derive(Deserialize)]
 struct JsonSweepFields<'a> {
     #[serde(borrow)]
+    asset_key: Cow<'a, str>,
+    #[serde(borrow)]
     source: Cow<'a, str>,
     #[serde(borrow)]
     last_seen_run: Cow<'a, str>,
     status: RecordStatus,
 }
 
-/// The sweep's view of a stored record, borrowed from the row.
-pub fn sweep_view(bytes: &[u8]) -> BackendResult<SweepView<'_>> {
-    match bytes.split_first() {
-        Some((&BINARY_TAG, rest)) => {
-            let s: Stored = postcard::from_bytes(rest).map_err(corrupt)?;
-            Ok(SweepView { source: s.source, last_seen_run: s.last_seen_run, live: s.live })
+/// The sweep's view of the record stored under `key`, borrowed from the row.
+pub fn sweep_view<'a>(key: &'a [u8], bytes: &'a [u8]) -> BackendResult<SweepView<'a>> {
+    match stored(key, bytes)? {
+        Some((asset_key, s)) => {
+            Ok(SweepView { asset_key, source: s.source, last_seen_run: s.last_seen_run, live: s.live })
         }
-        _ => {
+        None => {
             let j: JsonSweepFields = serde_json::from_slice(bytes).map_err(corrupt)?;
-            Ok(SweepView { source: j.source, last_seen_run: j.last_seen_run, live: j.status == RecordStatus::Live })
+            Ok(SweepView {
+                asset_key: j.asset_key,
+                source: j.source,
+                last_seen_run: j.last_seen_run,
+                live: j.status == RecordStatus::Live,
+            })
         }
     }
 }
@@ -271,22 +328,53 @@ mod tests {
     fn a_record_reads_back_exactly_and_is_smaller_than_its_json() {
         for status in [RecordStatus::Live, RecordStatus::Dropped] {
             let r = record(status);
+            let key = control_key(&r.source, &r.asset_key);
             let bytes = encode(&r).unwrap();
-            assert_eq!(decode(&r.asset_key, &bytes).unwrap(), r);
-            let view = sweep_view(&bytes).unwrap();
-            assert_eq!((&*view.source, &*view.last_seen_run, view.live), ("pg", "run-7", r.is_live()));
+            assert_eq!(decode(&key, &bytes).unwrap(), r);
+            let view = sweep_view(&key, &bytes).unwrap();
+            assert_eq!(
+                (&*view.asset_key, &*view.source, &*view.last_seen_run, view.live),
+                ("pg/db/public/orders", "pg", "run-7", r.is_live())
+            );
             let json = serde_json::to_vec(&r).unwrap().len();
             assert!(bytes.len() * 2 < json, "{} bytes against {json} as JSON", bytes.len());
         }
     }
 
+    /// The binary record of the first key layout: no asset key, the key names it.
+    fn unkeyed(r: &ControlRecord) -> Vec<u8> {
+        let bytes = encode(r).unwrap();
+        let (_, rest): (&str, &[u8]) = postcard::take_from_bytes(&bytes[1..]).unwrap();
+        [&[BINARY_TAG][..], rest].concat()
+    }
+
     #[test]
-    fn records_of_the_first_layout_still_read() {
+    fn records_of_the_first_layouts_still_read() {
         let r = record(RecordStatus::Dropped);
-        let json = serde_json::to_vec(&r).unwrap();
-        assert_eq!(decode(&r.asset_key, &json).unwrap(), r);
-        let view = sweep_view(&json).unwrap();
-        assert_eq!((&*view.source, &*view.last_seen_run, view.live), ("pg", "run-7", false));
+        for bytes in [serde_json::to_vec(&r).unwrap(), unkeyed(&r)] {
+            assert_eq!(decode(r.asset_key.as_bytes(), &bytes).unwrap(), r);
+            let view = sweep_view(r.asset_key.as_bytes(), &bytes).unwrap();
+            assert_eq!(
+                (&*view.asset_key, &*view.source, &*view.last_seen_run, view.live),
+                ("pg/db/public/orders", "pg", "run-7", false)
+            );
+        }
+    }
+
+    #[test]
+    fn control_keys_are_short_grouped_by_source_and_above_the_first_layout() {
+        let a = control_key("pg", "pg/db/s/a");
+        assert_eq!(a.len(), 20, "short enough to live inside a skiplist node");
+        assert_ne!(a, control_key("pg", "pg/db/s/b"));
+        assert_eq!(a[..4], control_prefix("pg"));
+        assert_eq!(control_key("pg", "pg/db/s/b")[..4], control_prefix("pg"));
+        assert_ne!(control_prefix("pg"), control_prefix("mysql"));
+        // Every first-layout key (UTF-8 text, whatever it starts with) is in the legacy range.
+        let legacy = legacy_control_keys();
+        for text in ["pg/db/s/a", "\u{10ffff}", "~"] {
+            assert!(legacy.contains(&text.as_bytes()), "{text}");
+        }
+        assert!(!legacy.contains(&&a[..]));
     }
 
     fn history_row(outcome: Outcome, asset_key: Option<&str>) -> HistoryRow {
@@ -333,7 +421,7 @@ mod tests {
     fn a_damaged_record_is_an_error_not_a_panic() {
         let bytes = encode(&record(RecordStatus::Live)).unwrap();
         for cut in [1, 5, bytes.len() / 2, bytes.len() - 1] {
-            let err = decode("k", &bytes[..cut]).unwrap_err();
+            let err = decode(b"k", &bytes[..cut]).unwrap_err();
             assert!(err.to_string().contains("unreadable"), "{err}");
         }
         let bytes = encode_history(&history_row(Outcome::Created, Some("k"))).unwrap();
