@@ -84,6 +84,31 @@ fn transient_faults_on_any_port_change_nothing() {
     }
 }
 
+/// Each event's decision as history records it: (event, outcome, decision id).
+fn decisions(out: &Run) -> BTreeSet<(String, String, String)> {
+    out.history
+        .iter()
+        .map(|h| (h.event_id.clone().unwrap_or_default(), h.outcome.as_str().to_owned(), h.decision_id.clone()))
+        .collect()
+}
+
+#[test]
+fn a_control_write_whose_reply_is_lost_is_recognised_as_landed() {
+    // The write lands and its reply is lost; the retry then finds the versions moved. Deciding
+    // the batch again against what is now stored would call its own writes "unchanged", after
+    // their upserts went out as "created": history must still say what was published.
+    let clean = run_with(fast_settings(), Box::new(VecSource::new(stream())), Backends::default());
+    for nth in [1, 2, 5] {
+        let fault = Fault::new(FaultMode::LostReply, nth);
+        let out = run_with(fast_settings(), Box::new(VecSource::new(stream())), faulty("control", fault.clone()));
+        assert!(fault.calls() >= nth, "the fault never fired");
+        assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+        assert_eq!(ids(&out.upserts), ids(&clean.upserts), "lost reply on write {nth}: upserts differ");
+        assert_eq!(ids(&out.drops), ids(&clean.drops), "lost reply on write {nth}: drops differ");
+        assert_eq!(decisions(&out), decisions(&clean), "lost reply on write {nth}: history differs");
+    }
+}
+
 #[test]
 fn a_backend_that_stays_down_dead_letters_and_loses_nothing() {
     // The control store fails for good from its 5th call: whatever it blocks is dead-lettered

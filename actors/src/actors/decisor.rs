@@ -231,9 +231,10 @@ async fn apply_supervised(deps: &DecisorDeps, events: Vec<Envelope<Enriched>>) {
 /// leaves the unacknowledged events in `batch` for the caller to deliver again.
 async fn apply_events(deps: &DecisorDeps, batch: &mut Vec<Pending>) {
     let mut round = 0;
+    let mut earlier = EarlierRound::default();
     let rows = loop {
         round += 1;
-        match decide_and_publish(deps, batch).await {
+        match decide_and_publish(deps, batch, &mut earlier).await {
             Ok(rows) => break rows,
             Err((_, e)) if e.kind == FailureKind::Conflict && round < CONFLICT_ROUNDS => {
                 tracing::info!(error = %e, "control record changed under this batch; deciding again");
@@ -262,11 +263,44 @@ fn stopped(what: &str) -> BackendError {
     BackendError::transient(what, "send", "actor stopped")
 }
 
+/// What the previous round of a batch read and meant to write, by asset key, kept when its
+/// control write lost a conditional check. Some of those writes may have landed all the same
+/// (a reply lost after the store committed, or one of several transactions of the write): a
+/// stored record equal to the one this batch meant to write is this batch's own write, not news.
+#[derive(Default)]
+struct EarlierRound {
+    /// The record each written key had before the batch (`None`: the asset was new).
+    read: HashMap<String, Option<ControlRecord>>,
+    wrote: HashMap<String, ControlRecord>,
+}
+
+impl EarlierRound {
+    /// Puts back the prior record of every key whose stored record is the one the earlier round
+    /// wrote, so the batch decides those keys exactly as it did then (same outcomes, same ids)
+    /// and does not write them again. Returns those keys.
+    fn restore(&mut self, records: &mut HashMap<String, ControlRecord>) -> HashSet<String> {
+        let mut landed = HashSet::new();
+        for (key, wrote) in self.wrote.drain() {
+            if records.get(&key) != Some(&wrote) {
+                continue;
+            }
+            match self.read.remove(&key).flatten() {
+                Some(prior) => records.insert(key.clone(), prior),
+                None => records.remove(&key),
+            };
+            landed.insert(key);
+        }
+        self.read.clear();
+        landed
+    }
+}
+
 /// Decides the batch against fresh control records and applies content, outputs and records.
 /// Returns the history rows to write, or the stage that failed.
 async fn decide_and_publish(
     deps: &DecisorDeps,
     batch: &mut [Pending],
+    earlier: &mut EarlierRound,
 ) -> Result<Vec<HistoryRow>, (Stage, BackendError)> {
     let keys: Vec<RecordKey> = {
         let mut seen = HashSet::new();
@@ -279,7 +313,10 @@ async fn decide_and_publish(
     let read = deps.retry.call("control store", "get", || deps.control.get_many(&keys)).await;
     deps.metrics.backend_result("control store", read.as_ref().map(|_| ()));
     let mut records = read.map_err(|e| (Stage::Decide, e))?;
+    let landed = earlier.restore(&mut records);
     let read_versions: HashMap<String, u64> = records.iter().map(|(k, r)| (k.clone(), r.version)).collect();
+    // The record each key had before this batch changed it: what a later round needs.
+    let mut priors: Vec<(String, Option<ControlRecord>)> = Vec::new();
     // Keys in first-change order (the write order), and the same set for O(1) membership.
     let mut dirty: Vec<String> = Vec::new();
     let mut dirty_set: HashSet<String> = HashSet::new();
@@ -358,10 +395,11 @@ async fn decide_and_publish(
             content_ref,
             version: prior_version + 1,
         };
+        let prior = records.insert(p.key.clone(), record);
         if dirty_set.insert(p.key.clone()) {
             dirty.push(p.key.clone());
+            priors.push((p.key.clone(), prior));
         }
-        records.insert(p.key.clone(), record);
     }
     // Content first: an upsert must never point at content that is not there.
     contents.sort_by(|a, b| (&a.asset_key, &a.hash).cmp(&(&b.asset_key, &b.hash)));
@@ -380,19 +418,26 @@ async fn decide_and_publish(
             .map_err(|e| (Stage::Publish, e))?;
         Metrics::add(&deps.metrics.upserts_published, n);
     }
-    let changed: Vec<RecordWrite> = dirty
-        .iter()
-        .filter_map(|k| {
-            records
-                .remove(k)
-                .map(|record| RecordWrite { record, expected_version: read_versions.get(k).copied().unwrap_or(0) })
-        })
-        .collect();
+    let mut changed: Vec<RecordWrite> = Vec::with_capacity(dirty.len());
+    let mut already: Vec<ControlRecord> = Vec::new();
+    for k in &dirty {
+        let Some(record) = records.remove(k) else { continue };
+        if landed.contains(k) {
+            already.push(record);
+        } else {
+            changed.push(RecordWrite { record, expected_version: read_versions.get(k).copied().unwrap_or(0) });
+        }
+    }
     if !changed.is_empty() {
-        deps.retry
-            .call("control store", "put", || deps.control.put_many(&changed))
-            .await
-            .map_err(|e| (Stage::Decide, e))?;
+        let put = deps.retry.call("control store", "put", || deps.control.put_many(&changed)).await;
+        if let Err(e) = put {
+            if e.kind == FailureKind::Conflict {
+                earlier.read = priors.into_iter().collect();
+                let wrote = changed.into_iter().map(|w| w.record).chain(already);
+                earlier.wrote = wrote.map(|r| (r.asset_key.clone(), r)).collect();
+            }
+            return Err((Stage::Decide, e));
+        }
     }
     for (o, n) in outcomes {
         deps.metrics.outcome(o, n);

@@ -22,6 +22,9 @@ pub enum FaultMode {
     Hang,
     /// Fails every call from the Nth on.
     ErrorForever,
+    /// The Nth call does its work, then fails as if its reply were lost (a timeout after the
+    /// backend committed). Only ports that write honour it; elsewhere it is `Error`.
+    LostReply,
 }
 
 /// A fault to inject into one port.
@@ -53,7 +56,7 @@ impl Fault {
             return Ok(());
         }
         match self.mode {
-            FaultMode::Error | FaultMode::ErrorForever => {
+            FaultMode::Error | FaultMode::ErrorForever | FaultMode::LostReply => {
                 Err(BackendError::transient(port, "call", "injected failure"))
             }
             FaultMode::Panic => panic!("injected panic in {port}"),
@@ -112,7 +115,13 @@ impl ControlStore for MemControl {
         Ok(keys.iter().filter_map(|k| m.get(&k.asset_key).map(|r| (k.asset_key.clone(), r.clone()))).collect())
     }
     async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()> {
-        maybe(&self.fault, "control").await?;
+        let lost_reply = match &self.fault {
+            Some(f) if f.mode == FaultMode::LostReply => f.fires(),
+            _ => false,
+        };
+        if !lost_reply {
+            maybe(&self.fault, "control").await?;
+        }
         self.pause().await;
         let mut m = self.records.lock().unwrap();
         for w in writes {
@@ -124,6 +133,9 @@ impl ControlStore for MemControl {
         }
         for w in writes {
             m.insert(w.record.asset_key.clone(), w.record.clone());
+        }
+        if lost_reply {
+            return Err(BackendError::transient("control", "put", "injected lost reply (the write landed)"));
         }
         Ok(())
     }
