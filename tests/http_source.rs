@@ -1,11 +1,14 @@
 //! The `http` source through the binary: every shared scenario POSTed line by line gives the
 //! scenario's expected outputs, a body that is not JSON is answered 400 and kept as a dead
-//! letter, and a 200 is only sent once the request's events are durable.
+//! letter, a 200 is only sent once the request's events are durable, and a request the
+//! pipeline stops before making durable is answered 503 so the crawler sends it again.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use assetflow::adapters::http_source::HttpSource;
+use assetflow_actors::ports::{Pull, Source};
 use common::{Outputs, SCENARIO_CONFIG, compare, free_port, http_request, read_lines, scenarios, spawn_run};
 
 /// The scenario config with the file source swapped for an http one on `port`.
@@ -85,4 +88,35 @@ fn an_array_is_one_request_and_a_body_that_is_not_json_is_a_dead_letter() {
     assert_eq!(letters[0]["error"]["kind"], "invalid_json");
     assert_eq!(letters[0]["origin"]["source"], format!("http:127.0.0.1:{port}"));
     stop(&mut child);
+}
+
+#[test]
+fn a_request_not_durable_when_the_pipeline_stops_is_answered_503_to_send_again() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut source = HttpSource::bind("http:test".into(), "127.0.0.1:0").await.unwrap();
+        let port = source.local_addr().port();
+        let event: &[u8] = br#"[{"event_id":"a1","source":"pg","run_id":"r1","status":"running","emitted_at":"2026-11-22T10:00:00Z","asset":{"database":"d","schema":"s","table":"t1"}}]"#;
+        let post = move || tokio::task::spawn_blocking(move || http_request(port, "POST", "/events", event));
+
+        // The request is read into the pipeline, which stops and releases its event unacknowledged.
+        let client = post();
+        let pulled = loop {
+            if let Pull::Messages(m) = source.pull(10).await.unwrap() {
+                break m;
+            }
+        };
+        assert_eq!((pulled.len(), source.outstanding()), (1, 1));
+        drop(pulled);
+        let (status, body) = client.await.unwrap().expect("an answer");
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("before these events were durable") && body.contains("send the request again"), "{body}");
+        assert_eq!(source.outstanding(), 0, "a released request is no longer in flight");
+
+        // Once the source is gone (the pipeline no longer reads), a new request is refused the same way.
+        drop(source);
+        let (status, body) = post().await.unwrap().expect("an answer");
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("shutting down"), "{body}");
+    });
 }
