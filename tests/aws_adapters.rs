@@ -45,7 +45,9 @@ fn record(source: &str, i: usize, version: u64) -> ControlRecord {
         name: AssetName { database: "db".into(), schema: "public".into(), table: format!("t{i:04}") },
         hash: format!("h{version}"),
         last_seen_run: "r1".into(),
-        last_seen_at: "2026-11-01T10:00:00Z".parse().unwrap(),
+        // Nanoseconds: a record must read back exactly equal, which is how the decisor knows a
+        // write of its own landed although its reply was lost.
+        last_seen_at: "2026-11-01T10:00:00.123456789Z".parse().unwrap(),
         status: RecordStatus::Live,
         dropped_at: None,
         content_ref: Some("s3://b/k".into()),
