@@ -526,24 +526,17 @@ fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Er
 impl Config {
     /// Loads `path` with the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let env: BTreeMap<String, String> = std::env::vars().collect();
-        let text = std::fs::read_to_string(path)
-            .map_err(|reason| ConfigError::Read { file: path.display().to_string(), reason })?;
+        let (text, env) = read(path)?;
         Self::parse(&text, path, &env)
     }
 
     /// Only the `[aws]` section of a config file (with its `${VAR}`s and overrides applied): what
     /// `assetflow gen --kinesis-stream` needs, from a file that may hold nothing else.
     pub fn load_aws(path: &Path) -> Result<AwsConfig, ConfigError> {
-        let env: BTreeMap<String, String> = std::env::vars().collect();
-        let text = std::fs::read_to_string(path)
-            .map_err(|reason| ConfigError::Read { file: path.display().to_string(), reason })?;
+        let (text, env) = read(path)?;
         let doc = prepared(&text, path, &env)?;
         let Some(aws) = doc.get("aws").cloned() else { return Ok(AwsConfig::default()) };
-        serde_path_to_error::deserialize(aws).map_err(|e| {
-            let message = e.inner().to_string().lines().next().unwrap_or_default().to_owned();
-            key_err(path, format!("aws.{}", e.path()), message)
-        })
+        serde_path_to_error::deserialize(aws).map_err(|e| field_error(path, e, "aws."))
     }
 
     /// Parses config text as if read from `path`, with `env` as the environment.
@@ -553,12 +546,7 @@ impl Config {
         let mut unknown = Vec::new();
         let mut note_unknown = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
         let de = serde_ignored::Deserializer::new(doc, &mut note_unknown);
-        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            // toml appends "in `key`" on a second line; the key is already named.
-            let message = e.inner().to_string().lines().next().unwrap_or_default().to_owned();
-            key_err(path, if key == "." { "(top level)".to_string() } else { key }, message)
-        })?;
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| field_error(path, e, ""))?;
         for key in unknown {
             tracing::warn!("{file}: unknown key `{key}` is ignored (check its spelling against CONFIG.md)");
         }
@@ -712,7 +700,13 @@ fn one_line(e: &toml::de::Error) -> String {
     }
 }
 
-/// Replaces every `${VAR}` in string values; an unset variable is an error naming the key.
+/// A config file's text, and the environment its `${VAR}`s and overrides come from.
+fn read(path: &Path) -> Result<(String, BTreeMap<String, String>), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|reason| ConfigError::Read { file: path.display().to_string(), reason })?;
+    Ok((text, std::env::vars().collect()))
+}
+
 /// The TOML document of a config file, `${VAR}`s expanded and `ASSETFLOW_…` overrides applied.
 fn prepared(text: &str, path: &Path, env: &BTreeMap<String, String>) -> Result<toml::Value, ConfigError> {
     let mut doc: toml::Value = toml::from_str(text)
@@ -722,6 +716,15 @@ fn prepared(text: &str, path: &Path, env: &BTreeMap<String, String>) -> Result<t
     Ok(doc)
 }
 
+/// A value that does not fit its key, as one line naming the key.
+fn field_error<E: std::fmt::Display>(file: &Path, e: serde_path_to_error::Error<E>, under: &str) -> ConfigError {
+    let key = format!("{under}{}", e.path());
+    // toml appends "in `key`" on a second line; the key is already named.
+    let message = e.inner().to_string().lines().next().unwrap_or_default().to_owned();
+    key_err(file, if key == "." { "(top level)".to_string() } else { key }, message)
+}
+
+/// Replaces every `${VAR}` in string values; an unset variable is an error naming the key.
 fn expand_env(v: &mut toml::Value, key: &str, file: &Path, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
     match v {
         toml::Value::String(s) if s.contains("${") => {

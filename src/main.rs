@@ -163,8 +163,7 @@ fn generate_to_kinesis(
     let mut w = assetflow::adapters::aws::kinesis_lines::KinesisLines::new(&aws, stream, runtime)
         .map_err(anyhow::Error::msg)?;
     assetflow::generator::generate(params, &mut w).with_context(|| format!("writing to Kinesis stream {stream}"))?;
-    let (records, calls) = (w.records, w.calls);
-    w.finish().with_context(|| format!("writing to Kinesis stream {stream}"))?;
+    let (records, calls) = w.finish().with_context(|| format!("writing to Kinesis stream {stream}"))?;
     tracing::info!("put {records} events on Kinesis stream {stream} in {calls} PutRecords calls");
     Ok(String::new())
 }

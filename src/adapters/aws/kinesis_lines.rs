@@ -42,9 +42,9 @@ pub struct KinesisLines {
     batch: Vec<PutRecordsRequestEntry>,
     batch_bytes: usize,
     /// Records the stream has taken.
-    pub records: u64,
+    records: u64,
     /// PutRecords calls made.
-    pub calls: u64,
+    calls: u64,
 }
 
 impl KinesisLines {
@@ -137,12 +137,12 @@ impl KinesisLines {
         Ok(())
     }
 
-    /// Sends what is left and returns how many records the stream took.
-    pub fn finish(mut self) -> std::io::Result<u64> {
+    /// Sends what is left; returns how many records the stream took, in how many PutRecords calls.
+    pub fn finish(mut self) -> std::io::Result<(u64, u64)> {
         let last = std::mem::take(&mut self.pending);
         self.push(&last)?;
         self.send()?;
-        Ok(self.records)
+        Ok((self.records, self.calls))
     }
 }
 
