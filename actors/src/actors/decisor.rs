@@ -315,10 +315,10 @@ async fn decide_and_publish(
     let mut records = read.map_err(|e| (Stage::Decide, e))?;
     let landed = earlier.restore(&mut records);
     let read_versions: HashMap<String, u64> = records.iter().map(|(k, r)| (k.clone(), r.version)).collect();
-    // The record each key had before this batch changed it: what a later round needs.
-    let mut priors: Vec<(String, Option<ControlRecord>)> = Vec::new();
     // Keys in first-change order (the write order), and the same set for O(1) membership.
     let mut dirty: Vec<String> = Vec::new();
+    // Beside each of `dirty`, the record it had before this batch: what a later round needs.
+    let mut priors: Vec<Option<ControlRecord>> = Vec::new();
     let mut dirty_set: HashSet<String> = HashSet::new();
     let mut rows = Vec::with_capacity(batch.len());
     let mut upserts = Vec::new();
@@ -398,7 +398,7 @@ async fn decide_and_publish(
         let prior = records.insert(p.key.clone(), record);
         if dirty_set.insert(p.key.clone()) {
             dirty.push(p.key.clone());
-            priors.push((p.key.clone(), prior));
+            priors.push(prior);
         }
     }
     // Content first: an upsert must never point at content that is not there.
@@ -432,7 +432,7 @@ async fn decide_and_publish(
         let put = deps.retry.call("control store", "put", || deps.control.put_many(&changed)).await;
         if let Err(e) = put {
             if e.kind == FailureKind::Conflict {
-                earlier.read = priors.into_iter().collect();
+                earlier.read = dirty.into_iter().zip(priors).collect();
                 let wrote = changed.into_iter().map(|w| w.record).chain(already);
                 earlier.wrote = wrote.map(|r| (r.asset_key.clone(), r)).collect();
             }
