@@ -404,13 +404,7 @@ mod tests {
         let mut old: Vec<ControlRecord> = (0..5000).map(|i| record("pg", &format!("pg/db/s/t{i:05}"), "r1")).collect();
         old.push(record("pg/x", "pg/x/db/s/t", "r1"));
         for (i, r) in old.iter().enumerate() {
-            let value = if i % 2 == 0 {
-                serde_json::to_vec(r).unwrap()
-            } else {
-                let bytes = state_layout::encode(r).unwrap();
-                let (_, rest): (&str, &[u8]) = postcard::take_from_bytes(&bytes[1..]).unwrap();
-                [&[1u8][..], rest].concat()
-            };
+            let value = if i % 2 == 0 { serde_json::to_vec(r).unwrap() } else { state_layout::encode_unkeyed(r) };
             store.inner.control.insert(r.asset_key.as_bytes(), value).unwrap();
         }
         drop(store);

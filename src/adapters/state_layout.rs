@@ -143,6 +143,15 @@ fn stored<'a>(key: &'a [u8], bytes: &'a [u8]) -> BackendResult<Option<(Cow<'a, s
     }
 }
 
+/// The binary record of the first key layout (no asset key: its key named it), as an earlier
+/// version wrote it; for tests of reading old stores.
+#[cfg(test)]
+pub fn encode_unkeyed(r: &ControlRecord) -> Vec<u8> {
+    let bytes = encode(r).expect("encode");
+    let (_, rest): (&str, &[u8]) = postcard::take_from_bytes(&bytes[1..]).expect("keyed record");
+    [&[BINARY_TAG][..], rest].concat()
+}
+
 /// The record stored under `key`.
 pub fn decode(key: &[u8], bytes: &[u8]) -> BackendResult<ControlRecord> {
     let Some((asset_key, s)) = stored(key, bytes)? else {
@@ -341,17 +350,10 @@ mod tests {
         }
     }
 
-    /// The binary record of the first key layout: no asset key, the key names it.
-    fn unkeyed(r: &ControlRecord) -> Vec<u8> {
-        let bytes = encode(r).unwrap();
-        let (_, rest): (&str, &[u8]) = postcard::take_from_bytes(&bytes[1..]).unwrap();
-        [&[BINARY_TAG][..], rest].concat()
-    }
-
     #[test]
     fn records_of_the_first_layouts_still_read() {
         let r = record(RecordStatus::Dropped);
-        for bytes in [serde_json::to_vec(&r).unwrap(), unkeyed(&r)] {
+        for bytes in [serde_json::to_vec(&r).unwrap(), encode_unkeyed(&r)] {
             assert_eq!(decode(r.asset_key.as_bytes(), &bytes).unwrap(), r);
             let view = sweep_view(r.asset_key.as_bytes(), &bytes).unwrap();
             assert_eq!(
