@@ -16,6 +16,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 
 use super::{Aws, sdk_error};
+use crate::adapters::line_buffer::LineBuffer;
 
 const SVC: &str = "kinesis";
 /// Records per PutRecords call: the API's limit.
@@ -38,7 +39,7 @@ pub struct KinesisLines {
     client: aws_sdk_kinesis::Client,
     stream: String,
     runtime: tokio::runtime::Runtime,
-    pending: Vec<u8>,
+    lines: LineBuffer,
     batch: Vec<PutRecordsRequestEntry>,
     batch_bytes: usize,
     /// Records the stream has taken.
@@ -62,7 +63,7 @@ impl KinesisLines {
             client,
             stream: stream.to_owned(),
             runtime,
-            pending: Vec::new(),
+            lines: LineBuffer::default(),
             batch: Vec::new(),
             batch_bytes: 0,
             records: 0,
@@ -139,7 +140,7 @@ impl KinesisLines {
 
     /// Sends what is left; returns how many records the stream took, in how many PutRecords calls.
     pub fn finish(mut self) -> std::io::Result<(u64, u64)> {
-        let last = std::mem::take(&mut self.pending);
+        let last = self.lines.rest();
         self.push(&last)?;
         self.send()?;
         Ok((self.records, self.calls))
@@ -148,14 +149,9 @@ impl KinesisLines {
 
 impl Write for KinesisLines {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.pending.extend_from_slice(buf);
-        let mut start = 0;
-        while let Some(i) = self.pending[start..].iter().position(|b| *b == b'\n') {
-            let line = self.pending[start..start + i].to_vec();
-            self.push(&line)?;
-            start += i + 1;
+        for line in self.lines.complete(buf).iter() {
+            self.push(line)?;
         }
-        self.pending.drain(..start);
         Ok(buf.len())
     }
 

@@ -9,10 +9,12 @@ use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
+use crate::adapters::line_buffer::LineBuffer;
+
 pub struct KafkaLines {
     producer: BaseProducer,
     topic: String,
-    pending: Vec<u8>,
+    lines: LineBuffer,
 }
 
 #[derive(serde::Deserialize)]
@@ -29,7 +31,7 @@ impl KafkaLines {
             .set("linger.ms", "20")
             .create()
             .map_err(|e| format!("cannot create a Kafka producer for {brokers}: {e}"))?;
-        Ok(KafkaLines { producer, topic: topic.to_owned(), pending: Vec::new() })
+        Ok(KafkaLines { producer, topic: topic.to_owned(), lines: LineBuffer::default() })
     }
 
     fn produce(&self, line: &[u8]) -> std::io::Result<()> {
@@ -50,8 +52,8 @@ impl KafkaLines {
 
     /// Waits until every message is acknowledged by the broker.
     pub fn finish(mut self) -> std::io::Result<()> {
-        if !self.pending.is_empty() {
-            let last = std::mem::take(&mut self.pending);
+        let last = self.lines.rest();
+        if !last.is_empty() {
             self.produce(&last)?;
         }
         self.producer.flush(Duration::from_secs(120)).map_err(|e| std::io::Error::other(format!("flush: {e}")))
@@ -60,10 +62,8 @@ impl KafkaLines {
 
 impl Write for KafkaLines {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.pending.extend_from_slice(buf);
-        while let Some(i) = self.pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=i).collect();
-            self.produce(&line[..i])?;
+        for line in self.lines.complete(buf).iter() {
+            self.produce(line)?;
         }
         Ok(buf.len())
     }
