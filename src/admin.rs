@@ -17,6 +17,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::adapters::aws::RequestCounter;
+use crate::topology::Graph;
 
 /// What the admin endpoints read.
 #[derive(Clone)]
@@ -27,9 +28,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     pub aws: Option<RequestCounter>,
     pub started: Instant,
-    pub sources: Vec<String>,
-    pub shards: usize,
-    pub decides: bool,
+    /// What runs: the page draws exactly these nodes and edges.
+    pub graph: Arc<Graph>,
     /// Set while `assetflow redrive` runs: dead letters replayed and parked so far.
     pub redrive: Option<Arc<assetflow_actors::redrive::RedriveStats>>,
 }
@@ -44,6 +44,7 @@ pub async fn serve(listen: &str, state: AdminState) -> Result<(), String> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status.json", get(status))
+        .route("/graph.json", get(graph))
         .with_state(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -288,9 +289,7 @@ async fn status(State(s): State<AdminState>) -> impl IntoResponse {
     let body = json!({
         "uptime": s.started.elapsed().as_secs_f64(),
         "ready": s.ready.load(Ordering::Relaxed),
-        "sources": s.sources,
-        "shards": s.shards,
-        "decides": s.decides,
+        "flows": m.flows(),
         "events_in": m.events_by_source(),
         "in_flight": m.in_flight(),
         "lag": m.lag(),
@@ -309,6 +308,11 @@ async fn status(State(s): State<AdminState>) -> impl IntoResponse {
         "unhealthy": m.unhealthy(),
     });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string())
+}
+
+/// The topology graph the page draws.
+async fn graph(State(s): State<AdminState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], s.graph.draw("json"))
 }
 
 async fn page() -> Html<&'static str> {

@@ -19,8 +19,8 @@ use crate::adapters::aws::sqs::SqsDeadLetters;
 use crate::adapters::dead_letter_file::DeadLetterFile;
 use crate::adapters::state::StateStore;
 use crate::admin::AdminState;
-use crate::config::{Config, SinkKind, redact_url};
-use crate::topology::{build_ports, draw, open_state, settings};
+use crate::config::{Config, SinkConfig, redact_url};
+use crate::topology::{Graph, build_ports, graph, open_control, open_state, settings};
 
 /// What a finished run did, for the closing summary.
 #[derive(Debug)]
@@ -105,14 +105,13 @@ async fn dead_letter_store(
     state: &StateStore,
     aws: Option<&Aws>,
 ) -> anyhow::Result<Box<dyn DeadLetterStore>> {
-    let sink = &config.sinks.dead_letter;
     let file = config.file.display();
-    match (sink.kind, &sink.path, &sink.queue_url) {
-        (SinkKind::File, Some(path), _) => Ok(Box::new(
+    match &config.sinks.dead_letter {
+        SinkConfig::File { path } => Ok(Box::new(
             DeadLetterFile::open(&config.resolve(path), state.clone())
                 .map_err(|m| anyhow::anyhow!("{file}: key `sinks.dead_letter.path`: {m}"))?,
         )),
-        (SinkKind::Sqs, _, Some(url)) => {
+        SinkConfig::Sqs { queue_url: url } => {
             let aws = aws.ok_or_else(|| anyhow::anyhow!("{file}: key `sinks.dead_letter`: AWS is not configured"))?;
             Ok(Box::new(
                 SqsDeadLetters::open(aws, url)
@@ -120,9 +119,9 @@ async fn dead_letter_store(
                     .map_err(|e| anyhow::anyhow!("{file}: key `sinks.dead_letter.queue_url`: {e}"))?,
             ))
         }
-        _ => anyhow::bail!(
-            "{file}: key `sinks.dead_letter.kind`: redrive reads dead letters back from a file or an SQS queue; {:?} cannot be read back",
-            sink.kind
+        other => anyhow::bail!(
+            "{file}: key `sinks.dead_letter.kind`: redrive reads dead letters back from a file or an SQS queue; `{}` cannot be read back",
+            other.label()
         ),
     }
 }
@@ -143,10 +142,9 @@ fn execute(
             let store = dead_letter_store(config, &state, built.aws.as_ref()).await?;
             let source = RedriveSource::new(store, config.redrive.max_attempts, max, stats);
             built.ports.sources = vec![("redrive".into(), Box::new(source))];
+            built.graph = Graph::build(config, &["redrive".to_owned()]);
         }
         let started = Instant::now();
-        let sources: Vec<String> = built.ports.sources.iter().map(|(n, _)| n.clone()).collect();
-        let shards = settings.shards;
         let mut pipeline = Pipeline::start(settings, built.ports);
         let ready = Arc::new(AtomicBool::new(true));
         if !config.admin.listen.is_empty() {
@@ -156,9 +154,7 @@ fn execute(
                 ready: ready.clone(),
                 aws: built.aws_requests.clone(),
                 started,
-                sources,
-                shards,
-                decides: config.decides(),
+                graph: Arc::new(built.graph.clone()),
                 redrive: redrive_stats,
             };
             if let Err(m) = crate::admin::serve(&config.admin.listen, state).await {
@@ -258,7 +254,7 @@ pub fn check_config(config: &Config) -> anyhow::Result<String> {
     let mut value = toml::Value::try_from(config).context("rendering the resolved config")?;
     redact(&mut value);
     let mut out = format!("{}: ok\n\n", config.file.display());
-    out.push_str(&draw(config, "text"));
+    out.push_str(&graph(config).draw("text"));
     out.push_str("\n# resolved configuration\n");
     out.push_str(&toml::to_string_pretty(&value).context("rendering the resolved config")?);
     Ok(out)
@@ -309,10 +305,17 @@ pub fn history(config: &Config, asset_key: &str, limit: usize) -> anyhow::Result
     Ok(out)
 }
 
-/// `assetflow assets`: the control table, optionally filtered.
+/// `assetflow assets`: the control table, optionally filtered, read through the control store
+/// the config names (embedded, DynamoDB...).
 pub fn assets(config: &Config, source: Option<&str>, status: Option<&str>) -> anyhow::Result<String> {
     let state = open_state(config)?;
-    let mut records = state.all_records()?;
+    let mut records = actix_rt::System::new().block_on(async move {
+        let store = open_control(config, &state).await?;
+        anyhow::Ok(match source {
+            Some(s) => store.list_source(s).await?,
+            None => store.list_all().await?,
+        })
+    })?;
     records.retain(|r| source.is_none_or(|s| r.source == s) && status.is_none_or(|s| r.status.as_str() == s));
     records.sort_by(|a, b| a.asset_key.cmp(&b.asset_key));
     let mut out =

@@ -99,6 +99,8 @@ enum Format {
     Text,
     Dot,
     Mermaid,
+    /// The graph as data: nodes and edges, as the status page reads it from `/graph.json`.
+    Json,
 }
 
 fn init_logs(format: LogFormat) {
@@ -191,8 +193,9 @@ fn main() -> ExitCode {
                 Format::Text => "text",
                 Format::Dot => "dot",
                 Format::Mermaid => "mermaid",
+                Format::Json => "json",
             };
-            assetflow::topology::draw(&c, f)
+            assetflow::topology::graph(&c).draw(f)
         }),
         Command::History { asset_key, config, limit } => {
             Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::history(&c, &asset_key, limit))

@@ -69,20 +69,6 @@ fn a_missing_input_file_is_reported_at_run() {
 }
 
 #[test]
-fn state_from_the_old_store_is_refused_not_ignored() {
-    // Ignoring it would silently make every known asset new again (a flood of `created`).
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("e.jsonl"), "").unwrap();
-    std::fs::create_dir_all(dir.path().join("st")).unwrap();
-    std::fs::write(dir.path().join("st/state.redb"), "old").unwrap();
-    let stderr = run_err(
-        dir.path(),
-        "[pipeline]\nstate_dir = \"st\"\n[[sources]]\nkind = \"file\"\npath = \"e.jsonl\"\n[admin]\nlisten = \"\"\n",
-    );
-    assert!(stderr.contains("state.redb") && stderr.contains("pipeline.state_dir"), "{stderr}");
-}
-
-#[test]
 fn secrets_never_reach_check_config() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

@@ -41,6 +41,106 @@ impl ActorName {
     }
 }
 
+/// What flows along one edge of the topology graph: the sending actor counts each message it
+/// sends (for the receiver's mailbox depth) and the items in it (for the edge's rate). The
+/// flows out of an Ingest are kept per source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Messages read from a source (per source).
+    SourceIngest,
+    /// Decoded events, to the Enricher (per source).
+    IngestEnricher,
+    /// Rejected messages, as dead letters (per source).
+    IngestHistory,
+    EnricherRouter,
+    EnricherEnriched,
+    EnricherHistory,
+    RouterDecisor,
+    /// Completion rows and drop-guard or incomplete-run dead letters, from the sweep.
+    RouterHistory,
+    /// Content objects written.
+    DecisorContent,
+    /// Control records written.
+    DecisorControl,
+    DecisorUpsert,
+    DecisorDrop,
+    DecisorHistory,
+    UpsertHistory,
+    DropHistory,
+    EnrichedHistory,
+}
+
+impl Flow {
+    const COUNT: usize = 16;
+    pub const ALL: [Flow; Flow::COUNT] = [
+        Flow::SourceIngest,
+        Flow::IngestEnricher,
+        Flow::IngestHistory,
+        Flow::EnricherRouter,
+        Flow::EnricherEnriched,
+        Flow::EnricherHistory,
+        Flow::RouterDecisor,
+        Flow::RouterHistory,
+        Flow::DecisorContent,
+        Flow::DecisorControl,
+        Flow::DecisorUpsert,
+        Flow::DecisorDrop,
+        Flow::DecisorHistory,
+        Flow::UpsertHistory,
+        Flow::DropHistory,
+        Flow::EnrichedHistory,
+    ];
+
+    /// The actor whose mailbox a message along this edge lands in (none for a store).
+    pub fn to(self) -> Option<ActorName> {
+        use ActorName as A;
+        match self {
+            Flow::SourceIngest | Flow::DecisorContent | Flow::DecisorControl => None,
+            Flow::IngestEnricher => Some(A::Enricher),
+            Flow::EnricherRouter => Some(A::Router),
+            Flow::EnricherEnriched => Some(A::EnrichedProducer),
+            Flow::RouterDecisor => Some(A::Decisor),
+            Flow::DecisorUpsert => Some(A::UpsertProducer),
+            Flow::DecisorDrop => Some(A::DropProducer),
+            Flow::IngestHistory
+            | Flow::EnricherHistory
+            | Flow::RouterHistory
+            | Flow::DecisorHistory
+            | Flow::UpsertHistory
+            | Flow::DropHistory
+            | Flow::EnrichedHistory => Some(A::HistoryWriter),
+        }
+    }
+
+    fn per_source(self) -> bool {
+        matches!(self, Flow::SourceIngest | Flow::IngestEnricher | Flow::IngestHistory)
+    }
+
+    /// The name of this flow in `/status.json` and in the topology graph: the edge's ends, with
+    /// the source's name for the flows out of a source's Ingest.
+    pub fn key(self, source: &str) -> String {
+        let (from, to) = match self {
+            Flow::SourceIngest => ("source", "ingest"),
+            Flow::IngestEnricher => ("ingest", "enricher"),
+            Flow::IngestHistory => ("ingest", "history_writer"),
+            Flow::EnricherRouter => ("enricher", "router"),
+            Flow::EnricherEnriched => ("enricher", "enriched_producer"),
+            Flow::EnricherHistory => ("enricher", "history_writer"),
+            Flow::RouterDecisor => ("router", "decisor"),
+            Flow::RouterHistory => ("router", "history_writer"),
+            Flow::DecisorContent => ("decisor", "content"),
+            Flow::DecisorControl => ("decisor", "control"),
+            Flow::DecisorUpsert => ("decisor", "upsert_producer"),
+            Flow::DecisorDrop => ("decisor", "drop_producer"),
+            Flow::DecisorHistory => ("decisor", "history_writer"),
+            Flow::UpsertHistory => ("upsert_producer", "history_writer"),
+            Flow::DropHistory => ("drop_producer", "history_writer"),
+            Flow::EnrichedHistory => ("enriched_producer", "history_writer"),
+        };
+        if self.per_source() { format!("{from}:{source}->{to}") } else { format!("{from}->{to}") }
+    }
+}
+
 /// Pipeline-wide counters, shared by every actor through an `Arc`.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -60,6 +160,9 @@ pub struct Metrics {
     unhealthy: Mutex<BTreeMap<String, String>>,
     /// Messages sent to and handled by each actor: the difference is its mailbox depth.
     actor_sent: [AtomicU64; 7],
+    /// Items sent along each edge ([`Flow`]), and per source for the flows out of an Ingest.
+    flows: [AtomicU64; Flow::COUNT],
+    source_flows: Mutex<BTreeMap<(String, usize), u64>>,
     actor_handled: [AtomicU64; 7],
     /// Decisor micro-batches applied, and the events in them.
     pub batches: AtomicU64,
@@ -116,8 +219,35 @@ fn index(o: Outcome) -> usize {
 }
 
 impl Metrics {
-    pub fn sent(&self, a: ActorName) {
-        self.actor_sent[a as usize].fetch_add(1, Ordering::Relaxed);
+    /// One message carrying `items` sent along `flow`.
+    pub fn sent(&self, flow: Flow, items: u64) {
+        if let Some(a) = flow.to() {
+            self.actor_sent[a as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        self.flows[flow as usize].fetch_add(items, Ordering::Relaxed);
+    }
+    /// [`Metrics::sent`] for the flows out of `source`'s Ingest.
+    pub fn sent_from(&self, source: &str, flow: Flow, items: u64) {
+        self.sent(flow, items);
+        let mut m = locked(&self.source_flows);
+        match m.get_mut(&(source.to_owned(), flow as usize)) {
+            Some(n) => *n += items,
+            None => {
+                m.insert((source.to_owned(), flow as usize), items);
+            }
+        }
+    }
+    /// Items sent along every edge so far, by [`Flow::key`].
+    pub fn flows(&self) -> BTreeMap<String, u64> {
+        let mut out: BTreeMap<String, u64> = Flow::ALL
+            .iter()
+            .filter(|f| !f.per_source())
+            .map(|f| (f.key(""), self.flows[*f as usize].load(Ordering::Relaxed)))
+            .collect();
+        for ((source, f), n) in locked(&self.source_flows).iter() {
+            out.insert(Flow::ALL[*f].key(source), *n);
+        }
+        out
     }
     pub fn handled(&self, a: ActorName) {
         self.actor_handled[a as usize].fetch_add(1, Ordering::Relaxed);
@@ -189,13 +319,16 @@ impl Metrics {
     /// One message read from `source`.
     pub fn event_in(&self, source: &str) {
         self.events_in.fetch_add(1, Ordering::Relaxed);
-        let mut m = locked(&self.events_by_source);
-        match m.get_mut(source) {
-            Some(n) => *n += 1,
-            None => {
-                m.insert(source.to_owned(), 1);
+        {
+            let mut m = locked(&self.events_by_source);
+            match m.get_mut(source) {
+                Some(n) => *n += 1,
+                None => {
+                    m.insert(source.to_owned(), 1);
+                }
             }
         }
+        self.sent_from(source, Flow::SourceIngest, 1);
     }
     pub fn events_by_source(&self) -> BTreeMap<String, u64> {
         locked(&self.events_by_source).clone()

@@ -58,9 +58,18 @@ pub trait ControlStore: Send + Sync + 'static {
     async fn get_many(&self, keys: &[RecordKey]) -> BackendResult<HashMap<String, ControlRecord>>;
     /// Writes all records or none; each must find the stored record still at the version it
     /// was read at (0: no record), else the call fails with [`FailureKind::Conflict`].
+    ///
+    /// A store shared by several processes must check that condition itself: it is what stops
+    /// a process that lost a partition from overwriting its new owner's records. A store that
+    /// only one process can open (the embedded one) may take it as given, because inside one
+    /// process each key has one writer, the decisor shard that owns it, applying one batch at a
+    /// time after reading the versions it expects (`actors/tests/ordering.rs` proves that).
     async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()>;
     /// Every record of one source (live and dropped).
     async fn list_source(&self, source: &str) -> BackendResult<Vec<ControlRecord>>;
+    /// Every record of every source (live and dropped), for `assetflow assets`; not used by the
+    /// pipeline.
+    async fn list_all(&self) -> BackendResult<Vec<ControlRecord>>;
     /// The sweep of run `run` over the records of `source` (EVENTS.md §3.2). This lists them
     /// all; a store that can stream its records overrides it, so that a sweep's memory does not
     /// grow with the size of the source.

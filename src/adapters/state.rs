@@ -70,15 +70,6 @@ impl StateStore {
     /// Opens (or creates) the store in `{dir}/state/`.
     pub fn open(dir: &Path) -> Result<StateStore, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create pipeline.state_dir {}: {e}", dir.display()))?;
-        let old = dir.join("state.redb");
-        if old.exists() {
-            return Err(format!(
-                "{} was written by an earlier assetflow (a redb file); this version keeps its state in {}. \
-                 Move the old file away (every asset is then new again) or use another pipeline.state_dir",
-                old.display(),
-                dir.join("state").display()
-            ));
-        }
         let path = dir.join("state");
         let db = Database::builder(&path)
             .cache_size(CACHE_BYTES)
@@ -98,12 +89,6 @@ impl StateStore {
         let control = opened("control", MEMTABLE_BYTES)?;
         let history = opened("history", HISTORY_MEMTABLE_BYTES)?;
         let checkpoints = opened("checkpoints", 1 << 20)?;
-        let moved = migrate_control_keys(&db, &control).map_err(|e| {
-            format!("cannot move the control records of {} to the current key layout: {e}", path.display())
-        })?;
-        if moved > 0 {
-            tracing::info!(records = moved, "control records moved to the current key layout");
-        }
         let seq = history
             .get(HISTORY_SEQ_KEY)
             .map_err(|e| format!("cannot read the embedded store {}: {e}", path.display()))?
@@ -142,31 +127,18 @@ impl StateStore {
         }
     }
 
-    /// Every control record, for `assetflow assets`.
-    pub fn all_records(&self) -> BackendResult<Vec<ControlRecord>> {
-        let mut out = Vec::new();
-        for entry in self.inner.control.iter() {
-            let (key, value) = entry.into_inner().map_err(|e| err("list", e))?;
-            out.push(state_layout::decode(&key, &value)?);
-        }
-        Ok(out)
-    }
-
-    /// The newest `limit` rows of the asset, newest first. Rows of the current key layout come
-    /// first (they are all newer), then rows an earlier version wrote under the first layout.
+    /// The newest `limit` rows of the asset, newest first.
     fn read_history(&self, asset_key: &str, limit: usize) -> BackendResult<Vec<HistoryRow>> {
         let mut out = Vec::new();
-        for (lo, hi) in state_layout::history_ranges(asset_key) {
-            for entry in self.inner.history.range(lo..=hi).rev() {
-                if out.len() == limit {
-                    return Ok(out);
-                }
-                let value = entry.value().map_err(|e| err("read history", e))?;
-                let row = state_layout::decode_history(&value)?;
-                // Two asset keys may share the 8-byte digest of the key layout.
-                if row.asset_key.as_deref().unwrap_or("") == asset_key {
-                    out.push(row);
-                }
+        for entry in self.inner.history.range(state_layout::history_range(asset_key)).rev() {
+            if out.len() == limit {
+                break;
+            }
+            let value = entry.value().map_err(|e| err("read history", e))?;
+            let row = state_layout::decode_history(&value)?;
+            // Two asset keys may share the 8-byte digest of the key layout.
+            if row.asset_key.as_deref().unwrap_or("") == asset_key {
+                out.push(row);
             }
         }
         Ok(out)
@@ -176,40 +148,11 @@ impl StateStore {
 impl Inner {
     /// Calls `each` with the key and stored record of every record filed under `source`.
     /// Callers keep the records whose `source` is exactly `source` (sources may share a prefix).
-    fn scan_source(&self, source: &str, mut each: impl FnMut(&[u8], &[u8]) -> BackendResult<()>) -> BackendResult<()> {
+    fn scan_source(&self, source: &str, mut each: impl FnMut(&[u8]) -> BackendResult<()>) -> BackendResult<()> {
         for entry in self.control.prefix(state_layout::control_prefix(source)) {
-            let (key, value) = entry.into_inner().map_err(|e| err("list source", e))?;
-            each(&key, &value)?;
+            each(&entry.value().map_err(|e| err("list source", e))?)?;
         }
         Ok(())
-    }
-}
-
-/// Moves control records of the first key layout (keyed by the asset key) under their
-/// current keys, a few thousand per durable batch, so a crash part way leaves every record
-/// under exactly one key and the next open carries on. Returns how many moved.
-fn migrate_control_keys(db: &Database, control: &Keyspace) -> Result<usize, BackendError> {
-    const BATCH: usize = 4096;
-    let mut moved = 0;
-    loop {
-        let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
-        let mut n = 0;
-        for entry in control.range(state_layout::legacy_control_keys()).take(BATCH) {
-            let (key, value) = entry.into_inner().map_err(|e| err("migrate records", e))?;
-            let record = state_layout::decode(&key, &value)?;
-            batch.insert(
-                control,
-                state_layout::control_key(&record.source, &record.asset_key),
-                state_layout::encode(&record)?,
-            );
-            batch.remove(control, key);
-            n += 1;
-        }
-        if n == 0 {
-            return Ok(moved);
-        }
-        batch.commit().map_err(|e| err("migrate records", e))?;
-        moved += n;
     }
 }
 
@@ -223,7 +166,7 @@ impl ControlStore for StateStore {
             for k in keys {
                 let key = state_layout::control_key(&k.source, &k.asset_key);
                 if let Some(v) = inner.control.get(key).map_err(|e| err("get records", e))? {
-                    let record = state_layout::decode(&key, &v)?;
+                    let record = state_layout::decode(&v)?;
                     if record.asset_key != k.asset_key {
                         return Err(BackendError::permanent(
                             BACKEND,
@@ -264,8 +207,8 @@ impl ControlStore for StateStore {
         let run = run.to_owned();
         blocking("list source", move || {
             let mut planner = SweepPlanner::new(&run);
-            inner.scan_source(&source, |key, value| {
-                let r = state_layout::sweep_view(key, value)?;
+            inner.scan_source(&source, |value| {
+                let r = state_layout::sweep_view(value)?;
                 if r.source == source {
                     planner.add(&r.asset_key, r.live, &r.last_seen_run);
                 }
@@ -276,13 +219,25 @@ impl ControlStore for StateStore {
         .await
     }
 
+    async fn list_all(&self) -> BackendResult<Vec<ControlRecord>> {
+        let inner = self.inner.clone();
+        blocking("list", move || {
+            let mut out = Vec::new();
+            for entry in inner.control.iter() {
+                out.push(state_layout::decode(&entry.value().map_err(|e| err("list", e))?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn list_source(&self, source: &str) -> BackendResult<Vec<ControlRecord>> {
         let inner = self.inner.clone();
         let source = source.to_owned();
         blocking("list source", move || {
             let mut out = Vec::new();
-            inner.scan_source(&source, |key, value| {
-                let r = state_layout::decode(key, value)?;
+            inner.scan_source(&source, |value| {
+                let r = state_layout::decode(value)?;
                 if r.source == source {
                     out.push(r);
                 }
@@ -352,21 +307,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn history_reads_one_assets_rows_newest_first_across_both_key_layouts() {
+    async fn history_reads_one_assets_rows_newest_first() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();
-        // Rows an earlier version wrote under the first layout (asset key, 0, sequence).
-        for (seq, id) in [(1, "old-1"), (2, "old-2")] {
-            let value = serde_json::to_vec(&row("pg/db/s/a", id)).unwrap();
-            store.inner.history.insert(state_layout::legacy_history_key("pg/db/s/a", seq), value).unwrap();
-        }
+        store.append(&[row("pg/db/s/a", "a-0")]).await.unwrap();
         store.append(&[row("pg/db/s/a", "a-1"), row("pg/db/s/b", "b-1"), row("pg/db/s/a", "a-2")]).await.unwrap();
         // A row of another asset filed under this asset's digest, as a digest collision would.
         let stray = state_layout::encode_history(&row("pg/db/s/zz", "stray")).unwrap();
         store.inner.history.insert(state_layout::history_key("pg/db/s/a", 99), stray).unwrap();
 
-        assert_eq!(ids(&store.read("pg/db/s/a", 10).await.unwrap()), ["a-2", "a-1", "old-2", "old-1"]);
-        assert_eq!(ids(&store.read("pg/db/s/a", 3).await.unwrap()), ["a-2", "a-1", "old-2"]);
+        assert_eq!(ids(&store.read("pg/db/s/a", 10).await.unwrap()), ["a-2", "a-1", "a-0"]);
+        assert_eq!(ids(&store.read("pg/db/s/a", 2).await.unwrap()), ["a-2", "a-1"]);
         assert_eq!(ids(&store.read("pg/db/s/b", 10).await.unwrap()), ["b-1"]);
 
         // The sequence survives a reopen: new rows sort after the old ones.
@@ -396,39 +347,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn records_of_the_first_key_layout_move_to_the_current_one_on_open() {
+    async fn records_are_filed_by_source_and_read_back_after_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();
-        // Records as an earlier version stored them: under the asset key, as JSON and as binary
-        // without the asset key; 5,000 of them so the move takes more than one batch.
-        let mut old: Vec<ControlRecord> = (0..5000).map(|i| record("pg", &format!("pg/db/s/t{i:05}"), "r1")).collect();
-        old.push(record("pg/x", "pg/x/db/s/t", "r1"));
-        for (i, r) in old.iter().enumerate() {
-            let value = if i % 2 == 0 { serde_json::to_vec(r).unwrap() } else { state_layout::encode_unkeyed(r) };
-            store.inner.control.insert(r.asset_key.as_bytes(), value).unwrap();
-        }
+        // "pg/x" shares the prefix of nothing in particular, but a sweep must keep sources apart
+        // whatever their digests share.
+        let mut all: Vec<ControlRecord> = (0..5000).map(|i| record("pg", &format!("pg/db/s/t{i:05}"), "r1")).collect();
+        all.push(record("pg/x", "pg/x/db/s/t", "r1"));
+        let writes: Vec<RecordWrite> =
+            all.iter().map(|r| RecordWrite { record: r.clone(), expected_version: 2 }).collect();
+        store.put_many(&writes).await.unwrap();
         drop(store);
 
         let store = StateStore::open(dir.path()).unwrap();
-        assert_eq!(store.inner.control.range(state_layout::legacy_control_keys()).count(), 0);
-        assert_eq!(store.inner.control.len().unwrap(), old.len());
         let got = store
             .get_many(&keys(&[("pg", "pg/db/s/t00001"), ("pg", "pg/db/s/t04998"), ("pg/x", "pg/x/db/s/t")]))
             .await
             .unwrap();
-        assert_eq!(got["pg/db/s/t00001"], old[1]);
-        assert_eq!(got["pg/db/s/t04998"], old[4998]);
-        assert_eq!(got["pg/x/db/s/t"], old[5000]);
+        assert_eq!(got["pg/db/s/t00001"], all[1]);
+        assert_eq!(got["pg/db/s/t04998"], all[4998]);
+        assert_eq!(got["pg/x/db/s/t"], all[5000]);
         // A sweep of "pg" sees exactly its 5,000 records, not those of "pg/x".
         let plan = store.sweep_plan("pg", "r2", 1.0).await.unwrap();
         assert_eq!((plan.live, plan.to_drop.len()), (5000, 5000));
         assert_eq!(plan.to_drop[0], "pg/db/s/t00000");
-        assert_eq!(store.list_source("pg/x").await.unwrap(), vec![old[5000].clone()]);
-        // Written records replace the moved ones: one record per asset.
-        let mut next = old[1].clone();
+        assert_eq!(store.list_source("pg/x").await.unwrap(), vec![all[5000].clone()]);
+        // A write replaces the record: one record per asset.
+        let mut next = all[1].clone();
         next.version += 1;
         store.put_many(&[RecordWrite { record: next.clone(), expected_version: 3 }]).await.unwrap();
         assert_eq!(store.get_many(&keys(&[("pg", "pg/db/s/t00001")])).await.unwrap()["pg/db/s/t00001"], next);
-        assert_eq!(store.all_records().unwrap().len(), old.len());
+        assert_eq!(store.list_all().await.unwrap().len(), all.len());
     }
 }

@@ -4,17 +4,15 @@
 //! crawl reads and rewrites every record it sees and appends a history row per event, so row
 //! size is CPU: records that fit the block cache are read without a disk read, and every byte is
 //! written to the journal, flushed and compacted. The binary forms are about half the size of
-//! the JSON the first layout stored (field names, RFC 3339 timestamps, a record's key repeated).
+//! the same rows as JSON (no field names, timestamps as two integers).
 //!
 //! Keys are short digests rather than the asset key itself (see [`control_key`] and
 //! [`history_key`]): the memtable is a skiplist of keys compared byte by byte, and asset keys
-//! share long prefixes (`source/database/schema/`), so every comparison read far into two
+//! share long prefixes (`source/database/schema/`), so every comparison would read far into two
 //! keys kept on the heap. A key of at most 20 bytes is kept inside the skiplist node.
 //!
-//! Earlier layouts are still read: JSON rows (always starting with `{`), binary records without
-//! their asset key (tag 1), control records under the asset key, and history rows under
-//! `asset key, 0, sequence`. Control records are moved to the current layout when the store
-//! opens ([`legacy_control_keys`]); history rows stay where they are.
+//! The tag byte in front of each value names its layout, so a later layout can be told apart
+//! from this one; a value with another tag is reported as unreadable.
 
 use std::borrow::Cow;
 
@@ -25,11 +23,10 @@ use assetflow_actors::record::{ControlRecord, RecordStatus};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// The first byte of a control record in the binary layout of the first key layout, whose key
-/// was the asset key. JSON text never starts with it.
-const BINARY_TAG: u8 = 1;
-/// The first byte of a control record that carries its asset key (its key is a digest).
-const KEYED_TAG: u8 = 2;
+/// The first byte of a control record: its asset key, then its fields, in postcard.
+const RECORD_TAG: u8 = 2;
+/// The first byte of a history row's value: its fields in postcard.
+const HISTORY_ROW_TAG: u8 = 1;
 /// The first byte of a history row's key (see [`history_key`]).
 const HISTORY_TAG: u8 = 0xfe;
 /// The first byte of a control record's key (see [`control_key`]).
@@ -88,9 +85,7 @@ fn corrupt_history(what: impl std::fmt::Display) -> BackendError {
 /// Control keys: the tag, the first 3 bytes of the BLAKE3 digest of the source, the first 16
 /// bytes of the digest of the asset key; 20 bytes. A source's records are adjacent (what a
 /// completion's sweep scans, [`control_prefix`]), and no two asset keys of a store share a key
-/// in practice (2^-128 a pair); a read still checks the record's own asset key. The tag is
-/// never the first byte of UTF-8 text, so keys of the first layout (the asset key) sort below
-/// every key of this one.
+/// in practice (2^-128 a pair); a read still checks the record's own asset key.
 pub fn control_key(source: &str, asset_key: &str) -> [u8; 20] {
     let mut key = [0u8; 20];
     key[..4].copy_from_slice(&control_prefix(source));
@@ -104,11 +99,6 @@ pub fn control_prefix(source: &str) -> [u8; 4] {
     let mut prefix = [CONTROL_TAG; 4];
     prefix[1..].copy_from_slice(&blake3::hash(source.as_bytes()).as_bytes()[..3]);
     prefix
-}
-
-/// Keys below this are control records of the first key layout.
-pub fn legacy_control_keys() -> std::ops::RangeTo<&'static [u8]> {
-    ..&[CONTROL_TAG]
 }
 
 /// The row value of `r`: its asset key, then the record's fields.
@@ -126,37 +116,22 @@ pub fn encode(r: &ControlRecord) -> BackendResult<Vec<u8>> {
         content_ref: r.content_ref.as_deref().map(Cow::Borrowed),
         version: r.version,
     };
-    postcard::to_extend(&(r.asset_key.as_str(), stored), vec![KEYED_TAG])
+    postcard::to_extend(&(r.asset_key.as_str(), stored), vec![RECORD_TAG])
         .map_err(|e| BackendError::permanent(BACKEND, "encode record", e))
 }
 
-/// A stored record's asset key and fields, borrowed from the row. `key` is the row's key, the
-/// asset key itself in the first key layout.
-fn stored<'a>(key: &'a [u8], bytes: &'a [u8]) -> BackendResult<Option<(Cow<'a, str>, Stored<'a>)>> {
+/// A stored record's asset key and fields, borrowed from the row.
+fn stored(bytes: &[u8]) -> BackendResult<(Cow<'_, str>, Stored<'_>)> {
     match bytes.split_first() {
-        Some((&KEYED_TAG, rest)) => postcard::from_bytes(rest).map(Some).map_err(corrupt),
-        Some((&BINARY_TAG, rest)) => {
-            let asset_key = std::str::from_utf8(key).map_err(|_| corrupt("a first-layout key that is not text"))?;
-            Ok(Some((Cow::Borrowed(asset_key), postcard::from_bytes(rest).map_err(corrupt)?)))
-        }
-        _ => Ok(None),
+        Some((&RECORD_TAG, rest)) => postcard::from_bytes(rest).map_err(corrupt),
+        Some((tag, _)) => Err(corrupt(format!("unknown layout tag {tag}"))),
+        None => Err(corrupt("an empty value")),
     }
 }
 
-/// The binary record of the first key layout (no asset key: its key named it), as an earlier
-/// version wrote it; for tests of reading old stores.
-#[cfg(test)]
-pub fn encode_unkeyed(r: &ControlRecord) -> Vec<u8> {
-    let bytes = encode(r).expect("encode");
-    let (_, rest): (&str, &[u8]) = postcard::take_from_bytes(&bytes[1..]).expect("keyed record");
-    [&[BINARY_TAG][..], rest].concat()
-}
-
-/// The record stored under `key`.
-pub fn decode(key: &[u8], bytes: &[u8]) -> BackendResult<ControlRecord> {
-    let Some((asset_key, s)) = stored(key, bytes)? else {
-        return serde_json::from_slice(bytes).map_err(corrupt);
-    };
+/// A stored control record.
+pub fn decode(bytes: &[u8]) -> BackendResult<ControlRecord> {
+    let (asset_key, s) = stored(bytes)?;
     Ok(ControlRecord {
         asset_key: asset_key.into_owned(),
         source: s.source.into_owned(),
@@ -183,41 +158,16 @@ pub struct SweepView<'a> {
     pub live: bool,
 }
 
-/// The fields of a first-layout (JSON) record a sweep reads; the rest are skipped unparsed.
-#[derive(Deserialize)]
-struct JsonSweepFields<'a> {
-    #[serde(borrow)]
-    asset_key: Cow<'a, str>,
-    #[serde(borrow)]
-    source: Cow<'a, str>,
-    #[serde(borrow)]
-    last_seen_run: Cow<'a, str>,
-    status: RecordStatus,
-}
-
-/// The sweep's view of the record stored under `key`, borrowed from the row.
-pub fn sweep_view<'a>(key: &'a [u8], bytes: &'a [u8]) -> BackendResult<SweepView<'a>> {
-    match stored(key, bytes)? {
-        Some((asset_key, s)) => {
-            Ok(SweepView { asset_key, source: s.source, last_seen_run: s.last_seen_run, live: s.live })
-        }
-        None => {
-            let j: JsonSweepFields = serde_json::from_slice(bytes).map_err(corrupt)?;
-            Ok(SweepView {
-                asset_key: j.asset_key,
-                source: j.source,
-                last_seen_run: j.last_seen_run,
-                live: j.status == RecordStatus::Live,
-            })
-        }
-    }
+/// The sweep's view of a stored record, borrowed from the row.
+pub fn sweep_view(bytes: &[u8]) -> BackendResult<SweepView<'_>> {
+    let (asset_key, s) = stored(bytes)?;
+    Ok(SweepView { asset_key, source: s.source, last_seen_run: s.last_seen_run, live: s.live })
 }
 
 /// History keys: the tag, the first 8 bytes of the asset key's BLAKE3 digest (of `""` for rows
 /// of no asset), the row's sequence number big-endian; 17 bytes, so one asset's rows are
 /// adjacent and in order. Short keys with a random prefix keep the memtable's comparisons
-/// cheap: the first layout (the asset key itself) made them a tenth of a steady crawl's CPU.
-/// The tag is never the first byte of UTF-8 text, so the two layouts never interleave, and it
+/// cheap (keyed by the asset key itself they were a tenth of a steady crawl's CPU). The tag
 /// sorts below the store's 0xff counter keys. Two asset keys may share a digest: readers keep
 /// the rows whose own `asset_key` matches.
 pub fn history_key(asset_key: &str, seq: u64) -> [u8; 17] {
@@ -228,21 +178,9 @@ pub fn history_key(asset_key: &str, seq: u64) -> [u8; 17] {
     key
 }
 
-/// Key ranges holding the asset's rows, newest layout first (its rows are all newer).
-pub fn history_ranges(asset_key: &str) -> [(Vec<u8>, Vec<u8>); 2] {
-    [
-        (history_key(asset_key, 0).to_vec(), history_key(asset_key, u64::MAX).to_vec()),
-        (legacy_history_key(asset_key, 0), legacy_history_key(asset_key, u64::MAX)),
-    ]
-}
-
-/// Keys of the first layout: the asset key, a 0 byte, the sequence number big-endian.
-pub fn legacy_history_key(asset_key: &str, seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(asset_key.len() + 9);
-    key.extend_from_slice(asset_key.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
+/// The key range holding the asset's rows, oldest first.
+pub fn history_range(asset_key: &str) -> std::ops::RangeInclusive<[u8; 17]> {
+    history_key(asset_key, 0)..=history_key(asset_key, u64::MAX)
 }
 
 /// The stored fields of a history row. The outcome is kept as its name, so reordering the
@@ -286,13 +224,14 @@ pub fn encode_history(row: &HistoryRow) -> BackendResult<Vec<u8>> {
         decision_id: Cow::Borrowed(&row.decision_id),
         at: row.at.into(),
     };
-    postcard::to_extend(&stored, vec![BINARY_TAG]).map_err(|e| BackendError::permanent(BACKEND, "append history", e))
+    postcard::to_extend(&stored, vec![HISTORY_ROW_TAG])
+        .map_err(|e| BackendError::permanent(BACKEND, "append history", e))
 }
 
-/// A stored history row, of either layout.
+/// A stored history row.
 pub fn decode_history(bytes: &[u8]) -> BackendResult<HistoryRow> {
     match bytes.split_first() {
-        Some((&BINARY_TAG, rest)) => {
+        Some((&HISTORY_ROW_TAG, rest)) => {
             let s: StoredHistory = postcard::from_bytes(rest).map_err(corrupt_history)?;
             let outcome = Outcome::ALL
                 .into_iter()
@@ -309,7 +248,8 @@ pub fn decode_history(bytes: &[u8]) -> BackendResult<HistoryRow> {
                 at: s.at.time().map_err(|_| corrupt_history("a timestamp out of range"))?,
             })
         }
-        _ => serde_json::from_slice(bytes).map_err(corrupt_history),
+        Some((tag, _)) => Err(corrupt_history(format!("unknown layout tag {tag}"))),
+        None => Err(corrupt_history("an empty value")),
     }
 }
 
@@ -339,8 +279,9 @@ mod tests {
             let r = record(status);
             let key = control_key(&r.source, &r.asset_key);
             let bytes = encode(&r).unwrap();
-            assert_eq!(decode(&key, &bytes).unwrap(), r);
-            let view = sweep_view(&key, &bytes).unwrap();
+            assert_eq!(key[..4], control_prefix(&r.source));
+            assert_eq!(decode(&bytes).unwrap(), r);
+            let view = sweep_view(&bytes).unwrap();
             assert_eq!(
                 (&*view.asset_key, &*view.source, &*view.last_seen_run, view.live),
                 ("pg/db/public/orders", "pg", "run-7", r.is_live())
@@ -351,32 +292,13 @@ mod tests {
     }
 
     #[test]
-    fn records_of_the_first_layouts_still_read() {
-        let r = record(RecordStatus::Dropped);
-        for bytes in [serde_json::to_vec(&r).unwrap(), encode_unkeyed(&r)] {
-            assert_eq!(decode(r.asset_key.as_bytes(), &bytes).unwrap(), r);
-            let view = sweep_view(r.asset_key.as_bytes(), &bytes).unwrap();
-            assert_eq!(
-                (&*view.asset_key, &*view.source, &*view.last_seen_run, view.live),
-                ("pg/db/public/orders", "pg", "run-7", false)
-            );
-        }
-    }
-
-    #[test]
-    fn control_keys_are_short_grouped_by_source_and_above_the_first_layout() {
+    fn control_keys_are_short_and_grouped_by_source() {
         let a = control_key("pg", "pg/db/s/a");
         assert_eq!(a.len(), 20, "short enough to live inside a skiplist node");
         assert_ne!(a, control_key("pg", "pg/db/s/b"));
         assert_eq!(a[..4], control_prefix("pg"));
         assert_eq!(control_key("pg", "pg/db/s/b")[..4], control_prefix("pg"));
         assert_ne!(control_prefix("pg"), control_prefix("mysql"));
-        // Every first-layout key (UTF-8 text, whatever it starts with) is in the legacy range.
-        let legacy = legacy_control_keys();
-        for text in ["pg/db/s/a", "\u{10ffff}", "~"] {
-            assert!(legacy.contains(&text.as_bytes()), "{text}");
-        }
-        assert!(!legacy.contains(&&a[..]));
     }
 
     fn history_row(outcome: Outcome, asset_key: Option<&str>) -> HistoryRow {
@@ -393,7 +315,7 @@ mod tests {
     }
 
     #[test]
-    fn history_rows_read_back_exactly_in_both_layouts() {
+    fn history_rows_read_back_exactly() {
         for outcome in Outcome::ALL {
             for key in [Some("pg/db/public/orders"), None] {
                 let row = history_row(outcome, key);
@@ -401,29 +323,29 @@ mod tests {
                 assert_eq!(decode_history(&bytes).unwrap(), row);
                 let json = serde_json::to_vec(&row).unwrap();
                 assert!(bytes.len() * 3 < json.len() * 2, "{} bytes against {} as JSON", bytes.len(), json.len());
-                assert_eq!(decode_history(&json).unwrap(), row);
             }
         }
     }
 
     #[test]
-    fn an_asset_keeps_its_history_keys_apart_from_other_assets_and_layouts() {
+    fn an_asset_keeps_its_history_keys_apart_from_other_assets() {
         let (a, b) = (history_key("pg/db/s/a", 7), history_key("pg/db/s/b", 7));
         assert_eq!(a.len(), 17);
         assert_ne!(a[..9], b[..9]);
         assert!(history_key("pg/db/s/a", 8) > a, "rows of one asset sort by sequence");
-        let [new, legacy] = history_ranges("pg/db/s/a");
-        assert!(new.0.as_slice() <= a.as_slice() && a.as_slice() <= new.1.as_slice());
-        let old = legacy_history_key("pg/db/s/a", 7);
-        assert!(legacy.0 <= old && old <= legacy.1);
-        assert!(!(new.0 <= old && old <= new.1), "the layouts do not interleave");
+        let range = history_range("pg/db/s/a");
+        assert!(range.contains(&a) && !range.contains(&b));
     }
 
     #[test]
     fn a_damaged_record_is_an_error_not_a_panic() {
         let bytes = encode(&record(RecordStatus::Live)).unwrap();
+        for other in [&b""[..], b"{\"asset_key\":\"x\"}", &[9, 1, 2]] {
+            let err = decode(other).unwrap_err();
+            assert!(err.to_string().contains("unreadable"), "{err}");
+        }
         for cut in [1, 5, bytes.len() / 2, bytes.len() - 1] {
-            let err = decode(b"k", &bytes[..cut]).unwrap_err();
+            let err = decode(&bytes[..cut]).unwrap_err();
             assert!(err.to_string().contains("unreadable"), "{err}");
         }
         let bytes = encode_history(&history_row(Outcome::Created, Some("k"))).unwrap();

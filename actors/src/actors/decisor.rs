@@ -28,7 +28,7 @@ use crate::envelope::Envelope;
 use crate::event::EventKind;
 use crate::hash::{HashIgnore, content_hash};
 use crate::lookup::{CachedLookup, LookupKeys};
-use crate::metrics::{ActorName, Metrics};
+use crate::metrics::{ActorName, Flow, Metrics};
 use crate::ports::{
     BackendError, BackendResult, ContentPut, ContentStore, ControlStore, FailureKind, RecordKey, RecordWrite,
     SinkRecord,
@@ -244,7 +244,7 @@ async fn apply_events(deps: &DecisorDeps, batch: &mut Vec<Pending>) {
     };
     let n = rows.len();
     if let Err(e) = waiting(deps, {
-        deps.metrics.sent(ActorName::HistoryWriter);
+        deps.metrics.sent(Flow::DecisorHistory, n as u64);
         deps.history.send(Record(rows))
     })
     .await
@@ -409,9 +409,11 @@ async fn decide_and_publish(
             .call("content store", "put", || deps.content.put_many(&contents))
             .await
             .map_err(|e| (Stage::Decide, e))?;
+        deps.metrics.sent(Flow::DecisorContent, contents.len() as u64);
     }
     if !upserts.is_empty() {
         let n = upserts.len() as u64;
+        deps.metrics.sent(Flow::DecisorUpsert, n);
         waiting(deps, deps.upserts.send(Publish(upserts)))
             .await
             .unwrap_or_else(|_| Err(stopped("upsert producer")))
@@ -430,6 +432,9 @@ async fn decide_and_publish(
     }
     if !changed.is_empty() {
         let put = deps.retry.call("control store", "put", || deps.control.put_many(&changed)).await;
+        if put.is_ok() {
+            deps.metrics.sent(Flow::DecisorControl, changed.len() as u64);
+        }
         if let Err(e) = put {
             if e.kind == FailureKind::Conflict {
                 earlier.read = dirty.into_iter().zip(priors).collect();
@@ -479,9 +484,9 @@ async fn dead_letter_all(deps: &DecisorDeps, batch: Vec<Pending>, stage: Stage, 
             dl.asset_key = Some(p.key);
             (dl, p.env.ack)
         })
-        .collect();
+        .collect::<Vec<_>>();
     if {
-        deps.metrics.sent(ActorName::HistoryWriter);
+        deps.metrics.sent(Flow::DecisorHistory, letters.len() as u64);
         deps.history.send(DeadLetters(letters))
     }
     .await
@@ -553,15 +558,16 @@ async fn try_apply_drops(deps: &DecisorDeps, cmd: &ApplyDrops) -> BackendResult<
     }
     let n = outputs.len();
     waiting(deps, {
-        deps.metrics.sent(ActorName::DropProducer);
+        deps.metrics.sent(Flow::DecisorDrop, n as u64);
         deps.drops.send(Publish(outputs))
     })
     .await
     .unwrap_or_else(|_| Err(stopped("drop producer")))?;
     Metrics::add(&deps.metrics.drops_published, n as u64);
     deps.retry.call("control store", "put", || deps.control.put_many(&changed)).await?;
+    deps.metrics.sent(Flow::DecisorControl, changed.len() as u64);
     waiting(deps, {
-        deps.metrics.sent(ActorName::HistoryWriter);
+        deps.metrics.sent(Flow::DecisorHistory, rows.len() as u64);
         deps.history.send(Record(rows))
     })
     .await

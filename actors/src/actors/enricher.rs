@@ -19,7 +19,7 @@ use crate::envelope::Envelope;
 use crate::event::{AssetEvent, EventKind};
 use crate::forward::{Ping, forward_from};
 use crate::lookup::{CachedLookup, LookupKeys};
-use crate::metrics::{ActorName, Metrics};
+use crate::metrics::{ActorName, Flow, Metrics};
 use crate::ports::BackendError;
 
 /// Enrich this event.
@@ -58,11 +58,11 @@ impl Enricher {
         let env = env.map(|event| Enriched { event, business, enriched_at: Utc::now() });
         match &self.next {
             Next::Decide(router) => {
-                self.metrics.sent(ActorName::Router);
+                self.metrics.sent(Flow::EnricherRouter, 1);
                 forward_from::<Self, _, _>(ctx, router, Route(env))
             }
             Next::Publish(producer) => {
-                self.metrics.sent(ActorName::EnrichedProducer);
+                self.metrics.sent(Flow::EnricherEnriched, 1);
                 forward_from::<Self, _, _>(ctx, producer, Deliver(env))
             }
         }
@@ -79,7 +79,7 @@ impl Enricher {
             env.attempts,
         );
         dl.asset_key = env.body.asset_key();
-        self.metrics.sent(ActorName::HistoryWriter);
+        self.metrics.sent(Flow::EnricherHistory, 1);
         forward_from::<Self, _, _>(ctx, &self.history, DeadLetters(vec![(dl, env.ack)]));
     }
 }

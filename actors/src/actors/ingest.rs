@@ -13,7 +13,7 @@ use crate::decision::{DeadLetter, Stage};
 use crate::envelope::Envelope;
 use crate::event::{RejectKind, decode};
 use crate::forward::forward;
-use crate::metrics::{ActorName, Metrics};
+use crate::metrics::{Flow, Metrics};
 use crate::ports::{Pull, Source};
 use std::sync::Arc;
 
@@ -154,7 +154,7 @@ impl IngestLoop {
                     ack: m.ack,
                     read_at,
                 };
-                self.metrics.sent(ActorName::Enricher);
+                self.metrics.sent_from(&self.name, Flow::IngestEnricher, 1);
                 forward(&self.enricher, Enrich(env)).await.is_ok()
             }
             Err(rejection) => {
@@ -168,7 +168,7 @@ impl IngestLoop {
                     m.origin,
                     m.attempts,
                 );
-                self.metrics.sent(ActorName::HistoryWriter);
+                self.metrics.sent_from(&self.name, Flow::IngestHistory, 1);
                 forward(&self.history, DeadLetters(vec![(dl, m.ack)])).await.is_ok()
             }
         }

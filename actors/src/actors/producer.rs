@@ -12,7 +12,7 @@ use super::Enriched;
 use super::history::{DeadLetters, HistoryWriter, Record};
 use crate::decision::{DeadLetter, HistoryRow, Outcome, Stage, decision_id, rfc3339};
 use crate::envelope::Envelope;
-use crate::metrics::{ActorName, Metrics};
+use crate::metrics::{ActorName, Flow, Metrics};
 use crate::ports::{BackendError, BackendResult, Sink, SinkRecord};
 use crate::retry::RetryPolicy;
 
@@ -237,6 +237,7 @@ async fn finish_deliveries(
                 })
                 .collect();
             Metrics::add(&metrics.enriched_published, deliveries.len() as u64);
+            metrics.sent(Flow::EnrichedHistory, deliveries.len() as u64);
             if let Err(e) = history
                 .send(Record(rows))
                 .await
@@ -250,7 +251,7 @@ async fn finish_deliveries(
             }
         }
         Err(e) => {
-            let letters = deliveries
+            let letters: Vec<_> = deliveries
                 .into_iter()
                 .map(|d| {
                     let mut dl = DeadLetter::new(
@@ -267,7 +268,7 @@ async fn finish_deliveries(
                 })
                 .collect();
             if {
-                metrics.sent(ActorName::HistoryWriter);
+                metrics.sent(Flow::EnrichedHistory, letters.len() as u64);
                 history.send(DeadLetters(letters))
             }
             .await

@@ -18,7 +18,7 @@ use super::sweep::{self, SweepDeps, shard_of};
 use crate::envelope::Envelope;
 use crate::event::EventKind;
 use crate::forward::{Ping, forward_from};
-use crate::metrics::ActorName;
+use crate::metrics::{ActorName, Flow};
 
 /// Route this event.
 #[derive(Message)]
@@ -79,7 +79,7 @@ impl Router {
             EventKind::Running { .. } => {
                 let key = ev.asset_key().unwrap_or_default();
                 let shard = shard_of(&key, self.shards.len());
-                self.sweep.metrics.sent(ActorName::Decisor);
+                self.sweep.metrics.sent(Flow::RouterDecisor, 1);
                 forward_from::<Self, _, _>(ctx, &self.shards[shard], Decide(env));
             }
             EventKind::Completed { expected_assets } => self.start_sweep(env, expected_assets.is_some(), ctx),
@@ -136,6 +136,8 @@ impl Handler<Route> for Router {
     type Result = ();
     fn handle(&mut self, msg: Route, ctx: &mut Context<Self>) {
         self.sweep.metrics.handled(ActorName::Router);
+        let metrics = self.sweep.metrics.clone();
+        let _working = metrics.working(ActorName::Router);
         self.route(msg.0, ctx);
     }
 }

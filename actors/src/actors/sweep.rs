@@ -15,7 +15,7 @@ use crate::decide::SweepPlan;
 use crate::decision::{DeadLetter, HistoryRow, Outcome, Stage, decision_id};
 use crate::envelope::Envelope;
 use crate::event::EventKind;
-use crate::metrics::{ActorName, Metrics};
+use crate::metrics::{Flow, Metrics};
 use crate::ports::ControlStore;
 use crate::retry::RetryPolicy;
 
@@ -128,7 +128,7 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
         at: Utc::now(),
     };
     match {
-        deps.metrics.sent(ActorName::HistoryWriter);
+        deps.metrics.sent(Flow::RouterHistory, 1);
         deps.history.send(Record(vec![row]))
     }
     .await
@@ -144,7 +144,7 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
 
 async fn finish_dead(deps: &SweepDeps, dl: DeadLetter, ack: crate::envelope::Ack) {
     if {
-        deps.metrics.sent(ActorName::HistoryWriter);
+        deps.metrics.sent(Flow::RouterHistory, 1);
         deps.history.send(DeadLetters(vec![(dl, ack)]))
     }
     .await

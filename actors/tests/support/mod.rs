@@ -144,6 +144,9 @@ impl ControlStore for MemControl {
         // records the slow shards have not written yet.
         Ok(self.records.lock().unwrap().values().filter(|r| r.source == source).cloned().collect())
     }
+    async fn list_all(&self) -> BackendResult<Vec<ControlRecord>> {
+        Ok(self.records.lock().unwrap().values().cloned().collect())
+    }
 }
 
 #[derive(Default)]

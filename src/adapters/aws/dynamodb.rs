@@ -295,4 +295,32 @@ impl ControlStore for DynamoControl {
             }
         }
     }
+
+    /// A Scan of the whole table, page by page: `assetflow assets` is the only caller, never
+    /// the pipeline. Checkpoint items share the table and are skipped.
+    async fn list_all(&self) -> BackendResult<Vec<ControlRecord>> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            self.requests.hit(SVC, "Scan");
+            let resp = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error(SVC, "Scan", e))?;
+            for item in resp.items() {
+                if get_s(item, "source").as_deref() != Some(CHECKPOINTS) {
+                    out.push(from_item(item)?);
+                }
+            }
+            match resp.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => return Ok(out),
+            }
+        }
+    }
 }

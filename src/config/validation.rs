@@ -1,0 +1,67 @@
+//! What serde cannot check: ranges, paths and identifiers. Every rule runs, so a file with
+//! several mistakes reports them all at once.
+
+use super::sections::{EnricherConfig, HistoryConfig, StageName};
+use super::{Config, Problem};
+
+/// Every problem of a deserialized config, in file order.
+pub fn problems(c: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut bad = |key: &str, message: String| out.push(Problem { key: key.to_owned(), message });
+    let p = &c.pipeline;
+    if p.stages.is_empty() || !p.stages.contains(&StageName::Enrich) {
+        bad("pipeline.stages", "expected [\"enrich\", \"decide\"] or [\"enrich\"]".into());
+    }
+    if p.shards == 0 || p.shards > 256 {
+        bad("pipeline.shards", format!("expected 1 to 256 shards, got {}", p.shards));
+    }
+    if p.mailbox == 0 {
+        bad("pipeline.mailbox", "expected a capacity of at least 1".into());
+    }
+    if p.max_in_flight == 0 {
+        bad("pipeline.max_in_flight", "expected at least 1 message in flight".into());
+    }
+    if c.limits.max_event_bytes == 0 {
+        bad("limits.max_event_bytes", "expected at least 1 byte".into());
+    }
+    if c.sources.is_empty() {
+        bad("sources", "expected at least one [[sources]] entry, e.g. kind = \"file\", path = \"events.jsonl\"".into());
+    }
+    let lookup = match &c.enricher {
+        EnricherConfig::None => Vec::new(),
+        EnricherConfig::File(f) => f.lookup.clone(),
+        EnricherConfig::Postgres(p) => p.lookup.clone(),
+    };
+    for (i, ptr) in lookup.iter().enumerate() {
+        if !ptr.starts_with('/') {
+            bad(
+                &format!("enricher.lookup[{i}]"),
+                format!("expected a JSON pointer like \"/asset/database\", got {ptr:?}"),
+            );
+        }
+    }
+    let d = &c.decisor;
+    for (i, path) in d.hash_ignore.iter().enumerate() {
+        if path.is_empty() || path.split('.').any(str::is_empty) {
+            bad(
+                &format!("decisor.hash_ignore[{i}]"),
+                format!("expected a dotted path like \"stats.row_count\", got {path:?}"),
+            );
+        }
+    }
+    if !(0.0..=1.0).contains(&d.max_drop_fraction) {
+        bad("decisor.max_drop_fraction", format!("expected a fraction from 0.0 to 1.0, got {}", d.max_drop_fraction));
+    }
+    if let HistoryConfig::Scylla { nodes, keyspace } = &c.history {
+        if nodes.is_empty() {
+            bad("history.nodes", "the scylla history store needs nodes = [\"127.0.0.1:9042\"]".into());
+        }
+        if !crate::adapters::scylla_history::valid_keyspace(keyspace) {
+            bad("history.keyspace", format!("expected a plain identifier (letters, digits, _), got {keyspace:?}"));
+        }
+    }
+    if c.retry.attempts == 0 {
+        bad("retry.attempts", "expected at least 1 attempt".into());
+    }
+    out
+}

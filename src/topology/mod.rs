@@ -1,0 +1,289 @@
+//! From config to a running topology: the [`Graph`] of what runs, and the adapter behind each
+//! port it names (Vector's `topology::builder`, in small).
+//!
+//! - [`graph`]: the graph built once from the config, drawn by `assetflow topology` and served
+//!   to the status page.
+
+mod graph;
+
+use std::sync::Arc;
+
+use assetflow_actors::pipeline::{Ports, Settings};
+use assetflow_actors::ports::{ContentStore, ControlStore, HistoryStore, Lookup, Sink, Source};
+
+use crate::adapters::aws::dynamodb::DynamoControl;
+use crate::adapters::aws::kinesis::KinesisSource;
+use crate::adapters::aws::s3::S3Content;
+use crate::adapters::aws::sqs::{SqsSink, SqsSource};
+use crate::adapters::aws::{Aws, RequestCounter};
+use crate::adapters::checkpoints::Checkpoints;
+use crate::adapters::content_dir::ContentDir;
+use crate::adapters::file_lookup::{FileLookup, NoLookup};
+use crate::adapters::file_sink::{FileSink, StdoutSink};
+use crate::adapters::file_source::{FileSource, StdinSource};
+use crate::adapters::http_source::HttpSource;
+use crate::adapters::kafka::sink::KafkaSink;
+use crate::adapters::kafka::source::{KafkaSource, KafkaSourceOptions};
+use crate::adapters::postgres_lookup::PgLookup;
+use crate::adapters::scylla_history::ScyllaHistory;
+use crate::adapters::state::StateStore;
+use crate::config::{
+    Config, ContentConfig, ControlConfig, EnricherConfig, HistoryConfig, KafkaSourceConfig, SinkConfig, SourceConfig,
+};
+
+pub use graph::{Edge, Graph, Node};
+
+/// A failure to build the topology, naming the config key and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: key `{key}`: {message}")]
+pub struct BuildError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+fn build_err(config: &Config, key: impl Into<String>, message: impl Into<String>) -> BuildError {
+    BuildError { file: config.file.display().to_string(), key: key.into(), message: message.into() }
+}
+
+/// The pipeline settings a config asks for.
+pub fn settings(config: &Config) -> Settings {
+    let lookup = config.enricher.lookup();
+    Settings {
+        shards: config.pipeline.shards,
+        mailbox: config.pipeline.mailbox,
+        max_event_bytes: config.limits.max_event_bytes,
+        hash_ignore: config.decisor.hash_ignore.clone(),
+        max_drop_fraction: config.decisor.max_drop_fraction,
+        completion_timeout: config.decisor.completion_timeout,
+        retry: config.retry.policy(),
+        lookup_pointers: lookup.lookup,
+        cache_ttl: lookup.cache_ttl,
+        drain_timeout: config.shutdown.timeout,
+        max_in_flight: config.pipeline.max_in_flight,
+        ..Settings::default()
+    }
+}
+
+/// Opens the embedded store of a config.
+pub fn open_state(config: &Config) -> Result<StateStore, BuildError> {
+    StateStore::open(&config.state_dir()).map_err(|m| build_err(config, "pipeline.state_dir", m))
+}
+
+/// The adapters of a topology, and what the command reports about them afterwards.
+pub struct Built {
+    pub ports: Ports,
+    /// What runs, as drawn and as the status page shows it.
+    pub graph: Graph,
+    /// AWS requests made, when the topology uses AWS.
+    pub aws_requests: Option<RequestCounter>,
+    pub aws: Option<Aws>,
+}
+
+fn uses_aws(config: &Config) -> bool {
+    config.sources.iter().any(|s| matches!(s, SourceConfig::Kinesis { .. } | SourceConfig::Sqs { .. }))
+        || matches!(config.control, ControlConfig::Dynamodb(_))
+        || matches!(config.content, ContentConfig::S3 { .. })
+        || [&config.sinks.upsert, &config.sinks.drop, &config.sinks.dead_letter, &config.sinks.enriched]
+            .iter()
+            .any(|s| matches!(s, SinkConfig::Sqs { .. }))
+}
+
+fn backend_err(config: &Config, key: &str, e: assetflow_actors::ports::BackendError) -> BuildError {
+    build_err(
+        config,
+        key,
+        format!("{e}; check that the backend is reachable and the resource exists (or set create_if_missing)"),
+    )
+}
+
+/// The AWS clients, when some part of the topology is on AWS.
+async fn aws(config: &Config) -> Option<Aws> {
+    if uses_aws(config) { Some(Aws::load(&config.aws).await) } else { None }
+}
+
+fn aws_or_err<'a>(config: &Config, aws: Option<&'a Aws>, key: &str) -> Result<&'a Aws, BuildError> {
+    aws.ok_or_else(|| build_err(config, key, "AWS is not configured"))
+}
+
+/// The control store a config names.
+async fn control_store(
+    config: &Config,
+    state: &StateStore,
+    aws: Option<&Aws>,
+) -> Result<(Arc<dyn ControlStore>, Arc<dyn Checkpoints>), BuildError> {
+    match &config.control {
+        ControlConfig::Embedded => Ok((Arc::new(state.clone()), Arc::new(state.clone()))),
+        ControlConfig::Dynamodb(t) => {
+            let d = DynamoControl::new(aws_or_err(config, aws, "control.kind")?, &t.table);
+            if t.create_if_missing {
+                d.ensure_table().await.map_err(|e| backend_err(config, "control.table", e))?;
+            }
+            Ok((Arc::new(d.clone()), Arc::new(d)))
+        }
+    }
+}
+
+/// The control store a config names, on its own: what `assetflow assets` reads.
+pub async fn open_control(config: &Config, state: &StateStore) -> Result<Arc<dyn ControlStore>, BuildError> {
+    let aws = aws(config).await;
+    Ok(control_store(config, state, aws.as_ref()).await?.0)
+}
+
+fn source(
+    config: &Config,
+    i: usize,
+    s: &SourceConfig,
+    state: &StateStore,
+    aws: Option<&Aws>,
+    checkpoints: &Arc<dyn Checkpoints>,
+) -> impl std::future::Future<Output = Result<Box<dyn Source>, BuildError>> {
+    let key = format!("sources[{i}]");
+    let name = s.display_name();
+    async move {
+        Ok(match s {
+            SourceConfig::File { path, follow, .. } => Box::new(
+                FileSource::open(name, &config.resolve(path), *follow, state.clone(), config.limits.max_event_bytes)
+                    .map_err(|m| build_err(config, format!("{key}.path"), m))?,
+            ) as Box<dyn Source>,
+            SourceConfig::Stdin { .. } => Box::new(StdinSource::new(name)),
+            SourceConfig::Http { listen, .. } => Box::new(
+                HttpSource::bind(name, listen).await.map_err(|m| build_err(config, format!("{key}.listen"), m))?,
+            ),
+            SourceConfig::Kinesis { stream, follow, .. } => {
+                Box::new(KinesisSource::new(aws_or_err(config, aws, &key)?, name, stream, checkpoints.clone(), *follow))
+            }
+            SourceConfig::Sqs { queue_url, wait_seconds, follow, .. } => Box::new(SqsSource::new(
+                aws_or_err(config, aws, &key)?,
+                name,
+                queue_url,
+                (*wait_seconds).clamp(0, 20),
+                !*follow,
+            )),
+            SourceConfig::Kafka(KafkaSourceConfig {
+                brokers,
+                topic,
+                group,
+                auto_offset_reset,
+                session_timeout_ms,
+                follow,
+                options,
+                ..
+            }) => {
+                let opts = KafkaSourceOptions {
+                    auto_offset_reset: auto_offset_reset.clone(),
+                    session_timeout_ms: *session_timeout_ms,
+                    follow: *follow,
+                    extra: options.clone(),
+                };
+                Box::new(KafkaSource::new(name, brokers, topic, group, &opts).map_err(|m| build_err(config, &key, m))?)
+            }
+        })
+    }
+}
+
+fn lookup(config: &Config) -> Result<Arc<dyn Lookup>, BuildError> {
+    Ok(match &config.enricher {
+        EnricherConfig::None => Arc::new(NoLookup),
+        EnricherConfig::File(f) => {
+            let fields = f.key_fields.clone().unwrap_or_else(|| {
+                f.lookup.iter().map(|p| p.rsplit('/').next().unwrap_or_default().to_owned()).collect()
+            });
+            Arc::new(
+                FileLookup::load(&config.resolve(&f.path), &fields)
+                    .map_err(|m| build_err(config, "enricher.path", m))?,
+            )
+        }
+        EnricherConfig::Postgres(p) => Arc::new(
+            PgLookup::new(&p.url, &p.query, p.pool_size, p.timeout)
+                .map_err(|m| build_err(config, "enricher.url", m))?,
+        ),
+    })
+}
+
+async fn content_store(config: &Config, aws: Option<&Aws>) -> Result<Arc<dyn ContentStore>, BuildError> {
+    Ok(match &config.content {
+        ContentConfig::Dir { path } => {
+            let path = path.as_deref().map(|p| config.resolve(p)).unwrap_or_else(|| config.state_dir().join("content"));
+            Arc::new(ContentDir::open(&path).map_err(|m| build_err(config, "content.path", m))?)
+        }
+        ContentConfig::S3 { bucket, prefix, create_if_missing } => {
+            let c = S3Content::new(aws_or_err(config, aws, "content.kind")?, bucket, prefix);
+            if *create_if_missing {
+                c.ensure_bucket().await.map_err(|e| backend_err(config, "content.bucket", e))?;
+            }
+            Arc::new(c)
+        }
+    })
+}
+
+/// Builds every adapter the config names (its sources only if `with_sources`), and the graph
+/// of what will run.
+pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool) -> Result<Built, BuildError> {
+    let aws = aws(config).await;
+    let (control, checkpoints) = control_store(config, state, aws.as_ref()).await?;
+    let mut sources: Vec<(String, Box<dyn Source>)> = Vec::new();
+    for (i, s) in config.sources.iter().enumerate().filter(|_| with_sources) {
+        sources.push((s.display_name(), source(config, i, s, state, aws.as_ref(), &checkpoints).await?));
+    }
+    let history = history_store(config, state).await?;
+    let content = content_store(config, aws.as_ref()).await?;
+    // Enrich-only topologies never write upserts or drops: their sinks are not even opened.
+    let dead = sink(config, aws.as_ref(), "sinks.dead_letter", &config.sinks.dead_letter)?;
+    let ports = Ports {
+        sources,
+        control,
+        content,
+        history,
+        lookup: lookup(config)?,
+        upsert_sink: if config.decides() {
+            sink(config, aws.as_ref(), "sinks.upsert", &config.sinks.upsert)?
+        } else {
+            dead.clone()
+        },
+        drop_sink: if config.decides() {
+            sink(config, aws.as_ref(), "sinks.drop", &config.sinks.drop)?
+        } else {
+            dead.clone()
+        },
+        dead_letter_sink: dead,
+        enriched_sink: if config.decides() {
+            None
+        } else {
+            Some(sink(config, aws.as_ref(), "sinks.enriched", &config.sinks.enriched)?)
+        },
+    };
+    let names: Vec<String> = ports.sources.iter().map(|(n, _)| n.clone()).collect();
+    let graph = Graph::build(config, &names);
+    Ok(Built { ports, graph, aws_requests: aws.as_ref().map(|a| a.requests.clone()), aws })
+}
+
+/// The history store a config names: embedded, or ScyllaDB.
+pub async fn history_store(config: &Config, state: &StateStore) -> Result<Arc<dyn HistoryStore>, BuildError> {
+    match &config.history {
+        HistoryConfig::Embedded => Ok(Arc::new(state.clone())),
+        HistoryConfig::Scylla { nodes, keyspace } => {
+            let h = ScyllaHistory::connect(nodes, keyspace).await.map_err(|m| build_err(config, "history.nodes", m))?;
+            Ok(Arc::new(h))
+        }
+    }
+}
+
+fn sink(config: &Config, aws: Option<&Aws>, key: &str, s: &SinkConfig) -> Result<Arc<dyn Sink>, BuildError> {
+    match s {
+        SinkConfig::File { path } => Ok(Arc::new(
+            FileSink::open(&config.resolve(path)).map_err(|m| build_err(config, format!("{key}.path"), m))?,
+        )),
+        SinkConfig::Stdout => Ok(Arc::new(StdoutSink)),
+        SinkConfig::Sqs { queue_url } => Ok(Arc::new(SqsSink::new(aws_or_err(config, aws, key)?, queue_url))),
+        SinkConfig::Kafka { brokers, topic, options } => {
+            Ok(Arc::new(KafkaSink::new(brokers, topic, options).map_err(|m| build_err(config, key, m))?))
+        }
+    }
+}
+
+/// The graph of a config as configured (its own sources), for `assetflow topology`.
+pub fn graph(config: &Config) -> Graph {
+    let names: Vec<String> = config.sources.iter().map(SourceConfig::display_name).collect();
+    Graph::build(config, &names)
+}
