@@ -9,5 +9,5 @@ pub mod adapters;
 pub mod admin;
 pub mod commands;
 pub mod config;
-pub mod generator;
+pub mod generate;
 pub mod topology;

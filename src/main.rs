@@ -65,7 +65,7 @@ enum Command {
     /// topic or a Kinesis stream.
     Gen {
         #[command(flatten)]
-        params: assetflow::generator::GenParams,
+        params: assetflow::generate::GenParams,
         /// Output file; standard output when absent (and no topic or stream is given).
         #[arg(long, conflicts_with_all = ["topic", "kinesis_stream"])]
         out: Option<PathBuf>,
@@ -115,20 +115,20 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-fn generate(params: &assetflow::generator::GenParams, out: Option<&std::path::Path>) -> anyhow::Result<String> {
+fn generate(params: &assetflow::generate::GenParams, out: Option<&std::path::Path>) -> anyhow::Result<String> {
     use anyhow::Context as _;
     let n = match out {
         Some(path) => {
             let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
             let mut w = std::io::BufWriter::new(file);
-            let n = assetflow::generator::generate(params, &mut w)?;
+            let n = assetflow::generate::generate(params, &mut w)?;
             std::io::Write::flush(&mut w)?;
             n
         }
         None => {
             let stdout = std::io::stdout();
             let mut w = std::io::BufWriter::new(stdout.lock());
-            let n = assetflow::generator::generate(params, &mut w)?;
+            let n = assetflow::generate::generate(params, &mut w)?;
             std::io::Write::flush(&mut w)?;
             n
         }
@@ -137,18 +137,17 @@ fn generate(params: &assetflow::generator::GenParams, out: Option<&std::path::Pa
     Ok(String::new())
 }
 
-fn generate_to_kafka(params: &assetflow::generator::GenParams, brokers: &str, topic: &str) -> anyhow::Result<String> {
+fn generate_to_kafka(params: &assetflow::generate::GenParams, brokers: &str, topic: &str) -> anyhow::Result<String> {
     use anyhow::Context as _;
-    let mut w = assetflow::adapters::kafka::lines::KafkaLines::new(brokers, topic).map_err(anyhow::Error::msg)?;
-    let n =
-        assetflow::generator::generate(params, &mut w).with_context(|| format!("writing to Kafka topic {topic}"))?;
+    let mut w = assetflow::generate::kafka::KafkaLines::new(brokers, topic).map_err(anyhow::Error::msg)?;
+    let n = assetflow::generate::generate(params, &mut w).with_context(|| format!("writing to Kafka topic {topic}"))?;
     w.finish().with_context(|| format!("writing to Kafka topic {topic}"))?;
     tracing::info!("wrote {n} events to Kafka topic {topic}");
     Ok(String::new())
 }
 
 fn generate_to_kinesis(
-    params: &assetflow::generator::GenParams,
+    params: &assetflow::generate::GenParams,
     stream: &str,
     config: Option<&std::path::Path>,
 ) -> anyhow::Result<String> {
@@ -162,9 +161,8 @@ fn generate_to_kinesis(
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let aws = runtime.block_on(assetflow::adapters::aws::Aws::load(&aws_config));
-    let mut w = assetflow::adapters::aws::kinesis_lines::KinesisLines::new(&aws, stream, runtime)
-        .map_err(anyhow::Error::msg)?;
-    assetflow::generator::generate(params, &mut w).with_context(|| format!("writing to Kinesis stream {stream}"))?;
+    let mut w = assetflow::generate::kinesis::KinesisLines::new(&aws, stream, runtime).map_err(anyhow::Error::msg)?;
+    assetflow::generate::generate(params, &mut w).with_context(|| format!("writing to Kinesis stream {stream}"))?;
     let (records, calls) = w.finish().with_context(|| format!("writing to Kinesis stream {stream}"))?;
     tracing::info!("put {records} events on Kinesis stream {stream} in {calls} PutRecords calls");
     Ok(String::new())

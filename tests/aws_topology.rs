@@ -131,6 +131,71 @@ fn every_shared_scenario_through_kinesis_dynamodb_s3_and_sqs() {
 }
 
 #[test]
+fn assets_lists_the_control_table_in_dynamodb() {
+    // `assetflow assets` once read the embedded store whatever the config named, and listed
+    // nothing in this topology.
+    require_emulator();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let conf = rt.block_on(sdk_config());
+    let scenario = scenarios().into_iter().next().expect("a scenario");
+    let aws = rt.block_on(AwsRun::create(&conf));
+    let lines: Vec<String> = std::fs::read_to_string(scenario.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.len() <= 1024 * 1024)
+        .map(str::to_owned)
+        .collect();
+    rt.block_on(put_lines(&conf, &aws.stream, &lines));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(scenario.join("business.json"), dir.path().join("business.json")).unwrap();
+    std::fs::write(dir.path().join("config.toml"), aws.config()).unwrap();
+    let out = run_in(dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = rt.block_on(aws.outputs(&conf));
+    let keys = |v: &[serde_json::Value]| -> std::collections::BTreeSet<String> {
+        v.iter().map(|o| o["asset_key"].as_str().unwrap().to_owned()).collect()
+    };
+    let (upserted, dropped) = (keys(&got.upserts), keys(&got.drops));
+    assert!(!upserted.is_empty(), "the scenario upserts something");
+
+    // (asset key, status) rows of `assetflow assets` run in `dir`.
+    let listed = |dir: &Path, args: &[&str]| -> Vec<(String, String)> {
+        let out = common::assetflow(dir, &[&["assets", "--config", "config.toml"], args].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rows: Vec<(String, String)> = text
+            .lines()
+            .skip(1)
+            .filter(|l| l.contains('/'))
+            .map(|l| {
+                let mut cols = l.split_whitespace();
+                (cols.next().unwrap().to_owned(), cols.next().unwrap().to_owned())
+            })
+            .collect();
+        assert!(text.ends_with(&format!("{} assets\n", rows.len())), "{text}");
+        rows
+    };
+    let all = listed(dir.path(), &[]);
+    let keys: std::collections::BTreeSet<String> = all.iter().map(|r| r.0.clone()).collect();
+    assert_eq!(keys, upserted, "every asset ever upserted has a record, and nothing else");
+    let dropped_now: std::collections::BTreeSet<String> =
+        all.iter().filter(|r| r.1 == "dropped").map(|r| r.0.clone()).collect();
+    assert!(dropped_now.is_subset(&dropped));
+    // The same scenario through the embedded topology leaves the same table.
+    let embedded = common::prepare(&scenario);
+    let out = common::assetflow(embedded.path(), &["run", "--config", "config.toml"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(all, listed(embedded.path(), &[]));
+    for status in ["live", "dropped"] {
+        let want: Vec<_> = all.iter().filter(|r| r.1 == status).cloned().collect();
+        assert_eq!(listed(dir.path(), &["--status", status]), want, "--status {status}");
+    }
+    let source = all[0].0.split('/').next().unwrap().to_owned();
+    let want: Vec<_> = all.iter().filter(|r| r.0.starts_with(&format!("{source}/"))).cloned().collect();
+    assert_eq!(listed(dir.path(), &["--source", &source]), want);
+}
+
+#[test]
 fn killed_and_restarted_mid_stream_loses_nothing() {
     require_emulator();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

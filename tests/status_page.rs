@@ -1,6 +1,7 @@
-//! The status page in a real headless browser (Debian's chromium): it renders the topology,
-//! its numbers move while events flow, a throttled sink is marked as the slowest stage, and
-//! screenshots are kept in target/test-artifacts/.
+//! The status page in a real headless browser (Debian's chromium): it draws exactly the graph
+//! `assetflow topology` prints, every edge carries the rate of what flows on it, its numbers
+//! move while events flow, a throttled sink is marked as the slowest stage (and its producer's
+//! mailbox fills), and screenshots are kept in target/test-artifacts/.
 
 mod common;
 
@@ -9,7 +10,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{SCENARIO_CONFIG, aws, proxy};
+use std::collections::BTreeSet;
+
+use common::{SCENARIO_CONFIG, aws, http_get, proxy};
 
 fn chromium() -> &'static str {
     for c in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
@@ -33,7 +36,7 @@ fn render(url: &str, screenshot: Option<&PathBuf>) -> String {
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
-        "--window-size=1100,700",
+        "--window-size=1500,700",
         "--virtual-time-budget=2500",
     ])
     .arg(format!("--user-data-dir={}", profile.path().display()));
@@ -51,6 +54,42 @@ fn count(dom: &str, label: &str) -> u64 {
         dom.find(&format!("<th>{label}</th><td>")).unwrap_or_else(|| panic!("no `{label}` row in the page: {dom}"));
     let rest = &dom[at + label.len() + 13..];
     rest[..rest.find('<').unwrap_or(0)].parse().unwrap_or(0)
+}
+
+/// Every value of `attr="…"` on elements whose markup starts with `tag` (e.g. `<g`).
+fn attrs(dom: &str, tag: &str, attr: &str) -> BTreeSet<String> {
+    dom.split(tag)
+        .skip(1)
+        .filter_map(|el| {
+            let el = &el[..el.find('>').unwrap_or(el.len())];
+            let at = el.find(&format!("{attr}=\""))? + attr.len() + 2;
+            Some(unescape(&el[at..at + el[at..].find('"')?]))
+        })
+        .collect()
+}
+
+/// A dumped DOM escapes `>` inside attribute values.
+fn unescape(v: &str) -> String {
+    v.replace("&gt;", ">").replace("&lt;", "<").replace("&amp;", "&")
+}
+
+/// The rate label of each edge in a rendered page, by `from->to`.
+fn rates(dom: &str) -> Vec<(String, String)> {
+    dom.split("<text class=\"rate\" data-edge=\"")
+        .skip(1)
+        .filter_map(|rest| {
+            let edge = &rest[..rest.find('"')?];
+            let label = &rest[rest.find('>')? + 1..rest.find("</text>")?];
+            Some((unescape(edge), label.to_owned()))
+        })
+        .collect()
+}
+
+/// The graph `assetflow topology --format json` prints for the config in `dir`.
+fn cli_graph(dir: &std::path::Path) -> serde_json::Value {
+    let out = common::assetflow(dir, &["topology", "--format", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("topology json")
 }
 
 /// A working folder for a followed run with the admin server on a free port: (folder, port,
@@ -99,10 +138,50 @@ fn the_status_page_renders_the_topology_with_moving_numbers() {
         "{first}"
     );
     assert!(first.contains("file:events.jsonl"), "the source is drawn: {first}");
+    let (status_a, flows_a) = flows(port);
     std::thread::sleep(Duration::from_millis(1500));
     let second = render(&url, None);
     let (a, b) = (count(&first, "events in"), count(&second, "events in"));
     assert!(b > a && a > 0, "numbers move: {a} then {b}");
+
+    // The page draws the graph the command line prints: the same nodes, the same edges.
+    let graph = cli_graph(dir.path());
+    let nodes: BTreeSet<String> =
+        graph["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap().to_owned()).collect();
+    let edges: BTreeSet<String> = graph["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{}->{}", e["from"].as_str().unwrap(), e["to"].as_str().unwrap()))
+        .collect();
+    assert_eq!(attrs(&second, "<g", "data-node"), nodes, "the page's nodes are the graph's");
+    assert_eq!(attrs(&second, "<path", "data-edge"), edges, "the page's edges are the graph's");
+    // Every edge is labelled with a rate...
+    let labels = rates(&second);
+    assert_eq!(labels.iter().map(|(e, _)| e.clone()).collect::<BTreeSet<_>>(), edges);
+    for (edge, label) in &labels {
+        let n = label.strip_suffix("/s").and_then(|n| n.parse::<u64>().ok());
+        assert!(n.is_some(), "edge {edge} shows {label:?}, not a rate");
+    }
+    // ...computed from its own counter, and the counters of the edges events take all move.
+    let (status_b, flows_b) = flows(port);
+    assert!(status_a == 200 && status_b == 200);
+    for e in graph["edges"].as_array().unwrap() {
+        let key = e["flow"].as_str().unwrap();
+        assert!(flows_b.get(key).is_some(), "no counter `{key}` in /status.json: {flows_b}");
+        let on_the_way = [
+            "source:",
+            "ingest:file:events.jsonl->enricher",
+            "enricher->router",
+            "router->decisor",
+            "decisor->control",
+            "decisor->history_writer",
+        ];
+        if on_the_way.iter().any(|p| key.starts_with(p)) {
+            let (x, y) = (flows_a[key].as_u64().unwrap_or(0), flows_b[key].as_u64().unwrap_or(0));
+            assert!(y > x, "edge {key} carries events: {x} then {y}");
+        }
+    }
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/status-page.png");
     std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
     let _ = std::fs::remove_file(&shot);
@@ -111,6 +190,13 @@ fn the_status_page_renders_the_topology_with_moving_numbers() {
     writer.join().unwrap();
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// `/status.json`'s `flows`.
+fn flows(port: u16) -> (u16, serde_json::Value) {
+    let (status, body) = http_get(port, "/status.json").expect("status.json");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    (status, v["flows"].clone())
 }
 
 /// The slowest-stage marker in a rendered page: the `data-actor` of the node marked `slow`.
@@ -141,7 +227,20 @@ fn a_throttled_sink_is_marked_as_the_slowest_stage() {
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
     generate(dir.path(), &["--sources", "2", "--assets", "1500", "--runs", "1", "--out", "events.jsonl"]);
     let mut child = common::spawn_run(dir.path());
-    std::thread::sleep(Duration::from_millis(2500));
+    // Shards wait on the throttled producer: its mailbox holds their batches meanwhile.
+    let mut deepest = 0.0f64;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        if let Some((200, text)) = http_get(port, "/metrics") {
+            let depth = text
+                .lines()
+                .find(|l| l.starts_with("assetflow_actor_mailbox_depth{actor=\"upsert_producer\"}"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            deepest = deepest.max(depth);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let url = format!("http://127.0.0.1:{port}/");
     let dom = render(&url, None);
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/status-page-throttled-sink.png");
@@ -152,4 +251,5 @@ fn a_throttled_sink_is_marked_as_the_slowest_stage() {
     assert!(throttle.requests.load(std::sync::atomic::Ordering::SeqCst) > 0, "the sink went through the throttle");
     assert_eq!(slowest(&dom).as_deref(), Some("upsert_producer"), "the page must point at the throttled sink: {dom}");
     assert!(dom.contains("◀ slowest stage"), "and say so in words: {dom}");
+    assert!(deepest > 0.0, "the upsert producer's mailbox depth moved under load");
 }

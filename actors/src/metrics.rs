@@ -237,6 +237,13 @@ impl Metrics {
             }
         }
     }
+    /// Counts `source`'s flows from zero, so an edge that nothing has crossed yet still shows.
+    pub fn add_source(&self, source: &str) {
+        let mut m = locked(&self.source_flows);
+        for f in Flow::ALL.into_iter().filter(|f| f.per_source()) {
+            m.entry((source.to_owned(), f as usize)).or_insert(0);
+        }
+    }
     /// Items sent along every edge so far, by [`Flow::key`].
     pub fn flows(&self) -> BTreeMap<String, u64> {
         let mut out: BTreeMap<String, u64> = Flow::ALL

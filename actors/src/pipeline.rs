@@ -131,6 +131,7 @@ impl Pipeline {
         };
         let mut drained = Vec::new();
         for (name, source) in ports.sources {
+            metrics.add_source(&name);
             let (tx, rx) = oneshot::channel();
             drained.push(rx);
             Ingest::new(

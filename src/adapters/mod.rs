@@ -9,7 +9,6 @@ pub mod file_sink;
 pub mod file_source;
 pub mod http_source;
 pub mod kafka;
-pub mod line_buffer;
 pub mod postgres_lookup;
 pub mod scylla_history;
 pub mod state;

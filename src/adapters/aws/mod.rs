@@ -6,7 +6,6 @@
 
 pub mod dynamodb;
 pub mod kinesis;
-pub mod kinesis_lines;
 pub mod s3;
 pub mod sqs;
 

@@ -1,8 +1,6 @@
 //! Kafka (rdkafka, bundled librdkafka): the `kafka` source (a consumer group committing the
-//! acknowledged prefix of each partition), the `kafka` sinks (an idempotent producer), and the
-//! line writer `assetflow gen` uses to fill a topic.
+//! acknowledged prefix of each partition) and the `kafka` sinks (an idempotent producer).
 
-pub mod lines;
 pub mod sink;
 pub mod source;
 

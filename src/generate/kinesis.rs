@@ -15,8 +15,8 @@ use assetflow_actors::ports::FailureKind;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 
-use super::{Aws, sdk_error};
-use crate::adapters::line_buffer::LineBuffer;
+use super::line_buffer::LineBuffer;
+use crate::adapters::aws::{Aws, sdk_error};
 
 const SVC: &str = "kinesis";
 /// Records per PutRecords call: the API's limit.

@@ -1,5 +1,15 @@
 //! `assetflow gen`: a deterministic generator of realistic crawl streams, for tests and
 //! benchmarks. The same parameters and seed always give the same bytes.
+//!
+//! The stream is written as JSON Lines to any [`std::io::Write`]: a file or standard output,
+//! or one of the writers here that turn each line into a message:
+//! - [`kafka`]: one record per line on a Kafka topic, keyed by the event's `source`;
+//! - [`kinesis`]: one record per line on a Kinesis stream, partition key the `source`;
+//! - [`line_buffer`]: what both use to hand on whole lines from written bytes.
+
+pub mod kafka;
+pub mod kinesis;
+mod line_buffer;
 
 use std::io::Write;
 

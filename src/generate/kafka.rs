@@ -9,7 +9,7 @@ use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use crate::adapters::line_buffer::LineBuffer;
+use super::line_buffer::LineBuffer;
 
 pub struct KafkaLines {
     producer: BaseProducer,
