@@ -2,11 +2,11 @@
 //! its canonical content hash, and the decision against a control record (with the decision id
 //! that goes with it). `make bench` runs them; `cargo test --all-targets` runs each once.
 
-use assetflow_actors::decide::judge;
 use assetflow_actors::decision::{decision_id, prior_state};
 use assetflow_actors::event::{EventKind, decode};
 use assetflow_actors::hash::{HashIgnore, content_hash};
 use assetflow_actors::record::{ControlRecord, RecordStatus};
+use assetflow_actors::rules::judge;
 use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
 
 /// An event shaped like `assetflow gen --payload 1024` makes.

@@ -39,19 +39,12 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// `created` or `updated`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Change {
-    Created,
-    Updated,
-}
-
 /// An upsert: the asset is new or changed (EVENTS.md §4.1).
 #[derive(Debug, Clone, Serialize)]
-pub struct Upsert {
+pub struct UpsertDecision {
     pub decision_id: String,
-    pub change: Change,
+    /// [`Outcome::Created`] or [`Outcome::Updated`].
+    pub change: Outcome,
     pub asset_key: String,
     pub source: String,
     pub run_id: String,
@@ -68,7 +61,7 @@ pub struct Upsert {
 
 /// A drop: a live asset not seen in a completed run of its source (EVENTS.md §4.2).
 #[derive(Debug, Clone, Serialize)]
-pub struct Drop {
+pub struct DropDecision {
     pub decision_id: String,
     pub asset_key: String,
     pub source: String,
@@ -86,8 +79,8 @@ pub struct Drop {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Decision {
-    Upsert(Upsert),
-    Drop(Drop),
+    Upsert(UpsertDecision),
+    Drop(DropDecision),
 }
 
 impl Decision {
@@ -257,6 +250,17 @@ impl Outcome {
         Outcome::DeadLetter,
         Outcome::Enriched,
     ];
+    /// Does this outcome publish an upsert?
+    pub fn is_upsert(self) -> bool {
+        matches!(self, Outcome::Created | Outcome::Updated)
+    }
+
+    /// The kind of decision a decision id is derived from: `upsert` for both kinds of upsert,
+    /// else the outcome's name.
+    pub fn decision_kind(self) -> &'static str {
+        if self.is_upsert() { "upsert" } else { self.as_str() }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Created => "created",
@@ -316,7 +320,7 @@ mod tests {
 
     #[test]
     fn decisions_serialize_with_their_type() {
-        let d = Decision::Drop(Drop {
+        let d = Decision::Drop(DropDecision {
             decision_id: "x".into(),
             asset_key: "k".into(),
             source: "s".into(),

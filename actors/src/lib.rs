@@ -25,7 +25,6 @@
 //! - [`pipeline`]: wiring the actors into a running topology.
 
 pub mod actors;
-pub mod decide;
 pub mod decision;
 pub mod envelope;
 pub mod event;
@@ -39,3 +38,4 @@ pub mod ports;
 pub mod record;
 pub mod redrive;
 pub mod retry;
+pub mod rules;

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
-use crate::decide::{SweepPlan, plan_sweep};
 use crate::decision::{HistoryRow, Origin};
 use crate::envelope::Ack;
 use crate::record::ControlRecord;
+use crate::rules::{SweepPlan, plan_sweep};
 
 /// How a backend call failed, which decides whether it is worth retrying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

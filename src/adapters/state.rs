@@ -11,13 +11,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use assetflow_actors::decide::{SweepPlan, SweepPlanner};
 use assetflow_actors::decision::HistoryRow;
 use assetflow_actors::envelope::Watermark;
 use assetflow_actors::ports::{
     BackendError, BackendResult, ControlStore, FailureKind, HistoryStore, RecordKey, RecordWrite,
 };
 use assetflow_actors::record::ControlRecord;
+use assetflow_actors::rules::{SweepPlan, SweepPlanner};
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 

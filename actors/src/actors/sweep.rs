@@ -11,13 +11,13 @@ use futures_util::future::join_all;
 use super::Enriched;
 use super::decisor::{ApplyDrops, Barrier, Decisor};
 use super::history::{DeadLetters, HistoryWriter, Record};
-use crate::decide::SweepPlan;
 use crate::decision::{DeadLetter, HistoryRow, Outcome, Stage, decision_id};
 use crate::envelope::Envelope;
 use crate::event::EventKind;
 use crate::metrics::{Flow, Metrics};
 use crate::ports::ControlStore;
 use crate::retry::RetryPolicy;
+use crate::rules::SweepPlan;
 
 /// Longest pause between two checks of a run that has not yet seen its expected assets.
 const EXPECTED_POLL: Duration = Duration::from_millis(200);

@@ -7,6 +7,11 @@
 //! then applies the effects outward first: content, output events, control records, history,
 //! and only then the acknowledgements. A batch runs under `ctx.wait`, so no other message of this
 //! shard is handled until it is done: that is what keeps each key's events in order.
+//!
+//! - [`plan`]: deciding a batch, pure: the events and the records they read in, a
+//!   [`plan::BatchPlan`] out. This file applies plans, and supervises batches.
+
+mod plan;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,22 +22,17 @@ use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use tokio::sync::oneshot;
 
+use self::plan::{BatchPlan, plan_batch, sink_record};
 use super::Enriched;
 use super::history::{DeadLetters, HistoryWriter, Record};
 use super::producer::{Producer, Publish};
-use crate::decide::{Verdict, judge};
-use crate::decision::{
-    Change, DeadLetter, Decision, Drop, HistoryRow, Outcome, Stage, Upsert, decision_id, prior_state,
-};
+use crate::decision::{DeadLetter, Decision, DropDecision, HistoryRow, Outcome, Stage, decision_id, prior_state};
 use crate::envelope::Envelope;
 use crate::event::EventKind;
 use crate::hash::{HashIgnore, content_hash};
 use crate::lookup::{CachedLookup, LookupKeys};
 use crate::metrics::{ActorName, Flow, Metrics};
-use crate::ports::{
-    BackendError, BackendResult, ContentPut, ContentStore, ControlStore, FailureKind, RecordKey, RecordWrite,
-    SinkRecord,
-};
+use crate::ports::{BackendError, BackendResult, ContentStore, ControlStore, FailureKind, RecordKey, RecordWrite};
 use crate::record::{ControlRecord, RecordStatus};
 use crate::retry::{RetryPolicy, panic_message};
 
@@ -295,7 +295,7 @@ impl EarlierRound {
     }
 }
 
-/// Decides the batch against fresh control records and applies content, outputs and records.
+/// Reads the batch's control records, plans it against them, and applies the plan.
 /// Returns the history rows to write, or the stage that failed.
 async fn decide_and_publish(
     deps: &DecisorDeps,
@@ -314,96 +314,24 @@ async fn decide_and_publish(
     deps.metrics.backend_result("control store", read.as_ref().map(|_| ()));
     let mut records = read.map_err(|e| (Stage::Decide, e))?;
     let landed = earlier.restore(&mut records);
-    let read_versions: HashMap<String, u64> = records.iter().map(|(k, r)| (k.clone(), r.version)).collect();
-    // Keys in first-change order (the write order), and the same set for O(1) membership.
-    let mut dirty: Vec<String> = Vec::new();
-    // Beside each of `dirty`, the record it had before this batch: what a later round needs.
-    let mut priors: Vec<Option<ControlRecord>> = Vec::new();
-    let mut dirty_set: HashSet<String> = HashSet::new();
-    let mut rows = Vec::with_capacity(batch.len());
-    let mut upserts = Vec::new();
-    let mut contents: Vec<ContentPut> = Vec::new();
-    let mut outcomes: HashMap<Outcome, u64> = HashMap::new();
-    let now = Utc::now();
-    for p in batch.iter() {
-        let ev = &p.enriched.event;
-        let EventKind::Running { name, body } = &ev.kind else {
-            continue;
-        };
-        let prior = records.get(&p.key);
-        let verdict = judge(prior, &p.hash, ev.emitted_at);
-        let prior_version = prior.map_or(0, |r| r.version);
-        let outcome = match verdict {
-            Verdict::Stale => Outcome::Stale,
-            Verdict::Created => Outcome::Created,
-            Verdict::Updated => Outcome::Updated,
-            Verdict::Unchanged => Outcome::Unchanged,
-        };
-        let kind = outcome_kind(verdict);
-        let id = decision_id(&ev.event_id, &p.key, kind, &prior_state(prior));
-        let span = tracing::debug_span!("decision", event_id = %ev.event_id, asset_key = %p.key, decision_id = %id);
-        span.in_scope(|| tracing::debug!(outcome = outcome.as_str(), "decided"));
-        *outcomes.entry(outcome).or_default() += 1;
-        rows.push(HistoryRow {
-            asset_key: Some(p.key.clone()),
-            source: Some(ev.source.clone()),
-            event_id: Some(ev.event_id.clone()),
-            run_id: Some(ev.run_id.clone()),
-            outcome,
-            hash: Some(p.hash.clone()),
-            decision_id: id.clone(),
-            at: now,
-        });
-        if verdict == Verdict::Stale {
-            continue;
-        }
-        let previous_hash = prior.filter(|r| r.is_live()).map(|r| r.hash.clone());
-        let mut content_ref = prior.and_then(|r| r.content_ref.clone());
-        if matches!(verdict, Verdict::Created | Verdict::Updated) {
-            let cref = deps.content.content_ref(&p.key, &p.hash);
-            contents.push(ContentPut {
-                asset_key: p.key.clone(),
-                hash: p.hash.clone(),
-                body: body.get().as_bytes().to_vec(),
-            });
-            let decision = Decision::Upsert(Upsert {
-                decision_id: id,
-                change: if verdict == Verdict::Created { Change::Created } else { Change::Updated },
-                asset_key: p.key.clone(),
-                source: ev.source.clone(),
-                run_id: ev.run_id.clone(),
-                event_id: ev.event_id.clone(),
-                hash: p.hash.clone(),
-                previous_hash,
-                content_ref: cref.clone(),
-                asset: body.clone(),
-                business: p.enriched.business.clone(),
-                decided_at: now,
-            });
-            upserts.push(sink_record(&decision));
-            content_ref = Some(cref);
-        }
-        let record = ControlRecord {
-            asset_key: p.key.clone(),
-            source: ev.source.clone(),
-            name: name.clone(),
-            hash: p.hash.clone(),
-            last_seen_run: ev.run_id.clone(),
-            last_seen_at: ev.emitted_at,
-            status: RecordStatus::Live,
-            dropped_at: None,
-            content_ref,
-            version: prior_version + 1,
-        };
-        let prior = records.insert(p.key.clone(), record);
-        if dirty_set.insert(p.key.clone()) {
-            dirty.push(p.key.clone());
-            priors.push(prior);
-        }
-    }
-    // Content first: an upsert must never point at content that is not there.
-    contents.sort_by(|a, b| (&a.asset_key, &a.hash).cmp(&(&b.asset_key, &b.hash)));
-    contents.dedup_by(|a, b| a.asset_key == b.asset_key && a.hash == b.hash);
+    let plan = plan_batch(
+        batch.iter().map(|p| (&p.enriched, p.key.as_str(), p.hash.as_str())),
+        records,
+        &landed,
+        |key, hash| deps.content.content_ref(key, hash),
+        Utc::now(),
+    );
+    apply(deps, plan, earlier).await
+}
+
+/// Applies a plan outward first: content (an upsert must never point at content that is not
+/// there), then upserts, then control records. History is the caller's, after this returns.
+async fn apply(
+    deps: &DecisorDeps,
+    plan: BatchPlan,
+    earlier: &mut EarlierRound,
+) -> Result<Vec<HistoryRow>, (Stage, BackendError)> {
+    let BatchPlan { rows, outcomes, contents, upserts, writes, landed, priors } = plan;
     if !contents.is_empty() {
         deps.retry
             .call("content store", "put", || deps.content.put_many(&contents))
@@ -420,52 +348,22 @@ async fn decide_and_publish(
             .map_err(|e| (Stage::Publish, e))?;
         Metrics::add(&deps.metrics.upserts_published, n);
     }
-    let mut changed: Vec<RecordWrite> = Vec::with_capacity(dirty.len());
-    let mut already: Vec<ControlRecord> = Vec::new();
-    for k in &dirty {
-        let Some(record) = records.remove(k) else { continue };
-        if landed.contains(k) {
-            already.push(record);
-        } else {
-            changed.push(RecordWrite { record, expected_version: read_versions.get(k).copied().unwrap_or(0) });
-        }
-    }
-    if !changed.is_empty() {
-        let put = deps.retry.call("control store", "put", || deps.control.put_many(&changed)).await;
-        if put.is_ok() {
-            deps.metrics.sent(Flow::DecisorControl, changed.len() as u64);
-        }
+    if !writes.is_empty() {
+        let put = deps.retry.call("control store", "put", || deps.control.put_many(&writes)).await;
         if let Err(e) = put {
             if e.kind == FailureKind::Conflict {
-                earlier.read = dirty.into_iter().zip(priors).collect();
-                let wrote = changed.into_iter().map(|w| w.record).chain(already);
+                earlier.read = priors.into_iter().collect();
+                let wrote = writes.into_iter().map(|w| w.record).chain(landed);
                 earlier.wrote = wrote.map(|r| (r.asset_key.clone(), r)).collect();
             }
             return Err((Stage::Decide, e));
         }
+        deps.metrics.sent(Flow::DecisorControl, writes.len() as u64);
     }
     for (o, n) in outcomes {
         deps.metrics.outcome(o, n);
     }
     Ok(rows)
-}
-
-fn outcome_kind(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Stale => "stale",
-        Verdict::Unchanged => "unchanged",
-        Verdict::Created | Verdict::Updated => "upsert",
-    }
-}
-
-pub(crate) fn sink_record(decision: &Decision) -> SinkRecord {
-    SinkRecord {
-        key: decision.asset_key().to_owned(),
-        decision_id: decision.decision_id().to_owned(),
-        event_id: Some(decision.event_id().to_owned()),
-        // Serializing plain data with string keys cannot fail.
-        payload: serde_json::to_vec(decision).unwrap_or_default(),
-    }
 }
 
 async fn dead_letter_all(deps: &DecisorDeps, batch: Vec<Pending>, stage: Stage, kind: &str, error: &BackendError) {
@@ -526,7 +424,7 @@ async fn try_apply_drops(deps: &DecisorDeps, cmd: &ApplyDrops) -> BackendResult<
             None => None,
         };
         let id = decision_id(&cmd.event_id, key, "drop", &prior_state(Some(r)));
-        outputs.push(sink_record(&Decision::Drop(Drop {
+        outputs.push(sink_record(&Decision::Drop(DropDecision {
             decision_id: id.clone(),
             asset_key: key.clone(),
             source: r.source.clone(),

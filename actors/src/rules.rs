@@ -2,29 +2,22 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::decision::Outcome;
 use crate::record::ControlRecord;
 
-/// What a `running` event means for its asset (EVENTS.md §3.1, first match wins).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// The record has newer news; nothing changes.
-    Stale,
-    /// New asset, or one that had been dropped: upsert with `change = "created"`.
-    Created,
-    /// Live asset whose content hash changed: upsert with `change = "updated"`.
-    Updated,
-    /// Live asset, same hash: only `last_seen_*` moves.
-    Unchanged,
-}
-
-/// Applies §3.1 to the record of an asset (if any) and an event with hash `hash` emitted at `at`.
-pub fn judge(record: Option<&ControlRecord>, hash: &str, at: DateTime<Utc>) -> Verdict {
+/// Applies §3.1 to the record of an asset (if any) and an event with hash `hash` emitted at
+/// `at`, first match wins:
+/// - [`Outcome::Stale`]: the record has newer news; nothing changes;
+/// - [`Outcome::Created`]: a new asset, or one that had been dropped: an upsert;
+/// - [`Outcome::Updated`]: a live asset whose content hash changed: an upsert;
+/// - [`Outcome::Unchanged`]: a live asset, same hash: only `last_seen_*` moves.
+pub fn judge(record: Option<&ControlRecord>, hash: &str, at: DateTime<Utc>) -> Outcome {
     match record {
-        Some(r) if r.last_seen_at > at => Verdict::Stale,
-        None => Verdict::Created,
-        Some(r) if !r.is_live() => Verdict::Created,
-        Some(r) if r.hash != hash => Verdict::Updated,
-        Some(_) => Verdict::Unchanged,
+        Some(r) if r.last_seen_at > at => Outcome::Stale,
+        None => Outcome::Created,
+        Some(r) if !r.is_live() => Outcome::Created,
+        Some(r) if r.hash != hash => Outcome::Updated,
+        Some(_) => Outcome::Unchanged,
     }
 }
 
@@ -117,12 +110,12 @@ mod tests {
         let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
         let live = rec("k", "h", "r1", "2026-01-01T10:00:00Z", RecordStatus::Live);
         let dropped = rec("k", "h", "r1", "2026-01-01T10:00:00Z", RecordStatus::Dropped);
-        assert_eq!(judge(None, "h", t("2026-01-01T09:00:00Z")), Verdict::Created);
-        assert_eq!(judge(Some(&live), "x", t("2026-01-01T09:00:00Z")), Verdict::Stale);
-        assert_eq!(judge(Some(&dropped), "h", t("2026-01-01T09:00:00Z")), Verdict::Stale);
-        assert_eq!(judge(Some(&dropped), "h", t("2026-01-01T10:00:00Z")), Verdict::Created);
-        assert_eq!(judge(Some(&live), "x", t("2026-01-01T10:00:00Z")), Verdict::Updated);
-        assert_eq!(judge(Some(&live), "h", t("2026-01-01T10:00:00Z")), Verdict::Unchanged);
+        assert_eq!(judge(None, "h", t("2026-01-01T09:00:00Z")), Outcome::Created);
+        assert_eq!(judge(Some(&live), "x", t("2026-01-01T09:00:00Z")), Outcome::Stale);
+        assert_eq!(judge(Some(&dropped), "h", t("2026-01-01T09:00:00Z")), Outcome::Stale);
+        assert_eq!(judge(Some(&dropped), "h", t("2026-01-01T10:00:00Z")), Outcome::Created);
+        assert_eq!(judge(Some(&live), "x", t("2026-01-01T10:00:00Z")), Outcome::Updated);
+        assert_eq!(judge(Some(&live), "h", t("2026-01-01T10:00:00Z")), Outcome::Unchanged);
     }
 
     #[test]

@@ -1,0 +1,266 @@
+//! Planning a decisor batch: the events of a micro-batch and the control records they read go
+//! in, everything the batch means to do comes out (history rows, upserts, content to store,
+//! control records to write). Pure: no actor, no backend, no clock; the shard applies the plan.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+
+use super::super::Enriched;
+use crate::decision::{Decision, HistoryRow, Outcome, UpsertDecision, decision_id, prior_state};
+use crate::event::EventKind;
+use crate::ports::{ContentPut, RecordWrite, SinkRecord};
+use crate::record::{ControlRecord, RecordStatus};
+use crate::rules::judge;
+
+/// What a batch will do, in the order the shard applies it: content, upserts, control records,
+/// history.
+#[derive(Debug, Default)]
+pub struct BatchPlan {
+    /// One row per event, in batch order.
+    pub rows: Vec<HistoryRow>,
+    /// How many events had each outcome.
+    pub outcomes: HashMap<Outcome, u64>,
+    /// New content, one per (asset key, hash), sorted.
+    pub contents: Vec<ContentPut>,
+    /// Upserts to publish, in batch order.
+    pub upserts: Vec<SinkRecord>,
+    /// Each changed record once, in the order its key first changed, conditional on the
+    /// version read.
+    pub writes: Vec<RecordWrite>,
+    /// Records an earlier round of this batch already wrote: not written again.
+    pub landed: Vec<ControlRecord>,
+    /// Each changed key with the record it had before the batch (`None`: the asset was new):
+    /// what a later round needs if the write loses a conditional check.
+    pub priors: Vec<(String, Option<ControlRecord>)>,
+}
+
+/// Decides a batch of `running` events against `records` (the stored records of their keys),
+/// in order, so that two events of one key see each other. Keys in `landed` were written by an
+/// earlier round of the same batch: their records go to [`BatchPlan::landed`], not to the
+/// writes. `content_ref` names where an asset's content at a hash is stored; `now` is the
+/// decision time.
+pub fn plan_batch<'a>(
+    events: impl IntoIterator<Item = (&'a Enriched, &'a str, &'a str)>,
+    mut records: HashMap<String, ControlRecord>,
+    landed: &HashSet<String>,
+    content_ref: impl Fn(&str, &str) -> String,
+    now: DateTime<Utc>,
+) -> BatchPlan {
+    let read_versions: HashMap<String, u64> = records.iter().map(|(k, r)| (k.clone(), r.version)).collect();
+    let mut plan = BatchPlan::default();
+    // Keys in first-change order (the write order), and the same set for O(1) membership.
+    let mut changed: Vec<String> = Vec::new();
+    let mut changed_set: HashSet<String> = HashSet::new();
+    for (enriched, key, hash) in events {
+        let ev = &enriched.event;
+        let EventKind::Running { name, body } = &ev.kind else {
+            continue;
+        };
+        let prior = records.get(key);
+        let outcome = judge(prior, hash, ev.emitted_at);
+        let id = decision_id(&ev.event_id, key, outcome.decision_kind(), &prior_state(prior));
+        let span = tracing::debug_span!("decision", event_id = %ev.event_id, asset_key = %key, decision_id = %id);
+        span.in_scope(|| tracing::debug!(outcome = outcome.as_str(), "decided"));
+        *plan.outcomes.entry(outcome).or_default() += 1;
+        plan.rows.push(HistoryRow {
+            asset_key: Some(key.to_owned()),
+            source: Some(ev.source.clone()),
+            event_id: Some(ev.event_id.clone()),
+            run_id: Some(ev.run_id.clone()),
+            outcome,
+            hash: Some(hash.to_owned()),
+            decision_id: id.clone(),
+            at: now,
+        });
+        if outcome == Outcome::Stale {
+            continue;
+        }
+        let previous_hash = prior.filter(|r| r.is_live()).map(|r| r.hash.clone());
+        let mut stored_at = prior.and_then(|r| r.content_ref.clone());
+        if outcome.is_upsert() {
+            let cref = content_ref(key, hash);
+            plan.contents.push(ContentPut {
+                asset_key: key.to_owned(),
+                hash: hash.to_owned(),
+                body: body.get().as_bytes().to_vec(),
+            });
+            let decision = Decision::Upsert(UpsertDecision {
+                decision_id: id,
+                change: outcome,
+                asset_key: key.to_owned(),
+                source: ev.source.clone(),
+                run_id: ev.run_id.clone(),
+                event_id: ev.event_id.clone(),
+                hash: hash.to_owned(),
+                previous_hash,
+                content_ref: cref.clone(),
+                asset: body.clone(),
+                business: enriched.business.clone(),
+                decided_at: now,
+            });
+            plan.upserts.push(sink_record(&decision));
+            stored_at = Some(cref);
+        }
+        let record = ControlRecord {
+            asset_key: key.to_owned(),
+            source: ev.source.clone(),
+            name: name.clone(),
+            hash: hash.to_owned(),
+            last_seen_run: ev.run_id.clone(),
+            last_seen_at: ev.emitted_at,
+            status: RecordStatus::Live,
+            dropped_at: None,
+            content_ref: stored_at,
+            version: prior.map_or(0, |r| r.version) + 1,
+        };
+        let before = records.insert(key.to_owned(), record);
+        if changed_set.insert(key.to_owned()) {
+            changed.push(key.to_owned());
+            plan.priors.push((key.to_owned(), before));
+        }
+    }
+    plan.contents.sort_by(|a, b| (&a.asset_key, &a.hash).cmp(&(&b.asset_key, &b.hash)));
+    plan.contents.dedup_by(|a, b| a.asset_key == b.asset_key && a.hash == b.hash);
+    for k in &changed {
+        let Some(record) = records.remove(k) else { continue };
+        if landed.contains(k) {
+            plan.landed.push(record);
+        } else {
+            plan.writes.push(RecordWrite { record, expected_version: read_versions.get(k).copied().unwrap_or(0) });
+        }
+    }
+    plan
+}
+
+/// An output decision as the record a sink sends.
+pub fn sink_record(decision: &Decision) -> SinkRecord {
+    SinkRecord {
+        key: decision.asset_key().to_owned(),
+        decision_id: decision.decision_id().to_owned(),
+        event_id: Some(decision.event_id().to_owned()),
+        // Serializing plain data with string keys cannot fail.
+        payload: serde_json::to_vec(decision).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::decode;
+
+    fn event(id: &str, table: &str, at: &str, payload: &str) -> Enriched {
+        let line = format!(
+            r#"{{"event_id":"{id}","source":"pg","run_id":"r2","status":"running","emitted_at":"{at}","asset":{{"database":"db","schema":"s","table":"{table}","cols":{payload}}}}}"#
+        );
+        Enriched { event: decode(line.as_bytes(), 1 << 20).unwrap(), business: None, enriched_at: Utc::now() }
+    }
+
+    fn record(table: &str, hash: &str, at: &str, status: RecordStatus, version: u64) -> ControlRecord {
+        ControlRecord {
+            asset_key: format!("pg/db/s/{table}"),
+            source: "pg".into(),
+            name: crate::event::AssetName { database: "db".into(), schema: "s".into(), table: table.into() },
+            hash: hash.into(),
+            last_seen_run: "r1".into(),
+            last_seen_at: DateTime::parse_from_rfc3339(at).unwrap().to_utc(),
+            status,
+            dropped_at: None,
+            content_ref: Some(format!("old/{table}")),
+            version,
+        }
+    }
+
+    fn plan(events: &[(Enriched, String, String)], records: Vec<ControlRecord>, landed: &[&str]) -> BatchPlan {
+        let records = records.into_iter().map(|r| (r.asset_key.clone(), r)).collect();
+        let landed = landed.iter().map(|k| k.to_string()).collect();
+        let now = DateTime::parse_from_rfc3339("2026-11-26T00:00:00Z").unwrap().to_utc();
+        plan_batch(
+            events.iter().map(|(e, k, h)| (e, k.as_str(), h.as_str())),
+            records,
+            &landed,
+            |k, h| format!("mem://{k}@{h}"),
+            now,
+        )
+    }
+
+    fn with_key(e: Enriched, hash: &str) -> (Enriched, String, String) {
+        let key = e.event.asset_key().unwrap();
+        (e, key, hash.to_owned())
+    }
+
+    #[test]
+    fn each_rule_gives_its_outcome_and_only_upserts_store_content() {
+        let t1 = "2026-11-01T00:00:00Z";
+        let t2 = "2026-11-02T00:00:00Z";
+        let events = vec![
+            with_key(event("e1", "new", t2, "1"), "h-new"),
+            with_key(event("e2", "gone", t2, "1"), "h-gone"),
+            with_key(event("e3", "changed", t2, "1"), "h2"),
+            with_key(event("e4", "same", t2, "1"), "h1"),
+            with_key(event("e5", "newer", t1, "1"), "h9"),
+        ];
+        let records = vec![
+            record("gone", "h-gone", t1, RecordStatus::Dropped, 4),
+            record("changed", "h1", t1, RecordStatus::Live, 2),
+            record("same", "h1", t1, RecordStatus::Live, 7),
+            record("newer", "h1", t2, RecordStatus::Live, 3),
+        ];
+        let p = plan(&events, records, &[]);
+        let outcomes: Vec<Outcome> = p.rows.iter().map(|r| r.outcome).collect();
+        use Outcome::*;
+        assert_eq!(outcomes, [Created, Created, Updated, Unchanged, Stale]);
+        assert_eq!(p.upserts.len(), 3);
+        let stored: Vec<&str> = p.contents.iter().map(|c| c.asset_key.as_str()).collect();
+        assert_eq!(stored, ["pg/db/s/changed", "pg/db/s/gone", "pg/db/s/new"], "sorted, upserts only");
+        // A stale event writes nothing; the rest write once each, conditional on what was read.
+        let writes: Vec<(&str, u64, u64)> =
+            p.writes.iter().map(|w| (w.record.asset_key.as_str(), w.expected_version, w.record.version)).collect();
+        assert_eq!(
+            writes,
+            [("pg/db/s/new", 0, 1), ("pg/db/s/gone", 4, 5), ("pg/db/s/changed", 2, 3), ("pg/db/s/same", 7, 8)]
+        );
+        let same = &p.writes[3].record;
+        assert_eq!((same.content_ref.as_deref(), same.last_seen_run.as_str()), (Some("old/same"), "r2"));
+        assert_eq!(p.writes[2].record.content_ref.as_deref(), Some("mem://pg/db/s/changed@h2"));
+    }
+
+    #[test]
+    fn two_events_of_one_key_in_a_batch_see_each_other() {
+        let t = "2026-11-02T00:00:00Z";
+        let events = vec![
+            with_key(event("e1", "a", t, "1"), "h1"),
+            with_key(event("e2", "a", t, "2"), "h2"),
+            with_key(event("e3", "a", t, "2"), "h2"),
+        ];
+        let p = plan(&events, vec![], &[]);
+        let outcomes: Vec<Outcome> = p.rows.iter().map(|r| r.outcome).collect();
+        assert_eq!(outcomes, [Outcome::Created, Outcome::Updated, Outcome::Unchanged]);
+        assert_eq!(p.writes.len(), 1, "one write per key, its last state");
+        assert_eq!(
+            (p.writes[0].expected_version, p.writes[0].record.version, p.writes[0].record.hash.as_str()),
+            (0, 3, "h2")
+        );
+        assert_eq!(p.priors, vec![("pg/db/s/a".to_owned(), None)]);
+        let ids: HashSet<&str> = p.rows.iter().map(|r| r.decision_id.as_str()).collect();
+        assert_eq!(ids.len(), 3, "each decision has its own id");
+    }
+
+    #[test]
+    fn a_key_an_earlier_round_wrote_is_not_written_again() {
+        let t = "2026-11-02T00:00:00Z";
+        let events = vec![with_key(event("e1", "a", t, "1"), "h1"), with_key(event("e2", "b", t, "1"), "h1")];
+        let p = plan(&events, vec![], &["pg/db/s/a"]);
+        assert_eq!(p.landed.iter().map(|r| r.asset_key.as_str()).collect::<Vec<_>>(), ["pg/db/s/a"]);
+        assert_eq!(p.writes.iter().map(|w| w.record.asset_key.as_str()).collect::<Vec<_>>(), ["pg/db/s/b"]);
+        assert_eq!(p.upserts.len(), 2, "its upsert is published again, with the same id");
+    }
+
+    #[test]
+    fn the_same_batch_planned_twice_gives_the_same_ids() {
+        let t = "2026-11-02T00:00:00Z";
+        let events = vec![with_key(event("e1", "a", t, "1"), "h1")];
+        let ids = |p: BatchPlan| p.rows.into_iter().map(|r| r.decision_id).collect::<Vec<_>>();
+        assert_eq!(ids(plan(&events, vec![], &[])), ids(plan(&events, vec![], &[])));
+    }
+}
