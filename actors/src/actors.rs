@@ -12,7 +12,6 @@ pub mod history;
 pub mod ingest;
 pub mod producer;
 pub mod router;
-pub mod sweep;
 
 pub use decisor::Decisor;
 pub use enricher::Enricher;

@@ -3,10 +3,11 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
+use serde::de::{Deserializer as _, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::hash::sorted_members;
+use crate::hash::{Key, sort_keep_last};
 
 /// Longest accepted `event_id`, `source` or `run_id`, in characters.
 pub const MAX_ID_CHARS: usize = 256;
@@ -404,6 +405,30 @@ fn raw_type_name(raw: &RawValue) -> &'static str {
 fn short(v: &Value) -> String {
     let s = v.to_string();
     if s.chars().count() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s }
+}
+
+/// The members of a JSON object's text, values left as raw text, sorted by key (by its UTF-8
+/// bytes), a repeated key keeping only its last value (as a parse into a map keeps it).
+pub fn sorted_members(text: &str) -> serde_json::Result<Vec<(Cow<'_, str>, &RawValue)>> {
+    struct Members;
+    impl<'de> Visitor<'de> for Members {
+        type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+            while let Some(Key(k)) = map.next_key()? {
+                out.push((k, map.next_value()?));
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let mut members = (&mut de).deserialize_map(Members)?;
+    de.end()?;
+    sort_keep_last(&mut members);
+    Ok(members)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 
-use serde::de::{DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// Dotted paths (`stats.row_count`) to leave out of the hash.
@@ -58,35 +58,11 @@ enum Membership {
 
 /// An object key, borrowed from the text unless it had escapes to undo.
 #[derive(serde::Deserialize)]
-struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
-
-/// The members of a JSON object's text, values left as raw text, sorted by key (by its UTF-8
-/// bytes), a repeated key keeping only its last value (as a parse into a map keeps it).
-pub fn sorted_members(text: &str) -> serde_json::Result<Vec<(Cow<'_, str>, &RawValue)>> {
-    struct Members;
-    impl<'de> Visitor<'de> for Members {
-        type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
-            while let Some(Key(k)) = map.next_key()? {
-                out.push((k, map.next_value()?));
-            }
-            Ok(out)
-        }
-    }
-    let mut de = serde_json::Deserializer::from_str(text);
-    let mut members = (&mut de).deserialize_map(Members)?;
-    de.end()?;
-    sort_keep_last(&mut members);
-    Ok(members)
-}
+pub(crate) struct Key<'a>(#[serde(borrow)] pub Cow<'a, str>);
 
 /// Sorts an object's members by key (by its UTF-8 bytes) and keeps only the last value of a
 /// repeated key, as a parse into a map keeps it. Serves decode and the canonical form alike.
-fn sort_keep_last<K: Ord, V>(members: &mut Vec<(K, V)>) {
+pub(crate) fn sort_keep_last<K: Ord, V>(members: &mut Vec<(K, V)>) {
     // Stable: of repeated keys the last stays last.
     members.sort_by(|a, b| a.0.cmp(&b.0));
     // `dedup_by` keeps the earlier of two equal neighbours; move the later value into it.

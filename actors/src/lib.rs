@@ -4,13 +4,15 @@
 //!
 //! - [`event`]: the input contract. Raw bytes become an [`event::AssetEvent`] or a
 //!   [`event::Rejection`] that says which check failed (`too_large`, `invalid_json`,
-//!   `invalid_event`).
+//!   `invalid_event`); [`event::sorted_members`] splits an object into its members.
 //! - [`hash`]: the canonical form of an asset and its content hash (BLAKE3 over canonical JSON).
 //! - [`record`]: the per-asset [`record::ControlRecord`] kept in the control table.
-//! - [`decide`]: the decision rules of EVENTS.md as pure functions: [`decide::judge`] for a
-//!   `running` event, [`decide::plan_sweep`] for a completion and its drop guard.
-//! - [`decision`]: what the decisor emits: [`decision::Decision`] (upsert or drop),
-//!   [`decision::DeadLetter`], [`decision::HistoryRow`], and their deterministic ids.
+//! - [`rules`]: the decision rules of EVENTS.md as pure functions: [`rules::judge`] gives a
+//!   `running` event's [`decision::Outcome`], [`rules::plan_sweep`] a completion's drops and
+//!   its drop guard.
+//! - [`decision`]: what is decided and written: [`decision::Outcome`] (the one outcome type),
+//!   [`decision::Decision`] (an upsert or a drop), [`decision::DeadLetter`],
+//!   [`decision::HistoryRow`], and their deterministic ids.
 //! - [`envelope`]: an input message in flight, with its [`envelope::Ack`] handle and the
 //!   per-partition watermark that decides what a source may commit.
 //! - [`ports`]: the traits through which actors reach the world (`Source`, `Sink`,
@@ -20,7 +22,8 @@
 //! - [`metrics`]: lock-free counters the actors bump and the binary reports; [`latency`]: the
 //!   decision-latency histogram among them.
 //! - [`forward`]: sending into a bounded mailbox without losing order or the bound.
-//! - [`actors`]: Ingest, Enricher, Router, Decisor, Producer, HistoryWriter.
+//! - [`actors`]: Ingest, Enricher, Router (with the completion sweep), Decisor (its batch
+//!   planning in `decisor/plan.rs`, pure), Producer (upsert, drop, enriched), HistoryWriter.
 //! - [`redrive`]: dead letters fed back to the pipeline as a source, parked past `max_attempts`.
 //! - [`pipeline`]: wiring the actors into a running topology.
 

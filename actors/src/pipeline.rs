@@ -10,11 +10,11 @@ use tokio::sync::{oneshot, watch};
 use crate::actors::decisor::DecisorDeps;
 use crate::actors::enricher::Next;
 use crate::actors::ingest::IngestSettings;
-use crate::actors::sweep::SweepDeps;
+use crate::actors::router::SweepDeps;
 use crate::actors::{Decisor, Enricher, HistoryWriter, Ingest, Producer, Router};
 use crate::hash::HashIgnore;
 use crate::lookup::{CachedLookup, LookupKeys};
-use crate::metrics::Metrics;
+use crate::metrics::{ActorName, Metrics};
 use crate::ports::{ContentStore, ControlStore, HistoryStore, Lookup, Sink, Source};
 use crate::retry::RetryPolicy;
 
@@ -105,7 +105,9 @@ impl Pipeline {
                 // Enrich only: enriched events go straight to their sink.
                 let (sink, h, m) = (sink.clone(), history.clone(), metrics.clone());
                 Next::Publish(Producer::start_in_arbiter(&outputs.handle(), move |_| {
-                    Producer::new("enriched sink", sink, retry, mailbox).with_metrics(m.clone()).delivering(h, m)
+                    Producer::new(ActorName::EnrichedProducer, sink, retry, mailbox)
+                        .with_metrics(m.clone())
+                        .delivering(h, m)
                 }))
             }
             None => Next::Decide(Self::start_decision_stage(
@@ -166,13 +168,13 @@ impl Pipeline {
         let upserts = {
             let (sink, m) = (ports.upsert_sink.clone(), metrics.clone());
             Producer::start_in_arbiter(&outputs.handle(), move |_| {
-                Producer::new("upsert sink", sink, retry, mailbox).with_metrics(m)
+                Producer::new(ActorName::UpsertProducer, sink, retry, mailbox).with_metrics(m)
             })
         };
         let drops = {
             let (sink, m) = (ports.drop_sink.clone(), metrics.clone());
             Producer::start_in_arbiter(&outputs.handle(), move |_| {
-                Producer::new("drop sink", sink, retry, mailbox).with_metrics(m)
+                Producer::new(ActorName::DropProducer, sink, retry, mailbox).with_metrics(m)
             })
         };
         let deps = Arc::new(DecisorDeps {

@@ -3,8 +3,8 @@
 //! into the typed sections, resolves relative paths against the file's folder, and validates
 //! what serde cannot, reporting every problem of the file at once.
 //!
-//! - [`sections`]: the sections as types, one enum variant per `kind`, with their defaults.
-//! - [`validation`]: the rules serde cannot express.
+//! - `sections`: the sections as types, one enum variant per `kind`, with their defaults.
+//! - `validation`: the rules serde cannot express.
 
 mod sections;
 mod validation;

@@ -5,7 +5,7 @@
 //! or one of the writers here that turn each line into a message:
 //! - [`kafka`]: one record per line on a Kafka topic, keyed by the event's `source`;
 //! - [`kinesis`]: one record per line on a Kinesis stream, partition key the `source`;
-//! - [`line_buffer`]: what both use to hand on whole lines from written bytes.
+//! - `line_buffer`: what both use to hand on whole lines from written bytes.
 
 pub mod kafka;
 pub mod kinesis;

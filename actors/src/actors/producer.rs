@@ -62,6 +62,9 @@ pub struct Publish(pub Vec<SinkRecord>);
 struct Flush;
 
 pub struct Producer {
+    /// Which producer this is: upsert, drop or enriched.
+    actor: ActorName,
+    /// Its sink, as health and backend-call statistics name it (`upsert sink`).
     name: &'static str,
     sink: Arc<dyn Sink>,
     retry: RetryPolicy,
@@ -78,8 +81,15 @@ pub struct Producer {
 }
 
 impl Producer {
-    pub fn new(name: &'static str, sink: Arc<dyn Sink>, retry: RetryPolicy, mailbox: usize) -> Self {
+    /// The producer of `actor` (one of the producers of [`ActorName`]), writing to `sink`.
+    pub fn new(actor: ActorName, sink: Arc<dyn Sink>, retry: RetryPolicy, mailbox: usize) -> Self {
+        let name = match actor {
+            ActorName::DropProducer => "drop sink",
+            ActorName::EnrichedProducer => "enriched sink",
+            _ => "upsert sink",
+        };
         Producer {
+            actor,
             name,
             sink,
             retry,
@@ -106,15 +116,6 @@ impl Producer {
         self
     }
 
-    /// Which producer this is, for metrics (its sink's name says).
-    fn actor(&self) -> ActorName {
-        match self.name {
-            n if n.starts_with("drop") => ActorName::DropProducer,
-            n if n.starts_with("enriched") => ActorName::EnrichedProducer,
-            _ => ActorName::UpsertProducer,
-        }
-    }
-
     fn schedule(&mut self, ctx: &mut Context<Self>) {
         if !self.scheduled {
             self.scheduled = true;
@@ -127,7 +128,7 @@ impl Handler<Deliver> for Producer {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
         if let Some(m) = &self.health {
-            m.handled(self.actor());
+            m.handled(self.actor);
         }
         let (record, id) = enriched_record(&msg.0);
         let ev = &msg.0.body.event;
@@ -156,7 +157,7 @@ impl Handler<Publish> for Producer {
     type Result = ResponseFuture<BackendResult<()>>;
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
         if let Some(m) = &self.health {
-            m.handled(self.actor());
+            m.handled(self.actor);
         }
         let (tx, rx) = oneshot::channel();
         self.queue.extend(msg.0);
@@ -181,7 +182,7 @@ impl Handler<Flush> for Producer {
         let deliveries = std::mem::take(&mut self.deliveries);
         let (sink, retry, history, name) = (self.sink.clone(), self.retry, self.history.clone(), self.name);
         let health = self.health.clone();
-        let actor = self.actor();
+        let actor = self.actor;
         // ctx.wait: one write at a time, in arrival order; what comes meanwhile forms the next batch.
         ctx.wait(actix::fut::wrap_future(async move {
             let working = health.as_ref().map(|m| m.working(actor));

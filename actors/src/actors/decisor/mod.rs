@@ -8,8 +8,8 @@
 //! and only then the acknowledgements. A batch runs under `ctx.wait`, so no other message of this
 //! shard is handled until it is done: that is what keeps each key's events in order.
 //!
-//! - [`plan`]: deciding a batch, pure: the events and the records they read in, a
-//!   [`plan::BatchPlan`] out. This file applies plans, and supervises batches.
+//! - `plan`: deciding a batch, pure: the events and the records they read in, a
+//!   `BatchPlan` out. This file applies plans, and supervises batches.
 
 mod plan;
 

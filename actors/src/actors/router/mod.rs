@@ -14,11 +14,13 @@ use tokio::sync::watch;
 
 use super::Enriched;
 use super::decisor::{Decide, Decisor};
-use super::sweep::{self, SweepDeps, shard_of};
+mod sweep;
+
 use crate::envelope::Envelope;
 use crate::event::EventKind;
 use crate::forward::{Ping, forward_from};
 use crate::metrics::{ActorName, Flow};
+pub use sweep::SweepDeps;
 
 /// Route this event.
 #[derive(Message)]
@@ -123,6 +125,12 @@ impl Router {
             self.route(env, ctx);
         }
     }
+}
+
+/// The shard that owns an asset key: stable for the life of the process.
+pub fn shard_of(asset_key: &str, shards: usize) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    (BuildHasherDefault::<DefaultHasher>::default().hash_one(asset_key) % shards.max(1) as u64) as usize
 }
 
 impl Actor for Router {

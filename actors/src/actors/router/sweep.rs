@@ -1,5 +1,6 @@
-//! The completion sweep (EVENTS.md §3.2, §3.3): barrier, wait for expected assets, drop guard,
-//! drops applied by the shards that own them, and the `completed` history row.
+//! The completion sweep (EVENTS.md §3.2, §3.3), a task the Router spawns per completion (no
+//! actor of its own): barrier, wait for expected assets, drop guard, drops applied by the
+//! shards that own them, and the `completed` history row.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,9 +9,9 @@ use actix::prelude::*;
 use chrono::Utc;
 use futures_util::future::join_all;
 
-use super::Enriched;
-use super::decisor::{ApplyDrops, Barrier, Decisor};
-use super::history::{DeadLetters, HistoryWriter, Record};
+use super::super::Enriched;
+use super::super::decisor::{ApplyDrops, Barrier, Decisor};
+use super::super::history::{DeadLetters, HistoryWriter, Record};
 use crate::decision::{DeadLetter, HistoryRow, Outcome, Stage, decision_id};
 use crate::envelope::Envelope;
 use crate::event::EventKind;
@@ -34,12 +35,6 @@ pub struct SweepDeps {
     /// One source scanned at a time: completions of many sources arriving together (the end
     /// of a first crawl) otherwise scan, and with listing stores hold, every table at once.
     pub scans: Arc<tokio::sync::Semaphore>,
-}
-
-/// The shard that owns an asset key: stable for the life of the process.
-pub fn shard_of(asset_key: &str, shards: usize) -> usize {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    (BuildHasherDefault::<DefaultHasher>::default().hash_one(asset_key) % shards.max(1) as u64) as usize
 }
 
 /// Runs the sweep of one completion and acknowledges it once every effect is durable.
@@ -98,7 +93,7 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
     let n = deps.shards.len();
     let mut per_shard: Vec<Vec<String>> = vec![Vec::new(); n];
     for key in plan.to_drop {
-        per_shard[shard_of(&key, n)].push(key);
+        per_shard[super::shard_of(&key, n)].push(key);
     }
     let calls = per_shard.into_iter().enumerate().filter(|(_, keys)| !keys.is_empty()).map(|(i, keys)| {
         deps.shards[i].send(ApplyDrops {
