@@ -232,7 +232,7 @@ pub fn render(s: &AdminState) -> String {
         "0 for a backend whose last call failed.",
         s.metrics.unhealthy().into_keys().map(|b| (format!("{{backend=\"{}\"}}", label(&b)), 0.0)).collect(),
     );
-    let calls = assetflow_actors::metrics::backend_calls();
+    let calls = m.calls();
     family(
         "assetflow_backend_errors_total",
         "counter",

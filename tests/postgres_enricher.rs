@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use assetflow::adapters::postgres_lookup::PgLookup;
+use assetflow_actors::calls::Calls;
 use assetflow_actors::lookup::CachedLookup;
+use assetflow_actors::metrics::Metrics;
 use assetflow_actors::ports::Lookup;
 use assetflow_actors::retry::RetryPolicy;
 
@@ -81,7 +83,8 @@ fn the_cache_serves_until_its_ttl_then_asks_again() {
         private_table(table).await;
         let q = format!("SELECT domain FROM {table} WHERE source = $1 AND database = $2 AND schema_name = $3");
         let pg: Arc<dyn Lookup> = Arc::new(PgLookup::new(&url(), &q, 2, Duration::from_secs(5)).unwrap());
-        let cache = CachedLookup::new(pg, Duration::from_millis(300), RetryPolicy::default());
+        let calls = Calls::new(RetryPolicy::default(), Arc::new(Metrics::default()));
+        let cache = CachedLookup::new(pg, Duration::from_millis(300), calls);
         let key = params(&["s", "d", "p"]);
         assert_eq!(cache.get(&key).await.unwrap().unwrap()["domain"], "first");
         set_domain(table, "second").await;

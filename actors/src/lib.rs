@@ -18,7 +18,8 @@
 //! - [`ports`]: the traits through which actors reach the world (`Source`, `Sink`,
 //!   `ControlStore`, `ContentStore`, `HistoryStore`, `Lookup`).
 //! - [`lookup`]: building lookup keys from JSON pointers, and the TTL cache in front of a `Lookup`.
-//! - [`retry`]: exponential back-off with jitter for every backend call.
+//! - [`retry`]: exponential back-off with jitter; [`calls`]: the one instrumented layer every
+//!   backend call of an actor goes through (retry, timeout, panic, statistics, health).
 //! - [`metrics`]: lock-free counters the actors bump and the binary reports; [`latency`]: the
 //!   decision-latency histogram among them.
 //! - [`forward`]: sending into a bounded mailbox without losing order or the bound.
@@ -28,6 +29,7 @@
 //! - [`pipeline`]: wiring the actors into a running topology.
 
 pub mod actors;
+pub mod calls;
 pub mod decision;
 pub mod envelope;
 pub mod event;

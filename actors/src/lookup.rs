@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::calls::Calls;
 use crate::decision::Business;
 use crate::event::{AssetEvent, AssetName, EventKind};
 use crate::ports::{BackendResult, Lookup};
-use crate::retry::RetryPolicy;
 
 /// Largest number of cached keys; past it, expired entries go, then everything.
 const MAX_CACHED: usize = 100_000;
@@ -51,18 +51,6 @@ impl LookupKeys {
     }
 }
 
-/// Records the latency of one lookup attempt.
-async fn timed<T>(
-    backend: &str,
-    operation: &str,
-    f: impl std::future::Future<Output = BackendResult<T>>,
-) -> BackendResult<T> {
-    let began = std::time::Instant::now();
-    let r = f.await;
-    crate::metrics::record_call(backend, operation, began.elapsed(), r.is_ok());
-    r
-}
-
 fn scalar(v: Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s),
@@ -84,9 +72,9 @@ pub struct CacheStats {
 pub struct CachedLookup {
     inner: Arc<dyn Lookup>,
     ttl: Duration,
-    retry: RetryPolicy,
+    /// Lookups: retried, timed, counted, the enricher's health reported (for `/readyz`).
+    calls: Calls,
     state: Mutex<CacheState>,
-    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 #[derive(Default)]
@@ -97,14 +85,8 @@ struct CacheState {
 }
 
 impl CachedLookup {
-    pub fn new(inner: Arc<dyn Lookup>, ttl: Duration, retry: RetryPolicy) -> Self {
-        CachedLookup { inner, ttl, retry, state: Mutex::default(), metrics: None }
-    }
-
-    /// Reports the enricher's health (for `/readyz`) to `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
-        self.metrics = Some(metrics);
-        self
+    pub fn new(inner: Arc<dyn Lookup>, ttl: Duration, calls: Calls) -> Self {
+        CachedLookup { inner, ttl, calls, state: Mutex::default() }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, CacheState> {
@@ -131,12 +113,7 @@ impl CachedLookup {
 
     /// Asks the backend (the caller has already missed the cache), and caches the answer.
     pub async fn fetch(&self, params: &[String]) -> BackendResult<Business> {
-        let report = |e: Option<&crate::ports::BackendError>| {
-            if let Some(m) = &self.metrics {
-                m.backend_result("enricher", e.map_or(Ok(()), Err));
-            }
-        };
-        let found = self.retry.run_reporting(report, || timed("enricher", "lookup", self.inner.lookup(params))).await?;
+        let found = self.calls.call("enricher", "lookup", || self.inner.lookup(params)).await?;
         let business: Business = found.map(Arc::new);
         let mut st = self.state();
         st.misses += 1;

@@ -160,6 +160,8 @@ pub struct Metrics {
     unhealthy: Mutex<BTreeMap<String, String>>,
     /// Messages sent to and handled by each actor: the difference is its mailbox depth.
     actor_sent: [AtomicU64; 7],
+    /// Latency and errors of every backend call attempt, by (backend, operation).
+    calls: Mutex<BTreeMap<(String, String), CallStats>>,
     /// Items sent along each edge ([`Flow`]), and per source for the flows out of an Ingest.
     flows: [AtomicU64; Flow::COUNT],
     source_flows: Mutex<BTreeMap<(String, usize), u64>>,
@@ -237,6 +239,27 @@ impl Metrics {
             }
         }
     }
+    /// Records one attempt of a backend call (see [`crate::calls::Calls`]).
+    pub fn record_call(&self, backend: &str, operation: &str, took: std::time::Duration, ok: bool) {
+        let mut m = locked(&self.calls);
+        let s = match m.get_mut(&(backend.to_owned(), operation.to_owned())) {
+            Some(s) => s,
+            None => m.entry((backend.to_owned(), operation.to_owned())).or_default(),
+        };
+        s.count += 1;
+        if !ok {
+            s.errors += 1;
+        }
+        let secs = took.as_secs_f64();
+        s.sum_seconds += secs;
+        if let Some(i) = CALL_BUCKETS.iter().position(|b| secs <= *b) {
+            s.buckets[i] += 1;
+        }
+    }
+    /// Every backend call's statistics so far, by (backend, operation).
+    pub fn calls(&self) -> BTreeMap<(String, String), CallStats> {
+        locked(&self.calls).clone()
+    }
     /// Counts `source`'s flows from zero, so an edge that nothing has crossed yet still shows.
     pub fn add_source(&self, source: &str) {
         let mut m = locked(&self.source_flows);
@@ -300,10 +323,6 @@ impl Metrics {
     /// Dead letters by (stage, kind).
     pub fn dead_letters_by_stage(&self) -> BTreeMap<(String, String), u64> {
         locked(&self.dead_letters_by_stage).clone()
-    }
-    /// Records how the last call to `backend` ended.
-    pub fn backend_result(&self, backend: &str, result: Result<(), &crate::ports::BackendError>) {
-        self.set_problem(backend, result.err().map(ToString::to_string));
     }
     /// Marks `backend` (or a source) unhealthy with why, or healthy again with `None`.
     pub fn set_problem(&self, backend: &str, problem: Option<String>) {
@@ -377,30 +396,4 @@ pub struct CallStats {
     pub sum_seconds: f64,
     /// Counts per bucket of [`CALL_BUCKETS`] (not cumulative).
     pub buckets: [u64; CALL_BUCKETS.len()],
-}
-
-fn calls() -> &'static Mutex<BTreeMap<(String, String), CallStats>> {
-    static CALLS: std::sync::OnceLock<Mutex<BTreeMap<(String, String), CallStats>>> = std::sync::OnceLock::new();
-    CALLS.get_or_init(Mutex::default)
-}
-
-/// Records one attempt of a backend call.
-pub fn record_call(backend: &str, operation: &str, took: std::time::Duration, ok: bool) {
-    let mut m = locked(calls());
-    let key = (backend.to_owned(), operation.to_owned());
-    let s = m.entry(key).or_default();
-    s.count += 1;
-    if !ok {
-        s.errors += 1;
-    }
-    let secs = took.as_secs_f64();
-    s.sum_seconds += secs;
-    if let Some(i) = CALL_BUCKETS.iter().position(|b| secs <= *b) {
-        s.buckets[i] += 1;
-    }
-}
-
-/// Every backend call's statistics so far, by (backend, operation).
-pub fn backend_calls() -> BTreeMap<(String, String), CallStats> {
-    locked(calls()).clone()
 }

@@ -12,6 +12,7 @@ use crate::actors::enricher::Next;
 use crate::actors::ingest::IngestSettings;
 use crate::actors::router::SweepDeps;
 use crate::actors::{Decisor, Enricher, HistoryWriter, Ingest, Producer, Router};
+use crate::calls::Calls;
 use crate::hash::HashIgnore;
 use crate::lookup::{CachedLookup, LookupKeys};
 use crate::metrics::{ActorName, Metrics};
@@ -86,28 +87,23 @@ impl Pipeline {
     pub fn start(settings: Settings, ports: Ports) -> Pipeline {
         let metrics = Arc::new(Metrics::default());
         let mailbox = settings.mailbox.max(1);
-        let retry = settings.retry;
-        let lookup =
-            Arc::new(CachedLookup::new(ports.lookup.clone(), settings.cache_ttl, retry).with_metrics(metrics.clone()));
+        let calls = Calls::new(settings.retry, metrics.clone());
+        let lookup = Arc::new(CachedLookup::new(ports.lookup.clone(), settings.cache_ttl, calls.clone()));
         let keys = LookupKeys::new(settings.lookup_pointers.clone());
 
         // Outputs and history share one arbiter; each shard gets its own, so shards use the cores.
         let outputs = Arbiter::new();
         let history = {
-            let (store, sink, m) = (ports.history.clone(), ports.dead_letter_sink.clone(), metrics.clone());
-            HistoryWriter::start_in_arbiter(&outputs.handle(), move |_| {
-                HistoryWriter::new(store, sink, retry, m, mailbox)
-            })
+            let (store, sink, calls) = (ports.history.clone(), ports.dead_letter_sink.clone(), calls.clone());
+            HistoryWriter::start_in_arbiter(&outputs.handle(), move |_| HistoryWriter::new(store, sink, calls, mailbox))
         };
         let mut arbiters = Vec::new();
         let next = match &ports.enriched_sink {
             Some(sink) => {
                 // Enrich only: enriched events go straight to their sink.
-                let (sink, h, m) = (sink.clone(), history.clone(), metrics.clone());
+                let (sink, h, m, calls) = (sink.clone(), history.clone(), metrics.clone(), calls.clone());
                 Next::Publish(Producer::start_in_arbiter(&outputs.handle(), move |_| {
-                    Producer::new(ActorName::EnrichedProducer, sink, retry, mailbox)
-                        .with_metrics(m.clone())
-                        .delivering(h, m)
+                    Producer::new(ActorName::EnrichedProducer, sink, calls, mailbox).delivering(h, m)
                 }))
             }
             None => Next::Decide(Self::start_decision_stage(
@@ -164,17 +160,18 @@ impl Pipeline {
         keys: &LookupKeys,
         metrics: &Arc<Metrics>,
     ) -> Addr<Router> {
-        let (retry, mailbox) = (settings.retry, settings.mailbox.max(1));
+        let mailbox = settings.mailbox.max(1);
+        let calls = Calls::new(settings.retry, metrics.clone());
         let upserts = {
-            let (sink, m) = (ports.upsert_sink.clone(), metrics.clone());
+            let (sink, calls) = (ports.upsert_sink.clone(), calls.clone());
             Producer::start_in_arbiter(&outputs.handle(), move |_| {
-                Producer::new(ActorName::UpsertProducer, sink, retry, mailbox).with_metrics(m)
+                Producer::new(ActorName::UpsertProducer, sink, calls, mailbox)
             })
         };
         let drops = {
-            let (sink, m) = (ports.drop_sink.clone(), metrics.clone());
+            let (sink, calls) = (ports.drop_sink.clone(), calls.clone());
             Producer::start_in_arbiter(&outputs.handle(), move |_| {
-                Producer::new(ActorName::DropProducer, sink, retry, mailbox).with_metrics(m)
+                Producer::new(ActorName::DropProducer, sink, calls, mailbox)
             })
         };
         let deps = Arc::new(DecisorDeps {
@@ -186,7 +183,7 @@ impl Pipeline {
             lookup: lookup.clone(),
             lookup_keys: keys.clone(),
             ignore: HashIgnore::new(&settings.hash_ignore),
-            retry,
+            calls: calls.clone(),
             metrics: metrics.clone(),
         });
         let mut shards = Vec::with_capacity(settings.shards.max(1));
@@ -200,7 +197,7 @@ impl Pipeline {
             shards,
             control: ports.control.clone(),
             history: history.clone(),
-            retry,
+            calls,
             max_drop_fraction: settings.max_drop_fraction,
             completion_timeout: settings.completion_timeout,
             metrics: metrics.clone(),

@@ -46,37 +46,14 @@ impl RetryPolicy {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
     {
-        self.run_reporting(|_| {}, op).await
+        self.run_observed(|_, _| {}, op).await
     }
 
-    /// [`RetryPolicy::run`], telling `report` how each attempt ended (`None`: it succeeded), so
-    /// health shows an outage while it is being retried, not only once retries run out.
-    pub async fn run_reporting<T, F, Fut>(
+    /// [`RetryPolicy::run`], telling `observe` how long each attempt took and how it ended. The
+    /// instrumented layer every actor uses is [`crate::calls::Calls`], built on this.
+    pub async fn run_observed<T, F, Fut>(
         &self,
-        report: impl Fn(Option<&BackendError>),
-        op: F,
-    ) -> Result<T, BackendError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, BackendError>>,
-    {
-        self.run_inner(None, report, op).await
-    }
-
-    /// [`RetryPolicy::run`] for a named backend call: each attempt's latency and outcome go to
-    /// the process's backend-call statistics (`/metrics`).
-    pub async fn call<T, F, Fut>(&self, backend: &str, operation: &str, op: F) -> Result<T, BackendError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, BackendError>>,
-    {
-        self.run_inner(Some((backend, operation)), |_| {}, op).await
-    }
-
-    async fn run_inner<T, F, Fut>(
-        &self,
-        name: Option<(&str, &str)>,
-        report: impl Fn(Option<&BackendError>),
+        observe: impl Fn(Duration, Result<(), &BackendError>),
         mut op: F,
     ) -> Result<T, BackendError>
     where
@@ -96,10 +73,7 @@ impl RetryPolicy {
                     Err(BackendError::transient("adapter", "call", format!("no answer within {:?}", self.timeout)))
                 }
             };
-            report(outcome.as_ref().err());
-            if let Some((backend, operation)) = name {
-                crate::metrics::record_call(backend, operation, began.elapsed(), outcome.is_ok());
-            }
+            observe(began.elapsed(), outcome.as_ref().map(|_| ()));
             match outcome {
                 Ok(v) => return Ok(v),
                 Err(e) if e.kind == FailureKind::Transient && attempt < self.attempts => {

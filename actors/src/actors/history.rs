@@ -10,11 +10,11 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::calls::Calls;
 use crate::decision::{DeadLetter, HistoryRow};
 use crate::envelope::Ack;
 use crate::metrics::{ActorName, Metrics};
 use crate::ports::{BackendError, BackendResult, HistoryStore, Sink, SinkRecord};
-use crate::retry::RetryPolicy;
 
 /// Append these rows; resolves once they are durable.
 #[derive(Message)]
@@ -33,7 +33,8 @@ struct Flush;
 pub struct HistoryWriter {
     store: Arc<dyn HistoryStore>,
     dead_letter_sink: Arc<dyn Sink>,
-    retry: RetryPolicy,
+    /// Store and sink writes: retried, timed, counted, health reported.
+    calls: Calls,
     metrics: Arc<Metrics>,
     mailbox: usize,
     rows: Vec<HistoryRow>,
@@ -43,18 +44,12 @@ pub struct HistoryWriter {
 }
 
 impl HistoryWriter {
-    pub fn new(
-        store: Arc<dyn HistoryStore>,
-        dead_letter_sink: Arc<dyn Sink>,
-        retry: RetryPolicy,
-        metrics: Arc<Metrics>,
-        mailbox: usize,
-    ) -> Self {
+    pub fn new(store: Arc<dyn HistoryStore>, dead_letter_sink: Arc<dyn Sink>, calls: Calls, mailbox: usize) -> Self {
         HistoryWriter {
             store,
             dead_letter_sink,
-            retry,
-            metrics,
+            metrics: calls.metrics().clone(),
+            calls,
             mailbox,
             rows: Vec::new(),
             waiting: Vec::new(),
@@ -101,18 +96,18 @@ impl Handler<DeadLetters> for HistoryWriter {
     }
 }
 
-/// Retries `op` per the policy, and then again and again: for writes that must not give up.
-async fn persist<F, Fut>(retry: RetryPolicy, what: &str, mut op: F)
+/// Calls `op` per the policy, and then again and again: for writes that must not give up.
+async fn persist<F, Fut>(calls: &Calls, backend: &str, operation: &str, mut op: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = BackendResult<()>>,
 {
     loop {
-        match retry.run(&mut op).await {
+        match calls.call(backend, operation, &mut op).await {
             Ok(()) => return,
             Err(e) => {
-                tracing::error!(error = %e, "{what} failed after retries; will keep trying, the messages stay unacknowledged");
-                tokio::time::sleep(retry.max).await;
+                tracing::error!(error = %e, "{backend} {operation} failed after retries; will keep trying, the messages stay unacknowledged");
+                tokio::time::sleep(calls.policy().max).await;
             }
         }
     }
@@ -125,8 +120,8 @@ impl Handler<Flush> for HistoryWriter {
         let mut rows = std::mem::take(&mut self.rows);
         let waiting = std::mem::take(&mut self.waiting);
         let letters = std::mem::take(&mut self.letters);
-        let (store, sink, retry, metrics) =
-            (self.store.clone(), self.dead_letter_sink.clone(), self.retry, self.metrics.clone());
+        let (store, sink, calls, metrics) =
+            (self.store.clone(), self.dead_letter_sink.clone(), self.calls.clone(), self.metrics.clone());
         ctx.wait(actix::fut::wrap_future(async move {
             let working = metrics.working(ActorName::HistoryWriter);
             let mut acks = Vec::with_capacity(letters.len());
@@ -144,12 +139,10 @@ impl Handler<Flush> for HistoryWriter {
                     });
                     acks.push(ack);
                 }
-                persist(retry, "writing dead letters", || sink.send(&records)).await;
+                persist(&calls, "dead-letter sink", "send", || sink.send(&records)).await;
             }
-            let result = if rows.is_empty() { Ok(()) } else { retry.call("history store", "append", || store.append(&rows)).await };
-            if !rows.is_empty() {
-                metrics.backend_result("history store", result.as_ref().map(|_| ()));
-            }
+            let result =
+                if rows.is_empty() { Ok(()) } else { calls.call("history store", "append", || store.append(&rows)).await };
             if let Err(e) = &result {
                 tracing::error!(error = %e, rows = rows.len(), "history write failed after retries");
             }

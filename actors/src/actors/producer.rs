@@ -10,11 +10,11 @@ use tokio::sync::oneshot;
 
 use super::Enriched;
 use super::history::{DeadLetters, HistoryWriter, Record};
+use crate::calls::Calls;
 use crate::decision::{DeadLetter, HistoryRow, Outcome, Stage, decision_id, rfc3339};
 use crate::envelope::Envelope;
 use crate::metrics::{ActorName, Flow, Metrics};
 use crate::ports::{BackendError, BackendResult, Sink, SinkRecord};
-use crate::retry::RetryPolicy;
 
 /// Publish this enriched event (the enrich-only topology) and acknowledge it once durable; if
 /// the sink keeps failing, dead-letter it instead.
@@ -67,7 +67,8 @@ pub struct Producer {
     /// Its sink, as health and backend-call statistics name it (`upsert sink`).
     name: &'static str,
     sink: Arc<dyn Sink>,
-    retry: RetryPolicy,
+    /// Sink writes: retried, timed, counted, the sink's health reported (for `/readyz`).
+    calls: Calls,
     mailbox: usize,
     queue: Vec<SinkRecord>,
     waiting: Vec<oneshot::Sender<BackendResult<()>>>,
@@ -75,14 +76,12 @@ pub struct Producer {
     delivered: Vec<SinkRecord>,
     /// Where deliveries leave history and, when they fail, dead letters.
     history: Option<(Addr<HistoryWriter>, Arc<Metrics>)>,
-    /// Where the sink's health is reported (for `/readyz`).
-    health: Option<Arc<Metrics>>,
     scheduled: bool,
 }
 
 impl Producer {
     /// The producer of `actor` (one of the producers of [`ActorName`]), writing to `sink`.
-    pub fn new(actor: ActorName, sink: Arc<dyn Sink>, retry: RetryPolicy, mailbox: usize) -> Self {
+    pub fn new(actor: ActorName, sink: Arc<dyn Sink>, calls: Calls, mailbox: usize) -> Self {
         let name = match actor {
             ActorName::DropProducer => "drop sink",
             ActorName::EnrichedProducer => "enriched sink",
@@ -92,22 +91,15 @@ impl Producer {
             actor,
             name,
             sink,
-            retry,
+            calls,
             mailbox,
             queue: Vec::new(),
             waiting: Vec::new(),
             deliveries: Vec::new(),
             delivered: Vec::new(),
             history: None,
-            health: None,
             scheduled: false,
         }
-    }
-
-    /// Reports the sink's health to `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.health = Some(metrics);
-        self
     }
 
     /// A producer that also takes [`Deliver`] (the enriched output of the enrich-only topology).
@@ -127,9 +119,7 @@ impl Producer {
 impl Handler<Deliver> for Producer {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        if let Some(m) = &self.health {
-            m.handled(self.actor);
-        }
+        self.calls.metrics().handled(self.actor);
         let (record, id) = enriched_record(&msg.0);
         let ev = &msg.0.body.event;
         let (event_id, asset_key, source, run_id) =
@@ -156,9 +146,7 @@ impl Actor for Producer {
 impl Handler<Publish> for Producer {
     type Result = ResponseFuture<BackendResult<()>>;
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
-        if let Some(m) = &self.health {
-            m.handled(self.actor);
-        }
+        self.calls.metrics().handled(self.actor);
         let (tx, rx) = oneshot::channel();
         self.queue.extend(msg.0);
         self.waiting.push(tx);
@@ -180,17 +168,13 @@ impl Handler<Flush> for Producer {
         let waiting = std::mem::take(&mut self.waiting);
         let delivered = std::mem::take(&mut self.delivered);
         let deliveries = std::mem::take(&mut self.deliveries);
-        let (sink, retry, history, name) = (self.sink.clone(), self.retry, self.history.clone(), self.name);
-        let health = self.health.clone();
+        let (sink, calls, history, name) = (self.sink.clone(), self.calls.clone(), self.history.clone(), self.name);
         let actor = self.actor;
         // ctx.wait: one write at a time, in arrival order; what comes meanwhile forms the next batch.
         ctx.wait(actix::fut::wrap_future(async move {
-            let working = health.as_ref().map(|m| m.working(actor));
-            let result = if batch.is_empty() { Ok(()) } else { retry.call(name, "send", || sink.send(&batch)).await };
+            let working = calls.metrics().working(actor);
+            let result = if batch.is_empty() { Ok(()) } else { calls.call(name, "send", || sink.send(&batch)).await };
             drop(working);
-            if let (Some(m), false) = (&health, batch.is_empty()) {
-                m.backend_result(name, result.as_ref().map(|_| ()));
-            }
             if let Err(e) = &result {
                 tracing::error!(error = %e, records = batch.len(), "sink write failed after retries");
             }
@@ -200,12 +184,9 @@ impl Handler<Flush> for Producer {
             if deliveries.is_empty() {
                 return;
             }
-            let working = health.as_ref().map(|m| m.working(actor));
-            let result = retry.call(name, "send", || sink.send(&delivered)).await;
+            let working = calls.metrics().working(actor);
+            let result = calls.call(name, "send", || sink.send(&delivered)).await;
             drop(working);
-            if let Some(m) = &health {
-                m.backend_result(name, result.as_ref().map(|_| ()));
-            }
             finish_deliveries(history, deliveries, result).await;
         }));
     }

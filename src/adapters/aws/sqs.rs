@@ -153,6 +153,10 @@ impl Sink for SqsSink {
                 ),
             ));
         }
+        // Not a second retry policy: a SendMessageBatch can succeed for some entries and refuse
+        // others, and only the refused ones are sent again (as DynamoDB's unprocessed keys are),
+        // so that a partial failure does not publish the rest twice. Entries that keep being
+        // refused become a transient error, and the caller's `[retry]` policy takes over.
         for batch in batches {
             let mut todo = batch;
             let mut round = 0u32;

@@ -26,6 +26,7 @@ use self::plan::{BatchPlan, plan_batch, sink_record};
 use super::Enriched;
 use super::history::{DeadLetters, HistoryWriter, Record};
 use super::producer::{Producer, Publish};
+use crate::calls::Calls;
 use crate::decision::{DeadLetter, Decision, DropDecision, HistoryRow, Outcome, Stage, decision_id, prior_state};
 use crate::envelope::Envelope;
 use crate::event::EventKind;
@@ -34,7 +35,7 @@ use crate::lookup::{CachedLookup, LookupKeys};
 use crate::metrics::{ActorName, Flow, Metrics};
 use crate::ports::{BackendError, BackendResult, ContentStore, ControlStore, FailureKind, RecordKey, RecordWrite};
 use crate::record::{ControlRecord, RecordStatus};
-use crate::retry::{RetryPolicy, panic_message};
+use crate::retry::panic_message;
 
 /// How many times a batch is decided again after losing a conditional write.
 const CONFLICT_ROUNDS: u32 = 5;
@@ -81,7 +82,8 @@ pub struct DecisorDeps {
     pub lookup: Arc<CachedLookup>,
     pub lookup_keys: LookupKeys,
     pub ignore: HashIgnore,
-    pub retry: RetryPolicy,
+    /// Every backend call: retried, timed, counted, health reported.
+    pub calls: Calls,
     pub metrics: Arc<Metrics>,
 }
 
@@ -217,7 +219,7 @@ async fn apply_supervised(deps: &DecisorDeps, events: Vec<Envelope<Enriched>>) {
     }
     Metrics::add(&deps.metrics.restarts, 1);
     tracing::error!(events = batch.len(), "a decisor batch panicked; delivering its events again one by one");
-    tokio::time::sleep(deps.retry.delay(1)).await;
+    tokio::time::sleep(deps.calls.policy().delay(1)).await;
     for p in std::mem::take(&mut batch) {
         let mut one = vec![p];
         if let Err(panic) = AssertUnwindSafe(apply_events(deps, &mut one)).catch_unwind().await {
@@ -310,8 +312,7 @@ async fn decide_and_publish(
             .map(|p| RecordKey { source: p.enriched.event.source.clone(), asset_key: p.key.clone() })
             .collect()
     };
-    let read = deps.retry.call("control store", "get", || deps.control.get_many(&keys)).await;
-    deps.metrics.backend_result("control store", read.as_ref().map(|_| ()));
+    let read = deps.calls.call("control store", "get", || deps.control.get_many(&keys)).await;
     let mut records = read.map_err(|e| (Stage::Decide, e))?;
     let landed = earlier.restore(&mut records);
     let plan = plan_batch(
@@ -333,7 +334,7 @@ async fn apply(
 ) -> Result<Vec<HistoryRow>, (Stage, BackendError)> {
     let BatchPlan { rows, outcomes, contents, upserts, writes, landed, priors } = plan;
     if !contents.is_empty() {
-        deps.retry
+        deps.calls
             .call("content store", "put", || deps.content.put_many(&contents))
             .await
             .map_err(|e| (Stage::Decide, e))?;
@@ -349,7 +350,7 @@ async fn apply(
         Metrics::add(&deps.metrics.upserts_published, n);
     }
     if !writes.is_empty() {
-        let put = deps.retry.call("control store", "put", || deps.control.put_many(&writes)).await;
+        let put = deps.calls.call("control store", "put", || deps.control.put_many(&writes)).await;
         if let Err(e) = put {
             if e.kind == FailureKind::Conflict {
                 earlier.read = priors.into_iter().collect();
@@ -409,7 +410,7 @@ async fn apply_drops(deps: &DecisorDeps, cmd: ApplyDrops) -> BackendResult<usize
 async fn try_apply_drops(deps: &DecisorDeps, cmd: &ApplyDrops) -> BackendResult<usize> {
     let keys: Vec<RecordKey> =
         cmd.keys.iter().map(|k| RecordKey { source: cmd.source.clone(), asset_key: k.clone() }).collect();
-    let records = deps.retry.call("control store", "get", || deps.control.get_many(&keys)).await?;
+    let records = deps.calls.call("control store", "get", || deps.control.get_many(&keys)).await?;
     let now = Utc::now();
     let mut outputs = Vec::new();
     let mut changed = Vec::new();
@@ -462,7 +463,7 @@ async fn try_apply_drops(deps: &DecisorDeps, cmd: &ApplyDrops) -> BackendResult<
     .await
     .unwrap_or_else(|_| Err(stopped("drop producer")))?;
     Metrics::add(&deps.metrics.drops_published, n as u64);
-    deps.retry.call("control store", "put", || deps.control.put_many(&changed)).await?;
+    deps.calls.call("control store", "put", || deps.control.put_many(&changed)).await?;
     deps.metrics.sent(Flow::DecisorControl, changed.len() as u64);
     waiting(deps, {
         deps.metrics.sent(Flow::DecisorHistory, rows.len() as u64);

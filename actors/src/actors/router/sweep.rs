@@ -12,12 +12,12 @@ use futures_util::future::join_all;
 use super::super::Enriched;
 use super::super::decisor::{ApplyDrops, Barrier, Decisor};
 use super::super::history::{DeadLetters, HistoryWriter, Record};
+use crate::calls::Calls;
 use crate::decision::{DeadLetter, HistoryRow, Outcome, Stage, decision_id};
 use crate::envelope::Envelope;
 use crate::event::EventKind;
 use crate::metrics::{Flow, Metrics};
 use crate::ports::ControlStore;
-use crate::retry::RetryPolicy;
 use crate::rules::SweepPlan;
 
 /// Longest pause between two checks of a run that has not yet seen its expected assets.
@@ -28,7 +28,7 @@ pub struct SweepDeps {
     pub shards: Vec<Addr<Decisor>>,
     pub control: Arc<dyn ControlStore>,
     pub history: Addr<HistoryWriter>,
-    pub retry: RetryPolicy,
+    pub calls: Calls,
     pub max_drop_fraction: f64,
     pub completion_timeout: Duration,
     pub metrics: Arc<Metrics>,
@@ -56,7 +56,7 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
             // A closed semaphore cannot happen (it is never closed); scanning anyway is safe.
             let _scan = deps.scans.acquire().await.ok();
             let plan = || deps.control.sweep_plan(&ev.source, &ev.run_id, deps.max_drop_fraction);
-            match deps.retry.call("control store", "list", plan).await {
+            match deps.calls.call("control store", "list", plan).await {
                 Ok(plan) => plan,
                 Err(e) => {
                     let dl = dead("backend", Stage::Decide, format!("completion of run `{}`: {e}", ev.run_id));
