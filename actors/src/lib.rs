@@ -20,22 +20,23 @@
 //! - [`lookup`]: building lookup keys from JSON pointers, and the TTL cache in front of a `Lookup`.
 //! - [`retry`]: exponential back-off with jitter; [`calls`]: the one instrumented layer every
 //!   backend call of an actor goes through (retry, timeout, panic, statistics, health).
-//! - [`metrics`]: lock-free counters the actors bump and the binary reports; [`latency`]: the
-//!   decision-latency histogram among them.
-//! - [`forward`]: sending into a bounded mailbox without losing order or the bound.
-//! - [`actors`]: Ingest, Enricher, Router (with the completion sweep), Decisor (its batch
-//!   planning in `decisor/plan.rs`, pure), Producer (upsert, drop, enriched), HistoryWriter.
+//! - [`metrics`]: lock-free counters the actors bump and the binary reports; `latency`: the
+//!   decision-latency histogram among them ([`LatencyHistogram`]).
+//! - `forward` (private): sending into a bounded mailbox without losing order or the bound.
+//! - `actors` (private, started by [`pipeline`]): Ingest, Enricher, Router (with the completion
+//!   sweep), Decisor (its batch planning in `decisor/plan.rs`, pure), Producer (upsert, drop,
+//!   enriched), HistoryWriter.
 //! - [`redrive`]: dead letters fed back to the pipeline as a source, parked past `max_attempts`.
 //! - [`pipeline`]: wiring the actors into a running topology.
 
-pub mod actors;
+mod actors;
 pub mod calls;
 pub mod decision;
 pub mod envelope;
 pub mod event;
-pub mod forward;
+mod forward;
 pub mod hash;
-pub mod latency;
+mod latency;
 pub mod lookup;
 pub mod metrics;
 pub mod pipeline;
@@ -44,3 +45,5 @@ pub mod record;
 pub mod redrive;
 pub mod retry;
 pub mod rules;
+
+pub use latency::LatencyHistogram;
