@@ -62,15 +62,27 @@ impl Default for Settings {
 /// The backends of a topology, one per port.
 pub struct Ports {
     pub sources: Vec<(String, Box<dyn Source>)>,
+    pub lookup: Arc<dyn Lookup>,
+    pub history: Arc<dyn HistoryStore>,
+    pub dead_letter_sink: Arc<dyn Sink>,
+    /// What enriched events go on to.
+    pub downstream: Downstream,
+}
+
+/// What comes after enrichment: the decision stage and its backends, or, in the enrich-only
+/// topology, the enriched sink alone.
+pub enum Downstream {
+    Decide(DecisionPorts),
+    /// Enriched events are published here; nothing is decided.
+    PublishEnriched(Arc<dyn Sink>),
+}
+
+/// The backends of the decision stage.
+pub struct DecisionPorts {
     pub control: Arc<dyn ControlStore>,
     pub content: Arc<dyn ContentStore>,
-    pub history: Arc<dyn HistoryStore>,
-    pub lookup: Arc<dyn Lookup>,
     pub upsert_sink: Arc<dyn Sink>,
     pub drop_sink: Arc<dyn Sink>,
-    pub dead_letter_sink: Arc<dyn Sink>,
-    /// Set for the enrich-only topology: enriched events go here, nothing is decided.
-    pub enriched_sink: Option<Arc<dyn Sink>>,
 }
 
 /// A running topology.
@@ -98,17 +110,17 @@ impl Pipeline {
             HistoryWriter::start_in_arbiter(&outputs.handle(), move |_| HistoryWriter::new(store, sink, calls, mailbox))
         };
         let mut arbiters = Vec::new();
-        let next = match &ports.enriched_sink {
-            Some(sink) => {
+        let next = match &ports.downstream {
+            Downstream::PublishEnriched(sink) => {
                 // Enrich only: enriched events go straight to their sink.
                 let (sink, h, m, calls) = (sink.clone(), history.clone(), metrics.clone(), calls.clone());
                 Next::Publish(Producer::start_in_arbiter(&outputs.handle(), move |_| {
                     Producer::new(ActorName::EnrichedProducer, sink, calls, mailbox).delivering(h, m)
                 }))
             }
-            None => Next::Decide(Self::start_decision_stage(
+            Downstream::Decide(decision) => Next::Decide(Self::start_decision_stage(
                 &settings,
-                &ports,
+                decision,
                 &outputs,
                 &mut arbiters,
                 &history,
@@ -152,7 +164,7 @@ impl Pipeline {
     #[allow(clippy::too_many_arguments)]
     fn start_decision_stage(
         settings: &Settings,
-        ports: &Ports,
+        ports: &DecisionPorts,
         outputs: &Arbiter,
         arbiters: &mut Vec<Arbiter>,
         history: &Addr<HistoryWriter>,

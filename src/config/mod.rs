@@ -191,7 +191,13 @@ fn unknown_keys(doc: &toml::Value, config: &Config) -> Vec<String> {
     let (mut given, mut taken) = (BTreeSet::new(), BTreeSet::new());
     key_paths(doc, "", &mut given);
     key_paths(&known, "", &mut taken);
-    given.difference(&taken).cloned().collect()
+    let unknown: Vec<&String> = given.difference(&taken).collect();
+    // A misspelt section is one mistake, not one per key under it.
+    unknown
+        .iter()
+        .filter(|k| !unknown.iter().any(|u| k.starts_with(&format!("{u}.")) || k.starts_with(&format!("{u}["))))
+        .map(|k| (*k).clone())
+        .collect()
 }
 
 /// Every table key under `v`, as dotted paths (array entries as `[i]`). A key whose value is a
@@ -472,6 +478,11 @@ mod tests {
         let (config, failed) = deserialize_each(doc.clone());
         assert!(failed.is_empty());
         assert_eq!(unknown_keys(&doc, &config), ["content.pth"]);
+        let doc =
+            prepared(&format!("{MIN}[pipelin]\nshards = 2\nmailbox = 9\n"), Path::new("c.toml"), &BTreeMap::new())
+                .unwrap();
+        let (config, _) = deserialize_each(doc.clone());
+        assert_eq!(unknown_keys(&doc, &config), ["pipelin"], "a misspelt section is reported once");
     }
 
     #[test]

@@ -1,16 +1,35 @@
 //! The topology as a graph, built once from the config: every actor, source and store a config
 //! starts, and every edge between them with the flow counter that measures it. The builder
-//! starts what the graph names, `assetflow topology` draws it, and the status page lays it out
-//! from `/graph.json`, so the three cannot drift apart.
+//! opens the backend of each node the graph holds, `assetflow topology` draws it, and the
+//! status page lays it out from `/graph.json`, so the three cannot drift apart.
 
 use assetflow_actors::metrics::{ActorName, Flow};
 use serde::Serialize;
 
 use crate::config::{Config, ContentConfig, ControlConfig, EnricherConfig, HistoryConfig, redact_url};
 
+/// What a node is, for the builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// `[[sources]]` entry `i`, and the Ingest that reads it.
+    Source(usize),
+    Ingest(usize),
+    Enricher,
+    Router,
+    Decisor,
+    ContentStore,
+    ControlStore,
+    UpsertProducer,
+    DropProducer,
+    EnrichedProducer,
+    HistoryWriter,
+}
+
 /// One box of the picture.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Node {
+    #[serde(skip)]
+    pub kind: NodeKind,
     /// Stable id: `source0`, `ingest0`, `enricher`, `router`, `decisor`, `upsert_producer`...
     pub id: String,
     /// What it is, in the words of ARCHITECTURE.md: `Ingest`, `Decisor`, `control store`...
@@ -44,13 +63,14 @@ impl Graph {
     pub fn build(config: &Config, sources: &[String]) -> Graph {
         let mut g = Graph { nodes: Vec::new(), edges: Vec::new() };
         for (i, name) in sources.iter().enumerate() {
-            g.node(&format!("source{i}"), "source", name, None);
-            g.node(&format!("ingest{i}"), "Ingest", name, None);
+            g.node(NodeKind::Source(i), &format!("source{i}"), "source", name, None);
+            g.node(NodeKind::Ingest(i), &format!("ingest{i}"), "Ingest", name, None);
             g.edge(&format!("source{i}"), &format!("ingest{i}"), Flow::SourceIngest.key(name));
             g.edge(&format!("ingest{i}"), "enricher", Flow::IngestEnricher.key(name));
             g.edge(&format!("ingest{i}"), "history_writer", Flow::IngestHistory.key(name));
         }
         g.node(
+            NodeKind::Enricher,
             "enricher",
             "Enricher",
             &format!("lookup: {}", lookup_label(&config.enricher)),
@@ -58,16 +78,28 @@ impl Graph {
         );
         g.flow("enricher", "history_writer", Flow::EnricherHistory);
         if config.decides() {
-            g.node("router", "Router", "asset key → shard", Some(ActorName::Router));
+            g.node(NodeKind::Router, "router", "Router", "asset key → shard", Some(ActorName::Router));
             g.flow("enricher", "router", Flow::EnricherRouter);
-            g.node("decisor", "Decisor", "one shard per asset key", Some(ActorName::Decisor));
+            g.node(NodeKind::Decisor, "decisor", "Decisor", "one shard per asset key", Some(ActorName::Decisor));
             g.nodes.last_mut().expect("just pushed").instances = config.pipeline.shards;
             g.flow("router", "decisor", Flow::RouterDecisor);
             g.flow("router", "history_writer", Flow::RouterHistory);
-            g.node("content", "content store", &content_label(&config.content), None);
-            g.node("control", "control store", &control_label(&config.control), None);
-            g.node("upsert_producer", "UpsertProducer", &config.sinks.upsert.label(), Some(ActorName::UpsertProducer));
-            g.node("drop_producer", "DropProducer", &config.sinks.drop.label(), Some(ActorName::DropProducer));
+            g.node(NodeKind::ContentStore, "content", "content store", &content_label(&config.content), None);
+            g.node(NodeKind::ControlStore, "control", "control store", &control_label(&config.control), None);
+            g.node(
+                NodeKind::UpsertProducer,
+                "upsert_producer",
+                "UpsertProducer",
+                &config.sinks.upsert.label(),
+                Some(ActorName::UpsertProducer),
+            );
+            g.node(
+                NodeKind::DropProducer,
+                "drop_producer",
+                "DropProducer",
+                &config.sinks.drop.label(),
+                Some(ActorName::DropProducer),
+            );
             // In the order a batch applies them: content, outputs, control records, history.
             g.flow("decisor", "content", Flow::DecisorContent);
             g.flow("decisor", "upsert_producer", Flow::DecisorUpsert);
@@ -76,6 +108,7 @@ impl Graph {
             g.flow("decisor", "history_writer", Flow::DecisorHistory);
         } else {
             g.node(
+                NodeKind::EnrichedProducer,
                 "enriched_producer",
                 "EnrichedProducer",
                 &config.sinks.enriched.label(),
@@ -86,12 +119,13 @@ impl Graph {
         }
         let detail =
             format!("history: {}; dead letters: {}", history_label(&config.history), config.sinks.dead_letter.label());
-        g.node("history_writer", "HistoryWriter", &detail, Some(ActorName::HistoryWriter));
+        g.node(NodeKind::HistoryWriter, "history_writer", "HistoryWriter", &detail, Some(ActorName::HistoryWriter));
         g
     }
 
-    fn node(&mut self, id: &str, title: &str, detail: &str, actor: Option<ActorName>) {
+    fn node(&mut self, kind: NodeKind, id: &str, title: &str, detail: &str, actor: Option<ActorName>) {
         self.nodes.push(Node {
+            kind,
             id: id.into(),
             title: title.into(),
             detail: detail.into(),

@@ -8,7 +8,7 @@ mod graph;
 
 use std::sync::Arc;
 
-use assetflow_actors::pipeline::{Ports, Settings};
+use assetflow_actors::pipeline::{DecisionPorts, Downstream, Ports, Settings};
 use assetflow_actors::ports::{ContentStore, ControlStore, HistoryStore, Lookup, Sink, Source};
 
 use crate::adapters::aws::dynamodb::DynamoControl;
@@ -31,7 +31,7 @@ use crate::config::{
     Config, ContentConfig, ControlConfig, EnricherConfig, HistoryConfig, KafkaSourceConfig, SinkConfig, SourceConfig,
 };
 
-pub use graph::{Edge, Graph, Node};
+pub use graph::{Edge, Graph, Node, NodeKind};
 
 /// A failure to build the topology, naming the config key and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -217,44 +217,62 @@ async fn content_store(config: &Config, aws: Option<&Aws>) -> Result<Arc<dyn Con
     })
 }
 
-/// Builds every adapter the config names (its sources only if `with_sources`), and the graph
-/// of what will run.
+/// Builds the graph of the config's topology (its sources only if `with_sources`), and the
+/// backend of each node in it: the builder walks the graph, so what runs is what is drawn.
 pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool) -> Result<Built, BuildError> {
+    let names: Vec<String> =
+        if with_sources { config.sources.iter().map(SourceConfig::display_name).collect() } else { Vec::new() };
+    let graph = Graph::build(config, &names);
     let aws = aws(config).await;
+    // Every topology keeps its source checkpoints with the control table, deciding or not.
     let (control, checkpoints) = control_store(config, state, aws.as_ref()).await?;
+    let aws_ref = aws.as_ref();
     let mut sources: Vec<(String, Box<dyn Source>)> = Vec::new();
-    for (i, s) in config.sources.iter().enumerate().filter(|_| with_sources) {
-        sources.push((s.display_name(), source(config, i, s, state, aws.as_ref(), &checkpoints).await?));
+    let (mut lookup_port, mut content, mut history, mut dead) = (None, None, None, None);
+    let (mut upsert_sink, mut drop_sink, mut enriched_sink) = (None, None, None);
+    let mut decides = false;
+    for node in &graph.nodes {
+        match node.kind {
+            NodeKind::Source(i) => {
+                let s = &config.sources[i];
+                sources.push((node.detail.clone(), source(config, i, s, state, aws_ref, &checkpoints).await?));
+            }
+            NodeKind::Enricher => lookup_port = Some(lookup(config)?),
+            NodeKind::ControlStore => decides = true,
+            NodeKind::ContentStore => content = Some(content_store(config, aws_ref).await?),
+            NodeKind::UpsertProducer => {
+                upsert_sink = Some(sink(config, aws_ref, "sinks.upsert", &config.sinks.upsert)?)
+            }
+            NodeKind::DropProducer => drop_sink = Some(sink(config, aws_ref, "sinks.drop", &config.sinks.drop)?),
+            NodeKind::EnrichedProducer => {
+                enriched_sink = Some(sink(config, aws_ref, "sinks.enriched", &config.sinks.enriched)?);
+            }
+            NodeKind::HistoryWriter => {
+                history = Some(history_store(config, state).await?);
+                dead = Some(sink(config, aws_ref, "sinks.dead_letter", &config.sinks.dead_letter)?);
+            }
+            // Actors: the pipeline starts them.
+            NodeKind::Ingest(_) | NodeKind::Router | NodeKind::Decisor => {}
+        }
     }
-    let history = history_store(config, state).await?;
-    let content = content_store(config, aws.as_ref()).await?;
-    // Enrich-only topologies never write upserts or drops: their sinks are not even opened.
-    let dead = sink(config, aws.as_ref(), "sinks.dead_letter", &config.sinks.dead_letter)?;
+    let missing = |what: &str| build_err(config, "pipeline.stages", format!("the topology has no {what}"));
+    let downstream = match (decides, enriched_sink) {
+        (true, _) => Downstream::Decide(DecisionPorts {
+            control,
+            content: content.ok_or_else(|| missing("content store"))?,
+            upsert_sink: upsert_sink.ok_or_else(|| missing("UpsertProducer"))?,
+            drop_sink: drop_sink.ok_or_else(|| missing("DropProducer"))?,
+        }),
+        (false, Some(sink)) => Downstream::PublishEnriched(sink),
+        (false, None) => return Err(missing("stage after the Enricher")),
+    };
     let ports = Ports {
         sources,
-        control,
-        content,
-        history,
-        lookup: lookup(config)?,
-        upsert_sink: if config.decides() {
-            sink(config, aws.as_ref(), "sinks.upsert", &config.sinks.upsert)?
-        } else {
-            dead.clone()
-        },
-        drop_sink: if config.decides() {
-            sink(config, aws.as_ref(), "sinks.drop", &config.sinks.drop)?
-        } else {
-            dead.clone()
-        },
-        dead_letter_sink: dead,
-        enriched_sink: if config.decides() {
-            None
-        } else {
-            Some(sink(config, aws.as_ref(), "sinks.enriched", &config.sinks.enriched)?)
-        },
+        lookup: lookup_port.ok_or_else(|| missing("Enricher"))?,
+        history: history.ok_or_else(|| missing("HistoryWriter"))?,
+        dead_letter_sink: dead.ok_or_else(|| missing("HistoryWriter"))?,
+        downstream,
     };
-    let names: Vec<String> = ports.sources.iter().map(|(n, _)| n.clone()).collect();
-    let graph = Graph::build(config, &names);
     Ok(Built { ports, graph, aws_requests: aws.as_ref().map(|a| a.requests.clone()), aws })
 }
 

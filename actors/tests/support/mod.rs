@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use assetflow_actors::decision::{HistoryRow, Origin};
 use assetflow_actors::envelope::Watermark;
-use assetflow_actors::pipeline::{Pipeline, Ports, Settings};
+use assetflow_actors::pipeline::{DecisionPorts, Downstream, Pipeline, Ports, Settings};
 use assetflow_actors::ports::*;
 use assetflow_actors::record::ControlRecord;
 use async_trait::async_trait;
@@ -343,14 +343,15 @@ pub fn run_dyn_sink(settings: Settings, source: Box<dyn Source>, upserts: Arc<dy
     let b = Backends::default();
     let ports = Ports {
         sources: vec![("test".into(), source)],
-        control: b.control.clone(),
-        content: Arc::new(NullContent),
-        history: Arc::new(NullHistory),
         lookup: b.lookup,
-        upsert_sink: upserts,
-        drop_sink: b.drops.clone(),
+        history: Arc::new(NullHistory),
         dead_letter_sink: b.dead.clone(),
-        enriched_sink: None,
+        downstream: Downstream::Decide(DecisionPorts {
+            control: b.control.clone(),
+            content: Arc::new(NullContent),
+            upsert_sink: upserts,
+            drop_sink: b.drops.clone(),
+        }),
     };
     actix_rt::System::new().block_on(async move {
         let mut p = Pipeline::start(settings, ports);
@@ -397,14 +398,15 @@ pub fn run_with(settings: Settings, source: Box<dyn Source>, b: Backends) -> Run
     let (upserts, drops, dead, history, control) = (b.upserts, b.drops, b.dead, b.history, b.control);
     let ports = Ports {
         sources: vec![("test".into(), source)],
-        control: control.clone(),
-        content: b.content,
-        history: history.clone(),
         lookup: b.lookup,
-        upsert_sink: upserts.clone(),
-        drop_sink: drops.clone(),
+        history: history.clone(),
         dead_letter_sink: dead.clone(),
-        enriched_sink: None,
+        downstream: Downstream::Decide(DecisionPorts {
+            control: control.clone(),
+            content: b.content,
+            upsert_sink: upserts.clone(),
+            drop_sink: drops.clone(),
+        }),
     };
     actix_rt::System::new().block_on(async move {
         let mut p = Pipeline::start(settings, ports);
