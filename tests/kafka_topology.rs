@@ -1,5 +1,6 @@
 //! The Kafka topology end to end against a real Kafka-protocol broker: events on a topic keyed
-//! by `source`, outputs and dead letters (the failure topic) read back from their topics.
+//! by `source`, outputs and dead letters (the failure topic) read back from their topics, and,
+//! as in examples/kafka.toml, the control table and history in PostgreSQL.
 
 mod common;
 
@@ -51,6 +52,16 @@ kind = "file"
 path = "business.json"
 [decisor]
 hash_ignore = ["stats.row_count"]
+[control]
+kind = "postgres"
+url = "{pg}"
+table = "{control}"
+create_if_missing = true
+[history]
+kind = "postgres"
+url = "{pg}"
+table = "{history}"
+create_if_missing = true
 [sinks.upsert]
 kind = "kafka"
 brokers = "{b}"
@@ -71,6 +82,9 @@ topic = "{dead}"
 listen = ""
 "#,
         b = brokers(),
+        pg = common::pg_url(),
+        control = unique("control").replace('-', "_"),
+        history = unique("history").replace('-', "_"),
         input = t.input,
         group = unique("assetflow"),
         upsert = t.upsert,

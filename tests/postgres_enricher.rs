@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use assetflow::adapters::postgres_lookup::PgLookup;
+use assetflow::adapters::postgres::lookup::PgLookup;
 use assetflow_actors::calls::Calls;
 use assetflow_actors::lookup::CachedLookup;
 use assetflow_actors::metrics::Metrics;
@@ -14,8 +14,7 @@ use assetflow_actors::ports::Lookup;
 use assetflow_actors::retry::RetryPolicy;
 
 fn url() -> String {
-    std::env::var("ASSETFLOW_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://assetflow:assetflow@127.0.0.1:5432/assetflow".into())
+    common::pg_url()
 }
 
 const QUERY: &str = "SELECT domain, owner, criticality, tags, retention_days, updated_at FROM business_catalog \

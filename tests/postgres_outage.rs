@@ -10,8 +10,7 @@ use std::time::Duration;
 use common::{Outputs, bin, free_port, http_get as get};
 
 fn url() -> String {
-    std::env::var("ASSETFLOW_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://assetflow:assetflow@127.0.0.1:5432/assetflow".into())
+    common::pg_url()
 }
 
 fn pg_ctl(action: &str) {

@@ -9,7 +9,7 @@ pub mod file_sink;
 pub mod file_source;
 pub mod http_source;
 pub mod kafka;
-pub mod postgres_lookup;
+pub mod postgres;
 pub mod scylla_history;
 pub mod state;
 pub mod state_layout;

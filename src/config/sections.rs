@@ -309,6 +309,25 @@ pub enum ControlConfig {
     #[default]
     Embedded,
     Dynamodb(DynamoTable),
+    /// Shared by every process of the topology; writes conditional on the version read.
+    Postgres(PostgresTable),
+}
+
+/// A PostgreSQL table shared by every process of a topology: the `postgres` control table or
+/// history. The table name is spliced into SQL, so it must be a plain identifier.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PostgresTable {
+    pub url: String,
+    pub table: String,
+    /// Create the table (and its index) if it does not exist.
+    #[serde(default)]
+    pub create_if_missing: bool,
+    /// Connections in the pool.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// How long to wait for a connection or a statement.
+    #[serde(default = "default_pg_timeout", deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub timeout: Duration,
 }
 
 /// A DynamoDB table, created when asked (local setups).
@@ -356,6 +375,8 @@ pub enum HistoryConfig {
         #[serde(default = "default_keyspace")]
         keyspace: String,
     },
+    /// Shared by every process of the topology.
+    Postgres(PostgresTable),
 }
 
 fn default_keyspace() -> String {

@@ -1,8 +1,9 @@
 //! What serde cannot check: ranges, paths and identifiers. Every rule runs, so a file with
 //! several mistakes reports them all at once.
 
-use super::sections::{EnricherConfig, HistoryConfig, StageName};
+use super::sections::{ControlConfig, EnricherConfig, HistoryConfig, StageName};
 use super::{Config, Problem};
+use crate::adapters::postgres::valid_table;
 
 /// Every problem of a deserialized config, in file order.
 pub fn problems(c: &Config) -> Vec<Problem> {
@@ -58,6 +59,15 @@ pub fn problems(c: &Config) -> Vec<Problem> {
         }
         if !crate::adapters::scylla_history::valid_keyspace(keyspace) {
             bad("history.keyspace", format!("expected a plain identifier (letters, digits, _), got {keyspace:?}"));
+        }
+    }
+    let tables = [
+        ("control.table", if let ControlConfig::Postgres(t) = &c.control { Some(&t.table) } else { None }),
+        ("history.table", if let HistoryConfig::Postgres(t) = &c.history { Some(&t.table) } else { None }),
+    ];
+    for (key, table) in tables {
+        if let Some(t) = table.filter(|t| !valid_table(t)) {
+            bad(key, format!("expected a plain table name (letters, digits, _; at most 63), got {t:?}"));
         }
     }
     if c.retry.attempts == 0 {

@@ -230,6 +230,7 @@ fn control_label(c: &ControlConfig) -> String {
     match c {
         ControlConfig::Embedded => "embedded".into(),
         ControlConfig::Dynamodb(t) => format!("dynamodb {}", t.table),
+        ControlConfig::Postgres(t) => format!("postgres {} {}", redact_url(&t.url), t.table),
     }
 }
 
@@ -245,6 +246,7 @@ fn history_label(h: &HistoryConfig) -> String {
     match h {
         HistoryConfig::Embedded => "embedded".into(),
         HistoryConfig::Scylla { nodes, keyspace } => format!("scylla {} ({keyspace})", nodes.join(",")),
+        HistoryConfig::Postgres(t) => format!("postgres {} {}", redact_url(&t.url), t.table),
     }
 }
 

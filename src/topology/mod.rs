@@ -24,7 +24,9 @@ use crate::adapters::file_source::{FileSource, StdinSource};
 use crate::adapters::http_source::HttpSource;
 use crate::adapters::kafka::sink::KafkaSink;
 use crate::adapters::kafka::source::{KafkaSource, KafkaSourceOptions};
-use crate::adapters::postgres_lookup::PgLookup;
+use crate::adapters::postgres::control::PgControl;
+use crate::adapters::postgres::history::PgHistory;
+use crate::adapters::postgres::lookup::PgLookup;
 use crate::adapters::scylla_history::ScyllaHistory;
 use crate::adapters::state::StateStore;
 use crate::config::{
@@ -120,6 +122,15 @@ async fn control_store(
                 d.ensure_table().await.map_err(|e| backend_err(config, "control.table", e))?;
             }
             Ok((Arc::new(d.clone()), Arc::new(d)))
+        }
+        ControlConfig::Postgres(t) => {
+            let c = PgControl::new(&t.url, &t.table, t.pool_size, t.timeout)
+                .map_err(|m| build_err(config, "control.url", m))?;
+            let ready = if t.create_if_missing { c.ensure_table().await } else { c.check_table().await };
+            ready.map_err(|e| backend_err(config, "control.table", e))?;
+            // Checkpoints of Kinesis sources stay in the embedded store: Kafka keeps its offsets
+            // in the broker.
+            Ok((Arc::new(c), Arc::new(state.clone())))
         }
     }
 }
@@ -276,12 +287,19 @@ pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool
     Ok(Built { ports, graph, aws_requests: aws.as_ref().map(|a| a.requests.clone()), aws })
 }
 
-/// The history store a config names: embedded, or ScyllaDB.
+/// The history store a config names: embedded, ScyllaDB or PostgreSQL.
 pub async fn history_store(config: &Config, state: &StateStore) -> Result<Arc<dyn HistoryStore>, BuildError> {
     match &config.history {
         HistoryConfig::Embedded => Ok(Arc::new(state.clone())),
         HistoryConfig::Scylla { nodes, keyspace } => {
             let h = ScyllaHistory::connect(nodes, keyspace).await.map_err(|m| build_err(config, "history.nodes", m))?;
+            Ok(Arc::new(h))
+        }
+        HistoryConfig::Postgres(t) => {
+            let h = PgHistory::new(&t.url, &t.table, t.pool_size, t.timeout)
+                .map_err(|m| build_err(config, "history.url", m))?;
+            let ready = if t.create_if_missing { h.ensure_table().await } else { h.check_table().await };
+            ready.map_err(|e| backend_err(config, "history.table", e))?;
             Ok(Arc::new(h))
         }
     }

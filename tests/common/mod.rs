@@ -79,6 +79,12 @@ pub fn prepare(scenario: &Path) -> tempfile::TempDir {
     dir
 }
 
+/// The PostgreSQL `make services` starts (ASSETFLOW_TEST_PG_URL overrides it).
+pub fn pg_url() -> String {
+    std::env::var("ASSETFLOW_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://assetflow:assetflow@127.0.0.1:5432/assetflow".into())
+}
+
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_assetflow"))
 }

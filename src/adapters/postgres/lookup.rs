@@ -6,14 +6,14 @@
 
 use std::time::Duration;
 
-use assetflow_actors::ports::{BackendError, BackendResult, FailureKind, Lookup};
+use assetflow_actors::ports::{BackendResult, Lookup};
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use serde_json::{Map, Value};
+use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{NoTls, Row};
 
-const BACKEND: &str = "postgres";
+use super::{connect_error, pg_error, pool};
 
 pub struct PgLookup {
     pool: Pool,
@@ -24,27 +24,9 @@ pub struct PgLookup {
 
 impl PgLookup {
     pub fn new(url: &str, query: &str, pool_size: usize, timeout: Duration) -> Result<Self, String> {
-        let label = crate::config::redact_url(url);
-        let pg: tokio_postgres::Config = url.parse().map_err(|e| format!("not a PostgreSQL URL ({label}): {e}"))?;
-        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(timeout))
-            .create_timeout(Some(timeout))
-            .recycle_timeout(Some(timeout))
-            .build()
-            .map_err(|e| format!("cannot build the connection pool for {label}: {e}"))?;
+        let (pool, label) = pool(url, pool_size, timeout)?;
         Ok(PgLookup { pool, query: query.to_owned(), label })
     }
-}
-
-fn pg_error(label: &str, op: &str, e: &tokio_postgres::Error) -> BackendError {
-    // A server-side error with an SQLSTATE in class 42 (syntax, undefined column...) or 22
-    // (data exception) will fail again; anything else (connection lost, server restarting) may not.
-    let permanent = e.code().map(|c| c.code().starts_with("42") || c.code().starts_with("22")).unwrap_or(false);
-    let kind = if permanent { FailureKind::Permanent } else { FailureKind::Transient };
-    BackendError::new(format!("{BACKEND} {label}"), op, e, kind)
 }
 
 fn cell(row: &Row, i: usize) -> Value {
@@ -87,11 +69,7 @@ fn cell(row: &Row, i: usize) -> Value {
 #[async_trait]
 impl Lookup for PgLookup {
     async fn lookup(&self, params: &[String]) -> BackendResult<Option<Map<String, Value>>> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| BackendError::transient(format!("{BACKEND} {}", self.label), "connect", e))?;
+        let client = self.pool.get().await.map_err(|e| connect_error(&self.label, e))?;
         let stmt = client.prepare_cached(&self.query).await.map_err(|e| pg_error(&self.label, "prepare", &e))?;
         let args: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         let row = client.query_opt(&stmt, &args).await.map_err(|e| pg_error(&self.label, "query", &e))?;
