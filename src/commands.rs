@@ -189,6 +189,9 @@ fn execute(
         }
         let m = pipeline.metrics.clone();
         pipeline.shutdown();
+        if let Some((source, why)) = m.refused().into_iter().next() {
+            anyhow::bail!("source {source} stopped the run: {why}");
+        }
         let mut summary = summarize(&m, started.elapsed(), stopped_by_signal);
         summary.aws_requests = built.aws_requests.map(|r| r.snapshot().into_iter().collect());
         Ok(summary)

@@ -294,6 +294,7 @@ async fn read_all(source: &mut KinesisSource) -> Vec<RawMessage> {
                 out.extend(m);
             }
             Pull::Drained => break,
+            Pull::Refused(why) => panic!("a Kinesis source never refuses: {why}"),
             Pull::Idle => {
                 idle += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -382,6 +383,7 @@ fn a_split_shard_is_finished_before_its_children_start() {
                     source.commit().await.unwrap();
                 }
                 Pull::Drained => break,
+                Pull::Refused(why) => panic!("a Kinesis source never refuses: {why}"),
                 Pull::Idle => {
                     idle += 1;
                     source.commit().await.unwrap();

@@ -23,6 +23,8 @@ fn opts(follow: bool) -> KafkaSourceOptions {
         auto_offset_reset: "earliest".into(),
         session_timeout_ms: 6000,
         follow,
+        // These members share a group on purpose: their state is the test's, not one process's.
+        one_process: false,
         extra: Default::default(),
     }
 }

@@ -156,6 +156,8 @@ pub struct Metrics {
     events_by_source: Mutex<BTreeMap<String, u64>>,
     in_flight: Mutex<BTreeMap<String, u64>>,
     lag: Mutex<BTreeMap<String, u64>>,
+    /// Sources that refused to be read, with why: the run ends with a non-zero exit.
+    refused: Mutex<BTreeMap<String, String>>,
     /// Backends whose last call failed (after retries), with the error: what `/readyz` reports.
     unhealthy: Mutex<BTreeMap<String, String>>,
     /// Messages sent to and handled by each actor: the difference is its mailbox depth.
@@ -337,6 +339,14 @@ impl Metrics {
                 m.insert(backend.to_owned(), why);
             }
         }
+    }
+    /// `source` refused to be read (see `Pull::Refused`).
+    pub fn refuse(&self, source: &str, why: &str) {
+        locked(&self.refused).insert(source.to_owned(), why.to_owned());
+    }
+    /// Sources that refused to be read, with why.
+    pub fn refused(&self) -> BTreeMap<String, String> {
+        locked(&self.refused).clone()
     }
     /// Backends whose last call failed, with why.
     pub fn unhealthy(&self) -> BTreeMap<String, String> {

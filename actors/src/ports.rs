@@ -184,6 +184,10 @@ pub enum Pull {
     Idle,
     /// A finite source that has nothing more, ever.
     Drained,
+    /// The source will not be read, and says why: reading would harm what it feeds (a Kafka
+    /// group shared with another process while the state it feeds serves one). The process
+    /// finishes what is in flight and stops with a non-zero exit.
+    Refused(String),
 }
 
 /// An input: reads messages and commits the positions their watermarks allow.

@@ -185,6 +185,8 @@ fn source(
                     auto_offset_reset: auto_offset_reset.clone(),
                     session_timeout_ms: *session_timeout_ms,
                     follow: *follow,
+                    one_process: matches!(config.control, ControlConfig::Embedded)
+                        || matches!(config.history, HistoryConfig::Embedded),
                     extra: options.clone(),
                 };
                 Box::new(KafkaSource::new(name, brokers, topic, group, &opts).map_err(|m| build_err(config, &key, m))?)

@@ -127,6 +127,11 @@ impl IngestLoop {
                     idle_pause = (idle_pause * 2).min(Duration::from_millis(200));
                 }
                 Ok(Pull::Drained) => break,
+                Ok(Pull::Refused(why)) => {
+                    tracing::error!(source = %self.name, "{why}");
+                    self.metrics.refuse(&self.name, &why);
+                    break;
+                }
                 Err(e) => {
                     tracing::error!(source = %self.name, error = %e, "reading the source failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -3,6 +3,12 @@
 //! prefix of done messages, so nothing in flight or failed is ever skipped. When a rebalance
 //! takes a partition away, what is done there is committed at once (synchronously, before the
 //! partition moves) and the rest is abandoned to the next owner, which reads it again.
+//!
+//! A topology whose control table or history is embedded serves one process, so its member
+//! must hold every partition of the topic: after each rebalance the member counts what it
+//! holds. A member that joins a group another process already reads refuses to read (the run
+//! stops, exit 1); a member that held everything and finds itself sharing pauses its
+//! partitions, reports why on `/readyz`, and reads again once it holds them all.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -45,8 +51,23 @@ fn ready_offsets(p: &Shared, topic: &str, only: Option<&[i32]>) -> TopicPartitio
     tpl
 }
 
+/// Whether this member may read, when its topology's state serves one process.
+#[derive(Default)]
+struct Sharing {
+    /// Every partition of the topic was assigned here at least once since the start.
+    held_all: bool,
+    /// Why reading is paused: another member holds some partitions.
+    paused: Option<String>,
+    /// Why this member will not read at all: it joined a group another process reads.
+    refused: Option<String>,
+}
+
 pub struct GroupContext {
     topic: String,
+    group: String,
+    /// The topology keeps state that serves one process (an embedded control table or history).
+    one_process: bool,
+    sharing: Arc<Mutex<Sharing>>,
     partitions: Shared,
     /// Messages behind the partitions' high watermarks, from librdkafka's statistics (every
     /// few seconds, no extra broker calls); `u64::MAX` until the first report.
@@ -84,12 +105,68 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(assigned) = rebalance {
             let parts: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
             tracing::info!(topic = %self.topic, partitions = ?parts, "partitions assigned");
         }
+        // After an assignment only: an eager rebalance revokes everything for a moment first.
+        if self.one_process && matches!(rebalance, Rebalance::Assign(_)) {
+            self.check_sharing(consumer);
+        }
     }
+}
+
+impl GroupContext {
+    /// Counts the partitions this member holds after an assignment (the whole assignment, for
+    /// eager and cooperative rebalances alike), and pauses them, or resumes them, as
+    /// [`Sharing`] says.
+    fn check_sharing(&self, consumer: &BaseConsumer<Self>) {
+        let Ok(mine) = consumer.assignment() else { return };
+        let held = mine.elements().iter().filter(|e| e.topic() == self.topic).count();
+        let total = match consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(5)) {
+            Ok(md) => md.topics().iter().find(|t| t.name() == self.topic).map_or(0, |t| t.partitions().len()),
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, error = %e, "cannot count the topic's partitions; sharing not checked");
+                return;
+            }
+        };
+        let mut s = lock_sharing(&self.sharing);
+        if total > 0 && held >= total {
+            if s.paused.take().is_some() {
+                tracing::info!(topic = %self.topic, "this process holds every partition again; reading resumes");
+                if let Err(e) = consumer.resume(&mine) {
+                    tracing::warn!(error = %e, "resuming the partitions failed");
+                }
+            }
+            s.held_all = true;
+            return;
+        }
+        let why = format!(
+            "the consumer group `{group}` reads topic `{topic}` with another process (this one holds {held} of its \
+             {total} partitions), but this topology keeps its control table or history in the embedded store, which \
+             serves one process: a source whose partition moved would be decided without its records. Run one \
+             process per group, or keep control and history in PostgreSQL (control.kind and history.kind = \
+             \"postgres\", docs/CONFIG.md)",
+            group = self.group,
+            topic = self.topic
+        );
+        if let Err(e) = consumer.pause(&mine) {
+            tracing::warn!(error = %e, "pausing the partitions failed");
+        }
+        if s.held_all {
+            if s.paused.is_none() {
+                tracing::error!("reading paused: {why}");
+            }
+            s.paused = Some(why);
+        } else {
+            s.refused = Some(why);
+        }
+    }
+}
+
+fn lock_sharing(s: &Arc<Mutex<Sharing>>) -> std::sync::MutexGuard<'_, Sharing> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Consumer settings beyond the required ones.
@@ -99,6 +176,9 @@ pub struct KafkaSourceOptions {
     pub session_timeout_ms: u32,
     /// false: stop once every assigned partition is read to its end.
     pub follow: bool,
+    /// The topology keeps state that serves one process (an embedded control table or
+    /// history): this member must hold every partition of the topic, or not read.
+    pub one_process: bool,
     pub extra: BTreeMap<String, String>,
 }
 
@@ -109,6 +189,7 @@ pub struct KafkaSource {
     partitions: Shared,
     follow: bool,
     lag: Arc<std::sync::atomic::AtomicU64>,
+    sharing: Arc<Mutex<Sharing>>,
 }
 
 impl KafkaSource {
@@ -133,7 +214,15 @@ impl KafkaSource {
             cfg.set(k, v);
         }
         let lag = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
-        let ctx = GroupContext { topic: topic.to_owned(), partitions: partitions.clone(), lag: lag.clone() };
+        let sharing: Arc<Mutex<Sharing>> = Arc::default();
+        let ctx = GroupContext {
+            topic: topic.to_owned(),
+            group: group.to_owned(),
+            one_process: opts.one_process,
+            sharing: sharing.clone(),
+            partitions: partitions.clone(),
+            lag: lag.clone(),
+        };
         let consumer: StreamConsumer<GroupContext> =
             cfg.create_with_context(ctx).map_err(|e| format!("cannot create a Kafka consumer for {brokers}: {e}"))?;
         consumer.subscribe(&[topic]).map_err(|e| format!("cannot subscribe to {topic}: {e}"))?;
@@ -144,7 +233,12 @@ impl KafkaSource {
             partitions,
             follow: opts.follow,
             lag,
+            sharing,
         })
+    }
+
+    fn paused(&self) -> Option<String> {
+        lock_sharing(&self.sharing).paused.clone()
     }
 
     /// Every assigned partition read to its high watermark (blocking broker calls).
@@ -180,6 +274,9 @@ impl KafkaSource {
 #[async_trait]
 impl Source for KafkaSource {
     async fn pull(&mut self, max: usize) -> BackendResult<Pull> {
+        if let Some(why) = lock_sharing(&self.sharing).refused.clone() {
+            return Ok(Pull::Refused(why));
+        }
         let mut out = Vec::new();
         let mut wait = Duration::from_millis(200);
         while out.len() < max {
@@ -196,6 +293,17 @@ impl Source for KafkaSource {
             // After the first message, take only what is already there.
             wait = Duration::from_millis(1);
             let (part, offset) = (msg.partition(), msg.offset());
+            if self.paused().is_some() {
+                // Fetched just before the pause: put the partition back at this message, so it
+                // is read again on resume (or by the next owner), never skipped.
+                let consumer = self.consumer.clone();
+                let topic = self.topic.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    consumer.seek(&topic, part, Offset::Offset(offset), Duration::from_secs(5))
+                })
+                .await;
+                break;
+            }
             let wm = {
                 let mut p = lock(&self.partitions);
                 p.received.insert(part, offset + 1);
@@ -211,7 +319,7 @@ impl Source for KafkaSource {
         if !out.is_empty() {
             return Ok(Pull::Messages(out));
         }
-        if !self.follow && self.outstanding() == 0 && self.caught_up().await? {
+        if !self.follow && self.paused().is_none() && self.outstanding() == 0 && self.caught_up().await? {
             return Ok(Pull::Drained);
         }
         Ok(Pull::Idle)
@@ -234,8 +342,12 @@ impl Source for KafkaSource {
         lock(&self.partitions).watermarks.values().map(|w| w.outstanding()).sum()
     }
 
-    /// Not ready while the group has given this member no partition of the topic.
+    /// Not ready while reading is paused (the group is shared), or while the group has given
+    /// this member no partition of the topic.
     fn not_ready(&self) -> Option<String> {
+        if let Some(why) = self.paused() {
+            return Some(why);
+        }
         match self.consumer.assignment() {
             Ok(tpl) if tpl.count() > 0 => None,
             Ok(_) => Some(format!(

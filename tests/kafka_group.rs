@@ -1,0 +1,131 @@
+//! One Kafka consumer group, several processes. A topology that keeps its control table or
+//! history in the embedded store serves one process: a second process joining its group
+//! refuses to read (exit 1, saying what to change), and the first goes on with every partition
+//! once the second has left.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::aws::unique;
+use common::kafka::*;
+use common::{free_port, http_get};
+
+fn config(topic: &str, group: &str, admin: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+shards = 2
+state_dir = "state"
+[[sources]]
+kind = "kafka"
+brokers = "{b}"
+topic = "{topic}"
+group = "{group}"
+session_timeout_ms = 6000
+[control]
+kind = "embedded"
+[history]
+kind = "embedded"
+[admin]
+listen = "{admin}"
+"#,
+        b = brokers()
+    )
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map(|t| t.lines().count()).unwrap_or(0)
+}
+
+/// Polls `/status.json` until `want` holds of it, or the deadline passes.
+fn wait_status(port: u16, deadline: Duration, want: impl Fn(&serde_json::Value) -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < deadline {
+        if let Some((200, body)) = http_get(port, "/status.json") {
+            if serde_json::from_str(&body).is_ok_and(|v| want(&v)) {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+#[test]
+fn a_second_process_on_a_group_with_embedded_state_refuses_and_the_first_goes_on() {
+    require_broker();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (topic, group) = (unique("shared"), unique("group"));
+    rt.block_on(create_topic(&topic, 3));
+    let gen_dir = tempfile::tempdir().unwrap();
+    let out = common::assetflow(
+        gen_dir.path(),
+        &["gen", "--sources", "3", "--assets", "30", "--runs", "2", "--bad", "0", "--out", "all.jsonl"],
+    );
+    assert!(out.status.success());
+    let all: Vec<String> =
+        std::fs::read_to_string(gen_dir.path().join("all.jsonl")).unwrap().lines().map(str::to_owned).collect();
+    let (first, second) = all.split_at(all.len() / 2);
+    rt.block_on(produce_lines(&topic, first));
+
+    let port = free_port();
+    let a = tempfile::tempdir().unwrap();
+    std::fs::write(a.path().join("config.toml"), config(&topic, &group, &format!("127.0.0.1:{port}"))).unwrap();
+    let mut first_process = common::spawn_run(a.path());
+    let events_in = |v: &serde_json::Value| {
+        v["events_in"].as_object().map_or(0, |m| m.values().filter_map(|n| n.as_u64()).sum::<u64>())
+    };
+    assert!(
+        wait_status(port, Duration::from_secs(60), |v| events_in(v) == first.len() as u64),
+        "the first process reads the topic"
+    );
+
+    let b = tempfile::tempdir().unwrap();
+    std::fs::write(b.path().join("config.toml"), config(&topic, &group, "")).unwrap();
+    let mut second_process = common::bin()
+        .arg("run")
+        .current_dir(b.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the second process");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = second_process.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the second process neither refused nor ended");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(second_process.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "the second process refuses: {stderr}");
+    assert!(stderr.contains("embedded store") && stderr.contains("postgres"), "and says what to change: {stderr}");
+    let decided_by_b = lines(&b.path().join("out/upsert.jsonl")) + lines(&b.path().join("out/drop.jsonl"));
+    assert_eq!(decided_by_b, 0, "the second process decided nothing");
+
+    // The first goes on: once the second has left, it holds every partition again and reads
+    // what comes next.
+    rt.block_on(produce_lines(&topic, second));
+    assert!(
+        wait_status(port, Duration::from_secs(60), |v| events_in(v) == all.len() as u64),
+        "the first process reads on after the second left"
+    );
+    // A member that left without a word stays in the group until its session times out, and
+    // the group may rebalance more than once meanwhile: readiness comes back within that.
+    let started = Instant::now();
+    let mut ready = http_get(port, "/readyz");
+    while ready.as_ref().map(|r| r.0) != Some(200) && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+        ready = http_get(port, "/readyz");
+    }
+    assert_eq!(ready.as_ref().map(|r| r.0), Some(200), "and is ready again: {ready:?}");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(first_process.id() as i32, libc::SIGTERM) };
+    assert!(first_process.wait().unwrap().success());
+    let upserts = lines(&a.path().join("out/upsert.jsonl"));
+    assert!(upserts >= 90, "the first process decided the whole crawl: {upserts} upserts");
+}
