@@ -1,5 +1,6 @@
-//! The enricher's database stopped and started again mid-run: lookups are retried with
-//! back-off, nothing is lost, and the decisions are those of a run without the outage.
+//! PostgreSQL stopped and started again mid-run, as the enricher's database and as the home of
+//! the control table and history: calls are retried with back-off, `/readyz` names what is
+//! failing, nothing is lost, and the decisions are those of a run without the outage.
 //! (Its own test binary: it stops the PostgreSQL of `make services`, which others use.)
 
 mod common;
@@ -86,8 +87,12 @@ listen = "{admin}"
     .unwrap();
 }
 
+/// Both tests here restart the one PostgreSQL server: one at a time.
+static SERVER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_database_outage_mid_run_loses_nothing() {
+    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.expect("postgres: run `make services`");
@@ -147,5 +152,106 @@ fn a_database_outage_mid_run_loses_nothing() {
         v.iter().map(|r| format!("{}|{}", r["decision_id"].as_str().unwrap_or_default(), r["business"])).collect()
     };
     assert_eq!(ids(&got.upserts), ids(&clean_out.upserts), "same decisions, same business data");
+    assert_eq!(ids(&got.drops), ids(&clean_out.drops));
+}
+
+/// A run over `events.jsonl` (the events of `setup`) with no enricher and `stores` (the
+/// `[control]` and `[history]` sections).
+fn stores_config(stores: &str, follow: bool, admin: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+state_dir = "state"
+[[sources]]
+kind = "file"
+path = "events.jsonl"
+follow = {follow}
+[decisor]
+hash_ignore = ["stats.row_count"]
+{stores}
+[retry]
+initial = "100ms"
+max = "1s"
+attempts = 40
+timeout = "2s"
+[admin]
+listen = "{admin}"
+"#
+    )
+}
+
+#[test]
+fn an_outage_of_the_control_table_and_history_mid_run_loses_nothing() {
+    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    // The same events through the embedded stores: the decisions to expect.
+    let clean = tempfile::tempdir().unwrap();
+    setup(clean.path());
+    std::fs::write(clean.path().join("config.toml"), stores_config("", false, "")).unwrap();
+    let out = bin().arg("run").current_dir(clean.path()).env("RUST_LOG", "warn").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let clean_out = Outputs::read(clean.path());
+    assert!(!clean_out.upserts.is_empty() && !clean_out.drops.is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let port = free_port();
+    let suffix = format!("{}_{}", std::process::id(), free_port());
+    let stores = format!(
+        "[control]\nkind = \"postgres\"\nurl = \"{url}\"\ntable = \"outage_control_{suffix}\"\ncreate_if_missing = true\ntimeout = \"1s\"\n\
+         [history]\nkind = \"postgres\"\nurl = \"{url}\"\ntable = \"outage_history_{suffix}\"\ncreate_if_missing = true\ntimeout = \"1s\"",
+        url = url()
+    );
+    std::fs::write(dir.path().join("config.toml"), stores_config(&stores, true, &format!("127.0.0.1:{port}"))).unwrap();
+    // The crawler writes while the database goes down and comes back, so events certainly
+    // arrive during the outage.
+    let all: Vec<String> =
+        std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap().lines().map(str::to_owned).collect();
+    let lines = all.len() as u64;
+    std::fs::write(dir.path().join("events.jsonl"), "").unwrap();
+    let path = dir.path().join("events.jsonl");
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        for chunk in all.chunks(40) {
+            for l in chunk {
+                writeln!(f, "{l}").unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let child = bin()
+        .arg("run")
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(port, "/readyz", |s, _| s == 200), "ready before the outage");
+    std::thread::sleep(Duration::from_millis(500));
+    pg_ctl("stop");
+    let saw_503 = wait_for(port, "/readyz", |s, body| s == 503 && body.contains("store"));
+    std::thread::sleep(Duration::from_secs(1));
+    pg_ctl("start");
+    assert!(saw_503, "/readyz names the failing store while the database is down");
+    writer.join().unwrap();
+    let drained = wait_for(port, "/status.json", |_, body| {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        v["events_in"].as_object().map(|o| o.values().filter_map(|n| n.as_u64()).sum::<u64>()) == Some(lines)
+            && v["in_flight"].as_object().is_some_and(|o| o.values().all(|n| n == 0))
+    });
+    assert!(drained, "the whole file was processed");
+    assert!(wait_for(port, "/readyz", |s, _| s == 200), "/readyz is 200 again once it is back");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let got = Outputs::read(dir.path());
+    assert!(got.dead_letters.iter().all(|d| d["error"]["kind"] != "backend"), "no event gave up: {stderr}");
+    let ids = |v: &[serde_json::Value]| -> std::collections::BTreeSet<String> {
+        v.iter().map(|r| r["decision_id"].as_str().unwrap_or_default().to_owned()).collect()
+    };
+    assert_eq!(ids(&got.upserts), ids(&clean_out.upserts), "the same decisions as without the outage");
     assert_eq!(ids(&got.drops), ids(&clean_out.drops));
 }
