@@ -1,7 +1,7 @@
 //! What serde cannot check: ranges, paths and identifiers. Every rule runs, so a file with
 //! several mistakes reports them all at once.
 
-use super::sections::{ControlConfig, EnricherConfig, HistoryConfig, StageName};
+use super::sections::{ControlConfig, HistoryConfig, StageName};
 use super::{Config, Problem};
 use crate::adapters::postgres::valid_table;
 
@@ -28,12 +28,7 @@ pub fn problems(c: &Config) -> Vec<Problem> {
     if c.sources.is_empty() {
         bad("sources", "expected at least one [[sources]] entry, e.g. kind = \"file\", path = \"events.jsonl\"".into());
     }
-    let lookup = match &c.enricher {
-        EnricherConfig::None => Vec::new(),
-        EnricherConfig::File(f) => f.lookup.clone(),
-        EnricherConfig::Postgres(p) => p.lookup.clone(),
-    };
-    for (i, ptr) in lookup.iter().enumerate() {
+    for (i, ptr) in c.enricher.lookup().lookup.iter().enumerate() {
         if !ptr.starts_with('/') {
             bad(
                 &format!("enricher.lookup[{i}]"),
