@@ -87,6 +87,44 @@ listen = "{admin}"
     .unwrap();
 }
 
+/// Runs assetflow in `dir` (admin on `port`) while PostgreSQL goes down for a second, `after`
+/// the service is ready: `/readyz` must name `failing` meanwhile and be 200 again after it is
+/// back, and all `lines` events must be read and acknowledged. Returns the run's output after
+/// a SIGTERM.
+fn run_through_an_outage(
+    dir: &std::path::Path,
+    port: u16,
+    lines: u64,
+    after: Duration,
+    failing: &str,
+) -> std::process::Output {
+    let child = bin()
+        .arg("run")
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(port, "/readyz", |s, _| s == 200), "ready before the outage");
+    std::thread::sleep(after);
+    pg_ctl("stop");
+    let saw_503 = wait_for(port, "/readyz", |s, body| s == 503 && body.contains(failing));
+    std::thread::sleep(Duration::from_secs(1));
+    pg_ctl("start");
+    assert!(saw_503, "/readyz names the failing {failing} while the database is down");
+    assert!(wait_for(port, "/readyz", |s, _| s == 200), "/readyz is 200 again once it is back");
+    let drained = wait_for(port, "/status.json", |_, body| {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        v["events_in"].as_object().map(|o| o.values().filter_map(|n| n.as_u64()).sum::<u64>()) == Some(lines)
+            && v["in_flight"].as_object().is_some_and(|o| o.values().all(|n| n == 0))
+    });
+    assert!(drained, "the whole input was processed");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait_with_output().unwrap()
+}
+
 /// Both tests here restart the one PostgreSQL server: one at a time.
 static SERVER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -118,31 +156,7 @@ fn a_database_outage_mid_run_loses_nothing() {
     // Following the file, so the service stays up to be asked whether it is ready.
     setup_with(dir.path(), true, &format!("127.0.0.1:{port}"));
     let lines = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap().lines().count() as u64;
-    let child = bin()
-        .arg("run")
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(wait_for(port, "/readyz", |s, _| s == 200), "ready before the outage");
-    std::thread::sleep(Duration::from_millis(200));
-    pg_ctl("stop");
-    let saw_503 = wait_for(port, "/readyz", |s, body| s == 503 && body.contains("enricher"));
-    std::thread::sleep(Duration::from_secs(1));
-    pg_ctl("start");
-    assert!(saw_503, "/readyz turns 503 while the enricher's database is down");
-    assert!(wait_for(port, "/readyz", |s, _| s == 200), "/readyz is 200 again once it is back");
-    let drained = wait_for(port, "/status.json", |_, body| {
-        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-        v["events_in"].as_object().map(|o| o.values().filter_map(|n| n.as_u64()).sum::<u64>()) == Some(lines)
-            && v["in_flight"].as_object().is_some_and(|o| o.values().all(|n| n == 0))
-    });
-    assert!(drained, "the whole file was processed");
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
+    let out = run_through_an_outage(dir.path(), port, lines, Duration::from_millis(200), "enricher");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("retrying"), "the outage was seen and retried through: {stderr}");
@@ -219,32 +233,8 @@ fn an_outage_of_the_control_table_and_history_mid_run_loses_nothing() {
             std::thread::sleep(Duration::from_millis(100));
         }
     });
-    let child = bin()
-        .arg("run")
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(wait_for(port, "/readyz", |s, _| s == 200), "ready before the outage");
-    std::thread::sleep(Duration::from_millis(500));
-    pg_ctl("stop");
-    let saw_503 = wait_for(port, "/readyz", |s, body| s == 503 && body.contains("store"));
-    std::thread::sleep(Duration::from_secs(1));
-    pg_ctl("start");
-    assert!(saw_503, "/readyz names the failing store while the database is down");
+    let out = run_through_an_outage(dir.path(), port, lines, Duration::from_millis(500), "store");
     writer.join().unwrap();
-    let drained = wait_for(port, "/status.json", |_, body| {
-        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-        v["events_in"].as_object().map(|o| o.values().filter_map(|n| n.as_u64()).sum::<u64>()) == Some(lines)
-            && v["in_flight"].as_object().is_some_and(|o| o.values().all(|n| n == 0))
-    });
-    assert!(drained, "the whole file was processed");
-    assert!(wait_for(port, "/readyz", |s, _| s == 200), "/readyz is 200 again once it is back");
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let got = Outputs::read(dir.path());

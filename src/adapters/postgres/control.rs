@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 
-use super::{BACKEND, connect_error, pg_error, pool, valid_table};
+use super::{BACKEND, connect_error, pg_error, pool_for_table};
 
 /// The columns of a record, in the order every statement here reads and writes them.
 const COLUMNS: &str = "source, asset_key, database_name, schema_name, table_name, hash, last_seen_run, \
@@ -35,10 +35,7 @@ pub struct PgControl {
 
 impl PgControl {
     pub fn new(url: &str, table: &str, pool_size: usize, timeout: Duration) -> Result<Self, String> {
-        if !valid_table(table) {
-            return Err(format!("expected a plain table name (letters, digits, _), got {table:?}"));
-        }
-        let (pool, label) = pool(url, pool_size, timeout)?;
+        let (pool, label) = pool_for_table(url, table, pool_size, timeout)?;
         Ok(PgControl { pool, label, table: format!("\"{table}\""), page: PAGE })
     }
 

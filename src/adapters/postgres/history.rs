@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 
-use super::{BACKEND, connect_error, pg_error, pool, valid_table};
+use super::{BACKEND, connect_error, pg_error, pool_for_table};
 
 pub struct PgHistory {
     pool: Pool,
@@ -21,10 +21,7 @@ pub struct PgHistory {
 
 impl PgHistory {
     pub fn new(url: &str, table: &str, pool_size: usize, timeout: Duration) -> Result<Self, String> {
-        if !valid_table(table) {
-            return Err(format!("expected a plain table name (letters, digits, _), got {table:?}"));
-        }
-        let (pool, label) = pool(url, pool_size, timeout)?;
+        let (pool, label) = pool_for_table(url, table, pool_size, timeout)?;
         Ok(PgHistory { pool, label, table: table.to_owned() })
     }
 

@@ -47,6 +47,15 @@ pub fn pg_error(label: &str, op: &str, e: &tokio_postgres::Error) -> BackendErro
     BackendError::new(format!("{BACKEND} {label}"), op, message, kind)
 }
 
+/// A pool for a store that keeps its rows in `table`, which must be a plain identifier since
+/// it is spliced into SQL; and the URL without its password.
+pub fn pool_for_table(url: &str, table: &str, size: usize, timeout: Duration) -> Result<(Pool, String), String> {
+    if !valid_table(table) {
+        return Err(format!("expected a plain table name (letters, digits, _), got {table:?}"));
+    }
+    pool(url, size, timeout)
+}
+
 /// No connection could be had from the pool.
 pub fn connect_error(label: &str, e: impl ToString) -> BackendError {
     BackendError::transient(format!("{BACKEND} {label}"), "connect", e)
