@@ -113,7 +113,17 @@ impl Flow {
     }
 
     fn per_source(self) -> bool {
-        matches!(self, Flow::SourceIngest | Flow::IngestEnricher | Flow::IngestHistory)
+        self.source_slot().is_some()
+    }
+
+    /// Where a flow out of a source's Ingest is counted among that source's flows.
+    fn source_slot(self) -> Option<usize> {
+        match self {
+            Flow::SourceIngest => Some(0),
+            Flow::IngestEnricher => Some(1),
+            Flow::IngestHistory => Some(2),
+            _ => None,
+        }
     }
 
     /// The name of this flow in `/status.json` and in the topology graph: the edge's ends, with
@@ -153,7 +163,6 @@ pub struct Metrics {
     pub restarts: AtomicU64,
     dead_letters: Mutex<BTreeMap<String, u64>>,
     dead_letters_by_stage: Mutex<BTreeMap<(String, String), u64>>,
-    events_by_source: Mutex<BTreeMap<String, u64>>,
     in_flight: Mutex<BTreeMap<String, u64>>,
     lag: Mutex<BTreeMap<String, u64>>,
     /// Sources that refused to be read, with why: the run ends with a non-zero exit.
@@ -166,7 +175,8 @@ pub struct Metrics {
     calls: Mutex<BTreeMap<(String, String), CallStats>>,
     /// Items sent along each edge ([`Flow`]), and per source for the flows out of an Ingest.
     flows: [AtomicU64; Flow::COUNT],
-    source_flows: Mutex<BTreeMap<(String, usize), u64>>,
+    /// Per source, the items of each of its flows, by [`Flow::source_slot`].
+    source_flows: Mutex<BTreeMap<String, [u64; 3]>>,
     actor_handled: [AtomicU64; 7],
     /// Decisor micro-batches applied, and the events in them.
     pub batches: AtomicU64,
@@ -233,21 +243,22 @@ impl Metrics {
     /// [`Metrics::sent`] for the flows out of `source`'s Ingest.
     pub fn sent_from(&self, source: &str, flow: Flow, items: u64) {
         self.sent(flow, items);
+        let Some(slot) = flow.source_slot() else { return };
         let mut m = locked(&self.source_flows);
-        match m.get_mut(&(source.to_owned(), flow as usize)) {
-            Some(n) => *n += items,
+        // Looked up by `&str`: the source's name is copied once, not once per event.
+        match m.get_mut(source) {
+            Some(counts) => counts[slot] += items,
             None => {
-                m.insert((source.to_owned(), flow as usize), items);
+                let mut counts = [0; 3];
+                counts[slot] = items;
+                m.insert(source.to_owned(), counts);
             }
         }
     }
     /// Records one attempt of a backend call (see [`crate::calls::Calls`]).
     pub fn record_call(&self, backend: &str, operation: &str, took: std::time::Duration, ok: bool) {
         let mut m = locked(&self.calls);
-        let s = match m.get_mut(&(backend.to_owned(), operation.to_owned())) {
-            Some(s) => s,
-            None => m.entry((backend.to_owned(), operation.to_owned())).or_default(),
-        };
+        let s = m.entry((backend.to_owned(), operation.to_owned())).or_default();
         s.count += 1;
         if !ok {
             s.errors += 1;
@@ -264,10 +275,7 @@ impl Metrics {
     }
     /// Counts `source`'s flows from zero, so an edge that nothing has crossed yet still shows.
     pub fn add_source(&self, source: &str) {
-        let mut m = locked(&self.source_flows);
-        for f in Flow::ALL.into_iter().filter(|f| f.per_source()) {
-            m.entry((source.to_owned(), f as usize)).or_insert(0);
-        }
+        locked(&self.source_flows).entry(source.to_owned()).or_insert([0; 3]);
     }
     /// Items sent along every edge so far, by [`Flow::key`].
     pub fn flows(&self) -> BTreeMap<String, u64> {
@@ -276,8 +284,12 @@ impl Metrics {
             .filter(|f| !f.per_source())
             .map(|f| (f.key(""), self.flows[*f as usize].load(Ordering::Relaxed)))
             .collect();
-        for ((source, f), n) in locked(&self.source_flows).iter() {
-            out.insert(Flow::ALL[*f].key(source), *n);
+        for (source, counts) in locked(&self.source_flows).iter() {
+            for f in Flow::ALL {
+                if let Some(slot) = f.source_slot() {
+                    out.insert(f.key(source), counts[slot]);
+                }
+            }
         }
         out
     }
@@ -355,19 +367,12 @@ impl Metrics {
     /// One message read from `source`.
     pub fn event_in(&self, source: &str) {
         self.events_in.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut m = locked(&self.events_by_source);
-            match m.get_mut(source) {
-                Some(n) => *n += 1,
-                None => {
-                    m.insert(source.to_owned(), 1);
-                }
-            }
-        }
         self.sent_from(source, Flow::SourceIngest, 1);
     }
+    /// Messages read, by source: the flow from each source into its Ingest.
     pub fn events_by_source(&self) -> BTreeMap<String, u64> {
-        locked(&self.events_by_source).clone()
+        let Some(slot) = Flow::SourceIngest.source_slot() else { return BTreeMap::new() };
+        locked(&self.source_flows).iter().map(|(s, counts)| (s.clone(), counts[slot])).collect()
     }
     /// Messages of `source` read but not yet acknowledged.
     pub fn set_in_flight(&self, source: &str, n: u64) {
