@@ -53,24 +53,32 @@ fn setup_with(dir: &std::path::Path, follow: bool, admin: &str) {
         .status()
         .unwrap();
     assert!(status.success());
-    std::fs::write(
-        dir.join("config.toml"),
-        format!(
-            r#"
+    let enricher = format!(
+        r#"[enricher]
+kind = "postgres"
+url = "{url}"
+query = "SELECT domain, owner FROM outage_catalog WHERE source = $1 AND database = $2 AND schema_name = $3"
+cache_ttl = "0s"
+timeout = "1s""#,
+        url = url()
+    );
+    std::fs::write(dir.join("config.toml"), run_config(&enricher, follow, admin)).unwrap();
+}
+
+/// A run over `events.jsonl` with `sections` (the enricher, or the control table and history)
+/// and retries long enough to ride out a short outage.
+fn run_config(sections: &str, follow: bool, admin: &str) -> String {
+    format!(
+        r#"
 [pipeline]
 state_dir = "state"
 [[sources]]
 kind = "file"
 path = "events.jsonl"
 follow = {follow}
-[enricher]
-kind = "postgres"
-url = "{url}"
-query = "SELECT domain, owner FROM outage_catalog WHERE source = $1 AND database = $2 AND schema_name = $3"
-cache_ttl = "0s"
-timeout = "1s"
 [decisor]
 hash_ignore = ["stats.row_count"]
+{sections}
 [retry]
 initial = "100ms"
 max = "1s"
@@ -78,13 +86,8 @@ attempts = 40
 timeout = "2s"
 [admin]
 listen = "{admin}"
-"#,
-            url = url(),
-            follow = follow,
-            admin = admin
-        ),
+"#
     )
-    .unwrap();
 }
 
 /// Runs assetflow in `dir` (admin on `port`) while PostgreSQL goes down for a second, `after`
@@ -169,38 +172,13 @@ fn a_database_outage_mid_run_loses_nothing() {
     assert_eq!(ids(&got.drops), ids(&clean_out.drops));
 }
 
-/// A run over `events.jsonl` (the events of `setup`) with no enricher and `stores` (the
-/// `[control]` and `[history]` sections).
-fn stores_config(stores: &str, follow: bool, admin: &str) -> String {
-    format!(
-        r#"
-[pipeline]
-state_dir = "state"
-[[sources]]
-kind = "file"
-path = "events.jsonl"
-follow = {follow}
-[decisor]
-hash_ignore = ["stats.row_count"]
-{stores}
-[retry]
-initial = "100ms"
-max = "1s"
-attempts = 40
-timeout = "2s"
-[admin]
-listen = "{admin}"
-"#
-    )
-}
-
 #[test]
 fn an_outage_of_the_control_table_and_history_mid_run_loses_nothing() {
     let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
     // The same events through the embedded stores: the decisions to expect.
     let clean = tempfile::tempdir().unwrap();
     setup(clean.path());
-    std::fs::write(clean.path().join("config.toml"), stores_config("", false, "")).unwrap();
+    std::fs::write(clean.path().join("config.toml"), run_config("", false, "")).unwrap();
     let out = bin().arg("run").current_dir(clean.path()).env("RUST_LOG", "warn").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let clean_out = Outputs::read(clean.path());
@@ -215,7 +193,7 @@ fn an_outage_of_the_control_table_and_history_mid_run_loses_nothing() {
          [history]\nkind = \"postgres\"\nurl = \"{url}\"\ntable = \"outage_history_{suffix}\"\ncreate_if_missing = true\ntimeout = \"1s\"",
         url = url()
     );
-    std::fs::write(dir.path().join("config.toml"), stores_config(&stores, true, &format!("127.0.0.1:{port}"))).unwrap();
+    std::fs::write(dir.path().join("config.toml"), run_config(&stores, true, &format!("127.0.0.1:{port}"))).unwrap();
     // The crawler writes while the database goes down and comes back, so events certainly
     // arrive during the outage.
     let all: Vec<String> =
