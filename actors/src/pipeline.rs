@@ -113,9 +113,9 @@ impl Pipeline {
         let next = match &ports.downstream {
             Downstream::PublishEnriched(sink) => {
                 // Enrich only: enriched events go straight to their sink.
-                let (sink, h, m, calls) = (sink.clone(), history.clone(), metrics.clone(), calls.clone());
+                let (sink, h, calls) = (sink.clone(), history.clone(), calls.clone());
                 Next::Publish(Producer::start_in_arbiter(&outputs.handle(), move |_| {
-                    Producer::new(ActorName::EnrichedProducer, sink, calls, mailbox).delivering(h, m)
+                    Producer::new(ActorName::EnrichedProducer, sink, calls, mailbox).delivering(h)
                 }))
             }
             Downstream::Decide(decision) => Next::Decide(Self::start_decision_stage(

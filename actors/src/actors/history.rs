@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use crate::calls::Calls;
 use crate::decision::{DeadLetter, HistoryRow};
 use crate::envelope::Ack;
-use crate::metrics::{ActorName, Metrics};
+use crate::metrics::ActorName;
 use crate::ports::{BackendError, BackendResult, HistoryStore, Sink, SinkRecord};
 
 /// Append these rows; resolves once they are durable.
@@ -35,7 +35,6 @@ pub struct HistoryWriter {
     dead_letter_sink: Arc<dyn Sink>,
     /// Store and sink writes: retried, timed, counted, health reported.
     calls: Calls,
-    metrics: Arc<Metrics>,
     mailbox: usize,
     rows: Vec<HistoryRow>,
     waiting: Vec<oneshot::Sender<BackendResult<()>>>,
@@ -48,7 +47,6 @@ impl HistoryWriter {
         HistoryWriter {
             store,
             dead_letter_sink,
-            metrics: calls.metrics().clone(),
             calls,
             mailbox,
             rows: Vec::new(),
@@ -76,7 +74,7 @@ impl Actor for HistoryWriter {
 impl Handler<Record> for HistoryWriter {
     type Result = ResponseFuture<BackendResult<()>>;
     fn handle(&mut self, msg: Record, ctx: &mut Context<Self>) -> Self::Result {
-        self.metrics.handled(ActorName::HistoryWriter);
+        self.calls.metrics().handled(ActorName::HistoryWriter);
         let (tx, rx) = oneshot::channel();
         self.rows.extend(msg.0);
         self.waiting.push(tx);
@@ -90,7 +88,7 @@ impl Handler<Record> for HistoryWriter {
 impl Handler<DeadLetters> for HistoryWriter {
     type Result = ();
     fn handle(&mut self, msg: DeadLetters, ctx: &mut Context<Self>) {
-        self.metrics.handled(ActorName::HistoryWriter);
+        self.calls.metrics().handled(ActorName::HistoryWriter);
         self.letters.extend(msg.0);
         self.schedule(ctx);
     }
@@ -120,8 +118,8 @@ impl Handler<Flush> for HistoryWriter {
         let mut rows = std::mem::take(&mut self.rows);
         let waiting = std::mem::take(&mut self.waiting);
         let letters = std::mem::take(&mut self.letters);
-        let (store, sink, calls, metrics) =
-            (self.store.clone(), self.dead_letter_sink.clone(), self.calls.clone(), self.metrics.clone());
+        let (store, sink, calls) = (self.store.clone(), self.dead_letter_sink.clone(), self.calls.clone());
+        let metrics = calls.metrics().clone();
         ctx.wait(actix::fut::wrap_future(async move {
             let working = metrics.working(ActorName::HistoryWriter);
             let mut acks = Vec::with_capacity(letters.len());

@@ -75,7 +75,7 @@ pub struct Producer {
     deliveries: Vec<Delivery>,
     delivered: Vec<SinkRecord>,
     /// Where deliveries leave history and, when they fail, dead letters.
-    history: Option<(Addr<HistoryWriter>, Arc<Metrics>)>,
+    history: Option<Addr<HistoryWriter>>,
     scheduled: bool,
 }
 
@@ -103,8 +103,8 @@ impl Producer {
     }
 
     /// A producer that also takes [`Deliver`] (the enriched output of the enrich-only topology).
-    pub fn delivering(mut self, history: Addr<HistoryWriter>, metrics: Arc<Metrics>) -> Self {
-        self.history = Some((history, metrics));
+    pub fn delivering(mut self, history: Addr<HistoryWriter>) -> Self {
+        self.history = Some(history);
         self
     }
 
@@ -187,18 +187,19 @@ impl Handler<Flush> for Producer {
             let working = calls.metrics().working(actor);
             let result = calls.call(name, "send", || sink.send(&delivered)).await;
             drop(working);
-            finish_deliveries(history, deliveries, result).await;
+            finish_deliveries(history, calls.metrics(), deliveries, result).await;
         }));
     }
 }
 
 /// After a delivery write: history rows and acks, or dead letters.
 async fn finish_deliveries(
-    history: Option<(Addr<HistoryWriter>, Arc<Metrics>)>,
+    history: Option<Addr<HistoryWriter>>,
+    metrics: &Metrics,
     deliveries: Vec<Delivery>,
     result: BackendResult<()>,
 ) {
-    let Some((history, metrics)) = history else {
+    let Some(history) = history else {
         tracing::error!("a producer without a history writer got deliveries; leaving them unacknowledged");
         return;
     };
