@@ -237,8 +237,8 @@ impl KafkaSource {
         })
     }
 
-    fn paused(&self) -> Option<String> {
-        lock_sharing(&self.sharing).paused.clone()
+    fn is_paused(&self) -> bool {
+        lock_sharing(&self.sharing).paused.is_some()
     }
 
     /// Every assigned partition read to its high watermark (blocking broker calls).
@@ -293,7 +293,7 @@ impl Source for KafkaSource {
             // After the first message, take only what is already there.
             wait = Duration::from_millis(1);
             let (part, offset) = (msg.partition(), msg.offset());
-            if self.paused().is_some() {
+            if self.is_paused() {
                 // Fetched just before the pause: put the partition back at this message, so it
                 // is read again on resume (or by the next owner), never skipped.
                 let consumer = self.consumer.clone();
@@ -319,7 +319,7 @@ impl Source for KafkaSource {
         if !out.is_empty() {
             return Ok(Pull::Messages(out));
         }
-        if !self.follow && self.paused().is_none() && self.outstanding() == 0 && self.caught_up().await? {
+        if !self.follow && !self.is_paused() && self.outstanding() == 0 && self.caught_up().await? {
             return Ok(Pull::Drained);
         }
         Ok(Pull::Idle)
@@ -345,7 +345,7 @@ impl Source for KafkaSource {
     /// Not ready while reading is paused (the group is shared), or while the group has given
     /// this member no partition of the topic.
     fn not_ready(&self) -> Option<String> {
-        if let Some(why) = self.paused() {
+        if let Some(why) = lock_sharing(&self.sharing).paused.clone() {
             return Some(why);
         }
         match self.consumer.assignment() {
