@@ -319,7 +319,9 @@ pub fn assets(config: &Config, source: Option<&str>, status: Option<&str>) -> an
             None => store.list_all().await?,
         })
     })?;
-    records.retain(|r| source.is_none_or(|s| r.source == s) && status.is_none_or(|s| r.status.as_str() == s));
+    records.retain(|r| {
+        !r.is_completion_mark() && source.is_none_or(|s| r.source == s) && status.is_none_or(|s| r.status.as_str() == s)
+    });
     records.sort_by(|a, b| a.asset_key.cmp(&b.asset_key));
     let mut out =
         format!("{:<48}  {:<8}  {:<14}  {:<24}  {}\n", "asset_key", "status", "last_seen_run", "last_seen_at", "hash");

@@ -13,7 +13,7 @@ use crate::hash::{Key, sort_keep_last};
 pub const MAX_ID_CHARS: usize = 256;
 
 /// The table an event describes: the three names that, with the source, make its asset key.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AssetName {
     pub database: String,
     pub schema: String,

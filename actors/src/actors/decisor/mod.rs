@@ -417,7 +417,10 @@ async fn try_apply_drops(deps: &DecisorDeps, cmd: &ApplyDrops) -> BackendResult<
     let mut rows = Vec::new();
     for key in &cmd.keys {
         let Some(r) = records.get(key) else { continue };
-        if !r.is_live() || r.last_seen_run == cmd.run_id || r.source != cmd.source {
+        // A record touched by news newer than the completion (the next run, decided by a
+        // process that took the partition over while this one still swept) is not this
+        // completion's to drop: older news never overwrites newer.
+        if !r.is_live() || r.last_seen_run == cmd.run_id || r.source != cmd.source || r.last_seen_at > cmd.emitted_at {
             continue;
         }
         let business = match deps.lookup_keys.params_for_asset(&r.source, &r.name) {

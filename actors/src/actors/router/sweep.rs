@@ -17,7 +17,8 @@ use crate::decision::{DeadLetter, HistoryRow, Outcome, Stage, decision_id};
 use crate::envelope::Envelope;
 use crate::event::EventKind;
 use crate::metrics::{Flow, Metrics};
-use crate::ports::ControlStore;
+use crate::ports::{BackendResult, ControlStore, FailureKind, RecordKey, RecordWrite};
+use crate::record::{CompletionMark, ControlRecord};
 use crate::rules::SweepPlan;
 
 /// Longest pause between two checks of a run that has not yet seen its expected assets.
@@ -79,6 +80,27 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
             _ => break plan,
         }
     };
+    let redriven = env.attempts > 0;
+    let mark = match read_mark(deps, &ev.source).await {
+        Ok(mark) => mark,
+        Err(e) => {
+            let dl = dead("backend", Stage::Decide, format!("completion of run `{}`: {e}", ev.run_id));
+            return finish_dead(deps, dl, env.ack).await;
+        }
+    };
+    if mark
+        .as_ref()
+        .and_then(ControlRecord::as_completion_mark)
+        .is_some_and(|m| m.covers(&ev.run_id, ev.emitted_at, redriven))
+    {
+        // Checked after the plan was read: a mark written before that read means another
+        // process (or this one, before a crash) already applied this completion or a newer one,
+        // and the records read may already carry the next run.
+        tracing::info!(source = %ev.source, run_id = %ev.run_id, "completion already applied, or older than the last one applied; nothing to drop");
+        env.ack.done();
+        return;
+    }
+    let applied = CompletionMark { run_id: ev.run_id.clone(), emitted_at: ev.emitted_at, guarded: false };
     if plan.guarded {
         let msg = format!(
             "completion of run `{}` of source `{}` would drop {} of {} live assets, over decisor.max_drop_fraction = {}; nothing dropped",
@@ -88,6 +110,10 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
             plan.live,
             deps.max_drop_fraction
         );
+        let guarded = CompletionMark { guarded: true, ..applied };
+        if let Err(e) = write_mark(deps, &ev.source, &guarded).await {
+            tracing::warn!(source = %ev.source, error = %e, "cannot write the completion mark; a late process may sweep this run again");
+        }
         return finish_dead(deps, dead("drop_guard", Stage::Decide, msg), env.ack).await;
     }
     let n = deps.shards.len();
@@ -128,12 +154,47 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
     }
     .await
     {
-        Ok(Ok(())) => {
-            deps.metrics.outcome(Outcome::Completed, 1);
-            env.ack.done();
-        }
+        Ok(Ok(())) => match write_mark(deps, &ev.source, &applied).await {
+            Ok(()) => {
+                deps.metrics.outcome(Outcome::Completed, 1);
+                env.ack.done();
+            }
+            Err(e) => finish_dead(deps, dead("backend", Stage::Decide, format!("completion mark: {e}")), env.ack).await,
+        },
         Ok(Err(e)) => finish_dead(deps, dead("backend", Stage::History, e.to_string()), env.ack).await,
         Err(_) => tracing::error!("history writer stopped; completion left unacknowledged for re-delivery"),
+    }
+}
+
+fn mark_key(source: &str) -> RecordKey {
+    RecordKey { source: source.to_owned(), asset_key: source.to_owned() }
+}
+
+async fn read_mark(deps: &SweepDeps, source: &str) -> BackendResult<Option<ControlRecord>> {
+    let key = [mark_key(source)];
+    let mut found = deps.calls.call("control store", "get", || deps.control.get_many(&key)).await?;
+    Ok(found.remove(source))
+}
+
+/// Records `mark` as the source's last applied completion, unless a newer one is there.
+async fn write_mark(deps: &SweepDeps, source: &str, mark: &CompletionMark) -> BackendResult<()> {
+    let mut round = 0;
+    loop {
+        round += 1;
+        let stored = read_mark(deps, source).await?;
+        if stored.as_ref().and_then(ControlRecord::as_completion_mark).is_some_and(|m| m.emitted_at > mark.emitted_at) {
+            return Ok(());
+        }
+        let version = stored.map_or(0, |r| r.version);
+        let write = [RecordWrite {
+            record: ControlRecord::completion_mark(source, mark, version + 1),
+            expected_version: version,
+        }];
+        match deps.calls.call("control store", "put", || deps.control.put_many(&write)).await {
+            // Another process wrote the mark between the read and the write: read it again.
+            Err(e) if e.kind == FailureKind::Conflict && round < 3 => continue,
+            other => return other,
+        }
     }
 }
 

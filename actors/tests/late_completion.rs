@@ -1,0 +1,61 @@
+//! A completion that arrives after newer news of its source (a process that swept a partition
+//! it had already lost, or a late re-delivery) drops nothing the newer news refreshed.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+fn run_of(run: &str, tables: std::ops::Range<usize>, t: u32, first: usize) -> Vec<String> {
+    tables
+        .enumerate()
+        .map(|(i, k)| running(&format!("{run}-e{:04}", first + i), "src", run, &format!("t{k:03}"), t, run))
+        .collect()
+}
+
+fn all_settings() -> assetflow_actors::pipeline::Settings {
+    let mut s = settings(4);
+    s.max_drop_fraction = 1.0;
+    s
+}
+
+#[test]
+fn a_completion_applied_again_after_the_next_run_drops_nothing() {
+    let mut lines = run_of("r0", 0..10, 10, 0);
+    lines.push(completed("c0", "src", "r0", 11, None));
+    // r1 refreshes half of the assets; its completion has not come yet.
+    lines.extend(run_of("r1", 0..5, 20, 100));
+    // The same completion again: every r1 asset has last_seen_run r1, so a second sweep of r0
+    // would drop t000..t004, which r1 has just seen.
+    lines.push(completed("c0", "src", "r0", 11, None));
+    let out = run(all_settings(), lines, MemControl::slow(Duration::ZERO));
+    assert_eq!(out.dropped_keys(), Vec::<String>::new());
+    for k in 0..10 {
+        assert!(out.control.record(&format!("src/db/public/t{k:03}")).unwrap().is_live(), "t{k:03}");
+    }
+    let completed = out.history.iter().filter(|h| h.outcome.as_str() == "completed").count();
+    assert_eq!(completed, 1, "the second delivery is not a second completion");
+}
+
+#[test]
+fn an_older_completion_leaves_assets_touched_after_it() {
+    // r0's completion is emitted before r1 refreshes t000..t004 but arrives after it: only the
+    // records nothing newer touched are its to drop, and here every one was seen in r0 or later.
+    let mut lines = run_of("r0", 0..10, 10, 0);
+    lines.extend(run_of("r1", 0..5, 20, 100));
+    lines.push(completed("c0", "src", "r0", 11, None));
+    let out = run(all_settings(), lines, MemControl::slow(Duration::ZERO));
+    assert_eq!(out.dropped_keys(), Vec::<String>::new());
+}
+
+#[test]
+fn a_newer_completion_still_drops_after_an_older_one() {
+    let mut lines = run_of("r0", 0..10, 10, 0);
+    lines.push(completed("c0", "src", "r0", 11, None));
+    lines.extend(run_of("r1", 0..6, 20, 100));
+    lines.push(completed("c1", "src", "r1", 21, None));
+    let out = run(all_settings(), lines, MemControl::slow(Duration::ZERO));
+    let expected: Vec<String> = (6..10).map(|k| format!("src/db/public/t{k:03}")).collect();
+    assert_eq!(out.dropped_keys(), expected);
+}
