@@ -25,6 +25,8 @@ fn opts(follow: bool) -> KafkaSourceOptions {
         follow,
         // These members share a group on purpose: their state is the test's, not one process's.
         one_process: false,
+        group_instance_id: None,
+        revoke_timeout: std::time::Duration::from_secs(10),
         extra: Default::default(),
     }
 }
@@ -124,6 +126,61 @@ fn two_members_split_the_partitions() {
         // A partition may move once, during the join; messages read twice stay few.
         let twice = seen_a.keys().filter(|k| seen_b.contains_key(k)).count();
         assert!(twice <= 100, "{twice} messages were read by both members");
+    });
+}
+
+#[test]
+fn a_revoked_partition_finishes_its_messages_in_flight_and_commits_them_before_it_moves() {
+    rt().block_on(async {
+        let topic = unique("handover");
+        create_topic(&topic, 4).await;
+        produce_lines(&topic, &lines(200)).await;
+        let group = unique("group");
+        let mut a_opts = opts(true);
+        a_opts.revoke_timeout = Duration::from_secs(30);
+        let mut a = KafkaSource::new("a".into(), &brokers(), &topic, &group, &a_opts).unwrap();
+        let in_flight = pull_until(&mut a, 200, Duration::from_secs(30)).await;
+        assert_eq!(in_flight.len(), 200);
+        assert_eq!(a.outstanding(), 200);
+        // Nothing is committed yet. B joins (a few seconds on the local broker); the partitions
+        // it takes are revoked from A, whose revoke waits for their messages, which finish
+        // only after eight seconds: without that wait B would get them uncommitted and read
+        // them again.
+        let mut b = KafkaSource::new("b".into(), &brokers(), &topic, &group, &opts(true)).unwrap();
+        let started = Instant::now();
+        let mut in_flight = Some(in_flight);
+        let mut read_by_b = Vec::new();
+        while started.elapsed() < Duration::from_secs(30) {
+            if started.elapsed() > Duration::from_secs(8)
+                && let Some(msgs) = in_flight.take()
+            {
+                msgs.into_iter().for_each(|m| m.ack.done());
+            }
+            if let Pull::Messages(m) = b.pull(50).await.unwrap() {
+                read_by_b.extend(m.iter().map(n_of));
+            }
+            let _ = a.pull(50).await.unwrap();
+            if b.not_ready().is_none() && in_flight.is_none() && started.elapsed() > Duration::from_secs(14) {
+                break;
+            }
+        }
+        assert_eq!(b.not_ready(), None, "B was given partitions");
+        assert_eq!(read_by_b, Vec::<u64>::new(), "B re-read messages A had finished before handing over");
+        // What comes next is read once, by one member or the other.
+        produce_lines(&topic, &(200..240).map(|i| format!("{{\"source\":\"s\",\"n\":{i}}}")).collect::<Vec<_>>()).await;
+        let mut next = BTreeSet::new();
+        let started = Instant::now();
+        while next.len() < 40 && started.elapsed() < Duration::from_secs(30) {
+            for src in [&mut a, &mut b] {
+                if let Pull::Messages(m) = src.pull(50).await.unwrap() {
+                    for msg in m {
+                        assert!(next.insert(n_of(&msg)), "message {} read twice", n_of(&msg));
+                        msg.ack.done();
+                    }
+                }
+            }
+        }
+        assert_eq!(next, (200..240).collect::<BTreeSet<u64>>());
     });
 }
 

@@ -124,6 +124,14 @@ pub struct KafkaSourceConfig {
     /// false: stop once every assigned partition is read to its end.
     #[serde(default = "yes")]
     pub follow: bool,
+    /// Static membership (`group.instance.id`): a process restarted within the session timeout
+    /// gets its partitions back without a rebalance. One distinct id per process.
+    #[serde(default)]
+    pub group_instance_id: Option<String>,
+    /// How long the messages in flight of a partition a rebalance takes away may take to finish
+    /// (and be committed) before the partition moves anyway.
+    #[serde(default = "default_revoke_timeout", deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub revoke_timeout: Duration,
     /// Further librdkafka consumer settings.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -141,6 +149,10 @@ fn default_wait() -> i32 {
 
 fn default_reset() -> String {
     "earliest".into()
+}
+
+fn default_revoke_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_session_timeout() -> u32 {

@@ -178,6 +178,8 @@ fn source(
                 auto_offset_reset,
                 session_timeout_ms,
                 follow,
+                group_instance_id,
+                revoke_timeout,
                 options,
                 ..
             }) => {
@@ -187,6 +189,8 @@ fn source(
                     follow: *follow,
                     one_process: matches!(config.control, ControlConfig::Embedded)
                         || matches!(config.history, HistoryConfig::Embedded),
+                    group_instance_id: group_instance_id.clone(),
+                    revoke_timeout: *revoke_timeout,
                     extra: options.clone(),
                 };
                 Box::new(KafkaSource::new(name, brokers, topic, group, &opts).map_err(|m| build_err(config, &key, m))?)

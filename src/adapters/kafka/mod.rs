@@ -1,6 +1,7 @@
 //! Kafka (rdkafka, bundled librdkafka): the `kafka` source (a consumer group committing the
 //! acknowledged prefix of each partition) and the `kafka` sinks (an idempotent producer).
 
+mod group;
 pub mod sink;
 pub mod source;
 

@@ -1,8 +1,11 @@
 //! The `kafka` source: a consumer group with manual commits. Each partition has its own
 //! acknowledgement watermark; a commit carries, per partition, the offset after the longest
-//! prefix of done messages, so nothing in flight or failed is ever skipped. When a rebalance
-//! takes a partition away, what is done there is committed at once (synchronously, before the
-//! partition moves) and the rest is abandoned to the next owner, which reads it again.
+//! prefix of done messages, so nothing in flight or failed is ever skipped.
+//!
+//! The consumer is polled on a thread of its own and hands messages over through a bounded
+//! channel: librdkafka runs the rebalance callbacks inside that poll, and a revoke waits there
+//! for the partition's in-flight messages ([`super::group`]), which the actors finish on their
+//! own threads meanwhile.
 //!
 //! A topology whose control table or history is embedded serves one process, so its member
 //! must hold every partition of the topic: after each rebalance the member counts what it
@@ -10,164 +13,26 @@
 //! stops, exit 1); a member that held everything and finds itself sharing pauses its
 //! partitions, reports why on `/readyz`, and reads again once it holds them all.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use assetflow_actors::decision::Origin;
-use assetflow_actors::envelope::Watermark;
 use assetflow_actors::ports::{BackendError, BackendResult, Pull, RawMessage, Source};
 use async_trait::async_trait;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Message, Offset};
+use tokio::sync::mpsc;
 
+use super::group::{Group, GroupContext, lock};
 use super::kafka_error;
 
-/// Per partition: its watermark, and the offset after the last message received.
-#[derive(Default)]
-struct Partitions {
-    watermarks: HashMap<i32, Arc<Watermark<i64>>>,
-    received: HashMap<i32, i64>,
-}
-
-type Shared = Arc<Mutex<Partitions>>;
-
-fn lock(p: &Shared) -> std::sync::MutexGuard<'_, Partitions> {
-    p.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The done prefix of `partitions` (all if `None`), as a commit list.
-fn ready_offsets(p: &Shared, topic: &str, only: Option<&[i32]>) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    let parts = lock(p);
-    for (part, wm) in &parts.watermarks {
-        if only.is_some_and(|o| !o.contains(part)) {
-            continue;
-        }
-        if let Some(pos) = wm.take_ready() {
-            let _ = tpl.add_partition_offset(topic, *part, Offset::Offset(pos));
-        }
-    }
-    tpl
-}
-
-/// Whether this member may read, when its topology's state serves one process.
-#[derive(Default)]
-struct Sharing {
-    /// Every partition of the topic was assigned here at least once since the start.
-    held_all: bool,
-    /// Why reading is paused: another member holds some partitions.
-    paused: Option<String>,
-    /// Why this member will not read at all: it joined a group another process reads.
-    refused: Option<String>,
-}
-
-pub struct GroupContext {
-    topic: String,
-    group: String,
-    /// The topology keeps state that serves one process (an embedded control table or history).
-    one_process: bool,
-    sharing: Arc<Mutex<Sharing>>,
-    partitions: Shared,
-    /// Messages behind the partitions' high watermarks, from librdkafka's statistics (every
-    /// few seconds, no extra broker calls); `u64::MAX` until the first report.
-    lag: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl ClientContext for GroupContext {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else { return };
-        // Partition -1 is librdkafka's internal "unassigned" one; -1 lag means "not known yet".
-        let lag: i64 = topic.partitions.values().filter(|p| p.partition >= 0).map(|p| p.consumer_lag.max(0)).sum();
-        self.lag.store(lag as u64, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(revoked) = rebalance {
-            let parts: Vec<i32> =
-                revoked.elements().iter().filter(|e| e.topic() == self.topic).map(|e| e.partition()).collect();
-            let tpl = ready_offsets(&self.partitions, &self.topic, Some(&parts));
-            if tpl.count() > 0 {
-                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                    tracing::warn!(topic = %self.topic, error = %e, "commit on revoke failed; the next owner re-reads from the last commit");
-                }
-            }
-            let mut p = lock(&self.partitions);
-            for part in &parts {
-                // In-flight messages of a revoked partition still finish here, but their acks
-                // go to a watermark nobody commits: the new owner re-reads them.
-                p.watermarks.remove(part);
-                p.received.remove(part);
-            }
-            tracing::info!(topic = %self.topic, partitions = ?parts, "partitions revoked");
-        }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(assigned) = rebalance {
-            let parts: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
-            tracing::info!(topic = %self.topic, partitions = ?parts, "partitions assigned");
-        }
-        // After an assignment only: an eager rebalance revokes everything for a moment first.
-        if self.one_process && matches!(rebalance, Rebalance::Assign(_)) {
-            self.check_sharing(consumer);
-        }
-    }
-}
-
-impl GroupContext {
-    /// Counts the partitions this member holds after an assignment (the whole assignment, for
-    /// eager and cooperative rebalances alike), and pauses them, or resumes them, as
-    /// [`Sharing`] says.
-    fn check_sharing(&self, consumer: &BaseConsumer<Self>) {
-        let Ok(mine) = consumer.assignment() else { return };
-        let held = mine.elements().iter().filter(|e| e.topic() == self.topic).count();
-        let total = match consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(5)) {
-            Ok(md) => md.topics().iter().find(|t| t.name() == self.topic).map_or(0, |t| t.partitions().len()),
-            Err(e) => {
-                tracing::warn!(topic = %self.topic, error = %e, "cannot count the topic's partitions; sharing not checked");
-                return;
-            }
-        };
-        let mut s = lock_sharing(&self.sharing);
-        if total > 0 && held >= total {
-            if s.paused.take().is_some() {
-                tracing::info!(topic = %self.topic, "this process holds every partition again; reading resumes");
-                if let Err(e) = consumer.resume(&mine) {
-                    tracing::warn!(error = %e, "resuming the partitions failed");
-                }
-            }
-            s.held_all = true;
-            return;
-        }
-        let why = format!(
-            "the consumer group `{group}` reads topic `{topic}` with another process (this one holds {held} of its \
-             {total} partitions), but this topology keeps its control table or history in the embedded store, which \
-             serves one process: a source whose partition moved would be decided without its records. Run one \
-             process per group, or keep control and history in PostgreSQL (control.kind and history.kind = \
-             \"postgres\", docs/CONFIG.md)",
-            group = self.group,
-            topic = self.topic
-        );
-        if let Err(e) = consumer.pause(&mine) {
-            tracing::warn!(error = %e, "pausing the partitions failed");
-        }
-        if s.held_all {
-            if s.paused.is_none() {
-                tracing::error!("reading paused: {why}");
-            }
-            s.paused = Some(why);
-        } else {
-            s.refused = Some(why);
-        }
-    }
-}
-
-fn lock_sharing(s: &Arc<Mutex<Sharing>>) -> std::sync::MutexGuard<'_, Sharing> {
-    s.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// Messages fetched ahead of the pipeline, beyond librdkafka's own queue.
+const HANDOVER: usize = 1024;
+/// Longest wait of one poll: how soon the thread notices that the source is gone.
+const POLL: Duration = Duration::from_millis(100);
 
 /// Consumer settings beyond the required ones.
 #[derive(Debug, Clone)]
@@ -179,17 +44,29 @@ pub struct KafkaSourceOptions {
     /// The topology keeps state that serves one process (an embedded control table or
     /// history): this member must hold every partition of the topic, or not read.
     pub one_process: bool,
+    /// Static membership: a restart within the session timeout keeps its partitions.
+    pub group_instance_id: Option<String>,
+    /// How long a revoked partition's in-flight messages may take before it moves anyway.
+    pub revoke_timeout: Duration,
     pub extra: BTreeMap<String, String>,
+}
+
+/// One message on its way from the polling thread to [`KafkaSource::pull`].
+struct Fetched {
+    part: i32,
+    offset: i64,
+    /// The partition's epoch when it was fetched (see [`super::group::Held`]).
+    epoch: u64,
+    payload: Vec<u8>,
 }
 
 pub struct KafkaSource {
     name: String,
-    topic: String,
-    consumer: Arc<StreamConsumer<GroupContext>>,
-    partitions: Shared,
+    group: Arc<Group>,
+    consumer: Arc<BaseConsumer<GroupContext>>,
+    fetched: mpsc::Receiver<Result<Fetched, KafkaError>>,
     follow: bool,
-    lag: Arc<std::sync::atomic::AtomicU64>,
-    sharing: Arc<Mutex<Sharing>>,
+    poller: Option<std::thread::JoinHandle<()>>,
 }
 
 impl KafkaSource {
@@ -197,70 +74,86 @@ impl KafkaSource {
         name: String,
         brokers: &str,
         topic: &str,
-        group: &str,
+        group_id: &str,
         opts: &KafkaSourceOptions,
     ) -> Result<Self, String> {
-        let partitions: Shared = Arc::default();
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", brokers)
-            .set("group.id", group)
+            .set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", &opts.auto_offset_reset)
             .set("session.timeout.ms", opts.session_timeout_ms.to_string())
+            // A rebalance moves only the partitions that must move; the rest keep flowing.
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "5000");
+        if let Some(id) = &opts.group_instance_id {
+            cfg.set("group.instance.id", id);
+        }
         for (k, v) in &opts.extra {
             cfg.set(k, v);
         }
-        let lag = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
-        let sharing: Arc<Mutex<Sharing>> = Arc::default();
-        let ctx = GroupContext {
-            topic: topic.to_owned(),
-            group: group.to_owned(),
-            one_process: opts.one_process,
-            sharing: sharing.clone(),
-            partitions: partitions.clone(),
-            lag: lag.clone(),
-        };
-        let consumer: StreamConsumer<GroupContext> =
-            cfg.create_with_context(ctx).map_err(|e| format!("cannot create a Kafka consumer for {brokers}: {e}"))?;
+        let group = Arc::new(Group::new(topic, group_id, opts.one_process, opts.revoke_timeout));
+        let consumer: BaseConsumer<GroupContext> = cfg
+            .create_with_context(GroupContext(group.clone()))
+            .map_err(|e| format!("cannot create a Kafka consumer for {brokers}: {e}"))?;
         consumer.subscribe(&[topic]).map_err(|e| format!("cannot subscribe to {topic}: {e}"))?;
-        Ok(KafkaSource {
-            name,
-            topic: topic.to_owned(),
-            consumer: Arc::new(consumer),
-            partitions,
-            follow: opts.follow,
-            lag,
-            sharing,
-        })
+        let consumer = Arc::new(consumer);
+        let (tx, fetched) = mpsc::channel(HANDOVER);
+        let (c, g) = (consumer.clone(), group.clone());
+        let poller = std::thread::Builder::new()
+            .name(format!("kafka-{name}"))
+            .spawn(move || poll_loop(&c, &g, &tx))
+            .map_err(|e| format!("cannot start the Kafka polling thread: {e}"))?;
+        Ok(KafkaSource { name, group, consumer, fetched, follow: opts.follow, poller: Some(poller) })
     }
 
-    fn is_paused(&self) -> bool {
-        lock_sharing(&self.sharing).paused.is_some()
+    /// Admits a fetched message if its partition is still held under the epoch it was fetched
+    /// in; a message of a partition revoked since is dropped (its next owner reads it again).
+    fn admit(&self, f: Fetched) -> Option<RawMessage> {
+        let ack = {
+            let mut a = lock(&self.group.assignment);
+            let held = a.held.get_mut(&f.part).filter(|h| h.epoch == f.epoch)?;
+            held.received = Some(f.offset + 1);
+            held.watermark.register(f.offset + 1)
+        };
+        let origin = Origin {
+            source: self.name.clone(),
+            partition: format!("{}/{}", self.group.topic, f.part),
+            offset: f.offset.to_string(),
+        };
+        Some(RawMessage::new(f.payload, origin, ack))
     }
 
-    /// Every assigned partition read to its high watermark (blocking broker calls).
+    /// Every held partition read to its end: to the high watermark, from the last message
+    /// admitted or, for a partition nothing was read from, from the group's committed offset
+    /// (blocking broker calls).
     async fn caught_up(&self) -> BackendResult<bool> {
         let consumer = self.consumer.clone();
-        let partitions = self.partitions.clone();
-        let topic = self.topic.clone();
+        let group = self.group.clone();
         tokio::task::spawn_blocking(move || {
             let assignment = consumer.assignment().map_err(|e| kafka_error("assignment", &e))?;
             if assignment.count() == 0 {
                 return Ok(false);
             }
+            let committed = consumer
+                .committed_offsets(assignment.clone(), Duration::from_secs(5))
+                .map_err(|e| kafka_error("committed offsets", &e))?;
             for e in assignment.elements() {
+                let part = e.partition();
                 let (low, high) = consumer
-                    .fetch_watermarks(&topic, e.partition(), Duration::from_secs(5))
+                    .fetch_watermarks(&group.topic, part, Duration::from_secs(5))
                     .map_err(|e| kafka_error("fetch watermarks", &e))?;
-                let next = lock(&partitions).received.get(&e.partition()).copied();
-                let done = match next {
-                    Some(n) => n >= high,
-                    None => high <= low,
-                };
-                if !done {
+                let received = lock(&group.assignment).held.get(&part).and_then(|h| h.received);
+                let next = received.unwrap_or_else(|| match committed.find_partition(&group.topic, part) {
+                    Some(c) => match c.offset() {
+                        Offset::Offset(o) => o,
+                        _ => low,
+                    },
+                    None => low,
+                });
+                if next < high {
                     return Ok(false);
                 }
             }
@@ -271,67 +164,102 @@ impl KafkaSource {
     }
 }
 
+impl Drop for KafkaSource {
+    /// Leaves the group before returning: the polling thread stops (within one poll) and this
+    /// thread closes the consumer, so a member started right after never waits on this one.
+    fn drop(&mut self) {
+        self.group.stopping.store(true, Ordering::Relaxed);
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.join();
+        }
+    }
+}
+
+/// The polling thread: fetches, serves rebalances, and hands messages over, waiting (and so
+/// fetching no more) while the pipeline is behind.
+fn poll_loop(consumer: &BaseConsumer<GroupContext>, group: &Group, tx: &mpsc::Sender<Result<Fetched, KafkaError>>) {
+    while !group.stopping.load(Ordering::Relaxed) {
+        let item = match consumer.poll(POLL) {
+            None => continue,
+            Some(Err(e)) => Err(e),
+            Some(Ok(m)) => {
+                let (part, offset) = (m.partition(), m.offset());
+                if group.is_paused() {
+                    // Fetched just before the pause: put the partition back at this message,
+                    // so it is read again on resume (or by the next owner), never skipped.
+                    let _ = consumer.seek(&group.topic, part, Offset::Offset(offset), Duration::from_secs(5));
+                    continue;
+                }
+                // Not held: revoked between the fetch and now.
+                let Some(epoch) = group.epoch_of(part) else { continue };
+                Ok(Fetched { part, offset, epoch, payload: m.payload().unwrap_or_default().to_vec() })
+            }
+        };
+        let mut item = item;
+        loop {
+            match tx.try_send(item) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    if group.stopping.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    item = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Source for KafkaSource {
     async fn pull(&mut self, max: usize) -> BackendResult<Pull> {
-        if let Some(why) = lock_sharing(&self.sharing).refused.clone() {
+        if let Some(why) = lock(&self.group.sharing).refused.clone() {
             return Ok(Pull::Refused(why));
         }
         let mut out = Vec::new();
-        let mut wait = Duration::from_millis(200);
-        while out.len() < max {
-            let msg = match tokio::time::timeout(wait, self.consumer.recv()).await {
-                Err(_) => break,
-                Ok(Err(e)) => {
-                    if out.is_empty() {
-                        return Err(kafka_error("consume", &e));
-                    }
+        let first = match tokio::time::timeout(Duration::from_millis(200), self.fetched.recv()).await {
+            Err(_) => None,
+            Ok(None) => return Err(BackendError::transient("kafka", "consume", "the polling thread stopped")),
+            Ok(Some(item)) => Some(item),
+        };
+        let mut next = first;
+        while let Some(item) = next.take() {
+            match item {
+                Ok(f) => out.extend(self.admit(f)),
+                Err(e) if out.is_empty() => return Err(kafka_error("consume", &e)),
+                Err(e) => {
+                    tracing::warn!(source = %self.name, error = %e, "Kafka consumer error");
                     break;
                 }
-                Ok(Ok(m)) => m,
-            };
-            // After the first message, take only what is already there.
-            wait = Duration::from_millis(1);
-            let (part, offset) = (msg.partition(), msg.offset());
-            if self.is_paused() {
-                // Fetched just before the pause: put the partition back at this message, so it
-                // is read again on resume (or by the next owner), never skipped.
-                let consumer = self.consumer.clone();
-                let topic = self.topic.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    consumer.seek(&topic, part, Offset::Offset(offset), Duration::from_secs(5))
-                })
-                .await;
+            }
+            if out.len() >= max {
                 break;
             }
-            let wm = {
-                let mut p = lock(&self.partitions);
-                p.received.insert(part, offset + 1);
-                p.watermarks.entry(part).or_insert_with(Watermark::new).clone()
-            };
-            let origin = Origin {
-                source: self.name.clone(),
-                partition: format!("{}/{part}", self.topic),
-                offset: offset.to_string(),
-            };
-            out.push(RawMessage::new(msg.payload().unwrap_or_default().to_vec(), origin, wm.register(offset + 1)));
+            // After the first message, take only what is already there.
+            next = self.fetched.try_recv().ok();
         }
         if !out.is_empty() {
             return Ok(Pull::Messages(out));
         }
-        if !self.follow && !self.is_paused() && self.outstanding() == 0 && self.caught_up().await? {
+        if !self.follow && !self.group.is_paused() && self.outstanding() == 0 && self.caught_up().await? {
             return Ok(Pull::Drained);
         }
         Ok(Pull::Idle)
     }
 
     async fn commit(&mut self) -> BackendResult<()> {
-        let tpl = ready_offsets(&self.partitions, &self.topic, None);
-        if tpl.count() == 0 {
-            return Ok(());
-        }
         let consumer = self.consumer.clone();
+        let group = self.group.clone();
         tokio::task::spawn_blocking(move || {
+            // Built and sent under one lock, which a revoke takes before its own commit: a
+            // partition is never committed after it left.
+            let _commits = lock(&group.commits);
+            let tpl = group.ready_offsets();
+            if tpl.count() == 0 {
+                return Ok(());
+            }
             consumer.commit(&tpl, CommitMode::Sync).map_err(|e| kafka_error("commit", &e))
         })
         .await
@@ -339,20 +267,20 @@ impl Source for KafkaSource {
     }
 
     fn outstanding(&self) -> usize {
-        lock(&self.partitions).watermarks.values().map(|w| w.outstanding()).sum()
+        lock(&self.group.assignment).held.values().map(|h| h.watermark.outstanding()).sum()
     }
 
     /// Not ready while reading is paused (the group is shared), or while the group has given
     /// this member no partition of the topic.
     fn not_ready(&self) -> Option<String> {
-        if let Some(why) = lock_sharing(&self.sharing).paused.clone() {
+        if let Some(why) = lock(&self.group.sharing).paused.clone() {
             return Some(why);
         }
         match self.consumer.assignment() {
             Ok(tpl) if tpl.count() > 0 => None,
             Ok(_) => Some(format!(
                 "no partition of {} assigned yet (the group is rebalancing, or has more members than partitions)",
-                self.topic
+                self.group.topic
             )),
             Err(e) => Some(format!("cannot read the assignment: {e}")),
         }
@@ -360,6 +288,6 @@ impl Source for KafkaSource {
 
     /// Consumer lag: messages behind the high watermarks of the assigned partitions.
     fn lag(&self) -> Option<u64> {
-        Some(self.lag.load(std::sync::atomic::Ordering::Relaxed)).filter(|l| *l != u64::MAX)
+        Some(self.group.lag.load(Ordering::Relaxed)).filter(|l| *l != u64::MAX)
     }
 }
