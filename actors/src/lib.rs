@@ -7,6 +7,9 @@
 //!   `invalid_event`); [`event::sorted_members`] splits an object into its members.
 //! - [`hash`]: the canonical form of an asset and its content hash (BLAKE3 over canonical JSON).
 //! - [`record`]: the per-asset [`record::ControlRecord`] kept in the control table.
+//! - [`mark`]: each source's [`mark::CompletionMark`], kept beside its records: a completion
+//!   is swept once and never after a newer one, and an event read again from before it (by a
+//!   process that lost the partition, or after a crash) changes nothing.
 //! - [`rules`]: the decision rules of EVENTS.md as pure functions: [`rules::judge`] gives a
 //!   `running` event's [`decision::Outcome`], [`rules::plan_sweep`] a completion's drops and
 //!   its drop guard.
@@ -38,6 +41,7 @@ mod forward;
 pub mod hash;
 mod latency;
 pub mod lookup;
+pub mod mark;
 pub mod metrics;
 pub mod pipeline;
 pub mod ports;

@@ -1,5 +1,6 @@
 //! A completion that arrives after newer news of its source (a process that swept a partition
-//! it had already lost, or a late re-delivery) drops nothing the newer news refreshed.
+//! it had already lost, or a late re-delivery) drops nothing the newer news refreshed, and an
+//! event read again from before an applied completion (a replay) brings back nothing it dropped.
 
 mod support;
 
@@ -58,4 +59,38 @@ fn a_newer_completion_still_drops_after_an_older_one() {
     let out = run(all_settings(), lines, MemControl::slow(Duration::ZERO));
     let expected: Vec<String> = (6..10).map(|k| format!("src/db/public/t{k:03}")).collect();
     assert_eq!(out.dropped_keys(), expected);
+}
+
+/// r0 sees t000..t009, r1 only t000..t004: r1's completion drops t005..t009.
+fn two_runs() -> Vec<(u64, String)> {
+    let mut lines = run_of("r0", 0..10, 10, 0);
+    lines.push(completed("c0", "src", "r0", 11, None));
+    lines.extend(run_of("r1", 0..5, 20, 100));
+    lines.push(completed("c1", "src", "r1", 21, None));
+    lines.into_iter().zip(1..).map(|(l, p)| (p, l)).collect()
+}
+
+#[test]
+fn an_event_read_again_from_before_the_completion_that_dropped_its_asset_is_a_replay() {
+    let mut lines = two_runs();
+    // r0's event of t005 at its own offset: the partition read again from an old commit.
+    let replay = lines[5].clone();
+    assert_eq!(replay.0, 6);
+    lines.push(replay);
+    let out = run_with(all_settings(), Box::new(VecSource::at_positions(lines)), Backends::default());
+    assert_eq!(out.upsert_changes("src/db/public/t005"), vec!["created"], "not created again by the replay");
+    assert!(!out.control.record("src/db/public/t005").unwrap().is_live(), "it stays dropped");
+    assert_eq!(out.dropped_keys().len(), 5);
+}
+
+#[test]
+fn the_same_event_delivered_again_later_on_the_partition_brings_the_asset_back() {
+    // EVENTS.md as written: a dropped record whose last_seen_at is not later than the event's
+    // time is created again; a later re-delivery is news, unlike a replay.
+    let mut lines = two_runs();
+    let (_, line) = lines[5].clone();
+    lines.push((lines.len() as u64 + 1, line));
+    let out = run_with(all_settings(), Box::new(VecSource::at_positions(lines)), Backends::default());
+    assert_eq!(out.upsert_changes("src/db/public/t005"), vec!["created", "created"]);
+    assert!(out.control.record("src/db/public/t005").unwrap().is_live());
 }

@@ -241,14 +241,19 @@ impl Lookup for MemLookup {
 
 /// A finite source over lines, in small pulls so the pipeline sees many batches.
 pub struct VecSource {
-    lines: std::vec::IntoIter<String>,
-    pos: u64,
+    lines: std::vec::IntoIter<(u64, String)>,
     watermark: Arc<Watermark<u64>>,
 }
 
 impl VecSource {
     pub fn new(lines: Vec<String>) -> Self {
-        VecSource { lines: lines.into_iter(), pos: 0, watermark: Watermark::new() }
+        Self::at_positions(lines.into_iter().zip(1..).map(|(l, p)| (p, l)).collect())
+    }
+
+    /// Lines read at the given offsets: an offset seen before is the same message read again
+    /// (a replay after a crash, or by the partition's next owner).
+    pub fn at_positions(lines: Vec<(u64, String)>) -> Self {
+        VecSource { lines: lines.into_iter(), watermark: Watermark::new() }
     }
 }
 
@@ -256,12 +261,11 @@ impl VecSource {
 impl Source for VecSource {
     async fn pull(&mut self, max: usize) -> BackendResult<Pull> {
         let mut out = Vec::new();
-        for line in self.lines.by_ref().take(max.min(16)) {
-            self.pos += 1;
-            let ack = self.watermark.register(self.pos);
+        for (pos, line) in self.lines.by_ref().take(max.min(16)) {
+            let ack = self.watermark.register(pos);
             out.push(RawMessage::new(
                 line.into_bytes(),
-                Origin { source: "test".into(), partition: "0".into(), offset: self.pos.to_string() },
+                Origin { source: "test".into(), partition: "0".into(), offset: pos.to_string() },
                 ack,
             ));
         }

@@ -32,6 +32,7 @@ use crate::envelope::Envelope;
 use crate::event::EventKind;
 use crate::hash::{HashIgnore, content_hash};
 use crate::lookup::{CachedLookup, LookupKeys};
+use crate::mark::{CompletionMark, mark_key};
 use crate::metrics::{ActorName, Flow, Metrics};
 use crate::ports::{BackendError, BackendResult, ContentStore, ControlStore, FailureKind, RecordKey, RecordWrite};
 use crate::record::{ControlRecord, RecordStatus};
@@ -304,19 +305,32 @@ async fn decide_and_publish(
     batch: &mut [Pending],
     earlier: &mut EarlierRound,
 ) -> Result<Vec<HistoryRow>, (Stage, BackendError)> {
+    // The batch's records and, in the same read (one snapshot where the store gives one), the
+    // completion marks of its sources: an event from before a source's last completion is a
+    // replay, and a record that completion dropped must not come back for it.
+    let sources: HashSet<&str> = batch.iter().map(|p| p.enriched.event.source.as_str()).collect();
     let keys: Vec<RecordKey> = {
         let mut seen = HashSet::new();
         batch
             .iter()
             .filter(|p| seen.insert(p.key.as_str()))
             .map(|p| RecordKey { source: p.enriched.event.source.clone(), asset_key: p.key.clone() })
+            .chain(sources.iter().map(|s| mark_key(s)))
             .collect()
     };
     let read = deps.calls.call("control store", "get", || deps.control.get_many(&keys)).await;
     let mut records = read.map_err(|e| (Stage::Decide, e))?;
+    let marks: HashMap<&str, CompletionMark> = sources
+        .iter()
+        .filter_map(|s| records.remove(*s).as_ref().and_then(CompletionMark::from_record).map(|m| (*s, m)))
+        .collect();
+    let replayed = |p: &Pending| {
+        let ev = &p.enriched.event;
+        marks.get(ev.source.as_str()).is_some_and(|m| m.precedes(&p.env.origin, ev.emitted_at, p.env.attempts > 1))
+    };
     let landed = earlier.restore(&mut records);
     let plan = plan_batch(
-        batch.iter().map(|p| (&p.enriched, p.key.as_str(), p.hash.as_str())),
+        batch.iter().map(|p| (&p.enriched, p.key.as_str(), p.hash.as_str(), replayed(p))),
         records,
         &landed,
         |key, hash| deps.content.content_ref(key, hash),

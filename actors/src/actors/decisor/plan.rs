@@ -36,12 +36,13 @@ pub struct BatchPlan {
 }
 
 /// Decides a batch of `running` events against `records` (the stored records of their keys),
-/// in order, so that two events of one key see each other. Keys in `landed` were written by an
+/// in order, so that two events of one key see each other. An event marked as a replay (read
+/// again from before its source's last completion, [`crate::mark`]) is `stale`. Keys in `landed` were written by an
 /// earlier round of the same batch: their records go to [`BatchPlan::landed`], not to the
 /// writes. `content_ref` names where an asset's content at a hash is stored; `now` is the
 /// decision time.
 pub fn plan_batch<'a>(
-    events: impl IntoIterator<Item = (&'a Enriched, &'a str, &'a str)>,
+    events: impl IntoIterator<Item = (&'a Enriched, &'a str, &'a str, bool)>,
     mut records: HashMap<String, ControlRecord>,
     landed: &HashSet<String>,
     content_ref: impl Fn(&str, &str) -> String,
@@ -52,13 +53,13 @@ pub fn plan_batch<'a>(
     // Keys in first-change order (the write order), and the same set for O(1) membership.
     let mut changed: Vec<String> = Vec::new();
     let mut changed_set: HashSet<String> = HashSet::new();
-    for (enriched, key, hash) in events {
+    for (enriched, key, hash, replayed) in events {
         let ev = &enriched.event;
         let EventKind::Running { name, body } = &ev.kind else {
             continue;
         };
         let prior = records.get(key);
-        let outcome = judge(prior, hash, ev.emitted_at);
+        let outcome = if replayed { Outcome::Stale } else { judge(prior, hash, ev.emitted_at) };
         let id = decision_id(&ev.event_id, key, outcome.decision_kind(), &prior_state(prior));
         let span = tracing::debug_span!("decision", event_id = %ev.event_id, asset_key = %key, decision_id = %id);
         span.in_scope(|| tracing::debug!(outcome = outcome.as_str(), "decided"));
@@ -176,7 +177,7 @@ mod tests {
         let landed = landed.iter().map(|k| k.to_string()).collect();
         let now = DateTime::parse_from_rfc3339("2026-11-26T00:00:00Z").unwrap().to_utc();
         plan_batch(
-            events.iter().map(|(e, k, h)| (e, k.as_str(), h.as_str())),
+            events.iter().map(|(e, k, h)| (e, k.as_str(), h.as_str(), false)),
             records,
             &landed,
             |k, h| format!("mem://{k}@{h}"),

@@ -16,9 +16,9 @@ use crate::calls::Calls;
 use crate::decision::{DeadLetter, HistoryRow, Outcome, Stage, decision_id};
 use crate::envelope::Envelope;
 use crate::event::EventKind;
+use crate::mark::{CompletionMark, MarkState, mark_key};
 use crate::metrics::{Flow, Metrics};
-use crate::ports::{BackendResult, ControlStore, FailureKind, RecordKey, RecordWrite};
-use crate::record::{CompletionMark, ControlRecord};
+use crate::ports::{BackendResult, ControlStore, FailureKind, RecordWrite};
 use crate::rules::SweepPlan;
 
 /// Longest pause between two checks of a run that has not yet seen its expected assets.
@@ -80,27 +80,34 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
             _ => break plan,
         }
     };
-    let redriven = env.attempts > 0;
-    let mark = match read_mark(deps, &ev.source).await {
+    // A first delivery is attempt 1; a redrive counts on from the dead letter.
+    let redriven = env.attempts > 1;
+    let marked = |state| CompletionMark::new(&ev.run_id, ev.emitted_at, state, &env.origin);
+    let stored = match read_mark(deps, &ev.source).await {
         Ok(mark) => mark,
         Err(e) => {
             let dl = dead("backend", Stage::Decide, format!("completion of run `{}`: {e}", ev.run_id));
             return finish_dead(deps, dl, env.ack).await;
         }
     };
-    if mark
-        .as_ref()
-        .and_then(ControlRecord::as_completion_mark)
-        .is_some_and(|m| m.covers(&ev.run_id, ev.emitted_at, redriven))
-    {
-        // Checked after the plan was read: a mark written before that read means another
-        // process (or this one, before a crash) already applied this completion or a newer one,
-        // and the records read may already carry the next run.
-        tracing::info!(source = %ev.source, run_id = %ev.run_id, "completion already applied, or older than the last one applied; nothing to drop");
-        env.ack.done();
-        return;
+    // Checked after the plan was read: a mark written before that read means another process
+    // (or this one, before a crash) already applied this completion or a newer one, and the
+    // records read may already carry the next run.
+    let covered = stored.as_ref().is_some_and(|m| m.covers(&ev.run_id, ev.emitted_at, redriven));
+    // The `sweeping` mark goes in before the first drop (false: a newer mark is there).
+    let sweeps = if covered { Ok(false) } else { write_mark(deps, &ev.source, &marked(MarkState::Sweeping)).await };
+    match sweeps {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(source = %ev.source, run_id = %ev.run_id, "completion already applied, or older than the last one applied; nothing to drop");
+            env.ack.done();
+            return;
+        }
+        Err(e) => {
+            let dl = dead("backend", Stage::Decide, format!("completion mark of run `{}`: {e}", ev.run_id));
+            return finish_dead(deps, dl, env.ack).await;
+        }
     }
-    let applied = CompletionMark { run_id: ev.run_id.clone(), emitted_at: ev.emitted_at, guarded: false };
     if plan.guarded {
         let msg = format!(
             "completion of run `{}` of source `{}` would drop {} of {} live assets, over decisor.max_drop_fraction = {}; nothing dropped",
@@ -110,8 +117,7 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
             plan.live,
             deps.max_drop_fraction
         );
-        let guarded = CompletionMark { guarded: true, ..applied };
-        if let Err(e) = write_mark(deps, &ev.source, &guarded).await {
+        if let Err(e) = write_mark(deps, &ev.source, &marked(MarkState::Guarded)).await {
             tracing::warn!(source = %ev.source, error = %e, "cannot write the completion mark; a late process may sweep this run again");
         }
         return finish_dead(deps, dead("drop_guard", Stage::Decide, msg), env.ack).await;
@@ -154,8 +160,8 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
     }
     .await
     {
-        Ok(Ok(())) => match write_mark(deps, &ev.source, &applied).await {
-            Ok(()) => {
+        Ok(Ok(())) => match write_mark(deps, &ev.source, &marked(MarkState::Applied)).await {
+            Ok(_) => {
                 deps.metrics.outcome(Outcome::Completed, 1);
                 env.ack.done();
             }
@@ -166,34 +172,30 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
     }
 }
 
-fn mark_key(source: &str) -> RecordKey {
-    RecordKey { source: source.to_owned(), asset_key: source.to_owned() }
-}
-
-async fn read_mark(deps: &SweepDeps, source: &str) -> BackendResult<Option<ControlRecord>> {
+async fn read_mark(deps: &SweepDeps, source: &str) -> BackendResult<Option<CompletionMark>> {
     let key = [mark_key(source)];
-    let mut found = deps.calls.call("control store", "get", || deps.control.get_many(&key)).await?;
-    Ok(found.remove(source))
+    let found = deps.calls.call("control store", "get", || deps.control.get_many(&key)).await?;
+    Ok(found.get(source).and_then(CompletionMark::from_record))
 }
 
-/// Records `mark` as the source's last applied completion, unless a newer one is there.
-async fn write_mark(deps: &SweepDeps, source: &str, mark: &CompletionMark) -> BackendResult<()> {
+/// Records `mark` as the source's last completion, unless a newer one is there (then `false`).
+async fn write_mark(deps: &SweepDeps, source: &str, mark: &CompletionMark) -> BackendResult<bool> {
+    let key = [mark_key(source)];
     let mut round = 0;
     loop {
         round += 1;
-        let stored = read_mark(deps, source).await?;
-        if stored.as_ref().and_then(ControlRecord::as_completion_mark).is_some_and(|m| m.emitted_at > mark.emitted_at) {
-            return Ok(());
+        let found = deps.calls.call("control store", "get", || deps.control.get_many(&key)).await?;
+        let stored = found.get(source);
+        if stored.and_then(CompletionMark::from_record).is_some_and(|m| m.emitted_at > mark.emitted_at) {
+            return Ok(false);
         }
         let version = stored.map_or(0, |r| r.version);
-        let write = [RecordWrite {
-            record: ControlRecord::completion_mark(source, mark, version + 1),
-            expected_version: version,
-        }];
+        let write = [RecordWrite { record: mark.to_record(source, version + 1), expected_version: version }];
         match deps.calls.call("control store", "put", || deps.control.put_many(&write)).await {
             // Another process wrote the mark between the read and the write: read it again.
             Err(e) if e.kind == FailureKind::Conflict && round < 3 => continue,
-            other => return other,
+            Err(e) => return Err(e),
+            Ok(()) => return Ok(true),
         }
     }
 }

@@ -1,0 +1,321 @@
+//! Several processes on one Kafka consumer group, with the control table and history in
+//! PostgreSQL: whatever joins, dies or stalls, the union of their outputs (de-duplicated by
+//! `decision_id`) and the control table are exactly those of one process over the same input.
+//!
+//! The reference is one process reading the same events from a file: decisions depend only on
+//! each source's order, which a source-keyed topic keeps on one partition.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use assetflow::adapters::postgres::control::PgControl;
+use assetflow_actors::ports::ControlStore;
+use common::kafka::{brokers, create_topic, require_broker};
+use common::{Outputs, pg_url};
+use serde_json::Value;
+
+/// 12 sources × 600 tables × 5 runs (every third stops half-way and trips the drop guard),
+/// with churn, assets missing from runs (drops), re-deliveries and malformed lines.
+const GEN: &[&str] =
+    &["--sources", "12", "--assets", "600", "--runs", "5", "--halfway-every", "3", "--payload", "200", "--seed", "15"];
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}_{}", std::process::id(), fastrand::u32(..))
+}
+
+struct Setup {
+    /// Holds every working folder of the test.
+    root: tempfile::TempDir,
+    topic: String,
+    group: String,
+    content: PathBuf,
+    /// The control table the group's processes share.
+    control: String,
+    history: String,
+    reference: Reference,
+}
+
+/// One process over the same input, from a file.
+struct Reference {
+    outputs: Outputs,
+    control: Vec<Value>,
+    events: usize,
+}
+
+fn config(source: &str, control: &str, history: &str, content: &Path, admin: &str) -> String {
+    let url = pg_url();
+    format!(
+        r#"
+[pipeline]
+shards = 4
+state_dir = "state"
+[[sources]]
+{source}
+[decisor]
+hash_ignore = ["stats.row_count"]
+max_drop_fraction = 0.5
+[control]
+kind = "postgres"
+url = "{url}"
+table = "{control}"
+create_if_missing = true
+[content]
+kind = "dir"
+path = "{content}"
+[history]
+kind = "postgres"
+url = "{url}"
+table = "{history}"
+create_if_missing = true
+[sinks.upsert]
+kind = "file"
+path = "out/upsert.jsonl"
+[sinks.drop]
+kind = "file"
+path = "out/drop.jsonl"
+[sinks.dead_letter]
+kind = "file"
+path = "out/dead-letter.jsonl"
+[admin]
+listen = "{admin}"
+"#,
+        content = content.display()
+    )
+}
+
+fn generate(dir: &Path, to: &[&str]) {
+    let mut args = vec!["gen"];
+    args.extend_from_slice(GEN);
+    args.extend_from_slice(to);
+    let out = common::assetflow(dir, &args);
+    assert!(out.status.success(), "gen: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The control table without `version`: a replay after a move bumps versions (an `unchanged`
+/// write), never what the record says. Completion marks included.
+fn control_rows(table: &str) -> Vec<Value> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = PgControl::new(&pg_url(), table, 2, Duration::from_secs(5)).unwrap();
+    let mut rows: Vec<Value> = rt
+        .block_on(store.list_all())
+        .expect("list the control table")
+        .into_iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(&r).unwrap();
+            v.as_object_mut().unwrap().remove("version");
+            if r.is_completion_mark() {
+                // Where the completion was read differs (a file there, a partition here); how
+                // far its sweep got must not.
+                let details: Value = serde_json::from_str(r.content_ref.as_deref().unwrap()).unwrap();
+                v["content_ref"] = details["state"].clone();
+            }
+            v
+        })
+        .collect();
+    rows.sort_by(|a, b| a["asset_key"].as_str().cmp(&b["asset_key"].as_str()));
+    rows
+}
+
+fn setup(name: &str) -> Setup {
+    require_broker();
+    let root = tempfile::tempdir().unwrap();
+    let content = root.path().join("content");
+    let (topic, group) = (unique(name), unique("group"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(create_topic(&topic, 6));
+    generate(root.path(), &["--kafka-brokers", &brokers(), "--topic", &topic]);
+
+    let dir = root.path().join("reference");
+    std::fs::create_dir_all(&dir).unwrap();
+    generate(&dir, &["--out", "events.jsonl"]);
+    let events = std::fs::read_to_string(dir.join("events.jsonl")).unwrap().lines().count();
+    assert!(events >= 30_000, "{events} events");
+    let (control, history) = (unique("ref_control"), unique("ref_history"));
+    let source = "kind = \"file\"\npath = \"events.jsonl\"\nfollow = false";
+    std::fs::write(dir.join("config.toml"), config(source, &control, &history, &content, "")).unwrap();
+    let out = common::assetflow(&dir, &["run"]);
+    assert!(out.status.success(), "reference run: {}", String::from_utf8_lossy(&out.stderr));
+    let reference = Reference { outputs: Outputs::read(&dir), control: control_rows(&control), events };
+    assert!(reference.outputs.duplicate_ids().is_empty());
+    let guarded = reference.outputs.dead_letters.iter().filter(|d| d["error"]["kind"] == "drop_guard").count();
+    assert!(guarded > 0 && !reference.outputs.drops.is_empty(), "the input has drops and trips the guard");
+    Setup { root, topic, group, content, control: unique("control"), history: unique("history"), reference }
+}
+
+/// A member of the group, in its own folder.
+struct Member {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Setup {
+    fn start(&self, name: &str) -> Member {
+        let dir = self.root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = format!(
+            "kind = \"kafka\"\nbrokers = \"{}\"\ntopic = \"{}\"\ngroup = \"{}\"\nsession_timeout_ms = 6000",
+            brokers(),
+            self.topic,
+            self.group
+        );
+        std::fs::write(dir.join("config.toml"), config(&source, &self.control, &self.history, &self.content, ""))
+            .unwrap();
+        Member { child: common::spawn_run(&dir), dir }
+    }
+
+    /// Every member's outputs together, de-duplicated by `decision_id`.
+    fn union(&self, members: &[&Member]) -> Outputs {
+        let mut all = Outputs::default();
+        for m in members {
+            let o = Outputs::read(&m.dir);
+            all.upserts.extend(o.upserts);
+            all.drops.extend(o.drops);
+            all.dead_letters.extend(o.dead_letters);
+        }
+        all
+    }
+
+    fn upserts_so_far(&self, members: &[&Member]) -> usize {
+        distinct(&self.union(members).upserts).len()
+    }
+
+    /// Waits until the union holds as many distinct decisions as the reference (or `limit`).
+    fn wait_for_all(&self, members: &[&Member], limit: Duration) {
+        let want = self.reference.outputs.upserts.len() + self.reference.outputs.drops.len();
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            let u = self.union(members);
+            if distinct(&u.upserts).len() + distinct(&u.drops).len() >= want {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        // Whatever a late member still writes must show in the comparison.
+        std::thread::sleep(Duration::from_secs(3));
+    }
+
+    /// The union equals the reference exactly; no id names two decisions; same control table.
+    fn check(&self, members: &[&Member]) {
+        let union = self.union(members);
+        let r = &self.reference.outputs;
+        for (what, got, want) in [("upserts", &union.upserts, &r.upserts), ("drops", &union.drops, &r.drops)] {
+            let got = distinct(got);
+            let want = distinct(want);
+            let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
+            let extra: Vec<&Value> =
+                got.iter().filter(|(k, _)| !want.contains_key(*k)).map(|(_, v)| v).take(5).collect();
+            assert!(missing.is_empty() && extra.is_empty(), "{what}: missing {missing:?}, extra {extra:?}");
+            assert_eq!(got, want, "{what}: the same ids name the same decisions");
+        }
+        assert_eq!(
+            dead_letter_kinds(&union.dead_letters),
+            dead_letter_kinds(&r.dead_letters),
+            "the same failures dead-lettered (once each)"
+        );
+        assert_eq!(control_rows(&self.control), self.reference.control, "the control table is one process's");
+    }
+}
+
+/// Decisions by id, without the time they were made; panics if one id names two decisions.
+fn distinct(records: &[Value]) -> BTreeMap<String, Value> {
+    let mut out: BTreeMap<String, Value> = BTreeMap::new();
+    for r in records {
+        let mut v = r.clone();
+        v.as_object_mut().unwrap().remove("decided_at");
+        let id = v["decision_id"].as_str().unwrap().to_owned();
+        if let Some(earlier) = out.get(&id) {
+            assert_eq!(earlier, &v, "decision id {id} names two different decisions");
+        }
+        out.insert(id, v);
+    }
+    out
+}
+
+/// Dead letters as (kind, payload) counts, each failure once: a member that re-reads a
+/// partition dead-letters its bad lines again under the same id.
+fn dead_letter_kinds(records: &[Value]) -> BTreeMap<(String, String), usize> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = BTreeMap::new();
+    for d in records {
+        if !seen.insert(d["decision_id"].as_str().unwrap_or_default().to_owned()) {
+            continue;
+        }
+        let key = (
+            d["error"]["kind"].as_str().unwrap_or_default().to_owned(),
+            d["payload"].as_str().unwrap_or_default().to_owned(),
+        );
+        *out.entry(key).or_insert(0) += 1;
+    }
+    out
+}
+
+fn signal(m: &Member, sig: i32) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(m.child.id() as i32, sig) };
+}
+
+fn stop(mut m: Member) -> Member {
+    signal(&m, libc::SIGTERM);
+    let status = m.child.wait().unwrap();
+    assert!(status.success(), "{} stops cleanly on SIGTERM: {status}", m.dir.display());
+    m
+}
+
+fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ok() && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn three_processes_joining_and_dying_decide_exactly_as_one() {
+    let s = setup("scale");
+    let total = s.reference.outputs.upserts.len();
+    let one = s.start("one");
+    wait_until(Duration::from_secs(120), || s.upserts_so_far(&[&one]) >= total / 6);
+    let two = s.start("two");
+    wait_until(Duration::from_secs(120), || s.upserts_so_far(&[&one, &two]) >= total / 2);
+    let mut one = one;
+    signal(&one, libc::SIGKILL);
+    one.child.wait().unwrap();
+    let three = s.start("three");
+    s.wait_for_all(&[&one, &two, &three], Duration::from_secs(240));
+    let (two, three) = (stop(two), stop(three));
+    let decided = |m: &Member| Outputs::read(&m.dir).upserts.len();
+    assert!(
+        decided(&one) > 0 && decided(&two) > 0 && decided(&three) > 0,
+        "every process decided part of the crawl: {} {} {}",
+        decided(&one),
+        decided(&two),
+        decided(&three)
+    );
+    s.check(&[&one, &two, &three]);
+    let _ = s.reference.events;
+}
+
+#[test]
+fn a_process_stalled_past_its_session_loses_whatever_it_writes_late() {
+    let s = setup("stall");
+    let total = s.reference.outputs.upserts.len();
+    let one = s.start("one");
+    wait_until(Duration::from_secs(120), || s.upserts_so_far(&[&one]) >= total / 4);
+    // Frozen with messages in flight, past the 6 s session: its partitions move to the next.
+    signal(&one, libc::SIGSTOP);
+    let two = s.start("two");
+    wait_until(Duration::from_secs(120), || s.upserts_so_far(&[&one, &two]) >= total * 3 / 4);
+    // Thawed: it finishes what it had in flight against records the new owner has moved on.
+    signal(&one, libc::SIGCONT);
+    s.wait_for_all(&[&one, &two], Duration::from_secs(240));
+    let (one, two) = (stop(one), stop(two));
+    let mut by_process = HashMap::new();
+    for m in [&one, &two] {
+        by_process.insert(m.dir.display().to_string(), Outputs::read(&m.dir).upserts.len());
+    }
+    assert!(by_process.values().all(|n| *n > 0), "both decided part of the crawl: {by_process:?}");
+    s.check(&[&one, &two]);
+}
