@@ -5,7 +5,8 @@
 //! events: events/s, decision latency, peak RSS), the no-durability ceiling (a plain
 //! single-threaded read-parse-hash-write loop over the same stream), shard scaling, Kafka end to
 //! end against a bare rdkafka consume-and-produce loop on the same broker and data, and AWS
-//! requests per 1,000 events (`scripts/aws-requests.sh`). The Kafka and AWS parts need
+//! requests per 1,000 events (`scripts/aws-requests.sh`), and several processes on one Kafka
+//! group with state in PostgreSQL (`pipeline/scale.rs`). The Kafka and AWS parts need
 //! `make services`; they are reported as skipped when the backends are not there.
 //!
 //! Sizes: `BENCH_SMALL` (default 100000) and `BENCH_LARGE` (default 1000000) events.
@@ -18,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use assetflow_actors::event::{EventKind, decode};
 use assetflow_actors::hash::{HashIgnore, content_hash};
+
+#[path = "pipeline/scale.rs"]
+mod scale;
 
 const BIN: &str = env!("CARGO_BIN_EXE_assetflow");
 const SOURCES: usize = 10;
@@ -66,7 +70,7 @@ fn main() {
     let mut report = Report::default();
     let machine = machine();
     eprintln!("bench: {machine}");
-    // `BENCH_ONLY=kafka` (or `embedded`, `aws`) runs one section and prints it, leaving
+    // `BENCH_ONLY=kafka` (or `embedded`, `scale`, `aws`) runs one section and prints it, leaving
     // BENCHMARKS.md alone: for working on one figure.
     let only = std::env::var("BENCH_ONLY").ok();
     let wanted = |section: &str| only.as_deref().is_none_or(|o| o == section);
@@ -85,6 +89,16 @@ fn main() {
         report.kafka(&brokers, n, &kafka(&work, &brokers, n));
     } else {
         report.skipped("Kafka end to end", &format!("no broker at {brokers} (make services)"));
+    }
+
+    // Several processes on one group, state in PostgreSQL.
+    let pg_up = || std::net::TcpStream::connect("127.0.0.1:5432").is_ok();
+    if !wanted("scale") {
+        // Left out on request.
+    } else if broker_up() && pg_up() {
+        scale::scale(&work, &brokers).write(&mut report.body, &brokers);
+    } else {
+        report.skipped("Several processes on one Kafka group", "no broker or no PostgreSQL (make services)");
     }
 
     // AWS requests.
@@ -228,7 +242,7 @@ fn run_measured(dir: &Path, args: &[&str]) -> Measured {
         .args(args)
         .current_dir(dir)
         // The Kafka source logs when its group join ends: the bench reads that from run.log.
-        .env("RUST_LOG", "warn,assetflow::adapters::kafka::source=info")
+        .env("RUST_LOG", "warn,assetflow::adapters::kafka=info")
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(dir.join("run.log")).expect("run.log"))

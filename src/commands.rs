@@ -36,6 +36,8 @@ pub struct RunSummary {
     pub aws_requests: Option<Vec<(String, u64)>>,
     /// Decision latency quantiles (p50, p99), in seconds: upper bounds of histogram buckets.
     pub latency: Option<(f64, f64)>,
+    /// Backend call attempts by `backend operation` (`control store get`...): round trips.
+    pub calls: Vec<(String, u64)>,
 }
 
 impl RunSummary {
@@ -55,6 +57,7 @@ impl RunSummary {
             "aws_requests": self.aws_requests.as_deref().map(pairs),
             "latency_p50_seconds": self.latency.map(|l| l.0),
             "latency_p99_seconds": self.latency.map(|l| l.1),
+            "backend_calls": pairs(&self.calls),
         })
     }
 }
@@ -234,6 +237,7 @@ fn summarize(m: &Metrics, elapsed: Duration, stopped_by_signal: bool) -> RunSumm
         stopped_by_signal,
         aws_requests: None,
         latency: m.decision_latency.quantile(0.5).zip(m.decision_latency.quantile(0.99)),
+        calls: m.calls().into_iter().map(|((b, o), c)| (format!("{b} {o}"), c.count)).collect(),
     }
 }
 

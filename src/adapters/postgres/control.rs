@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 
-use super::{BACKEND, connect_error, pg_error, pool_for_table};
+use super::{BACKEND, connect_error, create_once, pg_error, pool_for_table};
 
 /// The columns of a record, in the order every statement here reads and writes them.
 const COLUMNS: &str = "source, asset_key, database_name, schema_name, table_name, hash, last_seen_run, \
@@ -64,7 +64,8 @@ impl PgControl {
                PRIMARY KEY (source, asset_key))",
             t = self.table
         );
-        self.client().await?.batch_execute(&sql).await.map_err(|e| self.err("create table", &e))
+        let mut client = self.client().await?;
+        create_once(&mut client, &self.table, &sql).await.map_err(|e| self.err("create table", &e))
     }
 
     /// Fails, naming the table, unless it exists: a start-up check, so that a missing table is

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 
-use super::{BACKEND, connect_error, pg_error, pool_for_table};
+use super::{BACKEND, connect_error, create_once, pg_error, pool_for_table};
 
 pub struct PgHistory {
     pool: Pool,
@@ -38,7 +38,8 @@ impl PgHistory {
              CREATE INDEX IF NOT EXISTS \"{t}_by_asset\" ON \"{t}\" (asset_key, at DESC, seq DESC);",
             t = self.table
         );
-        self.client().await?.batch_execute(&sql).await.map_err(|e| pg_error(&self.label, "create table", &e))
+        let mut client = self.client().await?;
+        create_once(&mut client, &self.table, &sql).await.map_err(|e| pg_error(&self.label, "create table", &e))
     }
 
     /// Fails, naming the table, unless it exists.

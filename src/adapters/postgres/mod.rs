@@ -82,3 +82,17 @@ mod tests {
         }
     }
 }
+
+/// Runs `ddl` (`CREATE … IF NOT EXISTS`) under a transaction-scoped advisory lock named after
+/// `table`. `IF NOT EXISTS` does not guard against itself: two processes of a group starting
+/// together both create, and one fails on a unique index of the catalog.
+pub async fn create_once(
+    client: &mut deadpool_postgres::Object,
+    table: &str,
+    ddl: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&format!("assetflow create {table}")]).await?;
+    tx.batch_execute(ddl).await?;
+    tx.commit().await
+}
