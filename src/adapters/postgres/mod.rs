@@ -70,19 +70,6 @@ pub fn valid_table(name: &str) -> bool {
         && !name.as_bytes()[0].is_ascii_digit()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn only_plain_identifiers_are_table_names() {
-        for ok in ["asset_control", "t1", "_x"] {
-            assert!(super::valid_table(ok), "{ok}");
-        }
-        for bad in ["", "1t", "a-b", "a;drop table x", "a\"b", "schema.table", &"x".repeat(64)] {
-            assert!(!super::valid_table(bad), "{bad}");
-        }
-    }
-}
-
 /// Runs `ddl` (`CREATE … IF NOT EXISTS`) under a transaction-scoped advisory lock named after
 /// `table`. `IF NOT EXISTS` does not guard against itself: two processes of a group starting
 /// together both create, and one fails on a unique index of the catalog.
@@ -95,4 +82,17 @@ pub async fn create_once(
     tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&format!("assetflow create {table}")]).await?;
     tx.batch_execute(ddl).await?;
     tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_plain_identifiers_are_table_names() {
+        for ok in ["asset_control", "t1", "_x"] {
+            assert!(super::valid_table(ok), "{ok}");
+        }
+        for bad in ["", "1t", "a-b", "a;drop table x", "a\"b", "schema.table", &"x".repeat(64)] {
+            assert!(!super::valid_table(bad), "{bad}");
+        }
+    }
 }
