@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Creates what examples/aws.toml expects on the local emulator, and puts examples/events.jsonl
-# on the stream (partition key = source). Idempotent.
+# on the stream (partition key = source). Idempotent. As in the serverless design, the upsert
+# and drop queues hand a message that failed maxReceiveCount times to their own dead-letter
+# queues (upsert-queue-dlq, drop-queue-dlq) through a redrive policy.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 bash "$here/scripts/services.sh" start >/dev/null
@@ -12,8 +14,14 @@ k, q = boto3.client("kinesis", **kw), boto3.client("sqs", **kw)
 if "asset-input" not in k.list_streams()["StreamNames"]:
     k.create_stream(StreamName="asset-input", ShardCount=2)
     time.sleep(0.5)
-for name in ("asset-upserts", "asset-drops", "asset-dead-letters"):
-    print(q.create_queue(QueueName=name)["QueueUrl"])
+for name in ("upsert-queue", "drop-queue"):
+    dlq = q.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    arn = q.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    policy = json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": "5"})
+    url = q.create_queue(QueueName=name)["QueueUrl"]
+    q.set_queue_attributes(QueueUrl=url, Attributes={"RedrivePolicy": policy})
+    print(url, "->", dlq)
+print(q.create_queue(QueueName="asset-dead-letters")["QueueUrl"])
 lines = open(os.environ["EVENTS"], "rb").read().splitlines()
 def key(l):
     try:

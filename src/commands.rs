@@ -288,7 +288,7 @@ fn redact(v: &mut toml::Value) {
 pub fn history(config: &Config, asset_key: &str, limit: usize) -> anyhow::Result<String> {
     let state = open_state(config)?;
     let rows = actix_rt::System::new().block_on(async move {
-        let store = crate::topology::history_store(config, &state).await?;
+        let store = crate::topology::open_history(config, &state).await?;
         anyhow::Ok(store.read(asset_key, limit).await?)
     })?;
     if rows.is_empty() {

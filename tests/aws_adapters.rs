@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use assetflow::adapters::aws::Aws;
 use assetflow::adapters::aws::dynamodb::DynamoControl;
+use assetflow::adapters::aws::history::DynamoHistory;
 use assetflow::adapters::aws::kinesis::KinesisSource;
 use assetflow::adapters::aws::s3::S3Content;
 use assetflow::adapters::aws::sqs::{SqsSink, SqsSource};
 use assetflow::adapters::checkpoints::Checkpoints;
 use assetflow::config::AwsConfig;
+use assetflow_actors::decision::{HistoryRow, Outcome};
 use assetflow_actors::event::AssetName;
 use assetflow_actors::ports::*;
 use assetflow_actors::record::{ControlRecord, RecordStatus};
@@ -99,6 +101,61 @@ fn dynamodb_batches_round_trip_and_a_conflict_writes_nothing() {
         // Checkpoints live beside the records.
         control.set("kinesis:s:shard-0", "123").await.unwrap();
         assert_eq!(Checkpoints::get(&control, "kinesis:s:shard-0").await.unwrap().as_deref(), Some("123"));
+    });
+}
+
+fn history_row(asset: Option<&str>, id: &str, second: u32) -> HistoryRow {
+    HistoryRow {
+        asset_key: asset.map(str::to_owned),
+        source: Some("src".into()),
+        event_id: Some(format!("e-{id}")),
+        run_id: Some("r1".into()),
+        outcome: if asset.is_some() { Outcome::Updated } else { Outcome::Completed },
+        hash: asset.map(|_| "h".to_owned()),
+        decision_id: id.into(),
+        at: format!("2026-11-01T10:00:{second:02}.000123Z").parse().unwrap(),
+    }
+}
+
+#[test]
+fn dynamodb_history_reads_one_asset_newest_first_and_appends_in_batches_of_25() {
+    rt().block_on(async {
+        let aws = aws_at(&endpoint()).await;
+        let history = DynamoHistory::new(&aws, &unique("history"));
+        history.ensure_table().await.unwrap();
+        history.ensure_table().await.unwrap();
+        let a = "src/db/public/a";
+        // 60 rows of `a` in three appends, two assets interleaved, one completion row.
+        for round in 0..3u32 {
+            let rows: Vec<HistoryRow> = (0..20u32)
+                .flat_map(|i| {
+                    let n = round * 20 + i;
+                    [
+                        history_row(Some(a), &format!("a{n:03}"), n / 2),
+                        history_row(Some("src/db/public/b"), &format!("b{n:03}"), n / 2),
+                    ]
+                })
+                .collect();
+            history.append(&rows).await.unwrap();
+        }
+        history.append(&[history_row(None, "done", 59)]).await.unwrap();
+        assert_eq!(aws.requests.snapshot().get("dynamodb.BatchWriteItem"), Some(&(3 * 2 + 1)), "40 rows: 25 + 15");
+        let newest: Vec<String> = history.read(a, 5).await.unwrap().into_iter().map(|r| r.decision_id).collect();
+        // Within one second, later in the batch is newer.
+        assert_eq!(newest, ["a059", "a058", "a057", "a056", "a055"]);
+        let all = history.read(a, 1000).await.unwrap();
+        assert_eq!(all.len(), 60, "only this asset's rows");
+        assert_eq!(all[59], history_row(Some(a), "a000", 0), "a row reads back as written");
+        // The same row at the same place of a batch (an append sent again after a lost reply)
+        // is the same item, not a second row.
+        history.append(&[history_row(Some(a), "a000", 0)]).await.unwrap();
+        assert_eq!(history.read(a, 1000).await.unwrap().len(), 60);
+        let completions = history.read("#source/src", 10).await.unwrap();
+        assert_eq!(completions.iter().map(|r| r.decision_id.as_str()).collect::<Vec<_>>(), ["done"]);
+        assert_eq!(completions[0].asset_key, None);
+        // Without create_if_missing, a missing table is one clear error at start.
+        let err = DynamoHistory::new(&aws, &unique("missing")).check_table().await.unwrap_err();
+        assert!(err.to_string().contains("DescribeTable"), "{err}");
     });
 }
 

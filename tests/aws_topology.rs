@@ -1,5 +1,6 @@
 //! The AWS topology end to end against the local emulator: events on a Kinesis stream keyed by
-//! `source`, control table in DynamoDB, content in S3, outputs and dead letters on SQS queues.
+//! `source`, control table and history in DynamoDB, content in S3, outputs and dead letters on
+//! SQS queues.
 
 mod common;
 
@@ -14,6 +15,7 @@ struct AwsRun {
     drop: String,
     dead: String,
     table: String,
+    history: String,
     bucket: String,
 }
 
@@ -26,6 +28,7 @@ impl AwsRun {
             drop: create_queue(conf, &unique("drop")).await,
             dead: create_queue(conf, &unique("dead")).await,
             table: unique("control"),
+            history: unique("history"),
             bucket: unique("content"),
             stream,
         }
@@ -54,6 +57,10 @@ create_if_missing = true
 kind = "s3"
 bucket = "{bucket}"
 create_if_missing = true
+[history]
+kind = "dynamodb"
+table = "{history}"
+create_if_missing = true
 [sinks.upsert]
 kind = "sqs"
 queue_url = "{upsert}"
@@ -71,6 +78,7 @@ listen = ""
 {aws}"#,
             stream = self.stream,
             table = self.table,
+            history = self.history,
             bucket = self.bucket,
             upsert = self.upsert,
             drop = self.drop,
@@ -193,6 +201,21 @@ fn assets_lists_the_control_table_in_dynamodb() {
     let source = all[0].0.split('/').next().unwrap().to_owned();
     let want: Vec<_> = all.iter().filter(|r| r.0.starts_with(&format!("{source}/"))).cloned().collect();
     assert_eq!(listed(dir.path(), &["--source", &source]), want);
+    // `assetflow history` reads the DynamoDB history: the same rows, newest first, as the
+    // embedded run's (all but the time they were written).
+    let history = |dir: &Path, key: &str| -> Vec<String> {
+        let out = common::assetflow(dir, &["history", key, "--config", "config.toml"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    for key in upserted.iter().take(5) {
+        let rows = history(dir.path(), key);
+        assert!(rows.len() > 1, "{key}: {rows:?}");
+        assert_eq!(rows, history(embedded.path(), key), "{key}");
+    }
 }
 
 #[test]
@@ -319,4 +342,29 @@ fn redrive_reads_the_dead_letter_queue() {
     let dead = rt.block_on(drain_queue(&conf, &aws.dead));
     assert_eq!(dead.len(), 1, "only the new dead letter is left: the replayed ones were deleted");
     assert_eq!(dead[0]["attempts"], 2);
+}
+
+#[test]
+fn a_standard_sqs_queue_feeding_the_decide_stage_is_warned_about_and_a_fifo_one_is_not() {
+    require_emulator();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let conf = rt.block_on(sdk_config());
+    let standard = rt.block_on(create_queue(&conf, &unique("events")));
+    let run = |queue_url: &str| -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[[sources]]\nkind = \"sqs\"\nqueue_url = \"{queue_url}\"\nwait_seconds = 0\nfollow = false\n[admin]\nlisten = \"\"\n{}",
+            aws_section()
+        );
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let out = run_in(dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let stderr = run(&standard);
+    assert!(stderr.contains("standard SQS queue") && stderr.contains("MessageGroupId"), "{stderr}");
+    let fifo = rt.block_on(create_fifo_queue(&conf, &unique("events")));
+    let stderr = run(&fifo);
+    assert!(!stderr.contains("standard SQS queue"), "{stderr}");
 }

@@ -238,6 +238,15 @@ fn takeover(root: &Path, brokers: &str, tag: &str, base: &str) -> Option<f64> {
     let killed = Instant::now();
     let at_kill = committed(&parts);
     let _ = a.wait();
+    // The next crawl arrives meanwhile, on every partition: the dead member's partitions have
+    // news for their next owner to commit (the first crawl may be all read already).
+    let out = Command::new(BIN)
+        .args(["gen", "--sources", &SOURCES.to_string(), "--assets", "500", "--runs", "3", "--skip-runs", "2"])
+        .args(["--payload", "1024", "--bad", "0", "--topic", &topic, "--kafka-brokers", brokers])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("gen to kafka");
+    assert!(out.status.success(), "gen to Kafka failed");
     let mut result = None;
     while killed.elapsed() < Duration::from_secs(60) {
         let now = committed(&parts);

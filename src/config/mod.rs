@@ -280,7 +280,8 @@ fn default_kinds(doc: &mut toml::Value) {
     }
 }
 
-/// Replaces every `${VAR}` in string values; an unset variable is an error naming the key.
+/// Replaces every `${VAR}` (or `${VAR:-default}`) in string values; an unset variable without
+/// a default is an error naming the key.
 fn expand_env(v: &mut toml::Value, key: &str, file: &Path, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
     match v {
         toml::Value::String(s) if s.contains("${") => {
@@ -292,10 +293,15 @@ fn expand_env(v: &mut toml::Value, key: &str, file: &Path, env: &BTreeMap<String
                 let Some(end) = after.find('}') else {
                     return Err(key_err(file, key, "unclosed `${` in the value"));
                 };
-                let name = &after[..end];
-                match env.get(name) {
-                    Some(val) => out.push_str(val),
-                    None => {
+                // `${VAR:-default}`: the default when VAR is unset or empty, as in the shell.
+                let (name, default) = match after[..end].split_once(":-") {
+                    Some((name, default)) => (name, Some(default)),
+                    None => (&after[..end], None),
+                };
+                match (env.get(name).filter(|v| !(default.is_some() && v.is_empty())), default) {
+                    (Some(val), _) => out.push_str(val),
+                    (None, Some(default)) => out.push_str(default),
+                    (None, None) => {
                         return Err(key_err(
                             file,
                             key,
@@ -421,6 +427,11 @@ mod tests {
         assert!(matches!(c.sources[0], SourceConfig::File { follow: true, .. }));
         let err = parse(&text, &[]).unwrap_err().to_string();
         assert!(err.contains("pipeline.state_dir") && err.contains("DIR"), "{err}");
+        // A default stands in for an unset or empty variable, as in the shell.
+        let text = format!("{MIN}[pipeline]\nstate_dir = \"${{DIR:-/srv/af}}/x\"\n");
+        assert_eq!(parse(&text, &[]).unwrap().pipeline.state_dir, PathBuf::from("/srv/af/x"));
+        assert_eq!(parse(&text, &[("DIR", "")]).unwrap().pipeline.state_dir, PathBuf::from("/srv/af/x"));
+        assert_eq!(parse(&text, &[("DIR", "/tmp")]).unwrap().pipeline.state_dir, PathBuf::from("/tmp/x"));
     }
 
     #[test]

@@ -389,6 +389,8 @@ pub enum HistoryConfig {
     },
     /// Shared by every process of the topology.
     Postgres(PostgresTable),
+    /// Shared by every process of the topology: an AWS table, partition key `asset_key`.
+    Dynamodb(DynamoTable),
 }
 
 fn default_keyspace() -> String {

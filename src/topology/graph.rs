@@ -247,6 +247,7 @@ fn history_label(h: &HistoryConfig) -> String {
         HistoryConfig::Embedded => "embedded".into(),
         HistoryConfig::Scylla { nodes, keyspace } => format!("scylla {} ({keyspace})", nodes.join(",")),
         HistoryConfig::Postgres(t) => format!("postgres {} {}", redact_url(&t.url), t.table),
+        HistoryConfig::Dynamodb(t) => format!("dynamodb {}", t.table),
     }
 }
 

@@ -12,6 +12,7 @@ use assetflow_actors::pipeline::{DecisionPorts, Downstream, Ports, Settings};
 use assetflow_actors::ports::{ContentStore, ControlStore, HistoryStore, Lookup, Sink, Source};
 
 use crate::adapters::aws::dynamodb::DynamoControl;
+use crate::adapters::aws::history::DynamoHistory;
 use crate::adapters::aws::kinesis::KinesisSource;
 use crate::adapters::aws::s3::S3Content;
 use crate::adapters::aws::sqs::{SqsSink, SqsSource};
@@ -85,6 +86,7 @@ pub struct Built {
 fn uses_aws(config: &Config) -> bool {
     config.sources.iter().any(|s| matches!(s, SourceConfig::Kinesis { .. } | SourceConfig::Sqs { .. }))
         || matches!(config.control, ControlConfig::Dynamodb(_))
+        || matches!(config.history, HistoryConfig::Dynamodb(_))
         || matches!(config.content, ContentConfig::S3 { .. })
         || [&config.sinks.upsert, &config.sinks.drop, &config.sinks.dead_letter, &config.sinks.enriched]
             .iter()
@@ -164,13 +166,19 @@ fn source(
             SourceConfig::Kinesis { stream, follow, .. } => {
                 Box::new(KinesisSource::new(aws_or_err(config, aws, &key)?, name, stream, checkpoints.clone(), *follow))
             }
-            SourceConfig::Sqs { queue_url, wait_seconds, follow, .. } => Box::new(SqsSource::new(
-                aws_or_err(config, aws, &key)?,
-                name,
-                queue_url,
-                (*wait_seconds).clamp(0, 20),
-                !*follow,
-            )),
+            SourceConfig::Sqs { queue_url, wait_seconds, follow, .. } => Box::new({
+                if config.decides() && !queue_url.ends_with(".fifo") {
+                    // A standard queue delivers out of order and to any consumer: two events of
+                    // one asset may be decided in the wrong order, or a completion before its run.
+                    tracing::warn!(
+                        key = %key,
+                        queue_url = %queue_url,
+                        "a standard SQS queue feeds the decide stage: per-asset order and the completion barrier \
+                         need a FIFO queue (name ending in .fifo) whose producers set MessageGroupId = source"
+                    );
+                }
+                SqsSource::new(aws_or_err(config, aws, &key)?, name, queue_url, (*wait_seconds).clamp(0, 20), !*follow)
+            }),
             SourceConfig::Kafka(KafkaSourceConfig {
                 brokers,
                 topic,
@@ -265,7 +273,7 @@ pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool
                 enriched_sink = Some(sink(config, aws_ref, "sinks.enriched", &config.sinks.enriched)?);
             }
             NodeKind::HistoryWriter => {
-                history = Some(history_store(config, state).await?);
+                history = Some(history_store(config, state, aws_ref).await?);
                 dead = Some(sink(config, aws_ref, "sinks.dead_letter", &config.sinks.dead_letter)?);
             }
             // Actors: the pipeline starts them.
@@ -293,8 +301,18 @@ pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool
     Ok(Built { ports, graph, aws_requests: aws.as_ref().map(|a| a.requests.clone()), aws })
 }
 
-/// The history store a config names: embedded, ScyllaDB or PostgreSQL.
-pub async fn history_store(config: &Config, state: &StateStore) -> Result<Arc<dyn HistoryStore>, BuildError> {
+/// The history store a config names, on its own: what `assetflow history` reads.
+pub async fn open_history(config: &Config, state: &StateStore) -> Result<Arc<dyn HistoryStore>, BuildError> {
+    let aws = aws(config).await;
+    history_store(config, state, aws.as_ref()).await
+}
+
+/// The history store a config names: embedded, ScyllaDB, PostgreSQL or DynamoDB.
+async fn history_store(
+    config: &Config,
+    state: &StateStore,
+    aws: Option<&Aws>,
+) -> Result<Arc<dyn HistoryStore>, BuildError> {
     match &config.history {
         HistoryConfig::Embedded => Ok(Arc::new(state.clone())),
         HistoryConfig::Scylla { nodes, keyspace } => {
@@ -304,6 +322,12 @@ pub async fn history_store(config: &Config, state: &StateStore) -> Result<Arc<dy
         HistoryConfig::Postgres(t) => {
             let h = PgHistory::new(&t.url, &t.table, t.pool_size, t.timeout)
                 .map_err(|m| build_err(config, "history.url", m))?;
+            let ready = if t.create_if_missing { h.ensure_table().await } else { h.check_table().await };
+            ready.map_err(|e| backend_err(config, "history.table", e))?;
+            Ok(Arc::new(h))
+        }
+        HistoryConfig::Dynamodb(t) => {
+            let h = DynamoHistory::new(aws_or_err(config, aws, "history.kind")?, &t.table);
             let ready = if t.create_if_missing { h.ensure_table().await } else { h.check_table().await };
             ready.map_err(|e| backend_err(config, "history.table", e))?;
             Ok(Arc::new(h))

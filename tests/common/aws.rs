@@ -101,6 +101,20 @@ pub async fn create_queue(conf: &aws_config::SdkConfig, name: &str) -> String {
     q.create_queue().queue_name(name).send().await.expect("create queue").queue_url().expect("queue url").to_owned()
 }
 
+/// A FIFO queue (`name` gets its `.fifo`).
+pub async fn create_fifo_queue(conf: &aws_config::SdkConfig, name: &str) -> String {
+    let q = aws_sdk_sqs::Client::new(conf);
+    q.create_queue()
+        .queue_name(format!("{name}.fifo"))
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .expect("create FIFO queue")
+        .queue_url()
+        .expect("queue url")
+        .to_owned()
+}
+
 /// Every message now on a queue (received, then deleted).
 pub async fn drain_queue(conf: &aws_config::SdkConfig, url: &str) -> Vec<Value> {
     let q = aws_sdk_sqs::Client::new(conf);

@@ -104,46 +104,7 @@ impl DynamoControl {
 
     /// Creates the table (on-demand capacity) unless it exists, and waits until it is active.
     pub async fn ensure_table(&self) -> BackendResult<()> {
-        self.requests.hit(SVC, "DescribeTable");
-        if self.client.describe_table().table_name(&self.table).send().await.is_ok() {
-            return Ok(());
-        }
-        let attr =
-            |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build();
-        let key = |n: &str, t| KeySchemaElement::builder().attribute_name(n).key_type(t).build();
-        self.requests.hit(SVC, "CreateTable");
-        let created = self
-            .client
-            .create_table()
-            .table_name(&self.table)
-            .attribute_definitions(attr("source").map_err(|e| build_error(SVC, "CreateTable", e))?)
-            .attribute_definitions(attr("asset_key").map_err(|e| build_error(SVC, "CreateTable", e))?)
-            .key_schema(key("source", KeyType::Hash).map_err(|e| build_error(SVC, "CreateTable", e))?)
-            .key_schema(key("asset_key", KeyType::Range).map_err(|e| build_error(SVC, "CreateTable", e))?)
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await;
-        if let Err(e) = created {
-            let err = sdk_error(SVC, "CreateTable", e);
-            if !err.message.contains("ResourceInUse") {
-                return Err(err);
-            }
-        }
-        for _ in 0..100 {
-            self.requests.hit(SVC, "DescribeTable");
-            let d = self
-                .client
-                .describe_table()
-                .table_name(&self.table)
-                .send()
-                .await
-                .map_err(|e| sdk_error(SVC, "DescribeTable", e))?;
-            if d.table().and_then(|t| t.table_status()).map(|s| s.as_str() == "ACTIVE").unwrap_or(false) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(BackendError::transient(SVC, "CreateTable", format!("table {} did not become ACTIVE", self.table)))
+        ensure_table(&self.client, &self.requests, &self.table, "source", "asset_key").await
     }
 
     /// A source checkpoint (Kinesis sequence number) stored beside the records.
@@ -323,4 +284,61 @@ impl ControlStore for DynamoControl {
             }
         }
     }
+}
+
+/// Creates `table` (on-demand capacity, string keys `hash` and `range`) unless it exists, and
+/// waits until it is active. Two processes creating it at once is fine: one gets
+/// `ResourceInUse`, and both wait.
+pub(super) async fn ensure_table(
+    client: &aws_sdk_dynamodb::Client,
+    requests: &RequestCounter,
+    table: &str,
+    hash: &str,
+    range: &str,
+) -> BackendResult<()> {
+    requests.hit(SVC, "DescribeTable");
+    if client.describe_table().table_name(table).send().await.is_ok() {
+        return Ok(());
+    }
+    let attr =
+        |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build();
+    let key = |n: &str, t| KeySchemaElement::builder().attribute_name(n).key_type(t).build();
+    let err = |e| build_error(SVC, "CreateTable", e);
+    requests.hit(SVC, "CreateTable");
+    let created = client
+        .create_table()
+        .table_name(table)
+        .attribute_definitions(attr(hash).map_err(err)?)
+        .attribute_definitions(attr(range).map_err(err)?)
+        .key_schema(key(hash, KeyType::Hash).map_err(err)?)
+        .key_schema(key(range, KeyType::Range).map_err(err)?)
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await;
+    if let Err(e) = created {
+        let err = sdk_error(SVC, "CreateTable", e);
+        if !err.message.contains("ResourceInUse") {
+            return Err(err);
+        }
+    }
+    for _ in 0..100 {
+        requests.hit(SVC, "DescribeTable");
+        let d =
+            client.describe_table().table_name(table).send().await.map_err(|e| sdk_error(SVC, "DescribeTable", e))?;
+        if d.table().and_then(|t| t.table_status()).map(|s| s.as_str() == "ACTIVE").unwrap_or(false) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(BackendError::transient(SVC, "CreateTable", format!("table {table} did not become ACTIVE")))
+}
+
+/// Fails unless `table` exists: a start-up check when it is not created on demand.
+pub(super) async fn check_table(
+    client: &aws_sdk_dynamodb::Client,
+    requests: &RequestCounter,
+    table: &str,
+) -> BackendResult<()> {
+    requests.hit(SVC, "DescribeTable");
+    client.describe_table().table_name(table).send().await.map(drop).map_err(|e| sdk_error(SVC, "DescribeTable", e))
 }

@@ -1,10 +1,11 @@
 //! The AWS adapters (Kinesis and SQS sources, SQS sinks and dead-letter store, DynamoDB control
-//! table, S3 content bucket), all through the real aws-sdk clients configured by `[aws]`.
+//! table and history, S3 content bucket), all through the real aws-sdk clients configured by `[aws]`.
 //!
 //! SDK retries are off: every call goes through the pipeline's own `[retry]` policy, so there
 //! is one retry behaviour to configure and every request is counted by [`RequestCounter`].
 
 pub mod dynamodb;
+pub mod history;
 pub mod kinesis;
 pub mod s3;
 pub mod sqs;
