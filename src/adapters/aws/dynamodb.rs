@@ -104,7 +104,7 @@ impl DynamoControl {
 
     /// Creates the table (on-demand capacity) unless it exists, and waits until it is active.
     pub async fn ensure_table(&self) -> BackendResult<()> {
-        ensure_table(&self.client, &self.requests, &self.table, "source", "asset_key").await
+        ensure_table(&self.client, &self.requests, &self.table, "source", Some("asset_key")).await
     }
 
     /// A source checkpoint (Kinesis sequence number) stored beside the records.
@@ -286,15 +286,15 @@ impl ControlStore for DynamoControl {
     }
 }
 
-/// Creates `table` (on-demand capacity, string keys `hash` and `range`) unless it exists, and
-/// waits until it is active. Two processes creating it at once is fine: one gets
+/// Creates `table` (on-demand capacity, string keys `hash` and `range`, if any) unless it
+/// exists, and waits until it is active. Two processes creating it at once is fine: one gets
 /// `ResourceInUse`, and both wait.
 pub(super) async fn ensure_table(
     client: &aws_sdk_dynamodb::Client,
     requests: &RequestCounter,
     table: &str,
     hash: &str,
-    range: &str,
+    range: Option<&str>,
 ) -> BackendResult<()> {
     requests.hit(SVC, "DescribeTable");
     if client.describe_table().table_name(table).send().await.is_ok() {
@@ -305,16 +305,17 @@ pub(super) async fn ensure_table(
     let key = |n: &str, t| KeySchemaElement::builder().attribute_name(n).key_type(t).build();
     let err = |e| build_error(SVC, "CreateTable", e);
     requests.hit(SVC, "CreateTable");
-    let created = client
+    let mut create = client
         .create_table()
         .table_name(table)
         .attribute_definitions(attr(hash).map_err(err)?)
-        .attribute_definitions(attr(range).map_err(err)?)
-        .key_schema(key(hash, KeyType::Hash).map_err(err)?)
-        .key_schema(key(range, KeyType::Range).map_err(err)?)
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await;
+        .key_schema(key(hash, KeyType::Hash).map_err(err)?);
+    if let Some(range) = range {
+        create = create
+            .attribute_definitions(attr(range).map_err(err)?)
+            .key_schema(key(range, KeyType::Range).map_err(err)?);
+    }
+    let created = create.billing_mode(BillingMode::PayPerRequest).send().await;
     if let Err(e) = created {
         let err = sdk_error(SVC, "CreateTable", e);
         if !err.message.contains("ResourceInUse") {

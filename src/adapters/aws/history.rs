@@ -92,7 +92,7 @@ impl DynamoHistory {
 
     /// Creates the table (on-demand capacity) unless it exists (`create_if_missing`).
     pub async fn ensure_table(&self) -> BackendResult<()> {
-        ensure_table(&self.client, &self.requests, &self.table, "asset_key", "at_id").await
+        ensure_table(&self.client, &self.requests, &self.table, "asset_key", Some("at_id")).await
     }
 
     /// Fails unless the table exists.

@@ -7,6 +7,7 @@
 pub mod dynamodb;
 pub mod history;
 pub mod kinesis;
+pub mod leases;
 pub mod s3;
 pub mod sqs;
 
