@@ -209,6 +209,9 @@ pub trait Source: Send + 'static {
     fn not_ready(&self) -> Option<String> {
         None
     }
+    /// The run is over and everything is committed: hand over what this process held (shard
+    /// leases) so that another takes it at once rather than after a failover time.
+    async fn close(&mut self) {}
 }
 
 #[async_trait]

@@ -95,6 +95,20 @@ pub enum SourceConfig {
         follow: bool,
         #[serde(default)]
         name: Option<String>,
+        /// Shard leases in this DynamoDB table (the Kinesis Client Library's layout): several
+        /// processes share the stream, each reading the shards it holds. None: this process
+        /// reads every shard, checkpoints in the control store.
+        #[serde(default)]
+        lease_table: Option<String>,
+        /// Create the lease table if it does not exist.
+        #[serde(default)]
+        create_if_missing: bool,
+        /// A lease not renewed this long is free for another worker; renewals every third of it.
+        #[serde(default = "default_failover", deserialize_with = "de_duration", serialize_with = "ser_duration")]
+        failover: Duration,
+        /// This process's `leaseOwner`; default: host name, process id and a random suffix.
+        #[serde(default)]
+        worker_id: Option<String>,
     },
     Sqs {
         queue_url: String,
@@ -149,6 +163,10 @@ fn default_wait() -> i32 {
 
 fn default_reset() -> String {
     "earliest".into()
+}
+
+fn default_failover() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_revoke_timeout() -> Duration {

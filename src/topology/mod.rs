@@ -13,7 +13,8 @@ use assetflow_actors::ports::{ContentStore, ControlStore, HistoryStore, Lookup, 
 
 use crate::adapters::aws::dynamodb::DynamoControl;
 use crate::adapters::aws::history::DynamoHistory;
-use crate::adapters::aws::kinesis::KinesisSource;
+use crate::adapters::aws::kinesis::{KinesisSource, Leasing};
+use crate::adapters::aws::leases::table::LeaseTable;
 use crate::adapters::aws::s3::S3Content;
 use crate::adapters::aws::sqs::{SqsSink, SqsSource};
 use crate::adapters::aws::{Aws, RequestCounter};
@@ -106,6 +107,12 @@ async fn aws(config: &Config) -> Option<Aws> {
     if uses_aws(config) { Some(Aws::load(&config.aws).await) } else { None }
 }
 
+/// A `leaseOwner` unique to this process: host name, process id, random suffix.
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    format!("{}-{}-{:08x}", if host.is_empty() { "assetflow" } else { &host }, std::process::id(), fastrand::u32(..))
+}
+
 fn aws_or_err<'a>(config: &Config, aws: Option<&'a Aws>, key: &str) -> Result<&'a Aws, BuildError> {
     aws.ok_or_else(|| build_err(config, key, "AWS is not configured"))
 }
@@ -163,8 +170,21 @@ fn source(
             SourceConfig::Http { listen, .. } => Box::new(
                 HttpSource::bind(name, listen).await.map_err(|m| build_err(config, format!("{key}.listen"), m))?,
             ),
-            SourceConfig::Kinesis { stream, follow, .. } => {
-                Box::new(KinesisSource::new(aws_or_err(config, aws, &key)?, name, stream, checkpoints.clone(), *follow))
+            SourceConfig::Kinesis { stream, follow, lease_table, create_if_missing, failover, worker_id, .. } => {
+                let aws = aws_or_err(config, aws, &key)?;
+                let source = KinesisSource::new(aws, name, stream, checkpoints.clone(), *follow);
+                match lease_table {
+                    None => Box::new(source),
+                    Some(table) => {
+                        let table = LeaseTable::new(aws, table);
+                        let ready =
+                            if *create_if_missing { table.ensure_table().await } else { table.check_table().await };
+                        ready.map_err(|e| backend_err(config, &format!("{key}.lease_table"), e))?;
+                        let me = worker_id.clone().unwrap_or_else(default_worker_id);
+                        tracing::info!(stream = %stream, lease_table = %table.name(), worker = %me, "reading the shards this worker leases");
+                        Box::new(source.with_leases(Leasing::new(table, me, *failover)))
+                    }
+                }
             }
             SourceConfig::Sqs { queue_url, wait_seconds, follow, .. } => Box::new({
                 if config.decides() && !queue_url.ends_with(".fifo") {

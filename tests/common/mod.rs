@@ -6,6 +6,7 @@ pub mod aws;
 pub mod cql;
 pub mod kafka;
 pub mod proxy;
+pub mod scale;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -205,5 +205,6 @@ impl IngestLoop {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.commit().await;
+        self.source.close().await;
     }
 }

@@ -3,8 +3,15 @@
 //! the acknowledgement watermark passes it, resumed with AFTER_SEQUENCE_NUMBER. A shard that
 //! ends (resharding) is finished — read to its end and fully acknowledged — before its
 //! children start, so a source's order survives a split or a merge.
+//!
+//! With a `lease_table`, several processes share the stream as the Kinesis Client Library's
+//! workers do: each reads only the shards it holds a lease on ([`super::leases`]), renews them
+//! every failover time / 3, takes free or expired ones and balances by stealing one at a time,
+//! checkpoints into the lease (refused once the lease moved: a worker that lost a shard stops
+//! reading it and its position never moves again), finishes a parent before any worker starts
+//! its children, and releases its leases when it stops.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +21,11 @@ use assetflow_actors::ports::{BackendResult, Pull, RawMessage, Source};
 use async_trait::async_trait;
 use aws_sdk_kinesis::types::ShardIteratorType;
 
+use super::leases::plan::{Observations, leases_to_take};
+use super::leases::table::{Lease, LeaseTable, TRIM_HORIZON};
 use super::{Aws, RequestCounter, sdk_error};
 use crate::adapters::checkpoints::Checkpoints;
+use assetflow_actors::ports::FailureKind;
 
 const SVC: &str = "kinesis";
 /// Checkpoint value of a shard read to its end and fully acknowledged.
@@ -41,6 +51,37 @@ struct Shard {
     /// MillisBehindLatest of the last read.
     behind_ms: u64,
     started: bool,
+    /// This worker may read it: always, or (with leases) while it holds the shard's lease.
+    held: bool,
+}
+
+/// Lease mode: the table, who this worker is, and what it holds.
+pub struct Leasing {
+    pub table: LeaseTable,
+    /// This worker's `leaseOwner`: unique per process.
+    pub me: String,
+    /// A lease whose counter stands still this long is its owner's no more.
+    pub failover: Duration,
+    observations: Observations,
+    /// This worker's latest copy of each lease it holds (the counter its next write expects).
+    held: HashMap<String, Lease>,
+    /// Every lease, as last listed: whose parents are finished.
+    all: Vec<Lease>,
+    cycled_at: Option<Instant>,
+}
+
+impl Leasing {
+    pub fn new(table: LeaseTable, me: String, failover: Duration) -> Self {
+        Leasing {
+            table,
+            me,
+            failover,
+            observations: Observations::default(),
+            held: HashMap::new(),
+            all: Vec::new(),
+            cycled_at: None,
+        }
+    }
 }
 
 pub struct KinesisSource {
@@ -53,6 +94,7 @@ pub struct KinesisSource {
     next_shard: usize,
     follow: bool,
     requests: RequestCounter,
+    leasing: Option<Leasing>,
 }
 
 impl KinesisSource {
@@ -67,7 +109,14 @@ impl KinesisSource {
             next_shard: 0,
             follow,
             requests: aws.requests.clone(),
+            leasing: None,
         }
+    }
+
+    /// Reads only the shards this worker holds a lease on (see the module's documentation).
+    pub fn with_leases(mut self, leasing: Leasing) -> Self {
+        self.leasing = Some(leasing);
+        self
     }
 
     fn checkpoint_key(&self, shard: &str) -> String {
@@ -88,8 +137,10 @@ impl KinesisSource {
                     known.ended |= s.sequence_number_range().and_then(|r| r.ending_sequence_number()).is_some();
                     continue;
                 }
-                let key = self.checkpoint_key(s.shard_id());
-                let saved = self.checkpoints.get(&key).await?;
+                let leased = self.leasing.is_some();
+                // With leases, a shard's position is in its lease, read when it is taken.
+                let saved =
+                    if leased { None } else { self.checkpoints.get(&self.checkpoint_key(s.shard_id())).await? };
                 let finished = saved.as_deref() == Some(SHARD_END);
                 let parents = [s.parent_shard_id(), s.adjacent_parent_shard_id()]
                     .into_iter()
@@ -110,6 +161,7 @@ impl KinesisSource {
                         caught_up: false,
                         behind_ms: 0,
                         started: false,
+                        held: !leased,
                     },
                 );
             }
@@ -122,16 +174,125 @@ impl KinesisSource {
         Ok(())
     }
 
-    /// Shards that may be read now: not finished, and every parent we know of is finished.
+    /// Shards that may be read now: held, not finished, and every parent we know of is
+    /// finished (with leases: its lease says `SHARD_END`, whoever held it).
     fn ready(&self) -> Vec<String> {
-        let finished: HashSet<&str> = self.shards.values().filter(|s| s.finished).map(|s| s.id.as_str()).collect();
+        let mut finished: HashSet<&str> = self.shards.values().filter(|s| s.finished).map(|s| s.id.as_str()).collect();
+        if let Some(l) = &self.leasing {
+            finished.extend(l.all.iter().filter(|l| l.is_finished()).map(|l| l.shard.as_str()));
+        }
         self.shards
             .values()
             .filter(|s| {
-                !s.closed && s.parents.iter().all(|p| finished.contains(p.as_str()) || !self.shards.contains_key(p))
+                s.held
+                    && !s.closed
+                    && s.parents.iter().all(|p| finished.contains(p.as_str()) || !self.shards.contains_key(p))
             })
             .map(|s| s.id.clone())
             .collect()
+    }
+
+    /// One lease round: leases for new shards, renewals (a lost lease stops its shard), and
+    /// leases taken up to this worker's share.
+    async fn lease_cycle(&mut self) -> BackendResult<()> {
+        let Some(l) = self.leasing.as_mut() else { return Ok(()) };
+        if l.cycled_at.is_some_and(|t| t.elapsed() < l.failover / 3) {
+            return Ok(());
+        }
+        for s in self.shards.values() {
+            l.table.create_if_absent(&s.id, &s.parents).await?;
+        }
+        let all = l.table.list().await?;
+        let now = Instant::now();
+        l.observations.observe(&all, now);
+        let mut lost = Vec::new();
+        for (shard, mine) in l.held.iter_mut() {
+            let current = all.iter().find(|x| &x.shard == shard);
+            if current.is_none_or(|c| c.owner.as_deref() != Some(l.me.as_str()) || c.counter != mine.counter) {
+                lost.push(shard.clone());
+                continue;
+            }
+            match l.table.renew(mine, &l.me).await {
+                Ok(renewed) => *mine = renewed,
+                Err(e) if e.kind == FailureKind::Conflict => lost.push(shard.clone()),
+                Err(e) => return Err(e),
+            }
+        }
+        let (failover, me) = (l.failover, l.me.clone());
+        let take = leases_to_take(&all, &me, |x| {
+            l.observations.expired(x, now, failover) && x.owner.as_deref() != Some(me.as_str())
+        });
+        let mut taken = Vec::new();
+        for lease in take {
+            match l.table.take(&lease, &me).await {
+                Ok(t) => taken.push(t),
+                // Someone else was quicker: next round.
+                Err(e) if e.kind == FailureKind::Conflict => {}
+                Err(e) => return Err(e),
+            }
+        }
+        l.all = all;
+        l.cycled_at = Some(now);
+        for shard in lost {
+            self.lose(&shard);
+        }
+        for lease in taken {
+            self.hold(lease);
+        }
+        Ok(())
+    }
+
+    /// Starts reading a shard whose lease this worker just took, from the lease's checkpoint.
+    fn hold(&mut self, lease: Lease) {
+        let Some(l) = self.leasing.as_mut() else { return };
+        tracing::info!(stream = %self.stream, shard = %lease.shard, checkpoint = %lease.checkpoint, "took the shard's lease");
+        if let Some(s) = self.shards.get_mut(&lease.shard) {
+            let finished = lease.is_finished();
+            s.held = true;
+            s.iterator = None;
+            s.last_read = (lease.checkpoint != TRIM_HORIZON && !finished).then(|| lease.checkpoint.clone());
+            s.watermark = Watermark::new();
+            s.closed = finished;
+            s.finished = finished;
+            s.caught_up = false;
+            s.started = false;
+        }
+        l.held.insert(lease.shard.clone(), lease);
+    }
+
+    /// Stops reading a shard whose lease moved: what is in flight there is left to its new
+    /// owner, which reads it again from the lease's checkpoint.
+    fn lose(&mut self, shard: &str) {
+        tracing::warn!(stream = %self.stream, shard = %shard, "the shard's lease moved to another worker; this one stops reading it");
+        if let Some(l) = self.leasing.as_mut() {
+            l.held.remove(shard);
+        }
+        if let Some(s) = self.shards.get_mut(shard) {
+            s.held = false;
+            s.iterator = None;
+            s.watermark = Watermark::new();
+        }
+    }
+
+    /// Writes a checkpoint: into the lease with leases (refused once it moved), else into the
+    /// checkpoint store.
+    async fn save(&mut self, shard: &str, position: &str) -> BackendResult<()> {
+        let Some(l) = self.leasing.as_mut() else {
+            let key = self.checkpoint_key(shard);
+            return self.checkpoints.set(&key, position).await;
+        };
+        let Some(mine) = l.held.get(shard) else { return Ok(()) };
+        match l.table.checkpoint(mine, &l.me, position).await {
+            Ok(updated) => {
+                l.held.insert(shard.to_owned(), updated);
+                Ok(())
+            }
+            Err(e) if e.kind == FailureKind::Conflict => {
+                self.lose(shard);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn iterator_for(&self, shard: &Shard) -> BackendResult<Option<String>> {
@@ -149,9 +310,14 @@ impl KinesisSource {
     /// that was read is acknowledged. A closed shard not yet finished is not drained: its
     /// children come next.
     fn drained(&self) -> bool {
+        // With leases: the shards held by other live workers are theirs to drain; a free or
+        // expired one is still to be taken.
+        let others_free =
+            self.leasing.as_ref().is_some_and(|l| l.all.iter().any(|x| !x.is_finished() && x.owner.is_none()));
         !self.follow
+            && !others_free
             && self.outstanding() == 0
-            && self.shards.values().all(|s| s.finished || (s.started && s.caught_up && !s.closed))
+            && self.shards.values().filter(|s| s.held).all(|s| s.finished || (s.started && s.caught_up && !s.closed))
     }
 
     /// Reads one shard once.
@@ -206,6 +372,7 @@ impl Source for KinesisSource {
         if self.listed_at.is_none_or(|t| t.elapsed() >= RELIST) {
             self.list_shards().await?;
         }
+        self.lease_cycle().await?;
         let ready = self.ready();
         if ready.is_empty() {
             return Ok(if self.drained() { Pull::Drained } else { Pull::Idle });
@@ -224,14 +391,16 @@ impl Source for KinesisSource {
         let mut relist = false;
         let ids: Vec<String> = self.shards.keys().cloned().collect();
         for id in ids {
-            let key = self.checkpoint_key(&id);
-            let Some(shard) = self.shards.get(&id) else { continue };
+            let Some(shard) = self.shards.get(&id).filter(|s| s.held) else { continue };
             if let Some(pos) = shard.watermark.take_ready() {
-                self.checkpoints.set(&key, &pos).await?;
+                self.save(&id, &pos).await?;
             }
-            let Some(shard) = self.shards.get(&id) else { continue };
+            let Some(shard) = self.shards.get(&id).filter(|s| s.held) else { continue };
             if shard.closed && !shard.finished && shard.started && shard.watermark.outstanding() == 0 {
-                self.checkpoints.set(&key, SHARD_END).await?;
+                self.save(&id, SHARD_END).await?;
+                if self.shards.get(&id).is_some_and(|s| !s.held) {
+                    continue;
+                }
                 if let Some(s) = self.shards.get_mut(&id) {
                     s.finished = true;
                 }
@@ -246,11 +415,25 @@ impl Source for KinesisSource {
     }
 
     fn outstanding(&self) -> usize {
-        self.shards.values().map(|s| s.watermark.outstanding()).sum()
+        self.shards.values().filter(|s| s.held).map(|s| s.watermark.outstanding()).sum()
+    }
+
+    /// Releases every lease this worker holds (after the last commit): others take them at
+    /// once instead of after the failover time.
+    async fn close(&mut self) {
+        let Some(l) = self.leasing.as_mut() else { return };
+        for (shard, lease) in l.held.drain() {
+            match l.table.release(&lease, &l.me).await {
+                Ok(_) => tracing::info!(stream = %self.stream, shard = %shard, "released the shard's lease"),
+                Err(e) => {
+                    tracing::warn!(stream = %self.stream, shard = %shard, error = %e, "could not release the shard's lease; it expires after the failover time")
+                }
+            }
+        }
     }
 
     /// Milliseconds behind the tip, the most of any shard being read.
     fn lag(&self) -> Option<u64> {
-        self.shards.values().filter(|s| !s.finished).map(|s| s.behind_ms).max()
+        self.shards.values().filter(|s| s.held && !s.finished).map(|s| s.behind_ms).max()
     }
 }

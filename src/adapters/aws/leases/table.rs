@@ -102,6 +102,11 @@ impl LeaseTable {
         ensure_table(&self.client, &self.requests, &self.table, "leaseKey", None).await
     }
 
+    /// Fails unless the table exists: a start-up check when it is not created on demand.
+    pub async fn check_table(&self) -> BackendResult<()> {
+        super::super::dynamodb::check_table(&self.client, &self.requests, &self.table).await
+    }
+
     /// Every lease, read consistently (a Scan: one item per shard).
     pub async fn list(&self) -> BackendResult<Vec<Lease>> {
         let mut out = Vec::new();

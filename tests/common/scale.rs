@@ -1,0 +1,94 @@
+//! Comparing what several processes wrote together with what one process wrote: the union of
+//! their outputs de-duplicated by `decision_id`, decision by decision.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::Outputs;
+
+/// Every folder's outputs together.
+pub fn union(dirs: &[PathBuf]) -> Outputs {
+    let mut all = Outputs::default();
+    for d in dirs {
+        let o = Outputs::read(d);
+        all.upserts.extend(o.upserts);
+        all.drops.extend(o.drops);
+        all.dead_letters.extend(o.dead_letters);
+    }
+    all
+}
+
+/// Decisions by id, without the time they were made; panics if one id names two decisions.
+pub fn distinct(records: &[Value]) -> BTreeMap<String, Value> {
+    let mut out: BTreeMap<String, Value> = BTreeMap::new();
+    for r in records {
+        let mut v = r.clone();
+        v.as_object_mut().unwrap().remove("decided_at");
+        let id = v["decision_id"].as_str().unwrap().to_owned();
+        if let Some(earlier) = out.get(&id) {
+            assert_eq!(earlier, &v, "decision id {id} names two different decisions");
+        }
+        out.insert(id, v);
+    }
+    out
+}
+
+/// Dead letters as (kind, payload) counts, each failure once: a process that reads a message
+/// again dead-letters it again under the same id.
+pub fn dead_letter_kinds(records: &[Value]) -> BTreeMap<(String, String), usize> {
+    let mut seen = HashSet::new();
+    let mut out = BTreeMap::new();
+    for d in records {
+        if !seen.insert(d["decision_id"].as_str().unwrap_or_default().to_owned()) {
+            continue;
+        }
+        let key = (
+            d["error"]["kind"].as_str().unwrap_or_default().to_owned(),
+            d["payload"].as_str().unwrap_or_default().to_owned(),
+        );
+        *out.entry(key).or_insert(0) += 1;
+    }
+    out
+}
+
+/// The union equals `reference` exactly (upserts, drops, dead letters), and no id names two
+/// different decisions.
+pub fn assert_same_outputs(union: &Outputs, reference: &Outputs) {
+    for (what, got, want) in
+        [("upserts", &union.upserts, &reference.upserts), ("drops", &union.drops, &reference.drops)]
+    {
+        let got = distinct(got);
+        let want = distinct(want);
+        let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
+        let extra: Vec<&Value> = got.iter().filter(|(k, _)| !want.contains_key(*k)).map(|(_, v)| v).take(5).collect();
+        assert!(missing.is_empty() && extra.is_empty(), "{what}: missing {missing:?}, extra {extra:?}");
+        assert_eq!(got, want, "{what}: the same ids name the same decisions");
+    }
+    assert_eq!(
+        dead_letter_kinds(&union.dead_letters),
+        dead_letter_kinds(&reference.dead_letters),
+        "the same failures dead-lettered (once each)"
+    );
+}
+
+/// Distinct upserts and drops so far in `dirs`.
+pub fn decided(dirs: &[PathBuf]) -> (usize, usize) {
+    let u = union(dirs);
+    (distinct(&u.upserts).len(), distinct(&u.drops).len())
+}
+
+/// A control record as JSON without `version` (a replay bumps versions, never what a record
+/// says), completion marks reduced to how far their sweep got (where the completion was read
+/// differs between a file and a stream).
+pub fn control_row(r: &assetflow_actors::record::ControlRecord) -> Value {
+    let mut v = serde_json::to_value(r).unwrap();
+    v.as_object_mut().unwrap().remove("version");
+    if r.is_completion_mark() {
+        let details: Value = serde_json::from_str(r.content_ref.as_deref().unwrap()).unwrap();
+        v["content_ref"] = details["state"].clone();
+    }
+    v
+}

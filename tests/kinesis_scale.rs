@@ -1,0 +1,206 @@
+//! Several processes on one Kinesis stream, sharing it through shard leases in DynamoDB (the
+//! Kinesis Client Library's layout): whatever joins or dies, the union of their outputs
+//! (de-duplicated by `decision_id`), the control table and the history are those of one process
+//! over the same input. Control table and history are in PostgreSQL here: through the local
+//! emulator the DynamoDB stores decide ~30 events/s (each is tested on its own in
+//! aws_adapters.rs and aws_topology.rs), where this test needs 10,000 events several times.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use assetflow::adapters::postgres::control::PgControl;
+use assetflow::adapters::postgres::history::PgHistory;
+use assetflow_actors::decision::Outcome;
+use assetflow_actors::ports::{ControlStore, HistoryStore};
+use common::aws::*;
+use common::scale::{assert_same_outputs, control_row, decided, union};
+use common::{Outputs, bin};
+use serde_json::Value;
+
+const GEN: &[&str] =
+    &["--sources", "8", "--assets", "400", "--runs", "4", "--halfway-every", "3", "--payload", "200", "--seed", "16"];
+
+fn config(source: &str, control: &str, history: &str, content: &Path) -> String {
+    format!(
+        r#"
+[pipeline]
+shards = 4
+state_dir = "state"
+[[sources]]
+{source}
+[decisor]
+hash_ignore = ["stats.row_count"]
+max_drop_fraction = 0.5
+[control]
+kind = "postgres"
+url = "{url}"
+table = "{control}"
+create_if_missing = true
+[history]
+kind = "postgres"
+url = "{url}"
+table = "{history}"
+create_if_missing = true
+[content]
+kind = "dir"
+path = "{content}"
+[sinks.upsert]
+kind = "file"
+path = "out/upsert.jsonl"
+[sinks.drop]
+kind = "file"
+path = "out/drop.jsonl"
+[sinks.dead_letter]
+kind = "file"
+path = "out/dead-letter.jsonl"
+[retry]
+initial = "20ms"
+max = "500ms"
+[admin]
+listen = ""
+{aws}"#,
+        content = content.display(),
+        url = common::pg_url(),
+        aws = aws_section()
+    )
+}
+
+/// A PostgreSQL table name of this run.
+fn table_name(prefix: &str) -> String {
+    unique(prefix).replace('-', "_")
+}
+
+fn run_gen(dir: &Path, to: &[&str]) {
+    let mut args = vec!["gen"];
+    args.extend_from_slice(GEN);
+    args.extend_from_slice(to);
+    let out = common::assetflow(dir, &args);
+    assert!(out.status.success(), "gen: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn control_rows(rt: &tokio::runtime::Runtime, table: &str) -> Vec<Value> {
+    let store = PgControl::new(&common::pg_url(), table, 2, Duration::from_secs(5)).unwrap();
+    let mut rows: Vec<Value> = rt.block_on(store.list_all()).unwrap().iter().map(control_row).collect();
+    rows.sort_by(|a, b| a["asset_key"].as_str().cmp(&b["asset_key"].as_str()));
+    rows
+}
+
+/// An asset's decisions in history (created, updated, dropped), once each, newest first.
+fn decisions_in_history(rt: &tokio::runtime::Runtime, table: &str, key: &str) -> Vec<(String, String)> {
+    let history = PgHistory::new(&common::pg_url(), table, 2, Duration::from_secs(5)).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    rt.block_on(history.read(key, 1000))
+        .unwrap()
+        .into_iter()
+        .filter(|r| matches!(r.outcome, Outcome::Created | Outcome::Updated | Outcome::Dropped))
+        .filter(|r| seen.insert(r.decision_id.clone()))
+        .map(|r| (r.outcome.as_str().to_owned(), r.decision_id))
+        .collect()
+}
+
+struct Worker {
+    dir: PathBuf,
+    child: Child,
+}
+
+fn start(dir: &Path, config: &str) -> Worker {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.toml"), config).unwrap();
+    let child = bin()
+        .args(["run", "--config", "config.toml"])
+        .current_dir(dir)
+        .env("RUST_LOG", "warn,assetflow::adapters::aws::kinesis=info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("run.log")).unwrap())
+        .spawn()
+        .expect("spawn assetflow");
+    Worker { dir: dir.to_owned(), child }
+}
+
+fn log_count(w: &Worker, what: &str) -> usize {
+    std::fs::read_to_string(w.dir.join("run.log")).unwrap_or_default().matches(what).count()
+}
+
+fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ok() && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn three_workers_leasing_shards_decide_exactly_as_one() {
+    require_emulator();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let conf = rt.block_on(sdk_config());
+    let root = tempfile::tempdir().unwrap();
+    let content = root.path().join("content");
+    let stream = unique("events");
+    rt.block_on(create_stream(&conf, &stream, 4));
+    std::fs::write(root.path().join("aws.toml"), aws_section()).unwrap();
+    run_gen(root.path(), &["--kinesis-stream", &stream, "--config", "aws.toml"]);
+
+    // One process over the same events, from a file.
+    let reference = root.path().join("reference");
+    std::fs::create_dir_all(&reference).unwrap();
+    run_gen(&reference, &["--out", "events.jsonl"]);
+    let events = std::fs::read_to_string(reference.join("events.jsonl")).unwrap().lines().count();
+    assert!(events >= 10_000, "{events} events");
+    let (ref_control, ref_history) = (table_name("ref_control"), table_name("ref_history"));
+    let file = "kind = \"file\"\npath = \"events.jsonl\"\nfollow = false";
+    std::fs::write(reference.join("config.toml"), config(file, &ref_control, &ref_history, &content)).unwrap();
+    let out = common::assetflow(&reference, &["run"]);
+    assert!(out.status.success(), "reference: {}", String::from_utf8_lossy(&out.stderr));
+    let want = Outputs::read(&reference);
+    assert!(!want.drops.is_empty() && want.dead_letters.iter().any(|d| d["error"]["kind"] == "drop_guard"));
+
+    let (control, history, leases) = (table_name("control"), table_name("history"), unique("leases"));
+    let kinesis = format!(
+        "kind = \"kinesis\"\nstream = \"{stream}\"\nlease_table = \"{leases}\"\ncreate_if_missing = true\nfailover = \"3s\""
+    );
+    let worker_config = config(&kinesis, &control, &history, &content);
+    let dir = |n: &str| root.path().join(n);
+    let total = want.upserts.len();
+    let so_far = |ws: &[&Worker]| decided(&ws.iter().map(|w| w.dir.clone()).collect::<Vec<_>>());
+    let one = start(&dir("one"), &worker_config);
+    wait_until(Duration::from_secs(120), || so_far(&[&one]).0 >= total / 6);
+    let two = start(&dir("two"), &worker_config);
+    wait_until(Duration::from_secs(120), || so_far(&[&one, &two]).0 >= total / 2);
+    let mut one = one;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(one.child.id() as i32, libc::SIGKILL) };
+    one.child.wait().unwrap();
+    let three = start(&dir("three"), &worker_config);
+    let all = [&one, &two, &three];
+    wait_until(Duration::from_secs(240), || {
+        let (u, d) = so_far(&all);
+        u + d >= want.upserts.len() + want.drops.len()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let mut stopped = Vec::new();
+    for mut w in [two, three] {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(w.child.id() as i32, libc::SIGTERM) };
+        let status = w.child.wait().unwrap();
+        assert!(status.success(), "{} stops cleanly: {status}", w.dir.display());
+        stopped.push(w);
+    }
+    let (two, three) = (&stopped[0], &stopped[1]);
+    for w in [&one, two, three] {
+        assert!(log_count(w, "took the shard's lease") > 0, "{} held leases", w.dir.display());
+    }
+    assert!(log_count(two, "released the shard's lease") > 0, "SIGTERM releases");
+
+    let dirs: Vec<PathBuf> = [&one, two, three].iter().map(|w| w.dir.clone()).collect();
+    assert_same_outputs(&union(&dirs), &want);
+    assert_eq!(control_rows(&rt, &control), control_rows(&rt, &ref_control), "the control table is one process's");
+    let keys: Vec<String> =
+        want.upserts.iter().map(|u| u["asset_key"].as_str().unwrap().to_owned()).step_by(97).take(20).collect();
+    for key in keys {
+        assert_eq!(decisions_in_history(&rt, &history, &key), decisions_in_history(&rt, &ref_history, &key), "{key}");
+    }
+}
