@@ -199,7 +199,8 @@ impl KinesisSource {
         if l.cycled_at.is_some_and(|t| t.elapsed() < l.failover / 3) {
             return Ok(());
         }
-        for s in self.shards.values() {
+        // Leases for shards the last listing did not have (all of them, the first time).
+        for s in self.shards.values().filter(|s| !l.all.iter().any(|x| x.shard == s.id)) {
             l.table.create_if_absent(&s.id, &s.parents).await?;
         }
         let all = l.table.list().await?;
