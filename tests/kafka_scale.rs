@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use assetflow::adapters::postgres::control::PgControl;
 use assetflow_actors::ports::ControlStore;
 use common::kafka::{brokers, create_topic, require_broker};
-use common::scale::{assert_same_outputs, control_row, decided, union};
+use common::scale::{assert_same_outputs, control_row, decided, shared_config, union};
 use common::{Outputs, pg_url};
 use serde_json::Value;
 
@@ -47,53 +47,12 @@ struct Reference {
     events: usize,
 }
 
-fn config(source: &str, control: &str, history: &str, content: &Path, admin: &str) -> String {
-    let url = pg_url();
-    format!(
-        r#"
-[pipeline]
-shards = 4
-state_dir = "state"
-[[sources]]
-{source}
-[decisor]
-hash_ignore = ["stats.row_count"]
-max_drop_fraction = 0.5
-[control]
-kind = "postgres"
-url = "{url}"
-table = "{control}"
-create_if_missing = true
-[content]
-kind = "dir"
-path = "{content}"
-[history]
-kind = "postgres"
-url = "{url}"
-table = "{history}"
-create_if_missing = true
-[sinks.upsert]
-kind = "file"
-path = "out/upsert.jsonl"
-[sinks.drop]
-kind = "file"
-path = "out/drop.jsonl"
-[sinks.dead_letter]
-kind = "file"
-path = "out/dead-letter.jsonl"
-[admin]
-listen = "{admin}"
-"#,
-        content = content.display()
-    )
+fn config(source: &str, control: &str, history: &str, content: &Path) -> String {
+    shared_config(source, control, history, content, "[admin]\nlisten = \"\"\n")
 }
 
 fn generate(dir: &Path, to: &[&str]) {
-    let mut args = vec!["gen"];
-    args.extend_from_slice(GEN);
-    args.extend_from_slice(to);
-    let out = common::assetflow(dir, &args);
-    assert!(out.status.success(), "gen: {}", String::from_utf8_lossy(&out.stderr));
+    common::scale::generate(dir, GEN, to);
 }
 
 /// The control table as [`common::scale::control_row`]s, completion marks included.
@@ -122,7 +81,7 @@ fn setup(name: &str) -> Setup {
     assert!(events >= 30_000, "{events} events");
     let (control, history) = (unique("ref_control"), unique("ref_history"));
     let source = "kind = \"file\"\npath = \"events.jsonl\"\nfollow = false";
-    std::fs::write(dir.join("config.toml"), config(source, &control, &history, &content, "")).unwrap();
+    std::fs::write(dir.join("config.toml"), config(source, &control, &history, &content)).unwrap();
     let out = common::assetflow(&dir, &["run"]);
     assert!(out.status.success(), "reference run: {}", String::from_utf8_lossy(&out.stderr));
     let reference = Reference { outputs: Outputs::read(&dir), control: control_rows(&control), events };
@@ -148,8 +107,7 @@ impl Setup {
             self.topic,
             self.group
         );
-        std::fs::write(dir.join("config.toml"), config(&source, &self.control, &self.history, &self.content, ""))
-            .unwrap();
+        std::fs::write(dir.join("config.toml"), config(&source, &self.control, &self.history, &self.content)).unwrap();
         let child = common::bin()
             .arg("run")
             .current_dir(&dir)

@@ -16,7 +16,7 @@ use assetflow::adapters::postgres::history::PgHistory;
 use assetflow_actors::decision::Outcome;
 use assetflow_actors::ports::{ControlStore, HistoryStore};
 use common::aws::*;
-use common::scale::{assert_same_outputs, control_row, decided, union};
+use common::scale::{assert_same_outputs, control_row, decided, shared_config, union};
 use common::{Outputs, bin};
 use serde_json::Value;
 
@@ -24,48 +24,8 @@ const GEN: &[&str] =
     &["--sources", "8", "--assets", "400", "--runs", "4", "--halfway-every", "3", "--payload", "200", "--seed", "16"];
 
 fn config(source: &str, control: &str, history: &str, content: &Path) -> String {
-    format!(
-        r#"
-[pipeline]
-shards = 4
-state_dir = "state"
-[[sources]]
-{source}
-[decisor]
-hash_ignore = ["stats.row_count"]
-max_drop_fraction = 0.5
-[control]
-kind = "postgres"
-url = "{url}"
-table = "{control}"
-create_if_missing = true
-[history]
-kind = "postgres"
-url = "{url}"
-table = "{history}"
-create_if_missing = true
-[content]
-kind = "dir"
-path = "{content}"
-[sinks.upsert]
-kind = "file"
-path = "out/upsert.jsonl"
-[sinks.drop]
-kind = "file"
-path = "out/drop.jsonl"
-[sinks.dead_letter]
-kind = "file"
-path = "out/dead-letter.jsonl"
-[retry]
-initial = "20ms"
-max = "500ms"
-[admin]
-listen = ""
-{aws}"#,
-        content = content.display(),
-        url = common::pg_url(),
-        aws = aws_section()
-    )
+    let extra = format!("[retry]\ninitial = \"20ms\"\nmax = \"500ms\"\n[admin]\nlisten = \"\"\n{}", aws_section());
+    shared_config(source, control, history, content, &extra)
 }
 
 /// A PostgreSQL table name of this run.
@@ -74,11 +34,7 @@ fn table_name(prefix: &str) -> String {
 }
 
 fn run_gen(dir: &Path, to: &[&str]) {
-    let mut args = vec!["gen"];
-    args.extend_from_slice(GEN);
-    args.extend_from_slice(to);
-    let out = common::assetflow(dir, &args);
-    assert!(out.status.success(), "gen: {}", String::from_utf8_lossy(&out.stderr));
+    common::scale::generate(dir, GEN, to);
 }
 
 fn control_rows(rt: &tokio::runtime::Runtime, table: &str) -> Vec<Value> {

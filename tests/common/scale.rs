@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -91,4 +91,55 @@ pub fn control_row(r: &assetflow_actors::record::ControlRecord) -> Value {
         v["content_ref"] = details["state"].clone();
     }
     v
+}
+
+/// A process of a shared-state test: `source` (a `[[sources]]` body), control table and history
+/// in PostgreSQL, content in one folder for every process, outputs in the process's `out/`,
+/// then `extra` sections.
+pub fn shared_config(source: &str, control: &str, history: &str, content: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+shards = 4
+state_dir = "state"
+[[sources]]
+{source}
+[decisor]
+hash_ignore = ["stats.row_count"]
+max_drop_fraction = 0.5
+[control]
+kind = "postgres"
+url = "{url}"
+table = "{control}"
+create_if_missing = true
+[content]
+kind = "dir"
+path = "{content}"
+[history]
+kind = "postgres"
+url = "{url}"
+table = "{history}"
+create_if_missing = true
+[sinks.upsert]
+kind = "file"
+path = "out/upsert.jsonl"
+[sinks.drop]
+kind = "file"
+path = "out/drop.jsonl"
+[sinks.dead_letter]
+kind = "file"
+path = "out/dead-letter.jsonl"
+{extra}"#,
+        url = super::pg_url(),
+        content = content.display()
+    )
+}
+
+/// Runs `assetflow gen` with `params` then `to` in `dir`.
+pub fn generate(dir: &Path, params: &[&str], to: &[&str]) {
+    let mut args = vec!["gen"];
+    args.extend_from_slice(params);
+    args.extend_from_slice(to);
+    let out = super::assetflow(dir, &args);
+    assert!(out.status.success(), "gen: {}", String::from_utf8_lossy(&out.stderr));
 }

@@ -261,28 +261,14 @@ impl ControlStore for DynamoControl {
     /// the pipeline. Checkpoint items share the table and are skipped.
     async fn list_all(&self) -> BackendResult<Vec<ControlRecord>> {
         let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            self.requests.hit(SVC, "Scan");
-            let resp = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| sdk_error(SVC, "Scan", e))?;
-            for item in resp.items() {
-                if get_s(item, "source").as_deref() != Some(CHECKPOINTS) {
-                    out.push(from_item(item)?);
-                }
+        scan_all(&self.client, &self.requests, &self.table, |item| {
+            if get_s(item, "source").as_deref() != Some(CHECKPOINTS) {
+                out.push(from_item(item)?);
             }
-            match resp.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => return Ok(out),
-            }
-        }
+            Ok(())
+        })
+        .await?;
+        Ok(out)
     }
 }
 
@@ -342,4 +328,32 @@ pub(super) async fn check_table(
 ) -> BackendResult<()> {
     requests.hit(SVC, "DescribeTable");
     client.describe_table().table_name(table).send().await.map(drop).map_err(|e| sdk_error(SVC, "DescribeTable", e))
+}
+
+/// Every item of `table`, read consistently page by page, handed to `each`.
+pub(super) async fn scan_all(
+    client: &aws_sdk_dynamodb::Client,
+    requests: &RequestCounter,
+    table: &str,
+    mut each: impl FnMut(&Item) -> BackendResult<()>,
+) -> BackendResult<()> {
+    let mut start: Option<Item> = None;
+    loop {
+        requests.hit(SVC, "Scan");
+        let resp = client
+            .scan()
+            .table_name(table)
+            .consistent_read(true)
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(|e| sdk_error(SVC, "Scan", e))?;
+        for item in resp.items() {
+            each(item)?;
+        }
+        match resp.last_evaluated_key() {
+            Some(k) if !k.is_empty() => start = Some(k.clone()),
+            _ => return Ok(()),
+        }
+    }
 }

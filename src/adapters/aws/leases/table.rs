@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use assetflow_actors::ports::{BackendError, BackendResult, FailureKind};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 
-use super::super::dynamodb::ensure_table;
+use super::super::dynamodb::{ensure_table, scan_all};
 use super::super::{Aws, RequestCounter, sdk_error};
 
 const SVC: &str = "dynamodb";
@@ -110,26 +110,12 @@ impl LeaseTable {
     /// Every lease, read consistently (a Scan: one item per shard).
     pub async fn list(&self) -> BackendResult<Vec<Lease>> {
         let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            self.requests.hit(SVC, "Scan");
-            let resp = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| sdk_error(SVC, "Scan", e))?;
-            for item in resp.items() {
-                out.push(from_item(item)?);
-            }
-            match resp.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => return Ok(out),
-            }
-        }
+        scan_all(&self.client, &self.requests, &self.table, |item| {
+            out.push(from_item(item)?);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
     }
 
     /// A free lease for a shard that has none, starting at [`TRIM_HORIZON`]. `false`: it had one.
