@@ -551,7 +551,7 @@ impl Report {
     fn aws(&mut self, output: String) {
         let _ = writeln!(
             self.body,
-            "## AWS requests per 1,000 events\n\nFrom the service's own request counters, over Kinesis → DynamoDB/S3 → SQS against the local\nemulator (`scripts/aws-requests.sh 300 3`: a first crawl of 900 assets, then 3 steady runs):\n\n```\n{}```\n",
+            "## AWS requests per 1,000 events\n\nFrom the service's own request counters, over Kinesis → DynamoDB/S3 → SQS against the local\nemulator (`scripts/aws-requests.sh 300 3`: a first crawl of 900 assets, then 3 steady runs),\nthe Kinesis source holding its shards through a lease table, lease traffic (Scan, UpdateItem)\nincluded. Target on the steady crawl: at most 300 per 1,000 events.\n\n```\n{}```\n",
             output
         );
     }

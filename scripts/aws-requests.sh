@@ -2,7 +2,8 @@
 # Measures AWS requests per 1,000 input events through the AWS topology, against the local
 # emulator (make services), for a first crawl (every asset new) and a steady crawl (later runs
 # of the same crawler, most assets unchanged). The figures come from assetflow's own request
-# counters (the `aws requests` line of its summary).
+# counters (the `aws requests` line of its summary). The source holds its shards through a
+# lease table, as several processes would: lease traffic (Scan, UpdateItem) is counted too.
 #   usage: scripts/aws-requests.sh [ASSETS_PER_SOURCE] [SOURCES]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -36,6 +37,8 @@ state_dir = "state"
 kind = "kinesis"
 stream = "{sys.argv[1]}"
 follow = false
+lease_table = "$tag-leases-{sys.argv[1]}"
+create_if_missing = true
 [decisor]
 hash_ignore = ["stats.row_count"]
 [control]
