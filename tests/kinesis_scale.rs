@@ -160,3 +160,57 @@ fn three_workers_leasing_shards_decide_exactly_as_one() {
         assert_eq!(decisions_in_history(&rt, &history, &key), decisions_in_history(&rt, &ref_history, &key), "{key}");
     }
 }
+
+#[test]
+fn sigterm_hands_the_leases_over_without_waiting_for_the_failover_time() {
+    require_emulator();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let conf = rt.block_on(sdk_config());
+    let root = tempfile::tempdir().unwrap();
+    let stream = unique("handover");
+    rt.block_on(create_stream(&conf, &stream, 4));
+    let leases = unique("leases");
+    let aws = rt.block_on(assetflow::adapters::aws::Aws::load(&assetflow::config::AwsConfig {
+        region: "us-east-1".into(),
+        endpoint_url: endpoint(),
+        access_key_id: Some("testing".into()),
+        secret_access_key: Some("testing".into()),
+    }));
+    let table = assetflow::adapters::aws::leases::table::LeaseTable::new(&aws, &leases);
+    // A failover far longer than the test waits: only a release can move the leases in time.
+    let worker = |id: &str| {
+        let source = format!(
+            "kind = \"kinesis\"\nstream = \"{stream}\"\nlease_table = \"{leases}\"\ncreate_if_missing = true\nfailover = \"60s\"\nworker_id = \"{id}\""
+        );
+        config(&source, &table_name("control"), &table_name("history"), &root.path().join("content"))
+    };
+    let owners = || -> Vec<Option<String>> {
+        let mut l = rt.block_on(table.list()).unwrap_or_default();
+        l.sort_by(|a, b| a.shard.cmp(&b.shard));
+        l.into_iter().map(|l| l.owner).collect()
+    };
+    let mut first = start(&root.path().join("first"), &worker("first"));
+    wait_until(Duration::from_secs(60), || {
+        owners().len() == 4 && owners().iter().all(|o| o.as_deref() == Some("first"))
+    });
+    assert!(
+        owners().iter().all(|o| o.as_deref() == Some("first")),
+        "the first worker holds every lease: {:?}",
+        owners()
+    );
+    let mut second = start(&root.path().join("second"), &worker("second"));
+    // Balanced by stealing, one lease a round (every 20 s here): wait for the first steal.
+    wait_until(Duration::from_secs(60), || owners().iter().any(|o| o.as_deref() == Some("second")));
+    let stopped = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(first.child.id() as i32, libc::SIGTERM) };
+    assert!(first.child.wait().unwrap().success());
+    wait_until(Duration::from_secs(30), || owners().iter().all(|o| o.as_deref() == Some("second")));
+    let took = stopped.elapsed();
+    assert!(owners().iter().all(|o| o.as_deref() == Some("second")), "{:?}", owners());
+    assert!(took < Duration::from_secs(30), "handed over in {took:?}, well within the 60 s failover");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(second.child.id() as i32, libc::SIGTERM) };
+    assert!(second.child.wait().unwrap().success());
+    assert!(owners().iter().all(Option::is_none), "released on stop: {:?}", owners());
+}
