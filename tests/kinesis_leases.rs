@@ -130,3 +130,97 @@ fn a_released_lease_is_free_at_once_and_keeps_its_checkpoint() {
         assert_eq!((b.owner.as_deref(), b.checkpoint.as_str()), (Some("b"), SHARD_END));
     });
 }
+
+/// Not used with leases (positions live in the leases), but the source takes one.
+#[derive(Default)]
+struct NoCheckpoints;
+
+#[async_trait::async_trait]
+impl assetflow::adapters::checkpoints::Checkpoints for NoCheckpoints {
+    async fn get(&self, _: &str) -> assetflow_actors::ports::BackendResult<Option<String>> {
+        panic!("a leased source reads its positions from its leases")
+    }
+    async fn set(&self, _: &str, _: &str) -> assetflow_actors::ports::BackendResult<()> {
+        panic!("a leased source writes its positions into its leases")
+    }
+}
+
+/// Pulls `source` (acknowledging and committing as the pipeline would) until `want` new
+/// messages came or `limit` passed; returns (shard, payload) of each.
+async fn pull_some(
+    source: &mut assetflow::adapters::aws::kinesis::KinesisSource,
+    want: usize,
+    limit: std::time::Duration,
+) -> Vec<(String, String)> {
+    use assetflow_actors::ports::{Pull, Source};
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    while out.len() < want && started.elapsed() < limit {
+        if let Pull::Messages(m) = source.pull(100).await.unwrap() {
+            for msg in m {
+                out.push((msg.origin.partition.clone(), String::from_utf8_lossy(&msg.bytes).into_owned()));
+                msg.ack.done();
+            }
+        } else {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        source.commit().await.unwrap();
+    }
+    out
+}
+
+#[test]
+fn a_worker_whose_lease_was_stolen_stops_reading_that_shard() {
+    use assetflow::adapters::aws::kinesis::{KinesisSource, Leasing};
+    use std::time::Duration;
+    rt().block_on(async {
+        let (t, conf) = table().await;
+        let aws = Aws::load(&AwsConfig {
+            region: "us-east-1".into(),
+            endpoint_url: endpoint(),
+            access_key_id: Some("testing".into()),
+            secret_access_key: Some("testing".into()),
+        })
+        .await;
+        let stream = unique("stolen");
+        create_stream(&conf, &stream, 2).await;
+        let lines = |from: usize| -> Vec<String> {
+            (from..from + 40).map(|i| format!("{{\"source\":\"src-{}\",\"n\":{i}}}", i % 8)).collect()
+        };
+        put_lines(&conf, &stream, &lines(0)).await;
+        let worker = |me: &str| {
+            KinesisSource::new(&aws, "k".into(), &stream, std::sync::Arc::new(NoCheckpoints), true)
+                .with_leases(Leasing::new(t.clone(), me.into(), Duration::from_millis(600)))
+        };
+        let mut a = worker("a");
+        assert_eq!(pull_some(&mut a, 40, Duration::from_secs(30)).await.len(), 40, "a alone reads both shards");
+        // b joins: two leases, two workers, a over its share: b steals one.
+        let mut b = worker("b");
+        let started = std::time::Instant::now();
+        while !t.list().await.unwrap().iter().any(|l| l.owner.as_deref() == Some("b")) {
+            assert!(started.elapsed() < Duration::from_secs(30), "b never took a lease");
+            pull_some(&mut b, 1, Duration::from_millis(100)).await;
+        }
+        // a learns it on its next lease round; what comes next is read once, each shard by
+        // its one owner.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        pull_some(&mut a, 1, Duration::from_millis(300)).await;
+        put_lines(&conf, &stream, &lines(40)).await;
+        let mut by_a = Vec::new();
+        let mut by_b = Vec::new();
+        let started = std::time::Instant::now();
+        while by_a.len() + by_b.len() < 40 && started.elapsed() < Duration::from_secs(30) {
+            by_a.extend(pull_some(&mut a, 40, Duration::from_millis(200)).await);
+            by_b.extend(pull_some(&mut b, 40, Duration::from_millis(200)).await);
+        }
+        let shards = |v: &[(String, String)]| v.iter().map(|m| m.0.clone()).collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(by_a.len() + by_b.len(), 40, "each new record read once: a {} b {}", by_a.len(), by_b.len());
+        assert!(
+            shards(&by_a).is_disjoint(&shards(&by_b)),
+            "a read the stolen shard: {:?} {:?}",
+            shards(&by_a),
+            shards(&by_b)
+        );
+        assert!(!by_b.is_empty(), "b reads its shard");
+    });
+}
