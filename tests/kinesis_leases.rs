@@ -15,15 +15,18 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-async fn table() -> (LeaseTable, aws_config::SdkConfig) {
-    let aws = Aws::load(&AwsConfig {
+async fn emulator() -> Aws {
+    Aws::load(&AwsConfig {
         region: "us-east-1".into(),
         endpoint_url: endpoint(),
         access_key_id: Some("testing".into()),
         secret_access_key: Some("testing".into()),
     })
-    .await;
-    let t = LeaseTable::new(&aws, &unique("leases"));
+    .await
+}
+
+async fn table() -> (LeaseTable, aws_config::SdkConfig) {
+    let t = LeaseTable::new(&emulator().await, &unique("leases"));
     t.ensure_table().await.unwrap();
     (t, sdk_config().await)
 }
@@ -175,13 +178,7 @@ fn a_worker_whose_lease_was_stolen_stops_reading_that_shard() {
     use std::time::Duration;
     rt().block_on(async {
         let (t, conf) = table().await;
-        let aws = Aws::load(&AwsConfig {
-            region: "us-east-1".into(),
-            endpoint_url: endpoint(),
-            access_key_id: Some("testing".into()),
-            secret_access_key: Some("testing".into()),
-        })
-        .await;
+        let aws = emulator().await;
         let stream = unique("stolen");
         create_stream(&conf, &stream, 2).await;
         let lines = |from: usize| -> Vec<String> {
