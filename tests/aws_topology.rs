@@ -368,3 +368,20 @@ fn a_standard_sqs_queue_feeding_the_decide_stage_is_warned_about_and_a_fifo_one_
     let stderr = run(&fifo);
     assert!(!stderr.contains("standard SQS queue"), "{stderr}");
 }
+
+#[test]
+fn an_sqs_source_on_a_queue_that_does_not_exist_fails_at_start_naming_the_key() {
+    require_emulator();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("{}/123456789012/{}", endpoint(), unique("never-made"));
+    let config = format!(
+        "[[sources]]\nkind = \"sqs\"\nqueue_url = \"{missing}\"\nfollow = false\n[admin]\nlisten = \"\"\n{}",
+        aws_section()
+    );
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let out = run_in(dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("sources[0].queue_url") && stderr.contains("NonExistentQueue"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -16,7 +16,7 @@ use crate::adapters::aws::history::DynamoHistory;
 use crate::adapters::aws::kinesis::{KinesisSource, Leasing};
 use crate::adapters::aws::leases::table::LeaseTable;
 use crate::adapters::aws::s3::S3Content;
-use crate::adapters::aws::sqs::{SqsSink, SqsSource};
+use crate::adapters::aws::sqs::{SqsSink, SqsSource, check_queue};
 use crate::adapters::aws::{Aws, RequestCounter};
 use crate::adapters::checkpoints::Checkpoints;
 use crate::adapters::content_dir::ContentDir;
@@ -187,6 +187,8 @@ fn source(
                 }
             }
             SourceConfig::Sqs { queue_url, wait_seconds, follow, .. } => Box::new({
+                let aws = aws_or_err(config, aws, &key)?;
+                check_queue(aws, queue_url).await.map_err(|e| backend_err(config, &format!("{key}.queue_url"), e))?;
                 if config.decides() && !queue_url.ends_with(".fifo") {
                     // A standard queue delivers out of order and to any consumer: two events of
                     // one asset may be decided in the wrong order, or a completion before its run.
@@ -197,7 +199,7 @@ fn source(
                          need a FIFO queue (name ending in .fifo) whose producers set MessageGroupId = source"
                     );
                 }
-                SqsSource::new(aws_or_err(config, aws, &key)?, name, queue_url, (*wait_seconds).clamp(0, 20), !*follow)
+                SqsSource::new(aws, name, queue_url, (*wait_seconds).clamp(0, 20), !*follow)
             }),
             SourceConfig::Kafka(KafkaSourceConfig {
                 brokers,

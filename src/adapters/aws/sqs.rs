@@ -68,6 +68,20 @@ fn attr(v: &str) -> Result<MessageAttributeValue, BackendError> {
         .map_err(|e| build_error(SVC, "SendMessageBatch", e))
 }
 
+/// Fails unless the queue exists and answers: a start-up check, so that a wrong `queue_url` is
+/// one clear error rather than a source retrying forever.
+pub async fn check_queue(aws: &Aws, queue_url: &str) -> BackendResult<()> {
+    aws.requests.hit(SVC, "GetQueueAttributes");
+    aws_sdk_sqs::Client::new(&aws.sdk)
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| sdk_error(SVC, "GetQueueAttributes", e))
+}
+
 pub struct SqsSink {
     client: aws_sdk_sqs::Client,
     queue_url: String,
