@@ -16,8 +16,8 @@ use assetflow::adapters::postgres::history::PgHistory;
 use assetflow_actors::decision::Outcome;
 use assetflow_actors::ports::{ControlStore, HistoryStore};
 use common::aws::*;
-use common::scale::{assert_same_outputs, control_row, decided, shared_config, union};
-use common::{Outputs, bin};
+use common::bin;
+use common::scale::{assert_same_outputs, control_row, decided, run_reference, shared_config, union};
 use serde_json::Value;
 
 const GEN: &[&str] =
@@ -102,17 +102,8 @@ fn three_workers_leasing_shards_decide_exactly_as_one() {
 
     // One process over the same events, from a file.
     let reference = root.path().join("reference");
-    std::fs::create_dir_all(&reference).unwrap();
-    run_gen(&reference, &["--out", "events.jsonl"]);
-    let events = std::fs::read_to_string(reference.join("events.jsonl")).unwrap().lines().count();
-    assert!(events >= 10_000, "{events} events");
     let (ref_control, ref_history) = (table_name("ref_control"), table_name("ref_history"));
-    let file = "kind = \"file\"\npath = \"events.jsonl\"\nfollow = false";
-    std::fs::write(reference.join("config.toml"), config(file, &ref_control, &ref_history, &content)).unwrap();
-    let out = common::assetflow(&reference, &["run"]);
-    assert!(out.status.success(), "reference: {}", String::from_utf8_lossy(&out.stderr));
-    let want = Outputs::read(&reference);
-    assert!(!want.drops.is_empty() && want.dead_letters.iter().any(|d| d["error"]["kind"] == "drop_guard"));
+    let want = run_reference(&reference, GEN, 10_000, |file| config(file, &ref_control, &ref_history, &content));
 
     let (control, history, leases) = (table_name("control"), table_name("history"), unique("leases"));
     let kinesis = format!(

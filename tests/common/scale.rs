@@ -143,3 +143,22 @@ pub fn generate(dir: &Path, params: &[&str], to: &[&str]) {
     let out = super::assetflow(dir, &args);
     assert!(out.status.success(), "gen: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// One process over the events of `params`, read from a file in `dir`: the reference several
+/// processes must equal. `config` gives the config for a `[[sources]]` body. Checks the input
+/// has at least `min_events` events, drops and a tripped drop guard; returns the outputs.
+pub fn run_reference(dir: &Path, params: &[&str], min_events: usize, config: impl Fn(&str) -> String) -> Outputs {
+    std::fs::create_dir_all(dir).unwrap();
+    generate(dir, params, &["--out", "events.jsonl"]);
+    let events = std::fs::read_to_string(dir.join("events.jsonl")).unwrap().lines().count();
+    assert!(events >= min_events, "{events} events");
+    std::fs::write(dir.join("config.toml"), config("kind = \"file\"\npath = \"events.jsonl\"\nfollow = false"))
+        .unwrap();
+    let out = super::assetflow(dir, &["run"]);
+    assert!(out.status.success(), "reference run: {}", String::from_utf8_lossy(&out.stderr));
+    let outputs = Outputs::read(dir);
+    assert!(outputs.duplicate_ids().is_empty());
+    let guarded = outputs.dead_letters.iter().any(|d| d["error"]["kind"] == "drop_guard");
+    assert!(guarded && !outputs.drops.is_empty(), "the input has drops and trips the guard");
+    outputs
+}
