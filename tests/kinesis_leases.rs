@@ -221,3 +221,127 @@ fn a_worker_whose_lease_was_stolen_stops_reading_that_shard() {
         assert!(!by_b.is_empty(), "b reads its shard");
     });
 }
+
+#[test]
+fn a_merged_shard_starts_only_after_both_parents_finished_whoever_holds_them() {
+    use assetflow::adapters::aws::kinesis::{KinesisSource, Leasing};
+    use assetflow_actors::ports::RawMessage;
+    use std::time::{Duration, Instant};
+    rt().block_on(async {
+        let (t, conf) = table().await;
+        let aws = emulator().await;
+        let stream = unique("merged");
+        create_stream(&conf, &stream, 2).await;
+        let lines: Vec<String> = (0..40).map(|i| format!("{{\"source\":\"src-{}\",\"n\":{i}}}", i % 8)).collect();
+        put_lines(&conf, &stream, &lines).await;
+        let worker = |me: &str| {
+            KinesisSource::new(&aws, "k".into(), &stream, std::sync::Arc::new(NoCheckpoints), true)
+                .with_leases(Leasing::new(t.clone(), me.into(), Duration::from_millis(600)))
+        };
+        let (mut a, mut b) = (worker("a"), worker("b"));
+        // Everything read is held unacknowledged until the test says so: the parents stay
+        // unfinished however long the workers run.
+        let mut held: Vec<RawMessage> = Vec::new();
+        let mut child_reads: Vec<(String, String, Vec<Lease>)> = Vec::new();
+        let parents = |leases: &[Lease]| -> Vec<Lease> {
+            let mut p: Vec<Lease> = leases.iter().filter(|l| l.parents.is_empty()).cloned().collect();
+            p.sort_by(|x, y| x.shard.cmp(&y.shard));
+            p
+        };
+        // The two workers share the two shards, one lease each, before the merge.
+        let started = Instant::now();
+        loop {
+            let (got, leases) = round(&t, &mut a, &mut b).await;
+            held.extend(got.into_iter().map(|(_, m)| m));
+            let owners: std::collections::BTreeSet<Option<String>> =
+                parents(&leases).into_iter().map(|l| l.owner).collect();
+            if owners.len() == 2 && !owners.contains(&None) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "the leases never spread: {leases:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let k = aws_sdk_kinesis::Client::new(&conf);
+        let listed = k.list_shards().stream_name(&stream).send().await.unwrap();
+        let ids: Vec<String> = listed.shards().iter().map(|s| s.shard_id().to_owned()).collect();
+        k.merge_shards()
+            .stream_name(&stream)
+            .shard_to_merge(&ids[0])
+            .adjacent_shard_to_merge(&ids[1])
+            .send()
+            .await
+            .unwrap();
+
+        // Two seconds (many lease rounds and listings) with the parents unacknowledged: the
+        // child's lease appears and is taken, but nobody reads the child.
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            let (got, leases) = round(&t, &mut a, &mut b).await;
+            for (who, m) in got {
+                if !ids.contains(&m.origin.partition) {
+                    child_reads.push((who, m.origin.partition.clone(), leases.clone()));
+                }
+                held.push(m);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            child_reads.is_empty(),
+            "the child was read {} times before its parents finished; first: {:?}",
+            child_reads.len(),
+            child_reads.first()
+        );
+        let leases = t.list().await.unwrap();
+        let child = leases.iter().find(|l| !l.parents.is_empty()).expect("a lease for the merged shard").clone();
+        assert_eq!(child.parents.len(), 2, "{child:?}");
+        assert!(child.owner.is_some(), "the child's lease is taken while it waits: {child:?}");
+
+        // Acknowledge everything: the parents finish (each by its own owner) and the child
+        // starts, whoever holds it. moto copies the parents' records onto the merged shard
+        // (real Kinesis puts only new ones there), which gives the child 40 records to read.
+        for m in held.drain(..) {
+            m.ack.done();
+        }
+        let mut from_child = Vec::new();
+        let started = Instant::now();
+        while from_child.len() < 40 && started.elapsed() < Duration::from_secs(30) {
+            let (got, leases) = round(&t, &mut a, &mut b).await;
+            for (who, m) in got {
+                if !ids.contains(&m.origin.partition) {
+                    let p = parents(&leases);
+                    assert!(
+                        p.iter().all(Lease::is_finished),
+                        "{who} read the child before both parents were finished: {p:?}"
+                    );
+                    from_child.push((who, String::from_utf8_lossy(&m.bytes).into_owned()));
+                }
+                m.ack.done();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(from_child.len(), 40, "the child is read once its parents finished");
+        let readers: std::collections::BTreeSet<&str> = from_child.iter().map(|(w, _)| w.as_str()).collect();
+        assert_eq!(readers.len(), 1, "one owner reads the child: {readers:?}");
+        // Its parents were held by a and b, so one of them was finished by the other worker.
+        let finishers: std::collections::BTreeSet<Option<String>> =
+            parents(&t.list().await.unwrap()).into_iter().map(|l| l.owner).collect();
+        assert_eq!(finishers.len(), 2, "each parent finished by its own worker: {finishers:?}");
+    });
+}
+
+/// One pull and commit by each worker, then the lease table as it stands after them.
+async fn round(
+    t: &LeaseTable,
+    a: &mut assetflow::adapters::aws::kinesis::KinesisSource,
+    b: &mut assetflow::adapters::aws::kinesis::KinesisSource,
+) -> (Vec<(String, assetflow_actors::ports::RawMessage)>, Vec<Lease>) {
+    use assetflow_actors::ports::{Pull, Source};
+    let mut got = Vec::new();
+    for (who, w) in [("a", a), ("b", b)] {
+        if let Pull::Messages(m) = w.pull(100).await.unwrap() {
+            got.extend(m.into_iter().map(|m| (who.to_owned(), m)));
+        }
+        w.commit().await.unwrap();
+    }
+    (got, t.list().await.unwrap())
+}

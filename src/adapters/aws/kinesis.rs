@@ -30,7 +30,9 @@ use assetflow_actors::ports::FailureKind;
 const SVC: &str = "kinesis";
 /// Checkpoint value of a shard read to its end and fully acknowledged.
 const SHARD_END: &str = "SHARD_END";
-/// How often the shard list is read again (new shards after resharding).
+/// How often the shard list is read again (new shards after resharding). With leases, at
+/// least every failover time: another worker may have split or merged what this one holds,
+/// and an emulator that never ends a closed shard's iterators says so only in the listing.
 const RELIST: Duration = Duration::from_secs(30);
 
 struct Shard {
@@ -370,7 +372,8 @@ impl KinesisSource {
 #[async_trait]
 impl Source for KinesisSource {
     async fn pull(&mut self, max: usize) -> BackendResult<Pull> {
-        if self.listed_at.is_none_or(|t| t.elapsed() >= RELIST) {
+        let relist = self.leasing.as_ref().map_or(RELIST, |l| l.failover.min(RELIST));
+        if self.listed_at.is_none_or(|t| t.elapsed() >= relist) {
             self.list_shards().await?;
         }
         self.lease_cycle().await?;
