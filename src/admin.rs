@@ -194,10 +194,10 @@ pub fn render(s: &AdminState) -> String {
         vec![(String::new(), Metrics::count(&m.batch_events) as f64)],
     );
     family(
-        "assetflow_restarts_total",
+        "assetflow_actor_restarts_total",
         "counter",
-        "Times an actor recovered from a panic and delivered its messages again (the decisor shards are the supervised actors; the others hold no panicking path).",
-        vec![("{actor=\"decisor\"}".into(), Metrics::count(&m.restarts) as f64)],
+        "Times an actor recovered from a panic: it went on from re-read state and the message in hand was tried once more.",
+        m.restarts().into_iter().map(|(a, n)| (format!("{{actor=\"{a}\"}}"), n as f64)).collect(),
     );
     let cache = s.lookup.stats();
     family(
@@ -302,7 +302,7 @@ async fn status(State(s): State<AdminState>) -> impl IntoResponse {
         "enriched": Metrics::count(&m.enriched_published),
         "batches": Metrics::count(&m.batches),
         "batch_events": Metrics::count(&m.batch_events),
-        "restarts": Metrics::count(&m.restarts),
+        "restarts": m.restarts().values().sum::<u64>(),
         "aws_requests": s.aws.as_ref().map(|a| a.total()),
         "cache": {"hits": s.lookup.stats().hits, "misses": s.lookup.stats().misses, "size": s.lookup.stats().size},
         "unhealthy": m.unhealthy(),

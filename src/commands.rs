@@ -170,8 +170,20 @@ fn execute(
         }
         let progress = tokio::spawn(report_progress(pipeline.metrics.clone(), started));
         let mut stopped_by_signal = false;
+        let mut fatal = pipeline.fatal();
+        // A stage that keeps failing (or an ingest that ended without draining) stops the
+        // process at once: everything acknowledged is durable, the rest is read again.
+        let gave_up = async move {
+            let _ = fatal.wait_for(|f| f.is_some()).await;
+            fatal.borrow().clone()
+        };
+        tokio::pin!(gave_up);
         tokio::select! {
             _ = pipeline.drained() => {}
+            why = &mut gave_up => {
+                let why = why.unwrap_or_default();
+                anyhow::bail!("{why}");
+            }
             _ = shutdown_signal() => {
                 stopped_by_signal = true;
                 ready.store(false, Ordering::Relaxed);
@@ -191,7 +203,11 @@ fn execute(
             eprint!("\r\x1b[2K");
         }
         let m = pipeline.metrics.clone();
+        let failed = pipeline.fatal().borrow().clone();
         pipeline.shutdown();
+        if let Some(why) = failed {
+            anyhow::bail!("{why}");
+        }
         if let Some((source, why)) = m.refused().into_iter().next() {
             anyhow::bail!("source {source} stopped the run: {why}");
         }

@@ -171,6 +171,18 @@ fn generate_to_kinesis(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
+    // A panic is a bug an actor's supervisor recovers from (or stops the process over, with a
+    // message of its own): one log line where it happened, not a backtrace on stderr.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(at, "panic: {what}");
+    }));
     let result = match cli.command {
         Command::Run { config, summary_json } => {
             Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::run(&c)).and_then(|s| {

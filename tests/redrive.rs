@@ -69,3 +69,40 @@ fn max_limits_how_many_are_replayed() {
     // The one left from the first batch, and the one the first redrive wrote.
     assert!(r.contains("2 replayed"), "{r}");
 }
+
+#[test]
+fn a_line_that_is_not_utf8_round_trips_through_dead_letter_and_redrive_byte_for_byte() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    // Latin-1 bytes and a lone continuation byte: a lossy decoding would change them, and
+    // `\xef\xbf\xbd` (the replacement character) would then be valid UTF-8.
+    let bad: &[u8] = b"{\"source\":\"caf\xe9\",\"x\":\"\x80\"}";
+    let good = br#"{"event_id":"e1","source":"s","run_id":"r1","status":"running","emitted_at":"2026-11-22T10:00:00Z","asset":{"database":"d","schema":"p","table":"t"}}"#;
+    let mut input = bad.to_vec();
+    input.push(b'\n');
+    input.extend_from_slice(good);
+    input.push(b'\n');
+    std::fs::write(dir.path().join("events.jsonl"), &input).unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[pipeline]\nstate_dir = \"state\"\n[[sources]]\nkind = \"file\"\npath = \"events.jsonl\"\nfollow = false\n[enricher]\nkind = \"none\"\n[sinks.upsert]\nkind = \"file\"\npath = \"out/upsert.jsonl\"\n[sinks.drop]\nkind = \"file\"\npath = \"out/drop.jsonl\"\n[sinks.dead_letter]\nkind = \"file\"\npath = \"out/dead-letter.jsonl\"\n[admin]\nlisten = \"\"\n",
+    )
+    .unwrap();
+    assert!(assetflow(dir.path(), &["run"]).status.success());
+    let first = Outputs::read(dir.path());
+    assert_eq!(first.upserts.len(), 1);
+    let dl = &first.dead_letters[0];
+    assert_eq!(dl["error"]["kind"], "invalid_json");
+    assert!(dl.get("payload").is_none(), "bytes that are not UTF-8 are not given as text: {dl}");
+    let bytes = base64::prelude::BASE64_STANDARD.decode(dl["payload_base64"].as_str().unwrap()).unwrap();
+    assert_eq!(bytes, bad, "the dead letter keeps the exact bytes");
+    // Redrive replays exactly those bytes: they fail the same way, one attempt later, and the
+    // new dead letter carries the same bytes again.
+    let report = redrive(dir.path(), &[], &[]);
+    assert!(report.contains("1 replayed"), "{report}");
+    let after = Outputs::read(dir.path());
+    let again = after.dead_letters.last().unwrap();
+    assert_eq!(again["attempts"], 2);
+    assert_eq!(again["error"]["kind"], "invalid_json");
+    assert_eq!(again["payload_base64"], dl["payload_base64"]);
+}

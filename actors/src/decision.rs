@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use base64::Engine as _;
+use base64::prelude::BASE64_STANDARD;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -159,7 +161,13 @@ pub struct DeadLetter {
     pub stage: Stage,
     pub error: FailureReason,
     pub attempts: u32,
-    pub payload: String,
+    /// The original message verbatim, when it is UTF-8 (EVENTS.md §4.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// The original bytes in standard base64, when they are not UTF-8: a JSON string cannot
+    /// carry them verbatim, and a lossy decoding would replay something else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
     pub event_id: Option<String>,
     #[serde(default)]
     pub asset_key: Option<String>,
@@ -179,6 +187,15 @@ pub enum DeadLetterTag {
 }
 
 impl DeadLetter {
+    /// The original message's bytes, exactly as they were read (what redrive replays).
+    pub fn original(&self) -> Vec<u8> {
+        match (&self.payload, &self.payload_base64) {
+            (Some(text), _) => text.clone().into_bytes(),
+            (None, Some(b64)) => BASE64_STANDARD.decode(b64).unwrap_or_else(|_| b64.clone().into_bytes()),
+            (None, None) => Vec::new(),
+        }
+    }
+
     /// A dead letter for `payload` that failed at `stage`; its id derives from where the
     /// message came from, the failure and the attempt, so a replay after a crash repeats it.
     pub fn new(
@@ -202,7 +219,8 @@ impl DeadLetter {
             stage,
             error: FailureReason { kind: kind.to_owned(), message: message.into() },
             attempts,
-            payload: String::from_utf8_lossy(payload).into_owned(),
+            payload: std::str::from_utf8(payload).ok().map(str::to_owned),
+            payload_base64: std::str::from_utf8(payload).is_err().then(|| BASE64_STANDARD.encode(payload)),
             event_id,
             asset_key: None,
             failed_at: Utc::now(),

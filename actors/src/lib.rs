@@ -30,6 +30,9 @@
 //!   sweep), Decisor (its batch planning in `decisor/plan.rs`, pure), Producer (upsert, drop,
 //!   enriched), HistoryWriter.
 //! - [`redrive`]: dead letters fed back to the pipeline as a source, parked past `max_attempts`.
+//! - [`supervise`]: the [`supervise::Supervisor`] every actor runs under: a panic is caught,
+//!   counted and retried once, a second one dead-letters the message (kind `panic`), and an
+//!   actor past its restart budget stops the process.
 //! - [`pipeline`]: wiring the actors into a running topology.
 
 mod actors;
@@ -49,5 +52,6 @@ pub mod record;
 pub mod redrive;
 pub mod retry;
 pub mod rules;
+pub mod supervise;
 
 pub use latency::LatencyHistogram;

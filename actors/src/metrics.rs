@@ -159,8 +159,8 @@ pub struct Metrics {
     pub upserts_published: AtomicU64,
     pub drops_published: AtomicU64,
     pub enriched_published: AtomicU64,
-    /// Times an actor recovered from a panic (its held messages delivered again).
-    pub restarts: AtomicU64,
+    /// Times each actor recovered from a panic (`assetflow_actor_restarts_total{actor}`).
+    restarts: Mutex<BTreeMap<String, u64>>,
     dead_letters: Mutex<BTreeMap<String, u64>>,
     dead_letters_by_stage: Mutex<BTreeMap<(String, String), u64>>,
     in_flight: Mutex<BTreeMap<String, u64>>,
@@ -292,6 +292,14 @@ impl Metrics {
             }
         }
         out
+    }
+    /// `actor` recovered from a panic ([`crate::supervise::Supervisor`]).
+    pub fn restart(&self, actor: &str) {
+        *locked(&self.restarts).entry(actor.to_owned()).or_default() += 1;
+    }
+    /// Restarts by actor.
+    pub fn restarts(&self) -> BTreeMap<String, u64> {
+        locked(&self.restarts).clone()
     }
     pub fn handled(&self, a: ActorName) {
         self.actor_handled[a as usize].fetch_add(1, Ordering::Relaxed);

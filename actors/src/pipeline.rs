@@ -18,6 +18,7 @@ use crate::lookup::{CachedLookup, LookupKeys};
 use crate::metrics::{ActorName, Metrics};
 use crate::ports::{ContentStore, ControlStore, HistoryStore, Lookup, Sink, Source};
 use crate::retry::RetryPolicy;
+use crate::supervise::{Fatal, SupervisionPolicy, Supervisor, setup_failpoints};
 
 /// The knobs of a topology, resolved from the config.
 #[derive(Debug, Clone)]
@@ -37,6 +38,7 @@ pub struct Settings {
     pub max_in_flight: usize,
     pub commit_interval: Duration,
     pub drain_timeout: Duration,
+    pub supervision: SupervisionPolicy,
 }
 
 impl Default for Settings {
@@ -55,6 +57,7 @@ impl Default for Settings {
             max_in_flight: 4096,
             commit_interval: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(30),
+            supervision: SupervisionPolicy::default(),
         }
     }
 }
@@ -89,6 +92,7 @@ pub struct DecisionPorts {
 pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     pub lookup: Arc<CachedLookup>,
+    supervisor: Supervisor,
     drained: Vec<oneshot::Receiver<()>>,
     stop: watch::Sender<bool>,
     arbiters: Vec<Arbiter>,
@@ -97,7 +101,9 @@ pub struct Pipeline {
 impl Pipeline {
     /// Starts every actor. Call from inside a running actix `System`.
     pub fn start(settings: Settings, ports: Ports) -> Pipeline {
+        setup_failpoints();
         let metrics = Arc::new(Metrics::default());
+        let supervisor = Supervisor::new(settings.supervision, metrics.clone());
         let mailbox = settings.mailbox.max(1);
         let calls = Calls::new(settings.retry, metrics.clone());
         let lookup = Arc::new(CachedLookup::new(ports.lookup.clone(), settings.cache_ttl, calls.clone()));
@@ -107,15 +113,18 @@ impl Pipeline {
         let outputs = Arbiter::new();
         let history = {
             let (store, sink, calls) = (ports.history.clone(), ports.dead_letter_sink.clone(), calls.clone());
-            HistoryWriter::start_in_arbiter(&outputs.handle(), move |_| HistoryWriter::new(store, sink, calls, mailbox))
+            let sup = supervisor.clone();
+            HistoryWriter::start_in_arbiter(&outputs.handle(), move |_| {
+                HistoryWriter::new(store, sink, calls, sup, mailbox)
+            })
         };
         let mut arbiters = Vec::new();
         let next = match &ports.downstream {
             Downstream::PublishEnriched(sink) => {
                 // Enrich only: enriched events go straight to their sink.
-                let (sink, h, calls) = (sink.clone(), history.clone(), calls.clone());
+                let (sink, h, calls, sup) = (sink.clone(), history.clone(), calls.clone(), supervisor.clone());
                 Next::Publish(Producer::start_in_arbiter(&outputs.handle(), move |_| {
-                    Producer::new(ActorName::EnrichedProducer, sink, calls, mailbox).delivering(h)
+                    Producer::new(ActorName::EnrichedProducer, sink, calls, sup, mailbox).delivering(h)
                 }))
             }
             Downstream::Decide(decision) => Next::Decide(Self::start_decision_stage(
@@ -127,10 +136,13 @@ impl Pipeline {
                 &lookup,
                 &keys,
                 &metrics,
+                &supervisor,
             )),
         };
         arbiters.push(outputs);
-        let enricher = Enricher::new(lookup.clone(), keys, next, history.clone(), mailbox, metrics.clone()).start();
+        let enricher =
+            Enricher::new(lookup.clone(), keys, next, history.clone(), mailbox, metrics.clone(), supervisor.clone())
+                .start();
         let (stop, stop_rx) = watch::channel(false);
         let ingest_settings = IngestSettings {
             max_event_bytes: settings.max_event_bytes,
@@ -151,12 +163,13 @@ impl Pipeline {
                 history.clone(),
                 ingest_settings.clone(),
                 metrics.clone(),
+                supervisor.clone(),
                 stop_rx.clone(),
                 tx,
             )
             .start();
         }
-        Pipeline { metrics, lookup, drained, stop, arbiters }
+        Pipeline { metrics, lookup, supervisor, drained, stop, arbiters }
     }
 
     /// The decision stage: upsert and drop producers, the shards (each on its own arbiter), and
@@ -171,19 +184,20 @@ impl Pipeline {
         lookup: &Arc<CachedLookup>,
         keys: &LookupKeys,
         metrics: &Arc<Metrics>,
+        supervisor: &Supervisor,
     ) -> Addr<Router> {
         let mailbox = settings.mailbox.max(1);
         let calls = Calls::new(settings.retry, metrics.clone());
         let upserts = {
-            let (sink, calls) = (ports.upsert_sink.clone(), calls.clone());
+            let (sink, calls, sup) = (ports.upsert_sink.clone(), calls.clone(), supervisor.clone());
             Producer::start_in_arbiter(&outputs.handle(), move |_| {
-                Producer::new(ActorName::UpsertProducer, sink, calls, mailbox)
+                Producer::new(ActorName::UpsertProducer, sink, calls, sup, mailbox)
             })
         };
         let drops = {
-            let (sink, calls) = (ports.drop_sink.clone(), calls.clone());
+            let (sink, calls, sup) = (ports.drop_sink.clone(), calls.clone(), supervisor.clone());
             Producer::start_in_arbiter(&outputs.handle(), move |_| {
-                Producer::new(ActorName::DropProducer, sink, calls, mailbox)
+                Producer::new(ActorName::DropProducer, sink, calls, sup, mailbox)
             })
         };
         let deps = Arc::new(DecisorDeps {
@@ -197,6 +211,7 @@ impl Pipeline {
             ignore: HashIgnore::new(&settings.hash_ignore),
             calls: calls.clone(),
             metrics: metrics.clone(),
+            supervisor: supervisor.clone(),
         });
         let mut shards = Vec::with_capacity(settings.shards.max(1));
         for i in 0..settings.shards.max(1) {
@@ -214,8 +229,9 @@ impl Pipeline {
             completion_timeout: settings.completion_timeout,
             metrics: metrics.clone(),
             scans: Arc::new(tokio::sync::Semaphore::new(1)),
+            supervisor: supervisor.clone(),
         });
-        Router::new(sweep, mailbox).start()
+        Router::new(sweep, supervisor.clone(), mailbox).start()
     }
 
     /// Resolves once every source is drained (or stopped) and what it read is acknowledged.
@@ -225,6 +241,12 @@ impl Pipeline {
             let _ = rx.await;
             self.drained.pop();
         }
+    }
+
+    /// Why the process must stop, once it must: an actor past its restart budget, or an
+    /// ingest that ended without draining. Until then, `None`.
+    pub fn fatal(&self) -> tokio::sync::watch::Receiver<Fatal> {
+        self.supervisor.fatal()
     }
 
     /// Stops reading: sources finish what is in flight, commit, and report drained.

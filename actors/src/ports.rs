@@ -20,6 +20,9 @@ pub enum FailureKind {
     Conflict,
     /// The request itself is wrong (too large, bad credentials): retrying will not help.
     Permanent,
+    /// The actor doing the call panicked, and again after its restart: the message it carried
+    /// is a dead letter of kind `panic`.
+    Panic,
 }
 
 /// A failed call to a backend, naming the backend and the operation.
@@ -46,6 +49,13 @@ impl BackendError {
     }
     pub fn permanent(backend: impl Into<String>, operation: impl Into<String>, message: impl ToString) -> Self {
         Self::new(backend, operation, message, FailureKind::Permanent)
+    }
+    pub fn panicked(backend: impl Into<String>, operation: impl Into<String>, why: impl ToString) -> Self {
+        Self::new(backend, operation, why, FailureKind::Panic)
+    }
+    /// The `error.kind` of the dead letter this failure makes: `panic` or `backend`.
+    pub fn dead_letter_kind(&self) -> &'static str {
+        if self.kind == FailureKind::Panic { "panic" } else { "backend" }
     }
 }
 

@@ -73,7 +73,7 @@ impl<S: DeadLetterStore> Source for RedriveSource<S> {
                 continue;
             }
             self.stats.replayed.fetch_add(1, Ordering::Relaxed);
-            let mut msg = RawMessage::new(dl.payload.into_bytes(), dl.origin, ack);
+            let mut msg = RawMessage::new(dl.original(), dl.origin, ack);
             msg.attempts = dl.attempts + 1;
             out.push(msg);
         }

@@ -64,6 +64,7 @@ pub struct Config {
     pub sinks: SinksConfig,
     pub redrive: RedriveConfig,
     pub retry: RetryConfig,
+    pub supervision: SupervisionConfig,
     pub admin: AdminConfig,
     pub aws: AwsConfig,
     pub shutdown: ShutdownConfig,

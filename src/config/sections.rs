@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use assetflow_actors::pipeline::Settings;
 use assetflow_actors::retry::RetryPolicy;
+use assetflow_actors::supervise::SupervisionPolicy;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// The `kind` a section gets when the file leaves it out. Applied to the document before it is
@@ -509,6 +510,45 @@ impl Default for RetryConfig {
 impl RetryConfig {
     pub fn policy(&self) -> RetryPolicy {
         RetryPolicy { initial: self.initial, max: self.max, attempts: self.attempts, timeout: self.timeout }
+    }
+}
+
+/// `[supervision]`: how much panicking the actors may do before the process stops
+/// ([`SupervisionPolicy`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SupervisionConfig {
+    /// Restarts of one actor within `window` past which the process stops (non-zero exit).
+    pub max_restarts: u32,
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub window: Duration,
+    /// Pause before a message whose handling panicked is tried again; doubles per restart.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub backoff: Duration,
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub backoff_max: Duration,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        let p = SupervisionPolicy::default();
+        SupervisionConfig {
+            max_restarts: p.max_restarts,
+            window: p.window,
+            backoff: p.backoff,
+            backoff_max: p.backoff_max,
+        }
+    }
+}
+
+impl SupervisionConfig {
+    pub fn policy(&self) -> SupervisionPolicy {
+        SupervisionPolicy {
+            max_restarts: self.max_restarts,
+            window: self.window,
+            backoff: self.backoff,
+            backoff_max: self.backoff_max,
+        }
     }
 }
 

@@ -65,6 +65,7 @@ pub fn settings(config: &Config) -> Settings {
         cache_ttl: lookup.cache_ttl,
         drain_timeout: config.shutdown.timeout,
         max_in_flight: config.pipeline.max_in_flight,
+        supervision: config.supervision.policy(),
         ..Settings::default()
     }
 }

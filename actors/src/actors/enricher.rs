@@ -21,6 +21,7 @@ use crate::forward::{Ping, forward_from};
 use crate::lookup::{CachedLookup, LookupKeys};
 use crate::metrics::{ActorName, Flow, Metrics};
 use crate::ports::BackendError;
+use crate::supervise::{Panicked, Supervisor};
 
 /// Enrich this event.
 #[derive(Message)]
@@ -40,6 +41,15 @@ pub struct Enricher {
     history: Addr<HistoryWriter>,
     mailbox: usize,
     metrics: Arc<Metrics>,
+    supervisor: Supervisor,
+}
+
+/// What an event needs before it can go on.
+enum Step {
+    /// Nothing to look up, or the answer is cached.
+    Pass(Business),
+    /// A lookup with these parameters.
+    Fetch(Vec<String>),
 }
 
 impl Enricher {
@@ -50,8 +60,29 @@ impl Enricher {
         history: Addr<HistoryWriter>,
         mailbox: usize,
         metrics: Arc<Metrics>,
+        supervisor: Supervisor,
     ) -> Self {
-        Enricher { lookup, keys, next, history, mailbox, metrics }
+        Enricher { lookup, keys, next, history, mailbox, metrics, supervisor }
+    }
+
+    /// The part of handling that reads the event and the cache; it leaves the event whole, so
+    /// a panic here can be retried with the same message.
+    fn step(&self, event: &AssetEvent) -> Step {
+        crate::failpoint!("enricher.handle");
+        if matches!(event.kind, EventKind::Completed { .. }) {
+            return Step::Pass(None);
+        }
+        let Some(params) = self.keys.params(event) else {
+            return Step::Pass(None);
+        };
+        match self.lookup.cached(&params) {
+            Some(business) => Step::Pass(business),
+            None => Step::Fetch(params),
+        }
+    }
+
+    fn panicked(&mut self, env: Envelope<AssetEvent>, why: Panicked, ctx: &mut Context<Self>) {
+        self.dead_letter(env, "panic", why.to_string(), ctx);
     }
 
     fn pass(&mut self, env: Envelope<AssetEvent>, business: Business, ctx: &mut Context<Self>) {
@@ -69,10 +100,14 @@ impl Enricher {
     }
 
     fn fail(&mut self, env: Envelope<AssetEvent>, error: BackendError, ctx: &mut Context<Self>) {
+        self.dead_letter(env, "backend", error.to_string(), ctx);
+    }
+
+    fn dead_letter(&mut self, env: Envelope<AssetEvent>, kind: &str, message: String, ctx: &mut Context<Self>) {
         let mut dl = DeadLetter::new(
             Stage::Enrich,
-            "backend",
-            error.to_string(),
+            kind,
+            message,
             &env.raw,
             Some(env.body.event_id.clone()),
             env.origin.clone(),
@@ -96,25 +131,29 @@ impl Handler<Enrich> for Enricher {
     fn handle(&mut self, msg: Enrich, ctx: &mut Context<Self>) {
         self.metrics.handled(ActorName::Enricher);
         let env = msg.0;
-        if matches!(env.body.kind, EventKind::Completed { .. }) {
-            return self.pass(env, None, ctx);
-        }
-        let Some(params) = self.keys.params(&env.body) else {
-            return self.pass(env, None, ctx);
+        let params = match self.supervisor.twice_now("enricher", "enrich", || self.step(&env.body)) {
+            Ok(Step::Pass(business)) => return self.pass(env, business, ctx),
+            Ok(Step::Fetch(params)) => params,
+            Err(why) => return self.panicked(env, why, ctx),
         };
-        if let Some(business) = self.lookup.cached(&params) {
-            return self.pass(env, business, ctx);
-        }
         let lookup = self.lookup.clone();
         let metrics = self.metrics.clone();
+        let supervisor = self.supervisor.clone();
+        // ctx.wait: the next event waits for this lookup, so events leave in the order they came.
         ctx.wait(
             actix::fut::wrap_future::<_, Self>(async move {
                 let _working = metrics.working(ActorName::Enricher);
-                lookup.fetch(&params).await
+                supervisor
+                    .twice("enricher", "lookup", || async {
+                        crate::failpoint!("enricher.lookup");
+                        lookup.fetch(&params).await
+                    })
+                    .await
             })
             .map(move |result, act, ctx| match result {
-                Ok(business) => act.pass(env, business, ctx),
-                Err(e) => act.fail(env, e, ctx),
+                Ok(Ok(business)) => act.pass(env, business, ctx),
+                Ok(Err(e)) => act.fail(env, e, ctx),
+                Err(why) => act.panicked(env, why, ctx),
             }),
         );
     }

@@ -15,6 +15,9 @@ use crate::event::{RejectKind, decode};
 use crate::forward::forward;
 use crate::metrics::{Flow, Metrics};
 use crate::ports::{Pull, Source};
+use crate::supervise::Supervisor;
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 /// How an Ingest reads.
@@ -38,6 +41,7 @@ pub struct Ingest {
     history: Addr<HistoryWriter>,
     settings: IngestSettings,
     metrics: Arc<Metrics>,
+    supervisor: Supervisor,
     stop: watch::Receiver<bool>,
     drained: Option<oneshot::Sender<()>>,
 }
@@ -51,10 +55,21 @@ impl Ingest {
         history: Addr<HistoryWriter>,
         settings: IngestSettings,
         metrics: Arc<Metrics>,
+        supervisor: Supervisor,
         stop: watch::Receiver<bool>,
         drained: oneshot::Sender<()>,
     ) -> Self {
-        Ingest { name, source: Some(source), enricher, history, settings, metrics, stop, drained: Some(drained) }
+        Ingest {
+            name,
+            source: Some(source),
+            enricher,
+            history,
+            settings,
+            metrics,
+            supervisor,
+            stop,
+            drained: Some(drained),
+        }
     }
 }
 
@@ -71,12 +86,25 @@ impl Actor for Ingest {
             history: self.history.clone(),
             settings: self.settings.clone(),
             metrics: self.metrics.clone(),
+            supervisor: self.supervisor.clone(),
             stop: self.stop.clone(),
         };
         let drained = self.drained.take();
-        ctx.spawn(actix::fut::wrap_future::<_, Self>(run.run()).map(move |_, _, ctx| {
-            if let Some(tx) = drained {
-                let _ = tx.send(());
+        let supervisor = self.supervisor.clone();
+        let name = self.name.clone();
+        // Drained is reported only when the loop got to its end: an ingest that stopped early
+        // (the stage behind it gone, a panic outside what is supervised) stops the process.
+        let run = AssertUnwindSafe(run.run()).catch_unwind();
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(run).map(move |ended, _, ctx| {
+            match ended {
+                Ok(Ok(())) => {
+                    if let Some(tx) = drained {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Err(why)) => supervisor.give_up(format!("source {name}: {why}")),
+                Err(panic) => supervisor
+                    .give_up(format!("source {name}: its ingest panicked: {}", crate::retry::panic_message(&panic))),
             }
             ctx.stop();
         }));
@@ -90,11 +118,16 @@ struct IngestLoop {
     history: Addr<HistoryWriter>,
     settings: IngestSettings,
     metrics: Arc<Metrics>,
+    supervisor: Supervisor,
     stop: watch::Receiver<bool>,
 }
 
+/// The stage behind an ingest is gone: it cannot drain.
+const BEHIND_GONE: &str = "the stage behind the ingest stopped; what it read stays unacknowledged";
+
 impl IngestLoop {
-    async fn run(mut self) {
+    /// Reads until drained or stopped; an error says why it could not drain.
+    async fn run(mut self) -> Result<(), &'static str> {
         let mut last_commit = Instant::now();
         let mut idle_pause = Duration::from_millis(5);
         loop {
@@ -102,8 +135,17 @@ impl IngestLoop {
                 break;
             }
             let throttled = self.source.outstanding() >= self.settings.max_in_flight;
+            let batch = self.settings.pull_batch;
             let pulled = tokio::select! {
-                r = self.source.pull(self.settings.pull_batch), if !throttled => r,
+                r = AssertUnwindSafe(self.source.pull(batch)).catch_unwind(), if !throttled => match r {
+                    Ok(r) => r,
+                    Err(panic) => {
+                        // What the source handed out stays unacknowledged; it is read again.
+                        let pause = self.supervisor.restarted("ingest", "pull", &crate::retry::panic_message(&panic));
+                        tokio::time::sleep(pause).await;
+                        Ok(Pull::Messages(Vec::new()))
+                    }
+                },
                 // Enough in flight: let the pipeline catch up before reading more.
                 _ = tokio::time::sleep(Duration::from_millis(2)), if throttled => Ok(Pull::Messages(Vec::new())),
                 _ = self.stop.changed() => break,
@@ -113,7 +155,7 @@ impl IngestLoop {
                     idle_pause = Duration::from_millis(5);
                     for m in msgs {
                         if !self.admit(m).await {
-                            return;
+                            return Err(BEHIND_GONE);
                         }
                     }
                 }
@@ -143,13 +185,28 @@ impl IngestLoop {
             }
         }
         self.drain().await;
+        Ok(())
     }
 
     /// Decodes one message and hands it on; false once the pipeline behind is gone.
     async fn admit(&mut self, m: crate::ports::RawMessage) -> bool {
         self.metrics.event_in(&self.name);
         let read_at = std::time::Instant::now();
-        match decode(&m.bytes, self.settings.max_event_bytes) {
+        let max = self.settings.max_event_bytes;
+        let decoded = self.supervisor.twice_now("ingest", "decode", || {
+            crate::failpoint!("ingest.decode");
+            decode(&m.bytes, max)
+        });
+        let decoded = match decoded {
+            Ok(d) => d,
+            Err(panic) => {
+                let dl =
+                    DeadLetter::new(Stage::Decode, "panic", panic.to_string(), &m.bytes, None, m.origin, m.attempts);
+                self.metrics.sent_from(&self.name, Flow::IngestHistory, 1);
+                return forward(&self.history, DeadLetters(vec![(dl, m.ack)])).await.is_ok();
+            }
+        };
+        match decoded {
             Ok(event) => {
                 let env = Envelope {
                     body: event,

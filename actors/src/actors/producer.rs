@@ -15,6 +15,7 @@ use crate::decision::{DeadLetter, HistoryRow, Outcome, Stage, decision_id, rfc33
 use crate::envelope::Envelope;
 use crate::metrics::{ActorName, Flow, Metrics};
 use crate::ports::{BackendError, BackendResult, Sink, SinkRecord};
+use crate::supervise::Supervisor;
 
 /// Publish this enriched event (the enrich-only topology) and acknowledge it once durable; if
 /// the sink keeps failing, dead-letter it instead.
@@ -76,12 +77,13 @@ pub struct Producer {
     delivered: Vec<SinkRecord>,
     /// Where deliveries leave history and, when they fail, dead letters.
     history: Option<Addr<HistoryWriter>>,
+    supervisor: Supervisor,
     scheduled: bool,
 }
 
 impl Producer {
     /// The producer of `actor` (one of the producers of [`ActorName`]), writing to `sink`.
-    pub fn new(actor: ActorName, sink: Arc<dyn Sink>, calls: Calls, mailbox: usize) -> Self {
+    pub fn new(actor: ActorName, sink: Arc<dyn Sink>, calls: Calls, supervisor: Supervisor, mailbox: usize) -> Self {
         let name = match actor {
             ActorName::DropProducer => "drop sink",
             ActorName::EnrichedProducer => "enriched sink",
@@ -98,6 +100,7 @@ impl Producer {
             deliveries: Vec::new(),
             delivered: Vec::new(),
             history: None,
+            supervisor,
             scheduled: false,
         }
     }
@@ -169,14 +172,43 @@ impl Handler<Flush> for Producer {
         let delivered = std::mem::take(&mut self.delivered);
         let deliveries = std::mem::take(&mut self.deliveries);
         let (sink, calls, history, name) = (self.sink.clone(), self.calls.clone(), self.history.clone(), self.name);
-        let actor = self.actor;
+        let (actor, supervisor) = (self.actor, self.supervisor.clone());
+        // Each write runs under supervision: a panic restarts the producer (it holds no state
+        // but its queue, which the write still has) and the write is tried once more; a second
+        // panic fails the write (kind `panic`), and its senders dead-letter what it carried.
+        let write = move |records: Vec<SinkRecord>| {
+            let (sink, calls, supervisor) = (sink.clone(), calls.clone(), supervisor.clone());
+            async move {
+                if records.is_empty() {
+                    return Ok(());
+                }
+                let _working = calls.metrics().working(actor);
+                supervisor
+                    .twice(actor.as_str(), "publish", || async {
+                        match actor {
+                            ActorName::DropProducer => {
+                                crate::failpoint!("drop_producer.publish");
+                            }
+                            ActorName::EnrichedProducer => {
+                                crate::failpoint!("enriched_producer.publish");
+                            }
+                            _ => {
+                                crate::failpoint!("upsert_producer.publish");
+                            }
+                        }
+                        calls.call(name, "send", || sink.send(&records)).await
+                    })
+                    .await
+                    .unwrap_or_else(|why| Err(BackendError::panicked(name, "send", why)))
+            }
+        };
+        let metrics = self.calls.metrics().clone();
         // ctx.wait: one write at a time, in arrival order; what comes meanwhile forms the next batch.
         ctx.wait(actix::fut::wrap_future(async move {
-            let working = calls.metrics().working(actor);
-            let result = if batch.is_empty() { Ok(()) } else { calls.call(name, "send", || sink.send(&batch)).await };
-            drop(working);
+            let records = batch.len();
+            let result = write(batch).await;
             if let Err(e) = &result {
-                tracing::error!(error = %e, records = batch.len(), "sink write failed after retries");
+                tracing::error!(error = %e, records, "sink write failed after retries");
             }
             for tx in waiting {
                 let _ = tx.send(result.clone());
@@ -184,10 +216,8 @@ impl Handler<Flush> for Producer {
             if deliveries.is_empty() {
                 return;
             }
-            let working = calls.metrics().working(actor);
-            let result = calls.call(name, "send", || sink.send(&delivered)).await;
-            drop(working);
-            finish_deliveries(history, calls.metrics(), deliveries, result).await;
+            let result = write(delivered).await;
+            finish_deliveries(history, &metrics, deliveries, result).await;
         }));
     }
 }

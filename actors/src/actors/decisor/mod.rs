@@ -37,6 +37,7 @@ use crate::metrics::{ActorName, Flow, Metrics};
 use crate::ports::{BackendError, BackendResult, ContentStore, ControlStore, FailureKind, RecordKey, RecordWrite};
 use crate::record::{ControlRecord, RecordStatus};
 use crate::retry::panic_message;
+use crate::supervise::Supervisor;
 
 /// How many times a batch is decided again after losing a conditional write.
 const CONFLICT_ROUNDS: u32 = 5;
@@ -86,6 +87,7 @@ pub struct DecisorDeps {
     /// Every backend call: retried, timed, counted, health reported.
     pub calls: Calls,
     pub metrics: Arc<Metrics>,
+    pub supervisor: Supervisor,
 }
 
 pub struct Decisor {
@@ -177,10 +179,13 @@ async fn run_batch(deps: Arc<DecisorDeps>, items: Vec<Item>) {
             }
             Item::Drops(cmd, tx) => {
                 apply_supervised(&deps, std::mem::take(&mut events)).await;
-                let result = AssertUnwindSafe(apply_drops(&deps, cmd)).catch_unwind().await.unwrap_or_else(|panic| {
-                    Metrics::add(&deps.metrics.restarts, 1);
-                    Err(BackendError::transient("decisor", "drop", format!("panicked: {}", panic_message(&panic))))
-                });
+                // Drops are idempotent (a dropped record is not live any more): a panic is
+                // retried once, then the sweep dead-letters its completion.
+                let result = deps
+                    .supervisor
+                    .twice("decisor", "drops", || apply_drops(&deps, cmd.clone()))
+                    .await
+                    .unwrap_or_else(|why| Err(BackendError::panicked("decisor", "drop", why)));
                 let _ = tx.send(result);
             }
         }
@@ -215,12 +220,16 @@ async fn apply_supervised(deps: &DecisorDeps, events: Vec<Envelope<Enriched>>) {
     }
     Metrics::add(&deps.metrics.batches, 1);
     Metrics::add(&deps.metrics.batch_events, batch.len() as u64);
-    if batch.is_empty() || AssertUnwindSafe(apply_events(deps, &mut batch)).catch_unwind().await.is_ok() {
+    if batch.is_empty() {
         return;
     }
-    Metrics::add(&deps.metrics.restarts, 1);
+    let Err(panic) = AssertUnwindSafe(apply_events(deps, &mut batch)).catch_unwind().await else {
+        return;
+    };
+    // The shard goes on from state it reads again (each batch reads its records afresh).
+    let pause = deps.supervisor.restarted("decisor", "decide", &panic_message(&panic));
     tracing::error!(events = batch.len(), "a decisor batch panicked; delivering its events again one by one");
-    tokio::time::sleep(deps.calls.policy().delay(1)).await;
+    tokio::time::sleep(pause).await;
     for p in std::mem::take(&mut batch) {
         let mut one = vec![p];
         if let Err(panic) = AssertUnwindSafe(apply_events(deps, &mut one)).catch_unwind().await {
@@ -233,6 +242,7 @@ async fn apply_supervised(deps: &DecisorDeps, events: Vec<Envelope<Enriched>>) {
 /// Decides and applies `batch`, then acknowledges (or dead-letters) and empties it. A panic
 /// leaves the unacknowledged events in `batch` for the caller to deliver again.
 async fn apply_events(deps: &DecisorDeps, batch: &mut Vec<Pending>) {
+    crate::failpoint!("decisor.batch");
     let mut round = 0;
     let mut earlier = EarlierRound::default();
     let rows = loop {
@@ -242,7 +252,9 @@ async fn apply_events(deps: &DecisorDeps, batch: &mut Vec<Pending>) {
             Err((_, e)) if e.kind == FailureKind::Conflict && round < CONFLICT_ROUNDS => {
                 tracing::info!(error = %e, "control record changed under this batch; deciding again");
             }
-            Err((stage, e)) => return dead_letter_all(deps, std::mem::take(batch), stage, "backend", &e).await,
+            Err((stage, e)) => {
+                return dead_letter_all(deps, std::mem::take(batch), stage, e.dead_letter_kind(), &e).await;
+            }
         }
     };
     let n = rows.len();
@@ -253,7 +265,7 @@ async fn apply_events(deps: &DecisorDeps, batch: &mut Vec<Pending>) {
     .await
     .unwrap_or_else(|_| Err(stopped("history")))
     {
-        return dead_letter_all(deps, std::mem::take(batch), Stage::History, "backend", &e).await;
+        return dead_letter_all(deps, std::mem::take(batch), Stage::History, e.dead_letter_kind(), &e).await;
     }
     tracing::trace!(events = n, "batch applied");
     for p in batch.drain(..) {

@@ -16,10 +16,12 @@ use super::Enriched;
 use super::decisor::{Decide, Decisor};
 mod sweep;
 
+use crate::decision::{DeadLetter, Stage};
 use crate::envelope::Envelope;
 use crate::event::EventKind;
 use crate::forward::{Ping, forward_from};
 use crate::metrics::{ActorName, Flow};
+use crate::supervise::Supervisor;
 pub use sweep::SweepDeps;
 
 /// Route this event.
@@ -47,17 +49,52 @@ struct PendingSweep {
 pub struct Router {
     shards: Vec<Addr<Decisor>>,
     sweep: Arc<SweepDeps>,
+    supervisor: Supervisor,
     mailbox: usize,
     pending: HashMap<String, PendingSweep>,
     generation: u64,
 }
 
 impl Router {
-    pub fn new(sweep: Arc<SweepDeps>, mailbox: usize) -> Self {
-        Router { shards: sweep.shards.clone(), sweep, mailbox, pending: HashMap::new(), generation: 0 }
+    pub fn new(sweep: Arc<SweepDeps>, supervisor: Supervisor, mailbox: usize) -> Self {
+        Router { shards: sweep.shards.clone(), sweep, supervisor, mailbox, pending: HashMap::new(), generation: 0 }
+    }
+
+    /// Which shard owns the event's key (a completion has none: any answer will do); it
+    /// leaves the event whole, so a panic here can be retried with the same message.
+    fn shard_for(&self, env: &Envelope<Enriched>) -> usize {
+        crate::failpoint!("router.route");
+        let ev = &env.body.event;
+        match ev.kind {
+            EventKind::Running { .. } => shard_of(&ev.asset_key().unwrap_or_default(), self.shards.len()),
+            EventKind::Completed { .. } => 0,
+        }
     }
 
     fn route(&mut self, env: Envelope<Enriched>, ctx: &mut Context<Self>) {
+        let shard = match self.supervisor.twice_now("router", "route", || self.shard_for(&env)) {
+            Ok(shard) => shard,
+            Err(why) => {
+                let ev = &env.body.event;
+                let mut dl = DeadLetter::new(
+                    Stage::Decide,
+                    "panic",
+                    why.to_string(),
+                    &env.raw,
+                    Some(ev.event_id.clone()),
+                    env.origin.clone(),
+                    env.attempts,
+                );
+                dl.asset_key = ev.asset_key();
+                let (_, env) = env.split();
+                self.sweep.metrics.sent(Flow::RouterHistory, 1);
+                return forward_from::<Self, _, _>(
+                    ctx,
+                    &self.sweep.history,
+                    super::history::DeadLetters(vec![(dl, env.ack)]),
+                );
+            }
+        };
         let ev = &env.body.event;
         if let Some(p) = self.pending.get_mut(&ev.source) {
             let passes = p.passes_run && ev.run_id == p.run_id && matches!(ev.kind, EventKind::Running { .. });
@@ -79,8 +116,6 @@ impl Router {
         }
         match ev.kind {
             EventKind::Running { .. } => {
-                let key = ev.asset_key().unwrap_or_default();
-                let shard = shard_of(&key, self.shards.len());
                 self.sweep.metrics.sent(Flow::RouterDecisor, 1);
                 forward_from::<Self, _, _>(ctx, &self.shards[shard], Decide(env));
             }

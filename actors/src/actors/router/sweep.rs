@@ -15,11 +15,12 @@ use super::super::history::{DeadLetters, HistoryWriter, Record};
 use crate::calls::Calls;
 use crate::decision::{DeadLetter, HistoryRow, Outcome, Stage, decision_id};
 use crate::envelope::Envelope;
-use crate::event::EventKind;
+use crate::event::{AssetEvent, EventKind};
 use crate::mark::{CompletionMark, MarkState, mark_key};
 use crate::metrics::{Flow, Metrics};
 use crate::ports::{BackendResult, ControlStore, FailureKind, RecordWrite};
 use crate::rules::SweepPlan;
+use crate::supervise::Supervisor;
 
 /// Longest pause between two checks of a run that has not yet seen its expected assets.
 const EXPECTED_POLL: Duration = Duration::from_millis(200);
@@ -36,12 +37,45 @@ pub struct SweepDeps {
     /// One source scanned at a time: completions of many sources arriving together (the end
     /// of a first crawl) otherwise scan, and with listing stores hold, every table at once.
     pub scans: Arc<tokio::sync::Semaphore>,
+    pub supervisor: Supervisor,
 }
 
-/// Runs the sweep of one completion and acknowledges it once every effect is durable.
+/// How a sweep ends for its completion message.
+enum Finish {
+    /// Every effect is durable: acknowledge.
+    Ack,
+    Dead(Box<DeadLetter>),
+    /// The history writer is gone: leave it unacknowledged, to be read again.
+    Leave,
+}
+
+/// Runs the sweep of one completion and acknowledges it once every effect is durable. The
+/// sweep runs under supervision: one that panics is run again from the start (its marks make
+/// that safe: drops already applied are not live any more), a second panic dead-letters the
+/// completion (kind `panic`).
 pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
     let (enriched, env) = env.split();
-    let ev = enriched.event;
+    let ev = &enriched.event;
+    let finish = deps.supervisor.twice("router", "sweep", || sweep(deps, ev, &env)).await.unwrap_or_else(|why| {
+        Finish::Dead(Box::new(DeadLetter::new(
+            Stage::Decide,
+            "panic",
+            format!("completion of run `{}`: {why}", ev.run_id),
+            &env.raw,
+            Some(ev.event_id.clone()),
+            env.origin.clone(),
+            env.attempts,
+        )))
+    });
+    match finish {
+        Finish::Ack => env.ack.done(),
+        Finish::Dead(dl) => finish_dead(deps, *dl, env.ack).await,
+        Finish::Leave => tracing::error!("history writer stopped; completion left unacknowledged for re-delivery"),
+    }
+}
+
+async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish {
+    crate::failpoint!("router.sweep");
     let expected = match ev.kind {
         EventKind::Completed { expected_assets } => expected_assets,
         EventKind::Running { .. } => None,
@@ -61,7 +95,7 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
                 Ok(plan) => plan,
                 Err(e) => {
                     let dl = dead("backend", Stage::Decide, format!("completion of run `{}`: {e}", ev.run_id));
-                    return finish_dead(deps, dl, env.ack).await;
+                    return Finish::Dead(Box::new(dl));
                 }
             }
         };
@@ -73,7 +107,7 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
                         "completion of run `{}` of source `{}` expected {n} assets but {} arrived within decisor.completion_timeout ({:?}); nothing dropped",
                         ev.run_id, ev.source, plan.seen_in_run, deps.completion_timeout
                     );
-                    return finish_dead(deps, dead("incomplete_run", Stage::Decide, msg), env.ack).await;
+                    return Finish::Dead(Box::new(dead("incomplete_run", Stage::Decide, msg)));
                 }
                 tokio::time::sleep(EXPECTED_POLL.min(deps.completion_timeout - waited)).await;
             }
@@ -87,7 +121,7 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
         Ok(mark) => mark,
         Err(e) => {
             let dl = dead("backend", Stage::Decide, format!("completion of run `{}`: {e}", ev.run_id));
-            return finish_dead(deps, dl, env.ack).await;
+            return Finish::Dead(Box::new(dl));
         }
     };
     // Checked after the plan was read: a mark written before that read means another process
@@ -100,12 +134,11 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
         Ok(true) => {}
         Ok(false) => {
             tracing::info!(source = %ev.source, run_id = %ev.run_id, "completion already applied, or older than the last one applied; nothing to drop");
-            env.ack.done();
-            return;
+            return Finish::Ack;
         }
         Err(e) => {
             let dl = dead("backend", Stage::Decide, format!("completion mark of run `{}`: {e}", ev.run_id));
-            return finish_dead(deps, dl, env.ack).await;
+            return Finish::Dead(Box::new(dl));
         }
     }
     if plan.guarded {
@@ -120,7 +153,7 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
         if let Err(e) = write_mark(deps, &ev.source, &marked(MarkState::Guarded)).await {
             tracing::warn!(source = %ev.source, error = %e, "cannot write the completion mark; a late process may sweep this run again");
         }
-        return finish_dead(deps, dead("drop_guard", Stage::Decide, msg), env.ack).await;
+        return Finish::Dead(Box::new(dead("drop_guard", Stage::Decide, msg)));
     }
     let n = deps.shards.len();
     let mut per_shard: Vec<Vec<String>> = vec![Vec::new(); n];
@@ -141,7 +174,7 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
             result.unwrap_or_else(|_| Err(crate::ports::BackendError::transient("decisor", "drop", "shard stopped")));
         if let Err(e) = result {
             let dl = dead("backend", Stage::Decide, format!("drops of run `{}`: {e}", ev.run_id));
-            return finish_dead(deps, dl, env.ack).await;
+            return Finish::Dead(Box::new(dl));
         }
     }
     let row = HistoryRow {
@@ -163,12 +196,12 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
         Ok(Ok(())) => match write_mark(deps, &ev.source, &marked(MarkState::Applied)).await {
             Ok(_) => {
                 deps.metrics.outcome(Outcome::Completed, 1);
-                env.ack.done();
+                Finish::Ack
             }
-            Err(e) => finish_dead(deps, dead("backend", Stage::Decide, format!("completion mark: {e}")), env.ack).await,
+            Err(e) => Finish::Dead(Box::new(dead("backend", Stage::Decide, format!("completion mark: {e}")))),
         },
-        Ok(Err(e)) => finish_dead(deps, dead("backend", Stage::History, e.to_string()), env.ack).await,
-        Err(_) => tracing::error!("history writer stopped; completion left unacknowledged for re-delivery"),
+        Ok(Err(e)) => Finish::Dead(Box::new(dead("backend", Stage::History, e.to_string()))),
+        Err(_) => Finish::Leave,
     }
 }
 
