@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test lint fmt services services-stop build clean bench
+.PHONY: run test lint fmt services services-stop build clean bench alerts
 
 ## run: the embedded default topology (config.toml) over examples/, from a clean state.
 run:
@@ -14,6 +14,12 @@ run:
 test: services
 	$(CARGO) test --workspace --all-targets
 	$(MAKE) lint
+	$(MAKE) alerts
+
+## alerts: the Prometheus alert rules in ops/ are valid and their unit tests pass (promtool).
+alerts:
+	.services/prometheus/usr/bin/promtool check rules ops/alerts.yml
+	cd ops && ../.services/prometheus/usr/bin/promtool test rules alerts_test.yml
 
 ## lint: formatting and clippy, warnings as errors.
 lint:

@@ -22,6 +22,7 @@ for name in ("upsert-queue", "drop-queue"):
     q.set_queue_attributes(QueueUrl=url, Attributes={"RedrivePolicy": policy})
     print(url, "->", dlq)
 print(q.create_queue(QueueName="asset-dead-letters")["QueueUrl"])
+print(q.create_queue(QueueName="asset-dead-letters-parked")["QueueUrl"], "(parked dead letters)")
 lines = open(os.environ["EVENTS"], "rb").read().splitlines()
 def key(l):
     try:

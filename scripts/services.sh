@@ -8,6 +8,8 @@
 #   PostgreSQL: Debian's postgresql cluster on $PGPORT (default 5432), with the `assetflow`
 #     role and database and a `business_catalog` table of sample rows
 #   chromium (Debian's) for the status page's browser test
+#   promtool, from Debian's prometheus package (unpacked into .services, never started), to
+#     check the alert rules in ops/
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 state="$here/.services"
@@ -131,8 +133,21 @@ ensure_chromium() {
   fi
 }
 
+ensure_promtool() {
+  # Only the promtool binary is needed: the package is unpacked, not installed, so no
+  # Prometheus server is set up or started.
+  [ -x "$state/prometheus/usr/bin/promtool" ] && return 0
+  echo "services: unpacking promtool from Debian's prometheus package into $state/prometheus"
+  local tmp
+  tmp="$(mktemp -d)"
+  chmod 755 "$tmp"
+  (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null || { apt-get update -qq && apt-get download -qq prometheus; })
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$state/prometheus"
+  rm -rf "$tmp"
+}
+
 case "${1:-start}" in
-  start) start_moto; start_kafka; start_postgres; ensure_chromium ;;
+  start) start_moto; start_kafka; start_postgres; ensure_chromium; ensure_promtool ;;
   stop)
     stop_one moto
     stop_one kafka

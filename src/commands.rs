@@ -10,9 +10,10 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use assetflow_actors::redrive::{RedriveSource, RedriveStats};
+use assetflow_actors::pipeline::RedrivePlan;
+use assetflow_actors::redrive::RedriveStats;
 
-use assetflow_actors::ports::DeadLetterStore;
+use assetflow_actors::ports::{BackendError, BackendResult, DeadLetterOpener, DeadLetterStore};
 
 use crate::adapters::aws::Aws;
 use crate::adapters::aws::sqs::SqsDeadLetters;
@@ -116,10 +117,12 @@ async fn dead_letter_store(
         )),
         SinkConfig::Sqs { queue_url: url } => {
             let aws = aws.ok_or_else(|| anyhow::anyhow!("{file}: key `sinks.dead_letter`: AWS is not configured"))?;
+            let parked = config.redrive.parked_queue_url.as_deref();
+            let key = if parked.is_some() { "redrive.parked_queue_url" } else { "sinks.dead_letter.queue_url" };
             Ok(Box::new(
-                SqsDeadLetters::open(aws, url)
+                SqsDeadLetters::open(aws, url, parked)
                     .await
-                    .map_err(|e| anyhow::anyhow!("{file}: key `sinks.dead_letter.queue_url`: {e}"))?,
+                    .map_err(|e| anyhow::anyhow!("{file}: key `{key}`: {e}"))?,
             ))
         }
         other => anyhow::bail!(
@@ -129,8 +132,45 @@ async fn dead_letter_store(
     }
 }
 
+/// `assetflow redrive --parked`: the parked dead letters, one JSON object per line.
+pub fn parked(config: &Config) -> anyhow::Result<String> {
+    let state = open_state(config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let aws = match &config.sinks.dead_letter {
+            SinkConfig::Sqs { .. } => Some(Aws::load(&config.aws).await),
+            _ => None,
+        };
+        let mut store = dead_letter_store(config, &state, aws.as_ref()).await?;
+        let letters = store.parked().await.context("reading the parked dead letters")?;
+        let mut out = String::new();
+        for dl in letters {
+            out.push_str(&serde_json::to_string(&dl)?);
+            out.push('\n');
+        }
+        Ok(out)
+    })
+}
+
+/// Opens the configured dead-letter store for each redrive round.
+struct ConfiguredDeadLetters {
+    config: Config,
+    state: StateStore,
+    aws: Option<Aws>,
+}
+
+#[async_trait::async_trait]
+impl DeadLetterOpener for ConfiguredDeadLetters {
+    async fn open(&self) -> BackendResult<Box<dyn DeadLetterStore>> {
+        dead_letter_store(&self.config, &self.state, self.aws.as_ref())
+            .await
+            .map_err(|e| BackendError::permanent("dead-letter store", "open", format!("{e:#}")))
+    }
+}
+
 /// Builds the topology and runs it until its sources are drained or a signal stops it. With
-/// `redrive`, the dead-letter store replaces the configured sources.
+/// `redrive`, the dead-letter store replaces the configured sources; without, it is redriven
+/// every `redrive.interval` beside them when that is set.
 fn execute(
     config: &Config,
     state: StateStore,
@@ -140,13 +180,39 @@ fn execute(
     let system = actix_rt::System::new();
     system.block_on(async move {
         let mut built = build_ports(config, &state, redrive.is_none()).await?;
-        let redrive_stats = redrive.as_ref().map(|(_, stats)| stats.clone());
-        if let Some((max, stats)) = redrive {
-            let store = dead_letter_store(config, &state, built.aws.as_ref()).await?;
-            let source = RedriveSource::new(store, config.redrive.max_attempts, max, stats);
-            built.ports.sources = vec![("redrive".into(), Box::new(source))];
-            built.graph = Graph::build(config, &["redrive".to_owned()]);
-        }
+        let opener = Arc::new(ConfiguredDeadLetters { config: config.clone(), state: state.clone(), aws: built.aws.clone() });
+        let redrive_stats = match redrive {
+            Some((max, stats)) => {
+                // Fails here, naming the key, when the store cannot be read back.
+                dead_letter_store(config, &state, built.aws.as_ref()).await?;
+                built.ports.sources = Vec::new();
+                built.ports.redrive = Some(RedrivePlan {
+                    opener,
+                    max_attempts: config.redrive.max_attempts,
+                    limit: max,
+                    stats: stats.clone(),
+                    interval: None,
+                });
+                built.graph = Graph::build(config, &["redrive".to_owned()]);
+                Some(stats)
+            }
+            None if config.redrive.interval.is_some() => {
+                let every = config.redrive.interval.unwrap_or_default();
+                dead_letter_store(config, &state, built.aws.as_ref())
+                    .await
+                    .context("key `redrive.interval`: the dead-letter sink is redriven from inside the service")?;
+                let stats = Arc::new(RedriveStats::default());
+                built.ports.redrive = Some(RedrivePlan {
+                    opener,
+                    max_attempts: config.redrive.max_attempts,
+                    limit: None,
+                    stats: stats.clone(),
+                    interval: Some(every),
+                });
+                Some(stats)
+            }
+            None => None,
+        };
         let started = Instant::now();
         let mut pipeline = Pipeline::start(settings, built.ports);
         let ready = Arc::new(AtomicBool::new(true));

@@ -58,8 +58,11 @@ enum Command {
         #[arg(long, default_value = "config.toml")]
         config: PathBuf,
         /// Replay at most this many dead letters.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "parked")]
         max: Option<u64>,
+        /// Replay nothing: print the parked dead letters (one JSON object per line).
+        #[arg(long)]
+        parked: bool,
     },
     /// Write a deterministic, realistic crawl stream (JSON Lines) to a file, stdout, a Kafka
     /// topic or a Kinesis stream.
@@ -210,7 +213,12 @@ fn main() -> ExitCode {
         Command::History { asset_key, config, limit } => {
             Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::history(&c, &asset_key, limit))
         }
-        Command::Redrive { config, max } => Config::load(&config)
+        Command::Redrive { config, parked: true, .. } => {
+            Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::parked(&c)).inspect(|letters| {
+                eprintln!("assetflow: {} parked dead letters", letters.lines().count());
+            })
+        }
+        Command::Redrive { config, max, .. } => Config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| commands::redrive(&c, max))
             .map(|(s, replayed, parked)| {

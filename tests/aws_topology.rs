@@ -23,10 +23,13 @@ impl AwsRun {
     async fn create(conf: &aws_config::SdkConfig) -> AwsRun {
         let stream = unique("events");
         create_stream(conf, &stream, 2).await;
+        let dead = unique("dead");
+        // Where redrive parks what it will not replay again.
+        create_queue(conf, &format!("{dead}-parked")).await;
         AwsRun {
             upsert: create_queue(conf, &unique("upsert")).await,
             drop: create_queue(conf, &unique("drop")).await,
-            dead: create_queue(conf, &unique("dead")).await,
+            dead: create_queue(conf, &dead).await,
             table: unique("control"),
             history: unique("history"),
             bucket: unique("content"),
@@ -342,6 +345,46 @@ fn redrive_reads_the_dead_letter_queue() {
     let dead = rt.block_on(drain_queue(&conf, &aws.dead));
     assert_eq!(dead.len(), 1, "only the new dead letter is left: the replayed ones were deleted");
     assert_eq!(dead[0]["attempts"], 2);
+}
+
+#[test]
+fn past_max_attempts_an_sqs_dead_letter_is_parked_on_its_own_queue_and_listed() {
+    require_emulator();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let conf = rt.block_on(sdk_config());
+    let aws = rt.block_on(AwsRun::create(&conf));
+    let bad = "{\"source\": not json".to_owned();
+    rt.block_on(put_lines(&conf, &aws.stream, std::slice::from_ref(&bad)));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("business.json"), "[]").unwrap();
+    std::fs::write(dir.path().join("config.toml"), aws.config()).unwrap();
+    assert!(run_in(dir.path()).status.success());
+    let redrive = |args: &[&str]| {
+        let out = bin()
+            .arg("redrive")
+            .args(args)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .env("ASSETFLOW__REDRIVE__MAX_ATTEMPTS", "2")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // attempts 1: replayed, fails again as attempts 2; attempts 2: parked.
+    assert!(redrive(&[]).1.contains("1 replayed, 0 parked"));
+    assert!(redrive(&[]).1.contains("0 replayed, 1 parked"));
+    // Parking deleted it from the dead-letter queue only after it was on the parking queue.
+    assert!(rt.block_on(drain_queue(&conf, &aws.dead)).is_empty(), "nothing left to replay");
+    let (listed, report) = redrive(&["--parked"]);
+    assert!(report.contains("1 parked dead letters"), "{report}");
+    let parked: Vec<serde_json::Value> = listed.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(parked.len(), 1, "{listed}");
+    assert_eq!((parked[0]["attempts"].as_u64(), parked[0]["payload"].as_str()), (Some(2), Some(bad.as_str())));
+    // Listing takes nothing away: a second listing shows it again, and it is on the queue.
+    assert_eq!(redrive(&["--parked"]).0, listed);
+    let kept = rt.block_on(drain_queue(&conf, &format!("{}-parked", aws.dead)));
+    assert_eq!(kept.len(), 1, "still on the parking queue: {kept:?}");
 }
 
 #[test]

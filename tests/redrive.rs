@@ -58,6 +58,49 @@ fn past_max_attempts_a_dead_letter_is_parked_and_kept() {
     assert!(r3.contains("0 replayed, 0 parked"), "{r3}");
     let out = Outputs::read(dir.path());
     assert_eq!(out.dead_letters.len(), 4, "parked dead letters stay in the store");
+    // ... and are kept, durably, where `redrive --parked` lists them.
+    let parked = common::read_lines(&dir.path().join("out/dead-letter.parked.jsonl"));
+    assert_eq!(parked.len(), 2);
+    assert!(parked.iter().all(|d| d["attempts"] == 2));
+    let listed = bin().args(["redrive", "--parked"]).current_dir(dir.path()).env("RUST_LOG", "warn").output().unwrap();
+    assert!(listed.status.success());
+    let listed: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&listed.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(listed, parked);
+}
+
+#[test]
+fn with_redrive_interval_the_running_service_redrives_until_it_parks() {
+    let dir = basics();
+    // The service follows its input and redrives every 200 ms; a dead letter that fails every
+    // time goes round until redrive.max_attempts, then is parked, while the service runs on.
+    let mut config = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
+    config = config.replace("follow = false", "follow = true");
+    config.push_str("\n[redrive]\ninterval = \"200ms\"\nmax_attempts = 3\n");
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let child = bin()
+        .args(["run"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let parked = dir.path().join("out/dead-letter.parked.jsonl");
+    let started = std::time::Instant::now();
+    while common::read_lines(&parked).len() < 2 && started.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let parked = common::read_lines(&parked);
+    assert_eq!(parked.len(), 2, "the bad line and the guarded completion, each parked once: {parked:?}");
+    assert!(parked.iter().all(|d| d["attempts"] == 3));
+    let letters = Outputs::read(dir.path()).dead_letters;
+    let mut attempts: Vec<u64> = letters.iter().map(|d| d["attempts"].as_u64().unwrap()).collect();
+    attempts.sort();
+    assert_eq!(attempts, vec![1, 1, 2, 2, 3, 3], "each tried three times, never a fourth");
 }
 
 #[test]

@@ -1,9 +1,16 @@
 //! The actors of the pipeline and the messages between them.
 //!
 //! ```text
-//! sources ─▶ Ingest ─▶ Enricher ─▶ Router ─▶ Decisor[0..n] ─┬─▶ Producer (upsert sink)
-//!               │                     │                      ├─▶ Producer (drop sink)
+//! sources ─▶ Ingest ─▶ Enricher ─▶ Router ─▶ Decisor[0..n] ─┬─▶ UpsertProducer ─▶ upsert sink
+//!               │          │          │                      ├─▶ DropProducer   ─▶ drop sink
+//!               │          └─(enrich only)─▶ EnrichedProducer ─▶ enriched sink
 //!               └── dead letters ─────┴──────────────────────┴─▶ HistoryWriter ─▶ history, dead-letter sink
+//! ```
+//!
+//! Redrive feeds dead letters back into the Enricher, once or every `redrive.interval`. Every
+//! one runs its work under the [`crate::supervise::Supervisor`].
+//!
+//! ```text
 //! ```
 
 pub mod decisor;
@@ -11,13 +18,15 @@ pub mod enricher;
 pub mod history;
 pub mod ingest;
 pub mod producer;
+pub mod redrive;
 pub mod router;
 
 pub use decisor::Decisor;
 pub use enricher::Enricher;
 pub use history::HistoryWriter;
 pub use ingest::Ingest;
-pub use producer::Producer;
+pub use producer::{DropProducer, EnrichedProducer, UpsertProducer};
+pub use redrive::Redrive;
 pub use router::Router;
 
 use chrono::{DateTime, Utc};

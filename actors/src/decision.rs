@@ -171,6 +171,11 @@ pub struct DeadLetter {
     pub event_id: Option<String>,
     #[serde(default)]
     pub asset_key: Option<String>,
+    /// The event's `source` and `run_id`, when it got far enough to be read (history keeps them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
     #[serde(with = "time_str")]
     pub failed_at: DateTime<Utc>,
     /// Deterministic, like a decision's: a replay of the same failure repeats it.
@@ -187,6 +192,14 @@ pub enum DeadLetterTag {
 }
 
 impl DeadLetter {
+    /// Names the event the message decoded to: its asset key, source and run.
+    pub fn of_event(mut self, event: &crate::event::AssetEvent) -> Self {
+        self.asset_key = event.asset_key();
+        self.source = Some(event.source.clone());
+        self.run_id = Some(event.run_id.clone());
+        self
+    }
+
     /// The original message's bytes, exactly as they were read (what redrive replays).
     pub fn original(&self) -> Vec<u8> {
         match (&self.payload, &self.payload_base64) {
@@ -223,6 +236,8 @@ impl DeadLetter {
             payload_base64: std::str::from_utf8(payload).is_err().then(|| BASE64_STANDARD.encode(payload)),
             event_id,
             asset_key: None,
+            source: None,
+            run_id: None,
             failed_at: Utc::now(),
             decision_id,
             origin,
@@ -311,9 +326,9 @@ impl HistoryRow {
     pub fn for_dead_letter(dl: &DeadLetter) -> Self {
         HistoryRow {
             asset_key: dl.asset_key.clone(),
-            source: None,
+            source: dl.source.clone(),
             event_id: dl.event_id.clone(),
-            run_id: None,
+            run_id: dl.run_id.clone(),
             outcome: Outcome::DeadLetter,
             hash: None,
             decision_id: dl.decision_id.clone(),

@@ -10,12 +10,14 @@ use tokio::sync::{oneshot, watch};
 use crate::actors::decisor::DecisorDeps;
 use crate::actors::enricher::Next;
 use crate::actors::ingest::IngestSettings;
+use crate::actors::redrive::REDRIVE;
 use crate::actors::router::SweepDeps;
-use crate::actors::{Decisor, Enricher, HistoryWriter, Ingest, Producer, Router};
+use crate::actors::{Decisor, Enricher, HistoryWriter, Ingest, Redrive, Router};
+use crate::actors::{DropProducer, EnrichedProducer, UpsertProducer};
 use crate::calls::Calls;
 use crate::hash::HashIgnore;
 use crate::lookup::{CachedLookup, LookupKeys};
-use crate::metrics::{ActorName, Metrics};
+use crate::metrics::Metrics;
 use crate::ports::{ContentStore, ControlStore, HistoryStore, Lookup, Sink, Source};
 use crate::retry::RetryPolicy;
 use crate::supervise::{Fatal, SupervisionPolicy, Supervisor, setup_failpoints};
@@ -62,9 +64,14 @@ impl Default for Settings {
     }
 }
 
+pub use crate::actors::redrive::RedrivePlan;
+
 /// The backends of a topology, one per port.
 pub struct Ports {
     pub sources: Vec<(String, Box<dyn Source>)>,
+    /// Dead letters replayed: the only input of `assetflow redrive`, or every
+    /// `redrive.interval` beside the sources.
+    pub redrive: Option<RedrivePlan>,
     pub lookup: Arc<dyn Lookup>,
     pub history: Arc<dyn HistoryStore>,
     pub dead_letter_sink: Arc<dyn Sink>,
@@ -94,6 +101,8 @@ pub struct Pipeline {
     pub lookup: Arc<CachedLookup>,
     supervisor: Supervisor,
     drained: Vec<oneshot::Receiver<()>>,
+    /// What runs until stopped (redrive every interval): stopped once the sources drained.
+    background: Vec<oneshot::Receiver<()>>,
     stop: watch::Sender<bool>,
     arbiters: Vec<Arbiter>,
 }
@@ -123,8 +132,8 @@ impl Pipeline {
             Downstream::PublishEnriched(sink) => {
                 // Enrich only: enriched events go straight to their sink.
                 let (sink, h, calls, sup) = (sink.clone(), history.clone(), calls.clone(), supervisor.clone());
-                Next::Publish(Producer::start_in_arbiter(&outputs.handle(), move |_| {
-                    Producer::new(ActorName::EnrichedProducer, sink, calls, sup, mailbox).delivering(h)
+                Next::Publish(EnrichedProducer::start_in_arbiter(&outputs.handle(), move |_| {
+                    EnrichedProducer::new(sink, calls, sup, mailbox).delivering(h)
                 }))
             }
             Downstream::Decide(decision) => Next::Decide(Self::start_decision_stage(
@@ -169,7 +178,28 @@ impl Pipeline {
             )
             .start();
         }
-        Pipeline { metrics, lookup, supervisor, drained, stop, arbiters }
+        let mut background = Vec::new();
+        if let Some(plan) = ports.redrive {
+            metrics.add_source(REDRIVE);
+            let (tx, rx) = oneshot::channel();
+            if plan.interval.is_some() {
+                background.push(rx)
+            } else {
+                drained.push(rx)
+            }
+            Redrive::new(
+                plan,
+                enricher.clone(),
+                history.clone(),
+                ingest_settings.clone(),
+                metrics.clone(),
+                supervisor.clone(),
+                stop_rx.clone(),
+                tx,
+            )
+            .start();
+        }
+        Pipeline { metrics, lookup, supervisor, drained, background, stop, arbiters }
     }
 
     /// The decision stage: upsert and drop producers, the shards (each on its own arbiter), and
@@ -190,15 +220,11 @@ impl Pipeline {
         let calls = Calls::new(settings.retry, metrics.clone());
         let upserts = {
             let (sink, calls, sup) = (ports.upsert_sink.clone(), calls.clone(), supervisor.clone());
-            Producer::start_in_arbiter(&outputs.handle(), move |_| {
-                Producer::new(ActorName::UpsertProducer, sink, calls, sup, mailbox)
-            })
+            UpsertProducer::start_in_arbiter(&outputs.handle(), move |_| UpsertProducer::new(sink, calls, sup, mailbox))
         };
         let drops = {
             let (sink, calls, sup) = (ports.drop_sink.clone(), calls.clone(), supervisor.clone());
-            Producer::start_in_arbiter(&outputs.handle(), move |_| {
-                Producer::new(ActorName::DropProducer, sink, calls, sup, mailbox)
-            })
+            DropProducer::start_in_arbiter(&outputs.handle(), move |_| DropProducer::new(sink, calls, sup, mailbox))
         };
         let deps = Arc::new(DecisorDeps {
             control: ports.control.clone(),
@@ -234,12 +260,20 @@ impl Pipeline {
         Router::new(sweep, supervisor.clone(), mailbox).start()
     }
 
-    /// Resolves once every source is drained (or stopped) and what it read is acknowledged.
+    /// Resolves once every source is drained (or stopped) and what it read is acknowledged;
+    /// then what runs in the background (redrive rounds) is stopped and waited for too.
     /// Cancel-safe: a receiver is only removed once it has resolved.
     pub async fn drained(&mut self) {
         while let Some(rx) = self.drained.last_mut() {
             let _ = rx.await;
             self.drained.pop();
+        }
+        if !self.background.is_empty() {
+            self.stop();
+        }
+        while let Some(rx) = self.background.last_mut() {
+            let _ = rx.await;
+            self.background.pop();
         }
     }
 

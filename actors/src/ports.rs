@@ -184,6 +184,17 @@ pub trait DeadLetterStore: Send + 'static {
     async fn commit(&mut self) -> BackendResult<()>;
     /// Dead letters handed out but not yet acknowledged.
     fn outstanding(&self) -> usize;
+    /// Keeps a dead letter tried `redrive.max_attempts` times somewhere durable and listable;
+    /// only then is it acknowledged, which may remove it from the store (an SQS queue).
+    async fn park(&mut self, letter: &crate::decision::DeadLetter) -> BackendResult<()>;
+    /// The parked dead letters, oldest first (`assetflow redrive --parked`).
+    async fn parked(&mut self) -> BackendResult<Vec<crate::decision::DeadLetter>>;
+}
+
+/// Opens the dead-letter store afresh: each redrive round reads what was written up to then.
+#[async_trait]
+pub trait DeadLetterOpener: Send + Sync + 'static {
+    async fn open(&self) -> BackendResult<Box<dyn DeadLetterStore>>;
 }
 
 /// What a source had to give.
@@ -234,5 +245,11 @@ impl DeadLetterStore for Box<dyn DeadLetterStore> {
     }
     fn outstanding(&self) -> usize {
         (**self).outstanding()
+    }
+    async fn park(&mut self, letter: &crate::decision::DeadLetter) -> BackendResult<()> {
+        (**self).park(letter).await
+    }
+    async fn parked(&mut self) -> BackendResult<Vec<crate::decision::DeadLetter>> {
+        (**self).parked().await
     }
 }

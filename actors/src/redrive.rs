@@ -3,8 +3,9 @@
 //! decide) with `attempts` one higher. Every earlier stage is deterministic and idempotent, so
 //! replaying from the start is replaying at the stage that failed.
 //!
-//! A dead letter already tried `max_attempts` times is parked: kept in its store, reported,
-//! never replayed again. Redrive is crash-safe because its position in the store moves only
+//! A dead letter already tried `max_attempts` times is parked: written where the store keeps
+//! parked letters (durable, listable with `assetflow redrive --parked`) before it is
+//! acknowledged, reported, never replayed again. Redrive is crash-safe because its position in the store moves only
 //! with the acknowledgement watermark: a crash replays some dead letters again, and the
 //! decisions they produce carry the same ids.
 
@@ -64,10 +65,12 @@ impl<S: DeadLetterStore> Source for RedriveSource<S> {
                     event_id = dl.event_id.as_deref().unwrap_or("-"),
                     kind = %dl.error.kind,
                     attempts = dl.attempts,
-                    "dead letter parked: tried {} times (redrive.max_attempts = {}); it stays in the dead-letter store",
+                    "dead letter parked: tried {} times (redrive.max_attempts = {}); `assetflow redrive --parked` lists it",
                     dl.attempts,
                     self.max_attempts
                 );
+                // Parked before it is acknowledged: a failure here leaves it in the store.
+                self.store.park(&dl).await?;
                 self.stats.parked.fetch_add(1, Ordering::Relaxed);
                 ack.done();
                 continue;

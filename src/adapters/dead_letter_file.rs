@@ -1,6 +1,7 @@
 //! The dead-letter file as a [`DeadLetterStore`]: redrive reads it from its checkpoint (kept in
 //! the embedded store) up to where it ended when redrive began, so the dead letters the redrive
-//! itself writes wait for the next one.
+//! itself writes wait for the next one. Parked dead letters are appended (and synced) to a
+//! file beside it, `<name>.parked.jsonl`.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -22,6 +23,15 @@ pub struct DeadLetterFile {
     state: StateStore,
     checkpoint_key: String,
     label: String,
+    parked_path: std::path::PathBuf,
+}
+
+/// Where the parked dead letters of the file at `path` go: `out/dead-letter.jsonl` parks in
+/// `out/dead-letter.parked.jsonl`.
+pub fn parked_path(path: &Path) -> std::path::PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "jsonl".into());
+    path.with_file_name(format!("{stem}.parked.{ext}"))
 }
 
 impl DeadLetterFile {
@@ -47,7 +57,16 @@ impl DeadLetterFile {
             }
             None => None,
         };
-        Ok(DeadLetterFile { reader, offset, end, watermark: Watermark::new(), state, checkpoint_key, label })
+        Ok(DeadLetterFile {
+            reader,
+            offset,
+            end,
+            watermark: Watermark::new(),
+            state,
+            checkpoint_key,
+            label,
+            parked_path: parked_path(path),
+        })
     }
 }
 
@@ -83,5 +102,24 @@ impl DeadLetterStore for DeadLetterFile {
 
     fn outstanding(&self) -> usize {
         self.watermark.outstanding()
+    }
+
+    async fn park(&mut self, letter: &DeadLetter) -> BackendResult<()> {
+        use std::io::Write as _;
+        let fail = |e: std::io::Error| BackendError::transient(&self.label, "park", e);
+        let mut line = serde_json::to_vec(letter).map_err(|e| BackendError::permanent(&self.label, "park", e))?;
+        line.push(b'\n');
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.parked_path).map_err(fail)?;
+        f.write_all(&line).map_err(fail)?;
+        f.sync_data().map_err(fail)
+    }
+
+    async fn parked(&mut self) -> BackendResult<Vec<DeadLetter>> {
+        let text = match std::fs::read_to_string(&self.parked_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(BackendError::transient(&self.label, "read parked", e)),
+        };
+        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
     }
 }

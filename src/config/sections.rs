@@ -478,11 +478,22 @@ impl Default for SinksConfig {
 pub struct RedriveConfig {
     /// A dead letter tried this many times is parked instead of replayed.
     pub max_attempts: u32,
+    /// Also redrive from inside the running service, this often (off when absent).
+    #[serde(
+        default,
+        deserialize_with = "de_opt_duration",
+        serialize_with = "ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<Duration>,
+    /// Where an `sqs` dead-letter queue's parked letters go; default: its URL with `-parked`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked_queue_url: Option<String>,
 }
 
 impl Default for RedriveConfig {
     fn default() -> Self {
-        RedriveConfig { max_attempts: 5 }
+        RedriveConfig { max_attempts: 5, interval: None, parked_queue_url: None }
     }
 }
 
@@ -618,4 +629,15 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
+    }
 }

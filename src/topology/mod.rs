@@ -316,6 +316,7 @@ pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool
     };
     let ports = Ports {
         sources,
+        redrive: None,
         lookup: lookup_port.ok_or_else(|| missing("Enricher"))?,
         history: history.ok_or_else(|| missing("HistoryWriter"))?,
         dead_letter_sink: dead.ok_or_else(|| missing("HistoryWriter"))?,

@@ -12,7 +12,7 @@ use chrono::Utc;
 
 use super::Enriched;
 use super::history::{DeadLetters, HistoryWriter};
-use super::producer::{Deliver, Producer};
+use super::producer::{Deliver, EnrichedProducer};
 use super::router::{Route, Router};
 use crate::decision::{Business, DeadLetter, Stage};
 use crate::envelope::Envelope;
@@ -31,7 +31,7 @@ pub struct Enrich(pub Envelope<AssetEvent>);
 /// Where enriched events go: to the decision stage, or (enrich-only) straight to their sink.
 pub enum Next {
     Decide(Addr<Router>),
-    Publish(Addr<Producer>),
+    Publish(Addr<EnrichedProducer>),
 }
 
 pub struct Enricher {
@@ -113,7 +113,7 @@ impl Enricher {
             env.origin.clone(),
             env.attempts,
         );
-        dl.asset_key = env.body.asset_key();
+        dl = dl.of_event(&env.body);
         self.metrics.sent(Flow::EnricherHistory, 1);
         forward_from::<Self, _, _>(ctx, &self.history, DeadLetters(vec![(dl, env.ack)]));
     }

@@ -79,16 +79,16 @@ impl Actor for Ingest {
         let Some(source) = self.source.take() else {
             return;
         };
-        let run = IngestLoop {
-            name: self.name.clone(),
+        let run = IngestLoop::new(
+            self.name.clone(),
             source,
-            enricher: self.enricher.clone(),
-            history: self.history.clone(),
-            settings: self.settings.clone(),
-            metrics: self.metrics.clone(),
-            supervisor: self.supervisor.clone(),
-            stop: self.stop.clone(),
-        };
+            self.enricher.clone(),
+            self.history.clone(),
+            self.settings.clone(),
+            self.metrics.clone(),
+            self.supervisor.clone(),
+            self.stop.clone(),
+        );
         let drained = self.drained.take();
         let supervisor = self.supervisor.clone();
         let name = self.name.clone();
@@ -111,7 +111,8 @@ impl Actor for Ingest {
     }
 }
 
-struct IngestLoop {
+/// One source read until drained or stopped: what an Ingest runs, and each round of Redrive.
+pub(super) struct IngestLoop {
     name: String,
     source: Box<dyn Source>,
     enricher: Addr<Enricher>,
@@ -126,8 +127,22 @@ struct IngestLoop {
 const BEHIND_GONE: &str = "the stage behind the ingest stopped; what it read stays unacknowledged";
 
 impl IngestLoop {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        name: String,
+        source: Box<dyn Source>,
+        enricher: Addr<Enricher>,
+        history: Addr<HistoryWriter>,
+        settings: IngestSettings,
+        metrics: Arc<Metrics>,
+        supervisor: Supervisor,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        IngestLoop { name, source, enricher, history, settings, metrics, supervisor, stop }
+    }
+
     /// Reads until drained or stopped; an error says why it could not drain.
-    async fn run(mut self) -> Result<(), &'static str> {
+    pub(super) async fn run(mut self) -> Result<(), String> {
         let mut last_commit = Instant::now();
         let mut idle_pause = Duration::from_millis(5);
         loop {
@@ -155,7 +170,7 @@ impl IngestLoop {
                     idle_pause = Duration::from_millis(5);
                     for m in msgs {
                         if !self.admit(m).await {
-                            return Err(BEHIND_GONE);
+                            return Err(BEHIND_GONE.to_owned());
                         }
                     }
                 }

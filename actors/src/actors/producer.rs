@@ -1,4 +1,6 @@
-//! Producer: writes one output stream (upserts, drops, enriched events) to its sink, in batches.
+//! The producers: [`UpsertProducer`], [`DropProducer`] and [`EnrichedProducer`], each writing
+//! one output stream to its sink, in batches. They are one [`Producer`] told its stream by a
+//! type ([`Output`]), so each is its own actor type with its own address.
 //!
 //! Several shards publish at once; the producer queues what arrives while a write is under way
 //! and sends it all in the next write, so a busy pipeline makes few, large sink calls.
@@ -62,11 +64,48 @@ pub struct Publish(pub Vec<SinkRecord>);
 #[rtype(result = "()")]
 struct Flush;
 
-pub struct Producer {
-    /// Which producer this is: upsert, drop or enriched.
-    actor: ActorName,
+/// Which output stream a producer writes.
+pub trait Output: Unpin + 'static {
+    /// The actor, as metrics and supervision name it.
+    const ACTOR: ActorName;
     /// Its sink, as health and backend-call statistics name it (`upsert sink`).
-    name: &'static str,
+    const SINK: &'static str;
+    /// Where tests inject a panic into its writes.
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    const FAILPOINT: &'static str;
+}
+
+/// Upserts, to the `upsert` sink.
+pub struct Upserts;
+/// Drops, to the `drop` sink.
+pub struct Drops;
+/// Enriched events, to the `enriched` sink (the enrich-only topology).
+pub struct EnrichedEvents;
+
+impl Output for Upserts {
+    const ACTOR: ActorName = ActorName::UpsertProducer;
+    const SINK: &'static str = "upsert sink";
+    const FAILPOINT: &'static str = "upsert_producer.publish";
+}
+impl Output for Drops {
+    const ACTOR: ActorName = ActorName::DropProducer;
+    const SINK: &'static str = "drop sink";
+    const FAILPOINT: &'static str = "drop_producer.publish";
+}
+impl Output for EnrichedEvents {
+    const ACTOR: ActorName = ActorName::EnrichedProducer;
+    const SINK: &'static str = "enriched sink";
+    const FAILPOINT: &'static str = "enriched_producer.publish";
+}
+
+/// Publishes the decisors' upserts.
+pub type UpsertProducer = Producer<Upserts>;
+/// Publishes the sweeps' drops.
+pub type DropProducer = Producer<Drops>;
+/// Publishes enriched events and acknowledges them ([`Deliver`]).
+pub type EnrichedProducer = Producer<EnrichedEvents>;
+
+pub struct Producer<O: Output> {
     sink: Arc<dyn Sink>,
     /// Sink writes: retried, timed, counted, the sink's health reported (for `/readyz`).
     calls: Calls,
@@ -79,19 +118,13 @@ pub struct Producer {
     history: Option<Addr<HistoryWriter>>,
     supervisor: Supervisor,
     scheduled: bool,
+    output: std::marker::PhantomData<O>,
 }
 
-impl Producer {
-    /// The producer of `actor` (one of the producers of [`ActorName`]), writing to `sink`.
-    pub fn new(actor: ActorName, sink: Arc<dyn Sink>, calls: Calls, supervisor: Supervisor, mailbox: usize) -> Self {
-        let name = match actor {
-            ActorName::DropProducer => "drop sink",
-            ActorName::EnrichedProducer => "enriched sink",
-            _ => "upsert sink",
-        };
+impl<O: Output> Producer<O> {
+    /// The producer of the `O` stream, writing to `sink`.
+    pub fn new(sink: Arc<dyn Sink>, calls: Calls, supervisor: Supervisor, mailbox: usize) -> Self {
         Producer {
-            actor,
-            name,
             sink,
             calls,
             mailbox,
@@ -102,13 +135,8 @@ impl Producer {
             history: None,
             supervisor,
             scheduled: false,
+            output: std::marker::PhantomData,
         }
-    }
-
-    /// A producer that also takes [`Deliver`] (the enriched output of the enrich-only topology).
-    pub fn delivering(mut self, history: Addr<HistoryWriter>) -> Self {
-        self.history = Some(history);
-        self
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>) {
@@ -119,10 +147,18 @@ impl Producer {
     }
 }
 
-impl Handler<Deliver> for Producer {
+impl EnrichedProducer {
+    /// Deliveries ([`Deliver`]) leave history here, and dead letters when they fail.
+    pub fn delivering(mut self, history: Addr<HistoryWriter>) -> Self {
+        self.history = Some(history);
+        self
+    }
+}
+
+impl Handler<Deliver> for EnrichedProducer {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        self.calls.metrics().handled(self.actor);
+        self.calls.metrics().handled(EnrichedEvents::ACTOR);
         let (record, id) = enriched_record(&msg.0);
         let ev = &msg.0.body.event;
         let (event_id, asset_key, source, run_id) =
@@ -134,27 +170,27 @@ impl Handler<Deliver> for Producer {
     }
 }
 
-impl Handler<crate::forward::Ping> for Producer {
+impl<O: Output> Handler<crate::forward::Ping> for Producer<O> {
     type Result = ();
     fn handle(&mut self, _: crate::forward::Ping, _: &mut Context<Self>) {}
 }
 
-impl Actor for Producer {
+impl<O: Output> Actor for Producer<O> {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.mailbox);
     }
 }
 
-impl Handler<Publish> for Producer {
+impl<O: Output> Handler<Publish> for Producer<O> {
     type Result = ResponseFuture<BackendResult<()>>;
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
-        self.calls.metrics().handled(self.actor);
+        self.calls.metrics().handled(O::ACTOR);
         let (tx, rx) = oneshot::channel();
         self.queue.extend(msg.0);
         self.waiting.push(tx);
         self.schedule(ctx);
-        let name = self.name;
+        let name = O::SINK;
         Box::pin(async move {
             rx.await.unwrap_or_else(|_| {
                 Err(BackendError::transient(name, "publish", "producer stopped before the write finished"))
@@ -163,7 +199,7 @@ impl Handler<Publish> for Producer {
     }
 }
 
-impl Handler<Flush> for Producer {
+impl<O: Output> Handler<Flush> for Producer<O> {
     type Result = ();
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
         self.scheduled = false;
@@ -171,8 +207,8 @@ impl Handler<Flush> for Producer {
         let waiting = std::mem::take(&mut self.waiting);
         let delivered = std::mem::take(&mut self.delivered);
         let deliveries = std::mem::take(&mut self.deliveries);
-        let (sink, calls, history, name) = (self.sink.clone(), self.calls.clone(), self.history.clone(), self.name);
-        let (actor, supervisor) = (self.actor, self.supervisor.clone());
+        let (sink, calls, history, name) = (self.sink.clone(), self.calls.clone(), self.history.clone(), O::SINK);
+        let (actor, supervisor) = (O::ACTOR, self.supervisor.clone());
         // Each write runs under supervision: a panic restarts the producer (it holds no state
         // but its queue, which the write still has) and the write is tried once more; a second
         // panic fails the write (kind `panic`), and its senders dead-letter what it carried.
@@ -185,17 +221,7 @@ impl Handler<Flush> for Producer {
                 let _working = calls.metrics().working(actor);
                 supervisor
                     .twice(actor.as_str(), "publish", || async {
-                        match actor {
-                            ActorName::DropProducer => {
-                                crate::failpoint!("drop_producer.publish");
-                            }
-                            ActorName::EnrichedProducer => {
-                                crate::failpoint!("enriched_producer.publish");
-                            }
-                            _ => {
-                                crate::failpoint!("upsert_producer.publish");
-                            }
-                        }
+                        crate::failpoint!(O::FAILPOINT);
                         calls.call(name, "send", || sink.send(&records)).await
                     })
                     .await
@@ -222,7 +248,9 @@ impl Handler<Flush> for Producer {
     }
 }
 
-/// After a delivery write: history rows and acks, or dead letters.
+/// After a delivery write: history rows and acks, or dead letters (stage `publish` when the
+/// write failed, `history` when its history rows did: an event is acknowledged only once both
+/// are durable, as in the decision topology).
 async fn finish_deliveries(
     history: Option<Addr<HistoryWriter>>,
     metrics: &Metrics,
@@ -233,7 +261,7 @@ async fn finish_deliveries(
         tracing::error!("a producer without a history writer got deliveries; leaving them unacknowledged");
         return;
     };
-    match result {
+    let failed = match result {
         Ok(()) => {
             let now = chrono::Utc::now();
             let rows = deliveries
@@ -251,44 +279,49 @@ async fn finish_deliveries(
                 .collect();
             Metrics::add(&metrics.enriched_published, deliveries.len() as u64);
             metrics.sent(Flow::EnrichedHistory, deliveries.len() as u64);
-            if let Err(e) = history
+            match history
                 .send(Record(rows))
                 .await
                 .unwrap_or_else(|_| Err(BackendError::transient("history", "send", "stopped")))
             {
-                tracing::warn!(error = %e, "history of enriched events not written; the events are published");
-            }
-            metrics.outcome(Outcome::Enriched, deliveries.len() as u64);
-            for d in deliveries {
-                d.env.ack.done();
-            }
-        }
-        Err(e) => {
-            let letters: Vec<_> = deliveries
-                .into_iter()
-                .map(|d| {
-                    let mut dl = DeadLetter::new(
-                        Stage::Publish,
-                        "backend",
-                        e.to_string(),
-                        &d.env.raw,
-                        Some(d.event_id),
-                        d.env.origin.clone(),
-                        d.env.attempts,
-                    );
-                    dl.asset_key = d.asset_key;
-                    (dl, d.env.ack)
-                })
-                .collect();
-            if {
-                metrics.sent(Flow::EnrichedHistory, letters.len() as u64);
-                history.send(DeadLetters(letters))
-            }
-            .await
-            .is_err()
-            {
-                tracing::error!("history writer stopped; enriched events left unacknowledged for re-delivery");
+                Ok(()) => {
+                    metrics.outcome(Outcome::Enriched, deliveries.len() as u64);
+                    for d in deliveries {
+                        d.env.ack.done();
+                    }
+                    return;
+                }
+                Err(e) => (Stage::History, e),
             }
         }
+        Err(e) => (Stage::Publish, e),
+    };
+    let (stage, e) = failed;
+    let letters: Vec<_> = deliveries
+        .into_iter()
+        .map(|d| {
+            let mut dl = DeadLetter::new(
+                stage,
+                e.dead_letter_kind(),
+                e.to_string(),
+                &d.env.raw,
+                Some(d.event_id),
+                d.env.origin.clone(),
+                d.env.attempts,
+            );
+            dl.asset_key = d.asset_key;
+            dl.source = Some(d.source);
+            dl.run_id = Some(d.run_id);
+            (dl, d.env.ack)
+        })
+        .collect();
+    if {
+        metrics.sent(Flow::EnrichedHistory, letters.len() as u64);
+        history.send(DeadLetters(letters))
+    }
+    .await
+    .is_err()
+    {
+        tracing::error!("history writer stopped; enriched events left unacknowledged for re-delivery");
     }
 }

@@ -346,6 +346,7 @@ pub fn run(settings: Settings, lines: Vec<String>, control: Arc<MemControl>) -> 
 pub fn run_dyn_sink(settings: Settings, source: Box<dyn Source>, upserts: Arc<dyn Sink>) -> Run {
     let b = Backends::default();
     let ports = Ports {
+        redrive: None,
         sources: vec![("test".into(), source)],
         lookup: b.lookup,
         history: Arc::new(NullHistory),
@@ -401,6 +402,7 @@ impl HistoryStore for NullHistory {
 pub fn run_with(settings: Settings, source: Box<dyn Source>, b: Backends) -> Run {
     let (upserts, drops, dead, history, control) = (b.upserts, b.drops, b.dead, b.history, b.control);
     let ports = Ports {
+        redrive: None,
         sources: vec![("test".into(), source)],
         lookup: b.lookup,
         history: history.clone(),

@@ -368,15 +368,39 @@ impl Source for SqsSource {
 
 /// A queue of dead letters (the `sqs` dead-letter sink) read back for redrive. It reads at most
 /// as many messages as the queue held when redrive began, so the dead letters redrive itself
-/// writes wait for the next redrive.
+/// writes wait for the next redrive. Parked dead letters are sent to a parking queue (by
+/// default the dead-letter queue's name with `-parked`) before they are deleted.
 pub struct SqsDeadLetters {
     source: SqsSource,
     budget: u64,
+    parked_url: String,
+}
+
+/// The parking queue of a dead-letter queue: `.../dead` parks in `.../dead-parked` (and
+/// `.../dead.fifo` in `.../dead-parked.fifo`).
+pub fn parked_queue_url(queue_url: &str) -> String {
+    match queue_url.strip_suffix(".fifo") {
+        Some(base) => format!("{base}-parked.fifo"),
+        None => format!("{queue_url}-parked"),
+    }
 }
 
 impl SqsDeadLetters {
-    pub async fn open(aws: &Aws, queue_url: &str) -> BackendResult<Self> {
+    /// Opens the dead-letter queue and checks its parking queue exists (`parked_url`, or the
+    /// default beside it).
+    pub async fn open(aws: &Aws, queue_url: &str, parked_url: Option<&str>) -> BackendResult<Self> {
+        let parked_url = parked_url.map_or_else(|| parked_queue_url(queue_url), str::to_owned);
         let source = SqsSource::new(aws, "redrive".into(), queue_url, 1, true);
+        source.requests.hit(SVC, "GetQueueAttributes");
+        source.client.get_queue_attributes().queue_url(&parked_url).send().await.map_err(|e| {
+            let e = sdk_error(SVC, "GetQueueAttributes", e);
+            BackendError::new(
+                SVC,
+                "GetQueueAttributes",
+                format!("the parking queue {parked_url} cannot be read ({}): create it (scripts/aws-local-setup.sh does locally) or name another with redrive.parked_queue_url", e.message),
+                e.kind,
+            )
+        })?;
         source.requests.hit(SVC, "GetQueueAttributes");
         let attrs = source
             .client
@@ -391,7 +415,7 @@ impl SqsDeadLetters {
             .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        Ok(SqsDeadLetters { source, budget })
+        Ok(SqsDeadLetters { source, budget, parked_url })
     }
 }
 
@@ -422,6 +446,56 @@ impl DeadLetterStore for SqsDeadLetters {
 
     fn outstanding(&self) -> usize {
         self.source.outstanding()
+    }
+
+    async fn park(&mut self, letter: &DeadLetter) -> BackendResult<()> {
+        let body = serde_json::to_string(letter).map_err(|e| BackendError::permanent(SVC, "SendMessage", e))?;
+        let mut req = self.source.client.send_message().queue_url(&self.parked_url).message_body(body);
+        if self.parked_url.ends_with(".fifo") {
+            req = req.message_group_id("parked").message_deduplication_id(&letter.decision_id);
+        }
+        self.source.requests.hit(SVC, "SendMessage");
+        req.send().await.map_err(|e| sdk_error(SVC, "SendMessage", e))?;
+        Ok(())
+    }
+
+    /// Reads the parking queue without deleting anything: each message received stays hidden
+    /// while the pass lasts, so it sees every one once, and is visible again right after.
+    async fn parked(&mut self) -> BackendResult<Vec<DeadLetter>> {
+        let mut out = Vec::new();
+        let mut seen: Vec<String> = Vec::new();
+        loop {
+            self.source.requests.hit(SVC, "ReceiveMessage");
+            let got = self
+                .source
+                .client
+                .receive_message()
+                .queue_url(&self.parked_url)
+                .max_number_of_messages(10)
+                .visibility_timeout(30)
+                .wait_time_seconds(0)
+                .send()
+                .await
+                .map_err(|e| sdk_error(SVC, "ReceiveMessage", e))?;
+            let messages = got.messages();
+            if messages.is_empty() {
+                for receipt in seen {
+                    self.source.requests.hit(SVC, "ChangeMessageVisibility");
+                    let _ = self
+                        .source
+                        .client
+                        .change_message_visibility()
+                        .queue_url(&self.parked_url)
+                        .receipt_handle(receipt)
+                        .visibility_timeout(0)
+                        .send()
+                        .await;
+                }
+                return Ok(out);
+            }
+            seen.extend(messages.iter().filter_map(|m| m.receipt_handle().map(str::to_owned)));
+            out.extend(messages.iter().filter_map(|m| serde_json::from_str(m.body()?).ok()));
+        }
     }
 }
 

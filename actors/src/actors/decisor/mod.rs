@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use self::plan::{BatchPlan, plan_batch, sink_record};
 use super::Enriched;
 use super::history::{DeadLetters, HistoryWriter, Record};
-use super::producer::{Producer, Publish};
+use super::producer::{DropProducer, Publish, UpsertProducer};
 use crate::calls::Calls;
 use crate::decision::{DeadLetter, Decision, DropDecision, HistoryRow, Outcome, Stage, decision_id, prior_state};
 use crate::envelope::Envelope;
@@ -78,8 +78,8 @@ enum Item {
 pub struct DecisorDeps {
     pub control: Arc<dyn ControlStore>,
     pub content: Arc<dyn ContentStore>,
-    pub upserts: Addr<Producer>,
-    pub drops: Addr<Producer>,
+    pub upserts: Addr<UpsertProducer>,
+    pub drops: Addr<DropProducer>,
     pub history: Addr<HistoryWriter>,
     pub lookup: Arc<CachedLookup>,
     pub lookup_keys: LookupKeys,
@@ -405,7 +405,8 @@ async fn dead_letter_all(deps: &DecisorDeps, batch: Vec<Pending>, stage: Stage, 
                 Some(p.enriched.event.event_id.clone()),
                 p.env.origin.clone(),
                 p.env.attempts,
-            );
+            )
+            .of_event(&p.enriched.event);
             dl.asset_key = Some(p.key);
             (dl, p.env.ack)
         })

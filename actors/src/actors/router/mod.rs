@@ -85,7 +85,7 @@ impl Router {
                     env.origin.clone(),
                     env.attempts,
                 );
-                dl.asset_key = ev.asset_key();
+                dl = dl.of_event(ev);
                 let (_, env) = env.split();
                 self.sweep.metrics.sent(Flow::RouterHistory, 1);
                 return forward_from::<Self, _, _>(

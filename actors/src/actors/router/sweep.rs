@@ -57,15 +57,18 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
     let (enriched, env) = env.split();
     let ev = &enriched.event;
     let finish = deps.supervisor.twice("router", "sweep", || sweep(deps, ev, &env)).await.unwrap_or_else(|why| {
-        Finish::Dead(Box::new(DeadLetter::new(
-            Stage::Decide,
-            "panic",
-            format!("completion of run `{}`: {why}", ev.run_id),
-            &env.raw,
-            Some(ev.event_id.clone()),
-            env.origin.clone(),
-            env.attempts,
-        )))
+        Finish::Dead(Box::new(
+            DeadLetter::new(
+                Stage::Decide,
+                "panic",
+                format!("completion of run `{}`: {why}", ev.run_id),
+                &env.raw,
+                Some(ev.event_id.clone()),
+                env.origin.clone(),
+                env.attempts,
+            )
+            .of_event(ev),
+        ))
     });
     match finish {
         Finish::Ack => env.ack.done(),
@@ -82,6 +85,7 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
     };
     let dead = |kind: &str, stage: Stage, message: String| {
         DeadLetter::new(stage, kind, message, &env.raw, Some(ev.event_id.clone()), env.origin.clone(), env.attempts)
+            .of_event(ev)
     };
     let started = Instant::now();
     let plan: SweepPlan = loop {
