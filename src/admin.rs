@@ -197,7 +197,13 @@ pub fn render(s: &AdminState) -> String {
         "assetflow_actor_restarts_total",
         "counter",
         "Times an actor recovered from a panic: it went on from re-read state and the message in hand was tried once more.",
-        m.restarts().into_iter().map(|(a, n)| (format!("{{actor=\"{a}\"}}"), n as f64)).collect(),
+        {
+            // Every actor from 0, so a first restart is an increase an alert sees.
+            let mut restarts: std::collections::BTreeMap<String, u64> =
+                assetflow_actors::supervise::ACTORS.iter().map(|a| ((*a).to_owned(), 0)).collect();
+            restarts.extend(m.restarts());
+            restarts.into_iter().map(|(a, n)| (format!("{{actor=\"{a}\"}}"), n as f64)).collect()
+        },
     );
     let cache = s.lookup.stats();
     family(

@@ -18,6 +18,7 @@ use assetflow_actors::ports::{BackendError, BackendResult, DeadLetterOpener, Dea
 use crate::adapters::aws::Aws;
 use crate::adapters::aws::sqs::SqsDeadLetters;
 use crate::adapters::dead_letter_file::DeadLetterFile;
+use crate::adapters::kafka::dead_letters::KafkaDeadLetters;
 use crate::adapters::state::StateStore;
 use crate::admin::AdminState;
 use crate::config::{Config, SinkConfig, redact_url};
@@ -125,8 +126,19 @@ async fn dead_letter_store(
                     .map_err(|e| anyhow::anyhow!("{file}: key `{key}`: {e}"))?,
             ))
         }
+        SinkConfig::Kafka { brokers, topic, options } => Ok(Box::new(
+            KafkaDeadLetters::open(
+                brokers,
+                topic,
+                &config.redrive.group,
+                config.redrive.parked_topic.as_deref(),
+                options,
+            )
+            .await
+            .map_err(|m| anyhow::anyhow!("{file}: key `sinks.dead_letter.topic`: {m}"))?,
+        )),
         other => anyhow::bail!(
-            "{file}: key `sinks.dead_letter.kind`: redrive reads dead letters back from a file or an SQS queue; `{}` cannot be read back",
+            "{file}: key `sinks.dead_letter.kind`: redrive reads dead letters back from a file, an SQS queue or a Kafka topic; `{}` cannot be read back",
             other.label()
         ),
     }
@@ -183,8 +195,9 @@ fn execute(
         let opener = Arc::new(ConfiguredDeadLetters { config: config.clone(), state: state.clone(), aws: built.aws.clone() });
         let redrive_stats = match redrive {
             Some((max, stats)) => {
-                // Fails here, naming the key, when the store cannot be read back.
-                dead_letter_store(config, &state, built.aws.as_ref()).await?;
+                // A store that cannot be read back stops the redrive with its error (naming
+                // the key); it is not opened here first: a Kafka group member that came and
+                // went would hold the next one's join back.
                 built.ports.sources = Vec::new();
                 built.ports.redrive = Some(RedrivePlan {
                     opener,

@@ -186,3 +186,50 @@ fn the_enrich_only_topology_publishes_enriched_events() {
     let h = bin().args(["history", "pg/sales/public/orders"]).current_dir(dir.path()).output().unwrap();
     assert!(String::from_utf8_lossy(&h.stdout).contains("enriched"));
 }
+
+#[test]
+fn redrive_reads_the_failure_topic_with_its_own_group_and_parks_on_a_topic() {
+    require_broker();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let scenario = scenarios().into_iter().find(|p| p.ends_with("basics")).expect("basics");
+    let t = rt.block_on(topics(2));
+    let lines: Vec<String> =
+        std::fs::read_to_string(scenario.join("events.jsonl")).unwrap().lines().map(str::to_owned).collect();
+    rt.block_on(produce_lines(&t.input, &lines));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(scenario.join("business.json"), dir.path().join("business.json")).unwrap();
+    let group = unique("redrive");
+    let config = config(&t, r#"["enrich", "decide"]"#) + &format!("[redrive]\nmax_attempts = 2\ngroup = \"{group}\"\n");
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let out = run_in(dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(read_topic(&t.dead).len(), 2, "the guarded completion and the bad line");
+    let redrive = |args: &[&str]| {
+        let out = bin()
+            .arg("redrive")
+            .args(args)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .env("ASSETFLOW__DECISOR__MAX_DROP_FRACTION", "1.0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    // Both replayed: the completion drops with the guard lifted, the bad line fails again.
+    let (_, first) = redrive(&[]);
+    assert!(first.contains("2 replayed, 0 parked"), "{first}");
+    // Two drops from the run, two more from the redriven completion.
+    assert_eq!(read_topic(&t.drop).len(), 4);
+    // The group committed what it replayed: only the new dead letter is read, and parked.
+    let (_, second) = redrive(&[]);
+    assert!(second.contains("0 replayed, 1 parked"), "{second}");
+    let (_, third) = redrive(&[]);
+    assert!(third.contains("0 replayed, 0 parked"), "{third}");
+    let (listed, _) = redrive(&["--parked"]);
+    let parked: Vec<serde_json::Value> = listed.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(parked.len(), 1, "{listed}");
+    assert_eq!((parked[0]["attempts"].as_u64(), parked[0]["error"]["kind"].as_str()), (Some(2), Some("invalid_json")));
+    assert_eq!(read_topic(&format!("{}.parked", t.dead)).len(), 1, "kept on the parking topic");
+}

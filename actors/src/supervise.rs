@@ -19,6 +19,19 @@ use tokio::sync::watch;
 use crate::metrics::Metrics;
 use crate::retry::panic_message;
 
+/// The actors a supervisor restarts, as `assetflow_actor_restarts_total{actor}` names them.
+pub const ACTORS: [&str; 9] = [
+    "ingest",
+    "enricher",
+    "router",
+    "decisor",
+    "upsert_producer",
+    "drop_producer",
+    "enriched_producer",
+    "history_writer",
+    "redrive",
+];
+
 /// How much failing a stage may do before the process gives up.
 #[derive(Debug, Clone, Copy)]
 pub struct SupervisionPolicy {

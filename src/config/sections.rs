@@ -489,11 +489,22 @@ pub struct RedriveConfig {
     /// Where an `sqs` dead-letter queue's parked letters go; default: its URL with `-parked`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parked_queue_url: Option<String>,
+    /// The consumer group that reads a `kafka` failure topic back.
+    pub group: String,
+    /// Where a `kafka` failure topic's parked letters go; default: its name with `.parked`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked_topic: Option<String>,
 }
 
 impl Default for RedriveConfig {
     fn default() -> Self {
-        RedriveConfig { max_attempts: 5, interval: None, parked_queue_url: None }
+        RedriveConfig {
+            max_attempts: 5,
+            interval: None,
+            parked_queue_url: None,
+            group: "assetflow-redrive".into(),
+            parked_topic: None,
+        }
     }
 }
 

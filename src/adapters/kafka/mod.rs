@@ -1,6 +1,8 @@
 //! Kafka (rdkafka, bundled librdkafka): the `kafka` source (a consumer group committing the
-//! acknowledged prefix of each partition) and the `kafka` sinks (an idempotent producer).
+//! acknowledged prefix of each partition), the `kafka` sinks (an idempotent producer), and the
+//! failure topic read back for redrive (`dead_letters`).
 
+pub mod dead_letters;
 mod group;
 pub mod sink;
 pub mod source;

@@ -67,6 +67,9 @@ pub struct KafkaSource {
     fetched: mpsc::Receiver<Result<Fetched, KafkaError>>,
     follow: bool,
     poller: Option<std::thread::JoinHandle<()>>,
+    /// Read no further than these offsets (per partition): where each ended when a redrive
+    /// began, so what it writes waits for the next one.
+    ends: Option<std::collections::HashMap<i32, i64>>,
 }
 
 impl KafkaSource {
@@ -106,12 +109,22 @@ impl KafkaSource {
             .name(format!("kafka-{name}"))
             .spawn(move || poll_loop(&c, &g, &tx))
             .map_err(|e| format!("cannot start the Kafka polling thread: {e}"))?;
-        Ok(KafkaSource { name, group, consumer, fetched, follow: opts.follow, poller: Some(poller) })
+        Ok(KafkaSource { name, group, consumer, fetched, follow: opts.follow, poller: Some(poller), ends: None })
+    }
+
+    /// Stops at `ends` (partition → offset): a message at or past its partition's end is left
+    /// unread and uncommitted, and the source is drained once every partition reached its end.
+    pub fn until(mut self, ends: std::collections::HashMap<i32, i64>) -> Self {
+        self.ends = Some(ends);
+        self
     }
 
     /// Admits a fetched message if its partition is still held under the epoch it was fetched
     /// in; a message of a partition revoked since is dropped (its next owner reads it again).
     fn admit(&self, f: Fetched) -> Option<RawMessage> {
+        if self.ends.as_ref().is_some_and(|ends| f.offset >= ends.get(&f.part).copied().unwrap_or(0)) {
+            return None;
+        }
         let ack = {
             let mut a = lock(&self.group.assignment);
             let held = a.held.get_mut(&f.part).filter(|h| h.epoch == f.epoch)?;
@@ -132,6 +145,7 @@ impl KafkaSource {
     async fn caught_up(&self) -> BackendResult<bool> {
         let consumer = self.consumer.clone();
         let group = self.group.clone();
+        let ends = self.ends.clone();
         tokio::task::spawn_blocking(move || {
             let assignment = consumer.assignment().map_err(|e| kafka_error("assignment", &e))?;
             if assignment.count() == 0 {
@@ -142,9 +156,12 @@ impl KafkaSource {
                 .map_err(|e| kafka_error("committed offsets", &e))?;
             for e in assignment.elements() {
                 let part = e.partition();
-                let (low, high) = consumer
+                let (low, mut high) = consumer
                     .fetch_watermarks(&group.topic, part, Duration::from_secs(5))
                     .map_err(|e| kafka_error("fetch watermarks", &e))?;
+                if let Some(end) = ends.as_ref().map(|e| e.get(&part).copied().unwrap_or(0)) {
+                    high = high.min(end);
+                }
                 let received = lock(&group.assignment).held.get(&part).and_then(|h| h.received);
                 let next = received.unwrap_or_else(|| match committed.find_partition(&group.topic, part) {
                     Some(c) => match c.offset() {
