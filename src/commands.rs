@@ -419,7 +419,7 @@ pub fn assets(config: &Config, source: Option<&str>, status: Option<&str>) -> an
         })
     })?;
     records.retain(|r| {
-        !r.is_completion_mark() && source.is_none_or(|s| r.source == s) && status.is_none_or(|s| r.status.as_str() == s)
+        r.is_asset() && source.is_none_or(|s| r.source == s) && status.is_none_or(|s| r.status.as_str() == s)
     });
     records.sort_by(|a, b| a.asset_key.cmp(&b.asset_key));
     let mut out =

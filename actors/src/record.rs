@@ -49,4 +49,45 @@ impl ControlRecord {
     pub fn is_completion_mark(&self) -> bool {
         self.asset_key == self.source
     }
+
+    /// Whether this is a [`RunEvent`] marker rather than an asset.
+    pub fn is_run_event(&self) -> bool {
+        self.hash == RUN_EVENT && self.asset_key.starts_with(&format!("{}#", self.source))
+    }
+
+    /// An asset of the catalog: neither a completion mark nor a run-event marker.
+    pub fn is_asset(&self) -> bool {
+        !self.is_completion_mark() && !self.is_run_event()
+    }
+}
+
+/// The `hash` of a run-event marker.
+const RUN_EVENT: &str = "run-event";
+
+/// A `running` event of a run that its asset's record does not show: a second event of the same
+/// asset in the run, or a stale one. EVENTS.md §3.3 counts the run's applied `running` events;
+/// records count one per asset, so each such event leaves a marker beside them: a record that
+/// is never live (never dropped, never listed as an asset) whose `last_seen_run` is the run, so
+/// a sweep counts it with the run's records. Keyed by the event id: a re-delivery counts once.
+pub struct RunEvent;
+
+impl RunEvent {
+    pub fn key(source: &str, event_id: &str) -> String {
+        format!("{source}#run-event#{event_id}")
+    }
+
+    pub fn record(source: &str, name: &AssetName, run_id: &str, event_id: &str, at: DateTime<Utc>) -> ControlRecord {
+        ControlRecord {
+            asset_key: Self::key(source, event_id),
+            source: source.to_owned(),
+            name: name.clone(),
+            hash: RUN_EVENT.to_owned(),
+            last_seen_run: run_id.to_owned(),
+            last_seen_at: at,
+            status: RecordStatus::Dropped,
+            dropped_at: None,
+            content_ref: None,
+            version: 1,
+        }
+    }
 }

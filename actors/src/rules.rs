@@ -26,7 +26,8 @@ pub fn judge(record: Option<&ControlRecord>, hash: &str, at: DateTime<Utc>) -> O
 pub struct SweepPlan {
     /// Live records of the source before the sweep.
     pub live: usize,
-    /// Records whose `last_seen_run` is the completed run (what `expected_assets` counts).
+    /// The completed run's applied `running` events (what `expected_assets` counts): records
+    /// whose `last_seen_run` is the run, and its run-event markers ([`crate::record::RunEvent`]).
     pub seen_in_run: usize,
     /// Asset keys of live records not seen in the run, in key order.
     pub to_drop: Vec<String>,

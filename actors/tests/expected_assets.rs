@@ -45,3 +45,44 @@ fn a_run_that_never_completes_times_out_and_drops_nothing() {
     assert!(out.drops.is_empty());
     assert_eq!(out.dead_letter_kinds(), vec!["incomplete_run"]);
 }
+
+#[test]
+fn a_stale_or_repeated_event_of_the_run_counts_and_an_exact_redelivery_does_not() {
+    // EVENTS.md §3.3 counts the run's running events that were applied. Run r2 emits five:
+    // t1 twice (b1 at 20, then b1x at 25: the asset's record shows only the later), t2 twice
+    // in the wrong order (b2 at 26, then b2old at 22: stale), and t0. Counting records (three
+    // assets) would wait for five forever; counting events completes at once.
+    let mut lines = Vec::new();
+    for k in 0..4 {
+        lines.push(running(&format!("a{k}"), "s", "r1", &format!("t{k}"), 10, "c"));
+    }
+    lines.push(completed("c1", "s", "r1", 11, None));
+    lines.push(running("b0", "s", "r2", "t0", 20, "c"));
+    lines.push(running("b1", "s", "r2", "t1", 20, "c"));
+    lines.push(running("b1x", "s", "r2", "t1", 25, "c2"));
+    lines.push(running("b2", "s", "r2", "t2", 26, "c"));
+    lines.push(running("b2old", "s", "r2", "t2", 22, "c"));
+    // An exact re-delivery of b0: the same event, counted once.
+    lines.push(running("b0", "s", "r2", "t0", 20, "c"));
+    lines.push(completed("c2", "s", "r2", 30, Some(5)));
+    let mut s = settings(2);
+    s.completion_timeout = Duration::from_secs(20);
+    let started = Instant::now();
+    let out = run(s, lines.clone(), MemControl::slow(Duration::ZERO));
+    assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+    assert!(started.elapsed() < Duration::from_secs(10), "completed on time, not at the time-out");
+    assert_eq!(out.dropped_keys(), vec!["s/db/public/t3".to_string()]);
+    // The markers are not assets: nothing but the four tables is in the catalog.
+    let assets: Vec<String> =
+        out.control.records.lock().unwrap().values().filter(|r| r.is_asset()).map(|r| r.asset_key.clone()).collect();
+    assert_eq!(assets.len(), 4, "{assets:?}");
+
+    // One more than were emitted: the re-delivered b0 does not make up the difference.
+    let mut short = lines;
+    short.pop();
+    short.push(completed("c2", "s", "r2", 30, Some(6)));
+    let mut s = settings(2);
+    s.completion_timeout = Duration::from_millis(500);
+    let out = run(s, short, MemControl::slow(Duration::ZERO));
+    assert_eq!(out.dead_letter_kinds(), vec!["incomplete_run"]);
+}

@@ -22,6 +22,8 @@ pub enum FaultMode {
     Hang,
     /// Fails every call from the Nth on.
     ErrorForever,
+    /// Fails this many calls from the Nth on (an outage that outlasts the retries, then ends).
+    ErrorFor(u64),
     /// The Nth call does its work, then fails as if its reply were lost (a timeout after the
     /// backend committed). Only ports that write honour it; elsewhere it is `Error`.
     LostReply,
@@ -46,6 +48,7 @@ impl Fault {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         match self.mode {
             FaultMode::ErrorForever => n >= self.nth,
+            FaultMode::ErrorFor(len) => n >= self.nth && n < self.nth + len,
             _ => n == self.nth,
         }
     }
@@ -56,7 +59,7 @@ impl Fault {
             return Ok(());
         }
         match self.mode {
-            FaultMode::Error | FaultMode::ErrorForever | FaultMode::LostReply => {
+            FaultMode::Error | FaultMode::ErrorForever | FaultMode::ErrorFor(_) | FaultMode::LostReply => {
                 Err(BackendError::transient(port, "call", "injected failure"))
             }
             FaultMode::Panic => panic!("injected panic in {port}"),

@@ -358,7 +358,20 @@ async fn apply(
     plan: BatchPlan,
     earlier: &mut EarlierRound,
 ) -> Result<Vec<HistoryRow>, (Stage, BackendError)> {
-    let BatchPlan { rows, outcomes, contents, upserts, writes, landed, priors } = plan;
+    let BatchPlan { rows, outcomes, contents, upserts, mut writes, landed, priors, run_events } = plan;
+    if !run_events.is_empty() {
+        // Rare (a stale or repeated event of a run): those already written are left alone.
+        let keys: Vec<RecordKey> =
+            run_events.iter().map(|r| RecordKey { source: r.source.clone(), asset_key: r.asset_key.clone() }).collect();
+        let there = deps.calls.call("control store", "get", || deps.control.get_many(&keys)).await;
+        let there = there.map_err(|e| (Stage::Decide, e))?;
+        let mut new: HashSet<String> = HashSet::new();
+        for r in run_events {
+            if !there.contains_key(&r.asset_key) && new.insert(r.asset_key.clone()) {
+                writes.push(RecordWrite { record: r, expected_version: 0 });
+            }
+        }
+    }
     if !contents.is_empty() {
         deps.calls
             .call("content store", "put", || deps.content.put_many(&contents))

@@ -10,7 +10,7 @@ use super::super::Enriched;
 use crate::decision::{Decision, HistoryRow, Outcome, UpsertDecision, decision_id, prior_state};
 use crate::event::EventKind;
 use crate::ports::{ContentPut, RecordWrite, SinkRecord};
-use crate::record::{ControlRecord, RecordStatus};
+use crate::record::{ControlRecord, RecordStatus, RunEvent};
 use crate::rules::judge;
 
 /// What a batch will do, in the order the shard applies it: content, upserts, control records,
@@ -33,6 +33,9 @@ pub struct BatchPlan {
     /// Each changed key with the record it had before the batch (`None`: the asset was new):
     /// what a later round needs if the write loses a conditional check.
     pub priors: Vec<(String, Option<ControlRecord>)>,
+    /// Run-event markers ([`RunEvent`]) for events of a run that their asset's record will not
+    /// show; the shard writes those not already there.
+    pub run_events: Vec<ControlRecord>,
 }
 
 /// Decides a batch of `running` events against `records` (the stored records of their keys),
@@ -60,6 +63,14 @@ pub fn plan_batch<'a>(
         };
         let prior = records.get(key);
         let outcome = if replayed { Outcome::Stale } else { judge(prior, hash, ev.emitted_at) };
+        // An event of the run its record will not count (§3.3): stale, or a second event of
+        // the asset in the run. An exact re-delivery (same time, same content) is the event
+        // already counted; a replay from before the last completion counted before it.
+        let seen_in_run_already =
+            prior.is_some_and(|r| r.last_seen_run == ev.run_id && !(r.last_seen_at == ev.emitted_at && r.hash == hash));
+        if !replayed && (outcome == Outcome::Stale || seen_in_run_already) {
+            plan.run_events.push(RunEvent::record(&ev.source, name, &ev.run_id, &ev.event_id, ev.emitted_at));
+        }
         let id = decision_id(&ev.event_id, key, outcome.decision_kind(), &prior_state(prior));
         let span = tracing::debug_span!("decision", event_id = %ev.event_id, asset_key = %key, decision_id = %id);
         span.in_scope(|| tracing::debug!(outcome = outcome.as_str(), "decided"));

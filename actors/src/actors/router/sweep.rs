@@ -108,7 +108,7 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
                 let waited = started.elapsed();
                 if waited >= deps.completion_timeout {
                     let msg = format!(
-                        "completion of run `{}` of source `{}` expected {n} assets but {} arrived within decisor.completion_timeout ({:?}); nothing dropped",
+                        "completion of run `{}` of source `{}` expected {n} running events (expected_assets) but {} were applied within decisor.completion_timeout ({:?}); nothing dropped",
                         ev.run_id, ev.source, plan.seen_in_run, deps.completion_timeout
                     );
                     return Finish::Dead(Box::new(dead("incomplete_run", Stage::Decide, msg)));
