@@ -45,11 +45,14 @@ impl Source for Firehose {
         while out.len() < max && self.next < EVENTS {
             let i = self.next;
             self.next += 1;
-            // Every event changes its asset: each one is an upsert the slow sink must take.
+            // Every event changes its asset: each one is an upsert the slow sink must take. Each
+            // pass over the keys is a run of its own, as a crawler's are (an asset seen twice in
+            // one run leaves a run-event marker in the control table, which is state, not flow).
+            let run = format!("r{}", i / KEYS);
             let line = running(
                 &format!("e{i:07}"),
                 "s",
-                "r1",
+                &run,
                 &format!("t{:05}", i % KEYS),
                 (i / KEYS) as u32,
                 &format!("v{i}"),
