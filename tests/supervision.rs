@@ -165,3 +165,65 @@ fn a_panic_every_time_stops_the_process_and_the_next_start_loses_nothing() {
         assert_same_outputs(&Outputs::read(&dir), &want);
     }
 }
+
+/// A run folder whose config is `config(10)` changed by `edit`.
+fn run_edited(root: &Path, name: &str, edit: impl Fn(String) -> String, failpoints: Option<&str>) -> (PathBuf, Output) {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.toml"), edit(config(10))).unwrap();
+    let out = again(&dir, failpoints);
+    (dir, out)
+}
+
+#[test]
+fn a_panic_in_the_enriched_producer_changes_no_output() {
+    let root = tempfile::tempdir().unwrap();
+    common::scale::generate(root.path(), GEN, &["--out", "events.jsonl"]);
+    let enrich_only = |c: String| {
+        c.replace("[pipeline]\n", "[pipeline]\nstages = [\"enrich\"]\n")
+            + "[sinks.enriched]\nkind = \"file\"\npath = \"out/enriched.jsonl\"\n"
+    };
+    let (clean, out) = run_edited(root.path(), "clean", enrich_only, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let spec = "enriched_producer.publish=1*off->1*panic(injected)->off";
+    let (faulty, out) = run_edited(root.path(), "faulty", enrich_only, Some(spec));
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("actor panicked and was restarted") && log.contains("enriched_producer"), "{log}");
+    let ids = |dir: &Path| -> std::collections::BTreeSet<String> {
+        common::read_lines(&dir.join("out/enriched.jsonl")).iter().map(|v| v["event_id"].to_string()).collect()
+    };
+    assert!(!ids(&clean).is_empty());
+    assert_eq!(ids(&faulty), ids(&clean), "every enriched event published once the write was tried again");
+    assert!(Outputs::read(&faulty).dead_letters.iter().all(|d| d["error"]["kind"] != "panic"));
+}
+
+#[test]
+fn a_panic_in_a_redrive_round_is_retried_and_replays_the_same() {
+    let root = tempfile::tempdir().unwrap();
+    common::scale::generate(root.path(), GEN, &["--out", "events.jsonl"]);
+    let redrive = |dir: &Path, failpoints: Option<&str>| {
+        let mut cmd = common::bin();
+        cmd.arg("redrive").current_dir(dir).env("RUST_LOG", "warn").env("NO_COLOR", "1");
+        if let Some(f) = failpoints {
+            cmd.env("FAILPOINTS", f);
+        }
+        cmd.output().unwrap()
+    };
+    let mut replayed = Vec::new();
+    for (name, failpoints) in [("clean", None), ("faulty", Some("redrive.round=1*panic(injected)->off"))] {
+        let (dir, out) = run_in(root.path(), name, 10, None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = redrive(&dir, failpoints);
+        let log = stderr(&out);
+        assert!(out.status.success(), "{name}: {log}");
+        if failpoints.is_some() {
+            assert!(log.contains("actor panicked and was restarted") && log.contains("redrive"), "{log}");
+        }
+        let line = log.lines().find(|l| l.contains("replayed")).unwrap_or_default().to_owned();
+        replayed.push((line, Outputs::read(&dir)));
+    }
+    assert!(!replayed[0].0.contains(" 0 replayed"), "the clean redrive replayed something: {}", replayed[0].0);
+    assert_eq!(replayed[0].0, replayed[1].0, "the same dead letters replayed");
+    assert_same_outputs(&replayed[1].1, &replayed[0].1);
+}

@@ -67,32 +67,47 @@ impl Actor for Redrive {
         let Some(plan) = self.plan.take() else { return };
         let (enricher, history, settings) = (self.enricher.clone(), self.history.clone(), self.settings.clone());
         let (metrics, supervisor, mut stop) = (self.metrics.clone(), self.supervisor.clone(), self.stop.clone());
+        let stop_for_rounds = stop.clone();
         let rounds = async move {
             loop {
-                match plan.opener.open().await {
-                    Ok(store) => {
-                        let source = RedriveSource::new(store, plan.max_attempts, plan.limit, plan.stats.clone());
-                        let run = IngestLoop::new(
-                            REDRIVE.to_owned(),
-                            Box::new(source),
-                            enricher.clone(),
-                            history.clone(),
-                            settings.clone(),
-                            metrics.clone(),
-                            supervisor.clone(),
-                            stop.clone(),
-                        );
-                        run.run().await?;
-                        tracing::info!(
-                            replayed = plan.stats.replayed(),
-                            parked = plan.stats.parked(),
-                            "redrive round done"
-                        );
-                    }
-                    Err(e) if plan.interval.is_none() => return Err(format!("opening the dead-letter store: {e}")),
-                    Err(e) => {
-                        tracing::error!(error = %e, "redrive: cannot open the dead-letter store; next round later")
-                    }
+                // A round that panics is run again once (the store is opened afresh: what the
+                // first try acknowledged is not read again); a second panic ends the redrive.
+                let round = supervisor
+                    .twice("redrive", "round", || {
+                        let (enricher, history, settings) = (enricher.clone(), history.clone(), settings.clone());
+                        let (metrics, supervisor, stop) =
+                            (metrics.clone(), supervisor.clone(), stop_for_rounds.clone());
+                        let plan = &plan;
+                        async move {
+                            crate::failpoint!("redrive.round");
+                            let store = match plan.opener.open().await {
+                                Ok(store) => store,
+                                Err(e) => return Err(format!("opening the dead-letter store: {e}")),
+                            };
+                            let source = RedriveSource::new(store, plan.max_attempts, plan.limit, plan.stats.clone());
+                            let run = IngestLoop::new(
+                                REDRIVE.to_owned(),
+                                Box::new(source),
+                                enricher,
+                                history,
+                                settings,
+                                metrics,
+                                supervisor,
+                                stop,
+                            );
+                            run.run().await
+                        }
+                    })
+                    .await
+                    .map_err(|why| why.to_string())?;
+                match round {
+                    Ok(()) => tracing::info!(
+                        replayed = plan.stats.replayed(),
+                        parked = plan.stats.parked(),
+                        "redrive round done"
+                    ),
+                    Err(e) if plan.interval.is_none() => return Err(e),
+                    Err(e) => tracing::error!(error = %e, "redrive round failed; next round later"),
                 }
                 let Some(every) = plan.interval else { return Ok(()) };
                 if *stop.borrow() {
