@@ -345,3 +345,82 @@ async fn round(
     }
     (got, t.list().await.unwrap())
 }
+
+#[test]
+fn split_children_held_by_another_worker_start_only_after_the_parent_finished() {
+    use assetflow::adapters::aws::kinesis::{KinesisSource, Leasing};
+    use assetflow_actors::ports::{Pull, RawMessage, Source};
+    use std::time::{Duration, Instant};
+    rt().block_on(async {
+        let (t, conf) = table().await;
+        let stream = unique("split");
+        create_stream(&conf, &stream, 1).await;
+        let lines: Vec<String> = (0..20).map(|i| format!("{{\"source\":\"src-{}\",\"n\":{i}}}", i % 4)).collect();
+        put_lines(&conf, &stream, &lines).await;
+        // Each worker counts its own requests: b's GetShardIterator calls say when it starts a shard.
+        let (aws_a, aws_b) = (emulator().await, emulator().await);
+        let worker = |aws: &Aws, me: &str| {
+            KinesisSource::new(aws, "k".into(), &stream, std::sync::Arc::new(NoCheckpoints), true)
+                .with_leases(Leasing::new(t.clone(), me.into(), Duration::from_millis(600)))
+        };
+        let mut a = worker(&aws_a, "a");
+        let mut held: Vec<RawMessage> = Vec::new();
+        let started = Instant::now();
+        while held.len() < 20 && started.elapsed() < Duration::from_secs(30) {
+            if let Pull::Messages(m) = a.pull(100).await.unwrap() {
+                held.extend(m);
+            }
+        }
+        assert_eq!(held.len(), 20, "a reads the parent");
+        let k = aws_sdk_kinesis::Client::new(&conf);
+        let parent = k.list_shards().stream_name(&stream).send().await.unwrap().shards()[0].shard_id().to_owned();
+        k.split_shard()
+            .stream_name(&stream)
+            .shard_to_split(&parent)
+            .new_starting_hash_key("170141183460469231731687303715884105728")
+            .send()
+            .await
+            .unwrap();
+        let iterators = |aws: &Aws| aws.requests.snapshot().get("kinesis.GetShardIterator").copied().unwrap_or(0);
+        let mut b = worker(&aws_b, "b");
+        // Two seconds of lease rounds with the parent unacknowledged: the children's leases are
+        // taken (b holds at least one), and nobody starts them.
+        let a_before = iterators(&aws_a);
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            for w in [&mut a, &mut b] {
+                if let Pull::Messages(m) = w.pull(100).await.unwrap() {
+                    held.extend(m);
+                }
+                w.commit().await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let leases = t.list().await.unwrap();
+        let children: Vec<&Lease> = leases.iter().filter(|l| l.parents == [parent.clone()]).collect();
+        assert_eq!(children.len(), 2, "{leases:?}");
+        assert!(children.iter().any(|c| c.owner.as_deref() == Some("b")), "b holds a child: {leases:?}");
+        assert_eq!(
+            leases.iter().find(|l| l.shard == parent).and_then(|l| l.owner.clone()).as_deref(),
+            Some("a"),
+            "the parent stays with a"
+        );
+        assert_eq!(iterators(&aws_b), 0, "b started a child before its parent finished");
+        assert_eq!(iterators(&aws_a), a_before, "a started a child before its parent finished");
+        // Acknowledged: a finishes the parent, and b starts its children after that.
+        for m in held.drain(..) {
+            m.ack.done();
+        }
+        let started = Instant::now();
+        while iterators(&aws_b) == 0 && started.elapsed() < Duration::from_secs(30) {
+            for w in [&mut a, &mut b] {
+                let _ = w.pull(100).await.unwrap();
+                w.commit().await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(iterators(&aws_b) > 0, "b never started its child");
+        let finished = t.list().await.unwrap().into_iter().find(|l| l.shard == parent).unwrap();
+        assert!(finished.is_finished(), "the parent is SHARD_END once a child starts: {finished:?}");
+    });
+}
