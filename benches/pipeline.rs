@@ -26,6 +26,18 @@ mod kinesis;
 mod scale;
 
 const BIN: &str = env!("CARGO_BIN_EXE_assetflow");
+
+/// The sinks of every measured run: files in the run's `out/`.
+const FILE_SINKS: &str = r#"[sinks.upsert]
+kind = "file"
+path = "out/upsert.jsonl"
+[sinks.drop]
+kind = "file"
+path = "out/drop.jsonl"
+[sinks.dead_letter]
+kind = "file"
+path = "out/dead-letter.jsonl"
+"#;
 const SOURCES: usize = 10;
 
 /// One `assetflow run`, measured.
@@ -207,16 +219,7 @@ kind = "dir"
 path = "state/content"
 [history]
 kind = "embedded"
-[sinks.upsert]
-kind = "file"
-path = "out/upsert.jsonl"
-[sinks.drop]
-kind = "file"
-path = "out/drop.jsonl"
-[sinks.dead_letter]
-kind = "file"
-path = "out/dead-letter.jsonl"
-[admin]
+{FILE_SINKS}[admin]
 listen = ""
 "#,
         input = input.display()

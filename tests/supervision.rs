@@ -49,16 +49,7 @@ max_drop_fraction = 0.5
 [content]
 kind = "dir"
 path = "../content"
-[sinks.upsert]
-kind = "file"
-path = "out/upsert.jsonl"
-[sinks.drop]
-kind = "file"
-path = "out/drop.jsonl"
-[sinks.dead_letter]
-kind = "file"
-path = "out/dead-letter.jsonl"
-[retry]
+{sinks}[retry]
 initial = "10ms"
 max = "50ms"
 [supervision]
@@ -67,7 +58,8 @@ backoff = "10ms"
 [admin]
 listen = ""
 "#,
-        business = business.display()
+        business = business.display(),
+        sinks = common::FILE_SINKS
     )
 }
 

@@ -9,7 +9,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::actors::decisor::DecisorDeps;
 use crate::actors::enricher::Next;
-use crate::actors::ingest::IngestSettings;
+use crate::actors::ingest::{Feed, IngestSettings};
 use crate::actors::redrive::REDRIVE;
 use crate::actors::router::SweepDeps;
 use crate::actors::{Decisor, Enricher, HistoryWriter, Ingest, Redrive, Router};
@@ -160,23 +160,20 @@ impl Pipeline {
             commit_interval: settings.commit_interval,
             drain_timeout: settings.drain_timeout,
         };
+        let feed = Feed {
+            enricher,
+            history,
+            settings: ingest_settings,
+            metrics: metrics.clone(),
+            supervisor: supervisor.clone(),
+            stop: stop_rx,
+        };
         let mut drained = Vec::new();
         for (name, source) in ports.sources {
             metrics.add_source(&name);
             let (tx, rx) = oneshot::channel();
             drained.push(rx);
-            Ingest::new(
-                name,
-                source,
-                enricher.clone(),
-                history.clone(),
-                ingest_settings.clone(),
-                metrics.clone(),
-                supervisor.clone(),
-                stop_rx.clone(),
-                tx,
-            )
-            .start();
+            Ingest::new(name, source, feed.clone(), tx).start();
         }
         let mut background = Vec::new();
         if let Some(plan) = ports.redrive {
@@ -187,17 +184,7 @@ impl Pipeline {
             } else {
                 drained.push(rx)
             }
-            Redrive::new(
-                plan,
-                enricher.clone(),
-                history.clone(),
-                ingest_settings.clone(),
-                metrics.clone(),
-                supervisor.clone(),
-                stop_rx.clone(),
-                tx,
-            )
-            .start();
+            Redrive::new(plan, feed, tx).start();
         }
         Pipeline { metrics, lookup, supervisor, drained, background, stop, arbiters }
     }

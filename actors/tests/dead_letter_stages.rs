@@ -8,9 +8,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
-use assetflow_actors::retry::RetryPolicy;
 use serde_json::Value;
 use support::*;
 
@@ -33,18 +31,6 @@ fn stream() -> Vec<String> {
     lines
 }
 
-fn settings_with_retries() -> assetflow_actors::pipeline::Settings {
-    let mut s = settings(2);
-    s.retry = RetryPolicy {
-        initial: Duration::from_millis(1),
-        max: Duration::from_millis(5),
-        attempts: ATTEMPTS as u32,
-        timeout: Duration::from_millis(500),
-    };
-    s.cache_ttl = Duration::ZERO;
-    s
-}
-
 const ATTEMPTS: u64 = 3;
 
 /// Runs the stream with one port out for one call's retries, from its `nth` call.
@@ -57,7 +43,7 @@ fn outage(port: &str, nth: u64) -> Run {
         "history" => b.history = Arc::new(MemHistory { fault: Some(fault.clone()), ..Default::default() }),
         other => panic!("no port {other}"),
     }
-    let out = run_with(settings_with_retries(), Box::new(VecSource::new(stream())), b);
+    let out = run_with(quick_retries(2, ATTEMPTS as u32), Box::new(VecSource::new(stream())), b);
     assert!(fault.calls() >= nth + ATTEMPTS, "{port}: the outage never happened ({} calls)", fault.calls());
     out
 }

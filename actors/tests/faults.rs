@@ -6,9 +6,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
-use assetflow_actors::retry::RetryPolicy;
 use serde_json::Value;
 use support::*;
 
@@ -35,16 +33,7 @@ fn stream() -> Vec<String> {
 }
 
 fn fast_settings() -> assetflow_actors::pipeline::Settings {
-    let mut s = settings(4);
-    s.retry = RetryPolicy {
-        initial: Duration::from_millis(1),
-        max: Duration::from_millis(5),
-        attempts: 4,
-        timeout: Duration::from_millis(300),
-    };
-    // Every event looks its business up, so lookup faults fire on the Nth event.
-    s.cache_ttl = Duration::ZERO;
-    s
+    quick_retries(4, 4)
 }
 
 fn ids(v: &[Value]) -> BTreeSet<String> {

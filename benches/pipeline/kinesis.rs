@@ -11,7 +11,7 @@ use assetflow::adapters::aws::Aws;
 use assetflow::adapters::aws::leases::table::{Lease, LeaseTable, TRIM_HORIZON};
 use assetflow::config::AwsConfig;
 
-use super::BIN;
+use super::{BIN, FILE_SINKS};
 
 const SHARDS: i32 = 4;
 /// The default `failover` of a kinesis source (the figure uses the default).
@@ -51,16 +51,7 @@ create_if_missing = true
 [content]
 kind = "dir"
 path = "../content"
-[sinks.upsert]
-kind = "file"
-path = "out/upsert.jsonl"
-[sinks.drop]
-kind = "file"
-path = "out/drop.jsonl"
-[sinks.dead_letter]
-kind = "file"
-path = "out/dead-letter.jsonl"
-[admin]
+{FILE_SINKS}[admin]
 listen = ""
 [aws]
 endpoint_url = "{endpoint}"

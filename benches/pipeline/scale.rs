@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use super::{BIN, strip_ansi};
+use super::{BIN, FILE_SINKS, strip_ansi};
 
 const PARTITIONS: i32 = 6;
 const SOURCES: usize = 12;
@@ -79,16 +79,7 @@ create_if_missing = true
 [content]
 kind = "dir"
 path = "../content"
-[sinks.upsert]
-kind = "file"
-path = "out/upsert.jsonl"
-[sinks.drop]
-kind = "file"
-path = "out/drop.jsonl"
-[sinks.dead_letter]
-kind = "file"
-path = "out/dead-letter.jsonl"
-[admin]
+{FILE_SINKS}[admin]
 listen = "{admin}"
 "#
     )

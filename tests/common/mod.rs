@@ -70,6 +70,18 @@ path = "out/dead-letter.jsonl"
 listen = ""
 "#;
 
+/// File sinks in the run folder's `out/`, where [`Outputs::read`] reads them.
+pub const FILE_SINKS: &str = r#"[sinks.upsert]
+kind = "file"
+path = "out/upsert.jsonl"
+[sinks.drop]
+kind = "file"
+path = "out/drop.jsonl"
+[sinks.dead_letter]
+kind = "file"
+path = "out/dead-letter.jsonl"
+"#;
+
 /// A fresh working folder with a scenario's inputs and the README's config.
 pub fn prepare(scenario: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");

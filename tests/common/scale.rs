@@ -120,18 +120,10 @@ kind = "postgres"
 url = "{url}"
 table = "{history}"
 create_if_missing = true
-[sinks.upsert]
-kind = "file"
-path = "out/upsert.jsonl"
-[sinks.drop]
-kind = "file"
-path = "out/drop.jsonl"
-[sinks.dead_letter]
-kind = "file"
-path = "out/dead-letter.jsonl"
-{extra}"#,
+{sinks}{extra}"#,
         url = super::pg_url(),
-        content = content.display()
+        content = content.display(),
+        sinks = super::FILE_SINKS
     )
 }
 

@@ -34,42 +34,30 @@ pub struct IngestSettings {
     pub drain_timeout: Duration,
 }
 
+/// What reading an input feeds and answers to: the same for every Ingest and for Redrive.
+#[derive(Clone)]
+pub struct Feed {
+    pub enricher: Addr<Enricher>,
+    /// Where rejected messages go as dead letters.
+    pub history: Addr<HistoryWriter>,
+    pub settings: IngestSettings,
+    pub metrics: Arc<Metrics>,
+    pub supervisor: Supervisor,
+    /// Turns true when the process stops reading.
+    pub stop: watch::Receiver<bool>,
+}
+
 pub struct Ingest {
     name: String,
     source: Option<Box<dyn Source>>,
-    enricher: Addr<Enricher>,
-    history: Addr<HistoryWriter>,
-    settings: IngestSettings,
-    metrics: Arc<Metrics>,
-    supervisor: Supervisor,
-    stop: watch::Receiver<bool>,
+    feed: Feed,
     drained: Option<oneshot::Sender<()>>,
 }
 
 impl Ingest {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        name: String,
-        source: Box<dyn Source>,
-        enricher: Addr<Enricher>,
-        history: Addr<HistoryWriter>,
-        settings: IngestSettings,
-        metrics: Arc<Metrics>,
-        supervisor: Supervisor,
-        stop: watch::Receiver<bool>,
-        drained: oneshot::Sender<()>,
-    ) -> Self {
-        Ingest {
-            name,
-            source: Some(source),
-            enricher,
-            history,
-            settings,
-            metrics,
-            supervisor,
-            stop,
-            drained: Some(drained),
-        }
+    /// Reads `source` into `feed`; `drained` is told once it drained (or stopped) cleanly.
+    pub fn new(name: String, source: Box<dyn Source>, feed: Feed, drained: oneshot::Sender<()>) -> Self {
+        Ingest { name, source: Some(source), feed, drained: Some(drained) }
     }
 }
 
@@ -79,18 +67,9 @@ impl Actor for Ingest {
         let Some(source) = self.source.take() else {
             return;
         };
-        let run = IngestLoop::new(
-            self.name.clone(),
-            source,
-            self.enricher.clone(),
-            self.history.clone(),
-            self.settings.clone(),
-            self.metrics.clone(),
-            self.supervisor.clone(),
-            self.stop.clone(),
-        );
+        let run = IngestLoop::new(self.name.clone(), source, self.feed.clone());
         let drained = self.drained.take();
-        let supervisor = self.supervisor.clone();
+        let supervisor = self.feed.supervisor.clone();
         let name = self.name.clone();
         // Drained is reported only when the loop got to its end: an ingest that stopped early
         // (the stage behind it gone, a panic outside what is supervised) stops the process.
@@ -127,17 +106,8 @@ pub(super) struct IngestLoop {
 const BEHIND_GONE: &str = "the stage behind the ingest stopped; what it read stays unacknowledged";
 
 impl IngestLoop {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
-        name: String,
-        source: Box<dyn Source>,
-        enricher: Addr<Enricher>,
-        history: Addr<HistoryWriter>,
-        settings: IngestSettings,
-        metrics: Arc<Metrics>,
-        supervisor: Supervisor,
-        stop: watch::Receiver<bool>,
-    ) -> Self {
+    pub(super) fn new(name: String, source: Box<dyn Source>, feed: Feed) -> Self {
+        let Feed { enricher, history, settings, metrics, supervisor, stop } = feed;
         IngestLoop { name, source, enricher, history, settings, metrics, supervisor, stop }
     }
 

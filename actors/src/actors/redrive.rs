@@ -10,15 +10,11 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::FutureExt;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
-use super::enricher::Enricher;
-use super::history::HistoryWriter;
-use super::ingest::{IngestLoop, IngestSettings};
-use crate::metrics::Metrics;
+use super::ingest::{Feed, IngestLoop};
 use crate::ports::DeadLetterOpener;
 use crate::redrive::{RedriveSource, RedriveStats};
-use crate::supervise::Supervisor;
 
 /// What a redrive reads and how often.
 pub struct RedrivePlan {
@@ -33,12 +29,7 @@ pub struct RedrivePlan {
 
 pub struct Redrive {
     plan: Option<RedrivePlan>,
-    enricher: Addr<Enricher>,
-    history: Addr<HistoryWriter>,
-    settings: IngestSettings,
-    metrics: Arc<Metrics>,
-    supervisor: Supervisor,
-    stop: watch::Receiver<bool>,
+    feed: Feed,
     drained: Option<oneshot::Sender<()>>,
 }
 
@@ -46,18 +37,9 @@ pub struct Redrive {
 pub const REDRIVE: &str = "redrive";
 
 impl Redrive {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        plan: RedrivePlan,
-        enricher: Addr<Enricher>,
-        history: Addr<HistoryWriter>,
-        settings: IngestSettings,
-        metrics: Arc<Metrics>,
-        supervisor: Supervisor,
-        stop: watch::Receiver<bool>,
-        drained: oneshot::Sender<()>,
-    ) -> Self {
-        Redrive { plan: Some(plan), enricher, history, settings, metrics, supervisor, stop, drained: Some(drained) }
+    /// Redrives per `plan` into `feed`; `drained` is told once the last round ended cleanly.
+    pub fn new(plan: RedrivePlan, feed: Feed, drained: oneshot::Sender<()>) -> Self {
+        Redrive { plan: Some(plan), feed, drained: Some(drained) }
     }
 }
 
@@ -65,18 +47,15 @@ impl Actor for Redrive {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Context<Self>) {
         let Some(plan) = self.plan.take() else { return };
-        let (enricher, history, settings) = (self.enricher.clone(), self.history.clone(), self.settings.clone());
-        let (metrics, supervisor, mut stop) = (self.metrics.clone(), self.supervisor.clone(), self.stop.clone());
-        let stop_for_rounds = stop.clone();
+        let feed = self.feed.clone();
+        let (supervisor, mut stop) = (self.feed.supervisor.clone(), self.feed.stop.clone());
         let rounds = async move {
             loop {
                 // A round that panics is run again once (the store is opened afresh: what the
                 // first try acknowledged is not read again); a second panic ends the redrive.
                 let round = supervisor
                     .twice("redrive", "round", || {
-                        let (enricher, history, settings) = (enricher.clone(), history.clone(), settings.clone());
-                        let (metrics, supervisor, stop) =
-                            (metrics.clone(), supervisor.clone(), stop_for_rounds.clone());
+                        let feed = feed.clone();
                         let plan = &plan;
                         async move {
                             crate::failpoint!("redrive.round");
@@ -85,17 +64,7 @@ impl Actor for Redrive {
                                 Err(e) => return Err(format!("opening the dead-letter store: {e}")),
                             };
                             let source = RedriveSource::new(store, plan.max_attempts, plan.limit, plan.stats.clone());
-                            let run = IngestLoop::new(
-                                REDRIVE.to_owned(),
-                                Box::new(source),
-                                enricher,
-                                history,
-                                settings,
-                                metrics,
-                                supervisor,
-                                stop,
-                            );
-                            run.run().await
+                            IngestLoop::new(REDRIVE.to_owned(), Box::new(source), feed).run().await
                         }
                     })
                     .await
@@ -120,7 +89,7 @@ impl Actor for Redrive {
             }
         };
         let drained = self.drained.take();
-        let supervisor = self.supervisor.clone();
+        let supervisor = self.feed.supervisor.clone();
         ctx.spawn(actix::fut::wrap_future::<_, Self>(AssertUnwindSafe(rounds).catch_unwind()).map(
             move |ended, _, ctx| {
                 match ended {

@@ -315,6 +315,20 @@ pub fn settings(shards: usize) -> Settings {
     Settings { shards, mailbox: 64, ..Settings::default() }
 }
 
+/// [`settings`] with retries that give up within milliseconds, and no lookup cache (every
+/// event looks its business up, so lookup faults fire on the Nth event).
+pub fn quick_retries(shards: usize, attempts: u32) -> Settings {
+    let mut s = settings(shards);
+    s.retry = assetflow_actors::retry::RetryPolicy {
+        initial: Duration::from_millis(1),
+        max: Duration::from_millis(5),
+        attempts,
+        timeout: Duration::from_millis(300),
+    };
+    s.cache_ttl = Duration::ZERO;
+    s
+}
+
 /// The in-memory backends of one run; replace any to inject faults or slowness.
 pub struct Backends {
     pub control: Arc<MemControl>,
