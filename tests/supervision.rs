@@ -177,7 +177,7 @@ fn a_panic_in_the_enriched_producer_changes_no_output() {
     };
     let (clean, out) = run_edited(root.path(), "clean", enrich_only, None);
     assert!(out.status.success(), "{}", stderr(&out));
-    let spec = "enriched_producer.publish=1*off->1*panic(injected)->off";
+    let spec = "enriched_producer.publish=1*panic(injected)->off";
     let (faulty, out) = run_edited(root.path(), "faulty", enrich_only, Some(spec));
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
