@@ -95,6 +95,15 @@ pub struct DecisionPorts {
     pub drop_sink: Arc<dyn Sink>,
 }
 
+/// A new arbiter (a thread with its own event loop), kept in `arbiters` to be stopped with the
+/// pipeline; returns its handle to start an actor on.
+fn own_thread(arbiters: &mut Vec<Arbiter>) -> ArbiterHandle {
+    let arbiter = Arbiter::new();
+    let handle = arbiter.handle();
+    arbiters.push(arbiter);
+    handle
+}
+
 /// A running topology.
 pub struct Pipeline {
     pub metrics: Arc<Metrics>,
@@ -118,28 +127,28 @@ impl Pipeline {
         let lookup = Arc::new(CachedLookup::new(ports.lookup.clone(), settings.cache_ttl, calls.clone()));
         let keys = LookupKeys::new(settings.lookup_pointers.clone());
 
-        // Outputs and history share one arbiter; each shard gets its own, so shards use the cores.
-        let outputs = Arbiter::new();
+        // Every actor but the Ingests (on the System's thread, with the sources) runs on an
+        // arbiter (thread) of its own: the Enricher, the Router, each shard, each producer and
+        // the HistoryWriter, so no two stages that every event passes through share a thread.
+        let mut arbiters = Vec::new();
         let history = {
             let (store, sink, calls) = (ports.history.clone(), ports.dead_letter_sink.clone(), calls.clone());
             let sup = supervisor.clone();
-            HistoryWriter::start_in_arbiter(&outputs.handle(), move |_| {
+            HistoryWriter::start_in_arbiter(&own_thread(&mut arbiters), move |_| {
                 HistoryWriter::new(store, sink, calls, sup, mailbox)
             })
         };
-        let mut arbiters = Vec::new();
         let next = match &ports.downstream {
             Downstream::PublishEnriched(sink) => {
                 // Enrich only: enriched events go straight to their sink.
                 let (sink, h, calls, sup) = (sink.clone(), history.clone(), calls.clone(), supervisor.clone());
-                Next::Publish(EnrichedProducer::start_in_arbiter(&outputs.handle(), move |_| {
+                Next::Publish(EnrichedProducer::start_in_arbiter(&own_thread(&mut arbiters), move |_| {
                     EnrichedProducer::new(sink, calls, sup, mailbox).delivering(h)
                 }))
             }
             Downstream::Decide(decision) => Next::Decide(Self::start_decision_stage(
                 &settings,
                 decision,
-                &outputs,
                 &mut arbiters,
                 &history,
                 &lookup,
@@ -148,10 +157,13 @@ impl Pipeline {
                 &supervisor,
             )),
         };
-        arbiters.push(outputs);
-        let enricher =
-            Enricher::new(lookup.clone(), keys, next, history.clone(), mailbox, metrics.clone(), supervisor.clone())
-                .start();
+        let enricher = {
+            let (lookup, history, metrics, sup) =
+                (lookup.clone(), history.clone(), metrics.clone(), supervisor.clone());
+            Enricher::start_in_arbiter(&own_thread(&mut arbiters), move |_| {
+                Enricher::new(lookup, keys, next, history, mailbox, metrics, sup)
+            })
+        };
         let (stop, stop_rx) = watch::channel(false);
         let ingest_settings = IngestSettings {
             max_event_bytes: settings.max_event_bytes,
@@ -195,7 +207,6 @@ impl Pipeline {
     fn start_decision_stage(
         settings: &Settings,
         ports: &DecisionPorts,
-        outputs: &Arbiter,
         arbiters: &mut Vec<Arbiter>,
         history: &Addr<HistoryWriter>,
         lookup: &Arc<CachedLookup>,
@@ -207,11 +218,13 @@ impl Pipeline {
         let calls = Calls::new(settings.retry, metrics.clone());
         let upserts = {
             let (sink, calls, sup) = (ports.upsert_sink.clone(), calls.clone(), supervisor.clone());
-            UpsertProducer::start_in_arbiter(&outputs.handle(), move |_| UpsertProducer::new(sink, calls, sup, mailbox))
+            UpsertProducer::start_in_arbiter(&own_thread(arbiters), move |_| {
+                UpsertProducer::new(sink, calls, sup, mailbox)
+            })
         };
         let drops = {
             let (sink, calls, sup) = (ports.drop_sink.clone(), calls.clone(), supervisor.clone());
-            DropProducer::start_in_arbiter(&outputs.handle(), move |_| DropProducer::new(sink, calls, sup, mailbox))
+            DropProducer::start_in_arbiter(&own_thread(arbiters), move |_| DropProducer::new(sink, calls, sup, mailbox))
         };
         let deps = Arc::new(DecisorDeps {
             control: ports.control.clone(),
@@ -228,10 +241,8 @@ impl Pipeline {
         });
         let mut shards = Vec::with_capacity(settings.shards.max(1));
         for i in 0..settings.shards.max(1) {
-            let arbiter = Arbiter::new();
             let d = deps.clone();
-            shards.push(Decisor::start_in_arbiter(&arbiter.handle(), move |_| Decisor::new(i, d, mailbox)));
-            arbiters.push(arbiter);
+            shards.push(Decisor::start_in_arbiter(&own_thread(arbiters), move |_| Decisor::new(i, d, mailbox)));
         }
         let sweep = Arc::new(SweepDeps {
             shards,
@@ -244,7 +255,8 @@ impl Pipeline {
             scans: Arc::new(tokio::sync::Semaphore::new(1)),
             supervisor: supervisor.clone(),
         });
-        Router::new(sweep, supervisor.clone(), mailbox).start()
+        let sup = supervisor.clone();
+        Router::start_in_arbiter(&own_thread(arbiters), move |_| Router::new(sweep, sup, mailbox))
     }
 
     /// Resolves once every source is drained (or stopped) and what it read is acknowledged;
