@@ -11,16 +11,12 @@ use assetflow::adapters::aws::Aws;
 use assetflow::adapters::aws::leases::table::{Lease, LeaseTable, TRIM_HORIZON};
 use assetflow::config::AwsConfig;
 
+use super::scale::pg_url;
 use super::{BIN, FILE_SINKS};
 
 const SHARDS: i32 = 4;
 /// The default `failover` of a kinesis source (the figure uses the default).
 pub const FAILOVER_S: u64 = 10;
-
-fn pg_url() -> String {
-    std::env::var("ASSETFLOW_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://assetflow:assetflow@127.0.0.1:5432/assetflow".into())
-}
 
 fn config(endpoint: &str, stream: &str, leases: &str, tag: &str, worker: &str) -> String {
     let url = pg_url();

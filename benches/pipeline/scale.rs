@@ -25,7 +25,8 @@ pub struct ScaleReport {
     takeover: Option<f64>,
 }
 
-fn pg_url() -> String {
+/// `ASSETFLOW_TEST_PG_URL`, default the PostgreSQL of `make services`.
+pub fn pg_url() -> String {
     std::env::var("ASSETFLOW_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://assetflow:assetflow@127.0.0.1:5432/assetflow".into())
 }

@@ -34,8 +34,26 @@ pub fn scenarios() -> Vec<PathBuf> {
     out
 }
 
+/// File sinks in the run folder's `out/`, where [`Outputs::read`] reads them: one text for
+/// [`FILE_SINKS`] and [`SCENARIO_CONFIG`].
+macro_rules! file_sinks {
+    () => {
+        r#"[sinks.upsert]
+kind = "file"
+path = "out/upsert.jsonl"
+[sinks.drop]
+kind = "file"
+path = "out/drop.jsonl"
+[sinks.dead_letter]
+kind = "file"
+path = "out/dead-letter.jsonl"
+"#
+    };
+}
+
 /// The config of the scenarios README.
-pub const SCENARIO_CONFIG: &str = r#"
+pub const SCENARIO_CONFIG: &str = concat!(
+    r#"
 [pipeline]
 stages = ["enrich", "decide"]
 shards = 4
@@ -57,30 +75,15 @@ kind = "dir"
 path = "state/content"
 [history]
 kind = "embedded"
-[sinks.upsert]
-kind = "file"
-path = "out/upsert.jsonl"
-[sinks.drop]
-kind = "file"
-path = "out/drop.jsonl"
-[sinks.dead_letter]
-kind = "file"
-path = "out/dead-letter.jsonl"
-[admin]
+"#,
+    file_sinks!(),
+    r#"[admin]
 listen = ""
-"#;
+"#
+);
 
 /// File sinks in the run folder's `out/`, where [`Outputs::read`] reads them.
-pub const FILE_SINKS: &str = r#"[sinks.upsert]
-kind = "file"
-path = "out/upsert.jsonl"
-[sinks.drop]
-kind = "file"
-path = "out/drop.jsonl"
-[sinks.dead_letter]
-kind = "file"
-path = "out/dead-letter.jsonl"
-"#;
+pub const FILE_SINKS: &str = file_sinks!();
 
 /// A fresh working folder with a scenario's inputs and the README's config.
 pub fn prepare(scenario: &Path) -> tempfile::TempDir {
