@@ -73,7 +73,7 @@ pub async fn run(deps: &SweepDeps, env: Envelope<Enriched>) {
     match finish {
         Finish::Ack => env.ack.done(),
         Finish::Dead(dl) => finish_dead(deps, *dl, env.ack).await,
-        Finish::Leave => tracing::error!("history writer stopped; completion left unacknowledged for re-delivery"),
+        Finish::Leave => tracing::error!("completion left unacknowledged for re-delivery (the process is stopping)"),
     }
 }
 
@@ -118,6 +118,12 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
             _ => break plan,
         }
     };
+    // The process is stopping because a stage keeps failing: an earlier event of this run may
+    // have been left unacknowledged rather than applied, so the barrier proves nothing. Drop
+    // nothing; the completion is read again after the restart.
+    if deps.supervisor.given_up() {
+        return Finish::Leave;
+    }
     // A first delivery is attempt 1; a redrive counts on from the dead letter.
     let redriven = env.attempts > 1;
     let marked = |state| CompletionMark::new(&ev.run_id, ev.emitted_at, state, &env.origin);
@@ -158,6 +164,9 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
             tracing::warn!(source = %ev.source, error = %e, "cannot write the completion mark; a late process may sweep this run again");
         }
         return Finish::Dead(Box::new(dead("drop_guard", Stage::Decide, msg)));
+    }
+    if deps.supervisor.given_up() {
+        return Finish::Leave;
     }
     let n = deps.shards.len();
     let mut per_shard: Vec<Vec<String>> = vec![Vec::new(); n];
