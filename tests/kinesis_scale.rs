@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use assetflow::adapters::postgres::control::PgControl;
 use assetflow::adapters::postgres::history::PgHistory;
-use assetflow_actors::decision::Outcome;
 use assetflow_actors::ports::{ControlStore, HistoryStore};
 use common::aws::*;
 use common::bin;
@@ -44,16 +43,23 @@ fn control_rows(rt: &tokio::runtime::Runtime, table: &str) -> Vec<Value> {
     rows
 }
 
-/// An asset's decisions in history (created, updated, dropped), once each, newest first.
-fn decisions_in_history(rt: &tokio::runtime::Runtime, table: &str, key: &str) -> Vec<(String, String)> {
+/// An asset's history rows as (outcome, decision id, event id), newest first.
+fn history_rows(rt: &tokio::runtime::Runtime, table: &str, key: &str) -> Vec<(String, String, String)> {
     let history = PgHistory::new(&common::pg_url(), table, 2, Duration::from_secs(5)).unwrap();
-    let mut seen = std::collections::HashSet::new();
     rt.block_on(history.read(key, 1000))
         .unwrap()
         .into_iter()
-        .filter(|r| matches!(r.outcome, Outcome::Created | Outcome::Updated | Outcome::Dropped))
-        .filter(|r| seen.insert(r.decision_id.clone()))
-        .map(|r| (r.outcome.as_str().to_owned(), r.decision_id))
+        .map(|r| (r.outcome.as_str().to_owned(), r.decision_id, r.event_id.unwrap_or_default()))
+        .collect()
+}
+
+/// An asset's decisions in history (created, updated, dropped), once each, newest first.
+fn decisions(rows: &[(String, String, String)]) -> Vec<(String, String, String)> {
+    let mut seen = std::collections::HashSet::new();
+    rows.iter()
+        .filter(|r| matches!(r.0.as_str(), "created" | "updated" | "dropped"))
+        .filter(|r| seen.insert(r.1.clone()))
+        .cloned()
         .collect()
 }
 
@@ -147,9 +153,26 @@ fn three_workers_leasing_shards_decide_exactly_as_one() {
     assert_eq!(control_rows(&rt, &control), control_rows(&rt, &ref_control), "the control table is one process's");
     let keys: Vec<String> =
         want.upserts.iter().map(|u| u["asset_key"].as_str().unwrap().to_owned()).step_by(97).take(20).collect();
+    let mut lost_rows = 0;
     for key in keys {
-        assert_eq!(decisions_in_history(&rt, &history, &key), decisions_in_history(&rt, &ref_history, &key), "{key}");
+        let (rows, want) = (history_rows(&rt, &history, &key), decisions(&history_rows(&rt, &ref_history, &key)));
+        let got = decisions(&rows);
+        // History is written after the control record (ARCHITECTURE.md's order), so a worker
+        // SIGKILLed between the two leaves a decision whose row never lands: its event, read
+        // again by the next owner, meets its own record and is an exact re-delivery
+        // (`unchanged`). That one window is allowed, nothing else: every decision of the
+        // reference is there, or its event is in history as that replay.
+        let lost: Vec<&(String, String, String)> = want.iter().filter(|d| !got.contains(d)).collect();
+        assert!(got.iter().all(|d| want.contains(d)), "{key}: decisions one process did not make: {got:?} vs {want:?}");
+        for d in &lost {
+            assert!(
+                rows.iter().any(|r| r.0 == "unchanged" && r.2 == d.2),
+                "{key}: decision {d:?} is neither in history nor replayed: {rows:?}"
+            );
+        }
+        lost_rows += lost.len();
     }
+    assert!(lost_rows <= 2, "{lost_rows} decisions lost their history row: more than one kill's window");
 }
 
 #[test]
