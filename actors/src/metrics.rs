@@ -374,8 +374,12 @@ impl Metrics {
     }
     /// One message read from `source`.
     pub fn event_in(&self, source: &str) {
-        self.events_in.fetch_add(1, Ordering::Relaxed);
-        self.sent_from(source, Flow::SourceIngest, 1);
+        self.events_in(source, 1);
+    }
+    /// `n` messages read from `source` at once.
+    pub fn events_in(&self, source: &str, n: u64) {
+        self.events_in.fetch_add(n, Ordering::Relaxed);
+        self.sent_from(source, Flow::SourceIngest, n);
     }
     /// Messages read, by source: the flow from each source into its Ingest.
     pub fn events_by_source(&self) -> BTreeMap<String, u64> {

@@ -1,10 +1,12 @@
 //! Enricher: attaches business data to each running event, looked up by the configured
 //! pointers through the cached [`Lookup`](crate::ports::Lookup); completions pass untouched.
 //!
-//! A cache miss pauses the enricher (`ctx.wait`) until the lookup is back, so events leave in the
-//! order they came. A lookup that still fails after the retries dead-letters its event (stage
+//! Events come and go in batches, in input order. A batch with cache misses pauses the enricher
+//! (`ctx.wait`) until its lookups are back (each distinct key once), so events leave in the order
+//! they came. A lookup that still fails after the retries dead-letters its event (stage
 //! `enrich`, kind `backend`); a key that finds nothing is `business: null`, not an error.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -20,13 +22,14 @@ use crate::event::{AssetEvent, EventKind};
 use crate::forward::{Ping, forward_from};
 use crate::lookup::{CachedLookup, LookupKeys};
 use crate::metrics::{ActorName, Flow, Metrics};
-use crate::ports::BackendError;
+use crate::ports::BackendResult;
 use crate::supervise::{Panicked, Supervisor};
+use futures_util::StreamExt;
 
-/// Enrich this event.
+/// Enrich these events, in order.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Enrich(pub Envelope<AssetEvent>);
+pub struct Enrich(pub Vec<Envelope<AssetEvent>>);
 
 /// Where enriched events go: to the decision stage, or (enrich-only) straight to their sink.
 pub enum Next {
@@ -81,30 +84,13 @@ impl Enricher {
         }
     }
 
-    fn panicked(&mut self, env: Envelope<AssetEvent>, why: Panicked, ctx: &mut Context<Self>) {
-        self.dead_letter(env, "panic", why.to_string(), ctx);
-    }
-
-    fn pass(&mut self, env: Envelope<AssetEvent>, business: Business, ctx: &mut Context<Self>) {
-        let env = env.map(|event| Enriched { event, business, enriched_at: Utc::now() });
-        match &self.next {
-            Next::Decide(router) => {
-                self.metrics.sent(Flow::EnricherRouter, 1);
-                forward_from::<Self, _, _>(ctx, router, Route(env))
-            }
-            Next::Publish(producer) => {
-                self.metrics.sent(Flow::EnricherEnriched, 1);
-                forward_from::<Self, _, _>(ctx, producer, Deliver(env))
-            }
-        }
-    }
-
-    fn fail(&mut self, env: Envelope<AssetEvent>, error: BackendError, ctx: &mut Context<Self>) {
-        self.dead_letter(env, "backend", error.to_string(), ctx);
-    }
-
-    fn dead_letter(&mut self, env: Envelope<AssetEvent>, kind: &str, message: String, ctx: &mut Context<Self>) {
-        let mut dl = DeadLetter::new(
+    fn dead_letter(
+        &self,
+        env: Envelope<AssetEvent>,
+        kind: &str,
+        message: String,
+    ) -> (DeadLetter, crate::envelope::Ack) {
+        let dl = DeadLetter::new(
             Stage::Enrich,
             kind,
             message,
@@ -112,10 +98,9 @@ impl Enricher {
             Some(env.body.event_id.clone()),
             env.origin.clone(),
             env.attempts,
-        );
-        dl = dl.of_event(&env.body);
-        self.metrics.sent(Flow::EnricherHistory, 1);
-        forward_from::<Self, _, _>(ctx, &self.history, DeadLetters(vec![(dl, env.ack)]));
+        )
+        .of_event(&env.body);
+        (dl, env.ack)
     }
 }
 
@@ -130,32 +115,102 @@ impl Handler<Enrich> for Enricher {
     type Result = ();
     fn handle(&mut self, msg: Enrich, ctx: &mut Context<Self>) {
         self.metrics.handled(ActorName::Enricher);
-        let env = msg.0;
-        let params = match self.supervisor.twice_now("enricher", "enrich", || self.step(&env.body)) {
-            Ok(Step::Pass(business)) => return self.pass(env, business, ctx),
-            Ok(Step::Fetch(params)) => params,
-            Err(why) => return self.panicked(env, why, ctx),
-        };
+        let metrics = self.metrics.clone();
+        let _working = metrics.working(ActorName::Enricher);
+        let mut steps = Vec::with_capacity(msg.0.len());
+        let mut misses: Vec<Vec<String>> = Vec::new();
+        for env in msg.0 {
+            let step = self.supervisor.twice_now("enricher", "enrich", || self.step(&env.body));
+            if let Ok(Step::Fetch(params)) = &step
+                && !misses.contains(params)
+            {
+                misses.push(params.clone());
+            }
+            steps.push((env, step));
+        }
+        if misses.is_empty() {
+            return self.finish(steps, HashMap::new(), ctx);
+        }
         let lookup = self.lookup.clone();
         let metrics = self.metrics.clone();
         let supervisor = self.supervisor.clone();
-        // ctx.wait: the next event waits for this lookup, so events leave in the order they came.
+        // ctx.wait: the next batch waits for these lookups, so events leave in the order they
+        // came. The batch's distinct misses are looked up together, a few at a time.
         ctx.wait(
             actix::fut::wrap_future::<_, Self>(async move {
                 let _working = metrics.working(ActorName::Enricher);
-                supervisor
-                    .twice("enricher", "lookup", || async {
-                        crate::failpoint!("enricher.lookup");
-                        lookup.fetch(&params).await
+                futures_util::stream::iter(misses)
+                    .map(|params| {
+                        let (lookup, supervisor) = (lookup.clone(), supervisor.clone());
+                        async move {
+                            let found = supervisor
+                                .twice("enricher", "lookup", || async {
+                                    crate::failpoint!("enricher.lookup");
+                                    lookup.fetch(&params).await
+                                })
+                                .await;
+                            (params, found)
+                        }
                     })
+                    .buffered(LOOKUPS_AT_ONCE)
+                    .collect::<HashMap<_, _>>()
                     .await
             })
-            .map(move |result, act, ctx| match result {
-                Ok(Ok(business)) => act.pass(env, business, ctx),
-                Ok(Err(e)) => act.fail(env, e, ctx),
-                Err(why) => act.panicked(env, why, ctx),
-            }),
+            .map(move |fetched, act, ctx| act.finish(steps, fetched, ctx)),
         );
+    }
+}
+
+/// Lookups of one batch's cache misses in flight at once.
+const LOOKUPS_AT_ONCE: usize = 8;
+
+/// What looking up a batch's misses gave, by lookup parameters.
+type Fetched = HashMap<Vec<String>, Result<BackendResult<Business>, Panicked>>;
+
+impl Enricher {
+    /// Sends a batch on, in order, once each event's business data is known: the enriched ones
+    /// as one message to the next stage, the failed ones as dead letters.
+    fn finish(
+        &mut self,
+        steps: Vec<(Envelope<AssetEvent>, Result<Step, Panicked>)>,
+        fetched: Fetched,
+        ctx: &mut Context<Self>,
+    ) {
+        let mut out = Vec::with_capacity(steps.len());
+        let mut letters = Vec::new();
+        for (env, step) in steps {
+            let found = match step {
+                Ok(Step::Pass(business)) => Ok(business),
+                Ok(Step::Fetch(params)) => match fetched.get(&params) {
+                    Some(Ok(Ok(business))) => Ok(business.clone()),
+                    Some(Ok(Err(e))) => Err(("backend", e.to_string())),
+                    Some(Err(why)) => Err(("panic", why.to_string())),
+                    None => Err(("backend", "the lookup was not made".to_owned())),
+                },
+                Err(why) => Err(("panic", why.to_string())),
+            };
+            match found {
+                Ok(business) => out.push(env.map(|event| Enriched { event, business, enriched_at: Utc::now() })),
+                Err((kind, message)) => letters.push(self.dead_letter(env, kind, message)),
+            }
+        }
+        if !letters.is_empty() {
+            self.metrics.sent(Flow::EnricherHistory, letters.len() as u64);
+            forward_from::<Self, _, _>(ctx, &self.history, DeadLetters(letters));
+        }
+        if out.is_empty() {
+            return;
+        }
+        match &self.next {
+            Next::Decide(router) => {
+                self.metrics.sent(Flow::EnricherRouter, out.len() as u64);
+                forward_from::<Self, _, _>(ctx, router, Route(out))
+            }
+            Next::Publish(producer) => {
+                self.metrics.sent(Flow::EnricherEnriched, out.len() as u64);
+                forward_from::<Self, _, _>(ctx, producer, Deliver(out))
+            }
+        }
     }
 }
 

@@ -11,10 +11,12 @@ use super::enricher::{Enrich, Enricher};
 use super::history::{DeadLetters, HistoryWriter};
 use crate::decision::{DeadLetter, Stage};
 use crate::envelope::Envelope;
+use crate::event::{AssetEvent, Rejection};
 use crate::event::{RejectKind, decode};
 use crate::forward::forward;
 use crate::metrics::{Flow, Metrics};
-use crate::ports::{Pull, Source};
+use crate::ports::{Pull, RawMessage, Source};
+use crate::supervise::Panicked;
 use crate::supervise::Supervisor;
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
@@ -138,10 +140,8 @@ impl IngestLoop {
             match pulled {
                 Ok(Pull::Messages(msgs)) => {
                     idle_pause = Duration::from_millis(5);
-                    for m in msgs {
-                        if !self.admit(m).await {
-                            return Err(BEHIND_GONE.to_owned());
-                        }
+                    if !self.admit(msgs).await {
+                        return Err(BEHIND_GONE.to_owned());
                     }
                 }
                 Ok(Pull::Idle) => {
@@ -173,52 +173,67 @@ impl IngestLoop {
         Ok(())
     }
 
-    /// Decodes one message and hands it on; false once the pipeline behind is gone.
-    async fn admit(&mut self, m: crate::ports::RawMessage) -> bool {
-        self.metrics.event_in(&self.name);
-        let read_at = std::time::Instant::now();
-        let max = self.settings.max_event_bytes;
-        let decoded = self.supervisor.twice_now("ingest", "decode", || {
-            crate::failpoint!("ingest.decode");
-            decode(&m.bytes, max)
-        });
-        let decoded = match decoded {
-            Ok(d) => d,
-            Err(panic) => {
-                let dl =
-                    DeadLetter::new(Stage::Decode, "panic", panic.to_string(), &m.bytes, None, m.origin, m.attempts);
-                self.metrics.sent_from(&self.name, Flow::IngestHistory, 1);
-                return forward(&self.history, DeadLetters(vec![(dl, m.ack)])).await.is_ok();
-            }
-        };
-        match decoded {
-            Ok(event) => {
-                let env = Envelope {
+    /// Decodes a pulled batch and hands it on as one message to the Enricher (the valid events,
+    /// in input order) and one to the dead-letter path (the rest); false once the pipeline
+    /// behind is gone.
+    async fn admit(&mut self, msgs: Vec<crate::ports::RawMessage>) -> bool {
+        if msgs.is_empty() {
+            return true;
+        }
+        self.metrics.events_in(&self.name, msgs.len() as u64);
+        let read_at = Instant::now();
+        let decoded = decode_batch(msgs, self.settings.max_event_bytes, &self.supervisor).await;
+        let mut events = Vec::with_capacity(decoded.len());
+        let mut letters = Vec::new();
+        for (m, decoded) in decoded {
+            match decoded {
+                Ok(Ok(event)) => events.push(Envelope {
                     body: event,
                     raw: m.bytes.into(),
                     origin: m.origin,
                     attempts: m.attempts,
                     ack: m.ack,
                     read_at,
-                };
-                self.metrics.sent_from(&self.name, Flow::IngestEnricher, 1);
-                forward(&self.enricher, Enrich(env)).await.is_ok()
-            }
-            Err(rejection) => {
-                let stage = if rejection.kind == RejectKind::InvalidEvent { Stage::Validate } else { Stage::Decode };
-                let dl = DeadLetter::new(
-                    stage,
-                    rejection.kind.as_str(),
-                    rejection.message,
-                    &m.bytes,
-                    rejection.event_id,
-                    m.origin,
-                    m.attempts,
-                );
-                self.metrics.sent_from(&self.name, Flow::IngestHistory, 1);
-                forward(&self.history, DeadLetters(vec![(dl, m.ack)])).await.is_ok()
+                }),
+                Ok(Err(rejection)) => {
+                    let stage =
+                        if rejection.kind == RejectKind::InvalidEvent { Stage::Validate } else { Stage::Decode };
+                    let dl = DeadLetter::new(
+                        stage,
+                        rejection.kind.as_str(),
+                        rejection.message,
+                        &m.bytes,
+                        rejection.event_id,
+                        m.origin,
+                        m.attempts,
+                    );
+                    letters.push((dl, m.ack));
+                }
+                Err(panic) => {
+                    let dl = DeadLetter::new(
+                        Stage::Decode,
+                        "panic",
+                        panic.to_string(),
+                        &m.bytes,
+                        None,
+                        m.origin,
+                        m.attempts,
+                    );
+                    letters.push((dl, m.ack));
+                }
             }
         }
+        if !letters.is_empty() {
+            self.metrics.sent_from(&self.name, Flow::IngestHistory, letters.len() as u64);
+            if forward(&self.history, DeadLetters(letters)).await.is_err() {
+                return false;
+            }
+        }
+        if events.is_empty() {
+            return true;
+        }
+        self.metrics.sent_from(&self.name, Flow::IngestEnricher, events.len() as u64);
+        forward(&self.enricher, Enrich(events)).await.is_ok()
     }
 
     async fn commit(&mut self) {
@@ -249,4 +264,36 @@ impl IngestLoop {
         self.commit().await;
         self.source.close().await;
     }
+}
+
+/// A message and what decoding it gave: the event, why it was rejected, or the panic it caused
+/// twice.
+type Decoded = (RawMessage, Result<Result<AssetEvent, Rejection>, Panicked>);
+
+/// Batches at least this large are decoded in parallel; smaller ones cost less decoded here than
+/// handed to another thread.
+const PARALLEL_DECODE: usize = 32;
+
+/// Decodes a batch on the decode pool (rayon's, one thread per core), keeping input order, so
+/// that parsing and validating, the heaviest per-event work before the shards, is spread over
+/// the cores rather than done on the thread that runs the Ingests.
+async fn decode_batch(msgs: Vec<RawMessage>, max: usize, supervisor: &Supervisor) -> Vec<Decoded> {
+    let one = move |m: RawMessage, supervisor: &Supervisor| {
+        let decoded = supervisor.twice_now("ingest", "decode", || {
+            crate::failpoint!("ingest.decode");
+            decode(&m.bytes, max)
+        });
+        (m, decoded)
+    };
+    if msgs.len() < PARALLEL_DECODE {
+        return msgs.into_iter().map(|m| one(m, supervisor)).collect();
+    }
+    let (tx, rx) = oneshot::channel();
+    let sup = supervisor.clone();
+    rayon::spawn(move || {
+        use rayon::prelude::*;
+        let _ = tx.send(msgs.into_par_iter().map(|m| one(m, &sup)).collect::<Vec<_>>());
+    });
+    // The pool only drops the sender if the closure panicked, and `twice_now` catches panics.
+    rx.await.unwrap_or_default()
 }

@@ -19,11 +19,11 @@ use crate::metrics::{ActorName, Flow, Metrics};
 use crate::ports::{BackendError, BackendResult, Sink, SinkRecord};
 use crate::supervise::Supervisor;
 
-/// Publish this enriched event (the enrich-only topology) and acknowledge it once durable; if
-/// the sink keeps failing, dead-letter it instead.
+/// Publish these enriched events (the enrich-only topology) and acknowledge each once durable;
+/// if the sink keeps failing, dead-letter them instead.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver(pub Envelope<Enriched>);
+pub struct Deliver(pub Vec<Envelope<Enriched>>);
 
 /// What a delivered event needs after the write: its ack, or what a dead letter needs.
 struct Delivery {
@@ -159,13 +159,15 @@ impl Handler<Deliver> for EnrichedProducer {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
         self.calls.metrics().handled(EnrichedEvents::ACTOR);
-        let (record, id) = enriched_record(&msg.0);
-        let ev = &msg.0.body.event;
-        let (event_id, asset_key, source, run_id) =
-            (ev.event_id.clone(), ev.asset_key(), ev.source.clone(), ev.run_id.clone());
-        let (_, env) = msg.0.split();
-        self.delivered.push(record);
-        self.deliveries.push(Delivery { env, event_id, asset_key, source, run_id, decision_id: id });
+        for env in msg.0 {
+            let (record, id) = enriched_record(&env);
+            let ev = &env.body.event;
+            let (event_id, asset_key, source, run_id) =
+                (ev.event_id.clone(), ev.asset_key(), ev.source.clone(), ev.run_id.clone());
+            let (_, env) = env.split();
+            self.delivered.push(record);
+            self.deliveries.push(Delivery { env, event_id, asset_key, source, run_id, decision_id: id });
+        }
         self.schedule(ctx);
     }
 }

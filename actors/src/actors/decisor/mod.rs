@@ -42,10 +42,10 @@ use crate::supervise::Supervisor;
 /// How many times a batch is decided again after losing a conditional write.
 const CONFLICT_ROUNDS: u32 = 5;
 
-/// Decide this running event.
+/// Decide these running events, in order.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Decide(pub Envelope<Enriched>);
+pub struct Decide(pub Vec<Envelope<Enriched>>);
 
 /// Resolves once every message sent to this shard before it is fully applied.
 #[derive(Message)]
@@ -125,7 +125,9 @@ impl Handler<Decide> for Decisor {
     type Result = ();
     fn handle(&mut self, msg: Decide, ctx: &mut Context<Self>) {
         self.deps.metrics.handled(ActorName::Decisor);
-        self.push(Item::Event(Box::new(msg.0)), ctx);
+        for env in msg.0 {
+            self.push(Item::Event(Box::new(env)), ctx);
+        }
     }
 }
 

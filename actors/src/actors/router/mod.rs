@@ -24,10 +24,10 @@ use crate::metrics::{ActorName, Flow};
 use crate::supervise::Supervisor;
 pub use sweep::SweepDeps;
 
-/// Route this event.
+/// Route these events, in order.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Route(pub Envelope<Enriched>);
+pub struct Route(pub Vec<Envelope<Enriched>>);
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -53,11 +53,23 @@ pub struct Router {
     mailbox: usize,
     pending: HashMap<String, PendingSweep>,
     generation: u64,
+    /// Per shard, the events routed to it and not yet sent: each shard gets one message per
+    /// batch routed. Always sent before a sweep starts, so a barrier comes after them.
+    outbox: Vec<Vec<Envelope<Enriched>>>,
 }
 
 impl Router {
     pub fn new(sweep: Arc<SweepDeps>, supervisor: Supervisor, mailbox: usize) -> Self {
-        Router { shards: sweep.shards.clone(), sweep, supervisor, mailbox, pending: HashMap::new(), generation: 0 }
+        let outbox = sweep.shards.iter().map(|_| Vec::new()).collect();
+        Router {
+            shards: sweep.shards.clone(),
+            sweep,
+            supervisor,
+            mailbox,
+            pending: HashMap::new(),
+            generation: 0,
+            outbox,
+        }
     }
 
     /// Which shard owns the event's key (a completion has none: any answer will do); it
@@ -115,11 +127,23 @@ impl Router {
             }
         }
         match ev.kind {
-            EventKind::Running { .. } => {
-                self.sweep.metrics.sent(Flow::RouterDecisor, 1);
-                forward_from::<Self, _, _>(ctx, &self.shards[shard], Decide(env));
+            EventKind::Running { .. } => self.outbox[shard].push(env),
+            EventKind::Completed { expected_assets } => {
+                self.send_routed(ctx);
+                self.start_sweep(env, expected_assets.is_some(), ctx)
             }
-            EventKind::Completed { expected_assets } => self.start_sweep(env, expected_assets.is_some(), ctx),
+        }
+    }
+
+    /// Sends each shard the events routed to it so far, as one message.
+    fn send_routed(&mut self, ctx: &mut Context<Self>) {
+        for (shard, events) in self.outbox.iter_mut().enumerate() {
+            if events.is_empty() {
+                continue;
+            }
+            let events = std::mem::take(events);
+            self.sweep.metrics.sent(Flow::RouterDecisor, events.len() as u64);
+            forward_from::<Self, _, _>(ctx, &self.shards[shard], Decide(events));
         }
     }
 
@@ -159,6 +183,7 @@ impl Router {
         for env in p.held {
             self.route(env, ctx);
         }
+        self.send_routed(ctx);
     }
 }
 
@@ -181,7 +206,10 @@ impl Handler<Route> for Router {
         self.sweep.metrics.handled(ActorName::Router);
         let metrics = self.sweep.metrics.clone();
         let _working = metrics.working(ActorName::Router);
-        self.route(msg.0, ctx);
+        for env in msg.0 {
+            self.route(env, ctx);
+        }
+        self.send_routed(ctx);
     }
 }
 
