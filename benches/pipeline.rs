@@ -49,13 +49,34 @@ struct Measured {
     p99_ms: f64,
     peak_rss_mib: f64,
     summary: serde_json::Value,
+    /// CPU seconds (user and system) of the whole run.
+    cpu_seconds: f64,
+    /// Per thread: its name and CPU seconds, as last sampled before the run ended.
+    threads: Vec<(String, f64)>,
+    /// Seconds from the start of the process to its exit.
+    wall: f64,
 }
 
 impl Measured {
     /// A loop that is not assetflow: only how many events in how long.
     fn throughput(events: u64, seconds: f64) -> Measured {
         let nan = f64::NAN;
-        Measured { events, seconds, p50_ms: nan, p99_ms: nan, peak_rss_mib: nan, summary: serde_json::Value::Null }
+        Measured {
+            events,
+            seconds,
+            p50_ms: nan,
+            p99_ms: nan,
+            peak_rss_mib: nan,
+            summary: serde_json::Value::Null,
+            cpu_seconds: nan,
+            threads: Vec::new(),
+            wall: seconds,
+        }
+    }
+
+    /// CPU time per event, in microseconds.
+    fn cpu_us(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.events as f64
     }
 
     fn rate(&self) -> f64 {
@@ -158,15 +179,35 @@ fn embedded_sections(work: &Path, report: &mut Report, small: usize, large: usiz
         embedded.push((n, first, steady));
     }
     let ceiling = ceiling(&work.join(format!("steady-{small}.jsonl")), &work.join("ceiling.out"));
-    let scaling: Vec<(usize, Measured)> = [1, 2, 4, 8]
-        .into_iter()
-        .map(|shards| {
-            let dir = work.join(format!("shards-{shards}"));
-            run_embedded(&dir, &work.join(format!("first-{small}.jsonl")), shards, true);
-            (shards, run_embedded(&dir, &work.join(format!("steady-{small}.jsonl")), shards, false))
-        })
-        .collect();
-    report.embedded(&embedded, ceiling, &scaling, small, large);
+    report.embedded(&embedded, &ceiling, small, large);
+    report.scaling(&scaling(work, small), &ceiling, small);
+}
+
+/// A first crawl from empty state and the steady crawl after it, with one shard count, on all
+/// cores or pinned.
+struct Scaled {
+    shards: usize,
+    first: Measured,
+    steady: Measured,
+}
+
+/// The cores a pinned run gets: the first two.
+const PINNED: &str = "0,1";
+
+/// First and steady crawls of `small` events for 1 to 16 shards on every core, then the same
+/// binary pinned to two cores (`taskset -c 0,1`) with the shard count that did best on all.
+fn scaling(work: &Path, small: usize) -> (Vec<Scaled>, Scaled) {
+    let first = work.join(format!("first-{small}.jsonl"));
+    let steady = work.join(format!("steady-{small}.jsonl"));
+    let crawls = |shards: usize, cores: Option<&str>| {
+        let dir = work.join(format!("shards-{shards}{}", if cores.is_some() { "-pinned" } else { "" }));
+        let first = run_embedded_on(&dir, &first, shards, true, cores);
+        Scaled { shards, first, steady: run_embedded_on(&dir, &steady, shards, false, cores) }
+    };
+    let all: Vec<Scaled> = [1, 2, 4, 8, 16].into_iter().map(|shards| crawls(shards, None)).collect();
+    let best = all.iter().max_by(|a, b| a.steady.rate().total_cmp(&b.steady.rate())).map_or(4, |s| s.shards);
+    let pinned = crawls(best, Some(PINNED));
+    (all, pinned)
 }
 
 fn env_usize(key: &str, default: usize) -> usize {
@@ -228,30 +269,52 @@ listen = ""
 
 /// Runs the embedded topology over `input` in `dir` (`fresh`: from empty state).
 fn run_embedded(dir: &Path, input: &Path, shards: usize, fresh: bool) -> Measured {
+    run_embedded_on(dir, input, shards, fresh, None)
+}
+
+/// [`run_embedded`], pinned to `cores` (a `taskset -c` list) when given.
+fn run_embedded_on(dir: &Path, input: &Path, shards: usize, fresh: bool, cores: Option<&str>) -> Measured {
     if fresh {
         let _ = std::fs::remove_dir_all(dir);
     }
     let _ = std::fs::remove_dir_all(dir.join("out"));
     std::fs::create_dir_all(dir).expect("bench dir");
     std::fs::write(dir.join("config.toml"), embedded_config(input, shards)).expect("config");
-    let m = run_measured(dir, &["run", "--config", "config.toml", "--summary-json", "summary.json"]);
+    let m = run_measured_on(dir, &["run", "--config", "config.toml", "--summary-json", "summary.json"], cores);
     eprintln!(
-        "bench: {} shards={shards} {}: {:.0} events/s, p99 {:.1} ms, peak {:.0} MiB",
+        "bench: {} shards={shards}{} {}: {:.0} events/s, p99 {:.1} ms, peak {:.0} MiB, {:.1} us CPU/event",
         input.file_name().and_then(|f| f.to_str()).unwrap_or(""),
+        cores.map(|c| format!(" on cores {c}")).unwrap_or_default(),
         if fresh { "fresh" } else { "over prior state" },
         m.rate(),
         m.p99_ms,
-        m.peak_rss_mib
+        m.peak_rss_mib,
+        m.cpu_us()
     );
     m
 }
 
 /// Runs the binary in `dir` and reads its JSON summary and peak RSS (from `wait4`).
 fn run_measured(dir: &Path, args: &[&str]) -> Measured {
+    run_measured_on(dir, args, None)
+}
+
+/// [`run_measured`], pinned to `cores` (`taskset -c`, which execs the binary in its own
+/// process, so `wait4` still measures assetflow) when given. While it runs, each thread's CPU
+/// time is sampled from `/proc` every 50 ms; the last sample before the exit is kept.
+fn run_measured_on(dir: &Path, args: &[&str], cores: Option<&str>) -> Measured {
     let started = Instant::now();
+    let mut command = match cores {
+        Some(cores) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cores, BIN]);
+            c
+        }
+        None => Command::new(BIN),
+    };
     // Reaped by the wait4 below, which also reports the child's peak RSS.
     #[allow(clippy::zombie_processes)]
-    let child = Command::new(BIN)
+    let child = command
         .args(args)
         .current_dir(dir)
         // The Kafka source logs when its group join ends: the bench reads that from run.log.
@@ -264,9 +327,17 @@ fn run_measured(dir: &Path, args: &[&str]) -> Measured {
     let mut status = 0;
     // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for our own child's pid; the pointers are valid for the call.
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert_eq!(pid, child.id() as i32, "wait4");
+    let mut threads = std::collections::HashMap::new();
+    loop {
+        // SAFETY: polling our own child's pid; the pointers are valid for the call.
+        let pid = unsafe { libc::wait4(child.id() as i32, &mut status, libc::WNOHANG, &mut usage) };
+        if pid == child.id() as i32 {
+            break;
+        }
+        assert_eq!(pid, 0, "wait4");
+        sample_threads(child.id(), &mut threads);
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "assetflow {args:?} failed in {}",
@@ -276,6 +347,9 @@ fn run_measured(dir: &Path, args: &[&str]) -> Measured {
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("summary.json")).expect("summary.json")).expect("summary json");
     let ms = |k: &str| summary[k].as_f64().unwrap_or(f64::NAN) * 1e3;
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let mut threads: Vec<(String, f64)> = threads.into_values().collect();
+    threads.sort_by(|a, b| b.1.total_cmp(&a.1));
     Measured {
         events: summary["events_in"].as_u64().unwrap_or(0),
         seconds: summary["elapsed_seconds"].as_f64().unwrap_or(wall),
@@ -283,6 +357,28 @@ fn run_measured(dir: &Path, args: &[&str]) -> Measured {
         p99_ms: ms("latency_p99_seconds"),
         peak_rss_mib: usage.ru_maxrss as f64 / 1024.0,
         summary,
+        cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+        threads,
+        wall,
+    }
+}
+
+/// Reads every thread's name and CPU seconds (utime + stime) of process `pid` into `into`,
+/// by thread id.
+fn sample_threads(pid: u32, into: &mut std::collections::HashMap<u64, (String, f64)>) {
+    // SAFETY: sysconf only reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        // `tid (name) state ...`: the name may hold spaces, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        // After the name: state is field 0, utime field 11, stime field 12.
+        let cpu = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0) / ticks;
+        let tid = stat[..open].trim().parse().unwrap_or(0);
+        into.insert(tid, (name, cpu(11) + cpu(12)));
     }
 }
 
@@ -290,6 +386,7 @@ fn run_measured(dir: &Path, args: &[&str]) -> Measured {
 /// actors, no state, no fsync. What assetflow would cost if it only had to compute.
 fn ceiling(input: &Path, out: &Path) -> Measured {
     let ignore = HashIgnore::new(&["stats.row_count"]);
+    let cpu_before = thread_cpu_seconds();
     let started = Instant::now();
     let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(input).expect("open input"));
     let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(out).expect("create out"));
@@ -313,7 +410,19 @@ fn ceiling(input: &Path, out: &Path) -> Measured {
     w.flush().expect("flush");
     let seconds = started.elapsed().as_secs_f64();
     eprintln!("bench: ceiling {:.0} events/s", n as f64 / seconds);
-    Measured::throughput(n, seconds)
+    let mut m = Measured::throughput(n, seconds);
+    m.cpu_seconds = thread_cpu_seconds() - cpu_before;
+    m
+}
+
+/// CPU seconds (user and system) the calling thread has used so far.
+fn thread_cpu_seconds() -> f64 {
+    // SAFETY: an all-zero rusage is valid; getrusage fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the pointer is valid for the call.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// (assetflow, bare loop) over the same `n`-event first crawl on the same broker.
@@ -483,14 +592,7 @@ fn mib(v: f64) -> String {
 }
 
 impl Report {
-    fn embedded(
-        &mut self,
-        runs: &[(usize, Measured, Measured)],
-        ceiling: Measured,
-        scaling: &[(usize, Measured)],
-        small: usize,
-        large: usize,
-    ) {
+    fn embedded(&mut self, runs: &[(usize, Measured, Measured)], ceiling: &Measured, small: usize, large: usize) {
         let b = &mut self.body;
         let _ = writeln!(b, "## Embedded end to end\n");
         let _ = writeln!(
@@ -530,15 +632,52 @@ impl Report {
             ceiling.rate(),
             steady_small.rate() / ceiling.rate()
         );
+    }
+
+    /// The scaling section: events/s by shard count, pinned against all cores, CPU per event
+    /// against the one-thread loop, and which threads were busy.
+    fn scaling(&mut self, (all, pinned): &(Vec<Scaled>, Scaled), ceiling: &Measured, small: usize) {
+        let b = &mut self.body;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let _ = writeln!(
             b,
-            "## Shard scaling (steady {small})\n\n| shards | events/s | vs 1 shard | p99 |\n|---|---|---|---|"
+            "## Scaling ({small} events, {cores} cores)\n\nThe embedded runs above with 1 to 16 shards on every core, each a first crawl from\nempty state and the steady crawl after it; then the same binary pinned to two cores\n(`taskset -c {PINNED}`) with the shard count that did best. CPU per event is user and system\ntime over events; the one-thread loop (the ceiling above) needs **{:.1} us** per event.\n\n| shards | first events/s | steady events/s | steady p99 | steady CPU per event | vs the loop |\n|---|---|---|---|---|---|",
+            ceiling.cpu_us()
         );
-        let one = scaling.first().map(|s| s.1.rate()).unwrap_or(1.0);
-        for (shards, m) in scaling {
-            let _ = writeln!(b, "| {shards} | {:.0} | {:.2}x | {:.0} ms |", m.rate(), m.rate() / one, m.p99_ms);
+        for s in all.iter().chain([pinned]) {
+            let pin = if std::ptr::eq(s, pinned) { format!(" on cores {PINNED}") } else { String::new() };
+            let _ = writeln!(
+                b,
+                "| {}{pin} | {:.0} | **{:.0}** | {:.0} ms | {:.1} us | {:.2}x |",
+                s.shards,
+                s.first.rate(),
+                s.steady.rate(),
+                s.steady.p99_ms,
+                s.steady.cpu_us(),
+                s.steady.cpu_us() / ceiling.cpu_us()
+            );
         }
-        b.push('\n');
+        let best = all.iter().find(|s| s.shards == pinned.shards).unwrap_or(pinned);
+        let _ = writeln!(
+            b,
+            "\nAll {cores} cores against two, {} shards: steady **{:.2}x**, first **{:.2}x** (target where 16 cores are at\nhand: steady at least 4x). Targets on 2 cores: steady at least 100,000 events/s, first at\nleast 40,000, p99 at most 100 ms, CPU per event at most 1.5x the loop's.\n",
+            best.shards,
+            best.steady.rate() / pinned.steady.rate(),
+            best.first.rate() / pinned.first.rate()
+        );
+        let _ = writeln!(
+            b,
+            "Busy threads of that steady run on all cores (CPU time over the process's wall time; `af-*` are\nassetflow's stages, `af-decode-*` the decode pool, `assetflow` the main thread with the\nIngests, `tokio-runtime-w` the store and file I/O, `fjall:worker` the store's flushes):\n"
+        );
+        let wall = best.steady.wall.max(1e-9);
+        let shares: Vec<String> = best
+            .steady
+            .threads
+            .iter()
+            .filter(|(_, cpu)| cpu / wall >= 0.02)
+            .map(|(name, cpu)| format!("{name} {:.0}%", 100.0 * cpu / wall))
+            .collect();
+        let _ = writeln!(b, "{}\n", if shares.is_empty() { "(none sampled)".to_owned() } else { shares.join(", ") });
     }
 
     fn kafka(&mut self, brokers: &str, n: usize, rows: &[KafkaRow]) {

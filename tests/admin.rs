@@ -61,8 +61,23 @@ fn metrics_move_as_a_scenario_runs_and_the_page_is_served() {
         })
     };
     assert!(timed("control store") && timed("upsert sink") && timed("history store"), "latency histograms");
-    // Every running event went through the router and a shard; queues are empty once idle.
-    assert_eq!(sample(&scrape, "assetflow_actor_messages_handled_total", ("actor", "decisor")), 16.0);
+    // Every running event went through the router and a shard, in messages that carry batches
+    // (one per event at most); queues are empty once idle.
+    let decided: f64 = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "assetflow_decisor_batch_events_total")
+        .map(|s| {
+            if let prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) = s.value {
+                v
+            } else {
+                f64::NAN
+            }
+        })
+        .sum();
+    assert_eq!(decided, 16.0);
+    let messages = sample(&scrape, "assetflow_actor_messages_handled_total", ("actor", "decisor"));
+    assert!((1.0..=16.0).contains(&messages), "{messages} messages to the shards");
     assert_eq!(sample(&scrape, "assetflow_actor_mailbox_depth", ("actor", "decisor")), 0.0);
 
     assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200));

@@ -33,7 +33,8 @@
 //! - [`supervise`]: the [`supervise::Supervisor`] every actor runs under: a panic is caught,
 //!   counted and retried once, a second one dead-letters the message (kind `panic`), and an
 //!   actor past its restart budget stops the process.
-//! - [`pipeline`]: wiring the actors into a running topology.
+//! - [`pipeline`]: wiring the actors into a running topology; [`threads`]: the names of the
+//!   threads it starts (one per stage and shard) and the decode pool the Ingests share.
 
 mod actors;
 pub mod calls;
@@ -53,5 +54,6 @@ pub mod redrive;
 pub mod retry;
 pub mod rules;
 pub mod supervise;
+pub mod threads;
 
 pub use latency::LatencyHistogram;

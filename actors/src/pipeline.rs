@@ -95,11 +95,12 @@ pub struct DecisionPorts {
     pub drop_sink: Arc<dyn Sink>,
 }
 
-/// A new arbiter (a thread with its own event loop), kept in `arbiters` to be stopped with the
-/// pipeline; returns its handle to start an actor on.
-fn own_thread(arbiters: &mut Vec<Arbiter>) -> ArbiterHandle {
+/// A new arbiter (a thread with its own event loop) named `name`, kept in `arbiters` to be
+/// stopped with the pipeline; returns its handle to start an actor on.
+fn own_thread(arbiters: &mut Vec<Arbiter>, name: String) -> ArbiterHandle {
     let arbiter = Arbiter::new();
     let handle = arbiter.handle();
+    arbiter.spawn_fn(move || crate::threads::name_this_thread(&name));
     arbiters.push(arbiter);
     handle
 }
@@ -120,6 +121,7 @@ impl Pipeline {
     /// Starts every actor. Call from inside a running actix `System`.
     pub fn start(settings: Settings, ports: Ports) -> Pipeline {
         setup_failpoints();
+        crate::threads::start_decode_pool();
         let metrics = Arc::new(Metrics::default());
         let supervisor = Supervisor::new(settings.supervision, metrics.clone());
         let mailbox = settings.mailbox.max(1);
@@ -134,7 +136,7 @@ impl Pipeline {
         let history = {
             let (store, sink, calls) = (ports.history.clone(), ports.dead_letter_sink.clone(), calls.clone());
             let sup = supervisor.clone();
-            HistoryWriter::start_in_arbiter(&own_thread(&mut arbiters), move |_| {
+            HistoryWriter::start_in_arbiter(&own_thread(&mut arbiters, "af-history".into()), move |_| {
                 HistoryWriter::new(store, sink, calls, sup, mailbox)
             })
         };
@@ -142,9 +144,10 @@ impl Pipeline {
             Downstream::PublishEnriched(sink) => {
                 // Enrich only: enriched events go straight to their sink.
                 let (sink, h, calls, sup) = (sink.clone(), history.clone(), calls.clone(), supervisor.clone());
-                Next::Publish(EnrichedProducer::start_in_arbiter(&own_thread(&mut arbiters), move |_| {
-                    EnrichedProducer::new(sink, calls, sup, mailbox).delivering(h)
-                }))
+                Next::Publish(EnrichedProducer::start_in_arbiter(
+                    &own_thread(&mut arbiters, "af-enriched".into()),
+                    move |_| EnrichedProducer::new(sink, calls, sup, mailbox).delivering(h),
+                ))
             }
             Downstream::Decide(decision) => Next::Decide(Self::start_decision_stage(
                 &settings,
@@ -160,7 +163,7 @@ impl Pipeline {
         let enricher = {
             let (lookup, history, metrics, sup) =
                 (lookup.clone(), history.clone(), metrics.clone(), supervisor.clone());
-            Enricher::start_in_arbiter(&own_thread(&mut arbiters), move |_| {
+            Enricher::start_in_arbiter(&own_thread(&mut arbiters, "af-enricher".into()), move |_| {
                 Enricher::new(lookup, keys, next, history, mailbox, metrics, sup)
             })
         };
@@ -218,13 +221,15 @@ impl Pipeline {
         let calls = Calls::new(settings.retry, metrics.clone());
         let upserts = {
             let (sink, calls, sup) = (ports.upsert_sink.clone(), calls.clone(), supervisor.clone());
-            UpsertProducer::start_in_arbiter(&own_thread(arbiters), move |_| {
+            UpsertProducer::start_in_arbiter(&own_thread(arbiters, "af-upserts".into()), move |_| {
                 UpsertProducer::new(sink, calls, sup, mailbox)
             })
         };
         let drops = {
             let (sink, calls, sup) = (ports.drop_sink.clone(), calls.clone(), supervisor.clone());
-            DropProducer::start_in_arbiter(&own_thread(arbiters), move |_| DropProducer::new(sink, calls, sup, mailbox))
+            DropProducer::start_in_arbiter(&own_thread(arbiters, "af-drops".into()), move |_| {
+                DropProducer::new(sink, calls, sup, mailbox)
+            })
         };
         let deps = Arc::new(DecisorDeps {
             control: ports.control.clone(),
@@ -242,7 +247,9 @@ impl Pipeline {
         let mut shards = Vec::with_capacity(settings.shards.max(1));
         for i in 0..settings.shards.max(1) {
             let d = deps.clone();
-            shards.push(Decisor::start_in_arbiter(&own_thread(arbiters), move |_| Decisor::new(i, d, mailbox)));
+            shards.push(Decisor::start_in_arbiter(&own_thread(arbiters, format!("af-shard-{i}")), move |_| {
+                Decisor::new(i, d, mailbox)
+            }));
         }
         let sweep = Arc::new(SweepDeps {
             shards,
@@ -256,7 +263,7 @@ impl Pipeline {
             supervisor: supervisor.clone(),
         });
         let sup = supervisor.clone();
-        Router::start_in_arbiter(&own_thread(arbiters), move |_| Router::new(sweep, sup, mailbox))
+        Router::start_in_arbiter(&own_thread(arbiters, "af-router".into()), move |_| Router::new(sweep, sup, mailbox))
     }
 
     /// Resolves once every source is drained (or stopped) and what it read is acknowledged;
