@@ -24,6 +24,8 @@ use assetflow_actors::hash::{HashIgnore, content_hash};
 mod kinesis;
 #[path = "pipeline/scale.rs"]
 mod scale;
+#[path = "pipeline/seed.rs"]
+mod seed;
 
 const BIN: &str = env!("CARGO_BIN_EXE_assetflow");
 
@@ -105,7 +107,7 @@ fn main() {
     let mut report = Report::default();
     let machine = machine();
     eprintln!("bench: {machine}");
-    // `BENCH_ONLY=kafka` (or `embedded`, `scale`, `aws`) runs one section and prints it, leaving
+    // `BENCH_ONLY=kafka` (or `embedded`, `seed`, `scale`, `aws`) runs one section and prints it, leaving
     // BENCHMARKS.md alone: for working on one figure.
     let only = std::env::var("BENCH_ONLY").ok();
     let wanted = |section: &str| only.as_deref().is_none_or(|o| o == section);
@@ -126,8 +128,17 @@ fn main() {
         report.skipped("Kafka end to end", &format!("no broker at {brokers} (make services)"));
     }
 
-    // Several processes on one group, state in PostgreSQL.
+    // The seed's per-message Kafka loop against assetflow, with the PostgreSQL enricher.
     let pg_up = || std::net::TcpStream::connect("127.0.0.1:5432").is_ok();
+    if !wanted("seed") {
+        // Left out on request.
+    } else if broker_up() && pg_up() {
+        report.seed(&brokers, &seed::compare(&work, &brokers, &scale::pg_url(), small));
+    } else {
+        report.skipped("Kafka against the seed's per-message loop", "no broker or no PostgreSQL (make services)");
+    }
+
+    // Several processes on one group, state in PostgreSQL.
     if !wanted("scale") {
         // Left out on request.
     } else if broker_up() && pg_up() {
@@ -678,6 +689,22 @@ impl Report {
             .map(|(name, cpu)| format!("{name} {:.0}%", 100.0 * cpu / wall))
             .collect();
         let _ = writeln!(b, "{}\n", if shares.is_empty() { "(none sampled)".to_owned() } else { shares.join(", ") });
+    }
+
+    fn seed(&mut self, brokers: &str, r: &seed::SeedReport) {
+        let _ = writeln!(
+            self.body,
+            "## Kafka against the seed's per-message loop\n\nA {}-event first crawl on one topic of {brokers} (tansu). The seed's design, one message at a\ntime: consume, validate, one parameterised PostgreSQL lookup (`business_catalog`), produce and\nwait for the broker's ack, commit. assetflow on the same topic, broker and table: the full\ntopology (PostgreSQL enricher with its cache, decisions, embedded state, Kafka sinks) and\nenrich-only (`stages = [\"enrich\"]`). Each is timed from its first message (assetflow's group\njoin, from its log, taken off).\n\n| consumer | events | events/s | vs the seed loop |\n|---|---|---|---|\n| seed loop | {} | {:.0} | 1.00x |\n| assetflow, full | {} | {:.0} | **{:.2}x** |\n| assetflow, enrich-only | {} | {:.0} | **{:.2}x** |\n\nTarget: the full topology at least 5x the seed loop.\n",
+            r.events,
+            r.seed.events,
+            r.seed.rate(),
+            r.full.run.events,
+            r.full.rate(),
+            r.full.rate() / r.seed.rate(),
+            r.enrich_only.run.events,
+            r.enrich_only.rate(),
+            r.enrich_only.rate() / r.seed.rate()
+        );
     }
 
     fn kafka(&mut self, brokers: &str, n: usize, rows: &[KafkaRow]) {

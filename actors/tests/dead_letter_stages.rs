@@ -43,7 +43,11 @@ fn outage(port: &str, nth: u64) -> Run {
         "history" => b.history = Arc::new(MemHistory { fault: Some(fault.clone()), ..Default::default() }),
         other => panic!("no port {other}"),
     }
-    let out = run_with(quick_retries(2, ATTEMPTS as u32), Box::new(VecSource::new(stream())), b);
+    let mut settings = quick_retries(2, ATTEMPTS as u32);
+    // A lookup per asset: the Enricher looks a batch's distinct keys up once each, and with
+    // the table in the key the outage hits exactly one event.
+    settings.lookup_pointers.push("/asset/table".into());
+    let out = run_with(settings, Box::new(VecSource::new(stream())), b);
     assert!(fault.calls() >= nth + ATTEMPTS, "{port}: the outage never happened ({} calls)", fault.calls());
     out
 }

@@ -135,7 +135,7 @@ impl Handler<Enrich> for Enricher {
         let metrics = self.metrics.clone();
         let supervisor = self.supervisor.clone();
         // ctx.wait: the next batch waits for these lookups, so events leave in the order they
-        // came. The batch's distinct misses are looked up together, a few at a time.
+        // came. The batch's distinct misses are looked up in turn, each once.
         ctx.wait(
             actix::fut::wrap_future::<_, Self>(async move {
                 let _working = metrics.working(ActorName::Enricher);
@@ -161,8 +161,10 @@ impl Handler<Enrich> for Enricher {
     }
 }
 
-/// Lookups of one batch's cache misses in flight at once.
-const LOOKUPS_AT_ONCE: usize = 8;
+/// Lookups of one batch's cache misses in flight at once. One: a batch has few distinct keys
+/// (a source's events share their database and schema), and one at a time a backend outage
+/// meets each key's retries in turn, as it did when events were looked up one by one.
+const LOOKUPS_AT_ONCE: usize = 1;
 
 /// What looking up a batch's misses gave, by lookup parameters.
 type Fetched = HashMap<Vec<String>, Result<BackendResult<Business>, Panicked>>;
