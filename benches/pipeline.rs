@@ -678,15 +678,29 @@ impl Report {
         );
         let _ = writeln!(
             b,
-            "Busy threads of that steady run on all cores (CPU time over the process's wall time; `af-*` are\nassetflow's stages, `af-decode-*` the decode pool, `assetflow` the main thread with the\nIngests, `tokio-runtime-w` the store and file I/O, `fjall:worker` the store's flushes):\n"
+            "Busy threads of that steady run on all cores (CPU time over the process's wall time; `af-*` are\nassetflow's stages, `af-decode-*` the decode pool, `assetflow` the main thread with the\nIngests, `tokio-rt-worker` the store and file I/O on tokio's blocking pool, `fjall:worker` the\nstore's flushes and compactions):\n"
         );
         let wall = best.steady.wall.max(1e-9);
-        let shares: Vec<String> = best
-            .steady
-            .threads
+        // Threads of one name (tokio's blocking pool, fjall's workers) are summed: which of
+        // them did the work is the scheduler's choice.
+        let mut by_name: Vec<(String, usize, f64)> = Vec::new();
+        for (name, cpu) in &best.steady.threads {
+            match by_name.iter_mut().find(|(n, _, _)| n == name) {
+                Some(entry) => {
+                    entry.1 += 1;
+                    entry.2 += cpu;
+                }
+                None => by_name.push((name.clone(), 1, *cpu)),
+            }
+        }
+        by_name.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let shares: Vec<String> = by_name
             .iter()
-            .filter(|(_, cpu)| cpu / wall >= 0.02)
-            .map(|(name, cpu)| format!("{name} {:.0}%", 100.0 * cpu / wall))
+            .filter(|(_, _, cpu)| cpu / wall >= 0.02)
+            .map(|(name, n, cpu)| {
+                let count = if *n > 1 { format!(" ({n} threads)") } else { String::new() };
+                format!("{name}{count} {:.0}%", 100.0 * cpu / wall)
+            })
             .collect();
         let _ = writeln!(b, "{}\n", if shares.is_empty() { "(none sampled)".to_owned() } else { shares.join(", ") });
     }
