@@ -515,6 +515,21 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
+/// Assigns every partition of `topic` to `consumer` from its first offset: no group join.
+fn assign_from_start<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &impl rdkafka::consumer::Consumer<C>,
+    topic: &str,
+) {
+    let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in meta.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning).expect("partition");
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+}
+
 /// Consume `topic` from the start, produce every message to `out` (acks=all, idempotent, as
 /// assetflow's sink), commit, until `expected` messages went through: the least any Kafka
 /// pipeline with delivery guarantees must do, with nothing decided or stored.
@@ -539,14 +554,7 @@ fn bare_kafka_loop(brokers: &str, topic: &str, out: &str, group: &str, expected:
         .expect("producer");
     // Assigned, not subscribed: no group join in the measured time. assetflow's source joins a
     // group (seconds on this broker), so the report gives its rate after the join as well.
-    let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for t in meta.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning).expect("partition");
-        }
-    }
-    consumer.assign(&tpl).expect("assign");
+    assign_from_start(&consumer, topic);
     let started = Instant::now();
     let mut n = 0u64;
     let mut idle_since = Instant::now();

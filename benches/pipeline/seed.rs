@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use assetflow_actors::event::{EventKind, decode};
 
-use super::{BIN, Measured, SOURCES, group_join_seconds, run_measured};
+use super::{BIN, Measured, SOURCES, assign_from_start, group_join_seconds, run_measured};
 
 /// The enricher's query, the same for the seed loop and for assetflow.
 const QUERY: &str = "SELECT domain, owner, criticality, tags, retention_days, updated_at FROM business_catalog \
@@ -108,14 +108,7 @@ fn seed_loop(brokers: &str, topic: &str, out: &str, pg_url: &str) -> Measured {
             .set("linger.ms", "0")
             .create()
             .expect("producer");
-        let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for t in meta.topics() {
-            for p in t.partitions() {
-                tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning).expect("partition");
-            }
-        }
-        consumer.assign(&tpl).expect("assign");
+        assign_from_start(&consumer, topic);
         let mut started = None;
         let mut last = Instant::now();
         let mut n = 0u64;
