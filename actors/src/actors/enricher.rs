@@ -24,7 +24,6 @@ use crate::lookup::{CachedLookup, LookupKeys};
 use crate::metrics::{ActorName, Flow, Metrics};
 use crate::ports::BackendResult;
 use crate::supervise::{Panicked, Supervisor};
-use futures_util::StreamExt;
 
 /// Enrich these events, in order.
 #[derive(Message)]
@@ -135,36 +134,28 @@ impl Handler<Enrich> for Enricher {
         let metrics = self.metrics.clone();
         let supervisor = self.supervisor.clone();
         // ctx.wait: the next batch waits for these lookups, so events leave in the order they
-        // came. The batch's distinct misses are looked up in turn, each once.
+        // came. The batch's distinct misses are looked up in turn, each once: a batch has few
+        // (a source's events share their database and schema), and in turn a backend outage
+        // meets each key's retries one after another, as when events were looked up one by one.
         ctx.wait(
             actix::fut::wrap_future::<_, Self>(async move {
                 let _working = metrics.working(ActorName::Enricher);
-                futures_util::stream::iter(misses)
-                    .map(|params| {
-                        let (lookup, supervisor) = (lookup.clone(), supervisor.clone());
-                        async move {
-                            let found = supervisor
-                                .twice("enricher", "lookup", || async {
-                                    crate::failpoint!("enricher.lookup");
-                                    lookup.fetch(&params).await
-                                })
-                                .await;
-                            (params, found)
-                        }
-                    })
-                    .buffered(LOOKUPS_AT_ONCE)
-                    .collect::<HashMap<_, _>>()
-                    .await
+                let mut fetched = Fetched::new();
+                for params in misses {
+                    let found = supervisor
+                        .twice("enricher", "lookup", || async {
+                            crate::failpoint!("enricher.lookup");
+                            lookup.fetch(&params).await
+                        })
+                        .await;
+                    fetched.insert(params, found);
+                }
+                fetched
             })
             .map(move |fetched, act, ctx| act.finish(steps, fetched, ctx)),
         );
     }
 }
-
-/// Lookups of one batch's cache misses in flight at once. One: a batch has few distinct keys
-/// (a source's events share their database and schema), and one at a time a backend outage
-/// meets each key's retries in turn, as it did when events were looked up one by one.
-const LOOKUPS_AT_ONCE: usize = 1;
 
 /// What looking up a batch's misses gave, by lookup parameters.
 type Fetched = HashMap<Vec<String>, Result<BackendResult<Business>, Panicked>>;
