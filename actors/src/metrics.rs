@@ -372,10 +372,6 @@ impl Metrics {
     pub fn unhealthy(&self) -> BTreeMap<String, String> {
         locked(&self.unhealthy).clone()
     }
-    /// One message read from `source`.
-    pub fn event_in(&self, source: &str) {
-        self.events_in(source, 1);
-    }
     /// `n` messages read from `source` at once.
     pub fn events_in(&self, source: &str, n: u64) {
         self.events_in.fetch_add(n, Ordering::Relaxed);

@@ -11,13 +11,11 @@ use super::enricher::{Enrich, Enricher};
 use super::history::{DeadLetters, HistoryWriter};
 use crate::decision::{DeadLetter, Stage};
 use crate::envelope::Envelope;
-use crate::event::{AssetEvent, Rejection};
-use crate::event::{RejectKind, decode};
+use crate::event::{AssetEvent, RejectKind, Rejection, decode};
 use crate::forward::forward;
 use crate::metrics::{Flow, Metrics};
 use crate::ports::{Pull, RawMessage, Source};
-use crate::supervise::Panicked;
-use crate::supervise::Supervisor;
+use crate::supervise::{Panicked, Supervisor};
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -176,7 +174,7 @@ impl IngestLoop {
     /// Decodes a pulled batch and hands it on as one message to the Enricher (the valid events,
     /// in input order) and one to the dead-letter path (the rest); false once the pipeline
     /// behind is gone.
-    async fn admit(&mut self, msgs: Vec<crate::ports::RawMessage>) -> bool {
+    async fn admit(&mut self, msgs: Vec<RawMessage>) -> bool {
         if msgs.is_empty() {
             return true;
         }
