@@ -2,7 +2,7 @@
 # Events/s of a first crawl and of the steady crawl after it, for each shard count, through the
 # embedded topology (file source, no enricher), as #18 measures them:
 #   scripts/scaling.sh BIN WORK_DIR ASSETS_PER_SOURCE SHARDS...   (10 sources, 1.2 KB events)
-# Prefix with `taskset -c 0,1` to pin to two cores. Prints one line per crawl and shard count.
+# Prefix with `taskset -c 0,1` to pin to two cores; LAYOUT=files for one content file per asset. Prints one line per crawl and shard count.
 set -euo pipefail
 bin=$1; work=$2; assets=$3; shift 3
 mkdir -p "$work"; cd "$work"
@@ -26,6 +26,7 @@ hash_ignore = ["stats.row_count"]
 [content]
 kind = "dir"
 path = "state/content"
+layout = "${LAYOUT:-packs}"
 [sinks.upsert]
 kind = "file"
 path = "out/upsert.jsonl"

@@ -53,6 +53,9 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Print the content a `file://` content ref points at (an upsert's or a record's
+    /// `content_ref`), in either layout of the `dir` content store.
+    Content { content_ref: String },
     /// Replay dead letters through the pipeline (parking those past redrive.max_attempts).
     Redrive {
         #[arg(long, default_value = "config.toml")]
@@ -213,6 +216,9 @@ fn main() -> ExitCode {
         Command::History { asset_key, config, limit } => {
             Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::history(&c, &asset_key, limit))
         }
+        Command::Content { content_ref } => assetflow::adapters::content_pack::read_content(&content_ref)
+            .map(|c| format!("{c}\n"))
+            .map_err(anyhow::Error::from),
         Command::Redrive { config, parked: true, .. } => {
             Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::parked(&c)).inspect(|letters| {
                 eprintln!("assetflow: {} parked dead letters", letters.lines().count());

@@ -128,6 +128,27 @@ fn run_through_an_outage(
     child.wait_with_output().unwrap()
 }
 
+/// Empties `events.jsonl` and writes its lines back 40 every 100 ms, as a crawler would, so
+/// that events certainly arrive during the outage: the whole file at once is decided before the
+/// database goes down. Returns the number of lines and the writer.
+fn crawl_slowly(dir: &std::path::Path) -> (u64, std::thread::JoinHandle<()>) {
+    let path = dir.join("events.jsonl");
+    let all: Vec<String> = std::fs::read_to_string(&path).unwrap().lines().map(str::to_owned).collect();
+    std::fs::write(&path, "").unwrap();
+    let lines = all.len() as u64;
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        for chunk in all.chunks(40) {
+            for l in chunk {
+                writeln!(f, "{l}").unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    (lines, writer)
+}
+
 /// Both tests here restart the one PostgreSQL server: one at a time.
 static SERVER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -158,8 +179,9 @@ fn a_database_outage_mid_run_loses_nothing() {
     let port = free_port();
     // Following the file, so the service stays up to be asked whether it is ready.
     setup_with(dir.path(), true, &format!("127.0.0.1:{port}"));
-    let lines = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap().lines().count() as u64;
-    let out = run_through_an_outage(dir.path(), port, lines, Duration::from_millis(200), "enricher");
+    let (lines, writer) = crawl_slowly(dir.path());
+    let out = run_through_an_outage(dir.path(), port, lines, Duration::from_millis(500), "enricher");
+    writer.join().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("retrying"), "the outage was seen and retried through: {stderr}");
@@ -194,23 +216,7 @@ fn an_outage_of_the_control_table_and_history_mid_run_loses_nothing() {
         url = url()
     );
     std::fs::write(dir.path().join("config.toml"), run_config(&stores, true, &format!("127.0.0.1:{port}"))).unwrap();
-    // The crawler writes while the database goes down and comes back, so events certainly
-    // arrive during the outage.
-    let all: Vec<String> =
-        std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap().lines().map(str::to_owned).collect();
-    let lines = all.len() as u64;
-    std::fs::write(dir.path().join("events.jsonl"), "").unwrap();
-    let path = dir.path().join("events.jsonl");
-    let writer = std::thread::spawn(move || {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
-        for chunk in all.chunks(40) {
-            for l in chunk {
-                writeln!(f, "{l}").unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    });
+    let (lines, writer) = crawl_slowly(dir.path());
     let out = run_through_an_outage(dir.path(), port, lines, Duration::from_millis(500), "store");
     writer.join().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -41,3 +41,32 @@ fn a_second_run_over_the_same_folder_adds_nothing() {
     assert_eq!(first.drops.len(), second.drops.len());
     assert_eq!(first.dead_letters.len(), second.dead_letters.len());
 }
+
+#[test]
+fn every_upsert_content_ref_reads_back_its_asset_in_both_layouts() {
+    let scenario = scenarios().into_iter().next().expect("a scenario");
+    for layout in ["packs", "files"] {
+        let dir = prepare(&scenario);
+        let config = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
+        let config = config.replace("[content]\n", &format!("[content]\nlayout = \"{layout}\"\n"));
+        assert!(config.contains(&format!("layout = \"{layout}\"")), "the scenario config has a [content] section");
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        assert!(assetflow(dir.path(), &["run"]).status.success());
+        let got = Outputs::read(dir.path());
+        assert!(!got.upserts.is_empty());
+        for upsert in &got.upserts {
+            let cref = upsert["content_ref"].as_str().expect("an upsert has a content_ref");
+            assert_eq!(cref.contains("/packs/"), layout == "packs", "{cref}");
+            let out = assetflow(dir.path(), &["content", cref]);
+            assert!(out.status.success(), "{layout}: {cref}: {}", String::from_utf8_lossy(&out.stderr));
+            let mut content: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the content is JSON");
+            // Content is stored once per key and hash, and the hash leaves out the scenario's
+            // `hash_ignore` (stats.row_count): a later upsert at the same hash may differ there.
+            let mut asset = upsert["asset"].clone();
+            for v in [&mut content, &mut asset] {
+                v["stats"].as_object_mut().map(|s| s.remove("row_count"));
+            }
+            assert_eq!(content, asset, "{layout}: {cref}");
+        }
+    }
+}

@@ -124,6 +124,9 @@ pub struct ContentPut {
     pub asset_key: String,
     pub hash: String,
     pub body: Vec<u8>,
+    /// Where the decisor said it is stored ([`ContentStore::content_ref`] when it planned the
+    /// batch): stores whose refs are not a pure function of key and hash write it there.
+    pub content_ref: String,
 }
 
 /// Where history rows go, and are read back newest first.

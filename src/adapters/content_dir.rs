@@ -1,4 +1,4 @@
-//! The `dir` content store: one file per asset key and content hash,
+//! The `dir` content store's `files` layout: one file per asset key and content hash,
 //! `{path}/{source}/{database}/{schema}/{table}.{hash}.json`, each name component escaped.
 //!
 //! A batch is made durable with two file-system syncs, whatever its size: every file is written
@@ -77,7 +77,7 @@ impl ContentDir {
 
 /// Keeps letters, digits, `-` and `_`; everything else becomes `%XX`, so no name can climb out
 /// of the folder (`..`) or collide with another after escaping.
-fn escape(part: &str) -> String {
+pub(crate) fn escape(part: &str) -> String {
     let mut out = String::with_capacity(part.len());
     for b in part.bytes() {
         if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
@@ -96,7 +96,14 @@ impl ContentStore for ContentDir {
     }
 
     async fn put(&self, asset_key: &str, hash: &str, body: &[u8]) -> BackendResult<()> {
-        self.put_many(&[ContentPut { asset_key: asset_key.into(), hash: hash.into(), body: body.to_vec() }]).await
+        let content_ref = self.content_ref(asset_key, hash);
+        self.put_many(&[ContentPut {
+            asset_key: asset_key.into(),
+            hash: hash.into(),
+            body: body.to_vec(),
+            content_ref,
+        }])
+        .await
     }
 
     async fn put_many(&self, items: &[ContentPut]) -> BackendResult<()> {
@@ -123,7 +130,12 @@ mod tests {
     async fn a_batch_lands_one_file_per_key_and_hash() {
         let dir = tempfile::tempdir().unwrap();
         let store = ContentDir::open(dir.path()).unwrap();
-        let put = |k: &str, h: &str, b: &str| ContentPut { asset_key: k.into(), hash: h.into(), body: b.into() };
+        let put = |k: &str, h: &str, b: &str| ContentPut {
+            asset_key: k.into(),
+            hash: h.into(),
+            body: b.into(),
+            content_ref: store.content_ref(k, h),
+        };
         store
             .put_many(&[put("pg/db/public/orders", "h1", "{}"), put("pg/db/public/orders.x", "h1", "[]")])
             .await

@@ -3,6 +3,7 @@
 pub mod aws;
 pub mod checkpoints;
 pub mod content_dir;
+pub mod content_pack;
 pub mod dead_letter_file;
 pub mod file_lookup;
 pub mod file_sink;

@@ -477,7 +477,7 @@ mod tests {
     #[test]
     fn each_kind_reads_its_own_fields_and_a_left_out_kind_is_the_default() {
         let c = parse(&format!("{MIN}[content]\npath = \"blobs\"\n"), &[]).unwrap();
-        assert!(matches!(&c.content, ContentConfig::Dir { path: Some(p) } if p == Path::new("blobs")));
+        assert!(matches!(&c.content, ContentConfig::Dir { path: Some(p), .. } if p == Path::new("blobs")));
         let c =
             parse(&format!("{MIN}[enricher]\nkind = \"file\"\npath = \"b.json\"\ncache_ttl = \"2s\"\n"), &[]).unwrap();
         let EnricherConfig::File(f) = &c.enricher else { panic!("{:?}", c.enricher) };

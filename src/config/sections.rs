@@ -377,6 +377,8 @@ pub enum ContentConfig {
         /// Default `{state_dir}/content`.
         #[serde(default)]
         path: Option<PathBuf>,
+        #[serde(default)]
+        layout: ContentLayout,
     },
     S3 {
         bucket: String,
@@ -390,8 +392,19 @@ pub enum ContentConfig {
 
 impl Default for ContentConfig {
     fn default() -> Self {
-        ContentConfig::Dir { path: None }
+        ContentConfig::Dir { path: None, layout: ContentLayout::default() }
     }
+}
+
+/// How a `dir` content store lays its content out on disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentLayout {
+    /// Each batch's new content appended to a pack file (`{path}/packs/`): one sync per batch.
+    #[default]
+    Packs,
+    /// One file per asset key and hash: easy to browse, but a name and a sync per new asset.
+    Files,
 }
 
 /// `[history]`: where history rows go.

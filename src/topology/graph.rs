@@ -6,7 +6,7 @@
 use assetflow_actors::metrics::{ActorName, Flow};
 use serde::Serialize;
 
-use crate::config::{Config, ContentConfig, ControlConfig, EnricherConfig, HistoryConfig, redact_url};
+use crate::config::{Config, ContentConfig, ContentLayout, ControlConfig, EnricherConfig, HistoryConfig, redact_url};
 
 /// What a node is, for the builder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,9 +236,16 @@ fn control_label(c: &ControlConfig) -> String {
 
 fn content_label(c: &ContentConfig) -> String {
     match c {
-        ContentConfig::Dir { path: Some(p) } => format!("dir {}", p.display()),
-        ContentConfig::Dir { path: None } => "dir (state_dir/content)".into(),
+        ContentConfig::Dir { path: Some(p), layout } => format!("dir {} ({})", p.display(), layout_label(*layout)),
+        ContentConfig::Dir { path: None, layout } => format!("dir (state_dir/content, {})", layout_label(*layout)),
         ContentConfig::S3 { bucket, prefix, .. } => format!("s3 {bucket}/{prefix}"),
+    }
+}
+
+fn layout_label(l: ContentLayout) -> &'static str {
+    match l {
+        ContentLayout::Packs => "packs",
+        ContentLayout::Files => "files",
     }
 }
 

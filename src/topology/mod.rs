@@ -20,6 +20,7 @@ use crate::adapters::aws::sqs::{SqsSink, SqsSource, check_queue};
 use crate::adapters::aws::{Aws, RequestCounter};
 use crate::adapters::checkpoints::Checkpoints;
 use crate::adapters::content_dir::ContentDir;
+use crate::adapters::content_pack::ContentPacks;
 use crate::adapters::file_lookup::{FileLookup, NoLookup};
 use crate::adapters::file_sink::{FileSink, StdoutSink};
 use crate::adapters::file_source::{FileSource, StdinSource};
@@ -32,7 +33,8 @@ use crate::adapters::postgres::lookup::PgLookup;
 use crate::adapters::scylla_history::ScyllaHistory;
 use crate::adapters::state::StateStore;
 use crate::config::{
-    Config, ContentConfig, ControlConfig, EnricherConfig, HistoryConfig, KafkaSourceConfig, SinkConfig, SourceConfig,
+    Config, ContentConfig, ContentLayout, ControlConfig, EnricherConfig, HistoryConfig, KafkaSourceConfig, SinkConfig,
+    SourceConfig,
 };
 
 pub use graph::{Edge, Graph, Node, NodeKind};
@@ -251,9 +253,13 @@ fn lookup(config: &Config) -> Result<Arc<dyn Lookup>, BuildError> {
 
 async fn content_store(config: &Config, aws: Option<&Aws>) -> Result<Arc<dyn ContentStore>, BuildError> {
     Ok(match &config.content {
-        ContentConfig::Dir { path } => {
+        ContentConfig::Dir { path, layout } => {
             let path = path.as_deref().map(|p| config.resolve(p)).unwrap_or_else(|| config.state_dir().join("content"));
-            Arc::new(ContentDir::open(&path).map_err(|m| build_err(config, "content.path", m))?)
+            let open_err = |m| build_err(config, "content.path", m);
+            match layout {
+                ContentLayout::Packs => Arc::new(ContentPacks::open(&path).map_err(open_err)?),
+                ContentLayout::Files => Arc::new(ContentDir::open(&path).map_err(open_err)?),
+            }
         }
         ContentConfig::S3 { bucket, prefix, create_if_missing } => {
             let c = S3Content::new(aws_or_err(config, aws, "content.kind")?, bucket, prefix);

@@ -27,6 +27,7 @@ pub fn distinct(records: &[Value]) -> BTreeMap<String, Value> {
     for r in records {
         let mut v = r.clone();
         v.as_object_mut().unwrap().remove("decided_at");
+        same_content_same_ref(&mut v);
         let id = v["decision_id"].as_str().unwrap().to_owned();
         if let Some(earlier) = out.get(&id) {
             assert_eq!(earlier, &v, "decision id {id} names two different decisions");
@@ -89,8 +90,20 @@ pub fn control_row(r: &assetflow_actors::record::ControlRecord) -> Value {
     if r.is_completion_mark() {
         let details: Value = serde_json::from_str(r.content_ref.as_deref().unwrap()).unwrap();
         v["content_ref"] = details["state"].clone();
+    } else {
+        same_content_same_ref(&mut v);
     }
     v
+}
+
+/// A pack content ref (`file://…/packs/{pack}.jsonl#{key}@{hash}`) names the pack of the process
+/// that wrote it, so two processes deciding the same thing give two refs to the same content:
+/// compared by what they address, the key and hash after `#`.
+fn same_content_same_ref(v: &mut Value) {
+    let locator = v["content_ref"].as_str().and_then(|r| r.strip_prefix("file://")?.split_once('#')).map(|(_, l)| l);
+    if let Some(locator) = locator.map(str::to_owned) {
+        v["content_ref"] = Value::String(locator);
+    }
 }
 
 /// A process of a shared-state test: `source` (a `[[sources]]` body), control table and history

@@ -96,6 +96,7 @@ pub fn plan_batch<'a>(
                 asset_key: key.to_owned(),
                 hash: hash.to_owned(),
                 body: body.get().as_bytes().to_vec(),
+                content_ref: cref.clone(),
             });
             let decision = Decision::Upsert(UpsertDecision {
                 decision_id: id,

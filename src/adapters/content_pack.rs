@@ -1,0 +1,328 @@
+//! The `dir` content store's `packs` layout (the default): the new content of a decisor batch
+//! appended to one pack file, `{path}/packs/{pack}.jsonl`, one JSON line per asset key and hash:
+//! `{"asset_key":…,"hash":…,"content":{…}}`.
+//!
+//! Why packs: with one file per asset (the `files` layout) a first crawl, where every asset is
+//! new, spent most of its time in the file system making and syncing names. A pack costs one
+//! append and one `fdatasync` per batch, and a folder sync only when a pack is started.
+//!
+//! A content ref names the pack and, after `#`, the asset key and hash (each escaped as in the
+//! `files` layout): `file:///…/packs/1764650000000-4242-000001.jsonl#pg%2Fdb%2Fs%2Ft@3f2a…`. The
+//! line is found by reading the pack (`assetflow content REF`); packs stop growing at
+//! [`PACK_BYTES`], so that read stays short. Each process writes packs of its own (the name holds
+//! its start time and pid), so a line torn by a crash is only ever the last one of a pack that
+//! nothing refers to: content is durable before the control record that points at it is written.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use assetflow_actors::ports::{BackendError, BackendResult, ContentPut, ContentStore};
+use async_trait::async_trait;
+
+use super::content_dir::escape;
+
+/// A pack past this size is closed and the next batch starts a new one.
+pub const PACK_BYTES: u64 = 64 << 20;
+
+/// The `packs` layout of a content folder. Cloning shares the open store.
+#[derive(Clone)]
+pub struct ContentPacks {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `{path}/packs`.
+    dir: PathBuf,
+    /// `{start millis}-{pid}`: what makes this process's pack names its own.
+    prefix: String,
+    /// The pack content refs point into now, and its size; appends hold this lock, so lines of
+    /// two batches never interleave.
+    current: Mutex<Current>,
+}
+
+struct Current {
+    seq: u64,
+    bytes: u64,
+    /// Packs whose name is known to be durable (their folder synced after they were made). A
+    /// batch that appended to any other pack syncs the folder before it returns, even when
+    /// another call made the pack: that call's folder sync may not have happened yet.
+    named: HashSet<PathBuf>,
+}
+
+impl ContentPacks {
+    pub fn open(root: &Path) -> Result<Self, String> {
+        let dir = root.join("packs");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create the content folder {}: {e}", dir.display()))?;
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let prefix = format!("{millis}-{}", std::process::id());
+        Ok(ContentPacks {
+            inner: Arc::new(Inner {
+                dir,
+                prefix,
+                current: Mutex::new(Current { seq: 1, bytes: 0, named: HashSet::new() }),
+            }),
+        })
+    }
+
+    fn fail(&self, op: &str, e: impl std::fmt::Display) -> BackendError {
+        BackendError::transient(format!("content packs {}", self.inner.dir.display()), op, e)
+    }
+
+    fn pack_path(&self, seq: u64) -> PathBuf {
+        self.inner.dir.join(format!("{}-{seq:06}.jsonl", self.inner.prefix))
+    }
+
+    fn current_seq(&self) -> u64 {
+        self.inner.current.lock().map_or(1, |c| c.seq)
+    }
+
+    /// Appends each pack's lines, then makes them durable: `fdatasync` per pack, plus a folder
+    /// sync while a pack written to is new (its name must survive a crash too).
+    fn write_batch(&self, packs: BTreeMap<PathBuf, Vec<u8>>) -> BackendResult<()> {
+        let mut unnamed = Vec::new();
+        let mut written = Vec::with_capacity(packs.len());
+        {
+            let mut current = self.inner.current.lock().map_err(|e| self.fail("append", e))?;
+            let current_path = self.pack_path(current.seq);
+            for (path, lines) in packs {
+                if !current.named.contains(&path) {
+                    unnamed.push(path.clone());
+                }
+                let mut file =
+                    OpenOptions::new().create(true).append(true).open(&path).map_err(|e| self.fail("open", e))?;
+                file.write_all(&lines).map_err(|e| self.fail("append", e))?;
+                if path == current_path {
+                    current.bytes += lines.len() as u64;
+                }
+                written.push(file);
+            }
+            if current.bytes >= PACK_BYTES {
+                current.seq += 1;
+                current.bytes = 0;
+            }
+        }
+        for file in written {
+            file.sync_data().map_err(|e| self.fail("sync", e))?;
+        }
+        if !unnamed.is_empty() {
+            File::open(&self.inner.dir).and_then(|d| d.sync_all()).map_err(|e| self.fail("sync folder", e))?;
+            let mut current = self.inner.current.lock().map_err(|e| self.fail("sync folder", e))?;
+            current.named.extend(unnamed);
+        }
+        Ok(())
+    }
+}
+
+/// The pack file a ref of this store points into, if it is one.
+fn pack_of(content_ref: &str) -> Option<PathBuf> {
+    let (path, _) = content_ref.strip_prefix("file://")?.split_once('#')?;
+    Some(PathBuf::from(path))
+}
+
+/// One pack line. The content is the asset's JSON text as it came, unless it spans lines
+/// (pretty-printed JSON from a message source) or is not JSON: then it is re-written compact,
+/// or kept as a JSON string, so that every entry stays one line.
+fn pack_line(out: &mut Vec<u8>, item: &ContentPut) {
+    use serde_json::value::RawValue;
+    // Serializing strings and JSON values into a Vec cannot fail.
+    out.extend_from_slice(b"{\"asset_key\":");
+    let _ = serde_json::to_writer(&mut *out, &item.asset_key);
+    out.extend_from_slice(b",\"hash\":");
+    let _ = serde_json::to_writer(&mut *out, &item.hash);
+    out.extend_from_slice(b",\"content\":");
+    let one_line = !item.body.iter().any(|b| *b == b'\n' || *b == b'\r');
+    if one_line && serde_json::from_slice::<&RawValue>(&item.body).is_ok() {
+        out.extend_from_slice(&item.body);
+    } else if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&item.body) {
+        let _ = serde_json::to_writer(&mut *out, &value);
+    } else {
+        let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(&item.body));
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+#[async_trait]
+impl ContentStore for ContentPacks {
+    fn content_ref(&self, asset_key: &str, hash: &str) -> String {
+        format!("file://{}#{}@{}", self.pack_path(self.current_seq()).display(), escape(asset_key), escape(hash))
+    }
+
+    async fn put(&self, asset_key: &str, hash: &str, body: &[u8]) -> BackendResult<()> {
+        let item = ContentPut {
+            asset_key: asset_key.into(),
+            hash: hash.into(),
+            body: body.to_vec(),
+            content_ref: self.content_ref(asset_key, hash),
+        };
+        self.put_many(&[item]).await
+    }
+
+    /// Each item goes into the pack its ref names (the one current when the decisor planned it),
+    /// so a ref always finds its line.
+    async fn put_many(&self, items: &[ContentPut]) -> BackendResult<()> {
+        let mut packs: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
+        for item in items {
+            let path = pack_of(&item.content_ref)
+                .filter(|p| p.parent() == Some(self.inner.dir.as_path()))
+                .unwrap_or_else(|| self.pack_path(self.current_seq()));
+            pack_line(packs.entry(path).or_default(), item);
+        }
+        if packs.is_empty() {
+            return Ok(());
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.write_batch(packs)).await.map_err(|e| self.fail("put", e))?
+    }
+}
+
+/// Why a content ref could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0} is not a file:// content ref (s3:// content is read with the AWS tools)")]
+    NotAFileRef(String),
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{asset_key} at {hash} is not in {path}")]
+    NotInPack { path: String, asset_key: String, hash: String },
+}
+
+/// The content a `file://` ref points at, in either layout: the whole file, or the pack line's
+/// `content`.
+pub fn read_content(content_ref: &str) -> Result<String, ReadError> {
+    let rest = content_ref.strip_prefix("file://").ok_or_else(|| ReadError::NotAFileRef(content_ref.into()))?;
+    fn io(path: &str) -> impl FnOnce(std::io::Error) -> ReadError + '_ {
+        move |source| ReadError::Io { path: path.to_owned(), source }
+    }
+    let Some((path, entry)) = rest.split_once('#') else {
+        return std::fs::read_to_string(rest).map_err(io(rest));
+    };
+    let (asset_key, hash) = entry.rsplit_once('@').unwrap_or((entry, ""));
+    let not_found = || ReadError::NotInPack { path: path.into(), asset_key: unescape(asset_key), hash: unescape(hash) };
+    let file = File::open(path).map_err(io(path))?;
+    #[derive(serde::Deserialize)]
+    struct Line<'a> {
+        asset_key: String,
+        hash: String,
+        #[serde(borrow)]
+        content: &'a serde_json::value::RawValue,
+    }
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(io(path))?;
+        // A torn last line (a crash mid-append) is skipped: nothing refers to it.
+        let Ok(found) = serde_json::from_str::<Line>(&line) else { continue };
+        if escape(&found.asset_key) == asset_key && escape(&found.hash) == hash {
+            return Ok(found.content.get().to_owned());
+        }
+    }
+    Err(not_found())
+}
+
+/// Undoes [`escape`], for messages.
+fn unescape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(store: &ContentPacks, k: &str, h: &str, body: &str) -> ContentPut {
+        ContentPut { asset_key: k.into(), hash: h.into(), body: body.into(), content_ref: store.content_ref(k, h) }
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_one_pack_and_every_ref_reads_back_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentPacks::open(dir.path()).unwrap();
+        let a = put(&store, "pg/db/public/orders", "h1", r#"{"name":"orders","columns":[]}"#);
+        let b = put(&store, "pg/db/public/orders.x", "h1", r#"{"name":"orders.x"}"#);
+        store.put_many(&[a.clone(), b.clone()]).await.unwrap();
+        let packs: Vec<_> = std::fs::read_dir(dir.path().join("packs")).unwrap().collect();
+        assert_eq!(packs.len(), 1, "one batch, one pack");
+        assert_eq!(read_content(&a.content_ref).unwrap(), r#"{"name":"orders","columns":[]}"#);
+        assert_eq!(read_content(&b.content_ref).unwrap(), r#"{"name":"orders.x"}"#);
+        assert!(a.content_ref.contains("#pg%2Fdb%2Fpublic%2Forders@h1"), "{}", a.content_ref);
+    }
+
+    #[tokio::test]
+    async fn a_ref_to_content_never_written_is_an_error_naming_key_and_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentPacks::open(dir.path()).unwrap();
+        store.put_many(&[put(&store, "pg/db/s/a", "h1", "{}")]).await.unwrap();
+        let missing = store.content_ref("pg/db/s/b", "h9");
+        let err = read_content(&missing).unwrap_err().to_string();
+        assert!(err.contains("pg/db/s/b at h9 is not in"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_does_not_hide_the_lines_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentPacks::open(dir.path()).unwrap();
+        let a = put(&store, "pg/db/s/a", "h1", r#"{"a":1}"#);
+        store.put_many(std::slice::from_ref(&a)).await.unwrap();
+        let pack = pack_of(&a.content_ref).unwrap();
+        OpenOptions::new().append(true).open(&pack).unwrap().write_all(br#"{"asset_key":"pg/db/s/b","ha"#).unwrap();
+        assert_eq!(read_content(&a.content_ref).unwrap(), r#"{"a":1}"#);
+    }
+
+    #[tokio::test]
+    async fn a_full_pack_is_closed_and_refs_planned_before_still_find_their_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentPacks::open(dir.path()).unwrap();
+        let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(PACK_BYTES as usize));
+        let first = put(&store, "pg/db/s/big", "h1", &big);
+        // Planned before the first batch lands, so it names the first pack too.
+        let late = put(&store, "pg/db/s/late", "h1", r#"{"late":true}"#);
+        store.put_many(std::slice::from_ref(&first)).await.unwrap();
+        let after = put(&store, "pg/db/s/after", "h1", r#"{"after":true}"#);
+        store.put_many(&[late.clone(), after.clone()]).await.unwrap();
+        assert_eq!(pack_of(&late.content_ref), pack_of(&first.content_ref));
+        assert_ne!(pack_of(&after.content_ref), pack_of(&first.content_ref), "a full pack takes no new refs");
+        assert_eq!(read_content(&late.content_ref).unwrap(), r#"{"late":true}"#);
+        assert_eq!(read_content(&after.content_ref).unwrap(), r#"{"after":true}"#);
+        assert_eq!(std::fs::read_dir(dir.path().join("packs")).unwrap().count(), 2);
+    }
+
+    #[tokio::test]
+    async fn content_spanning_lines_is_stored_on_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentPacks::open(dir.path()).unwrap();
+        let pretty = put(&store, "k/a", "h1", "{\n  \"a\": [1,\n 2]\n}");
+        let not_json = put(&store, "k/b", "h1", "plain\ntext");
+        let after = put(&store, "k/c", "h1", "{}");
+        store.put_many(&[pretty.clone(), not_json.clone(), after.clone()]).await.unwrap();
+        let pack = std::fs::read_to_string(pack_of(&after.content_ref).unwrap()).unwrap();
+        assert_eq!(pack.lines().count(), 3, "{pack}");
+        assert_eq!(read_content(&pretty.content_ref).unwrap(), r#"{"a":[1,2]}"#);
+        assert_eq!(read_content(&not_json.content_ref).unwrap(), r#""plain\ntext""#);
+        assert_eq!(read_content(&after.content_ref).unwrap(), "{}");
+    }
+
+    #[test]
+    fn unescape_undoes_escape() {
+        for s in ["pg/db/public/orders.x", "a%b", "日本", ""] {
+            assert_eq!(unescape(&escape(s)), if s.is_empty() { "%".to_string() } else { s.to_string() });
+        }
+    }
+}
