@@ -123,6 +123,7 @@ pub trait ContentStore: Send + Sync + 'static {
 pub struct ContentPut {
     pub asset_key: String,
     pub hash: String,
+    /// The asset's JSON text.
     pub body: Vec<u8>,
     /// Where the decisor said it is stored ([`ContentStore::content_ref`] when it planned the
     /// batch): stores whose refs are not a pure function of key and hash write it there.

@@ -78,15 +78,26 @@ impl ContentDir {
 /// Keeps letters, digits, `-` and `_`; everything else becomes `%XX`, so no name can climb out
 /// of the folder (`..`) or collide with another after escaping.
 pub(crate) fn escape(part: &str) -> String {
-    let mut out = String::with_capacity(part.len());
+    let mut out = String::with_capacity(part.len() + 8);
+    escape_into(&mut out, part);
+    out
+}
+
+/// [`escape`], appended to `out` (a content ref is built in one string, once per new asset).
+pub(crate) fn escape_into(out: &mut String, part: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    if part.is_empty() {
+        out.push('%');
+    }
     for b in part.bytes() {
         if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xf)] as char);
         }
     }
-    if out.is_empty() { "%".into() } else { out }
 }
 
 #[async_trait]

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use assetflow_actors::ports::{BackendError, BackendResult, ContentPut, ContentStore};
 use async_trait::async_trait;
 
-use super::content_dir::escape;
+use super::content_dir::{escape, escape_into};
 
 /// A pack past this size is closed and the next batch starts a new one.
 pub const PACK_BYTES: u64 = 64 << 20;
@@ -46,6 +46,8 @@ struct Inner {
 struct Current {
     seq: u64,
     bytes: u64,
+    /// `file://{pack}#`: the start of every ref into the current pack.
+    ref_prefix: String,
     /// Packs whose name is known to be durable (their folder synced after they were made). A
     /// batch that appended to any other pack syncs the folder before it returns, even when
     /// another call made the pack: that call's folder sync may not have happened yet.
@@ -60,13 +62,10 @@ impl ContentPacks {
         let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let prefix = format!("{millis}-{}", std::process::id());
-        Ok(ContentPacks {
-            inner: Arc::new(Inner {
-                dir,
-                prefix,
-                current: Mutex::new(Current { seq: 1, bytes: 0, named: HashSet::new() }),
-            }),
-        })
+        let current = Current { seq: 1, bytes: 0, ref_prefix: String::new(), named: HashSet::new() };
+        let packs = ContentPacks { inner: Arc::new(Inner { dir, prefix, current: Mutex::new(current) }) };
+        packs.start_pack(&mut *packs.inner.current.lock().map_err(|e| e.to_string())?, 1);
+        Ok(packs)
     }
 
     fn fail(&self, op: &str, e: impl std::fmt::Display) -> BackendError {
@@ -79,6 +78,13 @@ impl ContentPacks {
 
     fn current_seq(&self) -> u64 {
         self.inner.current.lock().map_or(1, |c| c.seq)
+    }
+
+    /// Makes pack `seq` the one new refs point into.
+    fn start_pack(&self, current: &mut Current, seq: u64) {
+        current.seq = seq;
+        current.bytes = 0;
+        current.ref_prefix = format!("file://{}#", self.pack_path(seq).display());
     }
 
     /// Appends each pack's lines, then makes them durable: `fdatasync` per pack, plus a folder
@@ -102,8 +108,8 @@ impl ContentPacks {
                 written.push(file);
             }
             if current.bytes >= PACK_BYTES {
-                current.seq += 1;
-                current.bytes = 0;
+                let next = current.seq + 1;
+                self.start_pack(&mut current, next);
             }
         }
         for file in written {
@@ -135,8 +141,11 @@ fn pack_line(out: &mut Vec<u8>, item: &ContentPut) {
     out.extend_from_slice(b",\"hash\":");
     let _ = serde_json::to_writer(&mut *out, &item.hash);
     out.extend_from_slice(b",\"content\":");
+    // The decisor's content is an asset object it parsed, so it is JSON; parsing it again to
+    // make sure costs more than the append. Only its delimiters and line breaks are checked.
     let one_line = !item.body.iter().any(|b| *b == b'\n' || *b == b'\r');
-    if one_line && serde_json::from_slice::<&RawValue>(&item.body).is_ok() {
+    let object = item.body.first() == Some(&b'{') && item.body.last() == Some(&b'}');
+    if one_line && (object || serde_json::from_slice::<&RawValue>(&item.body).is_ok()) {
         out.extend_from_slice(&item.body);
     } else if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&item.body) {
         let _ = serde_json::to_writer(&mut *out, &value);
@@ -148,8 +157,19 @@ fn pack_line(out: &mut Vec<u8>, item: &ContentPut) {
 
 #[async_trait]
 impl ContentStore for ContentPacks {
+    /// Called once per new asset while a batch is planned, so it only copies the current
+    /// pack's prefix and escapes the key and hash.
     fn content_ref(&self, asset_key: &str, hash: &str) -> String {
-        format!("file://{}#{}@{}", self.pack_path(self.current_seq()).display(), escape(asset_key), escape(hash))
+        let mut r = String::with_capacity(128 + asset_key.len() + hash.len());
+        match self.inner.current.lock() {
+            Ok(current) => r.push_str(&current.ref_prefix),
+            // A writer panicked holding the lock: the pack it named is still the one to use.
+            Err(poisoned) => r.push_str(&poisoned.into_inner().ref_prefix),
+        }
+        escape_into(&mut r, asset_key);
+        r.push('@');
+        escape_into(&mut r, hash);
+        r
     }
 
     async fn put(&self, asset_key: &str, hash: &str, body: &[u8]) -> BackendResult<()> {
