@@ -74,6 +74,14 @@ struct Stored<'a> {
     version: u64,
 }
 
+/// A value's buffer: its tag byte, and room for a whole row (grown from one byte, a ~300-byte
+/// record was reallocated six times).
+fn with_tag(tag: u8) -> Vec<u8> {
+    let mut v = Vec::with_capacity(384);
+    v.push(tag);
+    v
+}
+
 fn corrupt(what: impl std::fmt::Display) -> BackendError {
     BackendError::permanent(BACKEND, "decode record", format!("a stored control record is unreadable: {what}"))
 }
@@ -116,7 +124,7 @@ pub fn encode(r: &ControlRecord) -> BackendResult<Vec<u8>> {
         content_ref: r.content_ref.as_deref().map(Cow::Borrowed),
         version: r.version,
     };
-    postcard::to_extend(&(r.asset_key.as_str(), stored), vec![RECORD_TAG])
+    postcard::to_extend(&(r.asset_key.as_str(), stored), with_tag(RECORD_TAG))
         .map_err(|e| BackendError::permanent(BACKEND, "encode record", e))
 }
 
@@ -224,7 +232,7 @@ pub fn encode_history(row: &HistoryRow) -> BackendResult<Vec<u8>> {
         decision_id: Cow::Borrowed(&row.decision_id),
         at: row.at.into(),
     };
-    postcard::to_extend(&stored, vec![HISTORY_ROW_TAG])
+    postcard::to_extend(&stored, with_tag(HISTORY_ROW_TAG))
         .map_err(|e| BackendError::permanent(BACKEND, "append history", e))
 }
 
