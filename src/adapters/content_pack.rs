@@ -101,7 +101,13 @@ impl ContentPacks {
                 }
                 let mut file =
                     OpenOptions::new().create(true).append(true).open(&path).map_err(|e| self.fail("open", e))?;
-                file.write_all(&lines).map_err(|e| self.fail("append", e))?;
+                let end = file.metadata().map_err(|e| self.fail("append", e))?.len();
+                if let Err(e) = file.write_all(&lines) {
+                    // A part-written batch (a full disk) would run into the next append's first
+                    // line and hide it from readers: cut it off, so the retry starts clean.
+                    let _ = file.set_len(end);
+                    return Err(self.fail("append", e));
+                }
                 if path == current_path {
                     current.bytes += lines.len() as u64;
                 }
