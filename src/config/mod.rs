@@ -477,7 +477,16 @@ mod tests {
     #[test]
     fn each_kind_reads_its_own_fields_and_a_left_out_kind_is_the_default() {
         let c = parse(&format!("{MIN}[content]\npath = \"blobs\"\n"), &[]).unwrap();
-        assert!(matches!(&c.content, ContentConfig::Dir { path: Some(p), .. } if p == Path::new("blobs")));
+        assert!(
+            matches!(&c.content, ContentConfig::Dir { path: Some(p), layout: ContentLayout::Packs } if p == Path::new("blobs"))
+        );
+        let c = parse(&format!("{MIN}[content]\nlayout = \"files\"\n"), &[]).unwrap();
+        assert!(matches!(&c.content, ContentConfig::Dir { path: None, layout: ContentLayout::Files }));
+        let err = parse(&format!("{MIN}[content]\nlayout = \"pack\"\n"), &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("`layout` must be \"packs\" or \"files\", got \"pack\"") && !err.contains("content.kind"),
+            "{err}"
+        );
         let c =
             parse(&format!("{MIN}[enricher]\nkind = \"file\"\npath = \"b.json\"\ncache_ttl = \"2s\"\n"), &[]).unwrap();
         let EnricherConfig::File(f) = &c.enricher else { panic!("{:?}", c.enricher) };

@@ -377,7 +377,7 @@ pub enum ContentConfig {
         /// Default `{state_dir}/content`.
         #[serde(default)]
         path: Option<PathBuf>,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "de_layout")]
         layout: ContentLayout,
     },
     S3 {
@@ -633,6 +633,16 @@ pub struct ShutdownConfig {
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig { timeout: Settings::default().drain_timeout }
+    }
+}
+
+/// A content layout, with a message naming the key: inside a `kind`-tagged section serde's own
+/// "unknown variant" would read as a bad `kind`.
+fn de_layout<'de, D: Deserializer<'de>>(d: D) -> Result<ContentLayout, D::Error> {
+    match String::deserialize(d)?.as_str() {
+        "packs" => Ok(ContentLayout::Packs),
+        "files" => Ok(ContentLayout::Files),
+        other => Err(serde::de::Error::custom(format!("`layout` must be \"packs\" or \"files\", got {other:?}"))),
     }
 }
 
