@@ -147,6 +147,17 @@ pub struct SinkRecord {
     pub payload: Vec<u8>,
 }
 
+impl SinkRecord {
+    /// `value` as a JSON payload, into a buffer sized for an output line up front: grown from
+    /// empty, a ~1.5 KB upsert was reallocated and copied about eight times.
+    pub fn payload_of(value: &impl serde::Serialize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(2048);
+        // Serializing plain data with string keys into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, value);
+        out
+    }
+}
+
 /// An output: upserts, drops, enriched events or dead letters.
 #[async_trait]
 pub trait Sink: Send + Sync + 'static {

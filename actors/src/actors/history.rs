@@ -186,7 +186,7 @@ impl Handler<Flush> for HistoryWriter {
                         key: dl.event_id.clone().unwrap_or_default(),
                         decision_id: dl.decision_id.clone(),
                         event_id: dl.event_id.clone(),
-                        payload: serde_json::to_vec(&dl).unwrap_or_default(),
+                        payload: SinkRecord::payload_of(&dl),
                     });
                     acks.push(ack);
                 }

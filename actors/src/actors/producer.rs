@@ -50,7 +50,7 @@ fn enriched_record(env: &Envelope<Enriched>) -> (SinkRecord, String) {
         key,
         decision_id: id.clone(),
         event_id: Some(ev.event_id.clone()),
-        payload: serde_json::to_vec(&doc).unwrap_or_default(),
+        payload: SinkRecord::payload_of(&doc),
     };
     (record, id)
 }

@@ -146,22 +146,13 @@ pub fn plan_batch<'a>(
     plan
 }
 
-/// `value` as JSON, into a buffer sized for an output line up front: growing it from empty
-/// reallocated and copied a ~1.5 KB upsert about eight times.
-fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2048);
-    // Serializing plain data with string keys into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, value);
-    out
-}
-
 /// An output decision as the record a sink sends.
 pub fn sink_record(decision: &Decision) -> SinkRecord {
     SinkRecord {
         key: decision.asset_key().to_owned(),
         decision_id: decision.decision_id().to_owned(),
         event_id: Some(decision.event_id().to_owned()),
-        payload: to_json(decision),
+        payload: SinkRecord::payload_of(decision),
     }
 }
 
