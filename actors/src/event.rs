@@ -349,12 +349,22 @@ fn tidy(raw: &RawValue) -> Result<Box<RawValue>, String> {
                 let start = i;
                 let mut escaped = false;
                 i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    if bytes[i] == b'\\' {
-                        escaped = true;
-                        i += 1;
+                // To the closing quote: the next quote or backslash, past each escape's pair.
+                while let Some(rest) = bytes.get(i..) {
+                    match memchr::memchr2(b'"', b'\\', rest) {
+                        Some(at) if rest[at] == b'\\' => {
+                            escaped = true;
+                            i += at + 2;
+                        }
+                        Some(at) => {
+                            i += at;
+                            break;
+                        }
+                        None => {
+                            i = bytes.len();
+                            break;
+                        }
                     }
-                    i += 1;
                 }
                 i += 1;
                 let token = &text[start..i.min(text.len())];

@@ -143,6 +143,13 @@ impl<'de> Visitor<'de> for Canonical<'_> {
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
         self.scalar(v)
     }
+    /// A string borrowed from the text had no escapes there, so it holds nothing JSON escapes
+    /// (no quote, backslash or control character: the parser rejects those unescaped), and its
+    /// bytes between quotes are what serde_json would write. Most strings take this path.
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<(), E> {
+        write_plain_str(self.buf, v);
+        Ok(())
+    }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         self.buf.push(b'[');
         let mut first = true;
@@ -201,7 +208,12 @@ impl<'de> Visitor<'de> for Canonical<'_> {
             if i > 0 {
                 object.push(b',');
             }
-            serde_json::to_writer(&mut object, key.as_ref()).map_err(serde::de::Error::custom)?;
+            match key {
+                Cow::Borrowed(plain) => write_plain_str(&mut object, plain),
+                Cow::Owned(unescaped) => {
+                    serde_json::to_writer(&mut object, unescaped).map_err(serde::de::Error::custom)?
+                }
+            }
             object.push(b':');
             object.extend_from_slice(&self.buf[range.clone()]);
         }
@@ -210,6 +222,14 @@ impl<'de> Visitor<'de> for Canonical<'_> {
         self.buf.extend_from_slice(&object);
         Ok(())
     }
+}
+
+/// Writes a string that needs no escapes (see `visit_borrowed_str`) as JSON.
+fn write_plain_str(buf: &mut Vec<u8>, s: &str) {
+    buf.reserve(s.len() + 2);
+    buf.push(b'"');
+    buf.extend_from_slice(s.as_bytes());
+    buf.push(b'"');
 }
 
 /// The content hash of an asset: lowercase hex of BLAKE3-256 over its canonical JSON.
