@@ -7,7 +7,8 @@
 //!
 //! The asset is hashed from its received text ([`RawValue`]) in one streaming pass, without
 //! building a value tree: scalars are written as they are parsed, and each object's members,
-//! written one after another, are then put in key order by copying their bytes. A value tree's
+//! written one after another, are then put in key order by copying their bytes (when they did
+//! not already come in order). A value tree's
 //! per-node allocations dominated an earlier profile; splitting each object into raw members
 //! and re-parsing every level (the next version) parsed nested text once per depth.
 
@@ -93,9 +94,9 @@ fn canonical_bytes(raw: &RawValue, ignore: &HashIgnore) -> serde_json::Result<Ve
 }
 
 /// Appends the canonical form of the next value to `buf`. Scalars are written as parsed;
-/// an object's members are written one after another as they come, then put in key order
-/// (the last of a repeated key kept) by copying the written bytes, so every level of the text
-/// is parsed once.
+/// an object's members are written one after another as they come and, unless they came in
+/// key order, then put in key order (the last of a repeated key kept) by copying the written
+/// bytes, so every level of the text is parsed once.
 struct Canonical<'b> {
     buf: &'b mut Vec<u8>,
     ignore: &'b HashIgnore,
@@ -172,7 +173,10 @@ impl<'de> Visitor<'de> for Canonical<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let start = self.buf.len();
+        self.buf.push(b'{');
+        // Each member's key and the range of its `"key":value` text in `buf`.
         let mut members: Vec<(Cow<'de, str>, std::ops::Range<usize>)> = Vec::new();
+        let mut in_order = true;
         while let Some(Key(key)) = map.next_key()? {
             let sub_filter = if self.filtering {
                 match self.ignore.check(self.prefix, &key) {
@@ -186,10 +190,21 @@ impl<'de> Visitor<'de> for Canonical<'_> {
             } else {
                 false
             };
+            if let Some((last, _)) = members.last() {
+                in_order &= *last < key;
+                self.buf.push(b',');
+            }
+            let at = self.buf.len();
+            match &key {
+                Cow::Borrowed(plain) => write_plain_str(self.buf, plain),
+                Cow::Owned(unescaped) => {
+                    serde_json::to_writer(&mut *self.buf, unescaped).map_err(serde::de::Error::custom)?
+                }
+            }
+            self.buf.push(b':');
             if sub_filter {
                 self.prefix.push(key.to_string());
             }
-            let at = self.buf.len();
             map.next_value_seed(Canonical {
                 buf: &mut *self.buf,
                 ignore: self.ignore,
@@ -201,25 +216,22 @@ impl<'de> Visitor<'de> for Canonical<'_> {
             }
             members.push((key, at..self.buf.len()));
         }
-        sort_keep_last(&mut members);
-        let mut object = Vec::with_capacity(self.buf.len() - start + members.len() * 16 + 2);
-        object.push(b'{');
-        for (i, (key, range)) in members.iter().enumerate() {
-            if i > 0 {
-                object.push(b',');
-            }
-            match key {
-                Cow::Borrowed(plain) => write_plain_str(&mut object, plain),
-                Cow::Owned(unescaped) => {
-                    serde_json::to_writer(&mut object, unescaped).map_err(serde::de::Error::custom)?
+        // Members that came in strictly increasing key order (most objects, from most writers)
+        // are canonical as written; otherwise they are put in key order by copying their text.
+        if !in_order {
+            sort_keep_last(&mut members);
+            let mut object = Vec::with_capacity(self.buf.len() - start);
+            object.push(b'{');
+            for (i, (_, range)) in members.iter().enumerate() {
+                if i > 0 {
+                    object.push(b',');
                 }
+                object.extend_from_slice(&self.buf[range.clone()]);
             }
-            object.push(b':');
-            object.extend_from_slice(&self.buf[range.clone()]);
+            self.buf.truncate(start);
+            self.buf.extend_from_slice(&object);
         }
-        object.push(b'}');
-        self.buf.truncate(start);
-        self.buf.extend_from_slice(&object);
+        self.buf.push(b'}');
         Ok(())
     }
 }
