@@ -5,9 +5,8 @@
 //! events: events/s, decision latency, peak RSS), the no-durability ceiling (#18's one-thread
 //! loop: parse, hash, decide against a hash map, write a line; the same stream), shard scaling,
 //! Kafka end to end against a bare rdkafka consume-and-produce loop on the same broker and
-//! data, and AWS
-//! requests per 1,000 events (`scripts/aws-requests.sh`), and several processes on one Kafka
-//! group with state in PostgreSQL (`pipeline/scale.rs`). The Kafka and AWS parts need
+//! data, AWS requests per 1,000 events (`scripts/aws-requests.sh`), and several processes on
+//! one Kafka group with state in PostgreSQL (`pipeline/scale.rs`). The Kafka and AWS parts need
 //! `make services`; they are reported as skipped when the backends are not there.
 //!
 //! Sizes: `BENCH_SMALL` (default 100000) and `BENCH_LARGE` (default 1000000) events.

@@ -8,9 +8,9 @@
 //! The asset is hashed from its received text ([`RawValue`]) in one streaming pass, without
 //! building a value tree: scalars are written as they are parsed, and each object's members,
 //! written one after another, are then put in key order by copying their bytes (when they did
-//! not already come in order). A value tree's
-//! per-node allocations dominated an earlier profile; splitting each object into raw members
-//! and re-parsing every level (the next version) parsed nested text once per depth.
+//! not already come in order). A value tree's per-node allocations dominated an earlier
+//! profile; splitting each object into raw members and re-parsing every level (the next
+//! version) parsed nested text once per depth.
 
 use std::borrow::Cow;
 
