@@ -36,6 +36,11 @@ pub fn prior_state(record: Option<&crate::record::ControlRecord>) -> String {
     }
 }
 
+/// [`prior_state`] of a live record at `hash`.
+pub fn live_prior_state(hash: &str) -> String {
+    format!("{}:{hash}", crate::record::RecordStatus::Live.as_str())
+}
+
 /// Timestamps in outputs: RFC 3339, UTC, millisecond precision.
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::decision::{HistoryRow, Origin};
 use crate::envelope::Ack;
-use crate::record::ControlRecord;
+use crate::record::{ControlRecord, KnownRecord, RecordTouch};
 use crate::rules::{SweepPlan, plan_sweep};
 
 /// How a backend call failed, which decides whether it is worth retrying.
@@ -75,6 +75,26 @@ pub trait ControlStore: Send + Sync + 'static {
     /// process each key has one writer, the decisor shard that owns it, applying one batch at a
     /// time after reading the versions it expects (`actors/tests/ordering.rs` proves that).
     async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()>;
+    /// What the store knows of the live record of `asset_key` without reading it, if it keeps
+    /// its records indexed in memory. Only a store that no other process writes can (the
+    /// embedded one): its index cannot go stale behind its back. Others know nothing (the
+    /// default), and every event's record is read.
+    fn known(&self, _source: &str, _asset_key: &str) -> Option<KnownRecord> {
+        None
+    }
+    /// [`put_many`](Self::put_many) and, in the same durable batch, the run stamps of unchanged
+    /// records that [`known`](Self::known) vouched for. Touches only come to stores that answer
+    /// `known`; the default writes the records and refuses touches.
+    async fn put_with_touches(&self, writes: &[RecordWrite], touches: &[RecordTouch]) -> BackendResult<()> {
+        if !touches.is_empty() {
+            return Err(BackendError::permanent(
+                "control store",
+                "touch records",
+                "this store keeps no index of its records, so it cannot move a run stamp alone",
+            ));
+        }
+        self.put_many(writes).await
+    }
     /// Every record of one source (live and dropped).
     async fn list_source(&self, source: &str) -> BackendResult<Vec<ControlRecord>>;
     /// Every record of every source (live and dropped), for `assetflow assets`; not used by the

@@ -61,6 +61,60 @@ impl ControlRecord {
     }
 }
 
+/// A live record as a store that indexes its records in memory knows it
+/// ([`crate::ports::ControlStore::known`]): enough to decide an event of the asset whose content
+/// did not change, without reading the record. Hash and run are kept in brief; a brief that
+/// matches only says "maybe", so callers take the fast path only where the briefs prove it
+/// safe (a different run) or where a match is what they need (the same hash: 2^-128 a pair
+/// for 16 bytes of a BLAKE3 digest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownRecord {
+    /// [`KnownRecord::hash_brief`] of the record's hash.
+    pub hash: [u8; 16],
+    /// [`KnownRecord::run_brief`] of its `last_seen_run`.
+    pub run: u32,
+    pub last_seen_at: DateTime<Utc>,
+    pub version: u64,
+}
+
+impl KnownRecord {
+    /// The first 16 bytes of a hex content hash; `None` for a hash that is not hex.
+    pub fn hash_brief(hash: &str) -> Option<[u8; 16]> {
+        let hex = hash.as_bytes().get(..32)?;
+        let mut out = [0u8; 16];
+        for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+            let digit = |c: u8| (c as char).to_digit(16);
+            *byte = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+        }
+        Some(out)
+    }
+
+    /// Four bytes of the BLAKE3 digest of a run id: different briefs, different runs.
+    pub fn run_brief(run_id: &str) -> u32 {
+        let digest = blake3::hash(run_id.as_bytes());
+        let b = digest.as_bytes();
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    /// Whether an event of the run with brief `run` at `at` with content `hash` is, against this record, an
+    /// unchanged asset seen again: the same content, no newer news, and certainly not already
+    /// seen in this run (a run seen again goes the slow way, which counts run events, §3.3).
+    pub fn vouches_unchanged(&self, hash: &str, run: u32, at: DateTime<Utc>) -> bool {
+        Self::hash_brief(hash) == Some(self.hash) && self.last_seen_at <= at && self.run != run
+    }
+}
+
+/// An unchanged asset seen again: only its run stamp moves (`last_seen_run`, `last_seen_at`,
+/// and the version, one past the known one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordTouch {
+    pub source: String,
+    pub asset_key: String,
+    pub last_seen_run: String,
+    pub last_seen_at: DateTime<Utc>,
+    pub version: u64,
+}
+
 /// The `hash` of a run-event marker.
 const RUN_EVENT: &str = "run-event";
 

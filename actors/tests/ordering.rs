@@ -61,6 +61,55 @@ fn each_key_sees_its_events_in_input_order_under_eight_shards() {
     }
 }
 
+/// The same order when unchanged assets are decided from what the store knows of them
+/// (`ControlStore::known`, the embedded store's index) rather than from a read: a shard that
+/// ran two batches at once would vouch from a version its other batch is moving, and the
+/// store's version check would count the conflict.
+#[test]
+fn each_key_sees_its_events_in_input_order_when_unchanged_assets_skip_the_read() {
+    const KEYS: usize = 60;
+    const RUNS: usize = 20;
+    let mut lines = Vec::new();
+    let mut n = 0;
+    for v in 0..RUNS {
+        let mut keys: Vec<usize> = (0..KEYS).collect();
+        keys.rotate_left((v * 17) % KEYS);
+        for k in keys {
+            n += 1;
+            // A run per round; the content changes every other run, so half the events are an
+            // unchanged asset seen again.
+            let (run, content) = (format!("r{v:02}"), format!("c{}", v / 2));
+            lines.push(running(&format!("e{n:06}"), "src", &run, &format!("t{k:03}"), (v * 10) as u32, &content));
+        }
+    }
+    let control = MemControl::indexed(Duration::from_millis(2));
+    let out = run(settings(8), lines, control.clone());
+
+    assert_eq!(control.conflicts.load(Ordering::SeqCst), 0, "a shard ran two batches at once: their writes conflicted");
+    assert!(control.touches.load(Ordering::SeqCst) > 0, "no event took the known-record path");
+    assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+    for k in 0..KEYS {
+        let key = format!("src/db/public/t{k:03}");
+        let ups = out.upserts.iter().filter(|u| u["asset_key"] == key.as_str()).collect::<Vec<_>>();
+        assert_eq!(ups.len(), RUNS / 2, "{key}: one upsert per change");
+        for w in ups.windows(2) {
+            assert!(w[0]["event_id"].as_str() < w[1]["event_id"].as_str(), "{key}: upserts out of input order");
+            assert_eq!(w[1]["previous_hash"], w[0]["hash"], "{key}: an update must follow the one before it");
+        }
+        let unchanged = out
+            .history
+            .iter()
+            .filter(|h| h.asset_key.as_deref() == Some(key.as_str()) && h.outcome.as_str() == "unchanged");
+        assert_eq!(unchanged.count(), RUNS / 2, "{key}");
+        let r = control.record(&key).unwrap();
+        assert_eq!(
+            (r.last_seen_run.as_str(), r.version),
+            ("r19", RUNS as u64),
+            "{key}: every event moved the record once"
+        );
+    }
+}
+
 #[test]
 fn stale_events_change_nothing_and_emit_nothing() {
     let lines = vec![

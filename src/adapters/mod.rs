@@ -13,4 +13,5 @@ pub mod kafka;
 pub mod postgres;
 pub mod scylla_history;
 pub mod state;
+pub mod state_index;
 pub mod state_layout;

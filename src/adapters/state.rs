@@ -5,6 +5,10 @@
 //! so writing a micro-batch of random asset keys costs a sequential write, not a page rewrite
 //! per key as in a B-tree (BENCHMARKS.md has the figures that chose it). How rows and keys are
 //! laid out is `state_layout.rs`.
+//!
+//! An unchanged asset seen again moves only its run stamp, written to a keyspace of its own
+//! (`stamps`, keyed like the records) so the records' tables stay still, and it is decided from
+//! the index of live records this store keeps in memory (`state_index.rs`) without a read.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,11 +20,12 @@ use assetflow_actors::envelope::Watermark;
 use assetflow_actors::ports::{
     BackendError, BackendResult, ControlStore, FailureKind, HistoryStore, RecordKey, RecordWrite,
 };
-use assetflow_actors::record::ControlRecord;
+use assetflow_actors::record::{ControlRecord, KnownRecord, RecordTouch};
 use assetflow_actors::rules::{SweepPlan, SweepPlanner};
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
+use super::state_index::{IndexKey, RecordIndex};
 use super::state_layout;
 
 const BACKEND: &str = "embedded store";
@@ -33,6 +38,8 @@ const MEMTABLE_BYTES: u64 = 16 << 20;
 /// holds per row a skiplist node its byte count leaves out: at 16 MiB the 1M-event run peaked
 /// ~6 MiB higher than with rows twice the size, so history keeps fewer bytes in memory instead.
 const HISTORY_MEMTABLE_BYTES: u64 = 8 << 20;
+/// Memtable size of the run stamps (~40-byte rows).
+const STAMPS_MEMTABLE_BYTES: u64 = 4 << 20;
 /// Journal kept on disk before fjall flushes the keyspaces holding it back; bounds replay time
 /// after a crash.
 const JOURNAL_BYTES: u64 = 128 << 20;
@@ -49,9 +56,12 @@ pub struct StateStore {
 struct Inner {
     db: Database,
     control: Keyspace,
+    /// Run stamps of unchanged assets, keyed like their records (`state_layout::encode_stamp`).
+    stamps: Keyspace,
     history: Keyspace,
     checkpoints: Keyspace,
     history_seq: AtomicU64,
+    index: RecordIndex,
 }
 
 fn err(op: &str, e: fjall::Error) -> BackendError {
@@ -87,6 +97,7 @@ impl StateStore {
                 .map_err(|e| format!("cannot open the embedded store {} ({name}): {e}", path.display()))
         };
         let control = opened("control", MEMTABLE_BYTES)?;
+        let stamps = opened("stamps", STAMPS_MEMTABLE_BYTES)?;
         let history = opened("history", HISTORY_MEMTABLE_BYTES)?;
         let checkpoints = opened("checkpoints", 1 << 20)?;
         let seq = history
@@ -95,9 +106,17 @@ impl StateStore {
             .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
-        Ok(StateStore {
-            inner: Arc::new(Inner { db, control, history, checkpoints, history_seq: AtomicU64::new(seq) }),
-        })
+        let inner = Inner {
+            db,
+            control,
+            stamps,
+            history,
+            checkpoints,
+            history_seq: AtomicU64::new(seq),
+            index: RecordIndex::default(),
+        };
+        inner.fill_index().map_err(|e| format!("cannot read the embedded store {}: {e}", path.display()))?;
+        Ok(StateStore { inner: Arc::new(inner) })
     }
 
     pub fn checkpoint(&self, key: &str) -> BackendResult<Option<Vec<u8>>> {
@@ -145,14 +164,63 @@ impl StateStore {
     }
 }
 
+/// The index's key of a control key: the 16 bytes that digest the asset key.
+fn index_key(control_key: &[u8]) -> Option<IndexKey> {
+    control_key.get(4..20)?.try_into().ok()
+}
+
 impl Inner {
-    /// Calls `each` with the key and stored record of every record filed under `source`.
-    /// Callers keep the records whose `source` is exactly `source` (sources may share a prefix).
-    fn scan_source(&self, source: &str, mut each: impl FnMut(&[u8]) -> BackendResult<()>) -> BackendResult<()> {
-        for entry in self.control.prefix(state_layout::control_prefix(source)) {
-            each(&entry.value().map_err(|e| err("list source", e))?)?;
+    /// Calls `each` with the stored record and run stamp of every record filed under `prefix`
+    /// (one source's, or all with an empty prefix), in key order. Callers keep the records whose
+    /// `source` is what they asked for (sources may share a prefix).
+    fn scan(
+        &self,
+        prefix: &[u8],
+        mut each: impl FnMut(&[u8], &[u8], Option<&[u8]>) -> BackendResult<()>,
+    ) -> BackendResult<()> {
+        let failed = |e| err("list records", e);
+        // Records and stamps share their keys, so one pass over each, side by side, pairs them.
+        let mut stamps = self.stamps.prefix(prefix).map(|g| g.into_inner().map_err(failed)).peekable();
+        for entry in self.control.prefix(prefix) {
+            let (key, value) = entry.into_inner().map_err(failed)?;
+            let mut stamp = None;
+            while let Some(next) = stamps.peek() {
+                match next {
+                    Err(e) => return Err(e.clone()),
+                    Ok((k, _)) if k.as_ref() > key.as_ref() => break,
+                    Ok(_) => {}
+                }
+                if let Some(Ok((k, v))) = stamps.next()
+                    && k == key
+                {
+                    stamp = Some(v);
+                }
+            }
+            each(&key, &value, stamp.as_deref())?;
         }
         Ok(())
+    }
+
+    /// Indexes the live records at open, as many as the index holds.
+    fn fill_index(&self) -> BackendResult<()> {
+        self.scan(&[], |key, value, stamp| {
+            if let Some(k) = index_key(key) {
+                let known = state_layout::known(&state_layout::decode_stamped(value, stamp)?);
+                if known.is_some() {
+                    self.index.wrote(&k, known);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// A record with its run stamp applied.
+    fn get_record(&self, key: &[u8]) -> BackendResult<Option<ControlRecord>> {
+        let Some(value) = self.control.get(key).map_err(|e| err("get records", e))? else {
+            return Ok(None);
+        };
+        let stamp = self.stamps.get(key).map_err(|e| err("get records", e))?;
+        state_layout::decode_stamped(&value, stamp.as_deref()).map(Some)
     }
 }
 
@@ -165,8 +233,7 @@ impl ControlStore for StateStore {
             let mut out = HashMap::with_capacity(keys.len());
             for k in keys {
                 let key = state_layout::control_key(&k.source, &k.asset_key);
-                if let Some(v) = inner.control.get(key).map_err(|e| err("get records", e))? {
-                    let record = state_layout::decode(&v)?;
+                if let Some(record) = inner.get_record(&key)? {
                     if record.asset_key != k.asset_key {
                         return Err(BackendError::permanent(
                             BACKEND,
@@ -182,22 +249,55 @@ impl ControlStore for StateStore {
         .await
     }
 
+    fn known(&self, source: &str, asset_key: &str) -> Option<KnownRecord> {
+        self.inner.index.get(&index_key(&state_layout::control_key(source, asset_key))?)
+    }
+
+    async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()> {
+        self.put_with_touches(writes, &[]).await
+    }
+
     /// Writes the batch whole, without re-reading the stored versions: in this store the
     /// conditional write holds by construction. The database is locked to one process, and in
     /// that process an asset key has exactly one writer, the decisor shard that owns it, which
-    /// applies its batches one at a time after reading the records they expect (the ordering
-    /// tests fail if a shard ever runs two batches at once). Re-reading every key to compare
-    /// versions was a fifth of the store's CPU on a steady crawl (BENCHMARKS.md).
-    async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()> {
-        let mut batch = self.inner.db.batch().durability(Some(PersistMode::SyncAll));
+    /// applies its batches one at a time after reading the records (or the index entries) they
+    /// expect (the ordering tests fail if a shard ever runs two batches at once). Re-reading
+    /// every key to compare versions was a fifth of the store's CPU on a steady crawl
+    /// (BENCHMARKS.md). The index learns what the batch wrote once it is durable, and forgets
+    /// its keys if the batch failed.
+    async fn put_with_touches(&self, writes: &[RecordWrite], touches: &[RecordTouch]) -> BackendResult<()> {
+        let inner = &self.inner;
+        let mut batch = inner.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut indexed: Vec<(IndexKey, Option<KnownRecord>)> = Vec::with_capacity(writes.len() + touches.len());
         for RecordWrite { record: r, .. } in writes {
-            batch.insert(
-                &self.inner.control,
-                state_layout::control_key(&r.source, &r.asset_key),
-                state_layout::encode(r)?,
-            );
+            let key = state_layout::control_key(&r.source, &r.asset_key);
+            batch.insert(&inner.control, key, state_layout::encode(r)?);
+            indexed.extend(index_key(&key).map(|k| (k, state_layout::known(r))));
         }
-        blocking("put records", move || batch.commit().map_err(|e| err("put records", e))).await
+        for t in touches {
+            let key = state_layout::control_key(&t.source, &t.asset_key);
+            batch.insert(&inner.stamps, key, state_layout::encode_stamp(t)?);
+            let Some(k) = index_key(&key) else { continue };
+            let touched = inner.index.get(&k).map(|known| KnownRecord {
+                run: KnownRecord::run_brief(&t.last_seen_run),
+                last_seen_at: t.last_seen_at,
+                version: t.version,
+                ..known
+            });
+            indexed.push((k, touched));
+        }
+        let inner = self.inner.clone();
+        blocking("put records", move || {
+            let committed = batch.commit().map_err(|e| err("put records", e));
+            for (key, known) in indexed {
+                match committed {
+                    Ok(()) => inner.index.wrote(&key, known),
+                    Err(_) => inner.index.forget(&key),
+                }
+            }
+            committed
+        })
+        .await
     }
 
     /// Streams the source's records through the planner: only the keys to drop are kept.
@@ -207,8 +307,8 @@ impl ControlStore for StateStore {
         let run = run.to_owned();
         blocking("list source", move || {
             let mut planner = SweepPlanner::new(&run);
-            inner.scan_source(&source, |value| {
-                let r = state_layout::sweep_view(value)?;
+            inner.scan(&state_layout::control_prefix(&source), |_, value, stamp| {
+                let r = state_layout::sweep_view(value, stamp)?;
                 if r.source == source {
                     planner.add(&r.asset_key, r.live, &r.last_seen_run);
                 }
@@ -223,9 +323,10 @@ impl ControlStore for StateStore {
         let inner = self.inner.clone();
         blocking("list", move || {
             let mut out = Vec::new();
-            for entry in inner.control.iter() {
-                out.push(state_layout::decode(&entry.value().map_err(|e| err("list", e))?)?);
-            }
+            inner.scan(&[], |_, value, stamp| {
+                out.push(state_layout::decode_stamped(value, stamp)?);
+                Ok(())
+            })?;
             Ok(out)
         })
         .await
@@ -236,8 +337,8 @@ impl ControlStore for StateStore {
         let source = source.to_owned();
         blocking("list source", move || {
             let mut out = Vec::new();
-            inner.scan_source(&source, |value| {
-                let r = state_layout::decode(value)?;
+            inner.scan(&state_layout::control_prefix(&source), |_, value, stamp| {
+                let r = state_layout::decode_stamped(value, stamp)?;
                 if r.source == source {
                     out.push(r);
                 }
@@ -378,5 +479,63 @@ mod tests {
         store.put_many(&[RecordWrite { record: next.clone(), expected_version: 3 }]).await.unwrap();
         assert_eq!(store.get_many(&keys(&[("pg", "pg/db/s/t00001")])).await.unwrap()["pg/db/s/t00001"], next);
         assert_eq!(store.list_all().await.unwrap().len(), all.len());
+    }
+
+    #[tokio::test]
+    async fn a_touch_moves_only_the_run_stamp_and_the_index_follows_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let (a, b) = (record("pg", "pg/db/s/a", "r1"), record("pg", "pg/db/s/b", "r1"));
+        let writes = [a.clone(), b.clone()].map(|record| RecordWrite { record, expected_version: 2 });
+        store.put_many(&writes).await.unwrap();
+        let brief = |r: &ControlRecord| state_layout::known(r).unwrap();
+        assert_eq!(store.known("pg", "pg/db/s/a"), Some(brief(&a)));
+        assert_eq!(store.known("pg", "pg/db/s/zz"), None);
+
+        let at = a.last_seen_at + chrono::Duration::hours(1);
+        let touch = |r: &ControlRecord, version| RecordTouch {
+            source: r.source.clone(),
+            asset_key: r.asset_key.clone(),
+            last_seen_run: "r2".into(),
+            last_seen_at: at,
+            version,
+        };
+        store.put_with_touches(&[], &[touch(&a, 4), touch(&b, 4)]).await.unwrap();
+        let mut seen = a.clone();
+        (seen.last_seen_run, seen.last_seen_at, seen.version) = ("r2".into(), at, 4);
+        let get = |key: &str| {
+            let keys = keys(&[("pg", key)]);
+            let store = store.clone();
+            async move { store.get_many(&keys).await.unwrap().remove(&keys[0].asset_key) }
+        };
+        assert_eq!(get("pg/db/s/a").await, Some(seen.clone()), "the record with its new run stamp");
+        assert!(store.list_source("pg").await.unwrap().contains(&seen));
+        assert!(store.list_all().await.unwrap().contains(&seen));
+        assert_eq!(store.known("pg", "pg/db/s/a"), Some(brief(&seen)));
+        // The sweep reads the stamp: seen in r2, not in r3.
+        assert!(store.sweep_plan("pg", "r2", 1.0).await.unwrap().to_drop.is_empty());
+        assert_eq!(store.sweep_plan("pg", "r3", 1.0).await.unwrap().to_drop.len(), 2);
+
+        // A full write supersedes the older stamp; a dropped record is no longer known.
+        let mut changed = seen.clone();
+        (changed.hash, changed.version) = ("cd".repeat(32), 5);
+        store.put_many(&[RecordWrite { record: changed.clone(), expected_version: 4 }]).await.unwrap();
+        assert_eq!(get("pg/db/s/a").await, Some(changed.clone()));
+        assert_eq!(store.known("pg", "pg/db/s/a"), Some(brief(&changed)));
+        let mut dropped = changed.clone();
+        (dropped.status, dropped.version) = (assetflow_actors::record::RecordStatus::Dropped, 6);
+        store.put_many(&[RecordWrite { record: dropped.clone(), expected_version: 5 }]).await.unwrap();
+        assert_eq!(store.known("pg", "pg/db/s/a"), None);
+
+        // Reopened, the index is filled again from records and stamps.
+        drop(store);
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut b_seen = b.clone();
+        (b_seen.last_seen_run, b_seen.last_seen_at, b_seen.version) = ("r2".into(), at, 4);
+        assert_eq!(store.known("pg", "pg/db/s/b"), Some(brief(&b_seen)));
+        assert_eq!(store.known("pg", "pg/db/s/a"), None);
+        let mut all = store.list_all().await.unwrap();
+        all.sort_by(|x, y| x.asset_key.cmp(&y.asset_key));
+        assert_eq!(all, [dropped, b_seen]);
     }
 }

@@ -10,7 +10,7 @@ use assetflow_actors::decision::{HistoryRow, Origin};
 use assetflow_actors::envelope::Watermark;
 use assetflow_actors::pipeline::{DecisionPorts, Downstream, Pipeline, Ports, Settings};
 use assetflow_actors::ports::*;
-use assetflow_actors::record::ControlRecord;
+use assetflow_actors::record::{ControlRecord, KnownRecord, RecordTouch};
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
@@ -86,11 +86,18 @@ pub struct MemControl {
     pub delay: Duration,
     pub conflicts: AtomicU64,
     pub fault: Option<Arc<Fault>>,
+    /// Answers `known` from its records, as the embedded store answers from its index, and
+    /// takes touches (checked against the stored version like any write).
+    pub indexed: bool,
+    pub touches: AtomicU64,
 }
 
 impl MemControl {
     pub fn slow(delay: Duration) -> Arc<Self> {
         Arc::new(MemControl { delay, ..Default::default() })
+    }
+    pub fn indexed(delay: Duration) -> Arc<Self> {
+        Arc::new(MemControl { delay, indexed: true, ..Default::default() })
     }
     async fn pause(&self) {
         if !self.delay.is_zero() {
@@ -140,6 +147,41 @@ impl ControlStore for MemControl {
         if lost_reply {
             return Err(BackendError::transient("control", "put", "injected lost reply (the write landed)"));
         }
+        Ok(())
+    }
+    fn known(&self, _source: &str, asset_key: &str) -> Option<KnownRecord> {
+        let m = self.records.lock().unwrap();
+        let r = m.get(asset_key).filter(|r| self.indexed && r.is_live())?;
+        Some(KnownRecord {
+            hash: KnownRecord::hash_brief(&r.hash)?,
+            run: KnownRecord::run_brief(&r.last_seen_run),
+            last_seen_at: r.last_seen_at,
+            version: r.version,
+        })
+    }
+    async fn put_with_touches(&self, writes: &[RecordWrite], touches: &[RecordTouch]) -> BackendResult<()> {
+        if touches.is_empty() {
+            return self.put_many(writes).await;
+        }
+        assert!(self.indexed, "touches for a store that vouched for nothing");
+        maybe(&self.fault, "control").await?;
+        self.pause().await;
+        let mut m = self.records.lock().unwrap();
+        let stored = |key: &str| m.get(key).map_or(0, |r| r.version);
+        let moved = writes.iter().any(|w| stored(&w.record.asset_key) != w.expected_version)
+            || touches.iter().any(|t| stored(&t.asset_key) + 1 != t.version);
+        if moved {
+            self.conflicts.fetch_add(1, Ordering::SeqCst);
+            return Err(BackendError::new("mem", "put", "version moved", FailureKind::Conflict));
+        }
+        for w in writes {
+            m.insert(w.record.asset_key.clone(), w.record.clone());
+        }
+        for t in touches {
+            let r = m.get_mut(&t.asset_key).expect("a touched record exists");
+            (r.last_seen_run, r.last_seen_at, r.version) = (t.last_seen_run.clone(), t.last_seen_at, t.version);
+        }
+        self.touches.fetch_add(touches.len() as u64, Ordering::SeqCst);
         Ok(())
     }
     async fn list_source(&self, source: &str) -> BackendResult<Vec<ControlRecord>> {

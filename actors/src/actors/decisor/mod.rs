@@ -35,7 +35,7 @@ use crate::lookup::{CachedLookup, LookupKeys};
 use crate::mark::{CompletionMark, mark_key};
 use crate::metrics::{ActorName, Flow, Metrics};
 use crate::ports::{BackendError, BackendResult, ContentStore, ControlStore, FailureKind, RecordKey, RecordWrite};
-use crate::record::{ControlRecord, RecordStatus};
+use crate::record::{ControlRecord, KnownRecord, RecordStatus};
 use crate::retry::panic_message;
 use crate::supervise::Supervisor;
 
@@ -292,6 +292,10 @@ struct EarlierRound {
 }
 
 impl EarlierRound {
+    fn is_empty(&self) -> bool {
+        self.read.is_empty() && self.wrote.is_empty()
+    }
+
     /// Puts back the prior record of every key whose stored record is the one the earlier round
     /// wrote, so the batch decides those keys exactly as it did then (same outcomes, same ids)
     /// and does not write them again. Returns those keys.
@@ -323,11 +327,12 @@ async fn decide_and_publish(
     // completion marks of its sources: an event from before a source's last completion is a
     // replay, and a record that completion dropped must not come back for it.
     let sources: HashSet<&str> = batch.iter().map(|p| p.enriched.event.source.as_str()).collect();
+    let known = if earlier.is_empty() { known_unchanged(deps, batch) } else { HashMap::new() };
     let keys: Vec<RecordKey> = {
         let mut seen = HashSet::new();
         batch
             .iter()
-            .filter(|p| seen.insert(p.key.as_str()))
+            .filter(|p| !known.contains_key(p.key.as_str()) && seen.insert(p.key.as_str()))
             .map(|p| RecordKey { source: p.enriched.event.source.clone(), asset_key: p.key.clone() })
             .chain(sources.iter().map(|s| mark_key(s)))
             .collect()
@@ -346,11 +351,37 @@ async fn decide_and_publish(
     let plan = plan_batch(
         batch.iter().map(|p| (&p.enriched, p.key.as_str(), p.hash.as_str(), replayed(p))),
         records,
+        &known,
         &landed,
         |key, hash| deps.content.content_ref(key, hash),
         Utc::now(),
     );
     apply(deps, plan, earlier).await
+}
+
+/// The batch's events that the store vouches are unchanged assets seen again
+/// ([`KnownRecord::vouches_unchanged`]), by key: they are decided without reading their
+/// records. A key with more than one event in the batch is read, so that its events see each
+/// other as usual.
+fn known_unchanged<'a>(deps: &DecisorDeps, batch: &'a [Pending]) -> HashMap<&'a str, KnownRecord> {
+    let mut events_of: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+    for p in batch.iter() {
+        *events_of.entry(p.key.as_str()).or_default() += 1;
+    }
+    let mut runs: HashMap<&str, u32> = HashMap::new();
+    let mut known = HashMap::new();
+    for p in batch {
+        let ev = &p.enriched.event;
+        if events_of[p.key.as_str()] > 1 {
+            continue;
+        }
+        let Some(k) = deps.control.known(&ev.source, &p.key) else { continue };
+        let run = *runs.entry(ev.run_id.as_str()).or_insert_with(|| KnownRecord::run_brief(&ev.run_id));
+        if k.vouches_unchanged(&p.hash, run, ev.emitted_at) {
+            known.insert(p.key.as_str(), k);
+        }
+    }
+    known
 }
 
 /// Applies a plan outward first: content (an upsert must never point at content that is not
@@ -360,7 +391,7 @@ async fn apply(
     plan: BatchPlan,
     earlier: &mut EarlierRound,
 ) -> Result<Vec<HistoryRow>, (Stage, BackendError)> {
-    let BatchPlan { rows, outcomes, contents, upserts, mut writes, landed, priors, run_events } = plan;
+    let BatchPlan { rows, outcomes, contents, upserts, mut writes, touches, landed, priors, run_events } = plan;
     if !run_events.is_empty() {
         // Rare (a stale or repeated event of a run): those already written are left alone.
         let keys: Vec<RecordKey> =
@@ -390,8 +421,8 @@ async fn apply(
             .map_err(|e| (Stage::Publish, e))?;
         Metrics::add(&deps.metrics.upserts_published, n);
     }
-    if !writes.is_empty() {
-        let put = deps.calls.call("control store", "put", || deps.control.put_many(&writes)).await;
+    if !writes.is_empty() || !touches.is_empty() {
+        let put = deps.calls.call("control store", "put", || deps.control.put_with_touches(&writes, &touches)).await;
         if let Err(e) = put {
             if e.kind == FailureKind::Conflict {
                 earlier.read = priors.into_iter().collect();
@@ -400,7 +431,7 @@ async fn apply(
             }
             return Err((Stage::Decide, e));
         }
-        deps.metrics.sent(Flow::DecisorControl, writes.len() as u64);
+        deps.metrics.sent(Flow::DecisorControl, (writes.len() + touches.len()) as u64);
     }
     for (o, n) in outcomes {
         deps.metrics.outcome(o, n);

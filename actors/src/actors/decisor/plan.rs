@@ -7,14 +7,14 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use super::super::Enriched;
-use crate::decision::{Decision, HistoryRow, Outcome, UpsertDecision, decision_id, prior_state};
+use crate::decision::{Decision, HistoryRow, Outcome, UpsertDecision, decision_id, live_prior_state, prior_state};
 use crate::event::EventKind;
 use crate::ports::{ContentPut, RecordWrite, SinkRecord};
-use crate::record::{ControlRecord, RecordStatus, RunEvent};
+use crate::record::{ControlRecord, KnownRecord, RecordStatus, RecordTouch, RunEvent};
 use crate::rules::judge;
 
-/// What a batch will do, in the order the shard applies it: content, upserts, control records,
-/// history.
+/// What a batch will do, in the order the shard applies it: content, upserts, control records
+/// (and run stamps), history.
 #[derive(Debug, Default)]
 pub struct BatchPlan {
     /// One row per event, in batch order.
@@ -28,6 +28,9 @@ pub struct BatchPlan {
     /// Each changed record once, in the order its key first changed, conditional on the
     /// version read.
     pub writes: Vec<RecordWrite>,
+    /// The run stamps of unchanged assets decided from what the store knew of them, without
+    /// their records ([`KnownRecord`]), in batch order.
+    pub touches: Vec<RecordTouch>,
     /// Records an earlier round of this batch already wrote: not written again.
     pub landed: Vec<ControlRecord>,
     /// Each changed key with the record it had before the batch (`None`: the asset was new):
@@ -42,11 +45,14 @@ pub struct BatchPlan {
 /// in order, so that two events of one key see each other. An event marked as a replay (read
 /// again from before its source's last completion, [`crate::mark`]) is `stale`. Keys in `landed` were written by an
 /// earlier round of the same batch: their records go to [`BatchPlan::landed`], not to the
-/// writes. `content_ref` names where an asset's content at a hash is stored; `now` is the
-/// decision time.
+/// writes. Keys in `known` were not read: the store vouched that their event is an unchanged
+/// asset seen again ([`KnownRecord::vouches_unchanged`], checked by the caller, as is that the
+/// key has no other event in the batch), so it moves only their run stamp. `content_ref` names
+/// where an asset's content at a hash is stored; `now` is the decision time.
 pub fn plan_batch<'a>(
     events: impl IntoIterator<Item = (&'a Enriched, &'a str, &'a str, bool)>,
     mut records: HashMap<String, ControlRecord>,
+    known: &HashMap<&str, KnownRecord>,
     landed: &HashSet<String>,
     content_ref: impl Fn(&str, &str) -> String,
     now: DateTime<Utc>,
@@ -61,6 +67,23 @@ pub fn plan_batch<'a>(
         let EventKind::Running { name, body } = &ev.kind else {
             continue;
         };
+        if let Some(k) = known.get(key) {
+            // A replay is stale whatever the record says, and its record does not move.
+            let outcome = if replayed { Outcome::Stale } else { Outcome::Unchanged };
+            let id = decision_id(&ev.event_id, key, outcome.decision_kind(), &live_prior_state(hash));
+            plan.rows.push(row(enriched, key, hash, outcome, id, now));
+            *plan.outcomes.entry(outcome).or_default() += 1;
+            if !replayed {
+                plan.touches.push(RecordTouch {
+                    source: ev.source.clone(),
+                    asset_key: key.to_owned(),
+                    last_seen_run: ev.run_id.clone(),
+                    last_seen_at: ev.emitted_at,
+                    version: k.version + 1,
+                });
+            }
+            continue;
+        }
         let prior = records.get(key);
         let outcome = if replayed { Outcome::Stale } else { judge(prior, hash, ev.emitted_at) };
         // An event of the run its record will not count (§3.3): stale, or a second event of
@@ -75,16 +98,7 @@ pub fn plan_batch<'a>(
         let span = tracing::debug_span!("decision", event_id = %ev.event_id, asset_key = %key, decision_id = %id);
         span.in_scope(|| tracing::debug!(outcome = outcome.as_str(), "decided"));
         *plan.outcomes.entry(outcome).or_default() += 1;
-        plan.rows.push(HistoryRow {
-            asset_key: Some(key.to_owned()),
-            source: Some(ev.source.clone()),
-            event_id: Some(ev.event_id.clone()),
-            run_id: Some(ev.run_id.clone()),
-            outcome,
-            hash: Some(hash.to_owned()),
-            decision_id: id.clone(),
-            at: now,
-        });
+        plan.rows.push(row(enriched, key, hash, outcome, id.clone(), now));
         if outcome == Outcome::Stale {
             continue;
         }
@@ -146,6 +160,21 @@ pub fn plan_batch<'a>(
     plan
 }
 
+/// The history row of a `running` event's decision.
+fn row(enriched: &Enriched, key: &str, hash: &str, outcome: Outcome, id: String, now: DateTime<Utc>) -> HistoryRow {
+    let ev = &enriched.event;
+    HistoryRow {
+        asset_key: Some(key.to_owned()),
+        source: Some(ev.source.clone()),
+        event_id: Some(ev.event_id.clone()),
+        run_id: Some(ev.run_id.clone()),
+        outcome,
+        hash: Some(hash.to_owned()),
+        decision_id: id,
+        at: now,
+    }
+}
+
 /// An output decision as the record a sink sends.
 pub fn sink_record(decision: &Decision) -> SinkRecord {
     SinkRecord {
@@ -190,6 +219,7 @@ mod tests {
         plan_batch(
             events.iter().map(|(e, k, h)| (e, k.as_str(), h.as_str(), false)),
             records,
+            &HashMap::new(),
             &landed,
             |k, h| format!("mem://{k}@{h}"),
             now,
@@ -266,6 +296,49 @@ mod tests {
         assert_eq!(p.landed.iter().map(|r| r.asset_key.as_str()).collect::<Vec<_>>(), ["pg/db/s/a"]);
         assert_eq!(p.writes.iter().map(|w| w.record.asset_key.as_str()).collect::<Vec<_>>(), ["pg/db/s/b"]);
         assert_eq!(p.upserts.len(), 2, "its upsert is published again, with the same id");
+    }
+
+    #[test]
+    fn a_known_unchanged_asset_is_decided_as_its_record_would_decide_it_and_only_touched() {
+        let (t1, t2) = ("2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z");
+        let hash = "ab".repeat(32);
+        let events = vec![with_key(event("e1", "same", t2, "1"), &hash), with_key(event("e2", "other", t2, "1"), "h")];
+        let read = plan(&events, vec![record("same", &hash, t1, RecordStatus::Live, 7)], &[]);
+
+        let known = KnownRecord {
+            hash: KnownRecord::hash_brief(&hash).unwrap(),
+            run: KnownRecord::run_brief("r1"),
+            last_seen_at: DateTime::parse_from_rfc3339(t1).unwrap().to_utc(),
+            version: 7,
+        };
+        assert!(known.vouches_unchanged(&hash, KnownRecord::run_brief("r2"), events[0].0.event.emitted_at));
+        assert!(!known.vouches_unchanged(&hash, KnownRecord::run_brief("r1"), events[0].0.event.emitted_at));
+        assert!(!known.vouches_unchanged(&"cd".repeat(32), KnownRecord::run_brief("r2"), events[0].0.event.emitted_at));
+        let now = DateTime::parse_from_rfc3339("2026-11-26T00:00:00Z").unwrap().to_utc();
+        let mut pairs: Vec<(&Enriched, &str, &str, bool)> =
+            events.iter().map(|(e, k, h)| (e, k.as_str(), h.as_str(), false)).collect();
+        let vouched = |pairs: Vec<(&Enriched, &str, &str, bool)>| {
+            let known: HashMap<&str, KnownRecord> = [("pg/db/s/same", known)].into();
+            plan_batch(pairs, HashMap::new(), &known, &HashSet::new(), |k, h| format!("mem://{k}@{h}"), now)
+        };
+        let fast = vouched(pairs.clone());
+        assert_eq!(fast.rows, read.rows, "the same outcomes and decision ids as with the record read");
+        assert_eq!(fast.writes.len(), 1, "only the new asset's record is written");
+        assert_eq!(
+            fast.touches,
+            [RecordTouch {
+                source: "pg".into(),
+                asset_key: "pg/db/s/same".into(),
+                last_seen_run: "r2".into(),
+                last_seen_at: events[0].0.event.emitted_at,
+                version: 8,
+            }]
+        );
+        // A replay of it is stale and moves nothing.
+        pairs[0].3 = true;
+        let replay = vouched(pairs);
+        assert_eq!(replay.rows[0].outcome, Outcome::Stale);
+        assert!(replay.touches.is_empty());
     }
 
     #[test]
