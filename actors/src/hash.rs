@@ -86,9 +86,10 @@ pub fn canonical_json(raw: &RawValue, ignore: &HashIgnore) -> String {
 fn canonical_bytes(raw: &RawValue, ignore: &HashIgnore) -> serde_json::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(raw.get().len());
     let mut prefix = Vec::new();
+    let mut members = Vec::new();
     let mut de = serde_json::Deserializer::from_str(raw.get());
-    Canonical { buf: &mut buf, ignore, prefix: &mut prefix, filtering: !ignore.paths.is_empty() }
-        .deserialize(&mut de)?;
+    let filtering = !ignore.paths.is_empty();
+    Canonical { buf: &mut buf, ignore, prefix: &mut prefix, members: &mut members, filtering }.deserialize(&mut de)?;
     de.end()?;
     Ok(buf)
 }
@@ -97,29 +98,33 @@ fn canonical_bytes(raw: &RawValue, ignore: &HashIgnore) -> serde_json::Result<Ve
 /// an object's members are written one after another as they come and, unless they came in
 /// key order, then put in key order (the last of a repeated key kept) by copying the written
 /// bytes, so every level of the text is parsed once.
-struct Canonical<'b> {
+struct Canonical<'b, 'de> {
     buf: &'b mut Vec<u8>,
     ignore: &'b HashIgnore,
     /// The object keys above this value, while an ignored path may still lie below it.
     prefix: &'b mut Vec<String>,
+    /// The members of the objects being written, innermost last: each object's key and the
+    /// range of its `"key":value` text in `buf`. One stack for every level, so an object costs
+    /// no allocation of its own (an asset has dozens of small objects).
+    members: &'b mut Vec<(Cow<'de, str>, std::ops::Range<usize>)>,
     filtering: bool,
 }
 
-impl<'de> DeserializeSeed<'de> for Canonical<'_> {
+impl<'de> DeserializeSeed<'de> for Canonical<'_, 'de> {
     type Value = ();
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl Canonical<'_> {
+impl Canonical<'_, '_> {
     fn scalar<T: serde::Serialize + ?Sized, E: serde::de::Error>(self, v: &T) -> Result<(), E> {
         // Writing to a Vec fails only for values JSON cannot hold, which a parse never yields.
         serde_json::to_writer(&mut *self.buf, v).map_err(E::custom)
     }
 }
 
-impl<'de> Visitor<'de> for Canonical<'_> {
+impl<'de> Visitor<'de> for Canonical<'_, 'de> {
     type Value = ();
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("JSON")
@@ -160,8 +165,13 @@ impl<'de> Visitor<'de> for Canonical<'_> {
                 self.buf.push(b',');
             }
             // Paths name object members only; arrays are hashed whole.
-            let item =
-                Canonical { buf: &mut *self.buf, ignore: self.ignore, prefix: &mut *self.prefix, filtering: false };
+            let item = Canonical {
+                buf: &mut *self.buf,
+                ignore: self.ignore,
+                prefix: &mut *self.prefix,
+                members: &mut *self.members,
+                filtering: false,
+            };
             if seq.next_element_seed(item)?.is_none() {
                 self.buf.truncate(at);
                 break;
@@ -174,8 +184,8 @@ impl<'de> Visitor<'de> for Canonical<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let start = self.buf.len();
         self.buf.push(b'{');
-        // Each member's key and the range of its `"key":value` text in `buf`.
-        let mut members: Vec<(Cow<'de, str>, std::ops::Range<usize>)> = Vec::new();
+        // This object's members are those above `base` on the stack.
+        let base = self.members.len();
         let mut in_order = true;
         while let Some(Key(key)) = map.next_key()? {
             let sub_filter = if self.filtering {
@@ -190,8 +200,8 @@ impl<'de> Visitor<'de> for Canonical<'_> {
             } else {
                 false
             };
-            if let Some((last, _)) = members.last() {
-                in_order &= *last < key;
+            if self.members.len() > base {
+                in_order &= self.members[self.members.len() - 1].0 < key;
                 self.buf.push(b',');
             }
             let at = self.buf.len();
@@ -209,16 +219,20 @@ impl<'de> Visitor<'de> for Canonical<'_> {
                 buf: &mut *self.buf,
                 ignore: self.ignore,
                 prefix: &mut *self.prefix,
+                members: &mut *self.members,
                 filtering: sub_filter,
             })?;
             if sub_filter {
                 self.prefix.pop();
             }
-            members.push((key, at..self.buf.len()));
+            self.members.push((key, at..self.buf.len()));
         }
         // Members that came in strictly increasing key order (most objects, from most writers)
         // are canonical as written; otherwise they are put in key order by copying their text.
-        if !in_order {
+        if in_order {
+            self.members.truncate(base);
+        } else {
+            let mut members = self.members.split_off(base);
             sort_keep_last(&mut members);
             let mut object = Vec::with_capacity(self.buf.len() - start);
             object.push(b'{');

@@ -203,9 +203,14 @@ impl Inner {
 
     /// Indexes the live records at open, as many as the index holds.
     fn fill_index(&self) -> BackendResult<()> {
+        let mut runs: HashMap<String, u32> = HashMap::new();
+        let mut run_brief = |run: &str| match runs.get(run) {
+            Some(brief) => *brief,
+            None => *runs.entry(run.to_owned()).or_insert_with(|| KnownRecord::run_brief(run)),
+        };
         self.scan(&[], |key, value, stamp| {
             if let Some(k) = index_key(key) {
-                let known = state_layout::known(&state_layout::decode_stamped(value, stamp)?);
+                let known = state_layout::known_stored(value, stamp, &mut run_brief)?;
                 if known.is_some() {
                     self.index.wrote(&k, known);
                 }

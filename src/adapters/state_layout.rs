@@ -223,6 +223,26 @@ pub fn decode_stamped(bytes: &[u8], stamp: Option<&[u8]>) -> BackendResult<Contr
     Ok(r)
 }
 
+/// [`known`] of a stored record and its stamp, read in place (the index is filled from every
+/// record at open, so this path copies nothing). `run_brief` gives a run's brief: callers
+/// cache it, since a store holds few runs and many records.
+pub fn known_stored(
+    bytes: &[u8],
+    stamp: Option<&[u8]>,
+    run_brief: &mut impl FnMut(&str) -> u32,
+) -> BackendResult<Option<KnownRecord>> {
+    let (asset_key, s) = stored(bytes)?;
+    if !s.live || asset_key == s.source {
+        return Ok(None);
+    }
+    let Some(hash) = KnownRecord::hash_brief(&s.hash) else { return Ok(None) };
+    let (run, at, version) = match stamp.map(stored_stamp).transpose()? {
+        Some(t) if t.version > s.version => (t.last_seen_run, t.last_seen_at, t.version),
+        _ => (s.last_seen_run, s.last_seen_at, s.version),
+    };
+    Ok(Some(KnownRecord { hash, run: run_brief(&run), last_seen_at: at.time()?, version }))
+}
+
 /// What the store's index keeps of a record: `None` unless it is a live asset whose hash is
 /// hex (every hash assetflow writes is).
 pub fn known(r: &ControlRecord) -> Option<KnownRecord> {
@@ -362,6 +382,28 @@ mod tests {
             let json = serde_json::to_vec(&r).unwrap().len();
             assert!(bytes.len() * 2 < json, "{} bytes against {json} as JSON", bytes.len());
         }
+    }
+
+    #[test]
+    fn the_index_reads_in_place_what_a_decoded_record_gives() {
+        let live = record(RecordStatus::Live);
+        let bytes = encode(&live).unwrap();
+        let touch = RecordTouch {
+            source: live.source.clone(),
+            asset_key: live.asset_key.clone(),
+            last_seen_run: "run-8".into(),
+            last_seen_at: live.last_seen_at + chrono::Duration::days(1),
+            version: 43,
+        };
+        let stamp = encode_stamp(&touch).unwrap();
+        let mut brief = KnownRecord::run_brief;
+        for stamp in [None, Some(&stamp[..])] {
+            let want = known(&decode_stamped(&bytes, stamp).unwrap());
+            assert_eq!(known_stored(&bytes, stamp, &mut brief).unwrap(), want);
+        }
+        assert_eq!(known_stored(&bytes, Some(&stamp), &mut brief).unwrap().unwrap().version, 43);
+        let dropped = encode(&record(RecordStatus::Dropped)).unwrap();
+        assert_eq!(known_stored(&dropped, None, &mut brief).unwrap(), None);
     }
 
     #[test]
