@@ -361,26 +361,24 @@ impl HistoryStore for StateStore {
         if rows.is_empty() {
             return Ok(());
         }
-        let inner = self.inner.clone();
-        let rows = rows.to_vec();
-        blocking("append history", move || {
-            let mut batch = inner.db.batch().durability(Some(PersistMode::SyncAll));
-            // Sequence numbers are taken as a block, so concurrent appends never share one; the
-            // stored counter only ever moves forward (a batch that fails leaves a gap, harmless).
-            let first = inner.history_seq.fetch_add(rows.len() as u64, Ordering::Relaxed) + 1;
-            for (n, row) in (first..).zip(&rows) {
-                let key = state_layout::history_key(row.asset_key.as_deref().unwrap_or(""), n);
-                batch.insert(&inner.history, key, state_layout::encode_history(row)?);
-            }
-            let last = first + rows.len() as u64 - 1;
-            batch.insert(
-                &inner.history,
-                HISTORY_SEQ_KEY,
-                last.max(inner.history_seq.load(Ordering::Relaxed)).to_be_bytes(),
-            );
-            batch.commit().map_err(|e| err("append history", e))
-        })
-        .await
+        // The batch is built here, rows encoded straight into it, so the rows are not copied
+        // to move them to the blocking thread that commits.
+        let inner = &self.inner;
+        let mut batch = inner.db.batch().durability(Some(PersistMode::SyncAll));
+        // Sequence numbers are taken as a block, so concurrent appends never share one; the
+        // stored counter only ever moves forward (a batch that fails leaves a gap, harmless).
+        let first = inner.history_seq.fetch_add(rows.len() as u64, Ordering::Relaxed) + 1;
+        for (n, row) in (first..).zip(rows) {
+            let key = state_layout::history_key(row.asset_key.as_deref().unwrap_or(""), n);
+            batch.insert(&inner.history, key, state_layout::encode_history(row)?);
+        }
+        let last = first + rows.len() as u64 - 1;
+        batch.insert(
+            &inner.history,
+            HISTORY_SEQ_KEY,
+            last.max(inner.history_seq.load(Ordering::Relaxed)).to_be_bytes(),
+        );
+        blocking("append history", move || batch.commit().map_err(|e| err("append history", e))).await
     }
 
     async fn read(&self, asset_key: &str, limit: usize) -> BackendResult<Vec<HistoryRow>> {
