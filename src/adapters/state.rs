@@ -11,6 +11,7 @@
 //! the index of live records this store keeps in memory (`state_index.rs`) without a read.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +26,7 @@ use assetflow_actors::rules::{SweepPlan, SweepPlanner};
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use super::state_index::{IndexKey, RecordIndex};
+use super::state_index::{CAPACITY, IndexKey, RecordIndex};
 use super::state_layout;
 
 const BACKEND: &str = "embedded store";
@@ -176,7 +177,7 @@ impl Inner {
     fn scan(
         &self,
         prefix: &[u8],
-        mut each: impl FnMut(&[u8], &[u8], Option<&[u8]>) -> BackendResult<()>,
+        mut each: impl FnMut(&[u8], &[u8], Option<&[u8]>) -> BackendResult<ControlFlow<()>>,
     ) -> BackendResult<()> {
         let failed = |e| err("list records", e);
         // Records and stamps share their keys, so one pass over each, side by side, pairs them.
@@ -196,13 +197,18 @@ impl Inner {
                     stamp = Some(v);
                 }
             }
-            each(&key, &value, stamp.as_deref())?;
+            if each(&key, &value, stamp.as_deref())?.is_break() {
+                break;
+            }
         }
         Ok(())
     }
 
-    /// Indexes the live records at open, as many as the index holds.
+    /// Indexes the live records at open, as many as the index holds: the scan stops when it is
+    /// nearly full (stripes fill unevenly; reading every record of a large store to place the
+    /// last few would cost a second per million).
     fn fill_index(&self) -> BackendResult<()> {
+        let mut held = 0;
         let mut runs: HashMap<String, u32> = HashMap::new();
         let mut run_brief = |run: &str| match runs.get(run) {
             Some(brief) => *brief,
@@ -211,11 +217,11 @@ impl Inner {
         self.scan(&[], |key, value, stamp| {
             if let Some(k) = index_key(key) {
                 let known = state_layout::known_stored(value, stamp, &mut run_brief)?;
-                if known.is_some() {
-                    self.index.wrote(&k, known);
+                if known.is_some() && self.index.wrote(&k, known) {
+                    held += 1;
                 }
             }
-            Ok(())
+            Ok(if held < CAPACITY / 100 * 98 { ControlFlow::Continue(()) } else { ControlFlow::Break(()) })
         })
     }
 
@@ -296,7 +302,9 @@ impl ControlStore for StateStore {
             let committed = batch.commit().map_err(|e| err("put records", e));
             for (key, known) in indexed {
                 match committed {
-                    Ok(()) => inner.index.wrote(&key, known),
+                    Ok(()) => {
+                        inner.index.wrote(&key, known);
+                    }
                     Err(_) => inner.index.forget(&key),
                 }
             }
@@ -317,7 +325,7 @@ impl ControlStore for StateStore {
                 if r.source == source {
                     planner.add(&r.asset_key, r.live, &r.last_seen_run);
                 }
-                Ok(())
+                Ok(ControlFlow::Continue(()))
             })?;
             Ok(planner.finish(max_drop_fraction))
         })
@@ -330,7 +338,7 @@ impl ControlStore for StateStore {
             let mut out = Vec::new();
             inner.scan(&[], |_, value, stamp| {
                 out.push(state_layout::decode_stamped(value, stamp)?);
-                Ok(())
+                Ok(ControlFlow::Continue(()))
             })?;
             Ok(out)
         })
@@ -347,7 +355,7 @@ impl ControlStore for StateStore {
                 if r.source == source {
                     out.push(r);
                 }
-                Ok(())
+                Ok(ControlFlow::Continue(()))
             })?;
             Ok(out)
         })
