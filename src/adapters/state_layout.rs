@@ -246,7 +246,9 @@ pub fn known_stored(
 /// What the store's index keeps of a record: `None` unless it is a live asset whose hash is
 /// hex (every hash assetflow writes is).
 pub fn known(r: &ControlRecord) -> Option<KnownRecord> {
-    if !r.is_live() || !r.is_asset() {
+    // Run-event markers and completion marks are stored as dropped, so `is_live` leaves them
+    // out; `is_asset` would also format a string on every write to tell a marker.
+    if !r.is_live() || r.is_completion_mark() {
         return None;
     }
     Some(KnownRecord {
