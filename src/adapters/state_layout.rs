@@ -1,10 +1,11 @@
 //! How the embedded store lays out its rows: control records, history rows and their keys.
 //!
 //! Values are a tag byte and the fields in postcard (a compact binary serde format). A steady
-//! crawl reads and rewrites every record it sees and appends a history row per event, so row
-//! size is CPU: records that fit the block cache are read without a disk read, and every byte is
-//! written to the journal, flushed and compacted. The binary forms are about half the size of
-//! the same rows as JSON (no field names, timestamps as two integers).
+//! crawl appends a history row per event and a run stamp per unchanged asset, and reads and
+//! rewrites the records of the rest (changed assets, and those past the bound of the store's
+//! index), so row size is CPU: records that fit the block cache are read without a disk read,
+//! and every byte is written to the journal, flushed and compacted. The binary forms are about
+//! half the size of the same rows as JSON (no field names, timestamps as two integers).
 //!
 //! Keys are short digests rather than the asset key itself (see [`control_key`] and
 //! [`history_key`]): the memtable is a skiplist of keys compared byte by byte, and asset keys
