@@ -165,6 +165,16 @@ impl StateStore {
     }
 }
 
+/// [`KnownRecord::run_brief`] with a cache: a store or a batch holds few runs and many records,
+/// and each brief is a BLAKE3 digest.
+fn run_briefs() -> impl FnMut(&str) -> u32 {
+    let mut runs: HashMap<String, u32> = HashMap::new();
+    move |run: &str| match runs.get(run) {
+        Some(brief) => *brief,
+        None => *runs.entry(run.to_owned()).or_insert_with(|| KnownRecord::run_brief(run)),
+    }
+}
+
 /// The index's key of a control key: the 16 bytes that digest the asset key.
 fn index_key(control_key: &[u8]) -> Option<IndexKey> {
     control_key.get(4..20)?.try_into().ok()
@@ -209,11 +219,7 @@ impl Inner {
     /// last few would cost a second per million).
     fn fill_index(&self) -> BackendResult<()> {
         let mut held = 0;
-        let mut runs: HashMap<String, u32> = HashMap::new();
-        let mut run_brief = |run: &str| match runs.get(run) {
-            Some(brief) => *brief,
-            None => *runs.entry(run.to_owned()).or_insert_with(|| KnownRecord::run_brief(run)),
-        };
+        let mut run_brief = run_briefs();
         self.scan(&[], |key, value, stamp| {
             if let Some(k) = index_key(key) {
                 let known = state_layout::known_stored(value, stamp, &mut run_brief)?;
@@ -285,12 +291,13 @@ impl ControlStore for StateStore {
             batch.insert(&inner.control, key, state_layout::encode(r)?);
             indexed.extend(index_key(&key).map(|k| (k, state_layout::known(r))));
         }
+        let mut run_brief = run_briefs();
         for t in touches {
             let key = state_layout::control_key(&t.source, &t.asset_key);
             batch.insert(&inner.stamps, key, state_layout::encode_stamp(t)?);
             let Some(k) = index_key(&key) else { continue };
             let touched = inner.index.get(&k).map(|known| KnownRecord {
-                run: KnownRecord::run_brief(&t.last_seen_run),
+                run: run_brief(&t.last_seen_run),
                 last_seen_at: t.last_seen_at,
                 version: t.version,
                 ..known
