@@ -92,15 +92,22 @@ impl std::fmt::Display for RunSummary {
 /// `assetflow run`: runs until every finite source is drained, or until SIGINT/SIGTERM.
 pub fn run(config: &Config) -> anyhow::Result<RunSummary> {
     let state = open_state(config)?;
-    execute(config, state, None)
+    let summary = execute(config, state.clone(), None);
+    state.settle(SETTLE_WITHIN);
+    summary
 }
+
+/// How long a clean stop waits for the embedded store to flush its memtables.
+const SETTLE_WITHIN: Duration = Duration::from_secs(30);
 
 /// `assetflow redrive`: replays the dead letters written since the last redrive through the
 /// pipeline; those tried `redrive.max_attempts` times are parked instead.
 pub fn redrive(config: &Config, max: Option<u64>) -> anyhow::Result<(RunSummary, u64, u64)> {
     let state = open_state(config)?;
     let stats = Arc::new(RedriveStats::default());
-    let summary = execute(config, state, Some((max, stats.clone())))?;
+    let summary = execute(config, state.clone(), Some((max, stats.clone())));
+    state.settle(SETTLE_WITHIN);
+    let summary = summary?;
     Ok((summary, stats.replayed(), stats.parked()))
 }
 
