@@ -251,15 +251,17 @@ fn validate(mut map: Fields<'_>) -> Result<AssetEvent, Rejection> {
                 return Err(reject(RejectKind::InvalidEvent, "a running event needs the field `asset`", eid));
             }
         };
-        let members =
-            sorted_members(body.get()).map_err(|e| reject(RejectKind::InvalidJson, format!("not JSON: {e}"), eid))?;
-        let mut names = Fields(members);
+        // One pass over the asset: compact text, and its three names at the top level.
+        let tidied = tidy(body);
+        if let Some(e) = tidied.key_error {
+            return Err(reject(RejectKind::InvalidJson, format!("not JSON: {e}"), eid));
+        }
         let name = AssetName {
-            database: asset_name(&mut names, "database", eid)?,
-            schema: asset_name(&mut names, "schema", eid)?,
-            table: asset_name(&mut names, "table", eid)?,
+            database: asset_name(&tidied, 0, eid)?,
+            schema: asset_name(&tidied, 1, eid)?,
+            table: asset_name(&tidied, 2, eid)?,
         };
-        let body = tidy(body).map_err(|e| reject(RejectKind::InvalidJson, format!("not JSON: {e}"), eid))?;
+        let body = tidied.body.map_err(|e| reject(RejectKind::InvalidJson, format!("not JSON: {e}"), eid))?;
         EventKind::Running { name, body }
     } else {
         let expected_assets = match map.take("expected_assets") {
@@ -301,15 +303,25 @@ fn take_id(map: &mut Fields<'_>, field: &str, eid: Option<&str>) -> Result<Strin
     }
 }
 
-fn asset_name(body: &mut Fields<'_>, field: &str, eid: Option<&str>) -> Result<String, Rejection> {
-    match body.take(field) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s),
-        Some(Value::String(_)) => {
-            Err(reject(RejectKind::InvalidEvent, format!("field `asset.{field}` must not be empty"), eid))
+fn asset_name(tidied: &Tidied<'_>, n: usize, eid: Option<&str>) -> Result<String, Rejection> {
+    let field = ASSET_NAMES[n];
+    match tidied.names[n] {
+        Some(Named::Str(token)) => {
+            let value = if token.contains('\\') {
+                // The same pass checked this string's escapes; a failure is reported as it.
+                serde_json::from_str::<String>(token)
+                    .map_err(|e| reject(RejectKind::InvalidJson, format!("not JSON: in `asset`, {token}: {e}"), eid))?
+            } else {
+                token[1..token.len() - 1].to_owned()
+            };
+            if value.is_empty() {
+                return Err(reject(RejectKind::InvalidEvent, format!("field `asset.{field}` must not be empty"), eid));
+            }
+            Ok(value)
         }
-        Some(other) => Err(reject(
+        Some(Named::Other(first)) => Err(reject(
             RejectKind::InvalidEvent,
-            format!("field `asset.{field}` must be a string, got {}", type_name(&other)),
+            format!("field `asset.{field}` must be a string, got {}", first_byte_type_name(first)),
             eid,
         )),
         None => Err(reject(RejectKind::InvalidEvent, format!("missing required field `asset.{field}`"), eid)),
@@ -327,7 +339,34 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// The asset's text, checked and made compact.
+/// The names an asset must have at its top level, in the order they are checked.
+const ASSET_NAMES: [&str; 3] = ["database", "schema", "table"];
+
+/// The value of one of [`ASSET_NAMES`], as the text holds it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Named<'a> {
+    /// A string: its token, quotes included.
+    Str(&'a str),
+    /// Anything else: its first byte, which says what it is.
+    Other(u8),
+}
+
+/// What one pass over an asset's text finds ([`tidy`]).
+struct Tidied<'a> {
+    /// The text made compact, or why it is not JSON a parser takes.
+    body: Result<Box<RawValue>, String>,
+    /// The last value of each of [`ASSET_NAMES`] at the top level (a repeated key keeps its
+    /// last value, as a parse into a map keeps it).
+    names: [Option<Named<'a>>; 3],
+    /// A top-level key whose escapes do not decode: which member it is cannot be known.
+    key_error: Option<String>,
+}
+
+/// The asset's text, checked and made compact, and its names found, in one pass.
+///
+/// The text was parsed once already (as the raw value of the event's `asset`), so its
+/// structure is JSON and this pass does not check it again: it walks the tokens, tracking how
+/// deep it is, and takes the top-level members it needs without a second parse.
 ///
 /// Checked: a `RawValue` only scans what a parse into values would check, so two things must
 /// be looked at here for the asset to be JSON the hash (and any consumer) can parse: string
@@ -337,12 +376,25 @@ fn type_name(v: &Value) -> &'static str {
 /// Compact: whitespace between tokens is removed. Outputs embed the asset as it is, and a
 /// pretty-printed event (from a queue or a topic) would otherwise put line breaks inside one
 /// JSON Lines record.
-fn tidy(raw: &RawValue) -> Result<Box<RawValue>, String> {
+fn tidy(raw: &RawValue) -> Tidied<'_> {
     let text = raw.get();
     let bytes = text.as_bytes();
     let mut out: Option<String> = None;
+    let mut error: Option<String> = None;
+    let mut names: [Option<Named<'_>>; 3] = [None; 3];
+    let mut key_error = None;
     let mut i = 0;
     let mut kept = 0; // text[kept..i] is still to be copied to `out`
+    let mut depth = 0usize;
+    // At the top level: whether the next string is a key, and whose value comes next (`Some`
+    // from a key to its value; `Some(None)` for a key that is not one of the names).
+    let mut at_key = false;
+    let mut value_of: Option<Option<usize>> = None;
+    fn value<'a>(value_of: &mut Option<Option<usize>>, v: Named<'a>, names: &mut [Option<Named<'a>>; 3]) {
+        if let Some(Some(n)) = value_of.take() {
+            names[n] = Some(v);
+        }
+    }
     while i < bytes.len() {
         match bytes[i] {
             b'"' => {
@@ -368,19 +420,44 @@ fn tidy(raw: &RawValue) -> Result<Box<RawValue>, String> {
                 }
                 i += 1;
                 let token = &text[start..i.min(text.len())];
+                let is_key = depth == 1 && at_key;
+                let mut decoded = None;
                 if escaped {
-                    serde_json::from_str::<Cow<str>>(token).map_err(|e| format!("in `asset`, {token}: {e}"))?;
+                    match serde_json::from_str::<Cow<str>>(token) {
+                        Ok(s) => decoded = Some(s),
+                        Err(e) => {
+                            let why = format!("in `asset`, {token}: {e}");
+                            if is_key {
+                                key_error.get_or_insert_with(|| why.clone());
+                            }
+                            error.get_or_insert(why);
+                        }
+                    }
+                }
+                if is_key {
+                    at_key = false;
+                    let key = match &decoded {
+                        Some(k) => k.as_ref(),
+                        None => token.get(1..token.len().saturating_sub(1)).unwrap_or_default(),
+                    };
+                    value_of = Some(ASSET_NAMES.iter().position(|n| *n == key));
+                } else if depth == 1 {
+                    value(&mut value_of, Named::Str(token), &mut names);
                 }
             }
             b'-' | b'0'..=b'9' => {
+                if depth == 1 {
+                    value(&mut value_of, Named::Other(bytes[i]), &mut names);
+                }
                 let start = i;
                 while i < bytes.len() && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
                     i += 1;
                 }
                 let token = &text[start..i];
-                if token.len() > 300 || token.contains(['e', 'E']) {
-                    serde_json::from_str::<serde_json::Number>(token)
-                        .map_err(|e| format!("in `asset`, {token}: {e}"))?;
+                if (token.len() > 300 || token.contains(['e', 'E']))
+                    && let Err(e) = serde_json::from_str::<serde_json::Number>(token)
+                {
+                    error.get_or_insert_with(|| format!("in `asset`, {token}: {e}"));
                 }
             }
             b if b.is_ascii_whitespace() => {
@@ -389,27 +466,56 @@ fn tidy(raw: &RawValue) -> Result<Box<RawValue>, String> {
                 i += 1;
                 kept = i;
             }
-            _ => i += 1,
+            b @ (b'{' | b'[') => {
+                if depth == 1 {
+                    value(&mut value_of, Named::Other(b), &mut names);
+                }
+                depth += 1;
+                at_key = depth == 1 && b == b'{';
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b',' => {
+                at_key = depth == 1;
+                i += 1;
+            }
+            b => {
+                // `:`, or a byte of `true`, `false` or `null`: the first one is the value.
+                if depth == 1 && b != b':' {
+                    value(&mut value_of, Named::Other(b), &mut names);
+                }
+                i += 1;
+            }
         }
     }
-    match out {
-        None => Ok(raw.to_owned()),
-        Some(mut o) => {
+    let body = match (error, out) {
+        (Some(e), _) => Err(e),
+        (None, None) => Ok(raw.to_owned()),
+        (None, Some(mut o)) => {
             o.push_str(&text[kept..]);
             RawValue::from_string(o).map_err(|e| format!("in `asset`: {e}"))
         }
+    };
+    Tidied { body, names, key_error }
+}
+
+/// What a JSON value whose text starts with `first` is, for messages.
+fn first_byte_type_name(first: u8) -> &'static str {
+    match first {
+        b'{' => "an object",
+        b'[' => "an array",
+        b'"' => "a string",
+        b't' | b'f' => "a boolean",
+        b'n' => "null",
+        _ => "a number",
     }
 }
 
 fn raw_type_name(raw: &RawValue) -> &'static str {
-    match raw.get().as_bytes().first() {
-        Some(b'{') => "an object",
-        Some(b'[') => "an array",
-        Some(b'"') => "a string",
-        Some(b't' | b'f') => "a boolean",
-        Some(b'n') => "null",
-        _ => "a number",
-    }
+    first_byte_type_name(raw.get().as_bytes().first().copied().unwrap_or(b'0'))
 }
 
 fn short(v: &Value) -> String {
