@@ -14,4 +14,5 @@ pub mod postgres;
 pub mod scylla_history;
 pub mod state;
 pub mod state_index;
+pub mod state_index_file;
 pub mod state_layout;

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::state_index::{CAPACITY, IndexKey, RecordIndex};
-use super::state_layout;
+use super::{state_index_file, state_layout};
 
 const BACKEND: &str = "embedded store";
 
@@ -47,6 +47,9 @@ const JOURNAL_BYTES: u64 = 128 << 20;
 /// The history keyspace's counter of the last sequence number used. Asset keys are UTF-8, so a
 /// key starting with 0xff can never name an asset.
 const HISTORY_SEQ_KEY: &[u8] = b"\xffseq";
+/// The checkpoints keyspace's token of the index saved at the last clean stop (see
+/// `state_index_file.rs`); absent when there is none good for the store as it is.
+const INDEX_TOKEN_KEY: &[u8] = b"\xffindex";
 
 /// The embedded store. Cloning shares the open database.
 #[derive(Clone)]
@@ -63,6 +66,8 @@ struct Inner {
     checkpoints: Keyspace,
     history_seq: AtomicU64,
     index: RecordIndex,
+    /// Where a clean stop saves the index (`state_index_file.rs`).
+    index_file: PathBuf,
 }
 
 fn err(op: &str, e: fjall::Error) -> BackendError {
@@ -115,8 +120,17 @@ impl StateStore {
             checkpoints,
             history_seq: AtomicU64::new(seq),
             index: RecordIndex::default(),
+            index_file: dir.join("state-index"),
         };
-        inner.fill_index().map_err(|e| format!("cannot read the embedded store {}: {e}", path.display()))?;
+        let unreadable = |e: BackendError| format!("cannot read the embedded store {}: {e}", path.display());
+        match inner.take_saved_index().map_err(unreadable)? {
+            Some(entries) => {
+                for (key, known) in entries {
+                    inner.index.wrote(&key, Some(known));
+                }
+            }
+            None => inner.fill_index().map_err(unreadable)?,
+        }
         Ok(StateStore { inner: Arc::new(inner) })
     }
 
@@ -149,9 +163,10 @@ impl StateStore {
 
     /// Writes what the memtables hold to tables, on a clean stop, so the next open has no
     /// journal to replay: replaying it re-inserted every row the last run wrote into fresh
-    /// memtables, a sixth of a steady crawl's CPU (benches/analysis.md), and the rows still had
-    /// to be flushed after. Waits at most `within`; a flush that fails or is slow leaves the
-    /// journal, which the next open replays as after a crash, so nothing depends on this.
+    /// memtables, which held them in memory until they were flushed again. Then saves the
+    /// index of live records for the next open to load instead of scanning the records.
+    /// Waits at most `within` for the flush; a flush that fails or is slow leaves the journal,
+    /// which the next open replays as after a crash, and a scan, so nothing depends on this.
     pub fn settle(&self, within: std::time::Duration) {
         let inner = &self.inner;
         let keyspaces = [&inner.control, &inner.stamps, &inner.history, &inner.checkpoints];
@@ -169,6 +184,9 @@ impl StateStore {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if let Err(e) = inner.save_index() {
+            tracing::warn!(error = %e, path = %inner.index_file.display(), "embedded store: could not save the index at stop; the next start scans the records");
         }
     }
 
@@ -242,6 +260,34 @@ impl Inner {
     /// Indexes the live records at open, as many as the index holds: the scan stops when it is
     /// nearly full (stripes fill unevenly; reading every record of a large store to place the
     /// last few would cost a second per million).
+    /// Saves the index with a fresh token, then stores the token: the file is good for the
+    /// store exactly as long as the store holds the same token ([`Inner::take_saved_index`]).
+    fn save_index(&self) -> Result<(), String> {
+        let token =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+                ^ (u64::from(std::process::id()) << 40);
+        state_index_file::save(&self.index_file, token, &self.index.entries()).map_err(|e| e.to_string())?;
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        batch.insert(&self.checkpoints, INDEX_TOKEN_KEY, token.to_le_bytes());
+        batch.commit().map_err(|e| e.to_string())
+    }
+
+    /// The index a clean stop saved, if the store is still as it was then; the token goes from
+    /// the store (durably, before anything else can be written) and the file from the disk.
+    fn take_saved_index(&self) -> BackendResult<Option<Vec<(IndexKey, state_index_file::Known)>>> {
+        let token = self.checkpoints.get(INDEX_TOKEN_KEY).map_err(|e| err("read index token", e))?;
+        let token = token.and_then(|t| <[u8; 8]>::try_from(&t[..]).ok()).map(u64::from_le_bytes);
+        let Some(token) = token else {
+            state_index_file::discard(&self.index_file);
+            return Ok(None);
+        };
+        let saved = state_index_file::take(&self.index_file, token);
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        batch.remove(&self.checkpoints, INDEX_TOKEN_KEY);
+        batch.commit().map_err(|e| err("remove index token", e))?;
+        Ok(saved)
+    }
+
     fn fill_index(&self) -> BackendResult<()> {
         let mut held = 0;
         let mut run_brief = run_briefs();
@@ -599,17 +645,36 @@ mod tests {
                 store.append(&[row("pg/db/s/t001", "d1")]).await.unwrap();
                 if settle {
                     store.settle(std::time::Duration::from_secs(30));
+                    // What the next open takes is the saved index, not a scan: a ghost added
+                    // to it (under the same sequence number) is known after the reopen.
+                    let mut entries = store.inner.index.entries();
+                    let ghost = index_key(&state_layout::control_key("pg", "pg/db/s/ghost")).unwrap();
+                    entries.push((ghost, entries[0].1));
+                    let token = store.inner.checkpoints.get(INDEX_TOKEN_KEY).unwrap().unwrap();
+                    let token = u64::from_le_bytes(token[..].try_into().unwrap());
+                    state_index_file::save(&store.inner.index_file, token, &entries).unwrap();
+                    std::fs::copy(&store.inner.index_file, path.join("kept")).unwrap();
                 }
                 drop(store);
                 StateStore::open(&path).unwrap()
             }
         };
         // Without a settle, the reopened store has replayed its journal into memtables.
-        assert!(write(false).await.inner.db.write_buffer_size() > 0);
+        assert!(write(false).await.inner.db.write_buffer_size() > 4096);
         let store = write(true).await;
-        assert_eq!(store.inner.db.write_buffer_size(), 0, "nothing replayed into memtables");
+        // Only the saved index's token, written after the flush and removed at the open.
+        assert!(store.inner.db.write_buffer_size() < 512, "nothing else replayed into memtables");
         assert_eq!(store.list_all().await.unwrap().len(), 50);
         assert_eq!(ids(&store.read("pg/db/s/t001", 10).await.unwrap()), ["d1"]);
-        assert!(store.known("pg", "pg/db/s/t007").is_some(), "the index is filled from the tables");
+        assert!(store.known("pg", "pg/db/s/t007").is_some(), "the index comes back");
+        assert!(store.known("pg", "pg/db/s/ghost").is_some(), "loaded from the file");
+        assert!(!dir.path().join("settled/state-index").exists(), "the saved index was loaded, and removed");
+
+        // The same file put back after the store moved on is refused: its token is gone.
+        drop(store);
+        std::fs::copy(dir.path().join("settled/kept"), dir.path().join("settled/state-index")).unwrap();
+        let store = StateStore::open(&dir.path().join("settled")).unwrap();
+        assert_eq!(store.known("pg", "pg/db/s/ghost"), None, "scanned, not loaded");
+        assert!(store.known("pg", "pg/db/s/t007").is_some());
     }
 }

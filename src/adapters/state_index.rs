@@ -93,6 +93,16 @@ impl RecordIndex {
         self.stripe(key).remove(key);
     }
 
+    /// Every entry, to save at a clean stop (`state_index_file.rs`).
+    pub fn entries(&self) -> Vec<(IndexKey, KnownRecord)> {
+        let mut out = Vec::with_capacity(self.assets());
+        for stripe in &self.stripes {
+            let stripe = stripe.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            out.extend(stripe.iter().map(|(k, v)| (*k, *v)));
+        }
+        out
+    }
+
     /// Assets indexed.
     pub fn assets(&self) -> usize {
         self.stripes.iter().map(|s| s.lock().map_or(0, |s| s.len())).sum()
