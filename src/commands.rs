@@ -93,11 +93,15 @@ impl std::fmt::Display for RunSummary {
 pub fn run(config: &Config) -> anyhow::Result<RunSummary> {
     let state = open_state(config)?;
     let summary = execute(config, state.clone(), None);
-    state.settle(SETTLE_WITHIN);
+    if summary.is_ok() {
+        state.settle(SETTLE_WITHIN);
+    }
     summary
 }
 
-/// How long a clean stop waits for the embedded store to flush its memtables.
+/// How long a clean stop waits for the embedded store to flush its memtables. Only a run that
+/// drained settles the store: one that gave up may still have writes in flight, and the index
+/// it would save could miss them (tests/supervision.rs fails if it does).
 const SETTLE_WITHIN: Duration = Duration::from_secs(30);
 
 /// `assetflow redrive`: replays the dead letters written since the last redrive through the
@@ -105,9 +109,8 @@ const SETTLE_WITHIN: Duration = Duration::from_secs(30);
 pub fn redrive(config: &Config, max: Option<u64>) -> anyhow::Result<(RunSummary, u64, u64)> {
     let state = open_state(config)?;
     let stats = Arc::new(RedriveStats::default());
-    let summary = execute(config, state.clone(), Some((max, stats.clone())));
+    let summary = execute(config, state.clone(), Some((max, stats.clone())))?;
     state.settle(SETTLE_WITHIN);
-    let summary = summary?;
     Ok((summary, stats.replayed(), stats.parked()))
 }
 
