@@ -257,9 +257,6 @@ impl Inner {
         Ok(())
     }
 
-    /// Indexes the live records at open, as many as the index holds: the scan stops when it is
-    /// nearly full (stripes fill unevenly; reading every record of a large store to place the
-    /// last few would cost a second per million).
     /// Saves the index with a fresh token, then stores the token: the file is good for the
     /// store exactly as long as the store holds the same token ([`Inner::take_saved_index`]).
     fn save_index(&self) -> Result<(), String> {
@@ -288,6 +285,9 @@ impl Inner {
         Ok(saved)
     }
 
+    /// Indexes the live records at open, as many as the index holds: the scan stops when it is
+    /// nearly full (stripes fill unevenly; reading every record of a large store to place the
+    /// last few would cost a second per million).
     fn fill_index(&self) -> BackendResult<()> {
         let mut held = 0;
         let mut run_brief = run_briefs();
