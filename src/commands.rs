@@ -92,16 +92,10 @@ impl std::fmt::Display for RunSummary {
 /// `assetflow run`: runs until every finite source is drained, or until SIGINT/SIGTERM.
 pub fn run(config: &Config) -> anyhow::Result<RunSummary> {
     let state = open_state(config)?;
-    let summary = execute(config, state.clone(), None);
-    if summary.is_ok() {
-        state.settle(SETTLE_WITHIN);
-    }
-    summary
+    execute(config, state, None)
 }
 
-/// How long a clean stop waits for the embedded store to flush its memtables. Only a run that
-/// drained settles the store: one that gave up may still have writes in flight, and the index
-/// it would save could miss them (tests/supervision.rs fails if it does).
+/// How long a clean stop waits for the embedded store to flush its memtables.
 const SETTLE_WITHIN: Duration = Duration::from_secs(30);
 
 /// `assetflow redrive`: replays the dead letters written since the last redrive through the
@@ -109,8 +103,7 @@ const SETTLE_WITHIN: Duration = Duration::from_secs(30);
 pub fn redrive(config: &Config, max: Option<u64>) -> anyhow::Result<(RunSummary, u64, u64)> {
     let state = open_state(config)?;
     let stats = Arc::new(RedriveStats::default());
-    let summary = execute(config, state.clone(), Some((max, stats.clone())))?;
-    state.settle(SETTLE_WITHIN);
+    let summary = execute(config, state, Some((max, stats.clone())))?;
     Ok((summary, stats.replayed(), stats.parked()))
 }
 
@@ -192,15 +185,18 @@ impl DeadLetterOpener for ConfiguredDeadLetters {
 
 /// Builds the topology and runs it until its sources are drained or a signal stops it. With
 /// `redrive`, the dead-letter store replaces the configured sources; without, it is redriven
-/// every `redrive.interval` beside them when that is set.
+/// every `redrive.interval` beside them when that is set. A run that drained settles the store
+/// ([`StateStore::settle`]); one that gave up may still have writes in flight, and the index it
+/// would save could miss them (tests/supervision.rs fails if it does).
 fn execute(
     config: &Config,
     state: StateStore,
     redrive: Option<(Option<u64>, Arc<RedriveStats>)>,
 ) -> anyhow::Result<RunSummary> {
     let settings = settings(config);
+    let store = state.clone();
     let system = actix_rt::System::new();
-    system.block_on(async move {
+    let summary = system.block_on(async move {
         let mut built = build_ports(config, &state, redrive.is_none()).await?;
         let opener = Arc::new(ConfiguredDeadLetters { config: config.clone(), state: state.clone(), aws: built.aws.clone() });
         let redrive_stats = match redrive {
@@ -303,7 +299,9 @@ fn execute(
         let mut summary = summarize(&m, started.elapsed(), stopped_by_signal);
         summary.aws_requests = built.aws_requests.map(|r| r.snapshot().into_iter().collect());
         Ok(summary)
-    })
+    })?;
+    store.settle(SETTLE_WITHIN);
+    Ok(summary)
 }
 
 /// A live progress line on a terminal (every second), a log line otherwise (every 10 s).

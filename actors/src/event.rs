@@ -343,7 +343,7 @@ fn type_name(v: &Value) -> &'static str {
 const ASSET_NAMES: [&str; 3] = ["database", "schema", "table"];
 
 /// The value of one of [`ASSET_NAMES`], as the text holds it.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy)]
 enum Named<'a> {
     /// A string: its token, quotes included.
     Str(&'a str),
@@ -386,12 +386,12 @@ fn tidy(raw: &RawValue) -> Tidied<'_> {
     let mut i = 0;
     let mut kept = 0; // text[kept..i] is still to be copied to `out`
     let mut depth = 0usize;
-    // At the top level: whether the next string is a key, and whose value comes next (`Some`
-    // from a key to its value; `Some(None)` for a key that is not one of the names).
+    // At the top level: whether the next string is a key, and which name, if any, the value
+    // that comes next belongs to (taken by that value).
     let mut at_key = false;
-    let mut value_of: Option<Option<usize>> = None;
-    fn value<'a>(value_of: &mut Option<Option<usize>>, v: Named<'a>, names: &mut [Option<Named<'a>>; 3]) {
-        if let Some(Some(n)) = value_of.take() {
+    let mut value_of: Option<usize> = None;
+    fn value<'a>(value_of: &mut Option<usize>, v: Named<'a>, names: &mut [Option<Named<'a>>; 3]) {
+        if let Some(n) = value_of.take() {
             names[n] = Some(v);
         }
     }
@@ -440,7 +440,7 @@ fn tidy(raw: &RawValue) -> Tidied<'_> {
                         Some(k) => k.as_ref(),
                         None => token.get(1..token.len().saturating_sub(1)).unwrap_or_default(),
                     };
-                    value_of = Some(ASSET_NAMES.iter().position(|n| *n == key));
+                    value_of = ASSET_NAMES.iter().position(|n| *n == key);
                 } else if depth == 1 {
                     value(&mut value_of, Named::Str(token), &mut names);
                 }

@@ -271,7 +271,7 @@ impl Inner {
 
     /// The index a clean stop saved, if the store is still as it was then; the token goes from
     /// the store (durably, before anything else can be written) and the file from the disk.
-    fn take_saved_index(&self) -> BackendResult<Option<Vec<(IndexKey, state_index_file::Known)>>> {
+    fn take_saved_index(&self) -> BackendResult<Option<Vec<(IndexKey, KnownRecord)>>> {
         let token = self.checkpoints.get(INDEX_TOKEN_KEY).map_err(|e| err("read index token", e))?;
         let token = token.and_then(|t| <[u8; 8]>::try_from(&t[..]).ok()).map(u64::from_le_bytes);
         let Some(token) = token else {

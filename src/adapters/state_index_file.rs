@@ -23,9 +23,6 @@ const ENTRY: usize = 56;
 const HEADER: usize = MAGIC.len() + 8 + 8;
 const CHECKSUM: usize = 32;
 
-/// An entry's value.
-pub type Known = KnownRecord;
-
 /// Writes `entries` as the index of the store under `token`, atomically (a temporary file
 /// renamed over).
 pub fn save(path: &Path, token: u64, entries: &[(IndexKey, KnownRecord)]) -> std::io::Result<()> {
