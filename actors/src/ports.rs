@@ -82,9 +82,17 @@ pub trait ControlStore: Send + Sync + 'static {
     fn known(&self, _source: &str, _asset_key: &str) -> Option<KnownRecord> {
         None
     }
+    /// Whether the store keeps run stamps apart from records, so that an unchanged asset seen
+    /// again can move its stamp alone ([`RecordTouch`]) instead of rewriting its record. The
+    /// embedded store does (and its index vouches for records without a read, [`known`](Self::known));
+    /// others rewrite the record (the default).
+    fn moves_run_stamps(&self) -> bool {
+        false
+    }
     /// [`put_many`](Self::put_many) and, in the same durable batch, the run stamps of unchanged
-    /// records that [`known`](Self::known) vouched for. Touches only come to stores that answer
-    /// `known`; the default writes the records and refuses touches.
+    /// records, whether [`known`](Self::known) vouched for them or they were read. Touches only
+    /// come to stores that [`move run stamps`](Self::moves_run_stamps); the default writes the
+    /// records and refuses touches.
     async fn put_with_touches(&self, writes: &[RecordWrite], touches: &[RecordTouch]) -> BackendResult<()> {
         if !touches.is_empty() {
             return Err(BackendError::permanent(

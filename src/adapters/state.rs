@@ -8,7 +8,8 @@
 //!
 //! An unchanged asset seen again moves only its run stamp, written to a keyspace of its own
 //! (`stamps`, keyed like the records) so the records' tables stay still, and it is decided from
-//! the index of live records this store keeps in memory (`state_index.rs`) without a read.
+//! the index of live records this store keeps in memory (`state_index.rs`) without a read. One
+//! the bounded index does not hold is read, and still moves only its stamp.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -335,6 +336,10 @@ impl ControlStore for StateStore {
             Ok(out)
         })
         .await
+    }
+
+    fn moves_run_stamps(&self) -> bool {
+        true
     }
 
     fn known(&self, source: &str, asset_key: &str) -> Option<KnownRecord> {

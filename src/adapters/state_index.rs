@@ -46,7 +46,49 @@ impl Hasher for DigestHasher {
     }
 }
 
-type Stripe = HashMap<IndexKey, KnownRecord, BuildHasherDefault<DigestHasher>>;
+type Map = HashMap<IndexKey, KnownRecord, BuildHasherDefault<DigestHasher>>;
+
+/// One stripe's map, held to [`STRIPE_ENTRIES`] entries and to the table size that takes them.
+///
+/// Holding the entry count is not enough: a removed key leaves a tombstone in a full table, and
+/// once tombstones have used up its free slots, the next new key makes the map double (to
+/// ~0.9 MiB a stripe) although it holds no more entries than before. A steady crawl of a large
+/// catalog drops and adds assets all the time, so every stripe did: the 1M-asset run held twice
+/// the index's bound (heaptrack, benches/analysis.md). At its bound a stripe is rebuilt at the
+/// same size instead, which clears the tombstones.
+#[derive(Default)]
+struct Stripe {
+    map: Map,
+    /// Whether the table has reached the size that holds [`STRIPE_ENTRIES`]: past that, it must
+    /// not grow. Below it, it grows as any map does.
+    at_bound: bool,
+}
+
+impl Stripe {
+    fn insert(&mut self, key: &IndexKey, known: KnownRecord) -> bool {
+        if let Some(slot) = self.map.get_mut(key) {
+            *slot = known;
+            return true;
+        }
+        if self.map.len() >= STRIPE_ENTRIES {
+            return false;
+        }
+        // `capacity` is what the table takes before it next grows; tombstones count against it.
+        if self.at_bound && self.map.len() >= self.map.capacity() {
+            // A rebuild costs a pass over the stripe; wait until removals have left room for
+            // enough new keys to pay for it, and leave the key unindexed (read) until then.
+            if self.map.len() > STRIPE_ENTRIES - STRIPE_ENTRIES / 8 {
+                return false;
+            }
+            let mut fresh = Map::with_capacity_and_hasher(STRIPE_ENTRIES, BuildHasherDefault::default());
+            fresh.extend(self.map.drain());
+            self.map = fresh;
+        }
+        self.map.insert(*key, known);
+        self.at_bound |= self.map.capacity() >= STRIPE_ENTRIES;
+        true
+    }
+}
 
 /// The index. Lookups and updates of one key come from the one shard that owns it.
 pub struct RecordIndex {
@@ -68,7 +110,7 @@ impl RecordIndex {
 
     /// What is known of the live record at `key`.
     pub fn get(&self, key: &IndexKey) -> Option<KnownRecord> {
-        self.stripe(key).get(key).copied()
+        self.stripe(key).map.get(key).copied()
     }
 
     /// Records what a durable write left at `key`: a live record (indexed while its stripe has
@@ -77,12 +119,9 @@ impl RecordIndex {
     pub fn wrote(&self, key: &IndexKey, now: Option<KnownRecord>) -> bool {
         let mut stripe = self.stripe(key);
         match now {
-            Some(k) if stripe.len() < STRIPE_ENTRIES || stripe.contains_key(key) => {
-                stripe.insert(*key, k);
-                true
-            }
+            Some(k) if stripe.insert(key, k) => true,
             _ => {
-                stripe.remove(key);
+                stripe.map.remove(key);
                 false
             }
         }
@@ -90,7 +129,7 @@ impl RecordIndex {
 
     /// Forgets `key`: after a write whose outcome is unknown, the store must be read again.
     pub fn forget(&self, key: &IndexKey) {
-        self.stripe(key).remove(key);
+        self.stripe(key).map.remove(key);
     }
 
     /// Every entry, to save at a clean stop (`state_index_file.rs`).
@@ -98,14 +137,14 @@ impl RecordIndex {
         let mut out = Vec::with_capacity(self.assets());
         for stripe in &self.stripes {
             let stripe = stripe.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            out.extend(stripe.iter().map(|(k, v)| (*k, *v)));
+            out.extend(stripe.map.iter().map(|(k, v)| (*k, *v)));
         }
         out
     }
 
     /// Assets indexed.
     pub fn assets(&self) -> usize {
-        self.stripes.iter().map(|s| s.lock().map_or(0, |s| s.len())).sum()
+        self.stripes.iter().map(|s| s.lock().map_or(0, |s| s.map.len())).sum()
     }
 }
 
@@ -135,6 +174,36 @@ mod tests {
         index.wrote(&key(2), Some(known(1)));
         index.forget(&key(2));
         assert_eq!(index.get(&key(2)), None);
+    }
+
+    #[test]
+    fn churn_at_the_bound_keeps_every_stripe_at_its_size() {
+        // Assets dropped and others added, crawl after crawl, on a full index: the tombstones
+        // the drops leave must not make any stripe's table grow past the bound's size.
+        let index = RecordIndex::default();
+        let full = (STRIPES * STRIPE_ENTRIES + 20_000) as u32;
+        for i in 0..full {
+            index.wrote(&key(i), Some(known(1)));
+        }
+        let mut next = full;
+        for crawl in 0..40u32 {
+            // 1% of the catalog gone, as many new.
+            for i in (crawl * 1_200)..(crawl * 1_200 + 1_200) {
+                index.wrote(&key(i), None);
+            }
+            for _ in 0..1_200 {
+                index.wrote(&key(next), Some(known(1)));
+                next += 1;
+            }
+        }
+        for stripe in &index.stripes {
+            let stripe = stripe.lock().unwrap();
+            assert!(stripe.map.capacity() <= STRIPE_ENTRIES, "a stripe grew to {} slots", stripe.map.capacity());
+        }
+        // New assets were still taken in as room was made.
+        let held = index.assets();
+        assert!(held > STRIPES * STRIPE_ENTRIES * 8 / 10, "{held} entries");
+        assert!((full..next).filter(|i| index.get(&key(*i)).is_some()).count() > 20_000);
     }
 
     #[test]

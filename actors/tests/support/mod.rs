@@ -89,6 +89,9 @@ pub struct MemControl {
     /// Answers `known` from its records, as the embedded store answers from its index, and
     /// takes touches (checked against the stored version like any write).
     pub indexed: bool,
+    /// Moves run stamps alone (`moves_run_stamps`) for records it was read for, without
+    /// answering `known`: every unchanged asset takes the read path.
+    pub stamped: bool,
     pub touches: AtomicU64,
 }
 
@@ -97,7 +100,10 @@ impl MemControl {
         Arc::new(MemControl { delay, ..Default::default() })
     }
     pub fn indexed(delay: Duration) -> Arc<Self> {
-        Arc::new(MemControl { delay, indexed: true, ..Default::default() })
+        Arc::new(MemControl { delay, indexed: true, stamped: true, ..Default::default() })
+    }
+    pub fn stamped(delay: Duration) -> Arc<Self> {
+        Arc::new(MemControl { delay, stamped: true, ..Default::default() })
     }
     async fn pause(&self) {
         if !self.delay.is_zero() {
@@ -149,6 +155,9 @@ impl ControlStore for MemControl {
         }
         Ok(())
     }
+    fn moves_run_stamps(&self) -> bool {
+        self.stamped
+    }
     fn known(&self, _source: &str, asset_key: &str) -> Option<KnownRecord> {
         let m = self.records.lock().unwrap();
         let r = m.get(asset_key).filter(|r| self.indexed && r.is_live())?;
@@ -163,7 +172,7 @@ impl ControlStore for MemControl {
         if touches.is_empty() {
             return self.put_many(writes).await;
         }
-        assert!(self.indexed, "touches for a store that vouched for nothing");
+        assert!(self.stamped, "touches for a store that keeps no run stamps");
         maybe(&self.fault, "control").await?;
         self.pause().await;
         let mut m = self.records.lock().unwrap();

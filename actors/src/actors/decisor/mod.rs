@@ -327,7 +327,8 @@ async fn decide_and_publish(
     // completion marks of its sources: an event from before a source's last completion is a
     // replay, and a record that completion dropped must not come back for it.
     let sources: HashSet<&str> = batch.iter().map(|p| p.enriched.event.source.as_str()).collect();
-    let known = if earlier.is_empty() { known_unchanged(deps, batch) } else { HashMap::new() };
+    let first_round = earlier.is_empty();
+    let mut known = if first_round { known_unchanged(deps, batch) } else { HashMap::new() };
     let keys: Vec<RecordKey> = {
         let mut seen = HashSet::new();
         batch
@@ -348,6 +349,9 @@ async fn decide_and_publish(
         marks.get(ev.source.as_str()).is_some_and(|m| m.precedes(&p.env.origin, ev.emitted_at, p.env.attempts > 1))
     };
     let landed = earlier.restore(&mut records);
+    if first_round && deps.control.moves_run_stamps() {
+        read_unchanged(batch, &mut records, &mut known, replayed);
+    }
     let plan = plan_batch(
         batch.iter().map(|p| (&p.enriched, p.key.as_str(), p.hash.as_str(), replayed(p))),
         records,
@@ -364,10 +368,7 @@ async fn decide_and_publish(
 /// records. A key with more than one event in the batch is read, so that its events see each
 /// other as usual.
 fn known_unchanged<'a>(deps: &DecisorDeps, batch: &'a [Pending]) -> HashMap<&'a str, KnownRecord> {
-    let mut events_of: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
-    for p in batch.iter() {
-        *events_of.entry(p.key.as_str()).or_default() += 1;
-    }
+    let events_of = events_by_key(batch);
     let mut runs: HashMap<&str, u32> = HashMap::new();
     let mut known = HashMap::new();
     for p in batch {
@@ -382,6 +383,47 @@ fn known_unchanged<'a>(deps: &DecisorDeps, batch: &'a [Pending]) -> HashMap<&'a 
         }
     }
     known
+}
+
+/// How many events of the batch each key has.
+fn events_by_key(batch: &[Pending]) -> HashMap<&str, usize> {
+    let mut events_of: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+    for p in batch {
+        *events_of.entry(p.key.as_str()).or_default() += 1;
+    }
+    events_of
+}
+
+/// Moves the batch's events whose records were read and show an unchanged asset seen again
+/// into `known`, their records out of `records`, so that they too move only their run stamp: on
+/// a catalog larger than the store's index, most of a steady crawl's assets are read, and
+/// rewriting each one's whole record filled the control keyspace's memtables with copies of
+/// records that had not changed. The test is [`judge`]'s `unchanged` plus what
+/// [`known_unchanged`] asks: one event of the key in the batch, not a replay, not of the run
+/// the record was last seen in (those go the slow way, which counts run events, §3.3).
+///
+/// [`judge`]: crate::rules::judge
+fn read_unchanged<'a>(
+    batch: &'a [Pending],
+    records: &mut HashMap<String, ControlRecord>,
+    known: &mut HashMap<&'a str, KnownRecord>,
+    replayed: impl Fn(&Pending) -> bool,
+) {
+    let events_of = events_by_key(batch);
+    for p in batch {
+        let ev = &p.enriched.event;
+        let Some(r) = records.get(&p.key) else { continue };
+        let unchanged = r.is_live()
+            && r.hash == p.hash
+            && r.last_seen_at <= ev.emitted_at
+            && r.last_seen_run != ev.run_id
+            && events_of[p.key.as_str()] == 1
+            && !replayed(p);
+        let Some(hash) = KnownRecord::hash_brief(&r.hash).filter(|_| unchanged) else { continue };
+        let run = KnownRecord::run_brief(&r.last_seen_run);
+        known.insert(p.key.as_str(), KnownRecord { hash, run, last_seen_at: r.last_seen_at, version: r.version });
+        records.remove(&p.key);
+    }
 }
 
 /// Applies a plan outward first: content (an upsert must never point at content that is not
