@@ -69,15 +69,10 @@ fn each_key_sees_its_events_in_input_order_under_eight_shards() {
 /// store's version check would count the conflict.
 #[test]
 fn each_key_sees_its_events_in_input_order_when_unchanged_assets_skip_the_read() {
-    let control = MemControl::indexed(Duration::from_millis(2));
-    // Few events in flight: a key's events of two runs then rarely share a batch, so most take
-    // the known-record path (a key with two events in a batch is read, by design). With the
-    // defaults the whole stream could be in flight at once, and whether any event took the
-    // path depended on how it happened to be batched.
-    let out =
-        run(Settings { max_in_flight: 16, pull_batch: 8, ..settings(8) }, runs_of_unchanged_assets(), control.clone());
-    assert!(control.touches.load(Ordering::SeqCst) > 0, "no event took the known-record path");
-    each_key_in_input_order_once_per_event(&out, &control);
+    unchanged_assets_in_input_order(
+        MemControl::indexed(Duration::from_millis(2)),
+        "no event took the known-record path",
+    );
 }
 
 /// The same order when unchanged assets that were read move only their run stamp (a store
@@ -85,11 +80,10 @@ fn each_key_sees_its_events_in_input_order_when_unchanged_assets_skip_the_read()
 /// against the version read, so a shard that ran two batches at once would count a conflict.
 #[test]
 fn each_key_sees_its_events_in_input_order_when_read_unchanged_assets_move_only_their_stamp() {
-    let control = MemControl::stamped(Duration::from_millis(2));
-    let out =
-        run(Settings { max_in_flight: 16, pull_batch: 8, ..settings(8) }, runs_of_unchanged_assets(), control.clone());
-    assert!(control.touches.load(Ordering::SeqCst) > 0, "no read unchanged asset moved only its stamp");
-    each_key_in_input_order_once_per_event(&out, &control);
+    unchanged_assets_in_input_order(
+        MemControl::stamped(Duration::from_millis(2)),
+        "no read unchanged asset moved only its stamp",
+    );
 }
 
 /// An asset seen unchanged and then changed within one batch: its second event must see the
@@ -134,6 +128,19 @@ fn runs_of_unchanged_assets() -> Vec<String> {
         }
     }
     lines
+}
+
+/// Runs [`runs_of_unchanged_assets`] over `control` and checks each key's events were decided
+/// in input order, once each, and that some moved only a run stamp (else `no_touch`).
+fn unchanged_assets_in_input_order(control: std::sync::Arc<MemControl>, no_touch: &str) {
+    // Few events in flight: a key's events of two runs then rarely share a batch, so most can
+    // move only a stamp (a key with two events in a batch is read and written, by design).
+    // With the defaults the whole stream could be in flight at once, and whether any event took
+    // that path depended on how it happened to be batched.
+    let out =
+        run(Settings { max_in_flight: 16, pull_batch: 8, ..settings(8) }, runs_of_unchanged_assets(), control.clone());
+    assert!(control.touches.load(Ordering::SeqCst) > 0, "{no_touch}");
+    each_key_in_input_order_once_per_event(&out, &control);
 }
 
 fn each_key_in_input_order_once_per_event(out: &Run, control: &MemControl) {

@@ -176,15 +176,21 @@ mod tests {
         assert_eq!(index.get(&key(2)), None);
     }
 
+    /// An index offered 20,000 keys more than its bound (keys `0..n`), and `n`.
+    fn offered_more_than_it_holds() -> (RecordIndex, u32) {
+        let index = RecordIndex::default();
+        let n = (STRIPES * STRIPE_ENTRIES + 20_000) as u32;
+        for i in 0..n {
+            index.wrote(&key(i), Some(known(1)));
+        }
+        (index, n)
+    }
+
     #[test]
     fn churn_at_the_bound_keeps_every_stripe_at_its_size() {
         // Assets dropped and others added, crawl after crawl, on a full index: the tombstones
         // the drops leave must not make any stripe's table grow past the bound's size.
-        let index = RecordIndex::default();
-        let full = (STRIPES * STRIPE_ENTRIES + 20_000) as u32;
-        for i in 0..full {
-            index.wrote(&key(i), Some(known(1)));
-        }
+        let (index, full) = offered_more_than_it_holds();
         let mut next = full;
         for crawl in 0..40u32 {
             // 1% of the catalog gone, as many new.
@@ -208,11 +214,7 @@ mod tests {
 
     #[test]
     fn it_stops_growing_at_its_bound_but_keeps_what_it_holds_current() {
-        let index = RecordIndex::default();
-        let n = (STRIPES * STRIPE_ENTRIES + 20_000) as u32;
-        for i in 0..n {
-            index.wrote(&key(i), Some(known(1)));
-        }
+        let (index, n) = offered_more_than_it_holds();
         let held = index.assets();
         assert!(held <= STRIPES * STRIPE_ENTRIES, "{held} entries");
         assert!(held > STRIPES * STRIPE_ENTRIES * 9 / 10, "stripes fill evenly: {held}");
