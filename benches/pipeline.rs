@@ -326,6 +326,16 @@ fn run_embedded_on(
     m
 }
 
+/// Writes back every dirty page before a measured run, so that the run does not share the
+/// disk with the writeback of what came before it. The streams are generated up front (~1.5 GB
+/// for 1M events), and the kernel wrote them back during the first runs, behind the runs' own
+/// fsyncs: the steady 100k crawl measured 55k events/s and p99 193 ms there, against 72k and
+/// 79 ms for the same crawl in the scaling table minutes later (benches/analysis.md).
+fn quiet_disk() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
 /// Runs the binary in `dir` and reads its JSON summary and peak RSS (from `wait4`).
 fn run_measured(dir: &Path, args: &[&str]) -> Measured {
     run_measured_on(dir, args, None)
@@ -335,6 +345,7 @@ fn run_measured(dir: &Path, args: &[&str]) -> Measured {
 /// process, so `wait4` still measures assetflow) when given. While it runs, each thread's CPU
 /// time is sampled from `/proc` every 50 ms; the last sample before the exit is kept.
 fn run_measured_on(dir: &Path, args: &[&str], cores: Option<&str>) -> Measured {
+    quiet_disk();
     let started = Instant::now();
     let mut command = match cores {
         Some(cores) => {
@@ -430,6 +441,7 @@ fn ceiling(state: &Path, input: &Path, out: &Path) -> Measured {
     for line in lines(state) {
         ceiling_step(&line.expect("read"), &ignore, &mut known, &mut sink);
     }
+    quiet_disk();
     let cpu_before = thread_cpu_seconds();
     let started = Instant::now();
     let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(out).expect("create out"));
