@@ -328,7 +328,8 @@ async fn decide_and_publish(
     // replay, and a record that completion dropped must not come back for it.
     let sources: HashSet<&str> = batch.iter().map(|p| p.enriched.event.source.as_str()).collect();
     let first_round = earlier.is_empty();
-    let mut known = if first_round { known_unchanged(deps, batch) } else { HashMap::new() };
+    let events_of = events_by_key(batch);
+    let mut known = if first_round { known_unchanged(deps, batch, &events_of) } else { HashMap::new() };
     let keys: Vec<RecordKey> = {
         let mut seen = HashSet::new();
         batch
@@ -350,7 +351,7 @@ async fn decide_and_publish(
     };
     let landed = earlier.restore(&mut records);
     if first_round && deps.control.moves_run_stamps() {
-        read_unchanged(batch, &mut records, &mut known, replayed);
+        read_unchanged(batch, &events_of, &mut records, &mut known, replayed);
     }
     let plan = plan_batch(
         batch.iter().map(|p| (&p.enriched, p.key.as_str(), p.hash.as_str(), replayed(p))),
@@ -367,8 +368,11 @@ async fn decide_and_publish(
 /// ([`KnownRecord::vouches_unchanged`]), by key: they are decided without reading their
 /// records. A key with more than one event in the batch is read, so that its events see each
 /// other as usual.
-fn known_unchanged<'a>(deps: &DecisorDeps, batch: &'a [Pending]) -> HashMap<&'a str, KnownRecord> {
-    let events_of = events_by_key(batch);
+fn known_unchanged<'a>(
+    deps: &DecisorDeps,
+    batch: &'a [Pending],
+    events_of: &HashMap<&str, usize>,
+) -> HashMap<&'a str, KnownRecord> {
     let mut runs: HashMap<&str, u32> = HashMap::new();
     let mut known = HashMap::new();
     for p in batch {
@@ -385,7 +389,8 @@ fn known_unchanged<'a>(deps: &DecisorDeps, batch: &'a [Pending]) -> HashMap<&'a 
     known
 }
 
-/// How many events of the batch each key has.
+/// How many events of the batch each key has: a key with more than one is read and written, so
+/// that its events see each other.
 fn events_by_key(batch: &[Pending]) -> HashMap<&str, usize> {
     let mut events_of: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
     for p in batch {
@@ -405,11 +410,11 @@ fn events_by_key(batch: &[Pending]) -> HashMap<&str, usize> {
 /// [`judge`]: crate::rules::judge
 fn read_unchanged<'a>(
     batch: &'a [Pending],
+    events_of: &HashMap<&str, usize>,
     records: &mut HashMap<String, ControlRecord>,
     known: &mut HashMap<&'a str, KnownRecord>,
     replayed: impl Fn(&Pending) -> bool,
 ) {
-    let events_of = events_by_key(batch);
     for p in batch {
         let ev = &p.enriched.event;
         let Some(r) = records.get(&p.key) else { continue };
