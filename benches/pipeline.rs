@@ -3,7 +3,8 @@
 //! Every figure comes from one run on one machine, so ratios between lines of one report are
 //! what to compare. Sections: the embedded topology (first and steady crawls, 100k and 1M
 //! events: events/s, decision latency, peak RSS), the no-durability ceiling (#18's one-thread
-//! loop: parse, hash, decide against a hash map, write a line; the same stream), shard scaling,
+//! loop: parse, hash, decide against a hash map, write a line; the same stream), the durable
+//! floor (that loop plus the embedded store's writes per event, `pipeline/floor.rs`), shard scaling,
 //! Kafka end to end against a bare rdkafka consume-and-produce loop on the same broker and
 //! data, AWS requests per 1,000 events (`scripts/aws-requests.sh`), and several processes on
 //! one Kafka group with state in PostgreSQL (`pipeline/scale.rs`). The Kafka and AWS parts need
@@ -20,6 +21,8 @@ use std::time::{Duration, Instant};
 use assetflow_actors::event::{EventKind, decode};
 use assetflow_actors::hash::{HashIgnore, content_hash};
 
+#[path = "pipeline/floor.rs"]
+mod floor;
 #[path = "pipeline/kinesis.rs"]
 mod kinesis;
 #[path = "pipeline/scale.rs"]
@@ -202,8 +205,12 @@ fn embedded_sections(work: &Path, report: &mut Report, small: usize, large: usiz
         &work.join(format!("steady-{small}.jsonl")),
         &work.join("ceiling.out"),
     );
+    // The durable floor runs over the state an assetflow first crawl left, as the steady run does.
+    let floor_dir = work.join("floor");
+    run_embedded(&floor_dir, &first_small, 4, true);
+    let floor = floor::run(&floor_dir.join("state"), &work.join(format!("steady-{small}.jsonl")));
     report.embedded(&embedded, &files, &ceiling, small, large);
-    report.scaling(&scaling(work, small), &ceiling, small);
+    report.scaling(&scaling(work, small), &ceiling, &floor, small);
 }
 
 /// A first crawl from empty state and the steady crawl after it, with one shard count, on all
@@ -748,7 +755,13 @@ impl Report {
 
     /// The scaling section: events/s by shard count, pinned against all cores, CPU per event
     /// against the one-thread loop, and which threads were busy.
-    fn scaling(&mut self, (all, pinned): &(Vec<Scaled>, Scaled), ceiling: &Measured, small: usize) {
+    fn scaling(
+        &mut self,
+        (all, pinned): &(Vec<Scaled>, Scaled),
+        ceiling: &Measured,
+        floor: &floor::Floor,
+        small: usize,
+    ) {
         let b = &mut self.body;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let _ = writeln!(
@@ -776,6 +789,16 @@ impl Report {
             best.shards,
             best.steady.rate() / pinned.steady.rate(),
             best.first.rate() / pinned.first.rate()
+        );
+        let floor_us = floor.cpu_seconds * 1e6 / floor.events as f64;
+        let _ = writeln!(
+            b,
+            "The durable floor (`benches/pipeline/floor.rs`): the same loop on one thread, plus what the\nembedded store writes for each event of that steady crawl, through the same store and in the\ndecisor's batches of 512 (stamps of the {} unchanged assets and the changed records in one\nfsync'd batch, a history row per event in another; the store opened and settled as a run does;\nno actors, sweeps, content or sinks): **{floor_us:.1} us** per event ({:.1} us of it opening the\nstore and settling it at the end), **{:.2}x** the loop, {:.0} events/s on its one thread. assetflow's\nbest steady run above used **{:.2}x** the floor: the rest is the pipeline around the store.\n",
+            floor.unchanged,
+            floor.open_and_settle_cpu_seconds * 1e6 / floor.events as f64,
+            floor_us / ceiling.cpu_us(),
+            floor.events as f64 / floor.seconds,
+            best.steady.cpu_us() / floor_us
         );
         let _ = writeln!(
             b,
