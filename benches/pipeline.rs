@@ -505,10 +505,16 @@ fn ceiling_step(
 
 /// CPU seconds (user and system) the calling thread has used so far.
 fn thread_cpu_seconds() -> f64 {
+    cpu_seconds(libc::RUSAGE_THREAD)
+}
+
+/// CPU seconds (user and system) used so far by `who`: `RUSAGE_THREAD` or `RUSAGE_SELF` (every
+/// thread of this process).
+fn cpu_seconds(who: libc::c_int) -> f64 {
     // SAFETY: an all-zero rusage is valid; getrusage fills it.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: the pointer is valid for the call.
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    unsafe { libc::getrusage(who, &mut usage) };
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }

@@ -95,6 +95,8 @@ async fn apply(store: &StateStore, batch: &mut Vec<(AssetEvent, String, String)>
             (None, Some(r)) => (r.is_live() && r.hash == hash, r.version),
             (None, None) => (false, 0),
         };
+        // The decisor's prior of an updated asset names its old hash, which the index does not
+        // keep; the new one costs the same to hash into the id.
         let prior = if version == 0 { String::new() } else { live_prior_state(&hash) };
         let outcome = match (same, version) {
             (true, _) => Outcome::Unchanged,
@@ -147,10 +149,5 @@ async fn apply(store: &StateStore, batch: &mut Vec<(AssetEvent, String, String)>
 
 /// CPU seconds (user and system) of every thread of this process so far.
 fn process_cpu_seconds() -> f64 {
-    // SAFETY: an all-zero rusage is valid; getrusage fills it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: the pointer is valid for the call.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+    super::cpu_seconds(libc::RUSAGE_SELF)
 }
