@@ -1,5 +1,6 @@
-//! The embedded state store: control table, history and source checkpoints in one fjall
-//! database (`{state_dir}/state/`), every write batch made durable (fsynced) before it returns.
+//! The embedded state store: control table and source checkpoints in one fjall database
+//! (`{state_dir}/state/`), history in segment files beside it (`{state_dir}/history/`,
+//! `history_log.rs`), every write made durable (fsynced) before it returns.
 //!
 //! fjall is a log-structured merge tree: a batch is one journal append plus memtable inserts,
 //! so writing a micro-batch of random asset keys costs a sequential write, not a page rewrite
@@ -15,7 +16,6 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use assetflow_actors::decision::HistoryRow;
 use assetflow_actors::envelope::Watermark;
@@ -27,6 +27,7 @@ use assetflow_actors::rules::{SweepPlan, SweepPlanner};
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
+use super::history_log::HistoryLog;
 use super::state_index::{CAPACITY, IndexKey, RecordIndex};
 use super::{state_index_file, state_layout};
 
@@ -36,18 +37,14 @@ const BACKEND: &str = "embedded store";
 const CACHE_BYTES: u64 = 16 << 20;
 /// Memtable size of the control keyspace: what is held in memory before a flush.
 const MEMTABLE_BYTES: u64 = 16 << 20;
-/// Memtable size of the history keyspace. History rows are small (~150 bytes), and a memtable
-/// holds per row a skiplist node its byte count leaves out: at 16 MiB the 1M-event run peaked
-/// ~6 MiB higher than with rows twice the size, so history keeps fewer bytes in memory instead.
-const HISTORY_MEMTABLE_BYTES: u64 = 8 << 20;
+/// Memtable size of the history keyspace, which only holds the rows of stores written before
+/// history moved to its segment files (`history_log.rs`); they are still read.
+const HISTORY_MEMTABLE_BYTES: u64 = 1 << 20;
 /// Memtable size of the run stamps (~40-byte rows).
 const STAMPS_MEMTABLE_BYTES: u64 = 4 << 20;
 /// Journal kept on disk before fjall flushes the keyspaces holding it back; bounds replay time
 /// after a crash.
 const JOURNAL_BYTES: u64 = 128 << 20;
-/// The history keyspace's counter of the last sequence number used. Asset keys are UTF-8, so a
-/// key starting with 0xff can never name an asset.
-const HISTORY_SEQ_KEY: &[u8] = b"\xffseq";
 /// The checkpoints keyspace's token of the index saved at the last clean stop (see
 /// `state_index_file.rs`); absent when there is none good for the store as it is.
 const INDEX_TOKEN_KEY: &[u8] = b"\xffindex";
@@ -63,9 +60,10 @@ struct Inner {
     control: Keyspace,
     /// Run stamps of unchanged assets, keyed like their records (`state_layout::encode_stamp`).
     stamps: Keyspace,
+    /// History rows of stores written before [`HistoryLog`]: read after its rows, never written.
     history: Keyspace,
     checkpoints: Keyspace,
-    history_seq: AtomicU64,
+    history_log: HistoryLog,
     index: RecordIndex,
     /// Where a clean stop saves the index (`state_index_file.rs`).
     index_file: PathBuf,
@@ -107,19 +105,15 @@ impl StateStore {
         let stamps = opened("stamps", STAMPS_MEMTABLE_BYTES)?;
         let history = opened("history", HISTORY_MEMTABLE_BYTES)?;
         let checkpoints = opened("checkpoints", 1 << 20)?;
-        let seq = history
-            .get(HISTORY_SEQ_KEY)
-            .map_err(|e| format!("cannot read the embedded store {}: {e}", path.display()))?
-            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
+        // Opened after the database, whose lock keeps any other process out of the folder.
+        let history_log = HistoryLog::open(&dir.join("history"))?;
         let inner = Inner {
             db,
             control,
             stamps,
             history,
             checkpoints,
-            history_seq: AtomicU64::new(seq),
+            history_log,
             index: RecordIndex::default(),
             index_file: dir.join("state-index"),
         };
@@ -189,13 +183,17 @@ impl StateStore {
         if let Err(e) = inner.save_index() {
             tracing::warn!(error = %e, path = %inner.index_file.display(), "embedded store: could not save the index at stop; the next start scans the records");
         }
+        if let Err(e) = inner.history_log.seal() {
+            tracing::warn!(error = %e, "embedded store: could not index the history segment at stop; the next start does");
+        }
     }
 
-    /// The newest `limit` rows of the asset, newest first.
+    /// The newest `limit` rows of the asset, newest first: the segments' rows, then those of
+    /// the history keyspace, all older.
     fn read_history(&self, asset_key: &str, limit: usize) -> BackendResult<Vec<HistoryRow>> {
-        let mut out = Vec::new();
+        let mut out = self.inner.history_log.read(asset_key, limit)?;
         for entry in self.inner.history.range(state_layout::history_range(asset_key)).rev() {
-            if out.len() == limit {
+            if out.len() >= limit {
                 break;
             }
             let value = entry.value().map_err(|e| err("read history", e))?;
@@ -452,24 +450,11 @@ impl HistoryStore for StateStore {
         if rows.is_empty() {
             return Ok(());
         }
-        // The batch is built here, rows encoded straight into it, so the rows are not copied
-        // to move them to the blocking thread that commits.
-        let inner = &self.inner;
-        let mut batch = inner.db.batch().durability(Some(PersistMode::SyncAll));
-        // Sequence numbers are taken as a block, so concurrent appends never share one; the
-        // stored counter only ever moves forward (a batch that fails leaves a gap, harmless).
-        let first = inner.history_seq.fetch_add(rows.len() as u64, Ordering::Relaxed) + 1;
-        for (n, row) in (first..).zip(rows) {
-            let key = state_layout::history_key(row.asset_key.as_deref().unwrap_or(""), n);
-            batch.insert(&inner.history, key, state_layout::encode_history(row)?);
-        }
-        let last = first + rows.len() as u64 - 1;
-        batch.insert(
-            &inner.history,
-            HISTORY_SEQ_KEY,
-            last.max(inner.history_seq.load(Ordering::Relaxed)).to_be_bytes(),
-        );
-        blocking("append history", move || batch.commit().map_err(|e| err("append history", e))).await
+        // The frames are encoded here, so the rows are not copied to move them to the blocking
+        // thread that writes.
+        let frames = super::history_log::frames(rows)?;
+        let inner = self.inner.clone();
+        blocking("append history", move || inner.history_log.append_frames(frames)).await
     }
 
     async fn read(&self, asset_key: &str, limit: usize) -> BackendResult<Vec<HistoryRow>> {
@@ -507,19 +492,35 @@ mod tests {
         let store = StateStore::open(dir.path()).unwrap();
         store.append(&[row("pg/db/s/a", "a-0")]).await.unwrap();
         store.append(&[row("pg/db/s/a", "a-1"), row("pg/db/s/b", "b-1"), row("pg/db/s/a", "a-2")]).await.unwrap();
-        // A row of another asset filed under this asset's digest, as a digest collision would.
-        let stray = state_layout::encode_history(&row("pg/db/s/zz", "stray")).unwrap();
-        store.inner.history.insert(state_layout::history_key("pg/db/s/a", 99), stray).unwrap();
-
         assert_eq!(ids(&store.read("pg/db/s/a", 10).await.unwrap()), ["a-2", "a-1", "a-0"]);
         assert_eq!(ids(&store.read("pg/db/s/a", 2).await.unwrap()), ["a-2", "a-1"]);
         assert_eq!(ids(&store.read("pg/db/s/b", 10).await.unwrap()), ["b-1"]);
 
-        // The sequence survives a reopen: new rows sort after the old ones.
+        // After a clean stop and a reopen, new rows come first.
+        store.settle(std::time::Duration::from_secs(10));
         drop(store);
         let store = StateStore::open(dir.path()).unwrap();
         store.append(&[row("pg/db/s/b", "b-2")]).await.unwrap();
         assert_eq!(ids(&store.read("pg/db/s/b", 10).await.unwrap()), ["b-2", "b-1"]);
+    }
+
+    #[tokio::test]
+    async fn history_rows_an_earlier_version_kept_in_the_store_are_read_after_the_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        // Rows as the store wrote them before history moved to segments, and a row of another
+        // asset filed under this asset's digest, as a digest collision would.
+        for (seq, id) in [(1, "old-0"), (2, "old-1")] {
+            let value = state_layout::encode_history(&row("pg/db/s/a", id)).unwrap();
+            store.inner.history.insert(state_layout::history_key("pg/db/s/a", seq), value).unwrap();
+        }
+        let stray = state_layout::encode_history(&row("pg/db/s/zz", "stray")).unwrap();
+        store.inner.history.insert(state_layout::history_key("pg/db/s/a", 3), stray).unwrap();
+        store.append(&[row("pg/db/s/a", "new-0"), row("pg/db/s/a", "new-1")]).await.unwrap();
+
+        assert_eq!(ids(&store.read("pg/db/s/a", 10).await.unwrap()), ["new-1", "new-0", "old-1", "old-0"]);
+        assert_eq!(ids(&store.read("pg/db/s/a", 3).await.unwrap()), ["new-1", "new-0", "old-1"]);
+        assert_eq!(ids(&store.read("pg/db/s/a", 1).await.unwrap()), ["new-1"]);
     }
 
     fn record(source: &str, asset_key: &str, run: &str) -> ControlRecord {

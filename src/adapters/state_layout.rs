@@ -1,4 +1,6 @@
 //! How the embedded store lays out its rows: control records, history rows and their keys.
+//! History rows are written to segment files (`history_log.rs`) in the form [`encode_history`]
+//! gives; the history keys here are those of rows earlier versions kept in the database.
 //!
 //! Values are a tag byte and the fields in postcard (a compact binary serde format). A steady
 //! crawl appends a history row per event and a run stamp per unchanged asset, and reads and
@@ -260,7 +262,7 @@ pub fn known(r: &ControlRecord) -> Option<KnownRecord> {
     })
 }
 
-/// History keys: the tag, the first 8 bytes of the asset key's BLAKE3 digest (of `""` for rows
+/// History keys (of the rows earlier versions wrote to the database): the tag, the first 8 bytes of the asset key's BLAKE3 digest (of `""` for rows
 /// of no asset), the row's sequence number big-endian; 17 bytes, so one asset's rows are
 /// adjacent and in order. Short keys with a random prefix keep the memtable's comparisons
 /// cheap (keyed by the asset key itself they were a tenth of a steady crawl's CPU). The tag
@@ -310,6 +312,13 @@ fn owned(s: Option<Cow<'_, str>>) -> Option<String> {
 
 /// The row value of `row`.
 pub fn encode_history(row: &HistoryRow) -> BackendResult<Vec<u8>> {
+    let mut out = Vec::with_capacity(384);
+    encode_history_into(row, &mut out)?;
+    Ok(out)
+}
+
+/// [`encode_history`] appended to `out` (a history segment's batch of frames).
+pub fn encode_history_into(row: &HistoryRow, out: &mut Vec<u8>) -> BackendResult<()> {
     let stored = StoredHistory {
         asset_key: borrowed(&row.asset_key),
         source: borrowed(&row.source),
@@ -320,8 +329,11 @@ pub fn encode_history(row: &HistoryRow) -> BackendResult<Vec<u8>> {
         decision_id: Cow::Borrowed(&row.decision_id),
         at: row.at.into(),
     };
-    postcard::to_extend(&stored, with_tag(HISTORY_ROW_TAG))
-        .map_err(|e| BackendError::permanent(BACKEND, "append history", e))
+    out.push(HISTORY_ROW_TAG);
+    // postcard extends a collection it owns, so the buffer is lent to it and handed back.
+    *out = postcard::to_extend(&stored, std::mem::take(out))
+        .map_err(|e| BackendError::permanent(BACKEND, "append history", e))?;
+    Ok(())
 }
 
 /// A stored history row.

@@ -1,0 +1,491 @@
+//! The embedded store's history: rows appended to segment files, one write and one `fdatasync`
+//! per batch, and read back per asset, newest first, through each closed segment's index.
+//!
+//! Why not rows in the LSM store beside the control records: history is written once per event
+//! and read almost never (`assetflow history`), yet as LSM rows keyed for per-asset reads every
+//! row was a journal entry, a memtable insert, a flush and then compactions rewriting it among
+//! rows of other assets. On a steady crawl that was about a sixth of the CPU, a journal the next
+//! start replays, and 8 MiB of memtable (benches/analysis.md). Here a batch is one sequential
+//! write, and the per-asset order is built once per segment, when it closes.
+//!
+//! Layout, in `{state_dir}/history/`:
+//! - `{n:010}.hlog`, a segment: frames, each `len` (u32 LE: the bytes after the header), `crc`
+//!   (u32 LE, CRC-32 of those bytes), then the asset key's 8-byte digest ([`digest`]; of `""` for
+//!   rows of no asset) and the row as `state_layout::encode_history` writes it. Segments are
+//!   numbered in the order they were started; a process only ever appends to a segment it
+//!   started, and starts a new one past [`SEGMENT_BYTES`], so a frame torn by a crash is the last
+//!   of its segment, and readers stop at the first frame that does not check.
+//! - `{n:010}.hidx`, the index of a closed segment: [`INDEX_MAGIC`], the entry count (u64 LE),
+//!   then per row its digest and frame offset (u64 LE), sorted, so one asset's rows are found by
+//!   a binary search. It is written when the segment closes (full, or at a clean stop) and, for
+//!   a segment a crash left without one, by the next open. It can always be built again from the
+//!   segment; a segment without one is read by scanning it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use assetflow_actors::decision::HistoryRow;
+use assetflow_actors::ports::{BackendError, BackendResult};
+
+use super::state_layout;
+
+/// A segment past this size is closed (indexed) and the next batch starts a new one. Closing
+/// reads the segment back and holds its index in memory while it sorts it (16 bytes a row,
+/// ~3 MiB here), and a read visits every segment, so this trades memory against read cost.
+pub const SEGMENT_BYTES: u64 = 32 << 20;
+/// The first bytes of an index file.
+pub const INDEX_MAGIC: &[u8; 8] = b"AFHIDX01";
+const FRAME_HEADER: usize = 8;
+/// Bytes of an index entry: digest and offset.
+const ENTRY: u64 = 16;
+const BACKEND: &str = "embedded store (history)";
+
+/// The first 8 bytes of the BLAKE3 digest of an asset key: what the index sorts by. Two keys
+/// may share it; readers keep the rows whose own `asset_key` matches.
+pub fn digest(asset_key: &str) -> [u8; 8] {
+    let mut d = [0u8; 8];
+    d.copy_from_slice(&blake3::hash(asset_key.as_bytes()).as_bytes()[..8]);
+    d
+}
+
+/// The history segments of one store. The store's lock (fjall's, on `{state_dir}/state`) keeps
+/// other processes out, so segment numbers and files are this process's alone.
+pub struct HistoryLog {
+    dir: PathBuf,
+    segment_bytes: u64,
+    writer: Mutex<Writer>,
+}
+
+struct Writer {
+    /// The number the next segment takes.
+    next: u64,
+    /// The segment appends go to; `None` until the first append (a store opened to be read
+    /// starts none) and after one closes.
+    current: Option<Segment>,
+}
+
+struct Segment {
+    n: u64,
+    file: File,
+    bytes: u64,
+}
+
+fn fail(op: &str, e: impl std::fmt::Display) -> BackendError {
+    BackendError::transient(BACKEND, op, e)
+}
+
+fn corrupt(path: &Path, what: impl std::fmt::Display) -> BackendError {
+    BackendError::permanent(BACKEND, "read history", format!("{}: {what}", path.display()))
+}
+
+impl HistoryLog {
+    /// Opens `{dir}` (creating it), indexing any segment a crash left without an index.
+    pub fn open(dir: &Path) -> Result<HistoryLog, String> {
+        Self::open_with(dir, SEGMENT_BYTES)
+    }
+
+    /// [`HistoryLog::open`] with segments closed at `segment_bytes` (tests use small ones).
+    pub fn open_with(dir: &Path, segment_bytes: u64) -> Result<HistoryLog, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the history folder {}: {e}", dir.display()))?;
+        let log =
+            HistoryLog { dir: dir.to_owned(), segment_bytes, writer: Mutex::new(Writer { next: 1, current: None }) };
+        let segments = log.segments().map_err(|e| e.to_string())?;
+        for &n in &segments {
+            if !log.index_path(n).exists() {
+                tracing::info!(segment = %log.segment_path(n).display(), "embedded store: indexing a history segment a crash left open");
+                log.close(n).map_err(|e| e.to_string())?;
+            }
+        }
+        if let Ok(mut w) = log.writer.lock() {
+            w.next = segments.last().map_or(1, |n| n + 1);
+        }
+        Ok(log)
+    }
+
+    fn segment_path(&self, n: u64) -> PathBuf {
+        self.dir.join(format!("{n:010}.hlog"))
+    }
+
+    fn index_path(&self, n: u64) -> PathBuf {
+        self.dir.join(format!("{n:010}.hidx"))
+    }
+
+    /// The segment numbers on disk, oldest first.
+    fn segments(&self) -> BackendResult<Vec<u64>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| fail("list segments", e))? {
+            let name = entry.map_err(|e| fail("list segments", e))?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(n) = name.strip_suffix(".hlog").and_then(|n| n.parse::<u64>().ok()) {
+                out.push(n);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Appends the rows as one write and makes them durable before returning.
+    pub fn append(&self, rows: &[HistoryRow]) -> BackendResult<()> {
+        self.append_frames(frames(rows)?)
+    }
+
+    /// Appends a batch's [`frames`] as one write and makes them durable before returning.
+    pub fn append_frames(&self, frames: Vec<u8>) -> BackendResult<()> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let mut w = self.writer.lock().map_err(|e| fail("append history", e))?;
+        let mut segment = match w.current.take() {
+            Some(segment) => segment,
+            None => {
+                let n = w.next;
+                w.next = n + 1;
+                self.start(n)?
+            }
+        };
+        let end = segment.bytes;
+        let written = segment.file.write_all(&frames).and_then(|()| segment.file.sync_data());
+        if let Err(e) = written {
+            // A part-written batch must not be followed by the next one in this segment, where
+            // readers would stop at it: cut it off, or leave the segment for the next append to
+            // start another (the next open indexes what it holds).
+            if segment.file.set_len(end).is_ok() {
+                w.current = Some(segment);
+            }
+            return Err(fail("append history", e));
+        }
+        segment.bytes += frames.len() as u64;
+        if segment.bytes < self.segment_bytes {
+            w.current = Some(segment);
+        } else if let Err(e) = self.close(segment.n) {
+            // The rows are durable; without its index the segment is scanned when read, until
+            // the next open indexes it.
+            tracing::warn!(error = %e, "embedded store: could not index a full history segment");
+        }
+        Ok(())
+    }
+
+    /// Creates segment `n`, its name made durable (the folder synced) before any row is in it.
+    fn start(&self, n: u64) -> BackendResult<Segment> {
+        let path = self.segment_path(n);
+        let file = OpenOptions::new().create_new(true).write(true).open(&path).map_err(|e| fail("start segment", e))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| fail("start segment", e))?;
+        Ok(Segment { n, file, bytes: 0 })
+    }
+
+    /// Closes the segment appends go to, if any, writing its index: at a clean stop, so the
+    /// next start finds every segment indexed.
+    pub fn seal(&self) -> BackendResult<()> {
+        let mut w = self.writer.lock().map_err(|e| fail("close segment", e))?;
+        match w.current.take() {
+            Some(segment) => self.close(segment.n),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes segment `n`'s index from its frames: to a temporary name, synced, then renamed,
+    /// so an index file is either whole or absent.
+    fn close(&self, n: u64) -> BackendResult<()> {
+        let mut entries = Vec::new();
+        scan(&self.segment_path(n), |offset, digest, _| {
+            entries.push((digest, offset));
+            Ok(())
+        })?;
+        entries.sort_unstable();
+        let tmp = self.dir.join(format!("{n:010}.hidx.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut out = BufWriter::new(File::create(&tmp)?);
+            out.write_all(INDEX_MAGIC)?;
+            out.write_all(&(entries.len() as u64).to_le_bytes())?;
+            for (digest, offset) in &entries {
+                out.write_all(digest)?;
+                out.write_all(&offset.to_le_bytes())?;
+            }
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&tmp, self.index_path(n))
+        };
+        write().map_err(|e| fail("index segment", e))
+    }
+
+    /// The asset's newest `limit` rows, newest first: segments newest first, each through its
+    /// index (or scanned, the one being written and any not indexed yet).
+    pub fn read(&self, asset_key: &str, limit: usize) -> BackendResult<Vec<HistoryRow>> {
+        let wanted = digest(asset_key);
+        let mut out = Vec::new();
+        for n in self.segments()?.into_iter().rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let path = self.segment_path(n);
+            let offsets = match Index::open(&self.index_path(n))? {
+                Some(index) => index.offsets(wanted)?,
+                None => {
+                    let mut offsets = Vec::new();
+                    scan(&path, |offset, digest, _| {
+                        if digest == wanted {
+                            offsets.push(offset);
+                        }
+                        Ok(())
+                    })?;
+                    offsets
+                }
+            };
+            if offsets.is_empty() {
+                continue;
+            }
+            let file = File::open(&path).map_err(|e| fail("read history", e))?;
+            for offset in offsets.into_iter().rev() {
+                if out.len() >= limit {
+                    break;
+                }
+                let row = state_layout::decode_history(&read_frame(&file, &path, offset)?)?;
+                if row.asset_key.as_deref().unwrap_or("") == asset_key {
+                    out.push(row);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The batch's frames, back to back.
+pub fn frames(rows: &[HistoryRow]) -> BackendResult<Vec<u8>> {
+    let mut out = Vec::with_capacity(rows.len() * 192);
+    for row in rows {
+        let start = out.len();
+        out.extend_from_slice(&[0; FRAME_HEADER]);
+        out.extend_from_slice(&digest(row.asset_key.as_deref().unwrap_or("")));
+        state_layout::encode_history_into(row, &mut out)?;
+        let body = &out[start + FRAME_HEADER..];
+        let len = u32::try_from(body.len()).map_err(|e| fail("append history", e))?;
+        let crc = crc32fast::hash(body);
+        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+    Ok(out)
+}
+
+/// Calls `each` with the offset, digest and row bytes of every frame of the segment, in order,
+/// up to the first that is short or does not check (where a crash tore the last write).
+fn scan(path: &Path, mut each: impl FnMut(u64, [u8; 8], &[u8]) -> BackendResult<()>) -> BackendResult<()> {
+    let file = File::open(path).map_err(|e| fail("read history", e))?;
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut offset = 0u64;
+    let mut body = Vec::new();
+    loop {
+        let mut header = [0u8; FRAME_HEADER];
+        if reader.read_exact(&mut header).is_err() {
+            return Ok(());
+        }
+        let (len, crc) = frame_header(&header);
+        if len < 8 {
+            return Ok(());
+        }
+        body.resize(len, 0);
+        if reader.read_exact(&mut body).is_err() || crc32fast::hash(&body) != crc {
+            return Ok(());
+        }
+        let mut d = [0u8; 8];
+        d.copy_from_slice(&body[..8]);
+        each(offset, d, &body[8..])?;
+        offset += (FRAME_HEADER + len) as u64;
+    }
+}
+
+fn frame_header(header: &[u8; FRAME_HEADER]) -> (usize, u32) {
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    (len, crc)
+}
+
+/// The row bytes of the frame at `offset`, checked.
+fn read_frame(file: &File, path: &Path, offset: u64) -> BackendResult<Vec<u8>> {
+    let mut header = [0u8; FRAME_HEADER];
+    file.read_exact_at(&mut header, offset).map_err(|e| corrupt(path, format!("frame at {offset}: {e}")))?;
+    let (len, crc) = frame_header(&header);
+    let mut body = vec![0u8; len];
+    file.read_exact_at(&mut body, offset + FRAME_HEADER as u64)
+        .map_err(|e| corrupt(path, format!("frame at {offset}: {e}")))?;
+    if len < 8 || crc32fast::hash(&body) != crc {
+        return Err(corrupt(path, format!("the frame at {offset} does not match its checksum")));
+    }
+    body.drain(..8);
+    Ok(body)
+}
+
+/// A closed segment's index, searched in place.
+struct Index {
+    file: File,
+    path: PathBuf,
+    count: u64,
+}
+
+impl Index {
+    /// The index at `path`; `None` if there is none, or it is not whole (then the segment is
+    /// scanned instead).
+    fn open(path: &Path) -> BackendResult<Option<Index>> {
+        let Ok(file) = File::open(path) else { return Ok(None) };
+        let mut header = [0u8; 16];
+        if file.read_exact_at(&mut header, 0).is_err() || &header[..8] != INDEX_MAGIC {
+            return Ok(None);
+        }
+        let count = u64::from_le_bytes(header[8..].try_into().unwrap_or_default());
+        let len = file.metadata().map_err(|e| fail("read history", e))?.len();
+        if len != 16 + count * ENTRY {
+            return Ok(None);
+        }
+        Ok(Some(Index { file, path: path.to_owned(), count }))
+    }
+
+    fn entry(&self, i: u64) -> BackendResult<([u8; 8], u64)> {
+        let mut e = [0u8; ENTRY as usize];
+        self.file.read_exact_at(&mut e, 16 + i * ENTRY).map_err(|e| corrupt(&self.path, e))?;
+        let mut d = [0u8; 8];
+        d.copy_from_slice(&e[..8]);
+        Ok((d, u64::from_le_bytes(e[8..].try_into().unwrap_or_default())))
+    }
+
+    /// The frame offsets filed under `digest`, oldest first.
+    fn offsets(&self, digest: [u8; 8]) -> BackendResult<Vec<u64>> {
+        let (mut lo, mut hi) = (0, self.count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.entry(mid)?.0 < digest {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let mut out = Vec::new();
+        for i in lo..self.count {
+            let (d, offset) = self.entry(i)?;
+            if d != digest {
+                break;
+            }
+            out.push(offset);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use assetflow_actors::decision::Outcome;
+
+    fn row(asset_key: &str, decision_id: &str) -> HistoryRow {
+        HistoryRow {
+            asset_key: Some(asset_key.to_owned()),
+            source: Some("pg".to_owned()),
+            event_id: Some("e".to_owned()),
+            run_id: Some("r".to_owned()),
+            outcome: Outcome::Unchanged,
+            hash: Some("ab".repeat(32)),
+            decision_id: decision_id.to_owned(),
+            at: chrono::Utc::now(),
+        }
+    }
+
+    fn ids(rows: &[HistoryRow]) -> Vec<&str> {
+        rows.iter().map(|r| r.decision_id.as_str()).collect()
+    }
+
+    fn files(dir: &Path, ext: &str) -> usize {
+        std::fs::read_dir(dir).unwrap().filter(|e| e.as_ref().unwrap().path().extension() == Some(ext.as_ref())).count()
+    }
+
+    #[test]
+    fn rows_read_back_newest_first_across_segments_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        // Segments close after ~2 rows, so the asset's rows span several, indexed and not.
+        let log = HistoryLog::open_with(dir.path(), 300).unwrap();
+        for i in 0..7 {
+            log.append(&[row("pg/db/s/a", &format!("a-{i}")), row("pg/db/s/b", &format!("b-{i}"))]).unwrap();
+        }
+        assert!(files(dir.path(), "hidx") >= 3, "full segments are indexed");
+        let want: Vec<String> = (0..7).rev().map(|i| format!("a-{i}")).collect();
+        assert_eq!(ids(&log.read("pg/db/s/a", 100).unwrap()), want);
+        assert_eq!(ids(&log.read("pg/db/s/a", 3).unwrap()), ["a-6", "a-5", "a-4"]);
+        assert!(log.read("pg/db/s/none", 10).unwrap().is_empty());
+
+        log.seal().unwrap();
+        drop(log);
+        let log = HistoryLog::open_with(dir.path(), 300).unwrap();
+        log.append(&[row("pg/db/s/a", "a-7")]).unwrap();
+        assert_eq!(ids(&log.read("pg/db/s/a", 2).unwrap()), ["a-7", "a-6"], "a reopened log appends after");
+        assert_eq!(files(dir.path(), "hlog"), files(dir.path(), "hidx") + 1, "only the open segment is unindexed");
+    }
+
+    #[test]
+    fn a_batch_torn_by_a_crash_hides_nothing_before_it_and_the_next_open_indexes_the_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = HistoryLog::open(dir.path()).unwrap();
+        log.append(&[row("pg/db/s/a", "a-0"), row("pg/db/s/b", "b-0")]).unwrap();
+        log.append(&[row("pg/db/s/a", "a-1")]).unwrap();
+        // A crash: no seal, and the last batch only part-written.
+        drop(log);
+        let segment = dir.path().join(format!("{:010}.hlog", 1));
+        let torn = frames(&[row("pg/db/s/a", "a-torn")]).unwrap();
+        OpenOptions::new().append(true).open(&segment).unwrap().write_all(&torn[..torn.len() - 5]).unwrap();
+
+        let log = HistoryLog::open(dir.path()).unwrap();
+        assert!(dir.path().join(format!("{:010}.hidx", 1)).exists(), "open indexes what the crash left");
+        assert_eq!(ids(&log.read("pg/db/s/a", 10).unwrap()), ["a-1", "a-0"]);
+        log.append(&[row("pg/db/s/a", "a-2")]).unwrap();
+        assert_eq!(ids(&log.read("pg/db/s/a", 10).unwrap()), ["a-2", "a-1", "a-0"], "new rows go to a new segment");
+    }
+
+    #[test]
+    fn a_frame_that_does_not_check_ends_the_segment_for_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = HistoryLog::open(dir.path()).unwrap();
+        log.append(&[row("k", "0"), row("k", "1"), row("k", "2")]).unwrap();
+        drop(log);
+        // Flip a byte inside the second frame's row: its checksum no longer matches.
+        let segment = dir.path().join(format!("{:010}.hlog", 1));
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let first = FRAME_HEADER + frame_header(bytes[..FRAME_HEADER].try_into().unwrap()).0;
+        bytes[first + FRAME_HEADER + 12] ^= 0xff;
+        std::fs::write(&segment, bytes).unwrap();
+        let log = HistoryLog::open(dir.path()).unwrap();
+        assert_eq!(ids(&log.read("k", 10).unwrap()), ["0"]);
+    }
+
+    #[test]
+    fn rows_of_another_asset_under_the_same_digest_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = HistoryLog::open(dir.path()).unwrap();
+        log.append(&[row("pg/db/s/a", "a-0")]).unwrap();
+        // A frame filed under a's digest holding another asset's row, as a collision would.
+        let mut stray = frames(&[row("pg/db/s/zz", "stray")]).unwrap();
+        stray[FRAME_HEADER..FRAME_HEADER + 8].copy_from_slice(&digest("pg/db/s/a"));
+        let crc = crc32fast::hash(&stray[FRAME_HEADER..]);
+        stray[4..8].copy_from_slice(&crc.to_le_bytes());
+        {
+            let mut w = log.writer.lock().unwrap();
+            let segment = w.current.as_mut().unwrap();
+            segment.file.write_all(&stray).unwrap();
+            segment.bytes += stray.len() as u64;
+        }
+        log.append(&[row("pg/db/s/a", "a-1")]).unwrap();
+        assert_eq!(ids(&log.read("pg/db/s/a", 10).unwrap()), ["a-1", "a-0"], "scanned");
+        log.seal().unwrap();
+        assert_eq!(ids(&log.read("pg/db/s/a", 10).unwrap()), ["a-1", "a-0"], "through the index");
+        assert_eq!(ids(&log.read("pg/db/s/zz", 10).unwrap()), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_damaged_index_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = HistoryLog::open(dir.path()).unwrap();
+        log.append(&[row("k", "0"), row("k", "1")]).unwrap();
+        log.seal().unwrap();
+        let index = dir.path().join(format!("{:010}.hidx", 1));
+        let len = std::fs::metadata(&index).unwrap().len();
+        OpenOptions::new().write(true).open(&index).unwrap().set_len(len - 3).unwrap();
+        assert_eq!(ids(&log.read("k", 10).unwrap()), ["1", "0"], "the segment is scanned instead");
+    }
+}
