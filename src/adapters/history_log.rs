@@ -371,12 +371,12 @@ impl Index {
     }
 }
 
+/// History rows for the embedded history's tests (here and in `state.rs`).
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use assetflow_actors::decision::Outcome;
+pub(crate) mod test_rows {
+    use assetflow_actors::decision::{HistoryRow, Outcome};
 
-    fn row(asset_key: &str, decision_id: &str) -> HistoryRow {
+    pub fn row(asset_key: &str, decision_id: &str) -> HistoryRow {
         HistoryRow {
             asset_key: Some(asset_key.to_owned()),
             source: Some("pg".to_owned()),
@@ -389,9 +389,16 @@ mod tests {
         }
     }
 
-    fn ids(rows: &[HistoryRow]) -> Vec<&str> {
+    /// The rows' decision ids, in order.
+    pub fn ids(rows: &[HistoryRow]) -> Vec<&str> {
         rows.iter().map(|r| r.decision_id.as_str()).collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_rows::{ids, row};
+    use super::*;
 
     fn files(dir: &Path, ext: &str) -> usize {
         std::fs::read_dir(dir).unwrap().filter(|e| e.as_ref().unwrap().path().extension() == Some(ext.as_ref())).count()

@@ -466,25 +466,8 @@ impl HistoryStore for StateStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::history_log::test_rows::{ids, row};
     use super::*;
-    use assetflow_actors::decision::Outcome;
-
-    fn row(asset_key: &str, decision_id: &str) -> HistoryRow {
-        HistoryRow {
-            asset_key: Some(asset_key.to_owned()),
-            source: Some("pg".to_owned()),
-            event_id: Some("e".to_owned()),
-            run_id: Some("r".to_owned()),
-            outcome: Outcome::Unchanged,
-            hash: None,
-            decision_id: decision_id.to_owned(),
-            at: chrono::Utc::now(),
-        }
-    }
-
-    fn ids(rows: &[HistoryRow]) -> Vec<&str> {
-        rows.iter().map(|r| r.decision_id.as_str()).collect()
-    }
 
     #[tokio::test]
     async fn history_reads_one_assets_rows_newest_first() {
