@@ -706,7 +706,7 @@ impl Report {
         let _ = writeln!(b, "## Embedded end to end\n");
         let _ = writeln!(
             b,
-            "File source, no enricher, 4 decisor shards, embedded control table and history (fjall), content\nfolder, file sinks; every effect durable before its event is acknowledged. Events are ~1 KiB\n(18 columns), {SOURCES} sources. *First*: every asset new. *Steady*: the next crawl of the same\nassets over the state the first left (2% changed, 1% gone). Latency is read-to-durable per event\n(p50/p99 are bucket upper bounds, 25% wide).\n"
+            "File source, no enricher, 4 decisor shards, embedded control table (fjall) and history (segment\nfiles), content folder, file sinks; every effect durable before its event is acknowledged. Events are ~1 KiB\n(18 columns), {SOURCES} sources. *First*: every asset new. *Steady*: the next crawl of the same\nassets over the state the first left (2% changed, 1% gone). Latency is read-to-durable per event\n(p50/p99 are bucket upper bounds, 25% wide).\n"
         );
         let _ = writeln!(
             b,
