@@ -4,11 +4,13 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use assetflow::adapters::state::StateStore;
+use assetflow_actors::ports::HistoryStore;
 use common::{Outputs, SCENARIO_CONFIG, bin};
 use serde_json::Value;
 
@@ -95,39 +97,94 @@ fn assert_same_decisions(clean: &Outputs, crashed: &Outputs) {
     }
 }
 
-#[test]
-fn sigkill_at_random_moments_loses_nothing() {
-    let clean = tempfile::tempdir().unwrap();
-    make_input(clean.path(), "1200");
-    let lines = std::fs::read_to_string(clean.path().join("events.jsonl")).unwrap().lines().count();
-    assert!(lines >= 20_000, "the stream has {lines} events");
-    let out = bin().args(["run"]).current_dir(clean.path()).env("RUST_LOG", "error").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let clean_out = Outputs::read(clean.path());
-    assert!(clean_out.duplicate_ids().is_empty());
-    assert!(!clean_out.drops.is_empty() && !clean_out.dead_letters.is_empty());
+/// The event ids in each asset's history, read from the run folder's embedded store.
+fn history_events(dir: &Path, keys: &BTreeSet<&str>) -> HashMap<String, BTreeSet<String>> {
+    let store = StateStore::open(&dir.join("state")).expect("open the store");
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    keys.iter()
+        .map(|key| {
+            let rows = rt.block_on(store.read(key, usize::MAX)).expect("read history");
+            (key.to_string(), rows.into_iter().filter_map(|r| r.event_id).collect())
+        })
+        .collect()
+}
 
-    let crashed = tempfile::tempdir().unwrap();
-    make_input(crashed.path(), "1200");
-    let mut rng = fastrand::Rng::with_seed(7);
-    let mut kills = 0;
+/// EVENTS.md §6: every event that reaches the decisor leaves a history row. A crash may leave
+/// a decision's row out only where the event comes back and leaves one of its own (it was not
+/// acknowledged), so every event in an asset's history after the clean run is in it after the
+/// crashed one, whose rows are spread over segments that SIGKILLs left open.
+fn assert_history_kept(clean: &Path, crashed: &Path, outputs: &Outputs) {
+    let keys: BTreeSet<&str> = outputs.upserts.iter().filter_map(|u| u["asset_key"].as_str()).collect();
+    let (want, got) = (history_events(clean, &keys), history_events(crashed, &keys));
+    for (key, events) in &want {
+        assert!(!events.is_empty(), "{key} has history in the clean run");
+        let lost: Vec<&String> = events.difference(&got[key]).collect();
+        assert!(lost.is_empty(), "{key}: the crashed run's history lost events {lost:?}");
+    }
+}
+
+/// Runs the input of `dir` to the end in one clean run; returns its outputs.
+fn run_clean(dir: &Path) -> Outputs {
+    let out = bin().args(["run"]).current_dir(dir).env("RUST_LOG", "error").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Outputs::read(dir)
+}
+
+/// Starts the binary on `dir` and SIGKILLs it after a random delay in `delay_ms`, up to `kills`
+/// times or until a run drains the input first; then runs it to the end. Returns the kills.
+fn kill_repeatedly(dir: &Path, kills: usize, delay_ms: std::ops::Range<u64>, seed: u64) -> usize {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut landed = 0;
     let started = Instant::now();
-    while kills < 20 {
+    while landed < kills {
         assert!(started.elapsed() < Duration::from_secs(300), "the crash loop made no progress");
-        let mut child = start(crashed.path());
-        std::thread::sleep(Duration::from_millis(rng.u64(30..300)));
+        let mut child = start(dir);
+        std::thread::sleep(Duration::from_millis(rng.u64(delay_ms.clone())));
         if child.try_wait().unwrap().is_some() {
             // Drained before the kill: the input is used up, the kills so far must do.
             break;
         }
         child.kill().unwrap();
         child.wait().unwrap();
-        kills += 1;
+        landed += 1;
     }
-    let out = bin().args(["run"]).current_dir(crashed.path()).env("RUST_LOG", "error").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run_clean(dir);
+    landed
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_nothing() {
+    let clean = tempfile::tempdir().unwrap();
+    make_input(clean.path(), "1200");
+    let lines = std::fs::read_to_string(clean.path().join("events.jsonl")).unwrap().lines().count();
+    assert!(lines >= 20_000, "the stream has {lines} events");
+    let clean_out = run_clean(clean.path());
+    assert!(clean_out.duplicate_ids().is_empty());
+    assert!(!clean_out.drops.is_empty() && !clean_out.dead_letters.is_empty());
+
+    let crashed = tempfile::tempdir().unwrap();
+    make_input(crashed.path(), "1200");
+    let kills = kill_repeatedly(crashed.path(), 20, 30..300, 7);
     assert!(kills >= 20, "only {kills} kills landed before the input was drained");
     assert_same_decisions(&clean_out, &Outputs::read(crashed.path()));
+    assert_history_kept(clean.path(), crashed.path(), &clean_out);
+}
+
+/// History across SIGKILLs that land after the source has committed (its position is saved
+/// every 200 ms): rows acknowledged by a killed process are only in the segments it left open,
+/// which the next start must index, and readers must read.
+#[test]
+fn sigkill_after_commits_keeps_every_events_history() {
+    let clean = tempfile::tempdir().unwrap();
+    make_input(clean.path(), "1200");
+    let clean_out = run_clean(clean.path());
+
+    let crashed = tempfile::tempdir().unwrap();
+    make_input(crashed.path(), "1200");
+    let kills = kill_repeatedly(crashed.path(), 6, 500..900, 11);
+    assert!(kills >= 2, "only {kills} kills landed before the input was drained");
+    assert_same_decisions(&clean_out, &Outputs::read(crashed.path()));
+    assert_history_kept(clean.path(), crashed.path(), &clean_out);
 }
 
 #[test]
