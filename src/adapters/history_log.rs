@@ -272,6 +272,7 @@ pub fn frames(rows: &[HistoryRow]) -> BackendResult<Vec<u8>> {
 /// up to the first that is short or does not check (where a crash tore the last write).
 fn scan(path: &Path, mut each: impl FnMut(u64, [u8; 8], &[u8]) -> BackendResult<()>) -> BackendResult<()> {
     let file = File::open(path).map_err(|e| fail("read history", e))?;
+    let size = file.metadata().map_err(|e| fail("read history", e))?.len();
     let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut offset = 0u64;
     let mut body = Vec::new();
@@ -281,7 +282,8 @@ fn scan(path: &Path, mut each: impl FnMut(u64, [u8; 8], &[u8]) -> BackendResult<
             return Ok(());
         }
         let (len, crc) = frame_header(&header);
-        if len < 8 {
+        // A damaged length must not make the reader allocate what the file does not hold.
+        if len < 8 || offset + (FRAME_HEADER + len) as u64 > size {
             return Ok(());
         }
         body.resize(len, 0);
@@ -306,10 +308,14 @@ fn read_frame(file: &File, path: &Path, offset: u64) -> BackendResult<Vec<u8>> {
     let mut header = [0u8; FRAME_HEADER];
     file.read_exact_at(&mut header, offset).map_err(|e| corrupt(path, format!("frame at {offset}: {e}")))?;
     let (len, crc) = frame_header(&header);
+    let size = file.metadata().map_err(|e| fail("read history", e))?.len();
+    if len < 8 || offset + (FRAME_HEADER + len) as u64 > size {
+        return Err(corrupt(path, format!("the frame at {offset} runs past the end of the segment")));
+    }
     let mut body = vec![0u8; len];
     file.read_exact_at(&mut body, offset + FRAME_HEADER as u64)
         .map_err(|e| corrupt(path, format!("frame at {offset}: {e}")))?;
-    if len < 8 || crc32fast::hash(&body) != crc {
+    if crc32fast::hash(&body) != crc {
         return Err(corrupt(path, format!("the frame at {offset} does not match its checksum")));
     }
     body.drain(..8);
@@ -457,6 +463,22 @@ mod tests {
         let first = FRAME_HEADER + frame_header(bytes[..FRAME_HEADER].try_into().unwrap()).0;
         bytes[first + FRAME_HEADER + 12] ^= 0xff;
         std::fs::write(&segment, bytes).unwrap();
+        let log = HistoryLog::open(dir.path()).unwrap();
+        assert_eq!(ids(&log.read("k", 10).unwrap()), ["0"]);
+    }
+
+    #[test]
+    fn a_damaged_length_ends_the_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = HistoryLog::open(dir.path()).unwrap();
+        log.append(&[row("k", "0")]).unwrap();
+        drop(log);
+        // A last frame whose length claims 4 GiB, more than the segment holds: readers stop
+        // there (and allocate nothing for it) and the open indexes the rows before it.
+        let segment = dir.path().join(format!("{:010}.hlog", 1));
+        let mut header = [0u8; FRAME_HEADER];
+        header[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        OpenOptions::new().append(true).open(&segment).unwrap().write_all(&header).unwrap();
         let log = HistoryLog::open(dir.path()).unwrap();
         assert_eq!(ids(&log.read("k", 10).unwrap()), ["0"]);
     }
