@@ -90,17 +90,14 @@ impl HistoryLog {
     /// [`HistoryLog::open`] with segments closed at `segment_bytes` (tests use small ones).
     pub fn open_with(dir: &Path, segment_bytes: u64) -> Result<HistoryLog, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the history folder {}: {e}", dir.display()))?;
-        let log =
-            HistoryLog { dir: dir.to_owned(), segment_bytes, writer: Mutex::new(Writer { next: 1, current: None }) };
-        let segments = log.segments().map_err(|e| e.to_string())?;
+        let segments = segments(dir).map_err(|e| e.to_string())?;
+        let next = segments.last().map_or(1, |n| n + 1);
+        let log = HistoryLog { dir: dir.to_owned(), segment_bytes, writer: Mutex::new(Writer { next, current: None }) };
         for &n in &segments {
             if !log.index_path(n).exists() {
                 tracing::info!(segment = %log.segment_path(n).display(), "embedded store: indexing a history segment a crash left open");
                 log.close(n).map_err(|e| e.to_string())?;
             }
-        }
-        if let Ok(mut w) = log.writer.lock() {
-            w.next = segments.last().map_or(1, |n| n + 1);
         }
         Ok(log)
     }
@@ -111,20 +108,6 @@ impl HistoryLog {
 
     fn index_path(&self, n: u64) -> PathBuf {
         self.dir.join(format!("{n:010}.hidx"))
-    }
-
-    /// The segment numbers on disk, oldest first.
-    fn segments(&self) -> BackendResult<Vec<u64>> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(|e| fail("list segments", e))? {
-            let name = entry.map_err(|e| fail("list segments", e))?.file_name();
-            let name = name.to_string_lossy();
-            if let Some(n) = name.strip_suffix(".hlog").and_then(|n| n.parse::<u64>().ok()) {
-                out.push(n);
-            }
-        }
-        out.sort_unstable();
-        Ok(out)
     }
 
     /// Appends the rows as one write and makes them durable before returning.
@@ -190,10 +173,7 @@ impl HistoryLog {
     /// so an index file is either whole or absent.
     fn close(&self, n: u64) -> BackendResult<()> {
         let mut entries = Vec::new();
-        scan(&self.segment_path(n), |offset, digest, _| {
-            entries.push((digest, offset));
-            Ok(())
-        })?;
+        scan(&self.segment_path(n), |offset, digest| entries.push((digest, offset)))?;
         entries.sort_unstable();
         let tmp = self.dir.join(format!("{n:010}.hidx.tmp"));
         let write = || -> std::io::Result<()> {
@@ -215,7 +195,7 @@ impl HistoryLog {
     pub fn read(&self, asset_key: &str, limit: usize) -> BackendResult<Vec<HistoryRow>> {
         let wanted = digest(asset_key);
         let mut out = Vec::new();
-        for n in self.segments()?.into_iter().rev() {
+        for n in segments(&self.dir)?.into_iter().rev() {
             if out.len() >= limit {
                 break;
             }
@@ -224,11 +204,10 @@ impl HistoryLog {
                 Some(index) => index.offsets(wanted)?,
                 None => {
                     let mut offsets = Vec::new();
-                    scan(&path, |offset, digest, _| {
+                    scan(&path, |offset, digest| {
                         if digest == wanted {
                             offsets.push(offset);
                         }
-                        Ok(())
                     })?;
                     offsets
                 }
@@ -237,11 +216,12 @@ impl HistoryLog {
                 continue;
             }
             let file = File::open(&path).map_err(|e| fail("read history", e))?;
+            let size = file.metadata().map_err(|e| fail("read history", e))?.len();
             for offset in offsets.into_iter().rev() {
                 if out.len() >= limit {
                     break;
                 }
-                let row = state_layout::decode_history(&read_frame(&file, &path, offset)?)?;
+                let row = state_layout::decode_history(&read_frame(&file, size, &path, offset)?)?;
                 if row.asset_key.as_deref().unwrap_or("") == asset_key {
                     out.push(row);
                 }
@@ -249,6 +229,20 @@ impl HistoryLog {
         }
         Ok(out)
     }
+}
+
+/// The segment numbers in `dir`, oldest first.
+fn segments(dir: &Path) -> BackendResult<Vec<u64>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| fail("list segments", e))? {
+        let name = entry.map_err(|e| fail("list segments", e))?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name.strip_suffix(".hlog").and_then(|n| n.parse::<u64>().ok()) {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// The batch's frames, back to back.
@@ -268,9 +262,9 @@ pub fn frames(rows: &[HistoryRow]) -> BackendResult<Vec<u8>> {
     Ok(out)
 }
 
-/// Calls `each` with the offset, digest and row bytes of every frame of the segment, in order,
-/// up to the first that is short or does not check (where a crash tore the last write).
-fn scan(path: &Path, mut each: impl FnMut(u64, [u8; 8], &[u8]) -> BackendResult<()>) -> BackendResult<()> {
+/// Calls `each` with the offset and digest of every frame of the segment, in order, up to the
+/// first that is short or does not check (where a crash tore the last write).
+fn scan(path: &Path, mut each: impl FnMut(u64, [u8; 8])) -> BackendResult<()> {
     let file = File::open(path).map_err(|e| fail("read history", e))?;
     let size = file.metadata().map_err(|e| fail("read history", e))?.len();
     let mut reader = BufReader::with_capacity(1 << 16, file);
@@ -292,7 +286,7 @@ fn scan(path: &Path, mut each: impl FnMut(u64, [u8; 8], &[u8]) -> BackendResult<
         }
         let mut d = [0u8; 8];
         d.copy_from_slice(&body[..8]);
-        each(offset, d, &body[8..])?;
+        each(offset, d);
         offset += (FRAME_HEADER + len) as u64;
     }
 }
@@ -303,12 +297,11 @@ fn frame_header(header: &[u8; FRAME_HEADER]) -> (usize, u32) {
     (len, crc)
 }
 
-/// The row bytes of the frame at `offset`, checked.
-fn read_frame(file: &File, path: &Path, offset: u64) -> BackendResult<Vec<u8>> {
+/// The row bytes of the frame at `offset` of a segment of `size` bytes, checked.
+fn read_frame(file: &File, size: u64, path: &Path, offset: u64) -> BackendResult<Vec<u8>> {
     let mut header = [0u8; FRAME_HEADER];
     file.read_exact_at(&mut header, offset).map_err(|e| corrupt(path, format!("frame at {offset}: {e}")))?;
     let (len, crc) = frame_header(&header);
-    let size = file.metadata().map_err(|e| fail("read history", e))?.len();
     if len < 8 || offset + (FRAME_HEADER + len) as u64 > size {
         return Err(corrupt(path, format!("the frame at {offset} runs past the end of the segment")));
     }
