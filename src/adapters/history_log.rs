@@ -10,11 +10,11 @@
 //!
 //! Layout, in `{state_dir}/history/`:
 //! - `{n:010}.hlog`, a segment: frames, each `len` (u32 LE: the bytes after the header), `crc`
-//!   (u32 LE, CRC-32 of those bytes), then the asset key's 8-byte digest ([`digest`]; of `""` for
-//!   rows of no asset) and the row as `state_layout::encode_history` writes it. Segments are
-//!   numbered in the order they were started; a process only ever appends to a segment it
-//!   started, and starts a new one past [`SEGMENT_BYTES`], so a frame torn by a crash is the last
-//!   of its segment, and readers stop at the first frame that does not check.
+//!   (u32 LE, CRC-32 of those bytes), then the asset key's 8-byte digest
+//!   (`state_layout::history_digest`) and the row as `state_layout::encode_history` writes it.
+//!   Segments are numbered in the order they were started; a process only ever appends to a
+//!   segment it started, and starts a new one past [`SEGMENT_BYTES`], so a frame torn by a crash
+//!   is the last of its segment, and readers stop at the first frame that does not check.
 //! - `{n:010}.hidx`, the index of a closed segment: [`INDEX_MAGIC`], the entry count (u64 LE),
 //!   then per row its digest and frame offset (u64 LE), sorted, so one asset's rows are found by
 //!   a binary search. It is written when the segment closes (full, or at a clean stop) and, for
@@ -30,7 +30,7 @@ use std::sync::Mutex;
 use assetflow_actors::decision::HistoryRow;
 use assetflow_actors::ports::{BackendError, BackendResult};
 
-use super::state_layout;
+use super::state_layout::{self, history_digest};
 
 /// A segment past this size is closed (indexed) and the next batch starts a new one. Closing
 /// reads the segment back and holds its index in memory while it sorts it (16 bytes a row,
@@ -42,14 +42,6 @@ const FRAME_HEADER: usize = 8;
 /// Bytes of an index entry: digest and offset.
 const ENTRY: u64 = 16;
 const BACKEND: &str = "embedded store (history)";
-
-/// The first 8 bytes of the BLAKE3 digest of an asset key: what the index sorts by. Two keys
-/// may share it; readers keep the rows whose own `asset_key` matches.
-pub fn digest(asset_key: &str) -> [u8; 8] {
-    let mut d = [0u8; 8];
-    d.copy_from_slice(&blake3::hash(asset_key.as_bytes()).as_bytes()[..8]);
-    d
-}
 
 /// The history segments of one store. The store's lock (fjall's, on `{state_dir}/state`) keeps
 /// other processes out, so segment numbers and files are this process's alone.
@@ -103,11 +95,11 @@ impl HistoryLog {
     }
 
     fn segment_path(&self, n: u64) -> PathBuf {
-        self.dir.join(format!("{n:010}.hlog"))
+        segment_file(&self.dir, n, "hlog")
     }
 
     fn index_path(&self, n: u64) -> PathBuf {
-        self.dir.join(format!("{n:010}.hidx"))
+        segment_file(&self.dir, n, "hidx")
     }
 
     /// Appends the rows as one write and makes them durable before returning.
@@ -175,7 +167,7 @@ impl HistoryLog {
         let mut entries = Vec::new();
         scan(&self.segment_path(n), |offset, digest| entries.push((digest, offset)))?;
         entries.sort_unstable();
-        let tmp = self.dir.join(format!("{n:010}.hidx.tmp"));
+        let tmp = segment_file(&self.dir, n, "hidx.tmp");
         let write = || -> std::io::Result<()> {
             let mut out = BufWriter::new(File::create(&tmp)?);
             out.write_all(INDEX_MAGIC)?;
@@ -193,7 +185,7 @@ impl HistoryLog {
     /// The asset's newest `limit` rows, newest first: segments newest first, each through its
     /// index (or scanned, the one being written and any not indexed yet).
     pub fn read(&self, asset_key: &str, limit: usize) -> BackendResult<Vec<HistoryRow>> {
-        let wanted = digest(asset_key);
+        let wanted = history_digest(asset_key);
         let mut out = Vec::new();
         for n in segments(&self.dir)?.into_iter().rev() {
             if out.len() >= limit {
@@ -231,6 +223,11 @@ impl HistoryLog {
     }
 }
 
+/// Segment `n`'s file in `dir` with extension `ext` (`hlog`, `hidx`).
+fn segment_file(dir: &Path, n: u64, ext: &str) -> PathBuf {
+    dir.join(format!("{n:010}.{ext}"))
+}
+
 /// The segment numbers in `dir`, oldest first.
 fn segments(dir: &Path) -> BackendResult<Vec<u64>> {
     let mut out = Vec::new();
@@ -251,7 +248,7 @@ pub fn frames(rows: &[HistoryRow]) -> BackendResult<Vec<u8>> {
     for row in rows {
         let start = out.len();
         out.extend_from_slice(&[0; FRAME_HEADER]);
-        out.extend_from_slice(&digest(row.asset_key.as_deref().unwrap_or("")));
+        out.extend_from_slice(&history_digest(row.asset_key.as_deref().unwrap_or("")));
         state_layout::encode_history_into(row, &mut out)?;
         let body = &out[start + FRAME_HEADER..];
         let len = u32::try_from(body.len()).map_err(|e| fail("append history", e))?;
@@ -433,12 +430,12 @@ mod tests {
         log.append(&[row("pg/db/s/a", "a-1")]).unwrap();
         // A crash: no seal, and the last batch only part-written.
         drop(log);
-        let segment = dir.path().join(format!("{:010}.hlog", 1));
+        let segment = segment_file(dir.path(), 1, "hlog");
         let torn = frames(&[row("pg/db/s/a", "a-torn")]).unwrap();
         OpenOptions::new().append(true).open(&segment).unwrap().write_all(&torn[..torn.len() - 5]).unwrap();
 
         let log = HistoryLog::open(dir.path()).unwrap();
-        assert!(dir.path().join(format!("{:010}.hidx", 1)).exists(), "open indexes what the crash left");
+        assert!(segment_file(dir.path(), 1, "hidx").exists(), "open indexes what the crash left");
         assert_eq!(ids(&log.read("pg/db/s/a", 10).unwrap()), ["a-1", "a-0"]);
         log.append(&[row("pg/db/s/a", "a-2")]).unwrap();
         assert_eq!(ids(&log.read("pg/db/s/a", 10).unwrap()), ["a-2", "a-1", "a-0"], "new rows go to a new segment");
@@ -451,7 +448,7 @@ mod tests {
         log.append(&[row("k", "0"), row("k", "1"), row("k", "2")]).unwrap();
         drop(log);
         // Flip a byte inside the second frame's row: its checksum no longer matches.
-        let segment = dir.path().join(format!("{:010}.hlog", 1));
+        let segment = segment_file(dir.path(), 1, "hlog");
         let mut bytes = std::fs::read(&segment).unwrap();
         let first = FRAME_HEADER + frame_header(bytes[..FRAME_HEADER].try_into().unwrap()).0;
         bytes[first + FRAME_HEADER + 12] ^= 0xff;
@@ -468,7 +465,7 @@ mod tests {
         drop(log);
         // A last frame whose length claims 4 GiB, more than the segment holds: readers stop
         // there (and allocate nothing for it) and the open indexes the rows before it.
-        let segment = dir.path().join(format!("{:010}.hlog", 1));
+        let segment = segment_file(dir.path(), 1, "hlog");
         let mut header = [0u8; FRAME_HEADER];
         header[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         OpenOptions::new().append(true).open(&segment).unwrap().write_all(&header).unwrap();
@@ -483,7 +480,7 @@ mod tests {
         log.append(&[row("pg/db/s/a", "a-0")]).unwrap();
         // A frame filed under a's digest holding another asset's row, as a collision would.
         let mut stray = frames(&[row("pg/db/s/zz", "stray")]).unwrap();
-        stray[FRAME_HEADER..FRAME_HEADER + 8].copy_from_slice(&digest("pg/db/s/a"));
+        stray[FRAME_HEADER..FRAME_HEADER + 8].copy_from_slice(&history_digest("pg/db/s/a"));
         let crc = crc32fast::hash(&stray[FRAME_HEADER..]);
         stray[4..8].copy_from_slice(&crc.to_le_bytes());
         {
@@ -505,7 +502,7 @@ mod tests {
         let log = HistoryLog::open(dir.path()).unwrap();
         log.append(&[row("k", "0"), row("k", "1")]).unwrap();
         log.seal().unwrap();
-        let index = dir.path().join(format!("{:010}.hidx", 1));
+        let index = segment_file(dir.path(), 1, "hidx");
         let len = std::fs::metadata(&index).unwrap().len();
         OpenOptions::new().write(true).open(&index).unwrap().set_len(len - 3).unwrap();
         assert_eq!(ids(&log.read("k", 10).unwrap()), ["1", "0"], "the segment is scanned instead");

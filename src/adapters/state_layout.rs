@@ -262,16 +262,24 @@ pub fn known(r: &ControlRecord) -> Option<KnownRecord> {
     })
 }
 
-/// History keys (of the rows earlier versions wrote to the database): the tag, the first 8 bytes of the asset key's BLAKE3 digest (of `""` for rows
-/// of no asset), the row's sequence number big-endian; 17 bytes, so one asset's rows are
+/// The first 8 bytes of the BLAKE3 digest of an asset key (of `""` for rows of no asset): what
+/// history rows are filed under, in the keys below and in the segments' indexes. Two asset keys
+/// may share it: readers keep the rows whose own `asset_key` matches.
+pub fn history_digest(asset_key: &str) -> [u8; 8] {
+    let mut d = [0u8; 8];
+    d.copy_from_slice(&blake3::hash(asset_key.as_bytes()).as_bytes()[..8]);
+    d
+}
+
+/// History keys (of the rows earlier versions wrote to the database): the tag, the asset's
+/// [`history_digest`], the row's sequence number big-endian; 17 bytes, so one asset's rows are
 /// adjacent and in order. Short keys with a random prefix keep the memtable's comparisons
 /// cheap (keyed by the asset key itself they were a tenth of a steady crawl's CPU). The tag
-/// sorts below the store's 0xff counter keys. Two asset keys may share a digest: readers keep
-/// the rows whose own `asset_key` matches.
+/// sorts below the store's 0xff counter keys.
 pub fn history_key(asset_key: &str, seq: u64) -> [u8; 17] {
     let mut key = [0u8; 17];
     key[0] = HISTORY_TAG;
-    key[1..9].copy_from_slice(&blake3::hash(asset_key.as_bytes()).as_bytes()[..8]);
+    key[1..9].copy_from_slice(&history_digest(asset_key));
     key[9..].copy_from_slice(&seq.to_be_bytes());
     key
 }
