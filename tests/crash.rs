@@ -10,7 +10,6 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use assetflow::adapters::state::StateStore;
-use assetflow_actors::decision::Outcome;
 use assetflow_actors::ports::HistoryStore;
 use common::{Outputs, SCENARIO_CONFIG, bin};
 use serde_json::Value;
@@ -98,27 +97,25 @@ fn assert_same_decisions(clean: &Outputs, crashed: &Outputs) {
     }
 }
 
-/// The ids of the `running` events in each asset's history, read from the run folder's
-/// embedded store. `dropped` rows (a completion's) are left out: a crash between a drop's
-/// control record and its row loses the row, since the completion, delivered again, finds the
-/// asset already dropped and drops nothing (the drop event itself is not lost). That gap is the
-/// sweep's, whatever the history store; #18's closing note of the eighth session has it.
+/// The event ids in each asset's history (its `running` events' and the completions' that
+/// dropped it), read from the run folder's embedded store.
 fn history_events(dir: &Path, keys: &BTreeSet<&str>) -> HashMap<String, BTreeSet<String>> {
     let store = StateStore::open(&dir.join("state")).expect("open the store");
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     keys.iter()
         .map(|key| {
             let rows = rt.block_on(store.read(key, usize::MAX)).expect("read history");
-            let running = rows.into_iter().filter(|r| r.outcome != Outcome::Dropped);
-            (key.to_string(), running.filter_map(|r| r.event_id).collect())
+            (key.to_string(), rows.into_iter().filter_map(|r| r.event_id).collect())
         })
         .collect()
 }
 
 /// EVENTS.md §6: every event that reaches the decisor leaves a history row. A crash may leave
 /// a decision's row out only where the event comes back and leaves one of its own (it was not
-/// acknowledged), so every `running` event in an asset's history after the clean run is in it
-/// after the crashed one, whose rows are spread over segments that SIGKILLs left open.
+/// acknowledged), so every event in an asset's history after the clean run is in it after the
+/// crashed one, whose rows are spread over segments that SIGKILLs left open. A completion's
+/// `dropped` row included: killed between a drop's control record and its row, the completion
+/// comes back, finds the asset dropped, and must write the row again.
 fn assert_history_kept(clean: &Path, crashed: &Path, outputs: &Outputs) {
     let keys: BTreeSet<&str> = outputs.upserts.iter().filter_map(|u| u["asset_key"].as_str()).collect();
     let (want, got) = (history_events(clean, &keys), history_events(crashed, &keys));

@@ -155,3 +155,34 @@ fn a_poison_event_is_dead_lettered_and_the_rest_go_on() {
         .collect();
     assert_eq!(created.len(), 39, "{created:?}");
 }
+
+#[test]
+fn a_completion_swept_again_writes_the_dropped_rows_its_first_sweep_lost() {
+    // The first delivery of r2's completion publishes its drops and writes the dropped
+    // records, then cannot write their history rows (as a process killed just then). Delivered
+    // again, the completion finds those assets no longer live, so its plan drops nothing: the
+    // rows must come from the records it dropped before, with the ids the drops went out with.
+    let b = Backends::default();
+    b.history.refuse_dropped.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (control, history) = (b.control.clone(), b.history.clone());
+    let first = run_with(fast_settings(), Box::new(VecSource::new(stream())), b);
+    let dropped = ids(&first.drops);
+    assert_eq!(dropped.len(), 4, "r2's completion drops t00, t10, t20, t30: {:?}", first.drops);
+    assert!(first.dead_letters.iter().any(|d| d["event_id"] == "r2-done"), "{:?}", first.dead_letters);
+    assert!(first.history.iter().all(|h| h.outcome.as_str() != "dropped"));
+
+    history.refuse_dropped.store(false, std::sync::atomic::Ordering::SeqCst);
+    let again = vec![stream().pop().expect("the stream ends with r2's completion")];
+    let b = Backends { control: control.clone(), history: history.clone(), ..Backends::default() };
+    let second = run_with(fast_settings(), Box::new(VecSource::new(again)), b);
+    assert!(second.dead_letters.is_empty(), "{:?}", second.dead_letters);
+    assert!(second.drops.is_empty(), "nothing is live to drop again: {:?}", second.drops);
+    let rows: BTreeSet<String> =
+        second.history.iter().filter(|h| h.outcome.as_str() == "dropped").map(|h| h.decision_id.clone()).collect();
+    assert_eq!(rows, dropped, "each drop's row, with the id its drop was published with");
+    assert!(second.history.iter().any(|h| h.outcome.as_str() == "completed"));
+    // Applied now: a third delivery is covered and writes nothing more.
+    let b = Backends { control, history, ..Backends::default() };
+    let third = run_with(fast_settings(), Box::new(VecSource::new(vec![stream().pop().unwrap()])), b);
+    assert_eq!(third.history.iter().filter(|h| h.outcome.as_str() == "dropped").count(), 4);
+}
