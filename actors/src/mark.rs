@@ -119,12 +119,6 @@ impl CompletionMark {
         }
     }
 
-    /// Whether this mark is the completion `(run_id, emitted_at)` itself, caught mid-sweep:
-    /// some of its drops may be durable already.
-    pub fn resumes(&self, run_id: &str, emitted_at: DateTime<Utc>) -> bool {
-        self.state == MarkState::Sweeping && self.run_id == run_id && self.emitted_at == emitted_at
-    }
-
     /// Whether an event read at `origin`, emitted at `at`, came before this completion on the
     /// same partition: it was applied before the sweep, and reading it again changes nothing.
     /// Positions compare only as numbers on one partition (Kafka offsets, file offsets,

@@ -157,13 +157,13 @@ fn a_poison_event_is_dead_lettered_and_the_rest_go_on() {
 }
 
 #[test]
-fn a_completion_swept_again_writes_the_dropped_rows_its_first_sweep_lost() {
-    // The first delivery of r2's completion publishes its drops and writes the dropped
-    // records, then cannot write their history rows (as a process killed just then). Delivered
-    // again, the completion finds those assets no longer live, so its plan drops nothing: the
-    // rows must come from the records it dropped before, with the ids the drops went out with.
+fn a_completion_whose_dropped_rows_failed_drops_again_with_the_same_ids() {
+    // The first delivery of r2's completion publishes its drops, then cannot write their
+    // history rows (as a process killed just then). Delivered again, it must not find those
+    // assets dropped already (their rows would then never be written): it drops them again,
+    // with the ids the first drops went out with, and writes their rows.
     let b = Backends::default();
-    b.history.refuse_dropped.store(true, std::sync::atomic::Ordering::SeqCst);
+    *b.history.refused.lock().unwrap() = vec!["dropped"];
     let (control, history) = (b.control.clone(), b.history.clone());
     let first = run_with(fast_settings(), Box::new(VecSource::new(stream())), b);
     let dropped = ids(&first.drops);
@@ -171,12 +171,12 @@ fn a_completion_swept_again_writes_the_dropped_rows_its_first_sweep_lost() {
     assert!(first.dead_letters.iter().any(|d| d["event_id"] == "r2-done"), "{:?}", first.dead_letters);
     assert!(first.history.iter().all(|h| h.outcome.as_str() != "dropped"));
 
-    history.refuse_dropped.store(false, std::sync::atomic::Ordering::SeqCst);
+    history.refused.lock().unwrap().clear();
     let again = vec![stream().pop().expect("the stream ends with r2's completion")];
     let b = Backends { control: control.clone(), history: history.clone(), ..Backends::default() };
     let second = run_with(fast_settings(), Box::new(VecSource::new(again)), b);
     assert!(second.dead_letters.is_empty(), "{:?}", second.dead_letters);
-    assert!(second.drops.is_empty(), "nothing is live to drop again: {:?}", second.drops);
+    assert_eq!(ids(&second.drops), dropped, "the same drops, with the same ids");
     let rows: BTreeSet<String> =
         second.history.iter().filter(|h| h.outcome.as_str() == "dropped").map(|h| h.decision_id.clone()).collect();
     assert_eq!(rows, dropped, "each drop's row, with the id its drop was published with");
@@ -184,5 +184,30 @@ fn a_completion_swept_again_writes_the_dropped_rows_its_first_sweep_lost() {
     // Applied now: a third delivery is covered and writes nothing more.
     let b = Backends { control, history, ..Backends::default() };
     let third = run_with(fast_settings(), Box::new(VecSource::new(vec![stream().pop().unwrap()])), b);
+    assert!(third.drops.is_empty());
     assert_eq!(third.history.iter().filter(|h| h.outcome.as_str() == "dropped").count(), 4);
+}
+
+#[test]
+fn a_batch_whose_history_failed_leaves_its_published_decisions_in_history_when_delivered_again() {
+    // The first run's history is down: every batch publishes its upserts, then cannot write its
+    // rows (as a process killed just then), and is dead-lettered. Delivered again, each event
+    // must leave the row of the decision that went out, with its id, not a second opinion
+    // formed against records the first delivery wrote.
+    let lines: Vec<String> = stream().into_iter().take(40).collect();
+    let b = Backends::default();
+    *b.history.refused.lock().unwrap() = vec!["created"];
+    let (control, content) = (b.control.clone(), b.content.clone());
+    let first = run_with(fast_settings(), Box::new(VecSource::new(lines.clone())), b);
+    assert_eq!(first.upserts.len(), 40, "every asset is new");
+    assert_eq!(first.dead_letters.len(), 40, "{:?}", first.dead_letters);
+    assert!(first.dead_letters.iter().all(|d| d["stage"] == "history"), "{:?}", first.dead_letters);
+
+    let b = Backends { control, content, ..Backends::default() };
+    let second = run_with(fast_settings(), Box::new(VecSource::new(lines)), b);
+    assert!(second.dead_letters.is_empty(), "{:?}", second.dead_letters);
+    let rows: BTreeSet<String> = second.history.iter().map(|h| h.decision_id.clone()).collect();
+    let published = ids(&first.upserts);
+    let missing: Vec<&String> = published.difference(&rows).collect();
+    assert!(missing.is_empty(), "published upserts with no history row: {missing:?}");
 }

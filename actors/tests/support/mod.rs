@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -233,18 +233,20 @@ impl ContentStore for MemContent {
 pub struct MemHistory {
     pub rows: Mutex<Vec<HistoryRow>>,
     pub fault: Option<Arc<Fault>>,
-    /// While set, every append that holds a `dropped` row fails: a process that stops between
-    /// a drop's control record and its history row.
-    pub refuse_dropped: AtomicBool,
+    /// Every append that holds a row with one of these outcomes fails: a process that stops
+    /// before a decision's history row is written.
+    pub refused: Mutex<Vec<&'static str>>,
 }
 
 #[async_trait]
 impl HistoryStore for MemHistory {
     async fn append(&self, rows: &[HistoryRow]) -> BackendResult<()> {
         maybe(&self.fault, "history").await?;
-        if self.refuse_dropped.load(Ordering::SeqCst) && rows.iter().any(|r| r.outcome.as_str() == "dropped") {
-            return Err(BackendError::permanent("history", "append", "injected: dropped rows refused"));
+        let refused = self.refused.lock().unwrap();
+        if rows.iter().any(|r| refused.contains(&r.outcome.as_str())) {
+            return Err(BackendError::permanent("history", "append", "injected: rows refused"));
         }
+        drop(refused);
         self.rows.lock().unwrap().extend_from_slice(rows);
         Ok(())
     }

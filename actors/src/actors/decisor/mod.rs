@@ -247,10 +247,10 @@ async fn apply_events(deps: &DecisorDeps, batch: &mut Vec<Pending>) {
     crate::failpoint!("decisor.batch");
     let mut round = 0;
     let mut earlier = EarlierRound::default();
-    let rows = loop {
+    let n = loop {
         round += 1;
         match decide_and_publish(deps, batch, &mut earlier).await {
-            Ok(rows) => break rows,
+            Ok(n) => break n,
             Err((_, e)) if e.kind == FailureKind::Conflict && round < CONFLICT_ROUNDS => {
                 tracing::info!(error = %e, "control record changed under this batch; deciding again");
             }
@@ -259,16 +259,6 @@ async fn apply_events(deps: &DecisorDeps, batch: &mut Vec<Pending>) {
             }
         }
     };
-    let n = rows.len();
-    if let Err(e) = waiting(deps, {
-        deps.metrics.sent(Flow::DecisorHistory, n as u64);
-        deps.history.send(Record(rows))
-    })
-    .await
-    .unwrap_or_else(|_| Err(stopped("history")))
-    {
-        return dead_letter_all(deps, std::mem::take(batch), Stage::History, e.dead_letter_kind(), &e).await;
-    }
     tracing::trace!(events = n, "batch applied");
     for p in batch.drain(..) {
         deps.metrics.decision_latency.observe(p.env.read_at.elapsed());
@@ -317,12 +307,12 @@ impl EarlierRound {
 }
 
 /// Reads the batch's control records, plans it against them, and applies the plan.
-/// Returns the history rows to write, or the stage that failed.
+/// Returns how many history rows it wrote, or the stage that failed.
 async fn decide_and_publish(
     deps: &DecisorDeps,
     batch: &mut [Pending],
     earlier: &mut EarlierRound,
-) -> Result<Vec<HistoryRow>, (Stage, BackendError)> {
+) -> Result<usize, (Stage, BackendError)> {
     // The batch's records and, in the same read (one snapshot where the store gives one), the
     // completion marks of its sources: an event from before a source's last completion is a
     // replay, and a record that completion dropped must not come back for it.
@@ -432,12 +422,18 @@ fn read_unchanged<'a>(
 }
 
 /// Applies a plan outward first: content (an upsert must never point at content that is not
-/// there), then upserts, then control records. History is the caller's, after this returns.
+/// there), then upserts, then history, then control records. Returns the rows written.
+///
+/// History goes before the control records because the records are what a delivery of the
+/// same events again decides against: with the records written and the rows not (a crash in
+/// between), that delivery would find its own writes, call the assets `unchanged`, and the
+/// decisions already published would have no row (EVENTS.md §6). In this order it decides
+/// exactly as the first did and writes the same rows again, with the same ids (§7).
 async fn apply(
     deps: &DecisorDeps,
     plan: BatchPlan,
     earlier: &mut EarlierRound,
-) -> Result<Vec<HistoryRow>, (Stage, BackendError)> {
+) -> Result<usize, (Stage, BackendError)> {
     let BatchPlan { rows, outcomes, contents, upserts, mut writes, touches, landed, priors, run_events } = plan;
     if !run_events.is_empty() {
         // Rare (a stale or repeated event of a run): those already written are left alone.
@@ -468,6 +464,8 @@ async fn apply(
             .map_err(|e| (Stage::Publish, e))?;
         Metrics::add(&deps.metrics.upserts_published, n);
     }
+    let n = rows.len();
+    write_history(deps, rows).await.map_err(|e| (Stage::History, e))?;
     if !writes.is_empty() || !touches.is_empty() {
         let put = deps.calls.call("control store", "put", || deps.control.put_with_touches(&writes, &touches)).await;
         if let Err(e) = put {
@@ -483,7 +481,17 @@ async fn apply(
     for (o, n) in outcomes {
         deps.metrics.outcome(o, n);
     }
-    Ok(rows)
+    Ok(n)
+}
+
+/// Sends `rows` to the history writer and waits until they are durable.
+async fn write_history(deps: &DecisorDeps, rows: Vec<HistoryRow>) -> BackendResult<()> {
+    waiting(deps, {
+        deps.metrics.sent(Flow::DecisorHistory, rows.len() as u64);
+        deps.history.send(Record(rows))
+    })
+    .await
+    .unwrap_or_else(|_| Err(stopped("history")))
 }
 
 async fn dead_letter_all(deps: &DecisorDeps, batch: Vec<Pending>, stage: Stage, kind: &str, error: &BackendError) {
@@ -586,14 +594,11 @@ async fn try_apply_drops(deps: &DecisorDeps, cmd: &ApplyDrops) -> BackendResult<
     .await
     .unwrap_or_else(|_| Err(stopped("drop producer")))?;
     Metrics::add(&deps.metrics.drops_published, n as u64);
+    // The rows before the records, as for a batch of events ([`apply`]): a completion swept
+    // again finds the assets whose records were written dropped, and drops them no more.
+    write_history(deps, rows).await?;
     deps.calls.call("control store", "put", || deps.control.put_many(&changed)).await?;
     deps.metrics.sent(Flow::DecisorControl, changed.len() as u64);
-    waiting(deps, {
-        deps.metrics.sent(Flow::DecisorHistory, rows.len() as u64);
-        deps.history.send(Record(rows))
-    })
-    .await
-    .unwrap_or_else(|_| Err(stopped("history")))?;
     deps.metrics.outcome(Outcome::Dropped, n as u64);
     Ok(n)
 }

@@ -13,7 +13,7 @@ use super::super::Enriched;
 use super::super::decisor::{ApplyDrops, Barrier, Decisor};
 use super::super::history::{DeadLetters, HistoryWriter, Record};
 use crate::calls::Calls;
-use crate::decision::{DeadLetter, HistoryRow, Outcome, Stage, decision_id, live_prior_state};
+use crate::decision::{DeadLetter, HistoryRow, Outcome, Stage, decision_id};
 use crate::envelope::Envelope;
 use crate::event::{AssetEvent, EventKind};
 use crate::mark::{CompletionMark, MarkState, mark_key};
@@ -138,9 +138,6 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
     // (or this one, before a crash) already applied this completion or a newer one, and the
     // records read may already carry the next run.
     let covered = stored.as_ref().is_some_and(|m| m.covers(&ev.run_id, ev.emitted_at, redriven));
-    // This very completion was being swept when the process stopped: what it dropped then is
-    // no longer live, so the plan leaves it out, and its `dropped` rows may be missing.
-    let resumed = !covered && stored.as_ref().is_some_and(|m| m.resumes(&ev.run_id, ev.emitted_at));
     // The `sweeping` mark goes in before the first drop (false: a newer mark is there).
     let sweeps = if covered { Ok(false) } else { write_mark(deps, &ev.source, &marked(MarkState::Sweeping)).await };
     match sweeps {
@@ -171,17 +168,6 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
     if deps.supervisor.given_up() {
         return Finish::Leave;
     }
-    let rows_again = if resumed {
-        match earlier_drop_rows(deps, ev, &plan.to_drop).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                let dl = dead("backend", Stage::Decide, format!("completion of run `{}`: {e}", ev.run_id));
-                return Finish::Dead(Box::new(dl));
-            }
-        }
-    } else {
-        Vec::new()
-    };
     let n = deps.shards.len();
     let mut per_shard: Vec<Vec<String>> = vec![Vec::new(); n];
     for key in plan.to_drop {
@@ -202,19 +188,6 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
         if let Err(e) = result {
             let dl = dead("backend", Stage::Decide, format!("drops of run `{}`: {e}", ev.run_id));
             return Finish::Dead(Box::new(dl));
-        }
-    }
-    if !rows_again.is_empty() {
-        tracing::info!(source = %ev.source, run_id = %ev.run_id, rows = rows_again.len(), "completion swept again: writing its earlier drops' history rows again");
-        let n = rows_again.len() as u64;
-        let sent = {
-            deps.metrics.sent(Flow::RouterHistory, n);
-            deps.history.send(Record(rows_again))
-        };
-        match sent.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Finish::Dead(Box::new(dead("backend", Stage::History, e.to_string()))),
-            Err(_) => return Finish::Leave,
         }
     }
     let row = HistoryRow {
@@ -243,39 +216,6 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
         Ok(Err(e)) => Finish::Dead(Box::new(dead("backend", Stage::History, e.to_string()))),
         Err(_) => Finish::Leave,
     }
-}
-
-/// The `dropped` rows of the assets an earlier, interrupted sweep of this completion dropped
-/// (their records say so: dropped at the completion's time, not seen in its run), leaving out
-/// `to_drop`, which this sweep drops itself. A crash between a drop's control record and its
-/// history row would otherwise lose the row for good (EVENTS.md §6). The ids are those the
-/// first sweep gave, from the record as it was before the drop (live, same hash); a row that
-/// did land is written twice, with the same id (§7).
-async fn earlier_drop_rows(deps: &SweepDeps, ev: &AssetEvent, to_drop: &[String]) -> BackendResult<Vec<HistoryRow>> {
-    let records = deps.calls.call("control store", "list", || deps.control.list_source(&ev.source)).await?;
-    let now = Utc::now();
-    let to_drop: std::collections::HashSet<&str> = to_drop.iter().map(String::as_str).collect();
-    let rows = records
-        .into_iter()
-        .filter(|r| {
-            r.is_asset()
-                && !r.is_live()
-                && r.dropped_at == Some(ev.emitted_at)
-                && r.last_seen_run != ev.run_id
-                && !to_drop.contains(r.asset_key.as_str())
-        })
-        .map(|r| HistoryRow {
-            decision_id: decision_id(&ev.event_id, &r.asset_key, "drop", &live_prior_state(&r.hash)),
-            asset_key: Some(r.asset_key),
-            source: Some(r.source),
-            event_id: Some(ev.event_id.clone()),
-            run_id: Some(ev.run_id.clone()),
-            outcome: Outcome::Dropped,
-            hash: Some(r.hash),
-            at: now,
-        })
-        .collect();
-    Ok(rows)
 }
 
 async fn read_mark(deps: &SweepDeps, source: &str) -> BackendResult<Option<CompletionMark>> {
