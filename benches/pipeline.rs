@@ -65,6 +65,8 @@ struct Measured {
     threads: Vec<(String, f64)>,
     /// Seconds from the start of the process to its exit.
     wall: f64,
+    /// Events/s of every repetition when this is their median ([`median`]); empty otherwise.
+    rates: Vec<f64>,
 }
 
 impl Measured {
@@ -81,6 +83,7 @@ impl Measured {
             cpu_seconds: nan,
             threads: Vec::new(),
             wall: seconds,
+            rates: Vec::new(),
         }
     }
 
@@ -91,6 +94,17 @@ impl Measured {
 
     fn rate(&self) -> f64 {
         self.events as f64 / self.seconds
+    }
+
+    /// The events/s in bold, then the range of the repetitions it is the median of.
+    fn rate_cell(&self) -> String {
+        let lo = self.rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = self.rates.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if self.rates.len() > 1 {
+            format!("**{:.0}** ({lo:.0}–{hi:.0})", self.rate())
+        } else {
+            format!("**{:.0}**", self.rate())
+        }
     }
 
     /// The run's decisions by outcome, from its summary: what the figures are figures of.
@@ -190,11 +204,12 @@ fn embedded_sections(work: &Path, report: &mut Report, small: usize, large: usiz
     }
 
     // Embedded end to end.
+    // The large crawls are there for memory and run once; the small ones are the targets'.
     let mut embedded = Vec::new();
-    for n in [small, large] {
+    for (n, times) in [(small, repeats()), (large, 1)] {
         let dir = work.join(format!("embedded-{n}"));
-        let first = run_embedded(&dir, &work.join(format!("first-{n}.jsonl")), 4, true);
-        let steady = run_embedded(&dir, &work.join(format!("steady-{n}.jsonl")), 4, false);
+        let crawls = (work.join(format!("first-{n}.jsonl")), work.join(format!("steady-{n}.jsonl")));
+        let (first, steady) = crawl_pairs(&dir, (&crawls.0, &crawls.1), 4, None, times);
         embedded.push((n, first, steady));
     }
     // What content packs buy a first crawl: the same crawl with one content file per asset.
@@ -231,13 +246,47 @@ fn scaling(work: &Path, small: usize) -> (Vec<Scaled>, Scaled) {
     let steady = work.join(format!("steady-{small}.jsonl"));
     let crawls = |shards: usize, cores: Option<&str>| {
         let dir = work.join(format!("shards-{shards}{}", if cores.is_some() { "-pinned" } else { "" }));
-        let first = run_embedded_on(&dir, &first, shards, true, cores, "packs");
-        Scaled { shards, first, steady: run_embedded_on(&dir, &steady, shards, false, cores, "packs") }
+        let (first, steady) = crawl_pairs(&dir, (&first, &steady), shards, cores, repeats());
+        Scaled { shards, first, steady }
     };
     let all: Vec<Scaled> = [1, 2, 4, 8, 16].into_iter().map(|shards| crawls(shards, None)).collect();
     let best = all.iter().max_by(|a, b| a.steady.rate().total_cmp(&b.steady.rate())).map_or(4, |s| s.shards);
     let pinned = crawls(best, Some(PINNED));
     (all, pinned)
+}
+
+/// The run of median events/s among `runs` (all its figures are that one run's), carrying
+/// every run's events/s. On a noisy machine one run can land on a slow minute (the steady row
+/// once read 67k events/s where the same build gave 91k minutes later): the median of a few
+/// says what the build does, and the range how much the machine moved.
+fn median(mut runs: Vec<Measured>) -> Measured {
+    let rates: Vec<f64> = runs.iter().map(Measured::rate).collect();
+    runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    let mut m = runs.swap_remove(runs.len() / 2);
+    m.rates = rates;
+    m
+}
+
+/// How many times each 100k-event crawl is run ([`median`]): `BENCH_REPEAT`, default 3.
+fn repeats() -> usize {
+    env_usize("BENCH_REPEAT", 3).max(1)
+}
+
+/// A first crawl from empty state and the steady crawl over what it left, in `dir`, `times`
+/// times: the median of each.
+fn crawl_pairs(
+    dir: &Path,
+    (first, steady): (&Path, &Path),
+    shards: usize,
+    cores: Option<&str>,
+    times: usize,
+) -> (Measured, Measured) {
+    let (mut firsts, mut steadies) = (Vec::new(), Vec::new());
+    for _ in 0..times {
+        firsts.push(run_embedded_on(dir, first, shards, true, cores, "packs"));
+        steadies.push(run_embedded_on(dir, steady, shards, false, cores, "packs"));
+    }
+    (median(firsts), median(steadies))
 }
 
 fn env_usize(key: &str, default: usize) -> usize {
@@ -410,6 +459,7 @@ fn run_measured_on(dir: &Path, args: &[&str], cores: Option<&str>) -> Measured {
         cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
         threads,
         wall,
+        rates: Vec::new(),
     }
 }
 
@@ -706,7 +756,8 @@ impl Report {
         let _ = writeln!(b, "## Embedded end to end\n");
         let _ = writeln!(
             b,
-            "File source, no enricher, 4 decisor shards, embedded control table (fjall) and history (segment\nfiles), content folder, file sinks; every effect durable before its event is acknowledged. Events are ~1 KiB\n(18 columns), {SOURCES} sources. *First*: every asset new. *Steady*: the next crawl of the same\nassets over the state the first left (2% changed, 1% gone). Latency is read-to-durable per event\n(p50/p99 are bucket upper bounds, 25% wide).\n"
+            "File source, no enricher, 4 decisor shards, embedded control table (fjall) and history (segment\nfiles), content folder, file sinks; every effect durable before its event is acknowledged. Events are ~1 KiB\n(18 columns), {SOURCES} sources. *First*: every asset new. *Steady*: the next crawl of the same\nassets over the state the first left (2% changed, 1% gone). Latency is read-to-durable per event\n(p50/p99 are bucket upper bounds, 25% wide). The {small}-event crawls ran {} times (a first crawl from\nempty state, then the steady crawl over it): each row is the run of median events/s, the range\nof all in brackets.\n",
+            repeats()
         );
         let _ = writeln!(
             b,
@@ -716,9 +767,9 @@ impl Report {
             for (name, m) in [("first", first), ("steady", steady)] {
                 let _ = writeln!(
                     b,
-                    "| {name} {n} | {} | **{:.0}** | {:.0} ms | {:.0} ms | {} | {} |",
+                    "| {name} {n} | {} | {} | {:.0} ms | {:.0} ms | {} | {} |",
                     m.events,
-                    m.rate(),
+                    m.rate_cell(),
                     m.p50_ms,
                     m.p99_ms,
                     mib(m.peak_rss_mib),
@@ -772,17 +823,18 @@ impl Report {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let _ = writeln!(
             b,
-            "## Scaling ({small} events, {cores} cores)\n\nThe embedded runs above with 1 to 16 shards on every core, each a first crawl from\nempty state and the steady crawl after it; then the same binary pinned to two cores\n(`taskset -c {PINNED}`) with the shard count that did best. CPU per event is user and system\ntime over events; the one-thread loop (the ceiling above) needs **{:.1} us** per event.\n\n| shards | first events/s | steady events/s | steady p99 | steady CPU per event | vs the loop |\n|---|---|---|---|---|---|",
+            "## Scaling ({small} events, {cores} cores)\n\nThe embedded runs above with 1 to 16 shards on every core, each a first crawl from\nempty state and the steady crawl after it, {} times (medians, ranges in brackets); then the\nsame binary pinned to two cores (`taskset -c {PINNED}`) with the shard count that did best. CPU per event is user and system\ntime over events; the one-thread loop (the ceiling above) needs **{:.1} us** per event.\n\n| shards | first events/s | steady events/s | steady p99 | steady CPU per event | vs the loop |\n|---|---|---|---|---|---|",
+            repeats(),
             ceiling.cpu_us()
         );
         for s in all.iter().chain([pinned]) {
             let pin = if std::ptr::eq(s, pinned) { format!(" on cores {PINNED}") } else { String::new() };
             let _ = writeln!(
                 b,
-                "| {}{pin} | {:.0} | **{:.0}** | {:.0} ms | {:.1} us | {:.2}x |",
+                "| {}{pin} | {} | {} | {:.0} ms | {:.1} us | {:.2}x |",
                 s.shards,
-                s.first.rate(),
-                s.steady.rate(),
+                s.first.rate_cell().replace("**", ""),
+                s.steady.rate_cell(),
                 s.steady.p99_ms,
                 s.steady.cpu_us(),
                 s.steady.cpu_us() / ceiling.cpu_us()
