@@ -860,7 +860,7 @@ impl Report {
         );
         let _ = writeln!(
             b,
-            "Busy threads of that steady run on all cores (CPU time over the process's wall time; `af-*` are\nassetflow's stages, `af-decode-*` the decode pool, `assetflow` the main thread with the\nIngests, `tokio-rt-worker` the store and file I/O on tokio's blocking pool, `fjall:worker` the\nstore's flushes and compactions):\n"
+            "Busy threads of that steady run on all cores (CPU time over the process's wall time; `af-*` are\nassetflow's stages, `af-decode-*` the decode pool, `assetflow` the main thread with the\nIngests, `tokio-rt-worker` tokio's blocking pool (the file source's reads, the sweeps' scans), `fjall:worker` the\nstore's flushes and compactions):\n"
         );
         let wall = best.steady.wall.max(1e-9);
         // Threads of one name (tokio's blocking pool, fjall's workers) are summed: which of

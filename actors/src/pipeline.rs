@@ -96,11 +96,19 @@ pub struct DecisionPorts {
 }
 
 /// A new arbiter (a thread with its own event loop) named `name`, kept in `arbiters` to be
-/// stopped with the pipeline; returns its handle to start an actor on.
+/// stopped with the pipeline; returns its handle to start an actor on. The shards, producers
+/// and history writer wait for their own I/O, so their threads do it in place
+/// ([`crate::threads::io_in_place`]); the router's and the enricher's do not.
 fn own_thread(arbiters: &mut Vec<Arbiter>, name: String) -> ArbiterHandle {
     let arbiter = Arbiter::new();
     let handle = arbiter.handle();
-    arbiter.spawn_fn(move || crate::threads::name_this_thread(&name));
+    let in_place = !matches!(name.as_str(), "af-router" | "af-enricher");
+    arbiter.spawn_fn(move || {
+        crate::threads::name_this_thread(&name);
+        if in_place {
+            crate::threads::io_in_place();
+        }
+    });
     arbiters.push(arbiter);
     handle
 }

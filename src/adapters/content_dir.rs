@@ -121,7 +121,7 @@ impl ContentStore for ContentDir {
         let me = self.clone();
         let items: Vec<(PathBuf, Vec<u8>)> =
             items.iter().map(|c| (self.path_of(&c.asset_key, &c.hash), c.body.clone())).collect();
-        tokio::task::spawn_blocking(move || me.write_batch(&items)).await.map_err(|e| self.fail("put", e))?
+        assetflow_actors::threads::blocking(move || me.write_batch(&items)).await.map_err(|e| self.fail("put", e))?
     }
 }
 

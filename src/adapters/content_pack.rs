@@ -202,7 +202,7 @@ impl ContentStore for ContentPacks {
             return Ok(());
         }
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.write_batch(packs)).await.map_err(|e| self.fail("put", e))?
+        assetflow_actors::threads::blocking(move || me.write_batch(packs)).await.map_err(|e| self.fail("put", e))?
     }
 }
 

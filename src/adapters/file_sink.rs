@@ -80,7 +80,7 @@ impl Sink for FileSink {
         let file = self.file.clone();
         let backend = format!("file sink {}", self.path.display());
         let b2 = backend.clone();
-        tokio::task::spawn_blocking(move || {
+        assetflow_actors::threads::blocking(move || {
             let f = file.lock().unwrap_or_else(|e| e.into_inner());
             let mut w = &*f;
             w.write_all(&buf).map_err(|e| BackendError::transient(&b2, "write", e))?;

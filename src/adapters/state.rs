@@ -24,6 +24,7 @@ use assetflow_actors::ports::{
 };
 use assetflow_actors::record::{ControlRecord, KnownRecord, RecordTouch};
 use assetflow_actors::rules::{SweepPlan, SweepPlanner};
+use assetflow_actors::threads;
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
@@ -73,12 +74,12 @@ fn err(op: &str, e: fjall::Error) -> BackendError {
     BackendError::new(BACKEND, op, e, FailureKind::Transient)
 }
 
-/// Runs blocking store work off the async threads.
+/// Runs blocking store work where the caller's thread allows it ([`threads::blocking`]).
 async fn blocking<T: Send + 'static>(
     op: &'static str,
     f: impl FnOnce() -> BackendResult<T> + Send + 'static,
 ) -> BackendResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| BackendError::transient(BACKEND, op, e))?
+    threads::blocking(f).await.map_err(|e| BackendError::transient(BACKEND, op, e))?
 }
 
 impl StateStore {
