@@ -126,7 +126,11 @@ enum Format {
 fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,aws_smithy_runtime=warn,aws_smithy_runtime_api=warn,aws_config=warn,hyper=warn")
+        // The embedded store's engine logs each keyspace it recovers at every open, at info:
+        // a user of `assetflow history` or of a restart needs only its warnings.
+        EnvFilter::new(
+            "info,aws_smithy_runtime=warn,aws_smithy_runtime_api=warn,aws_config=warn,hyper=warn,fjall=warn,lsm_tree=warn",
+        )
     });
     let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
     match format {
