@@ -132,7 +132,13 @@ fn init_logs(format: LogFormat) {
             "info,aws_smithy_runtime=warn,aws_smithy_runtime_api=warn,aws_config=warn,hyper=warn,fjall=warn,lsm_tree=warn",
         )
     });
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    // A log line that cannot be written (stderr piped into `head`, which has exited) is
+    // dropped: reporting that failure to the same stderr panicked, and aborted the process.
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => fmt.init(),
         LogFormat::Json => fmt.json().init(),
@@ -262,10 +268,15 @@ fn main() -> ExitCode {
             .and_then(|c| commands::assets(&c, source.as_deref(), status.as_deref())),
     };
     match result {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
+        Ok(out) => match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
+            // A reader that stopped early (`assetflow history KEY | head`) is not a failure.
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: cannot write the output: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Err(e) => {
             // One line: the error and its causes, no backtrace.
             let msg = e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assetflow, prepare, scenarios};
+use common::{assetflow, bin, prepare, scenarios};
 
 fn err_of(dir: &std::path::Path, config: &str) -> (i32, String) {
     std::fs::write(dir.join("bad.toml"), config).unwrap();
@@ -120,4 +120,27 @@ fn history_and_assets_read_back_a_run() {
     assert!(text.contains("4 assets"), "{text}");
     let out = assetflow(dir.path(), &["assets", "--source", "mysql"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 assets"));
+}
+
+#[test]
+fn output_to_a_reader_that_has_gone_is_no_crash() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // stdout is a pipe whose reader has gone, as `assetflow history KEY | head` once `head` has
+    // its lines: the write fails with EPIPE, which once panicked ("failed printing to stdout").
+    let dir = prepare(&scenarios()[0]);
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills two new descriptors, each owned once below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(reader);
+    let out = bin()
+        .args(["topology", "--format", "dot"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::from(writer))
+        .output()
+        .expect("run assetflow");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
