@@ -95,17 +95,25 @@ pub struct DecisionPorts {
     pub drop_sink: Arc<dyn Sink>,
 }
 
+/// Where the actor on an [`own_thread`] runs its adapters' blocking I/O.
+#[derive(Clone, Copy)]
+enum Io {
+    /// On its own thread ([`crate::threads::io_in_place`]): the actor waits for each I/O it
+    /// starts anyway (the shards, the producers, the history writer).
+    InPlace,
+    /// On tokio's blocking pool: the actor must go on while I/O runs (the router, whose sweeps
+    /// scan a source while it routes the others' events; the enricher).
+    Handed,
+}
+
 /// A new arbiter (a thread with its own event loop) named `name`, kept in `arbiters` to be
-/// stopped with the pipeline; returns its handle to start an actor on. The shards, producers
-/// and history writer wait for their own I/O, so their threads do it in place
-/// ([`crate::threads::io_in_place`]); the router's and the enricher's do not.
-fn own_thread(arbiters: &mut Vec<Arbiter>, name: String) -> ArbiterHandle {
+/// stopped with the pipeline; returns its handle to start an actor on.
+fn own_thread(arbiters: &mut Vec<Arbiter>, name: String, io: Io) -> ArbiterHandle {
     let arbiter = Arbiter::new();
     let handle = arbiter.handle();
-    let in_place = !matches!(name.as_str(), "af-router" | "af-enricher");
     arbiter.spawn_fn(move || {
         crate::threads::name_this_thread(&name);
-        if in_place {
+        if matches!(io, Io::InPlace) {
             crate::threads::io_in_place();
         }
     });
@@ -144,7 +152,7 @@ impl Pipeline {
         let history = {
             let (store, sink, calls) = (ports.history.clone(), ports.dead_letter_sink.clone(), calls.clone());
             let sup = supervisor.clone();
-            HistoryWriter::start_in_arbiter(&own_thread(&mut arbiters, "af-history".into()), move |_| {
+            HistoryWriter::start_in_arbiter(&own_thread(&mut arbiters, "af-history".into(), Io::InPlace), move |_| {
                 HistoryWriter::new(store, sink, calls, sup, mailbox)
             })
         };
@@ -153,7 +161,7 @@ impl Pipeline {
                 // Enrich only: enriched events go straight to their sink.
                 let (sink, h, calls, sup) = (sink.clone(), history.clone(), calls.clone(), supervisor.clone());
                 Next::Publish(EnrichedProducer::start_in_arbiter(
-                    &own_thread(&mut arbiters, "af-enriched".into()),
+                    &own_thread(&mut arbiters, "af-enriched".into(), Io::InPlace),
                     move |_| EnrichedProducer::new(sink, calls, sup, mailbox).delivering(h),
                 ))
             }
@@ -171,7 +179,7 @@ impl Pipeline {
         let enricher = {
             let (lookup, history, metrics, sup) =
                 (lookup.clone(), history.clone(), metrics.clone(), supervisor.clone());
-            Enricher::start_in_arbiter(&own_thread(&mut arbiters, "af-enricher".into()), move |_| {
+            Enricher::start_in_arbiter(&own_thread(&mut arbiters, "af-enricher".into(), Io::Handed), move |_| {
                 Enricher::new(lookup, keys, next, history, mailbox, metrics, sup)
             })
         };
@@ -229,13 +237,13 @@ impl Pipeline {
         let calls = Calls::new(settings.retry, metrics.clone());
         let upserts = {
             let (sink, calls, sup) = (ports.upsert_sink.clone(), calls.clone(), supervisor.clone());
-            UpsertProducer::start_in_arbiter(&own_thread(arbiters, "af-upserts".into()), move |_| {
+            UpsertProducer::start_in_arbiter(&own_thread(arbiters, "af-upserts".into(), Io::InPlace), move |_| {
                 UpsertProducer::new(sink, calls, sup, mailbox)
             })
         };
         let drops = {
             let (sink, calls, sup) = (ports.drop_sink.clone(), calls.clone(), supervisor.clone());
-            DropProducer::start_in_arbiter(&own_thread(arbiters, "af-drops".into()), move |_| {
+            DropProducer::start_in_arbiter(&own_thread(arbiters, "af-drops".into(), Io::InPlace), move |_| {
                 DropProducer::new(sink, calls, sup, mailbox)
             })
         };
@@ -255,9 +263,10 @@ impl Pipeline {
         let mut shards = Vec::with_capacity(settings.shards.max(1));
         for i in 0..settings.shards.max(1) {
             let d = deps.clone();
-            shards.push(Decisor::start_in_arbiter(&own_thread(arbiters, format!("af-shard-{i}")), move |_| {
-                Decisor::new(i, d, mailbox)
-            }));
+            shards.push(Decisor::start_in_arbiter(
+                &own_thread(arbiters, format!("af-shard-{i}"), Io::InPlace),
+                move |_| Decisor::new(i, d, mailbox),
+            ));
         }
         let sweep = Arc::new(SweepDeps {
             shards,
@@ -271,7 +280,9 @@ impl Pipeline {
             supervisor: supervisor.clone(),
         });
         let sup = supervisor.clone();
-        Router::start_in_arbiter(&own_thread(arbiters, "af-router".into()), move |_| Router::new(sweep, sup, mailbox))
+        Router::start_in_arbiter(&own_thread(arbiters, "af-router".into(), Io::Handed), move |_| {
+            Router::new(sweep, sup, mailbox)
+        })
     }
 
     /// Resolves once every source is drained (or stopped) and what it read is acknowledged;
