@@ -96,15 +96,13 @@ impl Measured {
         self.events as f64 / self.seconds
     }
 
-    /// The events/s in bold, then the range of the repetitions it is the median of.
-    fn rate_cell(&self) -> String {
+    /// The events/s (in bold when `bold`), then the range of the repetitions it is the median of.
+    fn rate_cell(&self, bold: bool) -> String {
+        let mark = if bold { "**" } else { "" };
+        let rate = format!("{mark}{:.0}{mark}", self.rate());
         let lo = self.rates.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = self.rates.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        if self.rates.len() > 1 {
-            format!("**{:.0}** ({lo:.0}–{hi:.0})", self.rate())
-        } else {
-            format!("**{:.0}**", self.rate())
-        }
+        if self.rates.len() > 1 { format!("{rate} ({lo:.0}–{hi:.0})") } else { rate }
     }
 
     /// The run's decisions by outcome, from its summary: what the figures are figures of.
@@ -769,7 +767,7 @@ impl Report {
                     b,
                     "| {name} {n} | {} | {} | {:.0} ms | {:.0} ms | {} | {} |",
                     m.events,
-                    m.rate_cell(),
+                    m.rate_cell(true),
                     m.p50_ms,
                     m.p99_ms,
                     mib(m.peak_rss_mib),
@@ -833,8 +831,8 @@ impl Report {
                 b,
                 "| {}{pin} | {} | {} | {:.0} ms | {:.1} us | {:.2}x |",
                 s.shards,
-                s.first.rate_cell().replace("**", ""),
-                s.steady.rate_cell(),
+                s.first.rate_cell(false),
+                s.steady.rate_cell(true),
                 s.steady.p99_ms,
                 s.steady.cpu_us(),
                 s.steady.cpu_us() / ceiling.cpu_us()
