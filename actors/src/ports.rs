@@ -110,8 +110,16 @@ pub trait ControlStore: Send + Sync + 'static {
     async fn list_all(&self) -> BackendResult<Vec<ControlRecord>>;
     /// The sweep of run `run` over the records of `source` (EVENTS.md §3.2). This lists them
     /// all; a store that can stream its records overrides it, so that a sweep's memory does not
-    /// grow with the size of the source.
-    async fn sweep_plan(&self, source: &str, run: &str, max_drop_fraction: f64) -> BackendResult<SweepPlan> {
+    /// grow with the size of the source. `_count_run_events`: the plan's `seen_in_run` must count
+    /// every applied run event (§3.3, a completion with `expected_assets`); without it a store
+    /// may leave out those its records do not show as live (markers).
+    async fn sweep_plan(
+        &self,
+        source: &str,
+        run: &str,
+        max_drop_fraction: f64,
+        _count_run_events: bool,
+    ) -> BackendResult<SweepPlan> {
         Ok(plan_sweep(&self.list_source(source).await?, run, max_drop_fraction))
     }
 }

@@ -72,7 +72,7 @@ pub struct KnownRecord {
     /// [`KnownRecord::hash_brief`] of the record's hash.
     pub hash: [u8; 16],
     /// [`KnownRecord::run_brief`] of its `last_seen_run`.
-    pub run: u32,
+    pub run: u64,
     pub last_seen_at: DateTime<Utc>,
     pub version: u64,
 }
@@ -89,17 +89,20 @@ impl KnownRecord {
         Some(out)
     }
 
-    /// Four bytes of the BLAKE3 digest of a run id: different briefs, different runs.
-    pub fn run_brief(run_id: &str) -> u32 {
+    /// Eight bytes of the BLAKE3 digest of a run id: different briefs, different runs; the
+    /// same brief, the same run but for a chance of 2^-64 a pair, which a store that sweeps from
+    /// its index takes as it takes 2^-128 for a hash.
+    pub fn run_brief(run_id: &str) -> u64 {
         let digest = blake3::hash(run_id.as_bytes());
-        let b = digest.as_bytes();
-        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&digest.as_bytes()[..8]);
+        u64::from_le_bytes(b)
     }
 
     /// Whether an event of the run with brief `run` at `at` with content `hash` is, against this record, an
     /// unchanged asset seen again: the same content, no newer news, and certainly not already
     /// seen in this run (a run seen again goes the slow way, which counts run events, §3.3).
-    pub fn vouches_unchanged(&self, hash: &str, run: u32, at: DateTime<Utc>) -> bool {
+    pub fn vouches_unchanged(&self, hash: &str, run: u64, at: DateTime<Utc>) -> bool {
         Self::hash_brief(hash) == Some(self.hash) && self.last_seen_at <= at && self.run != run
     }
 }

@@ -77,6 +77,12 @@ impl<'r> SweepPlanner<'r> {
         }
     }
 
+    /// Counts `n` live records of the source seen in the run, whose keys the plan does not need.
+    pub fn add_seen(&mut self, n: usize) {
+        self.live += n;
+        self.seen_in_run += n;
+    }
+
     pub fn finish(mut self, max_drop_fraction: f64) -> SweepPlan {
         self.to_drop.sort_unstable();
         let dropping = self.to_drop.len();

@@ -26,10 +26,12 @@ use assetflow_actors::record::{ControlRecord, KnownRecord, RecordTouch};
 use assetflow_actors::rules::{SweepPlan, SweepPlanner};
 use assetflow_actors::threads;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::history_log::HistoryLog;
-use super::state_index::{CAPACITY, IndexKey, RecordIndex};
+use super::state_index::{CAPACITY, IndexKey, RecordIndex, Written};
+use super::state_index_file::Saved;
 use super::{state_index_file, state_layout};
 
 const BACKEND: &str = "embedded store";
@@ -120,9 +122,15 @@ impl StateStore {
         };
         let unreadable = |e: BackendError| format!("cannot read the embedded store {}: {e}", path.display());
         match inner.take_saved_index().map_err(unreadable)? {
-            Some(entries) => {
-                for (key, known) in entries {
-                    inner.index.wrote(&key, Some(known));
+            Some(saved) => {
+                for (key, known) in saved.entries {
+                    inner.index.wrote(&key, Written::Live(known));
+                }
+                for (prefix, owner) in saved.sources {
+                    inner.index.set_source(prefix, owner);
+                }
+                if !saved.complete {
+                    inner.index.not_complete();
                 }
             }
             None => inner.fill_index().map_err(unreadable)?,
@@ -210,17 +218,17 @@ impl StateStore {
 
 /// [`KnownRecord::run_brief`] with a cache: a store or a batch holds few runs and many records,
 /// and each brief is a BLAKE3 digest.
-fn run_briefs() -> impl FnMut(&str) -> u32 {
-    let mut runs: HashMap<String, u32> = HashMap::new();
+fn run_briefs() -> impl FnMut(&str) -> u64 {
+    let mut runs: HashMap<String, u64> = HashMap::new();
     move |run: &str| match runs.get(run) {
         Some(brief) => *brief,
         None => *runs.entry(run.to_owned()).or_insert_with(|| KnownRecord::run_brief(run)),
     }
 }
 
-/// The index's key of a control key: the 16 bytes that digest the asset key.
+/// The index's key of a control key: all of it.
 fn index_key(control_key: &[u8]) -> Option<IndexKey> {
-    control_key.get(4..20)?.try_into().ok()
+    control_key.try_into().ok()
 }
 
 impl Inner {
@@ -263,7 +271,9 @@ impl Inner {
         let token =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
                 ^ (u64::from(std::process::id()) << 40);
-        state_index_file::save(&self.index_file, token, &self.index.entries()).map_err(|e| e.to_string())?;
+        let saved =
+            Saved { entries: self.index.entries(), complete: self.index.is_complete(), sources: self.index.sources() };
+        state_index_file::save(&self.index_file, token, &saved).map_err(|e| e.to_string())?;
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
         batch.insert(&self.checkpoints, INDEX_TOKEN_KEY, token.to_le_bytes());
         batch.commit().map_err(|e| e.to_string())
@@ -271,7 +281,7 @@ impl Inner {
 
     /// The index a clean stop saved, if the store is still as it was then; the token goes from
     /// the store (durably, before anything else can be written) and the file from the disk.
-    fn take_saved_index(&self) -> BackendResult<Option<Vec<(IndexKey, KnownRecord)>>> {
+    fn take_saved_index(&self) -> BackendResult<Option<Saved>> {
         let token = self.checkpoints.get(INDEX_TOKEN_KEY).map_err(|e| err("read index token", e))?;
         let token = token.and_then(|t| <[u8; 8]>::try_from(&t[..]).ok()).map(u64::from_le_bytes);
         let Some(token) = token else {
@@ -287,19 +297,51 @@ impl Inner {
 
     /// Indexes the live records at open, as many as the index holds: the scan stops when it is
     /// nearly full (stripes fill unevenly; reading every record of a large store to place the
-    /// last few would cost a second per million).
+    /// last few would cost a second per million), and the index then does not hold them all.
     fn fill_index(&self) -> BackendResult<()> {
         let mut held = 0;
         let mut run_brief = run_briefs();
+        let mut stopped = false;
         self.scan(&[], |key, value, stamp| {
+            if held >= CAPACITY / 100 * 98 {
+                stopped = true;
+                return Ok(ControlFlow::Break(()));
+            }
             if let Some(k) = index_key(key) {
-                let known = state_layout::known_stored(value, stamp, &mut run_brief)?;
-                if known.is_some() && self.index.wrote(&k, known) {
+                let (source, known) = state_layout::known_stored(value, stamp, &mut run_brief)?;
+                self.index.saw_source(&k, &source);
+                if known != Written::NotLive && self.index.wrote(&k, known) {
                     held += 1;
                 }
             }
-            Ok(if held < CAPACITY / 100 * 98 { ControlFlow::Continue(()) } else { ControlFlow::Break(()) })
-        })
+            Ok(ControlFlow::Continue(()))
+        })?;
+        if stopped {
+            self.index.not_complete();
+        }
+        Ok(())
+    }
+
+    /// The sweep of `run` over `source`'s live records from the index, when it holds them all:
+    /// those whose run brief is the run's are counted as seen, only the others are read (about
+    /// as many as the sweep drops), so a completion costs a pass over memory instead of a read
+    /// of every record of its source, which was a tenth of a steady crawl's CPU
+    /// (benches/analysis.md). The run events the index does not count (markers, dropped
+    /// records) matter only to `expected_assets`, whose sweeps read every record.
+    fn sweep_from_index(&self, source: &str, run: &str, max_drop_fraction: f64) -> BackendResult<Option<SweepPlan>> {
+        let prefix = state_layout::control_prefix(source);
+        let Some(swept) = self.index.sweep(prefix, source, KnownRecord::run_brief(run)) else { return Ok(None) };
+        let mut planner = SweepPlanner::new(run);
+        planner.add_seen(swept.seen);
+        for key in swept.unseen {
+            let Some(value) = self.control.get(key).map_err(|e| err("get records", e))? else { continue };
+            let stamp = self.stamps.get(key).map_err(|e| err("get records", e))?;
+            let r = state_layout::sweep_view(&value, stamp.as_deref())?;
+            if r.source == source {
+                planner.add(&r.asset_key, r.live, &r.last_seen_run);
+            }
+        }
+        Ok(Some(planner.finish(max_drop_fraction)))
     }
 
     /// A record with its run stamp applied.
@@ -342,7 +384,7 @@ impl ControlStore for StateStore {
     }
 
     fn known(&self, source: &str, asset_key: &str) -> Option<KnownRecord> {
-        self.inner.index.get(&index_key(&state_layout::control_key(source, asset_key))?)
+        self.inner.index.get(&state_layout::control_key(source, asset_key))
     }
 
     async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()> {
@@ -360,47 +402,56 @@ impl ControlStore for StateStore {
     async fn put_with_touches(&self, writes: &[RecordWrite], touches: &[RecordTouch]) -> BackendResult<()> {
         let inner = &self.inner;
         let mut batch = inner.db.batch().durability(Some(PersistMode::SyncAll));
-        let mut indexed: Vec<(IndexKey, Option<KnownRecord>)> = Vec::with_capacity(writes.len() + touches.len());
+        let mut written: Vec<(IndexKey, Written)> = Vec::with_capacity(writes.len());
         for RecordWrite { record: r, .. } in writes {
             let key = state_layout::control_key(&r.source, &r.asset_key);
             batch.insert(&inner.control, key, state_layout::encode(r)?);
-            indexed.extend(index_key(&key).map(|k| (k, state_layout::known(r))));
+            inner.index.saw_source(&key, &r.source);
+            written.push((key, state_layout::known(r)));
         }
         let mut run_brief = run_briefs();
+        let mut stamped: Vec<(IndexKey, u64, DateTime<Utc>, u64)> = Vec::with_capacity(touches.len());
         for t in touches {
             let key = state_layout::control_key(&t.source, &t.asset_key);
             batch.insert(&inner.stamps, key, state_layout::encode_stamp(t)?);
-            let Some(k) = index_key(&key) else { continue };
-            let touched = inner.index.get(&k).map(|known| KnownRecord {
-                run: run_brief(&t.last_seen_run),
-                last_seen_at: t.last_seen_at,
-                version: t.version,
-                ..known
-            });
-            indexed.push((k, touched));
+            stamped.push((key, run_brief(&t.last_seen_run), t.last_seen_at, t.version));
         }
         let inner = self.inner.clone();
         blocking("put records", move || {
             let committed = batch.commit().map_err(|e| err("put records", e));
-            for (key, known) in indexed {
-                match committed {
-                    Ok(()) => {
-                        inner.index.wrote(&key, known);
+            let keys = written.iter().map(|(key, _)| key).chain(stamped.iter().map(|(key, ..)| key));
+            match committed {
+                Ok(()) => {
+                    for (key, known) in &written {
+                        inner.index.wrote(key, *known);
                     }
-                    Err(_) => inner.index.forget(&key),
+                    for (key, run, at, version) in &stamped {
+                        inner.index.touched(key, *run, *at, *version);
+                    }
                 }
+                Err(_) => keys.for_each(|key| inner.index.forget(key)),
             }
             committed
         })
         .await
     }
 
-    /// Streams the source's records through the planner: only the keys to drop are kept.
-    async fn sweep_plan(&self, source: &str, run: &str, max_drop_fraction: f64) -> BackendResult<SweepPlan> {
+    /// From the index where it can ([`Inner::sweep_from_index`]); otherwise streams the source's
+    /// records through the planner, keeping only the keys to drop.
+    async fn sweep_plan(
+        &self,
+        source: &str,
+        run: &str,
+        max_drop_fraction: f64,
+        count_run_events: bool,
+    ) -> BackendResult<SweepPlan> {
         let inner = self.inner.clone();
         let source = source.to_owned();
         let run = run.to_owned();
         blocking("list source", move || {
+            if !count_run_events && let Some(plan) = inner.sweep_from_index(&source, &run, max_drop_fraction)? {
+                return Ok(plan);
+            }
             let mut planner = SweepPlanner::new(&run);
             inner.scan(&state_layout::control_prefix(&source), |_, value, stamp| {
                 let r = state_layout::sweep_view(value, stamp)?;
@@ -548,9 +599,11 @@ mod tests {
         assert_eq!(got["pg/db/s/t04998"], all[4998]);
         assert_eq!(got["pg/x/db/s/t"], all[5000]);
         // A sweep of "pg" sees exactly its 5,000 records, not those of "pg/x".
-        let plan = store.sweep_plan("pg", "r2", 1.0).await.unwrap();
-        assert_eq!((plan.live, plan.to_drop.len()), (5000, 5000));
-        assert_eq!(plan.to_drop[0], "pg/db/s/t00000");
+        for counted in [false, true] {
+            let plan = store.sweep_plan("pg", "r2", 1.0, counted).await.unwrap();
+            assert_eq!((plan.live, plan.to_drop.len()), (5000, 5000));
+            assert_eq!(plan.to_drop[0], "pg/db/s/t00000");
+        }
         assert_eq!(store.list_source("pg/x").await.unwrap(), vec![all[5000].clone()]);
         // A write replaces the record: one record per asset.
         let mut next = all[1].clone();
@@ -567,7 +620,10 @@ mod tests {
         let (a, b) = (record("pg", "pg/db/s/a", "r1"), record("pg", "pg/db/s/b", "r1"));
         let writes = [a.clone(), b.clone()].map(|record| RecordWrite { record, expected_version: 2 });
         store.put_many(&writes).await.unwrap();
-        let brief = |r: &ControlRecord| state_layout::known(r).unwrap();
+        let brief = |r: &ControlRecord| match state_layout::known(r) {
+            Written::Live(known) => known,
+            other => panic!("{other:?}"),
+        };
         assert_eq!(store.known("pg", "pg/db/s/a"), Some(brief(&a)));
         assert_eq!(store.known("pg", "pg/db/s/zz"), None);
 
@@ -592,8 +648,10 @@ mod tests {
         assert!(store.list_all().await.unwrap().contains(&seen));
         assert_eq!(store.known("pg", "pg/db/s/a"), Some(brief(&seen)));
         // The sweep reads the stamp: seen in r2, not in r3.
-        assert!(store.sweep_plan("pg", "r2", 1.0).await.unwrap().to_drop.is_empty());
-        assert_eq!(store.sweep_plan("pg", "r3", 1.0).await.unwrap().to_drop.len(), 2);
+        for counted in [false, true] {
+            assert!(store.sweep_plan("pg", "r2", 1.0, counted).await.unwrap().to_drop.is_empty());
+            assert_eq!(store.sweep_plan("pg", "r3", 1.0, counted).await.unwrap().to_drop.len(), 2);
+        }
 
         // A full write supersedes the older stamp; a dropped record is no longer known.
         let mut changed = seen.clone();
@@ -638,11 +696,12 @@ mod tests {
                     // What the next open takes is the saved index, not a scan: a ghost added
                     // to it (under the same sequence number) is known after the reopen.
                     let mut entries = store.inner.index.entries();
-                    let ghost = index_key(&state_layout::control_key("pg", "pg/db/s/ghost")).unwrap();
+                    let ghost = state_layout::control_key("pg", "pg/db/s/ghost");
                     entries.push((ghost, entries[0].1));
                     let token = store.inner.checkpoints.get(INDEX_TOKEN_KEY).unwrap().unwrap();
                     let token = u64::from_le_bytes(token[..].try_into().unwrap());
-                    state_index_file::save(&store.inner.index_file, token, &entries).unwrap();
+                    let saved = Saved { entries, complete: true, sources: store.inner.index.sources() };
+                    state_index_file::save(&store.inner.index_file, token, &saved).unwrap();
                     std::fs::copy(&store.inner.index_file, path.join("kept")).unwrap();
                 }
                 drop(store);
@@ -666,5 +725,94 @@ mod tests {
         let store = StateStore::open(&dir.path().join("settled")).unwrap();
         assert_eq!(store.known("pg", "pg/db/s/ghost"), None, "scanned, not loaded");
         assert!(store.known("pg", "pg/db/s/t007").is_some());
+    }
+
+    /// The plan a sweep makes from the index and the one a read of every record makes.
+    async fn both_plans(store: &StateStore, source: &str, run: &str) -> (SweepPlan, SweepPlan) {
+        let fast = store.sweep_plan(source, run, 1.0, false).await.unwrap();
+        let read = store.sweep_plan(source, run, 1.0, true).await.unwrap();
+        (fast, read)
+    }
+
+    fn same_drops(fast: &SweepPlan, read: &SweepPlan) {
+        assert_eq!((fast.live, &fast.to_drop, fast.guarded), (read.live, &read.to_drop, read.guarded));
+    }
+
+    #[tokio::test]
+    async fn a_sweep_from_the_index_drops_what_a_read_of_every_record_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        // Seen in r2 by a write, by a touch, not seen (r1), dropped, another source, a marker.
+        let mut writes: Vec<ControlRecord> = (0..30).map(|i| record("pg", &format!("pg/db/s/t{i:02}"), "r1")).collect();
+        writes.extend((30..40).map(|i| record("pg", &format!("pg/db/s/t{i:02}"), "r2")));
+        let mut gone = record("pg", "pg/db/s/gone", "r1");
+        gone.status = assetflow_actors::record::RecordStatus::Dropped;
+        writes.push(gone);
+        writes.push(record("my", "my/db/s/t", "r1"));
+        let name = assetflow_actors::event::AssetName { database: "db".into(), schema: "s".into(), table: "t".into() };
+        writes.push(assetflow_actors::record::RunEvent::record("pg", &name, "r2", "e-9", chrono::Utc::now()));
+        let writes: Vec<RecordWrite> =
+            writes.into_iter().map(|record| RecordWrite { record, expected_version: 2 }).collect();
+        let touches: Vec<RecordTouch> = (0..10)
+            .map(|i| RecordTouch {
+                source: "pg".into(),
+                asset_key: format!("pg/db/s/t{i:02}"),
+                last_seen_run: "r2".into(),
+                last_seen_at: chrono::Utc::now(),
+                version: 4,
+            })
+            .collect();
+        store.put_many(&writes).await.unwrap();
+        store.put_with_touches(&[], &touches).await.unwrap();
+
+        let (fast, read) = both_plans(&store, "pg", "r2").await;
+        same_drops(&fast, &read);
+        assert_eq!((read.live, read.to_drop.len()), (40, 20));
+        assert_eq!(read.seen_in_run, 21, "20 records and the marker");
+        assert_eq!(fast.seen_in_run, 20, "the index does not count the marker");
+        // The same after a clean stop (the saved index) and after a crash (a scan).
+        store.settle(std::time::Duration::from_secs(30));
+        drop(store);
+        let store = StateStore::open(dir.path()).unwrap();
+        assert!(store.inner.index.is_complete());
+        same_drops(&both_plans(&store, "pg", "r2").await.0, &read);
+        drop(store);
+        let store = StateStore::open(dir.path()).unwrap();
+        assert!(store.inner.index.is_complete(), "scanned to the end");
+        same_drops(&both_plans(&store, "pg", "r2").await.0, &read);
+    }
+
+    #[tokio::test]
+    async fn an_index_that_lost_a_record_or_shares_a_prefix_sweeps_by_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let records: Vec<ControlRecord> = (0..8).map(|i| record("pg", &format!("pg/db/s/t{i}"), "r1")).collect();
+        let writes: Vec<RecordWrite> =
+            records.iter().map(|r| RecordWrite { record: r.clone(), expected_version: 2 }).collect();
+        store.put_many(&writes).await.unwrap();
+        // A write whose outcome is unknown: the index forgets the key, though the record is live.
+        store.inner.index.forget(&state_layout::control_key("pg", "pg/db/s/t3"));
+        let (fast, read) = both_plans(&store, "pg", "r2").await;
+        same_drops(&fast, &read);
+        assert!(fast.to_drop.contains(&"pg/db/s/t3".to_owned()));
+
+        // Two sources whose records share a prefix: run ids are the sources' own, and may be
+        // the same; the index cannot tell their records apart.
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut seen = HashMap::new();
+        let (a, b) = (0..)
+            .map(|i| format!("src-{i}"))
+            .find_map(|s| seen.insert(state_layout::control_prefix(&s), s.clone()).map(|other| (other, s)))
+            .unwrap();
+        let writes: Vec<RecordWrite> =
+            [record(&a, &format!("{a}/db/s/x"), "r1"), record(&b, &format!("{b}/db/s/y"), "r2")]
+                .into_iter()
+                .map(|record| RecordWrite { record, expected_version: 2 })
+                .collect();
+        store.put_many(&writes).await.unwrap();
+        let (fast, read) = both_plans(&store, &a, "r2").await;
+        same_drops(&fast, &read);
+        assert_eq!((read.live, read.to_drop.len()), (1, 1), "{a} and {b}");
     }
 }

@@ -1,6 +1,7 @@
 //! The embedded store's index of live records in memory: per asset, its hash, run and version
 //! in brief ([`KnownRecord`]), so that a decisor shard decides an unchanged asset seen again
-//! without reading its record.
+//! without reading its record, and, while it holds every live record, a completion's sweep
+//! finds the assets its run did not see without reading the others ([`RecordIndex::sweep`]).
 //!
 //! A steady crawl's events are nearly all unchanged assets, and reading each one's record was a
 //! fifth of the CPU of such a crawl (BENCHMARKS.md). The index can vouch for records because
@@ -11,25 +12,30 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
 
 use assetflow_actors::record::KnownRecord;
 
 /// Stripes, each under its own lock: the shards look keys up and update them concurrently.
 const STRIPES: usize = 16;
 /// Assets indexed per stripe: 7/8 of 2^13, the most a table of 2^13 slots holds before it
-/// doubles, so the index never takes more than 16 × 2^13 slots of 57 bytes (~7.5 MiB) and
+/// doubles, so the index never takes more than 16 × 2^13 slots of 73 bytes (~9 MiB) and
 /// covers about 115,000 assets. Twice that was measured: the 1M-asset run's peak memory then
 /// grew past 1.5x the 100k run's (BENCHMARKS.md), the bound `make bench` holds it to.
 pub const STRIPE_ENTRIES: usize = 7_168;
 /// Assets the index can hold.
 pub const CAPACITY: usize = STRIPES * STRIPE_ENTRIES;
 
-/// An asset's place in the index: the 16 bytes of its control key that digest the asset key
-/// (`state_layout::control_key`), already uniformly random.
-pub type IndexKey = [u8; 16];
+/// An asset's place in the index: its control key (`state_layout::control_key`), the 4 bytes
+/// of its source's prefix, then 16 that digest the asset key, already uniformly random.
+pub type IndexKey = [u8; 20];
 
-/// Hashes an [`IndexKey`] by taking its first eight bytes: they are a BLAKE3 digest already.
+/// The first bytes of an [`IndexKey`]: its source's (`state_layout::control_prefix`).
+pub type SourcePrefix = [u8; 4];
+
+/// Hashes an [`IndexKey`] by taking eight bytes of its asset digest: they are a BLAKE3 digest
+/// already.
 #[derive(Default)]
 pub struct DigestHasher(u64);
 
@@ -38,8 +44,10 @@ impl Hasher for DigestHasher {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        // An array hashes its length first, then its bytes; the bytes are what count.
-        for (i, b) in bytes.iter().take(8).enumerate() {
+        // An array hashes its length first, then its bytes; the bytes past the source's
+        // prefix are what count.
+        let digest = bytes.get(std::mem::size_of::<SourcePrefix>()..).unwrap_or(bytes);
+        for (i, b) in digest.iter().take(8).enumerate() {
             self.0 ^= u64::from(*b) << (8 * i);
         }
         self.0 = self.0.rotate_left(29);
@@ -90,20 +98,67 @@ impl Stripe {
     }
 }
 
+/// What a durable write left at a key, as the index takes it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Written {
+    /// A live asset's record.
+    Live(KnownRecord),
+    /// Nothing live: a dropped record, a marker, a completion mark.
+    NotLive,
+    /// Not known: a write that may have failed, or a live record the index cannot brief (a
+    /// hash that is not hex). The index stops vouching for having every live record.
+    Unknown,
+}
+
+/// Which source a [`SourcePrefix`] stands for. Sources whose digests share three bytes share
+/// a prefix (scanners tell their records apart by reading them); the index, which does not
+/// keep the source, cannot, so it sweeps only a prefix that one source has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrefixOwner {
+    One(String),
+    Shared,
+}
+
+/// What a sweep learns from the index ([`RecordIndex::sweep`]).
+#[derive(Debug)]
+pub struct IndexSweep {
+    /// Live records of the source whose run brief is the run's: seen in it.
+    pub seen: usize,
+    /// Live records of the source seen last in another run: to read, and drop.
+    pub unseen: Vec<IndexKey>,
+}
+
 /// The index. Lookups and updates of one key come from the one shard that owns it.
 pub struct RecordIndex {
     stripes: Vec<Mutex<Stripe>>,
+    /// Whether every live record of the store is in the index: true from an empty store, a
+    /// scan that indexed all it read, or a saved index that was; false from the first live
+    /// record the index could not take or could not be sure of ([`Written::Unknown`]) until
+    /// the next open.
+    complete: AtomicBool,
+    /// Every source prefix of the records written or read since the store opened (and of the
+    /// saved index), and whose it is.
+    sources: RwLock<HashMap<SourcePrefix, PrefixOwner>>,
 }
 
 impl Default for RecordIndex {
     fn default() -> Self {
-        RecordIndex { stripes: (0..STRIPES).map(|_| Mutex::new(Stripe::default())).collect() }
+        RecordIndex {
+            stripes: (0..STRIPES).map(|_| Mutex::new(Stripe::default())).collect(),
+            complete: AtomicBool::new(true),
+            sources: RwLock::default(),
+        }
     }
+}
+
+/// The prefix of an index key.
+pub fn prefix_of(key: &IndexKey) -> SourcePrefix {
+    [key[0], key[1], key[2], key[3]]
 }
 
 impl RecordIndex {
     fn stripe(&self, key: &IndexKey) -> MutexGuard<'_, Stripe> {
-        let i = usize::from(key[15]) % STRIPES;
+        let i = usize::from(key[19]) % STRIPES;
         // A stripe only holds plain data, left whole by any panic: a poisoned lock is still good.
         self.stripes[i].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -113,23 +168,100 @@ impl RecordIndex {
         self.stripe(key).map.get(key).copied()
     }
 
-    /// Records what a durable write left at `key`: a live record (indexed while its stripe has
-    /// room) or not (`None`: dropped, a marker, or no longer known). Returns whether the index
-    /// holds the key now.
-    pub fn wrote(&self, key: &IndexKey, now: Option<KnownRecord>) -> bool {
+    /// Records what a durable write left at `key` (a live record is indexed while its stripe
+    /// has room). Returns whether the index holds the key now.
+    pub fn wrote(&self, key: &IndexKey, now: Written) -> bool {
         let mut stripe = self.stripe(key);
         match now {
-            Some(k) if stripe.insert(key, k) => true,
-            _ => {
-                stripe.map.remove(key);
-                false
-            }
+            Written::Live(k) if stripe.insert(key, k) => return true,
+            Written::NotLive => {}
+            Written::Live(_) | Written::Unknown => self.not_complete(),
         }
+        stripe.map.remove(key);
+        false
+    }
+
+    /// Moves the run stamp of the live record at `key` once a touch of it is durable, in one
+    /// lookup. One the index does not hold is live all the same: the index no longer has them
+    /// all. Returns whether it held the key.
+    pub fn touched(&self, key: &IndexKey, run: u64, at: chrono::DateTime<chrono::Utc>, version: u64) -> bool {
+        let mut stripe = self.stripe(key);
+        if let Some(known) = stripe.map.get_mut(key) {
+            (known.run, known.last_seen_at, known.version) = (run, at, version);
+            return true;
+        }
+        drop(stripe);
+        self.not_complete();
+        false
     }
 
     /// Forgets `key`: after a write whose outcome is unknown, the store must be read again.
     pub fn forget(&self, key: &IndexKey) {
-        self.stripe(key).map.remove(key);
+        self.wrote(key, Written::Unknown);
+    }
+
+    /// The index no longer holds every live record (a scan that stopped before the end).
+    pub fn not_complete(&self) {
+        self.complete.store(false, Ordering::Release);
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.complete.load(Ordering::Acquire)
+    }
+
+    /// Notes that `source` has records under `key`'s prefix; called before they are written.
+    pub fn saw_source(&self, key: &IndexKey, source: &str) {
+        let prefix = prefix_of(key);
+        let read = self.sources.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match read.get(&prefix) {
+            Some(PrefixOwner::One(s)) if s == source => return,
+            Some(PrefixOwner::Shared) => return,
+            _ => {}
+        }
+        drop(read);
+        let mut sources = self.sources.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let owner = sources.entry(prefix).or_insert_with(|| PrefixOwner::One(source.to_owned()));
+        if *owner != PrefixOwner::One(source.to_owned()) {
+            *owner = PrefixOwner::Shared;
+        }
+    }
+
+    /// The prefixes and whose they are, to save at a clean stop.
+    pub fn sources(&self) -> Vec<(SourcePrefix, PrefixOwner)> {
+        let sources = self.sources.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        sources.iter().map(|(p, o)| (*p, o.clone())).collect()
+    }
+
+    /// Restores a prefix's owner from a saved index.
+    pub fn set_source(&self, prefix: SourcePrefix, owner: PrefixOwner) {
+        self.sources.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(prefix, owner);
+    }
+
+    /// The sweep of `source`'s live records (prefix `prefix`) for the run with brief `run`:
+    /// `None` unless the index holds every live record and the prefix is `source`'s alone, when
+    /// only a read of every record can tell. Entries written while this runs may or may not be
+    /// in it, as records written during a scan of the store.
+    pub fn sweep(&self, prefix: SourcePrefix, source: &str, run: u64) -> Option<IndexSweep> {
+        let owned = matches!(
+            self.sources.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&prefix),
+            Some(PrefixOwner::One(s)) if s == source
+        );
+        if !owned || !self.is_complete() {
+            return None;
+        }
+        let mut out = IndexSweep { seen: 0, unseen: Vec::new() };
+        for stripe in &self.stripes {
+            let stripe = stripe.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (key, known) in stripe.map.iter().filter(|(key, _)| prefix_of(key) == prefix) {
+                if known.run == run {
+                    out.seen += 1;
+                } else {
+                    out.unseen.push(*key);
+                }
+            }
+        }
+        // A record the index lost track of while the stripes were read may be missing above.
+        self.is_complete().then_some(out)
     }
 
     /// Every entry, to save at a clean stop (`state_index_file.rs`).
@@ -159,20 +291,49 @@ mod tests {
 
     fn key(n: u32) -> IndexKey {
         let digest = blake3::hash(&n.to_le_bytes());
-        digest.as_bytes()[..16].try_into().unwrap()
+        let mut key = [1; 20];
+        key[4..].copy_from_slice(&digest.as_bytes()[..16]);
+        key
+    }
+
+    #[test]
+    fn a_sweep_needs_every_live_record_and_a_prefix_of_one_source() {
+        let index = RecordIndex::default();
+        for i in 0..10 {
+            index.saw_source(&key(i), "pg");
+            index.wrote(&key(i), Written::Live(KnownRecord { run: u64::from(i % 2), ..known(1) }));
+        }
+        let swept = index.sweep([1; 4], "pg", 1).unwrap();
+        assert_eq!((swept.seen, swept.unseen.len()), (5, 5));
+        assert!(swept.unseen.iter().all(|k| index.get(k).unwrap().run == 0));
+        assert!(index.sweep([1; 4], "mysql", 1).is_none(), "not the prefix's source");
+        index.saw_source(&key(0), "mysql");
+        assert!(index.sweep([1; 4], "pg", 1).is_none(), "a prefix two sources share");
+
+        let index = RecordIndex::default();
+        index.saw_source(&key(0), "pg");
+        index.wrote(&key(0), Written::Live(known(1)));
+        index.wrote(&key(1), Written::NotLive);
+        assert!(index.sweep([1; 4], "pg", 1).is_some(), "a dropped record is no loss");
+        index.wrote(&key(2), Written::Unknown);
+        assert!(index.sweep([1; 4], "pg", 1).is_none());
     }
 
     #[test]
     fn a_write_updates_or_removes_what_is_known() {
         let index = RecordIndex::default();
-        index.wrote(&key(1), Some(known(1)));
+        index.wrote(&key(1), Written::Live(known(1)));
         assert_eq!(index.get(&key(1)), Some(known(1)));
-        index.wrote(&key(1), Some(known(2)));
+        index.wrote(&key(1), Written::Live(known(2)));
         assert_eq!(index.get(&key(1)).map(|k| k.version), Some(2));
-        index.wrote(&key(1), None);
+        assert!(index.touched(&key(1), 5, known(1).last_seen_at, 3));
+        assert_eq!(index.get(&key(1)), Some(KnownRecord { run: 5, ..known(3) }));
+        index.wrote(&key(1), Written::NotLive);
         assert_eq!(index.get(&key(1)), None);
-        index.wrote(&key(2), Some(known(1)));
+        assert!(index.is_complete());
+        index.wrote(&key(2), Written::Live(known(1)));
         index.forget(&key(2));
+        assert!(!index.is_complete(), "a key forgotten may be live");
         assert_eq!(index.get(&key(2)), None);
     }
 
@@ -181,7 +342,7 @@ mod tests {
         let index = RecordIndex::default();
         let n = (STRIPES * STRIPE_ENTRIES + 20_000) as u32;
         for i in 0..n {
-            index.wrote(&key(i), Some(known(1)));
+            index.wrote(&key(i), Written::Live(known(1)));
         }
         (index, n)
     }
@@ -195,10 +356,10 @@ mod tests {
         for crawl in 0..40u32 {
             // 1% of the catalog gone, as many new.
             for i in (crawl * 1_200)..(crawl * 1_200 + 1_200) {
-                index.wrote(&key(i), None);
+                index.wrote(&key(i), Written::NotLive);
             }
             for _ in 0..1_200 {
-                index.wrote(&key(next), Some(known(1)));
+                index.wrote(&key(next), Written::Live(known(1)));
                 next += 1;
             }
         }
@@ -215,6 +376,8 @@ mod tests {
     #[test]
     fn it_stops_growing_at_its_bound_but_keeps_what_it_holds_current() {
         let (index, n) = offered_more_than_it_holds();
+        assert!(!index.is_complete(), "it no longer holds every live record");
+        assert!(index.sweep([1; 4], "pg", 1).is_none());
         let held = index.assets();
         assert!(held <= STRIPES * STRIPE_ENTRIES, "{held} entries");
         assert!(held > STRIPES * STRIPE_ENTRIES * 9 / 10, "stripes fill evenly: {held}");
@@ -222,9 +385,9 @@ mod tests {
         let (inside, outside) = ((0..n).find(|i| index.get(&key(*i)).is_some()).unwrap(), {
             (0..n).find(|i| index.get(&key(*i)).is_none()).unwrap()
         });
-        index.wrote(&key(inside), Some(known(9)));
+        index.wrote(&key(inside), Written::Live(known(9)));
         assert_eq!(index.get(&key(inside)).map(|k| k.version), Some(9));
-        index.wrote(&key(outside), Some(known(9)));
+        index.wrote(&key(outside), Written::Live(known(9)));
         assert_eq!(index.get(&key(outside)), None);
     }
 }

@@ -14,22 +14,37 @@ use std::path::Path;
 use assetflow_actors::record::KnownRecord;
 use chrono::DateTime;
 
-use super::state_index::IndexKey;
+use super::state_index::{IndexKey, PrefixOwner, SourcePrefix};
 
 /// The layout's name and version.
-const MAGIC: &[u8; 8] = b"afindex1";
-/// One entry: key 16, hash 16, run 4, seconds 8, nanoseconds 4, version 8.
-const ENTRY: usize = 56;
-const HEADER: usize = MAGIC.len() + 8 + 8;
+const MAGIC: &[u8; 8] = b"afindex2";
+/// One entry: key 20, hash 16, run 8, seconds 8, nanoseconds 4, version 8.
+const ENTRY: usize = 64;
+/// Magic, token, entries, whether the index held every live record, source prefixes.
+const HEADER: usize = MAGIC.len() + 8 + 8 + 8 + 8;
 const CHECKSUM: usize = 32;
+/// A prefix owned by more than one source, in place of a name.
+const SHARED: u16 = u16::MAX;
 
-/// Writes `entries` as the index of the store under `token`, atomically (a temporary file
+/// An index as a clean stop saved it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saved {
+    pub entries: Vec<(IndexKey, KnownRecord)>,
+    /// Whether the entries are every live record of the store.
+    pub complete: bool,
+    pub sources: Vec<(SourcePrefix, PrefixOwner)>,
+}
+
+/// Writes `saved` as the index of the store under `token`, atomically (a temporary file
 /// renamed over).
-pub fn save(path: &Path, token: u64, entries: &[(IndexKey, KnownRecord)]) -> std::io::Result<()> {
+pub fn save(path: &Path, token: u64, saved: &Saved) -> std::io::Result<()> {
+    let entries = &saved.entries;
     let mut bytes = Vec::with_capacity(HEADER + entries.len() * ENTRY + CHECKSUM);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&token.to_le_bytes());
     bytes.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&u64::from(saved.complete).to_le_bytes());
+    bytes.extend_from_slice(&(saved.sources.len() as u64).to_le_bytes());
     for (key, k) in entries {
         bytes.extend_from_slice(key);
         bytes.extend_from_slice(&k.hash);
@@ -37,6 +52,18 @@ pub fn save(path: &Path, token: u64, entries: &[(IndexKey, KnownRecord)]) -> std
         bytes.extend_from_slice(&k.last_seen_at.timestamp().to_le_bytes());
         bytes.extend_from_slice(&k.last_seen_at.timestamp_subsec_nanos().to_le_bytes());
         bytes.extend_from_slice(&k.version.to_le_bytes());
+    }
+    for (prefix, owner) in &saved.sources {
+        bytes.extend_from_slice(prefix);
+        match owner {
+            // A source id is at most a few hundred characters (EVENTS.md §1); a longer one
+            // is saved as shared, which only costs its sweeps a scan.
+            PrefixOwner::One(name) if name.len() < usize::from(SHARED) => {
+                bytes.extend_from_slice(&(name.len() as u16).to_le_bytes());
+                bytes.extend_from_slice(name.as_bytes());
+            }
+            _ => bytes.extend_from_slice(&SHARED.to_le_bytes()),
+        }
     }
     let sum = blake3::hash(&bytes);
     bytes.extend_from_slice(sum.as_bytes());
@@ -47,9 +74,9 @@ pub fn save(path: &Path, token: u64, entries: &[(IndexKey, KnownRecord)]) -> std
     std::fs::rename(&tmp, path)
 }
 
-/// The entries saved at `path` under `token`, removing the file; `None` (and the file
-/// removed) when there is none, or it is not the one saved under `token`.
-pub fn take(path: &Path, token: u64) -> Option<Vec<(IndexKey, KnownRecord)>> {
+/// The index saved at `path` under `token`, removing the file; `None` (and the file removed)
+/// when there is none, or it is not the one saved under `token`.
+pub fn take(path: &Path, token: u64) -> Option<Saved> {
     let bytes = std::fs::read(path).ok()?;
     discard(path);
     let (body, sum) = bytes.split_at_checked(bytes.len().checked_sub(CHECKSUM)?)?;
@@ -61,23 +88,37 @@ pub fn take(path: &Path, token: u64) -> Option<Vec<(IndexKey, KnownRecord)>> {
         return None;
     }
     let count = usize::try_from(word(MAGIC.len() + 8)?).ok()?;
-    let entries = body.get(HEADER..)?;
-    if entries.len() != count.checked_mul(ENTRY)? {
-        return None;
-    }
-    entries
+    let complete = word(MAGIC.len() + 16)? == 1;
+    let source_count = usize::try_from(word(MAGIC.len() + 24)?).ok()?;
+    let (entries, mut rest) = body.get(HEADER..)?.split_at_checked(count.checked_mul(ENTRY)?)?;
+    let entries = entries
         .chunks_exact(ENTRY)
         .map(|e| {
-            let key: IndexKey = e[..16].try_into().ok()?;
-            let hash: [u8; 16] = e[16..32].try_into().ok()?;
-            let run = u32::from_le_bytes(e[32..36].try_into().ok()?);
-            let secs = i64::from_le_bytes(e[36..44].try_into().ok()?);
-            let nanos = u32::from_le_bytes(e[44..48].try_into().ok()?);
-            let version = u64::from_le_bytes(e[48..56].try_into().ok()?);
+            let key: IndexKey = e[..20].try_into().ok()?;
+            let hash: [u8; 16] = e[20..36].try_into().ok()?;
+            let run = u64::from_le_bytes(e[36..44].try_into().ok()?);
+            let secs = i64::from_le_bytes(e[44..52].try_into().ok()?);
+            let nanos = u32::from_le_bytes(e[52..56].try_into().ok()?);
+            let version = u64::from_le_bytes(e[56..64].try_into().ok()?);
             let last_seen_at = DateTime::from_timestamp(secs, nanos)?;
             Some((key, KnownRecord { hash, run, last_seen_at, version }))
         })
-        .collect()
+        .collect::<Option<Vec<_>>>()?;
+    let mut sources = Vec::with_capacity(source_count.min(rest.len()));
+    for _ in 0..source_count {
+        let prefix: SourcePrefix = rest.get(..4)?.try_into().ok()?;
+        let len = u16::from_le_bytes(rest.get(4..6)?.try_into().ok()?);
+        rest = &rest[6..];
+        let owner = if len == SHARED {
+            PrefixOwner::Shared
+        } else {
+            let (name, after) = rest.split_at_checked(usize::from(len))?;
+            rest = after;
+            PrefixOwner::One(std::str::from_utf8(name).ok()?.to_owned())
+        };
+        sources.push((prefix, owner));
+    }
+    rest.is_empty().then_some(Saved { entries, complete, sources })
 }
 
 /// Removes a saved index, if there is one.
@@ -96,17 +137,31 @@ mod tests {
 
     fn entry(i: u8) -> (IndexKey, KnownRecord) {
         let at = DateTime::from_timestamp(1_790_000_000 + i64::from(i), 123_456_789).unwrap();
-        ([i; 16], KnownRecord { hash: [i ^ 0xff; 16], run: u32::from(i) * 7, last_seen_at: at, version: u64::from(i) })
+        (
+            [i; 20],
+            KnownRecord { hash: [i ^ 0xff; 16], run: u64::from(i) << 40, last_seen_at: at, version: u64::from(i) },
+        )
+    }
+
+    fn saved(n: u8) -> Saved {
+        Saved {
+            entries: (0..n).map(entry).collect(),
+            complete: n % 2 == 0,
+            sources: vec![([1, 2, 3, 4], PrefixOwner::One("pg".into())), ([9, 9, 9, 9], PrefixOwner::Shared)],
+        }
     }
 
     #[test]
     fn an_index_comes_back_once_and_only_for_its_token() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state-index");
-        let entries: Vec<_> = (0..40).map(entry).collect();
+        let entries = saved(40);
         save(&path, 77, &entries).unwrap();
         assert_eq!(take(&path, 77), Some(entries.clone()));
         assert_eq!(take(&path, 77), None, "removed once loaded");
+        let odd = saved(3);
+        save(&path, 77, &odd).unwrap();
+        assert_eq!(take(&path, 77), Some(odd));
 
         save(&path, 77, &entries).unwrap();
         assert_eq!(take(&path, 78), None, "saved under another token");
@@ -117,8 +172,7 @@ mod tests {
     fn a_damaged_or_short_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state-index");
-        let entries: Vec<_> = (0..3).map(entry).collect();
-        save(&path, 5, &entries).unwrap();
+        save(&path, 5, &saved(3)).unwrap();
         let good = std::fs::read(&path).unwrap();
         for bad in [good[..good.len() - 1].to_vec(), good[..10].to_vec(), Vec::new(), {
             let mut b = good.clone();

@@ -26,6 +26,8 @@ use assetflow_actors::record::{ControlRecord, KnownRecord, RecordStatus, RecordT
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::state_index::Written;
+
 /// The first byte of a control record: its asset key, then its fields, in postcard.
 const RECORD_TAG: u8 = 2;
 /// The first byte of a run stamp (see [`encode_stamp`]).
@@ -227,35 +229,37 @@ pub fn decode_stamped(bytes: &[u8], stamp: Option<&[u8]>) -> BackendResult<Contr
 }
 
 /// [`known`] of a stored record and its stamp, read in place (the index is filled from every
-/// record at open, so this path copies nothing). `run_brief` gives a run's brief: callers
-/// cache it, since a store holds few runs and many records.
-pub fn known_stored(
-    bytes: &[u8],
+/// record at open, so this path copies nothing), with the record's source. `run_brief` gives
+/// a run's brief: callers cache it, since a store holds few runs and many records.
+pub fn known_stored<'a>(
+    bytes: &'a [u8],
     stamp: Option<&[u8]>,
-    run_brief: &mut impl FnMut(&str) -> u32,
-) -> BackendResult<Option<KnownRecord>> {
+    run_brief: &mut impl FnMut(&str) -> u64,
+) -> BackendResult<(Cow<'a, str>, Written)> {
     let (asset_key, s) = stored(bytes)?;
     if !s.live || asset_key == s.source {
-        return Ok(None);
+        return Ok((s.source, Written::NotLive));
     }
-    let Some(hash) = KnownRecord::hash_brief(&s.hash) else { return Ok(None) };
+    let Some(hash) = KnownRecord::hash_brief(&s.hash) else { return Ok((s.source, Written::Unknown)) };
     let (run, at, version) = match stamp.map(stored_stamp).transpose()? {
         Some(t) if t.version > s.version => (t.last_seen_run, t.last_seen_at, t.version),
         _ => (s.last_seen_run, s.last_seen_at, s.version),
     };
-    Ok(Some(KnownRecord { hash, run: run_brief(&run), last_seen_at: at.time()?, version }))
+    let known = KnownRecord { hash, run: run_brief(&run), last_seen_at: at.time()?, version };
+    Ok((s.source, Written::Live(known)))
 }
 
-/// What the store's index keeps of a record: `None` unless it is a live asset whose hash is
-/// hex (every hash assetflow writes is).
-pub fn known(r: &ControlRecord) -> Option<KnownRecord> {
+/// What the store's index keeps of a record: a live asset's brief; `Unknown` for a live asset
+/// whose hash is not hex (every hash assetflow writes is), which the index cannot brief.
+pub fn known(r: &ControlRecord) -> Written {
     // Run-event markers and completion marks are stored as dropped, so `is_live` leaves them
     // out; `is_asset` would also format a string on every write to tell a marker.
     if !r.is_live() || r.is_completion_mark() {
-        return None;
+        return Written::NotLive;
     }
-    Some(KnownRecord {
-        hash: KnownRecord::hash_brief(&r.hash)?,
+    let Some(hash) = KnownRecord::hash_brief(&r.hash) else { return Written::Unknown };
+    Written::Live(KnownRecord {
+        hash,
         run: KnownRecord::run_brief(&r.last_seen_run),
         last_seen_at: r.last_seen_at,
         version: r.version,
@@ -422,11 +426,14 @@ mod tests {
         let mut brief = KnownRecord::run_brief;
         for stamp in [None, Some(&stamp[..])] {
             let want = known(&decode_stamped(&bytes, stamp).unwrap());
-            assert_eq!(known_stored(&bytes, stamp, &mut brief).unwrap(), want);
+            assert_eq!(known_stored(&bytes, stamp, &mut brief).unwrap(), (Cow::Borrowed("pg"), want));
         }
-        assert_eq!(known_stored(&bytes, Some(&stamp), &mut brief).unwrap().unwrap().version, 43);
+        let Written::Live(touched) = known_stored(&bytes, Some(&stamp), &mut brief).unwrap().1 else { panic!() };
+        assert_eq!(touched.version, 43);
         let dropped = encode(&record(RecordStatus::Dropped)).unwrap();
-        assert_eq!(known_stored(&dropped, None, &mut brief).unwrap(), None);
+        assert_eq!(known_stored(&dropped, None, &mut brief).unwrap().1, Written::NotLive);
+        let odd = ControlRecord { hash: "not hex".into(), ..live };
+        assert_eq!(known_stored(&encode(&odd).unwrap(), None, &mut brief).unwrap().1, Written::Unknown);
     }
 
     #[test]

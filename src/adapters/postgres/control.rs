@@ -239,8 +239,14 @@ impl ControlStore for PgControl {
     }
 
     /// Streams the source's records through the planner a page at a time: only the keys to
-    /// drop are kept.
-    async fn sweep_plan(&self, source: &str, run: &str, max_drop_fraction: f64) -> BackendResult<SweepPlan> {
+    /// drop are kept. It reads every record, so it counts every run event.
+    async fn sweep_plan(
+        &self,
+        source: &str,
+        run: &str,
+        max_drop_fraction: f64,
+        _count_run_events: bool,
+    ) -> BackendResult<SweepPlan> {
         let mut planner = SweepPlanner::new(run);
         self.scan(Some(source), |r| planner.add(&r.asset_key, r.is_live(), &r.last_seen_run)).await?;
         Ok(planner.finish(max_drop_fraction))

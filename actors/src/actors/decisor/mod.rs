@@ -363,7 +363,7 @@ fn known_unchanged<'a>(
     batch: &'a [Pending],
     events_of: &HashMap<&str, usize>,
 ) -> HashMap<&'a str, KnownRecord> {
-    let mut runs: HashMap<&str, u32> = HashMap::new();
+    let mut runs: HashMap<&str, u64> = HashMap::new();
     let mut known = HashMap::new();
     for p in batch {
         let ev = &p.enriched.event;

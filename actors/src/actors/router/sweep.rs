@@ -94,7 +94,7 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
         let plan = {
             // A closed semaphore cannot happen (it is never closed); scanning anyway is safe.
             let _scan = deps.scans.acquire().await.ok();
-            let plan = || deps.control.sweep_plan(&ev.source, &ev.run_id, deps.max_drop_fraction);
+            let plan = || deps.control.sweep_plan(&ev.source, &ev.run_id, deps.max_drop_fraction, expected.is_some());
             match deps.calls.call("control store", "list", plan).await {
                 Ok(plan) => plan,
                 Err(e) => {
