@@ -15,6 +15,7 @@ use assetflow_actors::decision::{HistoryRow, Outcome};
 use assetflow_actors::event::AssetName;
 use assetflow_actors::ports::{ControlStore, FailureKind, HistoryStore, RecordKey, RecordWrite};
 use assetflow_actors::record::{ControlRecord, RecordStatus};
+use assetflow_actors::rules::SweepQuery;
 use chrono::{DateTime, Utc};
 use common::{Outputs, compare, pg_url, scenarios};
 
@@ -50,6 +51,11 @@ fn record(source: &str, table: &str, run: &str, version: u64) -> ControlRecord {
 
 fn write(r: &ControlRecord, expected: u64) -> RecordWrite {
     RecordWrite { record: r.clone(), expected_version: expected }
+}
+
+/// The sweep of run `run` over source `pg`, counting every run event.
+fn query(run: &str, max_drop_fraction: f64) -> SweepQuery<'_> {
+    SweepQuery { source: "pg", run, max_drop_fraction, count_run_events: true }
 }
 
 fn key(r: &ControlRecord) -> RecordKey {
@@ -120,10 +126,10 @@ fn sweeps_and_listings_page_through_a_source_by_key() {
         let mut of_pg = store.list_source("pg").await.unwrap();
         of_pg.sort_by(|x, y| x.asset_key.cmp(&y.asset_key));
         assert_eq!(of_pg, all[..5].to_vec(), "exactly the source's records, not pg2's");
-        let plan = store.sweep_plan("pg", "r2", 1.0, true).await.unwrap();
+        let plan = store.sweep_plan(query("r2", 1.0)).await.unwrap();
         assert_eq!((plan.live, plan.seen_in_run), (5, 2));
         assert_eq!(plan.to_drop, ["pg/db/s/t2", "pg/db/s/t3", "pg/db/s/t4"]);
-        assert!(store.sweep_plan("pg", "r2", 0.5, true).await.unwrap().guarded, "3 of 5 is over half");
+        assert!(store.sweep_plan(query("r2", 0.5)).await.unwrap().guarded, "3 of 5 is over half");
         assert_eq!(store.list_all().await.unwrap().len(), 7);
     });
 }

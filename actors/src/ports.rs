@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::decision::{HistoryRow, Origin};
 use crate::envelope::Ack;
 use crate::record::{ControlRecord, KnownRecord, RecordTouch};
-use crate::rules::{SweepPlan, plan_sweep};
+use crate::rules::{SweepPlan, SweepQuery, plan_sweep};
 
 /// How a backend call failed, which decides whether it is worth retrying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,19 +108,11 @@ pub trait ControlStore: Send + Sync + 'static {
     /// Every record of every source (live and dropped), for `assetflow assets`; not used by the
     /// pipeline.
     async fn list_all(&self) -> BackendResult<Vec<ControlRecord>>;
-    /// The sweep of run `run` over the records of `source` (EVENTS.md §3.2). This lists them
-    /// all; a store that can stream its records overrides it, so that a sweep's memory does not
-    /// grow with the size of the source. `_count_run_events`: the plan's `seen_in_run` must count
-    /// every applied run event (§3.3, a completion with `expected_assets`); without it a store
-    /// may leave out those its records do not show as live (markers).
-    async fn sweep_plan(
-        &self,
-        source: &str,
-        run: &str,
-        max_drop_fraction: f64,
-        _count_run_events: bool,
-    ) -> BackendResult<SweepPlan> {
-        Ok(plan_sweep(&self.list_source(source).await?, run, max_drop_fraction))
+    /// The sweep of a completed run over the records of its source (EVENTS.md §3.2). This
+    /// lists them all (so it counts every run event); a store that can stream its records
+    /// overrides it, so that a sweep's memory does not grow with the size of the source.
+    async fn sweep_plan(&self, q: SweepQuery<'_>) -> BackendResult<SweepPlan> {
+        Ok(plan_sweep(&self.list_source(q.source).await?, q.run, q.max_drop_fraction))
     }
 }
 

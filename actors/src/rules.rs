@@ -21,6 +21,19 @@ pub fn judge(record: Option<&ControlRecord>, hash: &str, at: DateTime<Utc>) -> O
     }
 }
 
+/// What a completion's sweep asks of a control store (EVENTS.md §3.2).
+#[derive(Debug, Clone, Copy)]
+pub struct SweepQuery<'a> {
+    pub source: &'a str,
+    /// The completed run.
+    pub run: &'a str,
+    pub max_drop_fraction: f64,
+    /// Whether the plan's `seen_in_run` must count every applied run event (§3.3: the
+    /// completion names `expected_assets`). Without it a store may leave out those its records
+    /// do not show as live (run-event markers), and plan from what it keeps in memory.
+    pub count_run_events: bool,
+}
+
 /// What a completion of run `run` would do to its source's records (EVENTS.md §3.2).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SweepPlan {

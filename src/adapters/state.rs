@@ -23,7 +23,7 @@ use assetflow_actors::ports::{
     BackendError, BackendResult, ControlStore, FailureKind, HistoryStore, RecordKey, RecordWrite,
 };
 use assetflow_actors::record::{ControlRecord, KnownRecord, RecordTouch};
-use assetflow_actors::rules::{SweepPlan, SweepPlanner};
+use assetflow_actors::rules::{SweepPlan, SweepPlanner, SweepQuery};
 use assetflow_actors::threads;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -438,18 +438,12 @@ impl ControlStore for StateStore {
 
     /// From the index where it can ([`Inner::sweep_from_index`]); otherwise streams the source's
     /// records through the planner, keeping only the keys to drop.
-    async fn sweep_plan(
-        &self,
-        source: &str,
-        run: &str,
-        max_drop_fraction: f64,
-        count_run_events: bool,
-    ) -> BackendResult<SweepPlan> {
+    async fn sweep_plan(&self, q: SweepQuery<'_>) -> BackendResult<SweepPlan> {
         let inner = self.inner.clone();
-        let source = source.to_owned();
-        let run = run.to_owned();
+        let (source, run, max_drop_fraction) = (q.source.to_owned(), q.run.to_owned(), q.max_drop_fraction);
+        let from_index = !q.count_run_events;
         blocking("list source", move || {
-            if !count_run_events && let Some(plan) = inner.sweep_from_index(&source, &run, max_drop_fraction)? {
+            if from_index && let Some(plan) = inner.sweep_from_index(&source, &run, max_drop_fraction)? {
                 return Ok(plan);
             }
             let mut planner = SweepPlanner::new(&run);
@@ -600,7 +594,7 @@ mod tests {
         assert_eq!(got["pg/x/db/s/t"], all[5000]);
         // A sweep of "pg" sees exactly its 5,000 records, not those of "pg/x".
         for counted in [false, true] {
-            let plan = store.sweep_plan("pg", "r2", 1.0, counted).await.unwrap();
+            let plan = store.sweep_plan(query("pg", "r2", counted)).await.unwrap();
             assert_eq!((plan.live, plan.to_drop.len()), (5000, 5000));
             assert_eq!(plan.to_drop[0], "pg/db/s/t00000");
         }
@@ -649,8 +643,8 @@ mod tests {
         assert_eq!(store.known("pg", "pg/db/s/a"), Some(brief(&seen)));
         // The sweep reads the stamp: seen in r2, not in r3.
         for counted in [false, true] {
-            assert!(store.sweep_plan("pg", "r2", 1.0, counted).await.unwrap().to_drop.is_empty());
-            assert_eq!(store.sweep_plan("pg", "r3", 1.0, counted).await.unwrap().to_drop.len(), 2);
+            assert!(store.sweep_plan(query("pg", "r2", counted)).await.unwrap().to_drop.is_empty());
+            assert_eq!(store.sweep_plan(query("pg", "r3", counted)).await.unwrap().to_drop.len(), 2);
         }
 
         // A full write supersedes the older stamp; a dropped record is no longer known.
@@ -727,10 +721,14 @@ mod tests {
         assert!(store.known("pg", "pg/db/s/t007").is_some());
     }
 
+    fn query<'a>(source: &'a str, run: &'a str, count_run_events: bool) -> SweepQuery<'a> {
+        SweepQuery { source, run, max_drop_fraction: 1.0, count_run_events }
+    }
+
     /// The plan a sweep makes from the index and the one a read of every record makes.
     async fn both_plans(store: &StateStore, source: &str, run: &str) -> (SweepPlan, SweepPlan) {
-        let fast = store.sweep_plan(source, run, 1.0, false).await.unwrap();
-        let read = store.sweep_plan(source, run, 1.0, true).await.unwrap();
+        let fast = store.sweep_plan(query(source, run, false)).await.unwrap();
+        let read = store.sweep_plan(query(source, run, true)).await.unwrap();
         (fast, read)
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use assetflow_actors::event::AssetName;
 use assetflow_actors::ports::{BackendError, BackendResult, ControlStore, FailureKind, RecordKey, RecordWrite};
 use assetflow_actors::record::{ControlRecord, RecordStatus};
-use assetflow_actors::rules::{SweepPlan, SweepPlanner};
+use assetflow_actors::rules::{SweepPlan, SweepPlanner, SweepQuery};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -240,16 +240,10 @@ impl ControlStore for PgControl {
 
     /// Streams the source's records through the planner a page at a time: only the keys to
     /// drop are kept. It reads every record, so it counts every run event.
-    async fn sweep_plan(
-        &self,
-        source: &str,
-        run: &str,
-        max_drop_fraction: f64,
-        _count_run_events: bool,
-    ) -> BackendResult<SweepPlan> {
-        let mut planner = SweepPlanner::new(run);
-        self.scan(Some(source), |r| planner.add(&r.asset_key, r.is_live(), &r.last_seen_run)).await?;
-        Ok(planner.finish(max_drop_fraction))
+    async fn sweep_plan(&self, q: SweepQuery<'_>) -> BackendResult<SweepPlan> {
+        let mut planner = SweepPlanner::new(q.run);
+        self.scan(Some(q.source), |r| planner.add(&r.asset_key, r.is_live(), &r.last_seen_run)).await?;
+        Ok(planner.finish(q.max_drop_fraction))
     }
 
     async fn list_all(&self) -> BackendResult<Vec<ControlRecord>> {

@@ -19,7 +19,7 @@ use crate::event::{AssetEvent, EventKind};
 use crate::mark::{CompletionMark, MarkState, mark_key};
 use crate::metrics::{Flow, Metrics};
 use crate::ports::{BackendResult, ControlStore, FailureKind, RecordWrite};
-use crate::rules::SweepPlan;
+use crate::rules::{SweepPlan, SweepQuery};
 use crate::supervise::Supervisor;
 
 /// Longest pause between two checks of a run that has not yet seen its expected assets.
@@ -94,7 +94,13 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
         let plan = {
             // A closed semaphore cannot happen (it is never closed); scanning anyway is safe.
             let _scan = deps.scans.acquire().await.ok();
-            let plan = || deps.control.sweep_plan(&ev.source, &ev.run_id, deps.max_drop_fraction, expected.is_some());
+            let query = SweepQuery {
+                source: &ev.source,
+                run: &ev.run_id,
+                max_drop_fraction: deps.max_drop_fraction,
+                count_run_events: expected.is_some(),
+            };
+            let plan = || deps.control.sweep_plan(query);
             match deps.calls.call("control store", "list", plan).await {
                 Ok(plan) => plan,
                 Err(e) => {
