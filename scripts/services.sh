@@ -30,14 +30,15 @@ wait_for() { # port name seconds
 }
 
 start_moto() {
+  # Installed even when another checkout's moto already listens: this checkout's scripts
+  # (scripts/aws-requests.sh, aws-local-setup.sh) use boto3 from this venv.
+  if [ ! -x "$state/venv/bin/moto_server" ]; then
+    echo "services: installing moto[server]==5.2.5 into $state/venv"
+    ensure_venv "moto[server]==5.2.5"
+  fi
   if listening "$MOTO_PORT"; then
     echo "services: moto already listening on 127.0.0.1:$MOTO_PORT"
     return 0
-  fi
-  if [ ! -x "$state/venv/bin/moto_server" ]; then
-    echo "services: installing moto[server]==5.2.5 into $state/venv"
-    python3 -m venv "$state/venv"
-    "$state/venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==5.2.5"
   fi
   nohup "$state/venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$state/moto.log" 2>&1 &
   echo $! >"$state/moto.pid"
