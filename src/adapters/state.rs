@@ -334,8 +334,7 @@ impl Inner {
         let mut planner = SweepPlanner::new(run);
         planner.add_seen(swept.seen);
         for key in swept.unseen {
-            let Some(value) = self.control.get(key).map_err(|e| err("get records", e))? else { continue };
-            let stamp = self.stamps.get(key).map_err(|e| err("get records", e))?;
+            let Some((value, stamp)) = self.get_stored(&key)? else { continue };
             let r = state_layout::sweep_view(&value, stamp.as_deref())?;
             if r.source == source {
                 planner.add(&r.asset_key, r.live, &r.last_seen_run);
@@ -346,11 +345,17 @@ impl Inner {
 
     /// A record with its run stamp applied.
     fn get_record(&self, key: &[u8]) -> BackendResult<Option<ControlRecord>> {
+        let Some((value, stamp)) = self.get_stored(key)? else { return Ok(None) };
+        state_layout::decode_stamped(&value, stamp.as_deref()).map(Some)
+    }
+
+    /// The stored row of the record at `key` and its run stamp, if it has one.
+    fn get_stored(&self, key: &[u8]) -> BackendResult<Option<(fjall::UserValue, Option<fjall::UserValue>)>> {
         let Some(value) = self.control.get(key).map_err(|e| err("get records", e))? else {
             return Ok(None);
         };
         let stamp = self.stamps.get(key).map_err(|e| err("get records", e))?;
-        state_layout::decode_stamped(&value, stamp.as_deref()).map(Some)
+        Ok(Some((value, stamp)))
     }
 }
 
