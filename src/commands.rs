@@ -415,6 +415,16 @@ pub fn history(config: &Config, asset_key: &str, limit: usize) -> anyhow::Result
     Ok(out)
 }
 
+/// `assetflow fold`: the embedded store's touch frames written as stamp rows, then a clean stop.
+pub fn fold(config: &Config) -> anyhow::Result<String> {
+    let store = open_state(config)?;
+    let (frames, rows) = store
+        .fold_frames()
+        .with_context(|| format!("cannot fold the touch frames in {}", config.state_dir().display()))?;
+    store.settle(SETTLE_WITHIN);
+    Ok(format!("folded {frames} touch frames: {rows} run stamps written as rows\n"))
+}
+
 /// `assetflow assets`: the control table, optionally filtered, read through the control store
 /// the config names (embedded, DynamoDB...).
 pub fn assets(config: &Config, source: Option<&str>, status: Option<&str>) -> anyhow::Result<String> {

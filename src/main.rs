@@ -103,6 +103,12 @@ enum Command {
         #[arg(long, requires = "kinesis_stream")]
         config: Option<PathBuf>,
     },
+    /// Write the run stamps the embedded store holds in touch frames as rows, as it does every
+    /// 2,048 frames: before going back to a version that does not read touch frames.
+    Fold {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+    },
     /// List the assets in the control table.
     Assets {
         #[arg(long, default_value = "config.toml")]
@@ -263,6 +269,7 @@ fn main() -> ExitCode {
                 _ => generate(&params, out.as_deref()),
             }
         }
+        Command::Fold { config } => Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::fold(&c)),
         Command::Assets { config, source, status } => Config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| commands::assets(&c, source.as_deref(), status.as_deref())),

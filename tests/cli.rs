@@ -120,6 +120,15 @@ fn history_and_assets_read_back_a_run() {
     assert!(text.contains("4 assets"), "{text}");
     let out = assetflow(dir.path(), &["assets", "--source", "mysql"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 assets"));
+
+    // A fold writes the run stamps held in touch frames as rows: the assets read the same.
+    let before = assetflow(dir.path(), &["assets"]).stdout;
+    let out = assetflow(dir.path(), &["fold"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.starts_with("folded ") && !text.starts_with("folded 0 "), "{text}");
+    assert_eq!(String::from_utf8_lossy(&assetflow(dir.path(), &["assets"]).stdout), String::from_utf8_lossy(&before));
+    let again = assetflow(dir.path(), &["fold"]);
+    assert!(String::from_utf8_lossy(&again.stdout).starts_with("folded 0 touch frames"));
 }
 
 #[test]

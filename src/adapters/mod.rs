@@ -17,3 +17,4 @@ pub mod state;
 pub mod state_index;
 pub mod state_index_file;
 pub mod state_layout;
+pub mod state_touches;

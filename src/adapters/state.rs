@@ -7,15 +7,19 @@
 //! per key as in a B-tree (BENCHMARKS.md has the figures that chose it). How rows and keys are
 //! laid out is `state_layout.rs`.
 //!
-//! An unchanged asset seen again moves only its run stamp, written to a keyspace of its own
-//! (`stamps`, keyed like the records) so the records' tables stay still, and it is decided from
-//! the index of live records this store keeps in memory (`state_index.rs`) without a read. One
-//! the bounded index does not hold is read, and still moves only its stamp.
+//! An unchanged asset seen again moves only its run stamp, and it is decided from the index of
+//! live records this store keeps in memory (`state_index.rs`) without a read. The stamps of a
+//! batch's indexed assets go into one touch frame (`state_touches.rs`) and stay in the index,
+//! which reads of those records take them from, until a fold writes them as rows of a keyspace
+//! of their own (`stamps`, keyed like the records) so the records' tables stay still. One the
+//! bounded index does not hold is read, and its stamp written as a row at once.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use assetflow_actors::decision::HistoryRow;
 use assetflow_actors::envelope::Watermark;
@@ -32,6 +36,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use super::history_log::HistoryLog;
 use super::state_index::{CAPACITY, IndexKey, RecordIndex, Written};
 use super::state_index_file::Saved;
+use super::state_touches::{self, FrameBuilder};
 use super::{state_index_file, state_layout};
 
 const BACKEND: &str = "embedded store";
@@ -45,6 +50,12 @@ const MEMTABLE_BYTES: u64 = 16 << 20;
 const HISTORY_MEMTABLE_BYTES: u64 = 1 << 20;
 /// Memtable size of the run stamps (~40-byte rows).
 const STAMPS_MEMTABLE_BYTES: u64 = 4 << 20;
+/// Memtable size of the touch frames (~20 KiB each).
+const TOUCHES_MEMTABLE_BYTES: u64 = 8 << 20;
+/// Touch frames kept before a fold (`state_touches.rs`): a frame holds a batch's stamps, at most
+/// 512, so this bounds the replay after a crash to about a million stamps (~45 MB), and a
+/// catalog of 100k assets crawls about ten times between folds.
+const FOLD_FRAMES: u64 = 2_048;
 /// Journal kept on disk before fjall flushes the keyspaces holding it back; bounds replay time
 /// after a crash.
 const JOURNAL_BYTES: u64 = 128 << 20;
@@ -66,10 +77,31 @@ struct Inner {
     /// History rows of stores written before [`HistoryLog`]: read after its rows, never written.
     history: Keyspace,
     checkpoints: Keyspace,
+    /// Touch frames (`state_touches.rs`), keyed by sequence number.
+    touches: Keyspace,
     history_log: HistoryLog,
     index: RecordIndex,
     /// Where a clean stop saves the index (`state_index_file.rs`).
     index_file: PathBuf,
+    /// The run ids of the stamps only frames and the index hold, by brief: the index keeps a
+    /// run's brief, a read gives the run.
+    runs: RwLock<HashMap<u64, String>>,
+    /// The frames on disk. Held while a batch commits and the index learns of it, so that a
+    /// fold finds in the index every stamp of the frames it removes.
+    frames: Mutex<Frames>,
+    /// Frames kept before a fold: [`FOLD_FRAMES`] (tests take fewer).
+    fold_after: u64,
+    /// A write failed: the database refuses further writes (fjall stops at its first failed
+    /// journal write), and reads refuse too, since the index may hold stamps no frame made
+    /// durable, or lack some that one did. An open replays the frames.
+    failed: AtomicBool,
+}
+
+/// The sequence numbers of the touch frames on disk: `first..next`.
+#[derive(Debug, Default)]
+struct Frames {
+    first: u64,
+    next: u64,
 }
 
 fn err(op: &str, e: fjall::Error) -> BackendError {
@@ -108,6 +140,7 @@ impl StateStore {
         let stamps = opened("stamps", STAMPS_MEMTABLE_BYTES)?;
         let history = opened("history", HISTORY_MEMTABLE_BYTES)?;
         let checkpoints = opened("checkpoints", 1 << 20)?;
+        let touches = opened("touches", TOUCHES_MEMTABLE_BYTES)?;
         // Opened after the database, whose lock keeps any other process out of the folder.
         let history_log = HistoryLog::open(&dir.join("history"))?;
         let inner = Inner {
@@ -116,9 +149,14 @@ impl StateStore {
             stamps,
             history,
             checkpoints,
+            touches,
             history_log,
             index: RecordIndex::default(),
             index_file: dir.join("state-index"),
+            runs: RwLock::default(),
+            frames: Mutex::default(),
+            fold_after: FOLD_FRAMES,
+            failed: AtomicBool::new(false),
         };
         let unreadable = |e: BackendError| format!("cannot read the embedded store {}: {e}", path.display());
         match inner.take_saved_index().map_err(unreadable)? {
@@ -132,10 +170,26 @@ impl StateStore {
                 if !saved.complete {
                     inner.index.not_complete();
                 }
+                *inner.runs_mut() = saved.runs.into_iter().collect();
             }
-            None => inner.fill_index().map_err(unreadable)?,
+            None => {
+                inner.fill_index().map_err(unreadable)?;
+                inner.replay_frames().map_err(unreadable)?;
+            }
         }
+        let seq = |g: Option<fjall::Guard>| g.and_then(|g| g.key().ok()).and_then(|k| state_touches::frame_seq(&k));
+        let (first, last) = (seq(inner.touches.first_key_value()), seq(inner.touches.last_key_value()));
+        *inner.frames_held() = Frames { first: first.unwrap_or(0), next: last.map_or(0, |l| l + 1) };
         Ok(StateStore { inner: Arc::new(inner) })
+    }
+
+    /// Folds the touch frames now (`assetflow fold`): their stamps become rows, as a version
+    /// before touch frames reads them. Returns the frames and the rows written.
+    pub fn fold_frames(&self) -> BackendResult<(u64, usize)> {
+        let mut frames = self.inner.frames_held();
+        let count = frames.next - frames.first;
+        let rows = self.inner.fold(&mut frames)?;
+        Ok((count, rows))
     }
 
     pub fn checkpoint(&self, key: &str) -> BackendResult<Option<Vec<u8>>> {
@@ -173,7 +227,7 @@ impl StateStore {
     /// which the next open replays as after a crash, and a scan, so nothing depends on this.
     pub fn settle(&self, within: std::time::Duration) {
         let inner = &self.inner;
-        let keyspaces = [&inner.control, &inner.stamps, &inner.history, &inner.checkpoints];
+        let keyspaces = [&inner.control, &inner.stamps, &inner.history, &inner.checkpoints, &inner.touches];
         for ks in keyspaces {
             // fjall 3 keeps rotation `#[doc(hidden)]` (its tests use it); Cargo.lock pins it.
             if let Err(e) = ks.rotate_memtable() {
@@ -234,8 +288,22 @@ fn index_key(control_key: &[u8]) -> Option<IndexKey> {
 impl Inner {
     /// Calls `each` with the stored record and run stamp of every record filed under `prefix`
     /// (one source's, or all with an empty prefix), in key order. Callers keep the records whose
-    /// `source` is what they asked for (sources may share a prefix).
+    /// `source` is what they asked for (sources may share a prefix). The stamp is the newest,
+    /// the index's where only a touch frame holds it ([`Inner::overlaid`]).
     fn scan(
+        &self,
+        prefix: &[u8],
+        mut each: impl FnMut(&[u8], &[u8], Option<&[u8]>) -> BackendResult<ControlFlow<()>>,
+    ) -> BackendResult<()> {
+        self.check_not_failed()?;
+        self.scan_rows(prefix, |key, value, stamp| {
+            let stamp = self.overlaid(key, value, stamp)?;
+            each(key, value, stamp.as_deref())
+        })
+    }
+
+    /// [`Inner::scan`] of the rows alone: the stamps written as rows, not those only frames hold.
+    fn scan_rows(
         &self,
         prefix: &[u8],
         mut each: impl FnMut(&[u8], &[u8], Option<&[u8]>) -> BackendResult<ControlFlow<()>>,
@@ -271,8 +339,13 @@ impl Inner {
         let token =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
                 ^ (u64::from(std::process::id()) << 40);
-        let saved =
-            Saved { entries: self.index.entries(), complete: self.index.is_complete(), sources: self.index.sources() };
+        let runs = self.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone().into_iter().collect();
+        let saved = Saved {
+            entries: self.index.entries(),
+            complete: self.index.is_complete(),
+            sources: self.index.sources(),
+            runs,
+        };
         state_index_file::save(&self.index_file, token, &saved).map_err(|e| e.to_string())?;
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
         batch.insert(&self.checkpoints, INDEX_TOKEN_KEY, token.to_le_bytes());
@@ -302,7 +375,7 @@ impl Inner {
         let mut held = 0;
         let mut run_brief = run_briefs();
         let mut stopped = false;
-        self.scan(&[], |key, value, stamp| {
+        self.scan_rows(&[], |key, value, stamp| {
             if held >= CAPACITY / 100 * 98 {
                 stopped = true;
                 return Ok(ControlFlow::Break(()));
@@ -349,13 +422,123 @@ impl Inner {
         state_layout::decode_stamped(&value, stamp.as_deref()).map(Some)
     }
 
-    /// The stored row of the record at `key` and its run stamp, if it has one.
-    fn get_stored(&self, key: &[u8]) -> BackendResult<Option<(fjall::UserValue, Option<fjall::UserValue>)>> {
+    /// The stored row of the record at `key` and its newest run stamp, if it has one.
+    fn get_stored(&self, key: &[u8]) -> BackendResult<Option<(fjall::UserValue, Option<Vec<u8>>)>> {
+        self.check_not_failed()?;
         let Some(value) = self.control.get(key).map_err(|e| err("get records", e))? else {
             return Ok(None);
         };
         let stamp = self.stamps.get(key).map_err(|e| err("get records", e))?;
+        let stamp = self.overlaid(key, &value, stamp.as_deref())?.map(Cow::into_owned);
         Ok(Some((value, stamp)))
+    }
+
+    /// The run stamp to read with the record `value` at `key`: the index's where it is newer
+    /// than the record and its stamp row (a stamp only a touch frame holds), else the row's.
+    fn overlaid<'a>(&self, key: &[u8], value: &[u8], stamp: Option<&'a [u8]>) -> BackendResult<Option<Cow<'a, [u8]>>> {
+        let framed = match index_key(key).and_then(|k| self.index.get(&k)) {
+            Some(known) if known.version > state_layout::stamped_version(value, stamp)? => known,
+            _ => return Ok(stamp.map(Cow::Borrowed)),
+        };
+        let runs = self.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(run) = runs.get(&framed.run) else {
+            return Err(BackendError::permanent(
+                BACKEND,
+                "read run stamp",
+                "a stamp in the index names a run it does not know",
+            ));
+        };
+        state_layout::encode_stamp_of(run, framed.last_seen_at, framed.version).map(|s| Some(Cow::Owned(s)))
+    }
+
+    fn check_not_failed(&self) -> BackendResult<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(BackendError::transient(
+                BACKEND,
+                "read",
+                "a write to the store failed earlier and the store refuses further use; restart assetflow so it opens the store again",
+            ));
+        }
+        Ok(())
+    }
+
+    fn runs_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u64, String>> {
+        self.runs.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn frames_held(&self) -> std::sync::MutexGuard<'_, Frames> {
+        // Two counters, consistent between statements: a poisoned lock is still good.
+        self.frames.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// After an open that scanned the rows (no saved index, as after a crash): puts the stamps
+    /// of the touch frames into the index, and writes as rows those of assets it does not hold
+    /// (the scan stops when the index is nearly full). Of two stamps of an asset, the higher
+    /// version holds, so frames may be replayed any number of times.
+    fn replay_frames(&self) -> BackendResult<()> {
+        let mut run_brief = run_briefs();
+        let mut runs = HashMap::new();
+        let mut unheld: HashMap<IndexKey, (String, DateTime<Utc>, u64)> = HashMap::new();
+        for entry in self.touches.iter() {
+            let (_, value) = entry.into_inner().map_err(|e| err("read touch frames", e))?;
+            state_touches::decode(&value, |t| {
+                let brief = run_brief(t.run);
+                runs.entry(brief).or_insert_with(|| t.run.to_owned());
+                match self.index.get(&t.key) {
+                    Some(known) if known.version >= t.version => {}
+                    Some(_) => {
+                        self.index.touched(&t.key, brief, t.at, t.version);
+                    }
+                    None => {
+                        if unheld.get(&t.key).is_none_or(|(.., v)| *v < t.version) {
+                            unheld.insert(t.key, (t.run.to_owned(), t.at, t.version));
+                        }
+                    }
+                }
+            })?;
+        }
+        *self.runs_mut() = runs;
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        for (key, (run, at, version)) in unheld {
+            let Some((value, stamp)) = self.get_stored(&key)? else { continue };
+            if version > state_layout::stamped_version(&value, stamp.as_deref())? {
+                batch.insert(&self.stamps, key, state_layout::encode_stamp_of(&run, at, version)?);
+            }
+        }
+        batch.commit().map_err(|e| err("write replayed run stamps", e))
+    }
+
+    /// Writes as rows the stamps only touch frames hold (the index's, newer than their rows)
+    /// and removes the frames, with the frames' lock held so that no batch lands in between.
+    /// One pass over the records, every [`FOLD_FRAMES`] frames.
+    fn fold(&self, frames: &mut Frames) -> BackendResult<usize> {
+        let failed = |e| {
+            self.failed.store(true, Ordering::Release);
+            err("fold touch frames", e)
+        };
+        let mut batch = self.db.batch();
+        let mut rows = 0usize;
+        self.scan_rows(&[], |key, value, stamp| {
+            if let Some(Cow::Owned(newer)) = self.overlaid(key, value, stamp)? {
+                batch.insert(&self.stamps, key, newer);
+                rows += 1;
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        let mut batch = batch.durability(Some(PersistMode::SyncAll));
+        for seq in frames.first..frames.next {
+            batch.remove(&self.touches, state_touches::frame_key(seq));
+        }
+        batch.commit().map_err(failed)?;
+        tracing::debug!(
+            rows,
+            frames = frames.next - frames.first,
+            "embedded store: folded touch frames into stamp rows"
+        );
+        frames.first = frames.next;
+        // Every stamp the index holds is a row's now.
+        self.runs_mut().clear();
+        Ok(rows)
     }
 }
 
@@ -416,13 +599,32 @@ impl ControlStore for StateStore {
         }
         let mut run_brief = run_briefs();
         let mut stamped: Vec<(IndexKey, u64, DateTime<Utc>, u64)> = Vec::with_capacity(touches.len());
+        let mut frame = FrameBuilder::default();
         for t in touches {
             let key = state_layout::control_key(&t.source, &t.asset_key);
-            batch.insert(&inner.stamps, key, state_layout::encode_stamp(t)?);
+            // Only an indexed asset's stamp may live in a frame: reads find it in the index.
+            // This shard is the key's only writer, so the index still holds it at the commit.
+            if inner.index.get(&key).is_some() {
+                frame.push(key, &t.last_seen_run, t.last_seen_at, t.version);
+            } else {
+                batch.insert(&inner.stamps, key, state_layout::encode_stamp(t)?);
+            }
             stamped.push((key, run_brief(&t.last_seen_run), t.last_seen_at, t.version));
         }
+        let framed = if frame.is_empty() { None } else { Some(frame.encode()?) };
+        let frame_runs: Vec<(u64, String)> = frame.runs().iter().map(|r| (run_brief(r), (*r).to_owned())).collect();
         let inner = self.inner.clone();
         blocking("put records", move || {
+            let mut frames = inner.frames_held();
+            let has_frame = framed.is_some();
+            if let Some(bytes) = framed {
+                batch.insert(&inner.touches, state_touches::frame_key(frames.next), bytes);
+                // Known before the index shows a stamp of theirs, so a read can name them.
+                let mut runs = inner.runs_mut();
+                for (brief, run) in frame_runs {
+                    runs.entry(brief).or_insert(run);
+                }
+            }
             let committed = batch.commit().map_err(|e| err("put records", e));
             let keys = written.iter().map(|(key, _)| key).chain(stamped.iter().map(|(key, ..)| key));
             match committed {
@@ -434,9 +636,22 @@ impl ControlStore for StateStore {
                         inner.index.touched(key, *run, *at, *version);
                     }
                 }
-                Err(_) => keys.for_each(|key| inner.index.forget(key)),
+                Err(_) => {
+                    inner.failed.store(true, Ordering::Release);
+                    keys.for_each(|key| inner.index.forget(key));
+                }
             }
-            committed
+            committed?;
+            if has_frame {
+                frames.next += 1;
+            }
+            if frames.next - frames.first >= inner.fold_after
+                && let Err(e) = inner.fold(&mut frames)
+            {
+                // The batch is durable either way; its frame stays until a fold succeeds.
+                tracing::warn!(error = %e, "embedded store: could not fold its touch frames");
+            }
+            Ok(())
         })
         .await
     }
@@ -699,7 +914,8 @@ mod tests {
                     entries.push((ghost, entries[0].1));
                     let token = store.inner.checkpoints.get(INDEX_TOKEN_KEY).unwrap().unwrap();
                     let token = u64::from_le_bytes(token[..].try_into().unwrap());
-                    let saved = Saved { entries, complete: true, sources: store.inner.index.sources() };
+                    let saved =
+                        Saved { entries, complete: true, sources: store.inner.index.sources(), runs: Vec::new() };
                     state_index_file::save(&store.inner.index_file, token, &saved).unwrap();
                     std::fs::copy(&store.inner.index_file, path.join("kept")).unwrap();
                 }
@@ -724,6 +940,114 @@ mod tests {
         let store = StateStore::open(&dir.path().join("settled")).unwrap();
         assert_eq!(store.known("pg", "pg/db/s/ghost"), None, "scanned, not loaded");
         assert!(store.known("pg", "pg/db/s/t007").is_some());
+    }
+
+    /// What a store gives back of 20 assets, 10 of them touched in r2 after a write in r1: the
+    /// records, and what a sweep of r2 that reads every record drops.
+    async fn after_touches(store: &StateStore) -> (Vec<(String, String, u64)>, Vec<String>) {
+        let mut all: Vec<_> = store
+            .list_source("pg")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.asset_key, r.last_seen_run, r.version))
+            .collect();
+        all.sort();
+        let mut to_drop = store.sweep_plan(query("pg", "r2", true)).await.unwrap().to_drop;
+        to_drop.sort();
+        (all, to_drop)
+    }
+
+    #[tokio::test]
+    async fn touch_frames_hold_the_stamps_through_a_crash_a_clean_stop_and_a_fold() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let writes: Vec<RecordWrite> = (0..20)
+            .map(|i| RecordWrite { record: record("pg", &format!("pg/db/s/t{i:02}"), "r1"), expected_version: 2 })
+            .collect();
+        store.put_many(&writes).await.unwrap();
+        let at = chrono::Utc::now() + chrono::Duration::hours(1);
+        let touches: Vec<RecordTouch> = (0..10)
+            .map(|i| RecordTouch {
+                source: "pg".into(),
+                asset_key: format!("pg/db/s/t{i:02}"),
+                last_seen_run: "r2".into(),
+                last_seen_at: at,
+                version: 4,
+            })
+            .collect();
+        store.put_with_touches(&[], &touches[..6]).await.unwrap();
+        store.put_with_touches(&[], &touches[6..]).await.unwrap();
+        // Indexed assets: their stamps went into two frames, not into rows.
+        assert_eq!(store.inner.touches.iter().count(), 2);
+        assert_eq!(store.inner.stamps.iter().count(), 0);
+
+        let expected = {
+            let mut all: Vec<_> = (0..20)
+                .map(|i| {
+                    let (run, version) = if i < 10 { ("r2", 4) } else { ("r1", 3) };
+                    (format!("pg/db/s/t{i:02}"), run.to_owned(), version)
+                })
+                .collect();
+            all.sort();
+            (all, (10..20).map(|i| format!("pg/db/s/t{i:02}")).collect::<Vec<_>>())
+        };
+        assert_eq!(after_touches(&store).await, expected, "reads take the stamps from the index");
+        let one = store.get_many(&keys(&[("pg", "pg/db/s/t03")])).await.unwrap().remove("pg/db/s/t03").unwrap();
+        assert_eq!((one.last_seen_run.as_str(), one.last_seen_at, one.version), ("r2", at, 4));
+
+        // A crash: no settle, so no saved index; the open replays the frames.
+        drop(store);
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(after_touches(&store).await, expected, "after a crash");
+        assert_eq!(store.known("pg", "pg/db/s/t03").map(|k| k.version), Some(4));
+
+        // A clean stop: the saved index brings the stamps back, and their runs with them.
+        store.settle(std::time::Duration::from_secs(30));
+        drop(store);
+        let store = StateStore::open(dir.path()).unwrap();
+        assert!(store.inner.db.write_buffer_size() < 512, "the frames were flushed at the stop, not replayed");
+        assert_eq!(after_touches(&store).await, expected, "after a clean stop");
+
+        // A fold writes the stamps as rows and removes the frames; nothing read changes.
+        store.inner.fold(&mut store.inner.frames_held()).unwrap();
+        assert_eq!(store.inner.touches.iter().count(), 0);
+        assert_eq!(store.inner.stamps.iter().count(), 10);
+        assert_eq!(after_touches(&store).await, expected, "after a fold");
+        drop(store);
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(after_touches(&store).await, expected, "after a fold and a crash");
+    }
+
+    #[tokio::test]
+    async fn frames_past_the_bound_are_folded_as_batches_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        Arc::get_mut(&mut store.inner).unwrap().fold_after = 3;
+        let writes: Vec<RecordWrite> = (0..4)
+            .map(|i| RecordWrite { record: record("pg", &format!("pg/db/s/t{i}"), "r1"), expected_version: 2 })
+            .collect();
+        store.put_many(&writes).await.unwrap();
+        let touch = |i: usize, run: &str, version| RecordTouch {
+            source: "pg".into(),
+            asset_key: format!("pg/db/s/t{i}"),
+            last_seen_run: run.into(),
+            last_seen_at: chrono::Utc::now(),
+            version,
+        };
+        for (i, run) in ["r2", "r3"].iter().enumerate() {
+            store.put_with_touches(&[], &[touch(i, run, 4)]).await.unwrap();
+        }
+        assert_eq!((store.inner.touches.iter().count(), store.inner.stamps.iter().count()), (2, 0));
+        // The third frame reaches the bound: all three are folded into rows.
+        store.put_with_touches(&[], &[touch(2, "r4", 4)]).await.unwrap();
+        assert_eq!((store.inner.touches.iter().count(), store.inner.stamps.iter().count()), (0, 3));
+        store.put_with_touches(&[], &[touch(3, "r5", 4)]).await.unwrap();
+        drop(store);
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut runs: Vec<_> = store.list_source("pg").await.unwrap().into_iter().map(|r| r.last_seen_run).collect();
+        runs.sort();
+        assert_eq!(runs, ["r2", "r3", "r4", "r5"]);
     }
 
     fn query<'a>(source: &'a str, run: &'a str, count_run_events: bool) -> SweepQuery<'a> {

@@ -17,11 +17,11 @@ use chrono::DateTime;
 use super::state_index::{IndexKey, PrefixOwner, SourcePrefix};
 
 /// The layout's name and version.
-const MAGIC: &[u8; 8] = b"afindex2";
+const MAGIC: &[u8; 8] = b"afindex3";
 /// One entry: key 20, hash 16, run 8, seconds 8, nanoseconds 4, version 8.
 const ENTRY: usize = 64;
-/// Magic, token, entries, whether the index held every live record, source prefixes.
-const HEADER: usize = MAGIC.len() + 8 + 8 + 8 + 8;
+/// Magic, token, entries, whether the index held every live record, source prefixes, runs.
+const HEADER: usize = MAGIC.len() + 8 + 8 + 8 + 8 + 8;
 const CHECKSUM: usize = 32;
 /// A prefix owned by more than one source, in place of a name.
 const SHARED: u16 = u16::MAX;
@@ -33,6 +33,8 @@ pub struct Saved {
     /// Whether the entries are every live record of the store.
     pub complete: bool,
     pub sources: Vec<(SourcePrefix, PrefixOwner)>,
+    /// The runs of the stamps that only touch frames hold, by brief (`state_touches.rs`).
+    pub runs: Vec<(u64, String)>,
 }
 
 /// Writes `saved` as the index of the store under `token`, atomically (a temporary file
@@ -45,6 +47,7 @@ pub fn save(path: &Path, token: u64, saved: &Saved) -> std::io::Result<()> {
     bytes.extend_from_slice(&(entries.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&u64::from(saved.complete).to_le_bytes());
     bytes.extend_from_slice(&(saved.sources.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&(saved.runs.len() as u64).to_le_bytes());
     for (key, k) in entries {
         bytes.extend_from_slice(key);
         bytes.extend_from_slice(&k.hash);
@@ -64,6 +67,14 @@ pub fn save(path: &Path, token: u64, saved: &Saved) -> std::io::Result<()> {
             }
             _ => bytes.extend_from_slice(&SHARED.to_le_bytes()),
         }
+    }
+    for (brief, run) in &saved.runs {
+        // A run id this long cannot be saved; the index is not, and the next open replays the
+        // touch frames instead.
+        let len = u32::try_from(run.len()).map_err(|_| std::io::Error::other("a run id over 4 GiB"))?;
+        bytes.extend_from_slice(&brief.to_le_bytes());
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(run.as_bytes());
     }
     let sum = blake3::hash(&bytes);
     bytes.extend_from_slice(sum.as_bytes());
@@ -90,6 +101,7 @@ pub fn take(path: &Path, token: u64) -> Option<Saved> {
     let count = usize::try_from(word(MAGIC.len() + 8)?).ok()?;
     let complete = word(MAGIC.len() + 16)? == 1;
     let source_count = usize::try_from(word(MAGIC.len() + 24)?).ok()?;
+    let run_count = usize::try_from(word(MAGIC.len() + 32)?).ok()?;
     let (entries, mut rest) = body.get(HEADER..)?.split_at_checked(count.checked_mul(ENTRY)?)?;
     let entries = entries
         .chunks_exact(ENTRY)
@@ -118,7 +130,15 @@ pub fn take(path: &Path, token: u64) -> Option<Saved> {
         };
         sources.push((prefix, owner));
     }
-    rest.is_empty().then_some(Saved { entries, complete, sources })
+    let mut runs = Vec::with_capacity(run_count.min(rest.len()));
+    for _ in 0..run_count {
+        let brief = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+        let len = usize::try_from(u32::from_le_bytes(rest.get(8..12)?.try_into().ok()?)).ok()?;
+        let (run, after) = rest.get(12..)?.split_at_checked(len)?;
+        runs.push((brief, std::str::from_utf8(run).ok()?.to_owned()));
+        rest = after;
+    }
+    rest.is_empty().then_some(Saved { entries, complete, sources, runs })
 }
 
 /// Removes a saved index, if there is one.
@@ -148,6 +168,7 @@ mod tests {
             entries: (0..n).map(entry).collect(),
             complete: n % 2 == 0,
             sources: vec![([1, 2, 3, 4], PrefixOwner::One("pg".into())), ([9, 9, 9, 9], PrefixOwner::Shared)],
+            runs: (0..n % 3).map(|i| (u64::from(i) * 77, format!("run-{i}"))).collect(),
         }
     }
 

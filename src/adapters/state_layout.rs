@@ -197,11 +197,12 @@ struct StoredStamp<'a> {
 
 /// The row value of a touch.
 pub fn encode_stamp(t: &RecordTouch) -> BackendResult<Vec<u8>> {
-    let stamp = StoredStamp {
-        last_seen_run: Cow::Borrowed(&t.last_seen_run),
-        last_seen_at: t.last_seen_at.into(),
-        version: t.version,
-    };
+    encode_stamp_of(&t.last_seen_run, t.last_seen_at, t.version)
+}
+
+/// The row value of a run stamp from its parts.
+pub fn encode_stamp_of(run: &str, at: DateTime<Utc>, version: u64) -> BackendResult<Vec<u8>> {
+    let stamp = StoredStamp { last_seen_run: Cow::Borrowed(run), last_seen_at: at.into(), version };
     let mut out = Vec::with_capacity(64);
     out.push(STAMP_TAG);
     postcard::to_extend(&stamp, out).map_err(|e| BackendError::permanent(BACKEND, "encode run stamp", e))
@@ -213,6 +214,13 @@ fn stored_stamp(bytes: &[u8]) -> BackendResult<StoredStamp<'_>> {
         Some((tag, _)) => Err(corrupt(format!("unknown run stamp tag {tag}"))),
         None => Err(corrupt("an empty run stamp")),
     }
+}
+
+/// The version of a stored record with its run stamp applied: the higher of the two.
+pub fn stamped_version(bytes: &[u8], stamp: Option<&[u8]>) -> BackendResult<u64> {
+    let (_, s) = stored(bytes)?;
+    let stamp = stamp.map(stored_stamp).transpose()?.map_or(0, |t| t.version);
+    Ok(s.version.max(stamp))
 }
 
 /// A stored control record with its run stamp applied, if the stamp is the newer.
