@@ -228,3 +228,72 @@ fn sigterm_stops_cleanly_and_a_restart_resumes() {
     assert!(resumed.duplicate_ids().is_empty(), "a clean stop acknowledges all it did: nothing is repeated");
     assert_same_decisions(&clean_out, &resumed);
 }
+
+/// The value of one sample of the Prometheus text `metrics`, by its name and labels as written.
+fn metric(metrics: &str, sample: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+}
+
+/// Unchanged assets seen again keep their run stamps in memory and in touch frames until a fold
+/// (`src/adapters/state_touches.rs`): a SIGKILL after their events are acknowledged, before the
+/// run's completion, must not lose them. The completion, read by the next process, must drop
+/// only the assets the run did not see; with the stamps lost it would find none of the 50 seen
+/// and refuse to drop them all (the drop guard).
+#[test]
+fn a_sigkill_between_a_crawl_and_its_completion_keeps_the_crawls_run_stamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let config = |follow: bool| {
+        SCENARIO_CONFIG
+            .replace("follow = false", &format!("follow = {follow}"))
+            .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""))
+    };
+    std::fs::write(dir.path().join("config.toml"), config(true)).unwrap();
+    std::fs::write(dir.path().join("business.json"), "[]").unwrap();
+    let event = |id: &str, run: &str, table: Option<usize>, minute: usize| {
+        let asset = table.map_or(String::new(), |t| {
+            format!(r#","asset":{{"database":"db","schema":"s","table":"t{t:02}","columns":[{{"name":"id","type":"int"}}]}}"#)
+        });
+        let status = if table.is_some() { "running" } else { "completed" };
+        format!(
+            r#"{{"event_id":"{id}","source":"pg","run_id":"{run}","status":"{status}","emitted_at":"2026-11-01T10:{:02}:{:02}Z"{asset}}}"#,
+            minute / 60,
+            minute % 60
+        ) + "\n"
+    };
+    let mut input = String::new();
+    for t in 0..50 {
+        input += &event(&format!("a{t}"), "r1", Some(t), t);
+    }
+    input += &event("a-done", "r1", None, 50);
+    for t in 0..40 {
+        input += &event(&format!("b{t}"), "r2", Some(t), 100 + t);
+    }
+    std::fs::write(dir.path().join("events.jsonl"), &input).unwrap();
+
+    let mut child = common::spawn_run(dir.path());
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(60), "the crawl was never decided");
+        std::thread::sleep(Duration::from_millis(100));
+        let Some((200, text)) = common::http_get(port, "/metrics") else { continue };
+        if metric(&text, r#"assetflow_decisions_total{outcome="unchanged"}"#) == Some(40.0) {
+            break;
+        }
+    }
+    // The file source saves its position every 200 ms: past it, the events are not read again.
+    std::thread::sleep(Duration::from_millis(800));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    input += &event("b-done", "r2", None, 150);
+    std::fs::write(dir.path().join("events.jsonl"), &input).unwrap();
+    std::fs::write(dir.path().join("config.toml"), config(false)).unwrap();
+    let out = bin().arg("run").current_dir(dir.path()).env("RUST_LOG", "warn").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut dropped: Vec<String> =
+        Outputs::read(dir.path()).drops.iter().map(|d| d["asset_key"].as_str().unwrap_or("").to_owned()).collect();
+    dropped.sort();
+    let expected: Vec<String> = (40..50).map(|t| format!("pg/db/s/t{t:02}")).collect();
+    assert_eq!(dropped, expected, "only the assets r2 did not see");
+}
