@@ -7,7 +7,7 @@
 //! key is a sequence number). The store's index holds each indexed asset's latest stamp in
 //! memory and reads take it from there; the frames are what makes those stamps durable. An open
 //! after a crash replays them into the index, and a fold writes the stamps the `stamps` rows
-//! lack and removes the frames once they pass [`FOLD_BYTES`] (`state.rs`).
+//! lack and removes the frames once they pass a bound (`FOLD_FRAMES` in `state.rs`).
 //!
 //! A frame holds the batch's run ids once and, per asset, its control key, the run's place in
 //! that list, the time and the version, in postcard behind a tag byte (as `state_layout.rs`).
@@ -22,21 +22,23 @@ use serde::{Deserialize, Serialize};
 
 use super::state_index::IndexKey;
 
-/// Frames kept before a fold writes their stamps as rows and removes them: bounds the replay
-/// after a crash (about 1.4 million stamps) and the keyspace's size, while a catalog of 100k
-/// assets crawls about 14 times between folds.
-pub const FOLD_BYTES: u64 = 64 << 20;
-
 /// The first byte of a frame.
 const FRAME_TAG: u8 = 4;
 
 const BACKEND: &str = "embedded store";
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct StoredFrame<'a> {
     #[serde(borrow)]
     runs: Vec<Cow<'a, str>>,
     touches: Vec<StoredTouch>,
+}
+
+/// [`StoredFrame`] as written: the builder's lists, borrowed (the same postcard form).
+#[derive(Serialize)]
+struct FrameOut<'b> {
+    runs: &'b [&'b str],
+    touches: &'b [StoredTouch],
 }
 
 #[derive(Serialize, Deserialize)]
@@ -89,14 +91,7 @@ impl<'a> FrameBuilder<'a> {
     }
 
     pub fn encode(&self) -> BackendResult<Vec<u8>> {
-        let frame = StoredFrame {
-            runs: self.runs.iter().map(|r| Cow::Borrowed(*r)).collect(),
-            touches: self
-                .touches
-                .iter()
-                .map(|t| StoredTouch { key: t.key, run: t.run, seconds: t.seconds, nanos: t.nanos, version: t.version })
-                .collect(),
-        };
+        let frame = FrameOut { runs: &self.runs, touches: &self.touches };
         let mut out = Vec::with_capacity(16 + self.touches.len() * 40);
         out.push(FRAME_TAG);
         postcard::to_extend(&frame, out).map_err(|e| BackendError::permanent(BACKEND, "encode touch frame", e))
