@@ -76,5 +76,5 @@ for crawl in first steady; do
   # gen puts the events on the stream itself (the [aws] section of the crawl's config).
   RUST_LOG=warn "$bin" gen "${gen_args[@]}" "${runs[@]}" --kinesis-stream "$tag-$crawl" --config "$crawl.toml"
   echo "== $crawl crawl"
-  RUST_LOG=error "$bin" run --config "$crawl.toml" 2>&1 | grep -E "events in|decisions|aws requests"
+  RUST_LOG=error "$bin" run --config "$crawl.toml" 2>&1 | grep -E "events in|decisions|dead letters|aws requests"
 done

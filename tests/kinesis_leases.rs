@@ -361,7 +361,9 @@ fn split_children_held_by_another_worker_start_only_after_the_parent_finished() 
         let (aws_a, aws_b) = (emulator().await, emulator().await);
         let worker = |aws: &Aws, me: &str| {
             KinesisSource::new(aws, "k".into(), &stream, std::sync::Arc::new(NoCheckpoints), true)
-                .with_leases(Leasing::new(t.clone(), me.into(), Duration::from_millis(600)))
+                // Not shorter: a's lease rounds come between its reads, and on a loaded
+                // emulator a round can take longer than 600 ms, which let b take the parent.
+                .with_leases(Leasing::new(t.clone(), me.into(), Duration::from_millis(1500)))
         };
         let mut a = worker(&aws_a, "a");
         let mut held: Vec<RawMessage> = Vec::new();
@@ -383,10 +385,10 @@ fn split_children_held_by_another_worker_start_only_after_the_parent_finished() 
             .unwrap();
         let iterators = |aws: &Aws| aws.requests.snapshot().get("kinesis.GetShardIterator").copied().unwrap_or(0);
         let mut b = worker(&aws_b, "b");
-        // Two seconds of lease rounds with the parent unacknowledged: the children's leases are
-        // taken (b holds at least one), and nobody starts them.
+        // Four seconds of lease rounds (one every 500 ms) with the parent unacknowledged: the
+        // children's leases are taken (b holds at least one), and nobody starts them.
         let a_before = iterators(&aws_a);
-        let until = Instant::now() + Duration::from_secs(2);
+        let until = Instant::now() + Duration::from_secs(4);
         while Instant::now() < until {
             for w in [&mut a, &mut b] {
                 if let Pull::Messages(m) = w.pull(100).await.unwrap() {

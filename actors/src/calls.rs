@@ -47,7 +47,29 @@ impl Calls {
                 _ => self.metrics.set_problem(backend, None),
             }
         };
-        self.policy.run_observed(observe, op).await
+        self.policy.run_observed((backend, operation), observe, op).await
+    }
+
+    /// [`Calls::call`] over `items` in chunks of at most `max`, in order, each chunk a call of
+    /// its own (its own attempts and timeouts); the first chunk that fails for good ends it.
+    /// Chunks written before a failure stay written: callers treat the failure as the whole
+    /// batch's, and a sink's consumers already tolerate a re-sent record (at least once).
+    pub async fn call_chunked<'i, T, F, Fut>(
+        &self,
+        backend: &str,
+        operation: &str,
+        items: &'i [T],
+        max: usize,
+        mut op: F,
+    ) -> BackendResult<()>
+    where
+        F: FnMut(&'i [T]) -> Fut,
+        Fut: Future<Output = BackendResult<()>>,
+    {
+        for chunk in items.chunks(max.max(1)) {
+            self.call(backend, operation, || op(chunk)).await?;
+        }
+        Ok(())
     }
 }
 

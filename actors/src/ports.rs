@@ -163,6 +163,12 @@ pub struct ContentPut {
 pub trait HistoryStore: Send + Sync + 'static {
     async fn append(&self, rows: &[HistoryRow]) -> BackendResult<()>;
     async fn read(&self, asset_key: &str, limit: usize) -> BackendResult<Vec<HistoryRow>>;
+    /// The most rows one `append` should carry (see [`Sink::max_batch`]). None of the stores
+    /// here bounds it: the DynamoDB history keys a row by its place in its append, and sends an
+    /// append's requests together instead.
+    fn max_batch(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// One output message, serialized, with what transports want as key and headers.
@@ -191,6 +197,13 @@ impl SinkRecord {
 pub trait Sink: Send + Sync + 'static {
     /// Sends the batch; when this returns `Ok`, every record is durable at the sink.
     async fn send(&self, batch: &[SinkRecord]) -> BackendResult<()>;
+    /// The most records one `send` should carry. Each call is one attempt under `[retry]`'s
+    /// timeout, so a sink that needs a request per few records (SQS: ten) bounds its calls, and
+    /// callers split a larger batch ([`crate::calls::Calls::call_chunked`]): a batch that grew
+    /// while the backend was slow must not need longer than one attempt may take.
+    fn max_batch(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// Business data for an event: one object per lookup key, or none.

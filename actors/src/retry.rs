@@ -46,13 +46,16 @@ impl RetryPolicy {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
     {
-        self.run_observed(|_, _| {}, op).await
+        self.run_observed(("adapter", "call"), |_, _| {}, op).await
     }
 
-    /// [`RetryPolicy::run`], telling `observe` how long each attempt took and how it ended. The
-    /// instrumented layer every actor uses is [`crate::calls::Calls`], built on this.
+    /// [`RetryPolicy::run`], telling `observe` how long each attempt took and how it ended; an
+    /// attempt that times out or panics is reported as `(backend, operation)`'s, so the log
+    /// says which call hung. The instrumented layer every actor uses is [`crate::calls::Calls`],
+    /// built on this.
     pub async fn run_observed<T, F, Fut>(
         &self,
+        (backend, operation): (&str, &str),
         observe: impl Fn(Duration, Result<(), &BackendError>),
         mut op: F,
     ) -> Result<T, BackendError>
@@ -67,10 +70,10 @@ impl RetryPolicy {
             let outcome = match tokio::time::timeout(self.timeout, guarded).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(panic)) => {
-                    Err(BackendError::transient("adapter", "call", format!("panicked: {}", panic_message(&panic))))
+                    Err(BackendError::transient(backend, operation, format!("panicked: {}", panic_message(&panic))))
                 }
                 Err(_) => {
-                    Err(BackendError::transient("adapter", "call", format!("no answer within {:?}", self.timeout)))
+                    Err(BackendError::transient(backend, operation, format!("no answer within {:?}", self.timeout)))
                 }
             };
             observe(began.elapsed(), outcome.as_ref().map(|_| ()));

@@ -1,6 +1,8 @@
 //! Fault injection on every port: an error on the Nth call, a panic, a hang past the call
 //! timeout. Transient faults are retried away (same decisions as a clean run, no dead letter);
-//! a backend that stays down dead-letters what it blocks, and nothing is lost either way.
+//! a backend that stays down dead-letters what it blocks, and nothing is lost either way. A
+//! slow backend that bounds its calls gets batches split to that bound, so that a batch grown
+//! while it was slow never needs longer than one attempt's timeout.
 
 mod support;
 
@@ -210,4 +212,27 @@ fn a_batch_whose_history_failed_leaves_its_published_decisions_in_history_when_d
     let published = ids(&first.upserts);
     let missing: Vec<&String> = published.difference(&rows).collect();
     assert!(missing.is_empty(), "published upserts with no history row: {missing:?}");
+}
+
+#[test]
+fn a_slow_sink_and_history_get_calls_no_larger_than_they_take() {
+    // 20 ms a record against a 300 ms timeout per attempt: a call of more than 15 records can
+    // never answer in time. Both ports say 5; while one write is out the producer's and the
+    // history writer's queues grow past that. Unsplit, every attempt of such a write times out:
+    // its events are dead-lettered, and the dead letters' own writes, which never give up,
+    // time out too, so the run never drains (tried: `run_with`'s two minutes run out).
+    let clean = run_with(fast_settings(), Box::new(VecSource::new(stream())), Backends::default());
+    let slow = std::time::Duration::from_millis(20);
+    let b = Backends {
+        upserts: Arc::new(MemSink { per_record: slow, max_batch: 5, ..Default::default() }),
+        history: Arc::new(MemHistory { per_row: slow, max_batch: 5, ..Default::default() }),
+        ..Backends::default()
+    };
+    let (upserts, history) = (b.upserts.clone(), b.history.clone());
+    let out = run_with(fast_settings(), Box::new(VecSource::new(stream())), b);
+    assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+    assert_eq!(ids(&out.upserts), ids(&clean.upserts));
+    assert_eq!(decisions(&out), decisions(&clean));
+    let (sends, appends) = (upserts.calls.lock().unwrap().clone(), history.calls.lock().unwrap().clone());
+    assert!(sends.iter().all(|&n| n <= 5) && appends.iter().all(|&n| n <= 5), "{sends:?} {appends:?}");
 }

@@ -161,7 +161,7 @@ impl Handler<Flush> for HistoryWriter {
                 supervisor
                     .twice("history_writer", "append", || async {
                         crate::failpoint!("history_writer.append");
-                        calls.call("history store", "append", || store.append(&rows)).await
+                        calls.call_chunked("history store", "append", &rows, store.max_batch(), |chunk| store.append(chunk)).await
                     })
                     .await
                     .unwrap_or_else(|why| Err(BackendError::panicked("history store", "append", why)))
@@ -190,8 +190,12 @@ impl Handler<Flush> for HistoryWriter {
                     });
                     acks.push(ack);
                 }
-                persist(&calls, &supervisor, "dead-letter sink", "send", || sink.send(&records)).await;
-                persist(&calls, &supervisor, "history store", "append", || store.append(&letter_rows)).await;
+                for chunk in records.chunks(sink.max_batch().max(1)) {
+                    persist(&calls, &supervisor, "dead-letter sink", "send", || sink.send(chunk)).await;
+                }
+                for chunk in letter_rows.chunks(store.max_batch().max(1)) {
+                    persist(&calls, &supervisor, "history store", "append", || store.append(chunk)).await;
+                }
                 for ack in acks {
                     ack.done();
                 }

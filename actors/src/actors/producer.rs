@@ -224,7 +224,7 @@ impl<O: Output> Handler<Flush> for Producer<O> {
                 supervisor
                     .twice(actor.as_str(), "publish", || async {
                         crate::failpoint!(O::FAILPOINT);
-                        calls.call(name, "send", || sink.send(&records)).await
+                        calls.call_chunked(name, "send", &records, sink.max_batch(), |chunk| sink.send(chunk)).await
                     })
                     .await
                     .unwrap_or_else(|why| Err(BackendError::panicked(name, "send", why)))

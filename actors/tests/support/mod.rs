@@ -236,12 +236,22 @@ pub struct MemHistory {
     /// Every append that holds a row with one of these outcomes fails: a process that stops
     /// before a decision's history row is written.
     pub refused: Mutex<Vec<&'static str>>,
+    /// Pause per row appended: a slow store.
+    pub per_row: Duration,
+    /// What `max_batch` says (0: no bound).
+    pub max_batch: usize,
+    /// The size of every append, in order.
+    pub calls: Mutex<Vec<usize>>,
 }
 
 #[async_trait]
 impl HistoryStore for MemHistory {
     async fn append(&self, rows: &[HistoryRow]) -> BackendResult<()> {
+        self.calls.lock().unwrap().push(rows.len());
         maybe(&self.fault, "history").await?;
+        if !self.per_row.is_zero() {
+            tokio::time::sleep(self.per_row * rows.len() as u32).await;
+        }
         let refused = self.refused.lock().unwrap();
         if rows.iter().any(|r| refused.contains(&r.outcome.as_str())) {
             return Err(BackendError::permanent("history", "append", "injected: rows refused"));
@@ -254,6 +264,9 @@ impl HistoryStore for MemHistory {
         let rows = self.rows.lock().unwrap();
         Ok(rows.iter().rev().filter(|r| r.asset_key.as_deref() == Some(asset_key)).take(limit).cloned().collect())
     }
+    fn max_batch(&self) -> usize {
+        if self.max_batch == 0 { usize::MAX } else { self.max_batch }
+    }
 }
 
 /// Collects what is sent, parsed back to JSON.
@@ -263,6 +276,10 @@ pub struct MemSink {
     pub fault: Option<Arc<Fault>>,
     /// Pause per record sent: a slow consumer.
     pub per_record: Duration,
+    /// What `max_batch` says (0: no bound).
+    pub max_batch: usize,
+    /// The size of every call, in order.
+    pub calls: Mutex<Vec<usize>>,
 }
 
 impl MemSink {
@@ -274,6 +291,7 @@ impl MemSink {
 #[async_trait]
 impl Sink for MemSink {
     async fn send(&self, batch: &[SinkRecord]) -> BackendResult<()> {
+        self.calls.lock().unwrap().push(batch.len());
         maybe(&self.fault, "sink").await?;
         if !self.per_record.is_zero() {
             tokio::time::sleep(self.per_record * batch.len() as u32).await;
@@ -283,6 +301,9 @@ impl Sink for MemSink {
             v.push(serde_json::from_slice(&r.payload).expect("sink payload is JSON"));
         }
         Ok(())
+    }
+    fn max_batch(&self) -> usize {
+        if self.max_batch == 0 { usize::MAX } else { self.max_batch }
     }
 }
 

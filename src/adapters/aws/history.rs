@@ -1,8 +1,10 @@
 //! The `dynamodb` history: one table that every process of a topology appends to. Partition key
 //! `asset_key` (rows with no asset, a completion or an unreadable dead letter, go under
 //! `#source/{source}`), sort key `at_id` = the row's time (microseconds, UTC), its place in its
-//! batch and its decision id, so an asset's rows read newest first with one Query. Appends go
-//! out with BatchWriteItem, 25 items a call, unprocessed items sent again.
+//! append and its decision id, so an asset's rows read newest first with one Query (rows of one
+//! decisor batch share a time), and an append sent again after a lost reply writes the same
+//! items. Appends go out with BatchWriteItem, 25 items a request and up to [`TOGETHER`]
+//! requests at a time, unprocessed items sent again.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,6 +14,7 @@ use assetflow_actors::ports::{BackendError, BackendResult, HistoryStore};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use chrono::{DateTime, Utc};
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::dynamodb::{check_table, ensure_table};
 use super::{Aws, RequestCounter, build_error, sdk_error};
@@ -19,6 +22,10 @@ use super::{Aws, RequestCounter, build_error, sdk_error};
 const SVC: &str = "dynamodb";
 /// BatchWriteItem takes at most 25 items.
 const BATCH: usize = 25;
+/// BatchWriteItem requests of one append in flight at once. An append is not split by the
+/// history writer (a row's place in it is part of its key), so its requests go out together:
+/// one that grew while the table was slow takes about as long as a small one.
+const TOGETHER: usize = 16;
 /// Rounds of unprocessed items (throttling) before the append fails and is retried whole.
 const ROUNDS: u64 = 10;
 
@@ -90,6 +97,34 @@ impl DynamoHistory {
         }
     }
 
+    /// One BatchWriteItem, and again with what came back unprocessed.
+    async fn write_all(&self, mut pending: Vec<WriteRequest>) -> BackendResult<()> {
+        let mut round = 0;
+        while !pending.is_empty() {
+            round += 1;
+            if round > ROUNDS {
+                return Err(BackendError::transient(SVC, "BatchWriteItem", "items stayed unprocessed after 10 rounds"));
+            }
+            self.requests.hit(SVC, "BatchWriteItem");
+            let resp = self
+                .client
+                .batch_write_item()
+                .request_items(&self.table, std::mem::take(&mut pending))
+                .send()
+                .await
+                .map_err(|e| sdk_error(SVC, "BatchWriteItem", e))?;
+            if let Some(left) = resp.unprocessed_items().and_then(|u| u.get(&self.table)) {
+                pending = left.clone();
+                if !pending.is_empty() {
+                    // Throttled: back off a little before sending the rest again. Writing a
+                    // row twice is harmless: same key, same item.
+                    tokio::time::sleep(Duration::from_millis(20 * round)).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Creates the table (on-demand capacity) unless it exists (`create_if_missing`).
     pub async fn ensure_table(&self) -> BackendResult<()> {
         ensure_table(&self.client, &self.requests, &self.table, "asset_key", Some("at_id")).await
@@ -104,43 +139,24 @@ impl DynamoHistory {
 #[async_trait]
 impl HistoryStore for DynamoHistory {
     async fn append(&self, rows: &[HistoryRow]) -> BackendResult<()> {
-        for (c, chunk) in rows.chunks(BATCH).enumerate() {
-            let mut pending = Vec::with_capacity(chunk.len());
-            for (i, r) in chunk.iter().enumerate() {
-                let put = PutRequest::builder()
-                    .set_item(Some(to_item(r, c * BATCH + i)))
-                    .build()
-                    .map_err(|e| build_error(SVC, "BatchWriteItem", e))?;
-                pending.push(WriteRequest::builder().put_request(put).build());
-            }
-            let mut round = 0;
-            while !pending.is_empty() {
-                round += 1;
-                if round > ROUNDS {
-                    return Err(BackendError::transient(
-                        SVC,
-                        "BatchWriteItem",
-                        "items stayed unprocessed after 10 rounds",
-                    ));
+        // Built first, then driven: a lazy `map` over the chunks is not `Send` enough for
+        // async_trait's boxed future.
+        let requests: Vec<_> = rows
+            .chunks(BATCH)
+            .enumerate()
+            .map(|(c, chunk)| async move {
+                let mut pending = Vec::with_capacity(chunk.len());
+                for (i, r) in chunk.iter().enumerate() {
+                    let put = PutRequest::builder()
+                        .set_item(Some(to_item(r, c * BATCH + i)))
+                        .build()
+                        .map_err(|e| build_error(SVC, "BatchWriteItem", e))?;
+                    pending.push(WriteRequest::builder().put_request(put).build());
                 }
-                self.requests.hit(SVC, "BatchWriteItem");
-                let resp = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.table, std::mem::take(&mut pending))
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error(SVC, "BatchWriteItem", e))?;
-                if let Some(left) = resp.unprocessed_items().and_then(|u| u.get(&self.table)) {
-                    pending = left.clone();
-                    if !pending.is_empty() {
-                        // Throttled: back off a little before sending the rest again. Writing a
-                        // row twice is harmless: same key, same item.
-                        tokio::time::sleep(Duration::from_millis(20 * round)).await;
-                    }
-                }
-            }
-        }
+                self.write_all(pending).await
+            })
+            .collect();
+        futures_util::stream::iter(requests).buffer_unordered(TOGETHER).try_collect::<Vec<()>>().await?;
         Ok(())
     }
 

@@ -24,6 +24,8 @@ const SVC: &str = "sqs";
 pub const MAX_ENTRIES: usize = 10;
 /// A whole SendMessageBatch request (all bodies and attributes) must stay within 256 KiB.
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Records per sink call: ten SendMessageBatch requests at most.
+pub const MAX_CALL_RECORDS: usize = 10 * MAX_ENTRIES;
 
 /// Splits records into SendMessageBatch calls: at most 10 entries and 256 KiB of payload each.
 /// A record too large for any batch on its own is returned apart, to be failed for good.
@@ -99,6 +101,34 @@ impl SqsSink {
         }
     }
 
+    /// Sends one planned batch until every entry is in. Not a second retry policy: a
+    /// SendMessageBatch can succeed for some entries and refuse others, and only the refused
+    /// ones are sent again (as DynamoDB's unprocessed keys are), so that a partial failure does
+    /// not publish the rest twice. Entries that keep being refused become a transient error,
+    /// and the caller's `[retry]` policy takes over.
+    async fn send_planned(&self, records: &[SinkRecord], batch: Vec<usize>) -> BackendResult<()> {
+        let mut todo = batch;
+        let mut round = 0u32;
+        while !todo.is_empty() {
+            round += 1;
+            let failed = self.send_batch(records, &todo).await?;
+            if failed.is_empty() {
+                break;
+            }
+            if round >= 5 {
+                return Err(BackendError::transient(
+                    SVC,
+                    "SendMessageBatch",
+                    format!("{} entries kept failing on {}", failed.len(), self.queue_url),
+                ));
+            }
+            tracing::warn!(queue = %self.queue_url, failed = failed.len(), "some entries of a batch failed; sending them again");
+            tokio::time::sleep(Duration::from_millis(50 * u64::from(round))).await;
+            todo = failed;
+        }
+        Ok(())
+    }
+
     /// Sends one planned batch; returns the indexes (into `records`) of entries that failed
     /// retryably, or an error for a failure retrying cannot fix.
     async fn send_batch(&self, records: &[SinkRecord], batch: &[usize]) -> BackendResult<Vec<usize>> {
@@ -167,32 +197,22 @@ impl Sink for SqsSink {
                 ),
             ));
         }
-        // Not a second retry policy: a SendMessageBatch can succeed for some entries and refuse
-        // others, and only the refused ones are sent again (as DynamoDB's unprocessed keys are),
-        // so that a partial failure does not publish the rest twice. Entries that keep being
-        // refused become a transient error, and the caller's `[retry]` policy takes over.
-        for batch in batches {
-            let mut todo = batch;
-            let mut round = 0u32;
-            while !todo.is_empty() {
-                round += 1;
-                let failed = self.send_batch(records, &todo).await?;
-                if failed.is_empty() {
-                    break;
-                }
-                if round >= 5 {
-                    return Err(BackendError::transient(
-                        SVC,
-                        "SendMessageBatch",
-                        format!("{} entries kept failing on {}", failed.len(), self.queue_url),
-                    ));
-                }
-                tracing::warn!(queue = %self.queue_url, failed = failed.len(), "some entries of a batch failed; sending them again");
-                tokio::time::sleep(Duration::from_millis(50 * u64::from(round))).await;
-                todo = failed;
+        // A standard queue promises no order, so a call's requests go out together; a FIFO
+        // queue's go one after another, in the order the records came.
+        if self.fifo {
+            for batch in batches {
+                self.send_planned(records, batch).await?;
             }
+        } else {
+            futures_util::future::try_join_all(batches.into_iter().map(|b| self.send_planned(records, b))).await?;
         }
         Ok(())
+    }
+
+    /// At most [`MAX_CALL_RECORDS`] a call: one attempt is then at most ten requests (sent
+    /// together to a standard queue), however long the producer's queue grew meanwhile.
+    fn max_batch(&self) -> usize {
+        MAX_CALL_RECORDS
     }
 }
 
