@@ -223,6 +223,39 @@ fn a_worker_whose_lease_was_stolen_stops_reading_that_shard() {
 }
 
 #[test]
+fn a_worker_whose_own_lease_write_landed_unanswered_reads_on() {
+    // A renewal or checkpoint whose reply is lost has landed all the same: the lease's counter
+    // moved and its owner is still this worker. The write, retried, is refused (the counter it
+    // expects is gone). The worker must take its own lease back: nobody else will while it is
+    // alone, and with others only after their failover time.
+    use assetflow::adapters::aws::kinesis::{KinesisSource, Leasing};
+    use std::time::Duration;
+    rt().block_on(async {
+        let (t, conf) = table().await;
+        let aws = emulator().await;
+        let stream = unique("landed");
+        create_stream(&conf, &stream, 1).await;
+        let lines = |from: usize| -> Vec<String> {
+            (from..from + 20).map(|i| format!("{{\"source\":\"src-{}\",\"n\":{i}}}", i % 4)).collect()
+        };
+        put_lines(&conf, &stream, &lines(0)).await;
+        let mut a = KinesisSource::new(&aws, "k".into(), &stream, std::sync::Arc::new(NoCheckpoints), true)
+            .with_leases(Leasing::new(t.clone(), "a".into(), Duration::from_millis(600)));
+        assert_eq!(pull_some(&mut a, 20, Duration::from_secs(30)).await.len(), 20);
+        let lease = t.list().await.unwrap().into_iter().next().unwrap();
+        t.renew(&lease, "a").await.unwrap();
+        // a's next lease round (every 200 ms) finds the counter moved, before anything new.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(pull_some(&mut a, 1, Duration::from_millis(300)).await.is_empty());
+        put_lines(&conf, &stream, &lines(20)).await;
+        let got: Vec<String> = pull_some(&mut a, 20, Duration::from_secs(10)).await.into_iter().map(|m| m.1).collect();
+        assert_eq!(got, lines(20), "a reads what came after its checkpoint, once");
+        let lease = t.list().await.unwrap().into_iter().next().unwrap();
+        assert_eq!(lease.owner.as_deref(), Some("a"));
+    });
+}
+
+#[test]
 fn a_merged_shard_starts_only_after_both_parents_finished_whoever_holds_them() {
     use assetflow::adapters::aws::kinesis::{KinesisSource, Leasing};
     use assetflow_actors::ports::RawMessage;

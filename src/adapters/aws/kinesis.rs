@@ -222,9 +222,18 @@ impl KinesisSource {
             }
         }
         let (failover, me) = (l.failover, l.me.clone());
-        let take = leases_to_take(&all, &me, |x| {
-            l.observations.expired(x, now, failover) && x.owner.as_deref() != Some(me.as_str())
+        // Leases in this worker's name that it does not hold: its own renewal or checkpoint
+        // landed but the reply was lost, and the retry was refused. Nobody else takes them
+        // before the failover time (never, while this worker is alone), so it takes them back.
+        let own = all.iter().filter(|x| {
+            x.owner.as_deref() == Some(me.as_str())
+                && !x.is_finished()
+                && (lost.contains(&x.shard) || !l.held.contains_key(&x.shard))
         });
+        let mut take: Vec<Lease> = own.cloned().collect();
+        take.extend(leases_to_take(&all, &me, |x| {
+            l.observations.expired(x, now, failover) && x.owner.as_deref() != Some(me.as_str())
+        }));
         let mut taken = Vec::new();
         for lease in take {
             match l.table.take(&lease, &me).await {
