@@ -75,6 +75,14 @@ pub trait ControlStore: Send + Sync + 'static {
     /// process each key has one writer, the decisor shard that owns it, applying one batch at a
     /// time after reading the versions it expects (`actors/tests/ordering.rs` proves that).
     async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()>;
+    /// The most events a shard decides in one batch against this store (see
+    /// [`Sink::max_batch`]): a store that reads and writes a batch in several requests (the
+    /// DynamoDB table: 100 keys a BatchGetItem, 100 items a transaction) bounds it (a batch's
+    /// read also asks for its sources' completion marks), so that a
+    /// shard queue that grew while the store was slow never needs longer than one attempt.
+    fn max_batch(&self) -> usize {
+        usize::MAX
+    }
     /// What the store knows of the live record of `asset_key` without reading it, if it keeps
     /// its records indexed in memory. Only a store that no other process writes can (the
     /// embedded one): its index cannot go stale behind its back. Others know nothing (the

@@ -236,3 +236,20 @@ fn a_slow_sink_and_history_get_calls_no_larger_than_they_take() {
     let (sends, appends) = (upserts.calls.lock().unwrap().clone(), history.calls.lock().unwrap().clone());
     assert!(sends.iter().all(|&n| n <= 5) && appends.iter().all(|&n| n <= 5), "{sends:?} {appends:?}");
 }
+
+#[test]
+fn a_control_store_that_bounds_its_batches_is_read_and_written_within_the_bound() {
+    // A slow store: the shard's queue grows past the bound while a batch is out. Batches are
+    // cut at the bound, in order, and decide what one unbounded batch would.
+    let clean = run_with(fast_settings(), Box::new(VecSource::new(stream())), Backends::default());
+    let control =
+        Arc::new(MemControl { delay: std::time::Duration::from_millis(20), max_batch: 4, ..Default::default() });
+    let b = Backends { control: control.clone(), ..Backends::default() };
+    // One shard, so that its queue has every event behind the batch that is out.
+    let out = run_with(quick_retries(1, 4), Box::new(VecSource::new(stream())), b);
+    assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+    assert_eq!(decisions(&out), decisions(&clean));
+    // Each read also asks for the source's completion mark: four records and one mark.
+    let reads = control.reads.lock().unwrap().clone();
+    assert!(reads.iter().all(|&n| n <= 5), "{reads:?}");
+}

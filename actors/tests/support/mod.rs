@@ -93,6 +93,10 @@ pub struct MemControl {
     /// answering `known`: every unchanged asset takes the read path.
     pub stamped: bool,
     pub touches: AtomicU64,
+    /// What `max_batch` says (0: no bound).
+    pub max_batch: usize,
+    /// The number of keys of every `get_many`, in order.
+    pub reads: Mutex<Vec<usize>>,
 }
 
 impl MemControl {
@@ -125,6 +129,7 @@ fn fastrand_f64() -> f64 {
 #[async_trait]
 impl ControlStore for MemControl {
     async fn get_many(&self, keys: &[RecordKey]) -> BackendResult<HashMap<String, ControlRecord>> {
+        self.reads.lock().unwrap().push(keys.len());
         maybe(&self.fault, "control").await?;
         self.pause().await;
         let m = self.records.lock().unwrap();
@@ -157,6 +162,9 @@ impl ControlStore for MemControl {
     }
     fn moves_run_stamps(&self) -> bool {
         self.stamped
+    }
+    fn max_batch(&self) -> usize {
+        if self.max_batch == 0 { usize::MAX } else { self.max_batch }
     }
     fn known(&self, _source: &str, asset_key: &str) -> Option<KnownRecord> {
         let m = self.records.lock().unwrap();

@@ -188,6 +188,12 @@ impl ControlStore for DynamoControl {
         Ok(out)
     }
 
+    /// 250 events: three BatchGetItem reads (with up to 50 sources' completion marks) and three
+    /// transactions at most a batch.
+    fn max_batch(&self) -> usize {
+        250
+    }
+
     async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()> {
         // Each chunk is atomic; a conflict in a later chunk leaves earlier ones applied, which is
         // safe: those records carry decisions whose effects (outputs) are already out.

@@ -172,9 +172,15 @@ async fn run_batch(deps: Arc<DecisorDeps>, items: Vec<Item>) {
     let metrics = deps.metrics.clone();
     let _working = metrics.working(ActorName::Decisor);
     let mut events = Vec::new();
+    let most = deps.control.max_batch().max(1);
     for item in items {
         match item {
-            Item::Event(env) => events.push(*env),
+            Item::Event(env) => {
+                events.push(*env);
+                if events.len() >= most {
+                    apply_supervised(&deps, std::mem::take(&mut events)).await;
+                }
+            }
             Item::Barrier(tx) => {
                 apply_supervised(&deps, std::mem::take(&mut events)).await;
                 let _ = tx.send(());
