@@ -225,12 +225,17 @@ fn a_throttled_sink_is_marked_as_the_slowest_stage() {
     ) + &aws::aws_section_at(&throttle.url);
     assert!(config.contains("kind = \"sqs\""), "the upsert sink is swapped for the throttled queue");
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
-    generate(dir.path(), &["--sources", "2", "--assets", "1500", "--runs", "1", "--out", "events.jsonl"]);
+    // 6,000 upserts: at 100 a call (the SQS sink's bound, ten requests sent together), at
+    // least 18 s through the throttle, so the run is still going when the page is read.
+    generate(dir.path(), &["--sources", "2", "--assets", "3000", "--runs", "1", "--out", "events.jsonl"]);
     let mut child = common::spawn_run(dir.path());
     // Shards wait on the throttled producer: its mailbox holds their batches meanwhile.
     let mut deepest = 0.0f64;
     let started = std::time::Instant::now();
-    while started.elapsed() < Duration::from_millis(2500) {
+    // At least 2.5 s, and on until the depth moved (a loaded CI machine starts slower).
+    while started.elapsed() < Duration::from_millis(2500)
+        || (deepest == 0.0 && started.elapsed() < Duration::from_secs(12))
+    {
         if let Some((200, text)) = http_get(port, "/metrics") {
             let depth = text
                 .lines()
