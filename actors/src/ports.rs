@@ -146,13 +146,22 @@ pub trait ContentStore: Send + Sync + 'static {
     fn content_ref(&self, asset_key: &str, hash: &str) -> String;
     /// Stores the content; putting the same key and hash twice is harmless.
     async fn put(&self, asset_key: &str, hash: &str, body: &[u8]) -> BackendResult<()>;
-    /// Stores a batch (a decisor micro-batch's new content): durable when this returns. Stores
-    /// that can make many writes durable at once (one sync for a folder) override it.
+    /// Stores a batch (a decisor micro-batch's new content): durable when this returns, its
+    /// puts [`CONTENT_PUTS_TOGETHER`] at a time. Stores that can make many writes durable at
+    /// once (one sync for a folder) override it.
     async fn put_many(&self, items: &[ContentPut]) -> BackendResult<()> {
-        futures_util::future::try_join_all(items.iter().map(|c| self.put(&c.asset_key, &c.hash, &c.body))).await?;
+        use futures_util::{StreamExt, TryStreamExt};
+        // Built first, then driven: a lazy `map` is not `Send` enough for async_trait.
+        let puts: Vec<_> = items.iter().map(|c| self.put(&c.asset_key, &c.hash, &c.body)).collect();
+        futures_util::stream::iter(puts).buffer_unordered(CONTENT_PUTS_TOGETHER).try_collect::<Vec<()>>().await?;
         Ok(())
     }
 }
+
+/// Content puts of one batch in flight at once (S3: requests). A first crawl's batch is
+/// hundreds of new assets; all at once, against a slow store, every request waits behind all
+/// the others and the whole batch outlives its attempt's timeout.
+pub const CONTENT_PUTS_TOGETHER: usize = 32;
 
 /// One asset's content at one hash, to store.
 #[derive(Debug, Clone)]
