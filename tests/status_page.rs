@@ -114,16 +114,23 @@ fn generate(dir: &std::path::Path, args: &[&str]) {
 fn the_status_page_renders_the_topology_with_moving_numbers() {
     let (dir, port, config) = watched_run_dir();
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
-    generate(dir.path(), &["--sources", "2", "--assets", "300", "--runs", "8", "--out", "all.jsonl"]);
+    // Enough runs that the crawler is still writing when the second page is rendered, however
+    // long a loaded machine takes to start the browser; it stops when told.
+    generate(dir.path(), &["--sources", "2", "--assets", "300", "--runs", "60", "--out", "all.jsonl"]);
     let all: Vec<String> =
         std::fs::read_to_string(dir.path().join("all.jsonl")).unwrap().lines().map(str::to_owned).collect();
     std::fs::write(dir.path().join("events.jsonl"), "").unwrap();
     let mut child = common::spawn_run(dir.path());
     // A crawler writing while the browser watches.
     let path = dir.path().join("events.jsonl");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
     let writer = std::thread::spawn(move || {
         let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
         for chunk in all.chunks(100) {
+            if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
             for l in chunk {
                 writeln!(f, "{l}").unwrap();
             }
@@ -187,6 +194,7 @@ fn the_status_page_renders_the_topology_with_moving_numbers() {
     let _ = std::fs::remove_file(&shot);
     render(&url, Some(&shot));
     assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "a screenshot was taken");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
     let _ = child.kill();
     let _ = child.wait();
