@@ -187,7 +187,10 @@ fn a_worker_whose_lease_was_stolen_stops_reading_that_shard() {
         put_lines(&conf, &stream, &lines(0)).await;
         let worker = |me: &str| {
             KinesisSource::new(&aws, "k".into(), &stream, std::sync::Arc::new(NoCheckpoints), true)
-                .with_leases(Leasing::new(t.clone(), me.into(), Duration::from_millis(600)))
+                // Two workers take turns on one thread: on a loaded machine one waits out the
+                // other's reads and slow emulator calls, and with a failover much shorter than
+                // that it sees the other's lease expire and takes it.
+                .with_leases(Leasing::new(t.clone(), me.into(), Duration::from_millis(1500)))
         };
         let mut a = worker("a");
         assert_eq!(pull_some(&mut a, 40, Duration::from_secs(30)).await.len(), 40, "a alone reads both shards");
@@ -198,9 +201,9 @@ fn a_worker_whose_lease_was_stolen_stops_reading_that_shard() {
             assert!(started.elapsed() < Duration::from_secs(30), "b never took a lease");
             pull_some(&mut b, 1, Duration::from_millis(100)).await;
         }
-        // a learns it on its next lease round; what comes next is read once, each shard by
-        // its one owner.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // a learns it on its next lease round (every 500 ms); what comes next is read once,
+        // each shard by its one owner.
+        tokio::time::sleep(Duration::from_millis(700)).await;
         pull_some(&mut a, 1, Duration::from_millis(300)).await;
         put_lines(&conf, &stream, &lines(40)).await;
         let mut by_a = Vec::new();
@@ -269,7 +272,8 @@ fn a_merged_shard_starts_only_after_both_parents_finished_whoever_holds_them() {
         put_lines(&conf, &stream, &lines).await;
         let worker = |me: &str| {
             KinesisSource::new(&aws, "k".into(), &stream, std::sync::Arc::new(NoCheckpoints), true)
-                .with_leases(Leasing::new(t.clone(), me.into(), Duration::from_millis(600)))
+                // Not shorter, for the reason given in the stolen-lease test.
+                .with_leases(Leasing::new(t.clone(), me.into(), Duration::from_millis(1500)))
         };
         let (mut a, mut b) = (worker("a"), worker("b"));
         // Everything read is held unacknowledged until the test says so: the parents stay
@@ -305,9 +309,10 @@ fn a_merged_shard_starts_only_after_both_parents_finished_whoever_holds_them() {
             .await
             .unwrap();
 
-        // Two seconds (many lease rounds and listings) with the parents unacknowledged: the
-        // child's lease appears and is taken, but nobody reads the child.
-        let until = Instant::now() + Duration::from_secs(2);
+        // Four seconds (several lease rounds and shard listings, each every 1.5 s at most)
+        // with the parents unacknowledged: the child's lease appears and is taken, but nobody
+        // reads the child.
+        let until = Instant::now() + Duration::from_secs(4);
         while Instant::now() < until {
             let (got, leases) = round(&t, &mut a, &mut b).await;
             for (who, m) in got {
@@ -418,11 +423,16 @@ fn split_children_held_by_another_worker_start_only_after_the_parent_finished() 
             .unwrap();
         let iterators = |aws: &Aws| aws.requests.snapshot().get("kinesis.GetShardIterator").copied().unwrap_or(0);
         let mut b = worker(&aws_b, "b");
-        // Four seconds of lease rounds (one every 500 ms) with the parent unacknowledged: the
-        // children's leases are taken (b holds at least one), and nobody starts them.
+        // At least four seconds of lease rounds (one every 500 ms) with the parent
+        // unacknowledged, and until b holds a child (a loaded emulator makes rounds slow): the
+        // children's leases are taken, and nobody starts them.
         let a_before = iterators(&aws_a);
-        let until = Instant::now() + Duration::from_secs(4);
-        while Instant::now() < until {
+        let (since, mut leases) = (Instant::now(), Vec::new());
+        let b_holds_a_child =
+            |leases: &[Lease]| leases.iter().any(|l| l.parents == [parent.clone()] && l.owner.as_deref() == Some("b"));
+        while since.elapsed() < Duration::from_secs(4)
+            || (!b_holds_a_child(&leases) && since.elapsed() < Duration::from_secs(30))
+        {
             for w in [&mut a, &mut b] {
                 if let Pull::Messages(m) = w.pull(100).await.unwrap() {
                     held.extend(m);
@@ -430,8 +440,8 @@ fn split_children_held_by_another_worker_start_only_after_the_parent_finished() 
                 w.commit().await.unwrap();
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+            leases = t.list().await.unwrap();
         }
-        let leases = t.list().await.unwrap();
         let children: Vec<&Lease> = leases.iter().filter(|l| l.parents == [parent.clone()]).collect();
         assert_eq!(children.len(), 2, "{leases:?}");
         assert!(children.iter().any(|c| c.owner.as_deref() == Some("b")), "b holds a child: {leases:?}");

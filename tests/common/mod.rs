@@ -122,6 +122,18 @@ pub fn read_lines(path: &Path) -> Vec<Value> {
     }
 }
 
+/// The complete JSON lines of a file another process is still writing: a last line without
+/// its newline is a write in progress, not a bad line.
+pub fn read_lines_so_far(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |at| at + 1)];
+    complete
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: bad line {l:?}: {e}", path.display())))
+        .collect()
+}
+
 /// The outputs of a run folder in the shape of `expected.json`.
 #[derive(Debug, Default)]
 pub struct Outputs {
@@ -136,6 +148,15 @@ impl Outputs {
             upserts: read_lines(&dir.join("out/upsert.jsonl")),
             drops: read_lines(&dir.join("out/drop.jsonl")),
             dead_letters: read_lines(&dir.join("out/dead-letter.jsonl")),
+        }
+    }
+
+    /// What a running process has written so far (whole lines only).
+    pub fn so_far(dir: &Path) -> Outputs {
+        Outputs {
+            upserts: read_lines_so_far(&dir.join("out/upsert.jsonl")),
+            drops: read_lines_so_far(&dir.join("out/drop.jsonl")),
+            dead_letters: read_lines_so_far(&dir.join("out/dead-letter.jsonl")),
         }
     }
 

@@ -9,11 +9,13 @@ use serde_json::Value;
 
 use super::Outputs;
 
-/// Every folder's outputs together.
+/// Every folder's outputs together. Whole lines only: a process killed mid-write leaves a torn
+/// last line, a write that never completed (and was never acknowledged), which its shard's next
+/// owner publishes again.
 pub fn union(dirs: &[PathBuf]) -> Outputs {
     let mut all = Outputs::default();
     for d in dirs {
-        let o = Outputs::read(d);
+        let o = Outputs::so_far(d);
         all.upserts.extend(o.upserts);
         all.drops.extend(o.drops);
         all.dead_letters.extend(o.dead_letters);
@@ -75,7 +77,7 @@ pub fn assert_same_outputs(union: &Outputs, reference: &Outputs) {
     );
 }
 
-/// Distinct upserts and drops so far in `dirs`.
+/// Distinct upserts and drops so far in `dirs`, whose processes may still be writing.
 pub fn decided(dirs: &[PathBuf]) -> (usize, usize) {
     let u = union(dirs);
     (distinct(&u.upserts).len(), distinct(&u.drops).len())
