@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use assetflow::adapters::postgres::control::PgControl;
 use assetflow_actors::ports::ControlStore;
 use common::kafka::{brokers, create_topic, require_broker};
-use common::scale::{assert_same_outputs, control_row, decided, run_reference, shared_config, union};
+use common::scale::{assert_same_outputs, control_row, decided, holds_everything, run_reference, shared_config, union};
 use common::{Outputs, pg_url};
 use serde_json::Value;
 
@@ -118,13 +118,12 @@ impl Setup {
         decided(&Self::dirs(members)).0
     }
 
-    /// Waits until the union holds as many distinct decisions as the reference (or `limit`).
+    /// Waits until the union holds as many distinct decisions and dead letters as the
+    /// reference (or `limit`).
     fn wait_for_all(&self, members: &[&Member], limit: Duration) {
-        let want = self.reference.outputs.upserts.len() + self.reference.outputs.drops.len();
         let started = Instant::now();
         while started.elapsed() < limit {
-            let (u, d) = decided(&Self::dirs(members));
-            if u + d >= want {
+            if holds_everything(&Self::dirs(members), &self.reference.outputs) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(500));

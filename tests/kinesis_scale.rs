@@ -16,7 +16,7 @@ use assetflow::adapters::postgres::history::PgHistory;
 use assetflow_actors::ports::{ControlStore, HistoryStore};
 use common::aws::*;
 use common::bin;
-use common::scale::{assert_same_outputs, control_row, decided, run_reference, shared_config, union};
+use common::scale::{assert_same_outputs, control_row, decided, holds_everything, run_reference, shared_config, union};
 use serde_json::Value;
 
 const GEN: &[&str] =
@@ -130,8 +130,7 @@ fn three_workers_leasing_shards_decide_exactly_as_one() {
     let three = start(&dir("three"), &worker_config);
     let all = [&one, &two, &three];
     wait_until(Duration::from_secs(240), || {
-        let (u, d) = so_far(&all);
-        u + d >= want.upserts.len() + want.drops.len()
+        holds_everything(&all.iter().map(|w| w.dir.clone()).collect::<Vec<_>>(), &want)
     });
     std::thread::sleep(Duration::from_secs(3));
     let mut stopped = Vec::new();

@@ -169,3 +169,12 @@ pub fn run_reference(dir: &Path, params: &[&str], min_events: usize, config: imp
     assert!(guarded && !outputs.drops.is_empty(), "the input has drops and trips the guard");
     outputs
 }
+
+/// Whether `dirs` hold every decision and every dead letter of `reference` so far: a
+/// completion's dead letter (a drop guard's refusal) comes after the last decision of its run,
+/// so a run is not over when the decisions are all in.
+pub fn holds_everything(dirs: &[PathBuf], reference: &Outputs) -> bool {
+    let (u, d) = decided(dirs);
+    let failures = |o: &Outputs| dead_letter_kinds(&o.dead_letters).values().sum::<usize>();
+    u + d >= reference.upserts.len() + reference.drops.len() && failures(&union(dirs)) >= failures(reference)
+}
