@@ -116,6 +116,10 @@ pub struct RecordTouch {
     pub last_seen_run: String,
     pub last_seen_at: DateTime<Utc>,
     pub version: u64,
+    /// The store's [`known`](crate::ports::ControlStore::known) vouched for the record in this
+    /// batch (it was not read): a store that indexes its records still holds this one, since
+    /// the key's one shard has not written it since, and need not look it up again.
+    pub indexed: bool,
 }
 
 /// The `hash` of a run-event marker.

@@ -111,6 +111,7 @@ async fn apply(store: &StateStore, batch: &mut Vec<(AssetEvent, String, String)>
                 last_seen_run: event.run_id.clone(),
                 last_seen_at: event.emitted_at,
                 version: version + 1,
+                indexed: known.is_some(),
             });
         } else {
             let EventKind::Running { name, .. } = &event.kind else { continue };

@@ -56,6 +56,12 @@ const TOUCHES_MEMTABLE_BYTES: u64 = 8 << 20;
 /// 512, so this bounds the replay after a crash to about a million stamps (~45 MB), and a
 /// catalog of 100k assets crawls about ten times between folds.
 const FOLD_FRAMES: u64 = 2_048;
+/// fjall's background threads, which flush memtables and compact. One: with more, fjall 3.1's
+/// first worker hands every compaction request back to the shared queue for another, and
+/// takes it straight back while the other is busy, a busy loop that was 7% of a steady crawl's
+/// CPU (perf, benches/analysis.md). The crawls' flushes and compactions keep one thread short
+/// of busy.
+const STORE_WORKERS: usize = 1;
 /// Journal kept on disk before fjall flushes the keyspaces holding it back; bounds replay time
 /// after a crash.
 const JOURNAL_BYTES: u64 = 128 << 20;
@@ -124,6 +130,7 @@ impl StateStore {
         let db = Database::builder(&path)
             .cache_size(CACHE_BYTES)
             .max_journaling_size(JOURNAL_BYTES)
+            .worker_threads(STORE_WORKERS)
             .open()
             .map_err(|e| match e {
                 fjall::Error::Locked => format!(
@@ -603,8 +610,10 @@ impl ControlStore for StateStore {
         for t in touches {
             let key = state_layout::control_key(&t.source, &t.asset_key);
             // Only an indexed asset's stamp may live in a frame: reads find it in the index.
-            // This shard is the key's only writer, so the index still holds it at the commit.
-            if inner.index.get(&key).is_some() {
+            // This shard is the key's only writer, so the index still holds it at the commit
+            // (and one the index vouched for in this batch needs no second lookup).
+            debug_assert!(!t.indexed || inner.index.get(&key).is_some(), "a vouched-for record left the index");
+            if t.indexed || inner.index.get(&key).is_some() {
                 frame.push(key, &t.last_seen_run, t.last_seen_at, t.version);
             } else {
                 batch.insert(&inner.stamps, key, state_layout::encode_stamp(t)?);
@@ -848,6 +857,7 @@ mod tests {
             last_seen_run: "r2".into(),
             last_seen_at: at,
             version,
+            indexed: false,
         };
         store.put_with_touches(&[], &[touch(&a, 4), touch(&b, 4)]).await.unwrap();
         let mut seen = a.clone();
@@ -974,6 +984,7 @@ mod tests {
                 last_seen_run: "r2".into(),
                 last_seen_at: at,
                 version: 4,
+                indexed: false,
             })
             .collect();
         store.put_with_touches(&[], &touches[..6]).await.unwrap();
@@ -1034,6 +1045,7 @@ mod tests {
             last_seen_run: run.into(),
             last_seen_at: chrono::Utc::now(),
             version,
+            indexed: false,
         };
         for (i, run) in ["r2", "r3"].iter().enumerate() {
             store.put_with_touches(&[], &[touch(i, run, 4)]).await.unwrap();
@@ -1087,6 +1099,7 @@ mod tests {
                 last_seen_run: "r2".into(),
                 last_seen_at: chrono::Utc::now(),
                 version: 4,
+                indexed: false,
             })
             .collect();
         store.put_many(&writes).await.unwrap();

@@ -429,6 +429,7 @@ mod tests {
             last_seen_run: "run-8".into(),
             last_seen_at: live.last_seen_at + chrono::Duration::days(1),
             version: 43,
+            indexed: false,
         };
         let stamp = encode_stamp(&touch).unwrap();
         let mut brief = KnownRecord::run_brief;

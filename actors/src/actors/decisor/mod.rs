@@ -22,7 +22,7 @@ use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use tokio::sync::oneshot;
 
-use self::plan::{BatchPlan, plan_batch, sink_record};
+use self::plan::{BatchPlan, Unchanged, plan_batch, sink_record};
 use super::Enriched;
 use super::history::{DeadLetters, HistoryWriter, Record};
 use super::producer::{DropProducer, Publish, UpsertProducer};
@@ -368,7 +368,7 @@ fn known_unchanged<'a>(
     deps: &DecisorDeps,
     batch: &'a [Pending],
     events_of: &HashMap<&str, usize>,
-) -> HashMap<&'a str, KnownRecord> {
+) -> HashMap<&'a str, Unchanged> {
     let mut runs: HashMap<&str, u64> = HashMap::new();
     let mut known = HashMap::new();
     for p in batch {
@@ -379,7 +379,7 @@ fn known_unchanged<'a>(
         let Some(k) = deps.control.known(&ev.source, &p.key) else { continue };
         let run = *runs.entry(ev.run_id.as_str()).or_insert_with(|| KnownRecord::run_brief(&ev.run_id));
         if k.vouches_unchanged(&p.hash, run, ev.emitted_at) {
-            known.insert(p.key.as_str(), k);
+            known.insert(p.key.as_str(), Unchanged { known: k, indexed: true });
         }
     }
     known
@@ -408,7 +408,7 @@ fn read_unchanged<'a>(
     batch: &'a [Pending],
     events_of: &HashMap<&str, usize>,
     records: &mut HashMap<String, ControlRecord>,
-    known: &mut HashMap<&'a str, KnownRecord>,
+    known: &mut HashMap<&'a str, Unchanged>,
     replayed: impl Fn(&Pending) -> bool,
 ) {
     for p in batch {
@@ -422,7 +422,8 @@ fn read_unchanged<'a>(
             && !replayed(p);
         let Some(hash) = KnownRecord::hash_brief(&r.hash).filter(|_| unchanged) else { continue };
         let run = KnownRecord::run_brief(&r.last_seen_run);
-        known.insert(p.key.as_str(), KnownRecord { hash, run, last_seen_at: r.last_seen_at, version: r.version });
+        let k = KnownRecord { hash, run, last_seen_at: r.last_seen_at, version: r.version };
+        known.insert(p.key.as_str(), Unchanged { known: k, indexed: false });
         records.remove(&p.key);
     }
 }

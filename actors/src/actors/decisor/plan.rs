@@ -13,6 +13,14 @@ use crate::ports::{ContentPut, RecordWrite, SinkRecord};
 use crate::record::{ControlRecord, KnownRecord, RecordStatus, RecordTouch, RunEvent};
 use crate::rules::judge;
 
+/// An unchanged asset seen again, decided without writing its record: what is known of the
+/// record, and whether the store's index vouched for it (`indexed`) or it was read.
+#[derive(Debug, Clone, Copy)]
+pub struct Unchanged {
+    pub known: KnownRecord,
+    pub indexed: bool,
+}
+
 /// What a batch will do, in the order the shard applies it: content, upserts, control records
 /// (and run stamps), history.
 #[derive(Debug, Default)]
@@ -52,7 +60,7 @@ pub struct BatchPlan {
 pub fn plan_batch<'a>(
     events: impl IntoIterator<Item = (&'a Enriched, &'a str, &'a str, bool)>,
     mut records: HashMap<String, ControlRecord>,
-    known: &HashMap<&str, KnownRecord>,
+    known: &HashMap<&str, Unchanged>,
     landed: &HashSet<String>,
     content_ref: impl Fn(&str, &str) -> String,
     now: DateTime<Utc>,
@@ -67,7 +75,7 @@ pub fn plan_batch<'a>(
         let EventKind::Running { name, body } = &ev.kind else {
             continue;
         };
-        if let Some(k) = known.get(key) {
+        if let Some(Unchanged { known: k, indexed }) = known.get(key) {
             // A replay is stale whatever the record says, and its record does not move.
             let outcome = if replayed { Outcome::Stale } else { Outcome::Unchanged };
             let id = decision_id(&ev.event_id, key, outcome.decision_kind(), &live_prior_state(hash));
@@ -80,6 +88,7 @@ pub fn plan_batch<'a>(
                     last_seen_run: ev.run_id.clone(),
                     last_seen_at: ev.emitted_at,
                     version: k.version + 1,
+                    indexed: *indexed,
                 });
             }
             continue;
@@ -318,7 +327,7 @@ mod tests {
         let mut pairs: Vec<(&Enriched, &str, &str, bool)> =
             events.iter().map(|(e, k, h)| (e, k.as_str(), h.as_str(), false)).collect();
         let vouched = |pairs: Vec<(&Enriched, &str, &str, bool)>| {
-            let known: HashMap<&str, KnownRecord> = [("pg/db/s/same", known)].into();
+            let known: HashMap<&str, Unchanged> = [("pg/db/s/same", Unchanged { known, indexed: true })].into();
             plan_batch(pairs, HashMap::new(), &known, &HashSet::new(), |k, h| format!("mem://{k}@{h}"), now)
         };
         let fast = vouched(pairs.clone());
@@ -332,6 +341,7 @@ mod tests {
                 last_seen_run: "r2".into(),
                 last_seen_at: events[0].0.event.emitted_at,
                 version: 8,
+                indexed: true,
             }]
         );
         // A replay of it is stale and moves nothing.
