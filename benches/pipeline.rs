@@ -32,10 +32,14 @@ mod seed;
 
 const BIN: &str = env!("CARGO_BIN_EXE_assetflow");
 
-/// The one-thread loop allocates with the allocator assetflow has (`src/main.rs`), so the two
-/// are compared on their work, not on their malloc.
+/// The one-thread loop allocates with the allocator assetflow has (`src/main.rs`), with the
+/// same options, so the two are compared on their work, not on their malloc.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[unsafe(export_name = "_rjem_malloc_conf")]
+#[used]
+static MALLOC_CONF: Option<&'static u8> = Some(&assetflow::allocator::JEMALLOC_CONF[0]);
 
 /// The sinks of every measured run: files in the run's `out/`.
 const FILE_SINKS: &str = r#"[sinks.upsert]

@@ -4,9 +4,11 @@
 //! - [`adapters`]: one module per backend, each implementing a port of `assetflow-actors`.
 //! - [`topology`]: builds the adapters a config names, and draws the graph.
 //! - [`commands`]: `run`, `check-config`, `topology`, `history`, `assets`.
+//! - [`allocator`]: the options jemalloc runs with.
 
 pub mod adapters;
 pub mod admin;
+pub mod allocator;
 pub mod commands;
 pub mod config;
 pub mod generate;

@@ -13,13 +13,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options (its `malloc_conf`, read before `main`): freed pages go back to the system
-/// after one second rather than ten. At its default the steady 1M crawl peaked ~20 MiB higher
-/// (158 MiB against 137) holding pages freed minutes' worth of batches ago, for no measurable
-/// CPU either way (benches/analysis.md). `_RJEM_MALLOC_CONF` in the environment still overrides.
+/// jemalloc's options (its `malloc_conf`, read before `main`): see [`assetflow::allocator`].
 #[unsafe(export_name = "_rjem_malloc_conf")]
 #[used]
-static MALLOC_CONF: Option<&'static u8> = Some(&b"dirty_decay_ms:1000\0"[0]);
+static MALLOC_CONF: Option<&'static u8> = Some(&assetflow::allocator::JEMALLOC_CONF[0]);
 
 #[derive(Parser)]
 #[command(name = "assetflow", version, about = "Keeps a data catalog in step with the databases it describes")]
