@@ -11,6 +11,7 @@
 //!   on request, as Debian's `madvise` default does). A steady crawl's work is lookups at
 //!   random keys across megabytes (the record index, the memtables' skiplists, the hash maps
 //!   of a batch); with 4 KiB pages each one missed the TLB as well as the cache, and in a
-//!   virtual machine a TLB miss walks two page tables. The steady 100k crawl took 13–15% less
-//!   CPU in alternating runs, for 6–9 MiB more peak memory (benches/analysis.md).
+//!   virtual machine a TLB miss walks two page tables. The steady 100k crawl took 7–15% less
+//!   CPU in alternating runs, for 6–9 MiB more peak memory (a run over an empty input: 47 →
+//!   67 MiB, each arena's first huge page). `thp:never` in `_RJEM_MALLOC_CONF` turns it off.
 pub const JEMALLOC_CONF: &[u8] = b"dirty_decay_ms:1000,thp:always\0";
