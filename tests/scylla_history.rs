@@ -44,6 +44,10 @@ async fn exercise(history: &ScyllaHistory) {
     history.append(&[row(odd, 5, Outcome::Stale)]).await.expect("append odd key");
     assert_eq!(history.read(odd, 10).await.unwrap().len(), 1);
     assert_eq!(history.read(&key, 10).await.unwrap().len(), 3);
+    // An append is one insert per row: the history writer is told to send no more than a few
+    // rounds of them in one call, so that a long queue is never one call past its timeout.
+    let most = history.max_batch();
+    assert!((32..=1024).contains(&most), "an append carries a bounded number of rows: {most}");
 }
 
 #[test]

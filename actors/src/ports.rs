@@ -180,9 +180,9 @@ pub struct ContentPut {
 pub trait HistoryStore: Send + Sync + 'static {
     async fn append(&self, rows: &[HistoryRow]) -> BackendResult<()>;
     async fn read(&self, asset_key: &str, limit: usize) -> BackendResult<Vec<HistoryRow>>;
-    /// The most rows one `append` should carry (see [`Sink::max_batch`]). None of the stores
-    /// here bounds it: the DynamoDB history keys a row by its place in its append, and sends an
-    /// append's requests together instead.
+    /// The most rows one `append` should carry (see [`Sink::max_batch`]). ScyllaDB's bounds it
+    /// (one insert per row); PostgreSQL's sends an append as one statement, and DynamoDB's keys
+    /// a row by its place in its append and sends the append's requests together instead.
     fn max_batch(&self) -> usize {
         usize::MAX
     }

@@ -20,6 +20,11 @@ use scylla::value::CqlTimestamp;
 const BACKEND: &str = "scylla";
 /// Inserts in flight at once.
 const CONCURRENCY: usize = 32;
+/// Rows one append carries ([`HistoryStore::max_batch`]): an append is one insert per row, 32 at
+/// a time, so a history writer that coalesced a long queue while the cluster was slow would
+/// otherwise send thousands inside one attempt's timeout. 16 rounds of inserts; a row's key
+/// (asset, time, decision id) does not depend on its append, so splitting writes the same rows.
+const MAX_APPEND: usize = CONCURRENCY * 16;
 
 pub struct ScyllaHistory {
     session: Arc<Session>,
@@ -122,6 +127,10 @@ impl HistoryStore for ScyllaHistory {
             .collect()
             .await;
         results.into_iter().collect()
+    }
+
+    fn max_batch(&self) -> usize {
+        MAX_APPEND
     }
 
     async fn read(&self, asset_key: &str, limit: usize) -> BackendResult<Vec<HistoryRow>> {
