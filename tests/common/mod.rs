@@ -112,23 +112,19 @@ pub fn assetflow(dir: &Path, args: &[&str]) -> Output {
 
 /// The JSON lines of a file (none if it does not exist).
 pub fn read_lines(path: &Path) -> Vec<Value> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: bad line {l:?}: {e}", path.display())))
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+    parse_lines(path, &std::fs::read_to_string(path).unwrap_or_default())
 }
 
 /// The complete JSON lines of a file another process is still writing: a last line without
 /// its newline is a write in progress, not a bad line.
 pub fn read_lines_so_far(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let complete = &text[..text.rfind('\n').map_or(0, |at| at + 1)];
-    complete
-        .lines()
+    parse_lines(path, &text[..text.rfind('\n').map_or(0, |at| at + 1)])
+}
+
+/// Each non-blank line of `text` (read from `path`) as JSON; a line that is not is a failure.
+fn parse_lines(path: &Path, text: &str) -> Vec<Value> {
+    text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: bad line {l:?}: {e}", path.display())))
         .collect()
