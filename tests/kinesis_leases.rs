@@ -444,7 +444,7 @@ fn split_children_held_by_another_worker_start_only_after_the_parent_finished() 
         }
         let children: Vec<&Lease> = leases.iter().filter(|l| l.parents == [parent.clone()]).collect();
         assert_eq!(children.len(), 2, "{leases:?}");
-        assert!(children.iter().any(|c| c.owner.as_deref() == Some("b")), "b holds a child: {leases:?}");
+        assert!(b_holds_a_child(&leases), "b holds a child: {leases:?}");
         assert_eq!(
             leases.iter().find(|l| l.shard == parent).and_then(|l| l.owner.clone()).as_deref(),
             Some("a"),
