@@ -30,8 +30,9 @@ fmt:
 	$(CARGO) fmt --all
 
 ## bench: end-to-end benchmarks (written to BENCHMARKS.md) and the hot-path micro-benchmarks.
-## The Kafka and AWS sections need `make services` first; without it they are marked skipped.
-bench:
+## Starts the services first: the Kafka, seed and AWS sections use them, and the AWS script
+## runs boto3 from this checkout's .services/venv even when another checkout's moto listens.
+bench: services
 	$(CARGO) bench -p assetflow-actors --bench hot_paths
 	$(CARGO) bench --bench pipeline
 
