@@ -346,14 +346,21 @@ impl Inner {
         let token =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
                 ^ (u64::from(std::process::id()) << 40);
-        let runs = self.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone().into_iter().collect();
-        let saved = Saved {
-            entries: self.index.entries(),
-            complete: self.index.is_complete(),
-            sources: self.index.sources(),
-            runs,
-        };
-        state_index_file::save(&self.index_file, token, &saved).map_err(|e| e.to_string())?;
+        let runs: Vec<(u64, String)> =
+            self.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone().into_iter().collect();
+        let index = &self.index;
+        let entries =
+            |put: &mut dyn FnMut(&IndexKey, &KnownRecord) -> std::io::Result<()>| index.try_for_each_entry(put);
+        state_index_file::write_index(
+            &self.index_file,
+            token,
+            index.assets(),
+            entries,
+            index.is_complete(),
+            &index.sources(),
+            &runs,
+        )
+        .map_err(|e| e.to_string())?;
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
         batch.insert(&self.checkpoints, INDEX_TOKEN_KEY, token.to_le_bytes());
         batch.commit().map_err(|e| e.to_string())

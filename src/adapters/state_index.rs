@@ -274,6 +274,16 @@ impl RecordIndex {
         out
     }
 
+    /// Hands every entry to `f`, one stripe at a time under its lock: the index saved at a
+    /// stop is written from here without a copy of it first.
+    pub fn try_for_each_entry<E>(&self, mut f: impl FnMut(&IndexKey, &KnownRecord) -> Result<(), E>) -> Result<(), E> {
+        for stripe in &self.stripes {
+            let stripe = stripe.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            stripe.map.iter().try_for_each(|(k, v)| f(k, v))?;
+        }
+        Ok(())
+    }
+
     /// Assets indexed.
     pub fn assets(&self) -> usize {
         self.stripes.iter().map(|s| s.lock().map_or(0, |s| s.map.len())).sum()

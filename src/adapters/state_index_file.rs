@@ -37,52 +37,96 @@ pub struct Saved {
     pub runs: Vec<(u64, String)>,
 }
 
-/// Writes `saved` as the index of the store under `token`, atomically (a temporary file
-/// renamed over).
+/// Writes `saved` as the index of the store under `token` ([`write_index`]).
 pub fn save(path: &Path, token: u64, saved: &Saved) -> std::io::Result<()> {
-    let entries = &saved.entries;
-    let mut bytes = Vec::with_capacity(HEADER + entries.len() * ENTRY + CHECKSUM);
-    bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&token.to_le_bytes());
-    bytes.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&u64::from(saved.complete).to_le_bytes());
-    bytes.extend_from_slice(&(saved.sources.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&(saved.runs.len() as u64).to_le_bytes());
-    for (key, k) in entries {
-        bytes.extend_from_slice(key);
-        bytes.extend_from_slice(&k.hash);
-        bytes.extend_from_slice(&k.run.to_le_bytes());
-        bytes.extend_from_slice(&k.last_seen_at.timestamp().to_le_bytes());
-        bytes.extend_from_slice(&k.last_seen_at.timestamp_subsec_nanos().to_le_bytes());
-        bytes.extend_from_slice(&k.version.to_le_bytes());
+    let entries = |put: &mut dyn FnMut(&IndexKey, &KnownRecord) -> std::io::Result<()>| {
+        saved.entries.iter().try_for_each(|(key, known)| put(key, known))
+    };
+    write_index(path, token, saved.entries.len(), entries, saved.complete, &saved.sources, &saved.runs)
+}
+
+/// Writes an index of `count` entries, which `entries` hands to the writer it is given, as
+/// the index of the store under `token`, atomically (a temporary file renamed over).
+///
+/// Streamed through a small buffer and hashed as it goes: building the file in memory first
+/// (and a list of the entries before that) touched ~15 MB of fresh pages per 100k assets at
+/// every stop, and fresh pages are dear on some machines (benches/analysis.md).
+pub fn write_index(
+    path: &Path,
+    token: u64,
+    count: usize,
+    entries: impl FnOnce(&mut dyn FnMut(&IndexKey, &KnownRecord) -> std::io::Result<()>) -> std::io::Result<()>,
+    complete: bool,
+    sources: &[(SourcePrefix, PrefixOwner)],
+    runs: &[(u64, String)],
+) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut out = Summed {
+        out: std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&tmp)?),
+        sum: blake3::Hasher::new(),
+    };
+    out.put(MAGIC)?;
+    out.put(&token.to_le_bytes())?;
+    out.put(&(count as u64).to_le_bytes())?;
+    out.put(&u64::from(complete).to_le_bytes())?;
+    out.put(&(sources.len() as u64).to_le_bytes())?;
+    out.put(&(runs.len() as u64).to_le_bytes())?;
+    let mut written = 0usize;
+    entries(&mut |key, k| {
+        written += 1;
+        let mut entry = [0u8; ENTRY];
+        entry[..20].copy_from_slice(key);
+        entry[20..36].copy_from_slice(&k.hash);
+        entry[36..44].copy_from_slice(&k.run.to_le_bytes());
+        entry[44..52].copy_from_slice(&k.last_seen_at.timestamp().to_le_bytes());
+        entry[52..56].copy_from_slice(&k.last_seen_at.timestamp_subsec_nanos().to_le_bytes());
+        entry[56..64].copy_from_slice(&k.version.to_le_bytes());
+        out.put(&entry)
+    })?;
+    if written != count {
+        // The header says how many follow; an index that changed while it was written is not
+        // saved (the next open scans).
+        return Err(std::io::Error::other(format!(
+            "the index changed while it was saved ({count} then {written} entries)"
+        )));
     }
-    for (prefix, owner) in &saved.sources {
-        bytes.extend_from_slice(prefix);
+    for (prefix, owner) in sources {
+        out.put(prefix)?;
         match owner {
             // A source id is at most a few hundred characters (EVENTS.md §1); a longer one
             // is saved as shared, which only costs its sweeps a scan.
             PrefixOwner::One(name) if name.len() < usize::from(SHARED) => {
-                bytes.extend_from_slice(&(name.len() as u16).to_le_bytes());
-                bytes.extend_from_slice(name.as_bytes());
+                out.put(&(name.len() as u16).to_le_bytes())?;
+                out.put(name.as_bytes())?;
             }
-            _ => bytes.extend_from_slice(&SHARED.to_le_bytes()),
+            _ => out.put(&SHARED.to_le_bytes())?,
         }
     }
-    for (brief, run) in &saved.runs {
+    for (brief, run) in runs {
         // A run id this long cannot be saved; the index is not, and the next open replays the
         // touch frames instead.
         let len = u32::try_from(run.len()).map_err(|_| std::io::Error::other("a run id over 4 GiB"))?;
-        bytes.extend_from_slice(&brief.to_le_bytes());
-        bytes.extend_from_slice(&len.to_le_bytes());
-        bytes.extend_from_slice(run.as_bytes());
+        out.put(&brief.to_le_bytes())?;
+        out.put(&len.to_le_bytes())?;
+        out.put(run.as_bytes())?;
     }
-    let sum = blake3::hash(&bytes);
-    bytes.extend_from_slice(sum.as_bytes());
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&bytes)?;
-    drop(file);
+    let sum = out.sum.finalize();
+    out.out.write_all(sum.as_bytes())?;
+    out.out.into_inner().map_err(|e| e.into_error())?;
     std::fs::rename(&tmp, path)
+}
+
+/// A file being written and the checksum of what went into it.
+struct Summed {
+    out: std::io::BufWriter<std::fs::File>,
+    sum: blake3::Hasher,
+}
+
+impl Summed {
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.sum.update(bytes);
+        self.out.write_all(bytes)
+    }
 }
 
 /// The index saved at `path` under `token`, removing the file; `None` (and the file removed)
@@ -103,19 +147,20 @@ pub fn take(path: &Path, token: u64) -> Option<Saved> {
     let source_count = usize::try_from(word(MAGIC.len() + 24)?).ok()?;
     let run_count = usize::try_from(word(MAGIC.len() + 32)?).ok()?;
     let (entries, mut rest) = body.get(HEADER..)?.split_at_checked(count.checked_mul(ENTRY)?)?;
-    let entries = entries
-        .chunks_exact(ENTRY)
-        .map(|e| {
-            let key: IndexKey = e[..20].try_into().ok()?;
-            let hash: [u8; 16] = e[20..36].try_into().ok()?;
-            let run = u64::from_le_bytes(e[36..44].try_into().ok()?);
-            let secs = i64::from_le_bytes(e[44..52].try_into().ok()?);
-            let nanos = u32::from_le_bytes(e[52..56].try_into().ok()?);
-            let version = u64::from_le_bytes(e[56..64].try_into().ok()?);
-            let last_seen_at = DateTime::from_timestamp(secs, nanos)?;
-            Some((key, KnownRecord { hash, run, last_seen_at, version }))
-        })
-        .collect::<Option<Vec<_>>>()?;
+    // Sized from the start: collecting into an `Option<Vec>` grows it by doubling, copying
+    // (and touching fresh pages for) the whole list at every step.
+    let mut parsed = Vec::with_capacity(count);
+    for e in entries.chunks_exact(ENTRY) {
+        let key: IndexKey = e[..20].try_into().ok()?;
+        let hash: [u8; 16] = e[20..36].try_into().ok()?;
+        let run = u64::from_le_bytes(e[36..44].try_into().ok()?);
+        let secs = i64::from_le_bytes(e[44..52].try_into().ok()?);
+        let nanos = u32::from_le_bytes(e[52..56].try_into().ok()?);
+        let version = u64::from_le_bytes(e[56..64].try_into().ok()?);
+        let last_seen_at = DateTime::from_timestamp(secs, nanos)?;
+        parsed.push((key, KnownRecord { hash, run, last_seen_at, version }));
+    }
+    let entries = parsed;
     let mut sources = Vec::with_capacity(source_count.min(rest.len()));
     for _ in 0..source_count {
         let prefix: SourcePrefix = rest.get(..4)?.try_into().ok()?;
