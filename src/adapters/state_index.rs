@@ -264,7 +264,8 @@ impl RecordIndex {
         self.is_complete().then_some(out)
     }
 
-    /// Every entry, to save at a clean stop (`state_index_file.rs`).
+    /// Every entry, copied (tests: a stop writes them without a copy, [`Self::try_for_each_entry`]).
+    #[cfg(test)]
     pub fn entries(&self) -> Vec<(IndexKey, KnownRecord)> {
         let mut out = Vec::with_capacity(self.assets());
         for stripe in &self.stripes {

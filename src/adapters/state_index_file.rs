@@ -61,58 +61,66 @@ pub fn write_index(
     runs: &[(u64, String)],
 ) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut out = Summed {
-        out: std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&tmp)?),
-        sum: blake3::Hasher::new(),
-    };
-    out.put(MAGIC)?;
-    out.put(&token.to_le_bytes())?;
-    out.put(&(count as u64).to_le_bytes())?;
-    out.put(&u64::from(complete).to_le_bytes())?;
-    out.put(&(sources.len() as u64).to_le_bytes())?;
-    out.put(&(runs.len() as u64).to_le_bytes())?;
-    let mut written = 0usize;
-    entries(&mut |key, k| {
-        written += 1;
-        let mut entry = [0u8; ENTRY];
-        entry[..20].copy_from_slice(key);
-        entry[20..36].copy_from_slice(&k.hash);
-        entry[36..44].copy_from_slice(&k.run.to_le_bytes());
-        entry[44..52].copy_from_slice(&k.last_seen_at.timestamp().to_le_bytes());
-        entry[52..56].copy_from_slice(&k.last_seen_at.timestamp_subsec_nanos().to_le_bytes());
-        entry[56..64].copy_from_slice(&k.version.to_le_bytes());
-        out.put(&entry)
-    })?;
-    if written != count {
-        // The header says how many follow; an index that changed while it was written is not
-        // saved (the next open scans).
-        return Err(std::io::Error::other(format!(
-            "the index changed while it was saved ({count} then {written} entries)"
-        )));
-    }
-    for (prefix, owner) in sources {
-        out.put(prefix)?;
-        match owner {
-            // A source id is at most a few hundred characters (EVENTS.md §1); a longer one
-            // is saved as shared, which only costs its sweeps a scan.
-            PrefixOwner::One(name) if name.len() < usize::from(SHARED) => {
-                out.put(&(name.len() as u16).to_le_bytes())?;
-                out.put(name.as_bytes())?;
-            }
-            _ => out.put(&SHARED.to_le_bytes())?,
+    let written = (|| -> std::io::Result<()> {
+        let mut out = Summed {
+            out: std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&tmp)?),
+            sum: blake3::Hasher::new(),
+        };
+        out.put(MAGIC)?;
+        out.put(&token.to_le_bytes())?;
+        out.put(&(count as u64).to_le_bytes())?;
+        out.put(&u64::from(complete).to_le_bytes())?;
+        out.put(&(sources.len() as u64).to_le_bytes())?;
+        out.put(&(runs.len() as u64).to_le_bytes())?;
+        let mut written = 0usize;
+        entries(&mut |key, k| {
+            written += 1;
+            let mut entry = [0u8; ENTRY];
+            entry[..20].copy_from_slice(key);
+            entry[20..36].copy_from_slice(&k.hash);
+            entry[36..44].copy_from_slice(&k.run.to_le_bytes());
+            entry[44..52].copy_from_slice(&k.last_seen_at.timestamp().to_le_bytes());
+            entry[52..56].copy_from_slice(&k.last_seen_at.timestamp_subsec_nanos().to_le_bytes());
+            entry[56..64].copy_from_slice(&k.version.to_le_bytes());
+            out.put(&entry)
+        })?;
+        if written != count {
+            // The header says how many follow; an index that changed while it was written is not
+            // saved (the next open scans).
+            return Err(std::io::Error::other(format!(
+                "the index changed while it was saved ({count} then {written} entries)"
+            )));
         }
+        for (prefix, owner) in sources {
+            out.put(prefix)?;
+            match owner {
+                // A source id is at most a few hundred characters (EVENTS.md §1); a longer one
+                // is saved as shared, which only costs its sweeps a scan.
+                PrefixOwner::One(name) if name.len() < usize::from(SHARED) => {
+                    out.put(&(name.len() as u16).to_le_bytes())?;
+                    out.put(name.as_bytes())?;
+                }
+                _ => out.put(&SHARED.to_le_bytes())?,
+            }
+        }
+        for (brief, run) in runs {
+            // A run id this long cannot be saved; the index is not, and the next open replays the
+            // touch frames instead.
+            let len = u32::try_from(run.len()).map_err(|_| std::io::Error::other("a run id over 4 GiB"))?;
+            out.put(&brief.to_le_bytes())?;
+            out.put(&len.to_le_bytes())?;
+            out.put(run.as_bytes())?;
+        }
+        let sum = out.sum.finalize();
+        out.out.write_all(sum.as_bytes())?;
+        out.out.into_inner().map_err(|e| e.into_error())?;
+        Ok(())
+    })();
+    if written.is_err() {
+        // Nothing half-written is left behind; the next open scans.
+        let _ = std::fs::remove_file(&tmp);
     }
-    for (brief, run) in runs {
-        // A run id this long cannot be saved; the index is not, and the next open replays the
-        // touch frames instead.
-        let len = u32::try_from(run.len()).map_err(|_| std::io::Error::other("a run id over 4 GiB"))?;
-        out.put(&brief.to_le_bytes())?;
-        out.put(&len.to_le_bytes())?;
-        out.put(run.as_bytes())?;
-    }
-    let sum = out.sum.finalize();
-    out.out.write_all(sum.as_bytes())?;
-    out.out.into_inner().map_err(|e| e.into_error())?;
+    written?;
     std::fs::rename(&tmp, path)
 }
 
@@ -232,6 +240,24 @@ mod tests {
         save(&path, 77, &entries).unwrap();
         assert_eq!(take(&path, 78), None, "saved under another token");
         assert!(!path.exists());
+    }
+
+    // The header's count is written before the entries: an index that gained or lost an entry
+    // meanwhile must not leave a file that the next open would take.
+    #[test]
+    fn an_index_that_changed_while_it_was_written_is_not_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state-index");
+        let s = saved(4);
+        for count in [3, 5] {
+            let entries = |put: &mut dyn FnMut(&IndexKey, &KnownRecord) -> std::io::Result<()>| {
+                s.entries.iter().try_for_each(|(key, known)| put(key, known))
+            };
+            assert!(write_index(&path, 9, count, entries, s.complete, &s.sources, &s.runs).is_err());
+            assert!(!path.exists());
+            assert!(!path.with_extension("tmp").exists(), "nothing half-written left behind");
+            assert_eq!(take(&path, 9), None);
+        }
     }
 
     #[test]
