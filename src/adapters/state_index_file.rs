@@ -37,7 +37,9 @@ pub struct Saved {
     pub runs: Vec<(u64, String)>,
 }
 
-/// Writes `saved` as the index of the store under `token` ([`write_index`]).
+/// Writes `saved` as the index of the store under `token` ([`write_index`]): tests, which make
+/// an index to load; a stop writes the store's own from its stripes.
+#[cfg(test)]
 pub fn save(path: &Path, token: u64, saved: &Saved) -> std::io::Result<()> {
     let entries = |put: &mut dyn FnMut(&IndexKey, &KnownRecord) -> std::io::Result<()>| {
         saved.entries.iter().try_for_each(|(key, known)| put(key, known))
