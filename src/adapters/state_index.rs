@@ -285,6 +285,24 @@ impl RecordIndex {
         Ok(())
     }
 
+    /// Hands `f` the entries `keep` selects, one stripe at a time, copied out so that no lock
+    /// is held while `f` runs: a fold writes them to the store stripe by stripe.
+    pub fn try_for_each_stripe<E>(
+        &self,
+        keep: impl Fn(&KnownRecord) -> bool,
+        mut f: impl FnMut(&[(IndexKey, KnownRecord)]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut entries = Vec::new();
+        for stripe in &self.stripes {
+            entries.clear();
+            let stripe = stripe.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            entries.extend(stripe.map.iter().filter(|(_, v)| keep(v)).map(|(k, v)| (*k, *v)));
+            drop(stripe);
+            f(&entries)?;
+        }
+        Ok(())
+    }
+
     /// Assets indexed.
     pub fn assets(&self) -> usize {
         self.stripes.iter().map(|s| s.lock().map_or(0, |s| s.map.len())).sum()

@@ -6,8 +6,9 @@
 //! the cache on the way down. A frame is one insert per batch, at the end of its keyspace (its
 //! key is a sequence number). The store's index holds each indexed asset's latest stamp in
 //! memory and reads take it from there; the frames are what makes those stamps durable. An open
-//! after a crash replays them into the index, and a fold writes the stamps the `stamps` rows
-//! lack and removes the frames once they pass a bound (`FOLD_FRAMES` in `state.rs`).
+//! after a crash replays them into the index, and once they pass a bound (`FOLD_FRAMES` in
+//! `state.rs`) a fold writes the index's stamps of the frames' runs as `stamps` rows and
+//! removes the frames.
 //!
 //! A frame holds the batch's run ids once and, per asset, its control key, the run's place in
 //! that list, the time and the version, in postcard behind a tag byte (as `state_layout.rs`).
