@@ -556,12 +556,13 @@ impl Inner {
     /// lock held so that no batch lands in between. Every [`FOLD_FRAMES`] frames.
     ///
     /// The rows come from the index, not from the frames or a pass over the records: every stamp
-    /// a frame holds is the index's (line up with `frames`), and is of a run in `runs`, which a
-    /// fold clears. So the index's entries of those runs are all that may need a row. A few of
-    /// them have one already (a record written in such a run); writing it again is harmless,
-    /// since a stamp counts only where its version is above the record's. Reading every record
-    /// and its stamp instead was a pass over the whole store: at a million assets, 8% of a
-    /// steady crawl's CPU and its peak memory (benches/analysis.md).
+    /// a frame holds is the index's (the `frames` lock keeps the two in step), and of a run in
+    /// `runs`, which a fold clears. So the index's entries of those runs are all that may need
+    /// a row. Some have one already (a record written in such a run, or a row an earlier fold
+    /// wrote in the same run: two thirds of them in a 1M-asset crawl); writing it again is
+    /// harmless, since a stamp counts only where its version is above the record's. The work is
+    /// bounded by the index. Reading every record and stamp instead grew with the store, with
+    /// every shard's commit waiting on the `frames` lock (benches/analysis.md).
     fn fold(&self, frames: &mut Frames) -> BackendResult<usize> {
         let failed = |e| {
             self.failed.store(true, Ordering::Release);
