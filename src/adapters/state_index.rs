@@ -326,6 +326,41 @@ mod tests {
     }
 
     #[test]
+    fn each_stripe_hands_over_the_entries_kept_and_an_error_stops_the_walk() {
+        let index = RecordIndex::default();
+        for i in 0..200 {
+            index.wrote(&key(i), Written::Live(KnownRecord { run: u64::from(i % 3), ..known(u64::from(i)) }));
+        }
+        let mut seen = Vec::new();
+        let mut stripes = 0;
+        index
+            .try_for_each_stripe(
+                |k| k.run == 2,
+                |entries| {
+                    stripes += 1;
+                    seen.extend(entries.iter().map(|(k, v)| (*k, v.version)));
+                    Ok::<_, ()>(())
+                },
+            )
+            .unwrap();
+        assert_eq!(stripes, STRIPES);
+        seen.sort();
+        let mut expected: Vec<_> = (0..200).filter(|i| i % 3 == 2).map(|i| (key(i), u64::from(i))).collect();
+        expected.sort();
+        assert_eq!(seen, expected);
+
+        let mut calls = 0;
+        let stopped = index.try_for_each_stripe(
+            |_| true,
+            |_| {
+                calls += 1;
+                Err("write failed")
+            },
+        );
+        assert_eq!((stopped, calls), (Err("write failed"), 1));
+    }
+
+    #[test]
     fn a_sweep_needs_every_live_record_and_a_prefix_of_one_source() {
         let index = RecordIndex::default();
         for i in 0..10 {
