@@ -379,8 +379,9 @@ impl Inner {
         let runs: Vec<(u64, String)> =
             self.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone().into_iter().collect();
         let index = &self.index;
-        let entries =
-            |put: &mut dyn FnMut(&IndexKey, &KnownRecord) -> std::io::Result<()>| index.try_for_each_entry(put);
+        let entries = |put: &mut dyn FnMut(&IndexKey, &KnownRecord) -> std::io::Result<()>| {
+            index.try_for_each_stripe(|_| true, |stripe| stripe.iter().try_for_each(|(key, known)| put(key, known)))
+        };
         state_index_file::write_index(
             &self.index_file,
             token,

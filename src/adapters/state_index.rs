@@ -264,7 +264,7 @@ impl RecordIndex {
         self.is_complete().then_some(out)
     }
 
-    /// Every entry, copied (tests: a stop writes them without a copy, [`Self::try_for_each_entry`]).
+    /// Every entry, copied (tests: a stop writes them stripe by stripe, [`Self::try_for_each_stripe`]).
     #[cfg(test)]
     pub fn entries(&self) -> Vec<(IndexKey, KnownRecord)> {
         let mut out = Vec::with_capacity(self.assets());
@@ -275,18 +275,9 @@ impl RecordIndex {
         out
     }
 
-    /// Hands every entry to `f`, one stripe at a time under its lock: the index saved at a
-    /// stop is written from here without a copy of it first.
-    pub fn try_for_each_entry<E>(&self, mut f: impl FnMut(&IndexKey, &KnownRecord) -> Result<(), E>) -> Result<(), E> {
-        for stripe in &self.stripes {
-            let stripe = stripe.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            stripe.map.iter().try_for_each(|(k, v)| f(k, v))?;
-        }
-        Ok(())
-    }
-
     /// Hands `f` the entries `keep` selects, one stripe at a time, copied out so that no lock
-    /// is held while `f` runs: a fold writes them to the store stripe by stripe.
+    /// is held while `f` runs: a fold writes them to the store stripe by stripe, and a stop
+    /// saves them all to the index file without a copy of the whole index first.
     pub fn try_for_each_stripe<E>(
         &self,
         keep: impl Fn(&KnownRecord) -> bool,
