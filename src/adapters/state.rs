@@ -141,7 +141,8 @@ impl StateStore {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create pipeline.state_dir {}: {e}", dir.display()))?;
         let path = dir.join("state");
         let marker = dir.join(PINNED_MARKER);
-        let pinned = !path.exists() || marker.exists();
+        let marked = marker.exists();
+        let pinned = !path.exists() || marked;
         let db = Database::builder(&path)
             .cache_size(if pinned { CACHE_BYTES } else { UNPINNED_CACHE_BYTES })
             .max_journaling_size(JOURNAL_BYTES)
@@ -173,7 +174,7 @@ impl StateStore {
         let checkpoints = opened("checkpoints", 1 << 20)?;
         let touches = opened("touches", TOUCHES_MEMTABLE_BYTES)?;
         if pinned
-            && !marker.exists()
+            && !marked
             && let Err(e) = std::fs::write(&marker, "index and filter blocks pinned\n")
         {
             tracing::warn!(error = %e, path = %marker.display(), "embedded store: could not mark the store as pinned; the next start gives it the larger block cache");
