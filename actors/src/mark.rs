@@ -119,6 +119,11 @@ impl CompletionMark {
         }
     }
 
+    /// Whether the drop guard stopped this very completion `(run_id, emitted_at)`.
+    pub fn guarded(&self, run_id: &str, emitted_at: DateTime<Utc>) -> bool {
+        self.state == MarkState::Guarded && self.run_id == run_id && self.emitted_at == emitted_at
+    }
+
     /// Whether an event read at `origin`, emitted at `at`, came before this completion on the
     /// same partition: it was applied before the sweep, and reading it again changes nothing.
     /// Positions compare only as numbers on one partition (Kafka offsets, file offsets,

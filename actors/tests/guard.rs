@@ -8,6 +8,13 @@ use std::time::Duration;
 use support::*;
 
 fn crawl(seen_second_time: usize, fraction: f64) -> Run {
+    let mut s = settings(4);
+    s.max_drop_fraction = fraction;
+    run(s, crawl_lines(seen_second_time), MemControl::slow(Duration::ZERO))
+}
+
+/// Ten assets seen by a first run, `seen_second_time` of them by the second.
+fn crawl_lines(seen_second_time: usize) -> Vec<String> {
     let mut lines = Vec::new();
     for k in 0..10 {
         lines.push(running(&format!("a{k}"), "s", "r1", &format!("t{k}"), 10, "c"));
@@ -17,9 +24,7 @@ fn crawl(seen_second_time: usize, fraction: f64) -> Run {
         lines.push(running(&format!("b{k}"), "s", "r2", &format!("t{k}"), 20, "c"));
     }
     lines.push(completed("c2", "s", "r2", 21, None));
-    let mut s = settings(4);
-    s.max_drop_fraction = fraction;
-    run(s, lines, MemControl::slow(Duration::ZERO))
+    lines
 }
 
 #[test]
@@ -42,4 +47,22 @@ fn over_the_fraction_drops_nothing() {
 fn one_turns_the_guard_off() {
     let out = crawl(0, 1.0);
     assert_eq!(out.drops.len(), 10);
+}
+
+/// A process can die after the `guarded` completion mark is durable and before the guard's
+/// dead letter is: the completion, never acknowledged, is delivered again, and the mark must
+/// not make it pass silently. The second delivery here reads the same input from the start
+/// over the first one's store (its mark) but not its dead letters, as a restart after such a
+/// crash does.
+#[test]
+fn a_guarded_completion_delivered_again_is_dead_lettered_again() {
+    let first = crawl(4, 0.5);
+    assert_eq!(first.dead_letter_kinds(), vec!["drop_guard"]);
+    let mut s = settings(4);
+    s.max_drop_fraction = 0.5;
+    let again = run(s, crawl_lines(4), first.control.clone());
+    assert!(again.drops.is_empty(), "{:?}", again.drops);
+    assert_eq!(again.dead_letter_kinds(), vec!["drop_guard"]);
+    assert_eq!(again.dead_letters[0]["decision_id"], first.dead_letters[0]["decision_id"]);
+    assert_eq!(again.dead_letters[0]["error"], first.dead_letters[0]["error"]);
 }
