@@ -43,6 +43,9 @@ pub struct CompletionMark {
     /// Where the completion was read.
     pub partition: String,
     pub offset: String,
+    /// A `guarded` mark's dead-letter message, as first written: a re-delivery of the
+    /// completion gives the same dead letter, though the store may have moved on since.
+    pub guard_message: Option<String>,
 }
 
 /// What a mark keeps in its record's `content_ref`.
@@ -51,6 +54,9 @@ struct Details {
     state: MarkState,
     partition: String,
     offset: String,
+    /// Absent in marks written before it was kept, and in every mark but a `guarded` one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    guard_message: Option<String>,
 }
 
 /// The control-table key of `source`'s mark: the source's own name, which no asset key of it
@@ -67,12 +73,23 @@ impl CompletionMark {
             state,
             partition: origin.partition.clone(),
             offset: origin.offset.clone(),
+            guard_message: None,
         }
+    }
+
+    /// A `guarded` mark, with the dead letter's message.
+    pub fn guarded_with(self, message: &str) -> Self {
+        CompletionMark { state: MarkState::Guarded, guard_message: Some(message.to_owned()), ..self }
     }
 
     /// The mark as a control record of `source` (a `dropped` one: never live, never swept).
     pub fn to_record(&self, source: &str, version: u64) -> ControlRecord {
-        let details = Details { state: self.state, partition: self.partition.clone(), offset: self.offset.clone() };
+        let details = Details {
+            state: self.state,
+            partition: self.partition.clone(),
+            offset: self.offset.clone(),
+            guard_message: self.guard_message.clone(),
+        };
         ControlRecord {
             asset_key: source.to_owned(),
             source: source.to_owned(),
@@ -101,6 +118,7 @@ impl CompletionMark {
             state: d.state,
             partition: d.partition,
             offset: d.offset,
+            guard_message: d.guard_message,
         })
     }
 
@@ -119,9 +137,11 @@ impl CompletionMark {
         }
     }
 
-    /// Whether the drop guard stopped this very completion `(run_id, emitted_at)`.
-    pub fn guarded(&self, run_id: &str, emitted_at: DateTime<Utc>) -> bool {
-        self.state == MarkState::Guarded && self.run_id == run_id && self.emitted_at == emitted_at
+    /// The dead-letter message of this very completion `(run_id, emitted_at)`, if the drop
+    /// guard stopped it (`Some("")` from a mark written before messages were kept).
+    pub fn guarded(&self, run_id: &str, emitted_at: DateTime<Utc>) -> Option<&str> {
+        let this = self.state == MarkState::Guarded && self.run_id == run_id && self.emitted_at == emitted_at;
+        this.then(|| self.guard_message.as_deref().unwrap_or_default())
     }
 
     /// Whether an event read at `origin`, emitted at `at`, came before this completion on the
@@ -158,6 +178,21 @@ mod tests {
         let r = m.to_record("src", 3);
         assert!(r.is_completion_mark() && !r.is_live() && r.last_seen_run.is_empty());
         assert_eq!(CompletionMark::from_record(&r), Some(m));
+    }
+
+    #[test]
+    fn a_guarded_mark_keeps_its_dead_letters_message() {
+        let o = origin("topic/2", "41");
+        let m = CompletionMark::new("r1", t(5), MarkState::Sweeping, &o).guarded_with("would drop 6 of 10");
+        let read = CompletionMark::from_record(&m.to_record("src", 3)).unwrap();
+        assert_eq!(read.guarded("r1", t(5)), Some("would drop 6 of 10"));
+        assert_eq!(read.guarded("r2", t(6)), None, "another completion");
+        // A guarded mark written before messages were kept: guarded, message unknown.
+        let mut old = m.to_record("src", 3);
+        old.content_ref = Some(r#"{"state":"guarded","partition":"topic/2","offset":"41"}"#.into());
+        assert_eq!(CompletionMark::from_record(&old).unwrap().guarded("r1", t(5)), Some(""));
+        let applied = CompletionMark::new("r1", t(5), MarkState::Applied, &o);
+        assert_eq!(applied.guarded("r1", t(5)), None);
     }
 
     #[test]

@@ -53,13 +53,17 @@ fn one_turns_the_guard_off() {
 /// dead letter is: the completion, never acknowledged, is delivered again, and the mark must
 /// not make it pass silently. The second delivery here reads the same input from the start
 /// over the first one's store (its mark) but not its dead letters, as a restart after such a
-/// crash does.
+/// crash does; events after the completion, applied before the crash, have moved the store
+/// on (five new assets), yet the dead letter must read as the first one did.
 #[test]
 fn a_guarded_completion_delivered_again_is_dead_lettered_again() {
     let first = crawl(4, 0.5);
     assert_eq!(first.dead_letter_kinds(), vec!["drop_guard"]);
     let mut s = settings(4);
     s.max_drop_fraction = 0.5;
+    let later = (0..5).map(|k| running(&format!("n{k}"), "s", "r3", &format!("u{k}"), 30, "c")).collect();
+    let moved_on = run(s.clone(), later, first.control.clone());
+    assert_eq!(moved_on.upserts.len(), 5);
     let again = run(s, crawl_lines(4), first.control.clone());
     assert!(again.drops.is_empty(), "{:?}", again.drops);
     assert_eq!(again.dead_letter_kinds(), vec!["drop_guard"]);

@@ -140,23 +140,23 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
             return Finish::Dead(Box::new(dl));
         }
     };
-    let guard_letter = || {
-        let msg = format!(
-            "completion of run `{}` of source `{}` would drop {} of {} live assets, over decisor.max_drop_fraction = {}; nothing dropped",
-            ev.run_id,
-            ev.source,
-            plan.to_drop.len(),
-            plan.live,
-            deps.max_drop_fraction
-        );
-        Finish::Dead(Box::new(dead("drop_guard", Stage::Decide, msg)))
-    };
+    let guard_message = format!(
+        "completion of run `{}` of source `{}` would drop {} of {} live assets, over decisor.max_drop_fraction = {}; nothing dropped",
+        ev.run_id,
+        ev.source,
+        plan.to_drop.len(),
+        plan.live,
+        deps.max_drop_fraction
+    );
+    let guard_letter = |msg: String| Finish::Dead(Box::new(dead("drop_guard", Stage::Decide, msg)));
     // The guard stopped this very completion before, and it is delivered again: it was never
     // acknowledged, and its dead letter may never have become durable (the mark goes in
     // first, and a process can die between the two). Decided as then: the same dead letter,
-    // with the same decision id, again. A redrive sweeps it instead (`covers`).
-    if !redriven && stored.as_ref().is_some_and(|m| m.guarded(&ev.run_id, ev.emitted_at)) {
-        return guard_letter();
+    // with the same decision id and the mark's message (the store may have moved on since:
+    // events after the completion, applied before the crash), again. A redrive sweeps it
+    // instead (`covers`).
+    if !redriven && let Some(first) = stored.as_ref().and_then(|m| m.guarded(&ev.run_id, ev.emitted_at)) {
+        return guard_letter(if first.is_empty() { guard_message } else { first.to_owned() });
     }
     // Checked after the plan was read: a mark written before that read means another process
     // (or this one, before a crash) already applied this completion or a newer one, and the
@@ -176,10 +176,11 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
         }
     }
     if plan.guarded {
-        if let Err(e) = write_mark(deps, &ev.source, &marked(MarkState::Guarded)).await {
+        let mark = marked(MarkState::Sweeping).guarded_with(&guard_message);
+        if let Err(e) = write_mark(deps, &ev.source, &mark).await {
             tracing::warn!(source = %ev.source, error = %e, "cannot write the completion mark; a late process may sweep this run again");
         }
-        return guard_letter();
+        return guard_letter(guard_message);
     }
     if deps.supervisor.given_up() {
         return Finish::Leave;
