@@ -77,9 +77,9 @@ impl CompletionMark {
         }
     }
 
-    /// A `guarded` mark, with the dead letter's message.
-    pub fn guarded_with(self, message: &str) -> Self {
-        CompletionMark { state: MarkState::Guarded, guard_message: Some(message.to_owned()), ..self }
+    /// The mark with a `guarded` mark's dead-letter message.
+    pub fn with_guard_message(self, message: &str) -> Self {
+        CompletionMark { guard_message: Some(message.to_owned()), ..self }
     }
 
     /// The mark as a control record of `source` (a `dropped` one: never live, never swept).
@@ -137,11 +137,9 @@ impl CompletionMark {
         }
     }
 
-    /// The dead-letter message of this very completion `(run_id, emitted_at)`, if the drop
-    /// guard stopped it (`Some("")` from a mark written before messages were kept).
-    pub fn guarded(&self, run_id: &str, emitted_at: DateTime<Utc>) -> Option<&str> {
-        let this = self.state == MarkState::Guarded && self.run_id == run_id && self.emitted_at == emitted_at;
-        this.then(|| self.guard_message.as_deref().unwrap_or_default())
+    /// Whether the drop guard stopped this very completion `(run_id, emitted_at)`.
+    pub fn guarded(&self, run_id: &str, emitted_at: DateTime<Utc>) -> bool {
+        self.state == MarkState::Guarded && self.run_id == run_id && self.emitted_at == emitted_at
     }
 
     /// Whether an event read at `origin`, emitted at `at`, came before this completion on the
@@ -183,16 +181,18 @@ mod tests {
     #[test]
     fn a_guarded_mark_keeps_its_dead_letters_message() {
         let o = origin("topic/2", "41");
-        let m = CompletionMark::new("r1", t(5), MarkState::Sweeping, &o).guarded_with("would drop 6 of 10");
+        let m = CompletionMark::new("r1", t(5), MarkState::Guarded, &o).with_guard_message("would drop 6 of 10");
         let read = CompletionMark::from_record(&m.to_record("src", 3)).unwrap();
-        assert_eq!(read.guarded("r1", t(5)), Some("would drop 6 of 10"));
-        assert_eq!(read.guarded("r2", t(6)), None, "another completion");
+        assert!(read.guarded("r1", t(5)));
+        assert_eq!(read.guard_message.as_deref(), Some("would drop 6 of 10"));
+        assert!(!read.guarded("r2", t(6)), "another completion");
         // A guarded mark written before messages were kept: guarded, message unknown.
         let mut old = m.to_record("src", 3);
         old.content_ref = Some(r#"{"state":"guarded","partition":"topic/2","offset":"41"}"#.into());
-        assert_eq!(CompletionMark::from_record(&old).unwrap().guarded("r1", t(5)), Some(""));
+        let old = CompletionMark::from_record(&old).unwrap();
+        assert!(old.guarded("r1", t(5)) && old.guard_message.is_none());
         let applied = CompletionMark::new("r1", t(5), MarkState::Applied, &o);
-        assert_eq!(applied.guarded("r1", t(5)), None);
+        assert!(!applied.guarded("r1", t(5)));
     }
 
     #[test]

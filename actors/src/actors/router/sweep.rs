@@ -140,23 +140,25 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
             return Finish::Dead(Box::new(dl));
         }
     };
-    let guard_message = format!(
-        "completion of run `{}` of source `{}` would drop {} of {} live assets, over decisor.max_drop_fraction = {}; nothing dropped",
-        ev.run_id,
-        ev.source,
-        plan.to_drop.len(),
-        plan.live,
-        deps.max_drop_fraction
-    );
+    let guard_message = || {
+        format!(
+            "completion of run `{}` of source `{}` would drop {} of {} live assets, over decisor.max_drop_fraction = {}; nothing dropped",
+            ev.run_id,
+            ev.source,
+            plan.to_drop.len(),
+            plan.live,
+            deps.max_drop_fraction
+        )
+    };
     let guard_letter = |msg: String| Finish::Dead(Box::new(dead("drop_guard", Stage::Decide, msg)));
     // The guard stopped this very completion before, and it is delivered again: it was never
     // acknowledged, and its dead letter may never have become durable (the mark goes in
     // first, and a process can die between the two). Decided as then: the same dead letter,
     // with the same decision id and the mark's message (the store may have moved on since:
     // events after the completion, applied before the crash), again. A redrive sweeps it
-    // instead (`covers`).
-    if !redriven && let Some(first) = stored.as_ref().and_then(|m| m.guarded(&ev.run_id, ev.emitted_at)) {
-        return guard_letter(if first.is_empty() { guard_message } else { first.to_owned() });
+    // instead (`covers`). A mark written before marks kept the message has it recomputed.
+    if !redriven && let Some(mark) = stored.as_ref().filter(|m| m.guarded(&ev.run_id, ev.emitted_at)) {
+        return guard_letter(mark.guard_message.clone().unwrap_or_else(guard_message));
     }
     // Checked after the plan was read: a mark written before that read means another process
     // (or this one, before a crash) already applied this completion or a newer one, and the
@@ -176,11 +178,12 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
         }
     }
     if plan.guarded {
-        let mark = marked(MarkState::Sweeping).guarded_with(&guard_message);
+        let msg = guard_message();
+        let mark = marked(MarkState::Guarded).with_guard_message(&msg);
         if let Err(e) = write_mark(deps, &ev.source, &mark).await {
             tracing::warn!(source = %ev.source, error = %e, "cannot write the completion mark; a late process may sweep this run again");
         }
-        return guard_letter(guard_message);
+        return guard_letter(msg);
     }
     if deps.supervisor.given_up() {
         return Finish::Leave;
