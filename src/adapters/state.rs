@@ -31,6 +31,7 @@ use assetflow_actors::rules::{SweepPlan, SweepPlanner, SweepQuery};
 use assetflow_actors::threads;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use fjall::compaction::Leveled;
 use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
@@ -63,6 +64,16 @@ const MEMTABLE_BYTES: u64 = 4 << 20;
 const HISTORY_MEMTABLE_BYTES: u64 = 1 << 20;
 /// Memtable size of the run stamps (~40-byte rows).
 const STAMPS_MEMTABLE_BYTES: u64 = 2 << 20;
+/// Table size the stamps keyspace compacts to (fjall's default is 64 MiB). A compaction holds
+/// an 8-byte hash of every key of the table it is writing, for the table's filter, until the
+/// table is done: at ~40 bytes a row a 64 MiB table is ~1.6M keys, and that buffer (grown by
+/// doubling) was the 1M-asset steady crawl's RSS peak, ~15 MiB while the stamps of ~800k assets
+/// merged into one table. At 8 MiB a table holds ~200k keys (benches/analysis.md, eighteenth
+/// session). The control keyspace keeps the default: its ~330-byte records put ~200k keys in a
+/// 64 MiB table already.
+const STAMPS_TABLE_BYTES: u64 = 8 << 20;
+/// fjall's table size, which every other keyspace compacts to.
+const DEFAULT_TABLE_BYTES: u64 = 64 << 20;
 /// Memtable size of the touch frames (~20 KiB each).
 const TOUCHES_MEMTABLE_BYTES: u64 = 4 << 20;
 /// Touch frames kept before a fold (`state_touches.rs`): a frame holds a batch's stamps, at most
@@ -158,21 +169,22 @@ impl StateStore {
         // These options take effect where a keyspace is created; an existing one keeps its own.
         // Pinned index and filter blocks (a few bytes per asset, loaded with each table) keep
         // a point read from fetching them through the cache.
-        let opened = |name: &str, memtable: u64| {
+        let opened = |name: &str, memtable: u64, table: u64| {
             let options = || {
                 KeyspaceCreateOptions::default()
                     .max_memtable_size(memtable)
                     .index_block_pinning_policy(PinningPolicy::all(true))
                     .filter_block_pinning_policy(PinningPolicy::all(true))
+                    .compaction_strategy(Arc::new(Leveled::default().with_table_target_size(table)))
             };
             db.keyspace(name, options)
                 .map_err(|e| format!("cannot open the embedded store {} ({name}): {e}", path.display()))
         };
-        let control = opened("control", MEMTABLE_BYTES)?;
-        let stamps = opened("stamps", STAMPS_MEMTABLE_BYTES)?;
-        let history = opened("history", HISTORY_MEMTABLE_BYTES)?;
-        let checkpoints = opened("checkpoints", 1 << 20)?;
-        let touches = opened("touches", TOUCHES_MEMTABLE_BYTES)?;
+        let control = opened("control", MEMTABLE_BYTES, DEFAULT_TABLE_BYTES)?;
+        let stamps = opened("stamps", STAMPS_MEMTABLE_BYTES, STAMPS_TABLE_BYTES)?;
+        let history = opened("history", HISTORY_MEMTABLE_BYTES, DEFAULT_TABLE_BYTES)?;
+        let checkpoints = opened("checkpoints", 1 << 20, DEFAULT_TABLE_BYTES)?;
+        let touches = opened("touches", TOUCHES_MEMTABLE_BYTES, DEFAULT_TABLE_BYTES)?;
         if pinned
             && !marked
             && let Err(e) = std::fs::write(&marker, "index and filter blocks pinned\n")
@@ -1145,6 +1157,24 @@ mod tests {
         assert_eq!(store.inner.db.cache_capacity(), UNPINNED_CACHE_BYTES);
         drop(store);
         assert!(!marker.exists());
+    }
+
+    /// The table size a keyspace compacts to, as fjall keeps it for the keyspace.
+    fn table_target(ks: &Keyspace) -> u64 {
+        let config = ks.config.compaction_strategy.get_config();
+        let (_, value) = config.iter().find(|(key, _)| &**key == b"leveled_target_size").expect("leveled");
+        u64::from_le_bytes((&**value).try_into().unwrap())
+    }
+
+    #[test]
+    fn a_new_store_compacts_its_stamps_to_small_tables_and_keeps_them_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..2 {
+            let store = StateStore::open(dir.path()).unwrap();
+            assert_eq!(table_target(&store.inner.stamps), STAMPS_TABLE_BYTES);
+            assert_eq!(table_target(&store.inner.control), DEFAULT_TABLE_BYTES);
+            drop(store);
+        }
     }
 
     #[tokio::test]
