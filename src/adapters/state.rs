@@ -67,7 +67,7 @@ const STAMPS_MEMTABLE_BYTES: u64 = 2 << 20;
 /// Table size the stamps keyspace compacts to (fjall's default is 64 MiB). A compaction holds
 /// an 8-byte hash of every key of the table it is writing, for the table's filter, until the
 /// table is done: at ~40 bytes a row a 64 MiB table is ~1.6M keys, and that buffer (grown by
-/// doubling) was the 1M-asset steady crawl's RSS peak, ~15 MiB while the stamps of ~800k assets
+/// doubling) was the 1M-asset steady crawl's RSS peak, +18 MiB while the stamps of ~800k assets
 /// merged into one table. At 8 MiB a table holds ~200k keys (benches/analysis.md, eighteenth
 /// session). The control keyspace keeps the default: its ~330-byte records put ~200k keys in a
 /// 64 MiB table already.
