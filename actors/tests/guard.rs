@@ -5,12 +5,18 @@ mod support;
 
 use std::time::Duration;
 
+use assetflow_actors::pipeline::Settings;
 use support::*;
 
 fn crawl(seen_second_time: usize, fraction: f64) -> Run {
+    run(guarded_at(fraction), crawl_lines(seen_second_time), MemControl::slow(Duration::ZERO))
+}
+
+/// Four shards, the guard at `fraction`.
+fn guarded_at(fraction: f64) -> Settings {
     let mut s = settings(4);
     s.max_drop_fraction = fraction;
-    run(s, crawl_lines(seen_second_time), MemControl::slow(Duration::ZERO))
+    s
 }
 
 /// Ten assets seen by a first run, `seen_second_time` of them by the second.
@@ -59,8 +65,7 @@ fn one_turns_the_guard_off() {
 fn a_guarded_completion_delivered_again_is_dead_lettered_again() {
     let first = crawl(4, 0.5);
     assert_eq!(first.dead_letter_kinds(), vec!["drop_guard"]);
-    let mut s = settings(4);
-    s.max_drop_fraction = 0.5;
+    let s = guarded_at(0.5);
     let later = (0..5).map(|k| running(&format!("n{k}"), "s", "r3", &format!("u{k}"), 30, "c")).collect();
     let moved_on = run(s.clone(), later, first.control.clone());
     assert_eq!(moved_on.upserts.len(), 5);
