@@ -52,6 +52,8 @@ pub enum Flow {
     IngestEnricher,
     /// Rejected messages, as dead letters (per source).
     IngestHistory,
+    /// Decoded events, straight to the Router where no enricher is configured (per source).
+    IngestRouter,
     EnricherRouter,
     EnricherEnriched,
     EnricherHistory,
@@ -71,11 +73,14 @@ pub enum Flow {
 }
 
 impl Flow {
-    const COUNT: usize = 16;
+    const COUNT: usize = 17;
+    /// The flows out of a source's Ingest, each counted per source too ([`Flow::source_slot`]).
+    const PER_SOURCE: usize = 4;
     pub const ALL: [Flow; Flow::COUNT] = [
         Flow::SourceIngest,
         Flow::IngestEnricher,
         Flow::IngestHistory,
+        Flow::IngestRouter,
         Flow::EnricherRouter,
         Flow::EnricherEnriched,
         Flow::EnricherHistory,
@@ -97,7 +102,7 @@ impl Flow {
         match self {
             Flow::SourceIngest | Flow::DecisorContent | Flow::DecisorControl => None,
             Flow::IngestEnricher => Some(A::Enricher),
-            Flow::EnricherRouter => Some(A::Router),
+            Flow::IngestRouter | Flow::EnricherRouter => Some(A::Router),
             Flow::EnricherEnriched => Some(A::EnrichedProducer),
             Flow::RouterDecisor => Some(A::Decisor),
             Flow::DecisorUpsert => Some(A::UpsertProducer),
@@ -122,6 +127,7 @@ impl Flow {
             Flow::SourceIngest => Some(0),
             Flow::IngestEnricher => Some(1),
             Flow::IngestHistory => Some(2),
+            Flow::IngestRouter => Some(3),
             _ => None,
         }
     }
@@ -133,6 +139,7 @@ impl Flow {
             Flow::SourceIngest => ("source", "ingest"),
             Flow::IngestEnricher => ("ingest", "enricher"),
             Flow::IngestHistory => ("ingest", "history_writer"),
+            Flow::IngestRouter => ("ingest", "router"),
             Flow::EnricherRouter => ("enricher", "router"),
             Flow::EnricherEnriched => ("enricher", "enriched_producer"),
             Flow::EnricherHistory => ("enricher", "history_writer"),
@@ -176,7 +183,7 @@ pub struct Metrics {
     /// Items sent along each edge ([`Flow`]), and per source for the flows out of an Ingest.
     flows: [AtomicU64; Flow::COUNT],
     /// Per source, the items of each of its flows, by [`Flow::source_slot`].
-    source_flows: Mutex<BTreeMap<String, [u64; 3]>>,
+    source_flows: Mutex<BTreeMap<String, [u64; Flow::PER_SOURCE]>>,
     actor_handled: [AtomicU64; 7],
     /// Decisor micro-batches applied, and the events in them.
     pub batches: AtomicU64,
@@ -249,7 +256,7 @@ impl Metrics {
         match m.get_mut(source) {
             Some(counts) => counts[slot] += items,
             None => {
-                let mut counts = [0; 3];
+                let mut counts = [0; Flow::PER_SOURCE];
                 counts[slot] = items;
                 m.insert(source.to_owned(), counts);
             }
@@ -275,7 +282,7 @@ impl Metrics {
     }
     /// Counts `source`'s flows from zero, so an edge that nothing has crossed yet still shows.
     pub fn add_source(&self, source: &str) {
-        locked(&self.source_flows).entry(source.to_owned()).or_insert([0; 3]);
+        locked(&self.source_flows).entry(source.to_owned()).or_insert([0; Flow::PER_SOURCE]);
     }
     /// Items sent along every edge so far, by [`Flow::key`].
     pub fn flows(&self) -> BTreeMap<String, u64> {

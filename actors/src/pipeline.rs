@@ -9,7 +9,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::actors::decisor::DecisorDeps;
 use crate::actors::enricher::Next;
-use crate::actors::ingest::{Feed, IngestSettings};
+use crate::actors::ingest::{Feed, IngestSettings, Onward};
 use crate::actors::redrive::REDRIVE;
 use crate::actors::router::SweepDeps;
 use crate::actors::{Decisor, Enricher, HistoryWriter, Ingest, Redrive, Router};
@@ -34,6 +34,9 @@ pub struct Settings {
     pub retry: RetryPolicy,
     pub lookup_pointers: Vec<String>,
     pub cache_ttl: Duration,
+    /// Whether an enricher looks business data up (`enricher.kind` other than `none`). Without
+    /// one, a pipeline that decides has no Enricher: each Ingest routes its events itself.
+    pub enricher: bool,
     pub pull_batch: usize,
     /// Per source: messages read and not yet acknowledged past which reading pauses. It bounds
     /// memory by what is in flight, whatever the mailboxes, shards and batches add up to.
@@ -55,6 +58,7 @@ impl Default for Settings {
             retry: RetryPolicy::default(),
             lookup_pointers: vec!["/source".into(), "/asset/database".into(), "/asset/schema".into()],
             cache_ttl: Duration::from_secs(60),
+            enricher: true,
             pull_batch: 256,
             max_in_flight: 4096,
             commit_interval: Duration::from_millis(200),
@@ -176,12 +180,17 @@ impl Pipeline {
                 &supervisor,
             )),
         };
-        let enricher = {
-            let (lookup, history, metrics, sup) =
-                (lookup.clone(), history.clone(), metrics.clone(), supervisor.clone());
-            Enricher::start_in_arbiter(&own_thread(&mut arbiters, "af-enricher".into(), Io::Handed), move |_| {
-                Enricher::new(lookup, keys, next, history, mailbox, metrics, sup)
-            })
+        let onward = match next {
+            // Nothing to look up: the events go from each Ingest to the Router.
+            Next::Decide(router) if !settings.enricher => Onward::Route(router),
+            next => {
+                let (lookup, history, metrics, sup) =
+                    (lookup.clone(), history.clone(), metrics.clone(), supervisor.clone());
+                Onward::Enrich(Enricher::start_in_arbiter(
+                    &own_thread(&mut arbiters, "af-enricher".into(), Io::Handed),
+                    move |_| Enricher::new(lookup, keys, next, history, mailbox, metrics, sup),
+                ))
+            }
         };
         let (stop, stop_rx) = watch::channel(false);
         let ingest_settings = IngestSettings {
@@ -192,7 +201,7 @@ impl Pipeline {
             drain_timeout: settings.drain_timeout,
         };
         let feed = Feed {
-            enricher,
+            onward,
             history,
             settings: ingest_settings,
             metrics: metrics.clone(),

@@ -13,14 +13,26 @@ use support::*;
 
 #[test]
 fn each_key_sees_its_events_in_input_order_under_eight_shards() {
-    const KEYS: usize = 120;
+    interleaved_keys_in_input_order(settings(8), 120);
+}
+
+/// The same with no enricher: each ingest hands its batches to the Router itself. Three keys,
+/// so that every batch read holds several versions of each and the hop must keep their order
+/// within a batch as well as across batches.
+#[test]
+fn each_key_sees_its_events_in_input_order_when_the_ingests_route_them() {
+    interleaved_keys_in_input_order(Settings { enricher: false, ..settings(8) }, 3);
+}
+
+/// Versions of `key_count` keys, interleaved, through `settings`: every key's upserts in input order.
+fn interleaved_keys_in_input_order(settings: Settings, key_count: usize) {
     const VERSIONS: usize = 30;
     // Interleave: version v of every key, keys shuffled within each round.
     let mut lines = Vec::new();
     let mut n = 0;
     for v in 0..VERSIONS {
-        let mut keys: Vec<usize> = (0..KEYS).collect();
-        keys.rotate_left((v * 37) % KEYS);
+        let mut keys: Vec<usize> = (0..key_count).collect();
+        keys.rotate_left((v * 37) % key_count);
         if v % 2 == 1 {
             keys.reverse();
         }
@@ -37,7 +49,7 @@ fn each_key_sees_its_events_in_input_order_under_eight_shards() {
         }
     }
     let control = MemControl::slow(Duration::from_millis(2));
-    let out = run(settings(8), lines, control.clone());
+    let out = run(settings, lines, control.clone());
 
     assert_eq!(control.conflicts.load(Ordering::SeqCst), 0, "a shard ran two batches at once: their writes conflicted");
     assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
@@ -45,7 +57,7 @@ fn each_key_sees_its_events_in_input_order_under_eight_shards() {
     for u in &out.upserts {
         by_key.entry(u["asset_key"].as_str().unwrap().to_owned()).or_default().push(u);
     }
-    assert_eq!(by_key.len(), KEYS);
+    assert_eq!(by_key.len(), key_count);
     for (key, ups) in by_key {
         assert_eq!(ups.len(), VERSIONS, "{key}: one upsert per version");
         assert_eq!(ups[0]["change"], "created", "{key}");

@@ -62,24 +62,35 @@ impl Graph {
     /// them (for `assetflow redrive` that is the dead-letter store, not the configured sources).
     pub fn build(config: &Config, sources: &[String]) -> Graph {
         let mut g = Graph { nodes: Vec::new(), edges: Vec::new() };
+        // As the pipeline runs it: with no enricher to look anything up, a pipeline that
+        // decides has no Enricher, and each Ingest routes its events itself.
+        let enricher = !(config.decides() && matches!(config.enricher, EnricherConfig::None));
         for (i, name) in sources.iter().enumerate() {
             g.node(NodeKind::Source(i), &format!("source{i}"), "source", name, None);
             g.node(NodeKind::Ingest(i), &format!("ingest{i}"), "Ingest", name, None);
             g.edge(&format!("source{i}"), &format!("ingest{i}"), Flow::SourceIngest.key(name));
-            g.edge(&format!("ingest{i}"), "enricher", Flow::IngestEnricher.key(name));
+            if enricher {
+                g.edge(&format!("ingest{i}"), "enricher", Flow::IngestEnricher.key(name));
+            } else {
+                g.edge(&format!("ingest{i}"), "router", Flow::IngestRouter.key(name));
+            }
             g.edge(&format!("ingest{i}"), "history_writer", Flow::IngestHistory.key(name));
         }
-        g.node(
-            NodeKind::Enricher,
-            "enricher",
-            "Enricher",
-            &format!("lookup: {}", lookup_label(&config.enricher)),
-            Some(ActorName::Enricher),
-        );
-        g.flow("enricher", "history_writer", Flow::EnricherHistory);
+        if enricher {
+            g.node(
+                NodeKind::Enricher,
+                "enricher",
+                "Enricher",
+                &format!("lookup: {}", lookup_label(&config.enricher)),
+                Some(ActorName::Enricher),
+            );
+            g.flow("enricher", "history_writer", Flow::EnricherHistory);
+        }
         if config.decides() {
             g.node(NodeKind::Router, "router", "Router", "asset key → shard", Some(ActorName::Router));
-            g.flow("enricher", "router", Flow::EnricherRouter);
+            if enricher {
+                g.flow("enricher", "router", Flow::EnricherRouter);
+            }
             g.node(NodeKind::Decisor, "decisor", "Decisor", "one shard per asset key", Some(ActorName::Decisor));
             g.nodes.last_mut().expect("just pushed").instances = config.pipeline.shards;
             g.flow("router", "decisor", Flow::RouterDecisor);
@@ -273,7 +284,7 @@ mod tests {
 
     #[test]
     fn every_edge_joins_two_nodes_and_names_its_own_flow() {
-        for extra in ["", "[pipeline]\nstages = [\"enrich\"]\n"] {
+        for extra in ["", "[pipeline]\nstages = [\"enrich\"]\n", "[enricher]\nkind = \"file\"\npath = \"b.json\"\n"] {
             let g = graph(extra);
             let ids: BTreeSet<&str> = g.nodes.iter().map(|n| n.id.as_str()).collect();
             assert_eq!(ids.len(), g.nodes.len(), "node ids are unique");
@@ -295,6 +306,21 @@ mod tests {
         let enrich_only = graph("[pipeline]\nstages = [\"enrich\"]\n");
         assert!(enrich_only.nodes.iter().all(|n| n.id != "decisor" && n.id != "router"));
         assert!(enrich_only.draw("text").contains("EnrichedProducer → file out/enriched.jsonl"));
+    }
+
+    #[test]
+    fn with_nothing_to_look_up_the_ingests_route_their_events_themselves() {
+        let none = graph("[pipeline]\nshards = 2\n");
+        assert!(none.nodes.iter().all(|n| n.id != "enricher"), "no Enricher runs: {:?}", none.nodes);
+        let to_router: Vec<_> = none.edges.iter().filter(|e| e.to == "router").map(|e| e.from.as_str()).collect();
+        assert_eq!(to_router, ["ingest0"]);
+        let file = graph("[enricher]\nkind = \"file\"\npath = \"b.json\"\n");
+        assert!(file.nodes.iter().any(|n| n.id == "enricher"));
+        let to_router: Vec<_> = file.edges.iter().filter(|e| e.to == "router").map(|e| e.from.as_str()).collect();
+        assert_eq!(to_router, ["enricher"]);
+        // Enrich only publishes what the Enricher emits, so it keeps its Enricher.
+        let enrich_only = graph("[pipeline]\nstages = [\"enrich\"]\n");
+        assert!(enrich_only.nodes.iter().any(|n| n.id == "enricher"));
     }
 
     #[test]

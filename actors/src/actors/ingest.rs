@@ -1,14 +1,17 @@
 //! Ingest: one per source. Pulls raw messages, checks size, decodes and validates them, sends
-//! valid events on to the Enricher and invalid ones to the dead-letter path, and commits the
-//! source's watermark as acknowledgements come back.
+//! valid events on to the Enricher (or, with no enricher configured, the Router) and invalid
+//! ones to the dead-letter path, and commits the source's watermark as acknowledgements come
+//! back.
 
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::{oneshot, watch};
 
+use super::Enriched;
 use super::enricher::{Enrich, Enricher};
 use super::history::{DeadLetters, HistoryWriter};
+use super::router::{Route, Router};
 use crate::decision::{DeadLetter, Stage};
 use crate::envelope::Envelope;
 use crate::event::{AssetEvent, RejectKind, Rejection, decode};
@@ -34,10 +37,20 @@ pub struct IngestSettings {
     pub drain_timeout: Duration,
 }
 
+/// Where decoded events go next.
+#[derive(Clone)]
+pub enum Onward {
+    /// To the Enricher, for their business data.
+    Enrich(Addr<Enricher>),
+    /// Straight to the Router, with no business data: no enricher is configured, and the
+    /// Enricher would only have passed each batch on, a thread hop for nothing.
+    Route(Addr<Router>),
+}
+
 /// What reading an input feeds and answers to: the same for every Ingest and for Redrive.
 #[derive(Clone)]
 pub struct Feed {
-    pub enricher: Addr<Enricher>,
+    pub onward: Onward,
     /// Where rejected messages go as dead letters.
     pub history: Addr<HistoryWriter>,
     pub settings: IngestSettings,
@@ -94,7 +107,7 @@ impl Actor for Ingest {
 pub(super) struct IngestLoop {
     name: String,
     source: Box<dyn Source>,
-    enricher: Addr<Enricher>,
+    onward: Onward,
     history: Addr<HistoryWriter>,
     settings: IngestSettings,
     metrics: Arc<Metrics>,
@@ -107,8 +120,8 @@ const BEHIND_GONE: &str = "the stage behind the ingest stopped; what it read sta
 
 impl IngestLoop {
     pub(super) fn new(name: String, source: Box<dyn Source>, feed: Feed) -> Self {
-        let Feed { enricher, history, settings, metrics, supervisor, stop } = feed;
-        IngestLoop { name, source, enricher, history, settings, metrics, supervisor, stop }
+        let Feed { onward, history, settings, metrics, supervisor, stop } = feed;
+        IngestLoop { name, source, onward, history, settings, metrics, supervisor, stop }
     }
 
     /// Reads until drained or stopped; an error says why it could not drain.
@@ -230,8 +243,19 @@ impl IngestLoop {
         if events.is_empty() {
             return true;
         }
-        self.metrics.sent_from(&self.name, Flow::IngestEnricher, events.len() as u64);
-        forward(&self.enricher, Enrich(events)).await.is_ok()
+        match &self.onward {
+            Onward::Enrich(enricher) => {
+                self.metrics.sent_from(&self.name, Flow::IngestEnricher, events.len() as u64);
+                forward(enricher, Enrich(events)).await.is_ok()
+            }
+            Onward::Route(router) => {
+                self.metrics.sent_from(&self.name, Flow::IngestRouter, events.len() as u64);
+                let enriched_at = chrono::Utc::now();
+                let events =
+                    events.into_iter().map(|env| env.map(|event| Enriched { event, business: None, enriched_at }));
+                forward(router, Route(events.collect())).await.is_ok()
+            }
+        }
     }
 
     async fn commit(&mut self) {
