@@ -70,3 +70,50 @@ fn every_upsert_content_ref_reads_back_its_asset_in_both_layouts() {
         }
     }
 }
+
+/// With `enricher.kind = "none"` the ingests route their events to the Router themselves (no
+/// Enricher runs): every scenario decides exactly as with its business file, less the business.
+#[test]
+fn with_no_enricher_every_scenario_decides_as_with_one() {
+    // What does not depend on enrichment: no business, no timestamps, no content location.
+    fn decisions(out: &Outputs) -> Vec<String> {
+        let mut all: Vec<String> = out
+            .upserts
+            .iter()
+            .chain(&out.drops)
+            .chain(&out.dead_letters)
+            .map(|r| {
+                let mut r = r.clone();
+                for key in ["business", "decided_at", "failed_at", "content_ref"] {
+                    r.as_object_mut().map(|o| o.remove(key));
+                }
+                r.to_string()
+            })
+            .collect();
+        all.sort();
+        all
+    }
+    for scenario in scenarios() {
+        let name = scenario.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let with = prepare(&scenario);
+        assert!(assetflow(with.path(), &["run"]).status.success(), "{name}");
+        let with = Outputs::read(with.path());
+        assert!(with.upserts.iter().any(|u| !u["business"].is_null()), "{name}: the scenario enriches");
+
+        let without = prepare(&scenario);
+        let config = std::fs::read_to_string(without.path().join("config.toml")).unwrap();
+        let config =
+            config.replace("[enricher]\nkind = \"file\"\npath = \"business.json\"\n", "[enricher]\nkind = \"none\"\n");
+        assert!(config.contains("kind = \"none\""), "the scenario config names its enricher as expected");
+        std::fs::write(without.path().join("config.toml"), config).unwrap();
+        let out = assetflow(without.path(), &["topology"]);
+        let drawn = String::from_utf8_lossy(&out.stdout);
+        assert!(!drawn.contains("Enricher"), "{name}: no Enricher is drawn, as none runs: {drawn}");
+        let out = assetflow(without.path(), &["run"]);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let without = Outputs::read(without.path());
+        assert!(without.upserts.iter().chain(&without.drops).all(|r| r["business"].is_null()), "{name}");
+
+        assert_eq!(decisions(&without), decisions(&with), "{name}");
+    }
+}

@@ -324,7 +324,12 @@ pub async fn build_ports(config: &Config, state: &StateStore, with_sources: bool
     let ports = Ports {
         sources,
         redrive: None,
-        lookup: lookup_port.ok_or_else(|| missing("Enricher"))?,
+        // Drops are looked up as their assets' last events were; with no Enricher drawn
+        // (`enricher.kind = "none"`, deciding) that is the lookup that finds nothing.
+        lookup: match lookup_port {
+            Some(port) => port,
+            None => lookup(config)?,
+        },
         history: history.ok_or_else(|| missing("HistoryWriter"))?,
         dead_letter_sink: dead.ok_or_else(|| missing("HistoryWriter"))?,
         downstream,
