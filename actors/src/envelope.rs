@@ -14,8 +14,9 @@ use crate::decision::Origin;
 #[derive(Debug)]
 pub struct Envelope<T> {
     pub body: T,
-    /// The original bytes, verbatim, for dead letters and redrive.
-    pub raw: Arc<[u8]>,
+    /// The original bytes, verbatim, for dead letters and redrive. The source's own buffer,
+    /// shared: an `Arc<[u8]>` would copy every message once more on the way in.
+    pub raw: Arc<Vec<u8>>,
     pub origin: Origin,
     /// How many times this message has been through the pipeline (1 for a first delivery).
     pub attempts: u32,

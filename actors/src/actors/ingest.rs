@@ -200,7 +200,7 @@ impl IngestLoop {
             match decoded {
                 Ok(Ok(event)) => events.push(Envelope {
                     body: event,
-                    raw: m.bytes.into(),
+                    raw: Arc::new(m.bytes),
                     origin: m.origin,
                     attempts: m.attempts,
                     ack: m.ack,
