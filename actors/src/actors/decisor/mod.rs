@@ -69,7 +69,8 @@ pub struct ApplyDrops {
 struct Flush;
 
 enum Item {
-    Event(Box<Envelope<Enriched>>),
+    /// A `Decide` message's events, kept as the router sent them: one item, not one per event.
+    Events(Vec<Envelope<Enriched>>),
     Barrier(oneshot::Sender<()>),
     Drops(ApplyDrops, oneshot::Sender<BackendResult<usize>>),
 }
@@ -125,8 +126,8 @@ impl Handler<Decide> for Decisor {
     type Result = ();
     fn handle(&mut self, msg: Decide, ctx: &mut Context<Self>) {
         self.deps.metrics.handled(ActorName::Decisor);
-        for env in msg.0 {
-            self.push(Item::Event(Box::new(env)), ctx);
+        if !msg.0.is_empty() {
+            self.push(Item::Events(msg.0), ctx);
         }
     }
 }
@@ -175,10 +176,14 @@ async fn run_batch(deps: Arc<DecisorDeps>, items: Vec<Item>) {
     let most = deps.control.max_batch().max(1);
     for item in items {
         match item {
-            Item::Event(env) => {
-                events.push(*env);
-                if events.len() >= most {
-                    apply_supervised(&deps, std::mem::take(&mut events)).await;
+            // The usual case, a message that starts a batch and fits in it, moves in whole.
+            Item::Events(envs) if events.is_empty() && envs.len() < most => events = envs,
+            Item::Events(envs) => {
+                for env in envs {
+                    events.push(env);
+                    if events.len() >= most {
+                        apply_supervised(&deps, std::mem::take(&mut events)).await;
+                    }
                 }
             }
             Item::Barrier(tx) => {

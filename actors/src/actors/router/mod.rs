@@ -206,6 +206,11 @@ impl Handler<Route> for Router {
         self.sweep.metrics.handled(ActorName::Router);
         let metrics = self.sweep.metrics.clone();
         let _working = metrics.working(ActorName::Router);
+        // Each shard's share of the batch, room made once rather than by doubling.
+        let share = msg.0.len().div_ceil(self.outbox.len().max(1));
+        for events in &mut self.outbox {
+            events.reserve(share);
+        }
         for env in msg.0 {
             self.route(env, ctx);
         }
