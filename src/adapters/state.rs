@@ -331,7 +331,7 @@ fn run_briefs() -> impl FnMut(&str) -> u64 {
 /// warning, where a flush failed or is still running.
 fn flush(keyspaces: &[&Keyspace], deadline: std::time::Instant) -> bool {
     for ks in keyspaces {
-        // fjall 3 keeps rotation `#[doc(hidden)]` (its tests use it); Cargo.lock pins it.
+        // fjall 3 keeps rotation `#[doc(hidden)]` (its tests use it); the vendored copy pins it.
         if let Err(e) = ks.rotate_memtable() {
             tracing::warn!(error = %e, "embedded store: could not flush at stop; the next start replays its journal");
             return false;
