@@ -34,8 +34,8 @@ pub struct Settings {
     pub retry: RetryPolicy,
     pub lookup_pointers: Vec<String>,
     pub cache_ttl: Duration,
-    /// Whether an enricher looks business data up (`enricher.kind` other than `none`). Without
-    /// one, a pipeline that decides has no Enricher: each Ingest routes its events itself.
+    /// Whether the pipeline has an Enricher. Without one (a pipeline that decides, with nothing
+    /// to look up) each Ingest routes its events itself; enrich-only always has one.
     pub enricher: bool,
     pub pull_batch: usize,
     /// Per source: messages read and not yet acknowledged past which reading pauses. It bounds

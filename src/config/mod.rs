@@ -131,6 +131,12 @@ impl Config {
     pub fn decides(&self) -> bool {
         self.pipeline.stages.contains(&StageName::Decide)
     }
+
+    /// Whether the topology has an Enricher: it has one unless it decides with nothing to look
+    /// up (`enricher.kind = "none"`), where each Ingest routes its events itself.
+    pub fn enriches(&self) -> bool {
+        !(self.decides() && matches!(self.enricher, EnricherConfig::None))
+    }
 }
 
 /// Reads the document one part at a time (each top-level section, each `[[sources]]` entry,

@@ -62,9 +62,7 @@ impl Graph {
     /// them (for `assetflow redrive` that is the dead-letter store, not the configured sources).
     pub fn build(config: &Config, sources: &[String]) -> Graph {
         let mut g = Graph { nodes: Vec::new(), edges: Vec::new() };
-        // As the pipeline runs it: with no enricher to look anything up, a pipeline that
-        // decides has no Enricher, and each Ingest routes its events itself.
-        let enricher = !(config.decides() && matches!(config.enricher, EnricherConfig::None));
+        let enricher = config.enriches();
         for (i, name) in sources.iter().enumerate() {
             g.node(NodeKind::Source(i), &format!("source{i}"), "source", name, None);
             g.node(NodeKind::Ingest(i), &format!("ingest{i}"), "Ingest", name, None);

@@ -65,7 +65,7 @@ pub fn settings(config: &Config) -> Settings {
         retry: config.retry.policy(),
         lookup_pointers: lookup.lookup,
         cache_ttl: lookup.cache_ttl,
-        enricher: !matches!(config.enricher, EnricherConfig::None),
+        enricher: config.enriches(),
         drain_timeout: config.shutdown.timeout,
         max_in_flight: config.pipeline.max_in_flight,
         supervision: config.supervision.policy(),
