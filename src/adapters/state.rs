@@ -37,7 +37,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::history_log::HistoryLog;
 use super::state_index::{CAPACITY, IndexKey, RecordIndex, Written};
-use super::state_index_file::Saved;
+use super::state_index_file::Loaded;
 use super::state_touches::{self, FrameBuilder};
 use super::{state_index_file, state_layout};
 
@@ -211,9 +211,6 @@ impl StateStore {
         let unreadable = |e: BackendError| format!("cannot read the embedded store {}: {e}", path.display());
         match inner.take_saved_index().map_err(unreadable)? {
             Some(saved) => {
-                for (key, known) in saved.entries {
-                    inner.index.wrote(&key, Written::Live(known));
-                }
                 for (prefix, owner) in saved.sources {
                     inner.index.set_source(prefix, owner);
                 }
@@ -427,16 +424,17 @@ impl Inner {
         batch.commit().map_err(|e| e.to_string())
     }
 
-    /// The index a clean stop saved, if the store is still as it was then; the token goes from
-    /// the store (durably, before anything else can be written) and the file from the disk.
-    fn take_saved_index(&self) -> BackendResult<Option<Saved>> {
+    /// Loads the index a clean stop saved, if the store is still as it was then, and returns the
+    /// rest of what it saved; the token goes from the store (durably, before anything else can
+    /// be written) and the file from the disk.
+    fn take_saved_index(&self) -> BackendResult<Option<Loaded>> {
         let token = self.checkpoints.get(INDEX_TOKEN_KEY).map_err(|e| err("read index token", e))?;
         let token = token.and_then(|t| <[u8; 8]>::try_from(&t[..]).ok()).map(u64::from_le_bytes);
         let Some(token) = token else {
             state_index_file::discard(&self.index_file);
             return Ok(None);
         };
-        let saved = state_index_file::take(&self.index_file, token);
+        let saved = state_index_file::take(&self.index_file, token, &self.index);
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
         batch.remove(&self.checkpoints, INDEX_TOKEN_KEY);
         batch.commit().map_err(|e| err("remove index token", e))?;
@@ -1018,8 +1016,12 @@ mod tests {
                     entries.push((ghost, entries[0].1));
                     let token = store.inner.checkpoints.get(INDEX_TOKEN_KEY).unwrap().unwrap();
                     let token = u64::from_le_bytes(token[..].try_into().unwrap());
-                    let saved =
-                        Saved { entries, complete: true, sources: store.inner.index.sources(), runs: Vec::new() };
+                    let saved = state_index_file::Saved {
+                        entries,
+                        complete: true,
+                        sources: store.inner.index.sources(),
+                        runs: Vec::new(),
+                    };
                     state_index_file::save(&store.inner.index_file, token, &saved).unwrap();
                     std::fs::copy(&store.inner.index_file, path.join("kept")).unwrap();
                 }

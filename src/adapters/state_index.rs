@@ -294,6 +294,32 @@ impl RecordIndex {
         Ok(())
     }
 
+    /// Sizes each stripe's table for its share of `assets` about to be loaded (a saved index),
+    /// once: grown key by key, a table doubles its way there, and every step is a fresh
+    /// allocation, whose pages cost more to touch the first time than the entries cost to place
+    /// (benches/analysis.md).
+    pub fn reserve(&self, assets: usize) {
+        let share = assets / STRIPES;
+        // Keys spread over the stripes unevenly: an eighth more than the mean takes them.
+        let per_stripe = (share + share / 8 + 16).min(STRIPE_ENTRIES);
+        for stripe in &self.stripes {
+            let mut stripe = stripe.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let more = per_stripe.saturating_sub(stripe.map.len());
+            stripe.map.reserve(more);
+            stripe.at_bound |= stripe.map.capacity() >= STRIPE_ENTRIES;
+        }
+    }
+
+    /// Forgets every entry and source, as a new index: a saved index refused after part of it
+    /// was loaded.
+    pub fn clear(&self) {
+        for stripe in &self.stripes {
+            *stripe.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Stripe::default();
+        }
+        self.sources.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+        self.complete.store(true, Ordering::Release);
+    }
+
     /// Assets indexed.
     pub fn assets(&self) -> usize {
         self.stripes.iter().map(|s| s.lock().map_or(0, |s| s.map.len())).sum()

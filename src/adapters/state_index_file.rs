@@ -8,13 +8,13 @@
 //! not hold is refused, the file is removed once read, and a checksum refuses a file cut short
 //! or damaged. Any doubt means a scan: the file only saves time.
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::Path;
 
 use assetflow_actors::record::KnownRecord;
 use chrono::DateTime;
 
-use super::state_index::{IndexKey, PrefixOwner, SourcePrefix};
+use super::state_index::{IndexKey, PrefixOwner, RecordIndex, SourcePrefix, Written};
 
 /// The layout's name and version.
 const MAGIC: &[u8; 8] = b"afindex3";
@@ -26,14 +26,26 @@ const CHECKSUM: usize = 32;
 /// A prefix owned by more than one source, in place of a name.
 const SHARED: u16 = u16::MAX;
 
-/// An index as a clean stop saved it.
+/// Entries read from the file per read: 64 KiB.
+const ENTRIES_PER_READ: usize = 1024;
+
+/// What a saved index holds besides its entries, which [`take`] puts into the index itself.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Saved {
-    pub entries: Vec<(IndexKey, KnownRecord)>,
+pub struct Loaded {
     /// Whether the entries are every live record of the store.
     pub complete: bool,
     pub sources: Vec<(SourcePrefix, PrefixOwner)>,
     /// The runs of the stamps that only touch frames hold, by brief (`state_touches.rs`).
+    pub runs: Vec<(u64, String)>,
+}
+
+/// An index as a clean stop saved it (tests, which make one to load).
+#[cfg(test)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saved {
+    pub entries: Vec<(IndexKey, KnownRecord)>,
+    pub complete: bool,
+    pub sources: Vec<(SourcePrefix, PrefixOwner)>,
     pub runs: Vec<(u64, String)>,
 }
 
@@ -139,38 +151,60 @@ impl Summed {
     }
 }
 
-/// The index saved at `path` under `token`, removing the file; `None` (and the file removed)
-/// when there is none, or it is not the one saved under `token`.
-pub fn take(path: &Path, token: u64) -> Option<Saved> {
-    let bytes = std::fs::read(path).ok()?;
+/// Loads the index saved at `path` under `token` into `index`, which must be empty, and
+/// removes the file. Returns what the file holds besides the entries, or `None` (with `index`
+/// empty again and the file removed) when there is none, or it is not the one saved under
+/// `token`.
+///
+/// The entries go straight from a small buffer into the index's tables, sized once from the
+/// header: reading the whole file, then a list of its entries, then the tables grown by
+/// doubling touched ~20 MB of fresh pages per 100k assets at every start, ~0.4 us per event of
+/// a steady crawl of that catalog (benches/analysis.md). So the checksum is only known once
+/// the entries are in, and a file it refuses leaves the index to be emptied.
+pub fn take(path: &Path, token: u64, index: &RecordIndex) -> Option<Loaded> {
+    let mut file = std::fs::File::open(path).ok()?;
     discard(path);
-    let (body, sum) = bytes.split_at_checked(bytes.len().checked_sub(CHECKSUM)?)?;
-    if blake3::hash(body).as_bytes() != sum || body.get(..MAGIC.len())? != MAGIC {
-        return None;
+    let loaded = read(&mut file, token, index);
+    if loaded.is_none() {
+        index.clear();
     }
-    let word = |at: usize| body.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
-    if word(MAGIC.len())? != token {
+    loaded
+}
+
+fn read(file: &mut std::fs::File, token: u64, index: &RecordIndex) -> Option<Loaded> {
+    let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+    let mut sum = blake3::Hasher::new();
+    let mut header = [0u8; HEADER];
+    file.read_exact(&mut header).ok()?;
+    sum.update(&header);
+    let word = |at: usize| header.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    if header[..MAGIC.len()] != MAGIC[..] || word(MAGIC.len())? != token {
         return None;
     }
     let count = usize::try_from(word(MAGIC.len() + 8)?).ok()?;
     let complete = word(MAGIC.len() + 16)? == 1;
     let source_count = usize::try_from(word(MAGIC.len() + 24)?).ok()?;
     let run_count = usize::try_from(word(MAGIC.len() + 32)?).ok()?;
-    let (entries, mut rest) = body.get(HEADER..)?.split_at_checked(count.checked_mul(ENTRY)?)?;
-    // Sized from the start: collecting into an `Option<Vec>` grows it by doubling, copying
-    // (and touching fresh pages for) the whole list at every step.
-    let mut parsed = Vec::with_capacity(count);
-    for e in entries.chunks_exact(ENTRY) {
-        let key: IndexKey = e[..20].try_into().ok()?;
-        let hash: [u8; 16] = e[20..36].try_into().ok()?;
-        let run = u64::from_le_bytes(e[36..44].try_into().ok()?);
-        let secs = i64::from_le_bytes(e[44..52].try_into().ok()?);
-        let nanos = u32::from_le_bytes(e[52..56].try_into().ok()?);
-        let version = u64::from_le_bytes(e[56..64].try_into().ok()?);
-        let last_seen_at = DateTime::from_timestamp(secs, nanos)?;
-        parsed.push((key, KnownRecord { hash, run, last_seen_at, version }));
+    let tail = len.checked_sub(HEADER)?.checked_sub(count.checked_mul(ENTRY)?)?.checked_sub(CHECKSUM)?;
+    index.reserve(count);
+    let mut buf = vec![0u8; ENTRY * ENTRIES_PER_READ];
+    let mut left = count;
+    while left > 0 {
+        let chunk = &mut buf[..left.min(ENTRIES_PER_READ) * ENTRY];
+        file.read_exact(chunk).ok()?;
+        sum.update(chunk);
+        for e in chunk.chunks_exact(ENTRY) {
+            let (key, known) = parse_entry(e)?;
+            index.wrote(&key, Written::Live(known));
+        }
+        left -= chunk.len() / ENTRY;
     }
-    let entries = parsed;
+    let mut rest = vec![0u8; tail + CHECKSUM];
+    file.read_exact(&mut rest).ok()?;
+    let (mut rest, expected) = rest.split_at(tail);
+    if sum.update(rest).finalize().as_bytes() != expected {
+        return None;
+    }
     let mut sources = Vec::with_capacity(source_count.min(rest.len()));
     for _ in 0..source_count {
         let prefix: SourcePrefix = rest.get(..4)?.try_into().ok()?;
@@ -193,7 +227,20 @@ pub fn take(path: &Path, token: u64) -> Option<Saved> {
         runs.push((brief, std::str::from_utf8(run).ok()?.to_owned()));
         rest = after;
     }
-    rest.is_empty().then_some(Saved { entries, complete, sources, runs })
+    rest.is_empty().then_some(Loaded { complete, sources, runs })
+}
+
+/// One entry as [`write_index`] lays it out.
+fn parse_entry(e: &[u8]) -> Option<(IndexKey, KnownRecord)> {
+    let key: IndexKey = e.get(..20)?.try_into().ok()?;
+    let hash: [u8; 16] = e.get(20..36)?.try_into().ok()?;
+    let word = |at: usize| e.get(at..at + 8).and_then(|b| b.try_into().ok());
+    let run = u64::from_le_bytes(word(36)?);
+    let secs = i64::from_le_bytes(word(44)?);
+    let nanos = u32::from_le_bytes(e.get(52..56)?.try_into().ok()?);
+    let version = u64::from_le_bytes(word(56)?);
+    let last_seen_at = DateTime::from_timestamp(secs, nanos)?;
+    Some((key, KnownRecord { hash, run, last_seen_at, version }))
 }
 
 /// Removes a saved index, if there is one.
@@ -210,6 +257,20 @@ pub fn discard(path: &Path) {
 mod tests {
     use super::*;
 
+    /// [`take`] into a new index, and the entries it put there in key order; a refused file
+    /// must leave the index as empty as it found it.
+    fn taken(path: &Path, token: u64) -> Option<Saved> {
+        let index = RecordIndex::default();
+        let Some(loaded) = take(path, token, &index) else {
+            assert_eq!(index.assets(), 0, "a refused file leaves nothing in the index");
+            assert!(index.sources().is_empty() && index.is_complete());
+            return None;
+        };
+        let mut entries = index.entries();
+        entries.sort_by_key(|(key, _)| *key);
+        Some(Saved { entries, complete: loaded.complete, sources: loaded.sources, runs: loaded.runs })
+    }
+
     fn entry(i: u8) -> (IndexKey, KnownRecord) {
         let at = DateTime::from_timestamp(1_790_000_000 + i64::from(i), 123_456_789).unwrap();
         (
@@ -220,6 +281,7 @@ mod tests {
 
     fn saved(n: u8) -> Saved {
         Saved {
+            // In key order, as [`taken`] lists them.
             entries: (0..n).map(entry).collect(),
             complete: n % 2 == 0,
             sources: vec![([1, 2, 3, 4], PrefixOwner::One("pg".into())), ([9, 9, 9, 9], PrefixOwner::Shared)],
@@ -233,14 +295,14 @@ mod tests {
         let path = dir.path().join("state-index");
         let entries = saved(40);
         save(&path, 77, &entries).unwrap();
-        assert_eq!(take(&path, 77), Some(entries.clone()));
-        assert_eq!(take(&path, 77), None, "removed once loaded");
+        assert_eq!(taken(&path, 77), Some(entries.clone()));
+        assert_eq!(taken(&path, 77), None, "removed once loaded");
         let odd = saved(3);
         save(&path, 77, &odd).unwrap();
-        assert_eq!(take(&path, 77), Some(odd));
+        assert_eq!(taken(&path, 77), Some(odd));
 
         save(&path, 77, &entries).unwrap();
-        assert_eq!(take(&path, 78), None, "saved under another token");
+        assert_eq!(taken(&path, 78), None, "saved under another token");
         assert!(!path.exists());
     }
 
@@ -258,7 +320,7 @@ mod tests {
             assert!(write_index(&path, 9, count, entries, s.complete, &s.sources, &s.runs).is_err());
             assert!(!path.exists());
             assert!(!path.with_extension("tmp").exists(), "nothing half-written left behind");
-            assert_eq!(take(&path, 9), None);
+            assert_eq!(taken(&path, 9), None);
         }
     }
 
@@ -274,7 +336,7 @@ mod tests {
             b
         }] {
             std::fs::write(&path, &bad).unwrap();
-            assert_eq!(take(&path, 5), None);
+            assert_eq!(taken(&path, 5), None);
         }
     }
 }

@@ -16,6 +16,11 @@ mod plan;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+// The maps a batch keeps per event hash with foldhash: SipHash, std's default, was ~2% of a
+// steady crawl's CPU at a handful of lookups per event (benches/analysis.md). Those built
+// from a backend's reply stay std's.
+use foldhash::{HashMap as FastMap, HashMapExt as _, HashSet as FastSet};
+
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
@@ -327,12 +332,12 @@ async fn decide_and_publish(
     // The batch's records and, in the same read (one snapshot where the store gives one), the
     // completion marks of its sources: an event from before a source's last completion is a
     // replay, and a record that completion dropped must not come back for it.
-    let sources: HashSet<&str> = batch.iter().map(|p| p.enriched.event.source.as_str()).collect();
+    let sources: FastSet<&str> = batch.iter().map(|p| p.enriched.event.source.as_str()).collect();
     let first_round = earlier.is_empty();
     let events_of = events_by_key(batch);
-    let mut known = if first_round { known_unchanged(deps, batch, &events_of) } else { HashMap::new() };
+    let mut known = if first_round { known_unchanged(deps, batch, &events_of) } else { FastMap::new() };
     let keys: Vec<RecordKey> = {
-        let mut seen = HashSet::new();
+        let mut seen = FastSet::default();
         batch
             .iter()
             .filter(|p| !known.contains_key(p.key.as_str()) && seen.insert(p.key.as_str()))
@@ -342,7 +347,7 @@ async fn decide_and_publish(
     };
     let read = deps.calls.call("control store", "get", || deps.control.get_many(&keys)).await;
     let mut records = read.map_err(|e| (Stage::Decide, e))?;
-    let marks: HashMap<&str, CompletionMark> = sources
+    let marks: FastMap<&str, CompletionMark> = sources
         .iter()
         .filter_map(|s| records.remove(*s).as_ref().and_then(CompletionMark::from_record).map(|m| (*s, m)))
         .collect();
@@ -372,10 +377,10 @@ async fn decide_and_publish(
 fn known_unchanged<'a>(
     deps: &DecisorDeps,
     batch: &'a [Pending],
-    events_of: &HashMap<&str, usize>,
-) -> HashMap<&'a str, Unchanged> {
-    let mut runs: HashMap<&str, u64> = HashMap::new();
-    let mut known = HashMap::new();
+    events_of: &FastMap<&str, usize>,
+) -> FastMap<&'a str, Unchanged> {
+    let mut runs: FastMap<&str, u64> = FastMap::new();
+    let mut known = FastMap::with_capacity(batch.len());
     for p in batch {
         let ev = &p.enriched.event;
         if events_of[p.key.as_str()] > 1 {
@@ -392,8 +397,8 @@ fn known_unchanged<'a>(
 
 /// How many events of the batch each key has: a key with more than one is read and written, so
 /// that its events see each other.
-fn events_by_key(batch: &[Pending]) -> HashMap<&str, usize> {
-    let mut events_of: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+fn events_by_key(batch: &[Pending]) -> FastMap<&str, usize> {
+    let mut events_of: FastMap<&str, usize> = FastMap::with_capacity(batch.len());
     for p in batch {
         *events_of.entry(p.key.as_str()).or_default() += 1;
     }
@@ -411,9 +416,9 @@ fn events_by_key(batch: &[Pending]) -> HashMap<&str, usize> {
 /// [`judge`]: crate::rules::judge
 fn read_unchanged<'a>(
     batch: &'a [Pending],
-    events_of: &HashMap<&str, usize>,
+    events_of: &FastMap<&str, usize>,
     records: &mut HashMap<String, ControlRecord>,
-    known: &mut HashMap<&'a str, Unchanged>,
+    known: &mut FastMap<&'a str, Unchanged>,
     replayed: impl Fn(&Pending) -> bool,
 ) {
     for p in batch {

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
 
 use super::super::Enriched;
 use crate::decision::{Decision, HistoryRow, Outcome, UpsertDecision, decision_id, live_prior_state, prior_state};
@@ -28,7 +29,7 @@ pub struct BatchPlan {
     /// One row per event, in batch order.
     pub rows: Vec<HistoryRow>,
     /// How many events had each outcome.
-    pub outcomes: HashMap<Outcome, u64>,
+    pub outcomes: FastMap<Outcome, u64>,
     /// New content, one per (asset key, hash), sorted.
     pub contents: Vec<ContentPut>,
     /// Upserts to publish, in batch order.
@@ -60,16 +61,21 @@ pub struct BatchPlan {
 pub fn plan_batch<'a>(
     events: impl IntoIterator<Item = (&'a Enriched, &'a str, &'a str, bool)>,
     mut records: HashMap<String, ControlRecord>,
-    known: &HashMap<&str, Unchanged>,
+    known: &FastMap<&str, Unchanged>,
     landed: &HashSet<String>,
     content_ref: impl Fn(&str, &str) -> String,
     now: DateTime<Utc>,
 ) -> BatchPlan {
-    let read_versions: HashMap<String, u64> = records.iter().map(|(k, r)| (k.clone(), r.version)).collect();
+    let read_versions: FastMap<String, u64> = records.iter().map(|(k, r)| (k.clone(), r.version)).collect();
+    let events = events.into_iter();
     let mut plan = BatchPlan::default();
+    // Sized once: a batch's rows and stamps grown by doubling were fresh allocations at every
+    // step, and fresh pages are dear (benches/analysis.md).
+    plan.rows.reserve(events.size_hint().0);
+    plan.touches.reserve(events.size_hint().0);
     // Keys in first-change order (the write order), and the same set for O(1) membership.
     let mut changed: Vec<String> = Vec::new();
-    let mut changed_set: HashSet<String> = HashSet::new();
+    let mut changed_set: FastSet<String> = FastSet::default();
     for (enriched, key, hash, replayed) in events {
         let ev = &enriched.event;
         let EventKind::Running { name, body } = &ev.kind else {
@@ -228,7 +234,7 @@ mod tests {
         plan_batch(
             events.iter().map(|(e, k, h)| (e, k.as_str(), h.as_str(), false)),
             records,
-            &HashMap::new(),
+            &FastMap::default(),
             &landed,
             |k, h| format!("mem://{k}@{h}"),
             now,
@@ -327,7 +333,8 @@ mod tests {
         let mut pairs: Vec<(&Enriched, &str, &str, bool)> =
             events.iter().map(|(e, k, h)| (e, k.as_str(), h.as_str(), false)).collect();
         let vouched = |pairs: Vec<(&Enriched, &str, &str, bool)>| {
-            let known: HashMap<&str, Unchanged> = [("pg/db/s/same", Unchanged { known, indexed: true })].into();
+            let known: FastMap<&str, Unchanged> =
+                [("pg/db/s/same", Unchanged { known, indexed: true })].into_iter().collect();
             plan_batch(pairs, HashMap::new(), &known, &HashSet::new(), |k, h| format!("mem://{k}@{h}"), now)
         };
         let fast = vouched(pairs.clone());
