@@ -7,11 +7,12 @@
 //! - `dirty_decay_ms:1000`: freed pages go back to the system after one second rather than ten.
 //!   At the default the steady 1M crawl peaked ~20 MiB higher (158 MiB against 137) holding
 //!   pages freed minutes' worth of batches ago, for no measurable CPU either way.
-//! - `thp:always`: jemalloc's memory in transparent huge pages (where the kernel offers them
-//!   on request, as Debian's `madvise` default does). A steady crawl's work is lookups at
-//!   random keys across megabytes (the record index, the memtables' skiplists, the hash maps
-//!   of a batch); with 4 KiB pages each one missed the TLB as well as the cache, and in a
-//!   virtual machine a TLB miss walks two page tables. The steady 100k crawl took 7–15% less
-//!   CPU in alternating runs, for 6–9 MiB more peak memory (a run over an empty input: 47 →
-//!   67 MiB, each arena's first huge page). `thp:never` in `_RJEM_MALLOC_CONF` turns it off.
-pub const JEMALLOC_CONF: &[u8] = b"dirty_decay_ms:1000,thp:always\0";
+//! - `thp:never`: jemalloc's memory in 4 KiB pages, not transparent huge pages. Each arena
+//!   (one per thread, up to four per CPU) takes a fresh 2 MiB page at its first allocation,
+//!   and a fresh huge page was dear to fault in here (a 100k-asset store's run over an empty
+//!   input: 42 against 33 ms of CPU, with outliers of 75 ms). `thp:always`, from the
+//!   fourteenth session, had measured 7–15% less CPU on a steady crawl by saving TLB misses;
+//!   measured again in the twentieth, alternating runs of the same build: the steady 100k crawl
+//!   at 1 shard 9.25 µs per event with it, 8.80 without, and peak memory 6–10 MiB lower
+//!   without (benches/analysis.md). `thp:always` in `_RJEM_MALLOC_CONF` turns it back on.
+pub const JEMALLOC_CONF: &[u8] = b"dirty_decay_ms:1000,thp:never\0";

@@ -32,9 +32,9 @@ use assetflow_actors::ports::{BackendError, BackendResult};
 
 use super::state_layout::{self, history_digest};
 
-/// A segment past this size is closed (indexed) and the next batch starts a new one. Closing
-/// reads the segment back and holds its index in memory while it sorts it (16 bytes a row,
-/// ~3 MiB here), and a read visits every segment, so this trades memory against read cost.
+/// A segment past this size is closed (indexed) and the next batch starts a new one. The
+/// segment being written keeps its index in memory until it closes (16 bytes a row, ~3 MiB
+/// here), and a read visits every segment, so this trades memory against read cost.
 pub const SEGMENT_BYTES: u64 = 32 << 20;
 /// The first bytes of an index file.
 pub const INDEX_MAGIC: &[u8; 8] = b"AFHIDX01";
