@@ -90,6 +90,11 @@ pub trait ControlStore: Send + Sync + 'static {
     fn known(&self, _source: &str, _asset_key: &str) -> Option<KnownRecord> {
         None
     }
+    /// [`known`](Self::known) of each `(source, asset_key)`, in order: a batch's keys in one
+    /// call, which the embedded store answers taking each lock of its index once.
+    fn known_many(&self, keys: &[(&str, &str)]) -> Vec<Option<KnownRecord>> {
+        keys.iter().map(|(source, asset_key)| self.known(source, asset_key)).collect()
+    }
     /// Whether the store keeps run stamps apart from records, so that an unchanged asset seen
     /// again can move its stamp alone ([`RecordTouch`]) instead of rewriting its record. The
     /// embedded store does (and its index vouches for records without a read, [`known`](Self::known));

@@ -669,6 +669,12 @@ impl ControlStore for StateStore {
         self.inner.index.get(&state_layout::control_key(source, asset_key))
     }
 
+    fn known_many(&self, keys: &[(&str, &str)]) -> Vec<Option<KnownRecord>> {
+        let keys: Vec<IndexKey> =
+            keys.iter().map(|(source, asset_key)| state_layout::control_key(source, asset_key)).collect();
+        self.inner.index.get_many(&keys)
+    }
+
     async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()> {
         self.put_with_touches(writes, &[]).await
     }

@@ -381,12 +381,11 @@ fn known_unchanged<'a>(
 ) -> FastMap<&'a str, Unchanged> {
     let mut runs: FastMap<&str, u64> = FastMap::new();
     let mut known = FastMap::with_capacity(batch.len());
-    for p in batch {
+    let alone: Vec<&Pending> = batch.iter().filter(|p| events_of[p.key.as_str()] == 1).collect();
+    let keys: Vec<(&str, &str)> = alone.iter().map(|p| (p.enriched.event.source.as_str(), p.key.as_str())).collect();
+    for (p, k) in alone.into_iter().zip(deps.control.known_many(&keys)) {
         let ev = &p.enriched.event;
-        if events_of[p.key.as_str()] > 1 {
-            continue;
-        }
-        let Some(k) = deps.control.known(&ev.source, &p.key) else { continue };
+        let Some(k) = k else { continue };
         let run = *runs.entry(ev.run_id.as_str()).or_insert_with(|| KnownRecord::run_brief(&ev.run_id));
         if k.vouches_unchanged(&p.hash, run, ev.emitted_at) {
             known.insert(p.key.as_str(), Unchanged { known: k, indexed: true });
