@@ -734,9 +734,7 @@ impl ControlStore for StateStore {
                     for (key, known) in &written {
                         inner.index.wrote(key, *known);
                     }
-                    for (key, run, at, version) in &stamped {
-                        inner.index.touched(key, *run, *at, *version);
-                    }
+                    inner.index.touched_many(&stamped);
                 }
                 Err(_) => {
                     inner.failed.store(true, Ordering::Release);

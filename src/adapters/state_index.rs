@@ -220,6 +220,32 @@ impl RecordIndex {
         false
     }
 
+    /// [`touched`](Self::touched) of each `(key, run, at, version)`, a batch's stamps, taking
+    /// each stripe's lock once (as [`get_many`](Self::get_many)).
+    pub fn touched_many(&self, stamps: &[(IndexKey, u64, chrono::DateTime<chrono::Utc>, u64)]) {
+        let mut by_stripe: Vec<Vec<usize>> = vec![Vec::new(); STRIPES];
+        for (i, (key, ..)) in stamps.iter().enumerate() {
+            by_stripe[stripe_of(key)].push(i);
+        }
+        let mut all_held = true;
+        for (stripe, at) in self.stripes.iter().zip(&by_stripe) {
+            if at.is_empty() {
+                continue;
+            }
+            let mut stripe = stripe.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for &i in at {
+                let (key, run, seen_at, version) = &stamps[i];
+                match stripe.map.get_mut(key) {
+                    Some(known) => (known.run, known.last_seen_at, known.version) = (*run, *seen_at, *version),
+                    None => all_held = false,
+                }
+            }
+        }
+        if !all_held {
+            self.not_complete();
+        }
+    }
+
     /// Forgets `key`: after a write whose outcome is unknown, the store must be read again.
     pub fn forget(&self, key: &IndexKey) {
         self.wrote(key, Written::Unknown);
@@ -448,9 +474,14 @@ mod tests {
         assert_eq!(index.get(&key(1)).map(|k| k.version), Some(2));
         assert!(index.touched(&key(1), 5, known(1).last_seen_at, 3));
         assert_eq!(index.get(&key(1)), Some(KnownRecord { run: 5, ..known(3) }));
+        index.touched_many(&[(key(1), 6, known(1).last_seen_at, 4)]);
+        assert_eq!(index.get(&key(1)), Some(KnownRecord { run: 6, ..known(4) }));
         index.wrote(&key(1), Written::NotLive);
         assert_eq!(index.get(&key(1)), None);
         assert!(index.is_complete());
+        index.touched_many(&[(key(3), 6, known(1).last_seen_at, 4)]);
+        assert!(!index.is_complete(), "a stamp of a key the index does not hold: it may be live");
+        let index = RecordIndex::default();
         index.wrote(&key(2), Written::Live(known(1)));
         index.forget(&key(2));
         assert!(!index.is_complete(), "a key forgotten may be live");
