@@ -156,6 +156,15 @@ fn stripe_of(key: &IndexKey) -> usize {
     usize::from(key[19]) % STRIPES
 }
 
+/// The places of `keys` in their list, grouped by the stripe that holds each, in order.
+fn by_stripe<'k>(keys: impl Iterator<Item = &'k IndexKey>) -> Vec<Vec<usize>> {
+    let mut by_stripe = vec![Vec::new(); STRIPES];
+    for (i, key) in keys.enumerate() {
+        by_stripe[stripe_of(key)].push(i);
+    }
+    by_stripe
+}
+
 /// The prefix of an index key.
 pub fn prefix_of(key: &IndexKey) -> SourcePrefix {
     [key[0], key[1], key[2], key[3]]
@@ -177,11 +186,7 @@ impl RecordIndex {
     /// lookups made one after another in a stripe overlap their misses.
     pub fn get_many(&self, keys: &[IndexKey]) -> Vec<Option<KnownRecord>> {
         let mut out = vec![None; keys.len()];
-        let mut by_stripe: Vec<Vec<usize>> = vec![Vec::new(); STRIPES];
-        for (i, key) in keys.iter().enumerate() {
-            by_stripe[stripe_of(key)].push(i);
-        }
-        for (stripe, at) in self.stripes.iter().zip(&by_stripe) {
+        for (stripe, at) in self.stripes.iter().zip(&by_stripe(keys.iter())) {
             if at.is_empty() {
                 continue;
             }
@@ -223,12 +228,8 @@ impl RecordIndex {
     /// [`touched`](Self::touched) of each `(key, run, at, version)`, a batch's stamps, taking
     /// each stripe's lock once (as [`get_many`](Self::get_many)).
     pub fn touched_many(&self, stamps: &[(IndexKey, u64, chrono::DateTime<chrono::Utc>, u64)]) {
-        let mut by_stripe: Vec<Vec<usize>> = vec![Vec::new(); STRIPES];
-        for (i, (key, ..)) in stamps.iter().enumerate() {
-            by_stripe[stripe_of(key)].push(i);
-        }
         let mut all_held = true;
-        for (stripe, at) in self.stripes.iter().zip(&by_stripe) {
+        for (stripe, at) in self.stripes.iter().zip(&by_stripe(stamps.iter().map(|(key, ..)| key))) {
             if at.is_empty() {
                 continue;
             }
