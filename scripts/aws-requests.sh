@@ -12,6 +12,7 @@ py="$here/.services/venv/bin/python"
 endpoint="${ASSETFLOW_TEST_AWS_ENDPOINT:-http://127.0.0.1:4566}"
 assets="${1:-1000}"
 sources="${2:-3}"
+limit="${AWS_REQUESTS_LIMIT_S:-300}" # per gen or run; a dead emulator would otherwise hang it
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cd "$work"
@@ -74,7 +75,19 @@ for crawl in first steady; do
   config "$tag-$crawl" >"$crawl.toml"
   if [ "$crawl" = first ]; then runs=(--runs 1); else runs=(--runs 4 --skip-runs 1); fi
   # gen puts the events on the stream itself (the [aws] section of the crawl's config).
-  RUST_LOG=warn "$bin" gen "${gen_args[@]}" "${runs[@]}" --kinesis-stream "$tag-$crawl" --config "$crawl.toml"
+  RUST_LOG=warn timeout -k 10 "$limit" "$bin" gen "${gen_args[@]}" "${runs[@]}" --kinesis-stream "$tag-$crawl" --config "$crawl.toml"
   echo "== $crawl crawl"
-  RUST_LOG=error "$bin" run --config "$crawl.toml" 2>&1 | grep -E "events in|decisions|dead letters|aws requests"
+  # The service retries an unreachable backend without end, as it should; a bench must not.
+  rc=0
+  RUST_LOG=error timeout -k 10 "$limit" "$bin" run --config "$crawl.toml" >"$crawl.out" 2>&1 || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+      echo "$crawl crawl: no result within $limit s (AWS_REQUESTS_LIMIT_S); is the emulator at $endpoint alive? (make services)"
+    else
+      echo "$crawl crawl: assetflow exited with status $rc"
+    fi
+    tail -5 "$crawl.out"
+    exit 1
+  fi
+  grep -E "events in|decisions|dead letters|aws requests" "$crawl.out"
 done

@@ -37,8 +37,20 @@ start_moto() {
     ensure_venv "moto[server]==5.2.5"
   fi
   if listening "$MOTO_PORT"; then
-    echo "services: moto already listening on 127.0.0.1:$MOTO_PORT"
-    return 0
+    # moto keeps every request's data in memory for as long as it runs; one left up for days
+    # of tests and benches grows until the kernel kills it mid-run. One of ours that has grown
+    # past MOTO_MAX_RSS_MIB is restarted empty (nothing in it outlives a test or bench run).
+    local pid rss
+    pid="$(cat "$state/moto.pid" 2>/dev/null || true)"
+    rss="$( [ -n "$pid" ] && awk '/^VmRSS:/ {print int($2 / 1024)}' "/proc/$pid/status" 2>/dev/null || echo 0)"
+    if [ "${rss:-0}" -gt "${MOTO_MAX_RSS_MIB:-2048}" ]; then
+      echo "services: moto holds ${rss} MiB; restarting it empty"
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do listening "$MOTO_PORT" || break; sleep 0.1; done
+    else
+      echo "services: moto already listening on 127.0.0.1:$MOTO_PORT"
+      return 0
+    fi
   fi
   nohup "$state/venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$state/moto.log" 2>&1 &
   echo $! >"$state/moto.pid"

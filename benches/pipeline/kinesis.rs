@@ -71,16 +71,34 @@ fn spawn(dir: &Path, config: &str) -> Child {
         .expect("spawn assetflow")
 }
 
-/// Puts crawler runs `skip+1..=runs` on the stream (`assetflow gen`, partition key = source).
-fn put(dir: &Path, stream: &str, runs: &str, skip: &str) {
-    let out = Command::new(BIN)
+/// Puts crawler runs `skip+1..=runs` on the stream (`assetflow gen`, partition key = source);
+/// false, said on stderr, if that failed or took over two minutes (a dead emulator).
+fn put(dir: &Path, stream: &str, runs: &str, skip: &str) -> bool {
+    let out = Command::new("timeout")
+        .args(["-k", "10", "120", BIN])
         .args(["gen", "--sources", "8", "--assets", "300", "--runs", runs, "--skip-runs", skip])
         .args(["--payload", "512", "--bad", "0", "--kinesis-stream", stream, "--config", "config.toml"])
         .current_dir(dir)
         .env("RUST_LOG", "warn")
         .output()
-        .expect("gen to kinesis");
-    assert!(out.status.success(), "gen to Kinesis failed: {}", String::from_utf8_lossy(&out.stderr));
+        .expect("run timeout(1)");
+    if !out.status.success() {
+        eprintln!("bench: kinesis takeover: gen to Kinesis failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    out.status.success()
+}
+
+/// Stops a worker: SIGTERM, then SIGKILL if it has not drained within 30 s.
+fn stop(mut child: Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let asked = Instant::now();
+    while matches!(child.try_wait(), Ok(None)) {
+        if asked.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Seconds from the SIGKILL of one of two workers to a newer checkpoint, by the other, in every
@@ -109,7 +127,10 @@ pub fn takeover(work: &Path, endpoint: &str) -> Option<f64> {
     });
     let (a_dir, b_dir) = (root.join("a"), root.join("b"));
     let mut a = spawn(&a_dir, &config(endpoint, &stream, &lease_name, &tag, "a"));
-    put(&a_dir, &stream, "1", "0");
+    if !put(&a_dir, &stream, "1", "0") {
+        stop(a);
+        return None;
+    }
     let mut b = spawn(&b_dir, &config(endpoint, &stream, &lease_name, &tag, "b"));
     let table = LeaseTable::new(&aws, &lease_name);
     let list = || rt.block_on(table.list()).unwrap_or_default();
@@ -136,7 +157,10 @@ pub fn takeover(work: &Path, endpoint: &str) -> Option<f64> {
     let killed = Instant::now();
     let _ = a.wait();
     // The next run arrives on every shard: the dead worker's shards have news to checkpoint.
-    put(&a_dir, &stream, "2", "1");
+    if !put(&a_dir, &stream, "2", "1") {
+        stop(b);
+        return None;
+    }
     let mut result = None;
     while killed.elapsed() < Duration::from_secs(60) {
         let now = list();
@@ -149,9 +173,7 @@ pub fn takeover(work: &Path, endpoint: &str) -> Option<f64> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(b.id() as i32, libc::SIGTERM) };
-    let _ = b.wait();
+    stop(b);
     let shards: Vec<&str> = held.iter().map(|l| l.shard.as_str()).collect();
     eprintln!("bench: kinesis takeover after SIGKILL {result:?} s (shards {shards:?})");
     result
