@@ -19,13 +19,55 @@ pub type Business = Option<Arc<Map<String, Value>>>;
 /// own effects already applied is `unchanged`, which moves the version but not the state, so the
 /// ids of later decisions stay those of a run without the crash.
 pub fn decision_id(event_id: &str, asset_key: &str, kind: &str, prior: &str) -> String {
-    let mut h = blake3::Hasher::new();
-    for part in [event_id.as_bytes(), asset_key.as_bytes(), kind.as_bytes(), prior.as_bytes()] {
-        h.update(&(part.len() as u64).to_le_bytes());
-        h.update(part);
+    id_of([&[event_id], &[asset_key], &[kind], &[prior]])
+}
+
+/// [`decision_id`] with the prior state of a live record at `hash` (what [`prior_state`] gives
+/// for it), without building that string: a steady crawl asks this for nearly every event.
+pub fn live_decision_id(event_id: &str, asset_key: &str, kind: &str, hash: &str) -> String {
+    id_of([&[event_id], &[asset_key], &[kind], &[crate::record::RecordStatus::Live.as_str(), ":", hash]])
+}
+
+/// The id of four parts, each given in pieces: each part's length, then its bytes.
+fn id_of(parts: [&[&str]; 4]) -> String {
+    let mut input = Gathered { hasher: blake3::Hasher::new(), buf: [0; 256], len: 0 };
+    for pieces in parts {
+        let len: usize = pieces.iter().map(|p| p.len()).sum();
+        input.put(&(len as u64).to_le_bytes());
+        for piece in pieces {
+            input.put(piece.as_bytes());
+        }
     }
-    let hex = h.finalize().to_hex();
+    let hex = input.finish().to_hex();
     hex[..32].to_owned()
+}
+
+/// Bytes to hash, gathered so that BLAKE3 takes them in one update where they fit: fed eight
+/// bytes at a time it costs a fifth more for the same digest.
+struct Gathered {
+    hasher: blake3::Hasher,
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Gathered {
+    fn put(&mut self, bytes: &[u8]) {
+        if self.len + bytes.len() > self.buf.len() {
+            self.hasher.update(&self.buf[..self.len]);
+            self.len = 0;
+        }
+        if bytes.len() > self.buf.len() {
+            self.hasher.update(bytes);
+        } else {
+            self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+            self.len += bytes.len();
+        }
+    }
+
+    fn finish(mut self) -> blake3::Hash {
+        self.hasher.update(&self.buf[..self.len]);
+        self.hasher.finalize()
+    }
 }
 
 /// The part of a record's state a decision id depends on: `""` for no record.
@@ -34,11 +76,6 @@ pub fn prior_state(record: Option<&crate::record::ControlRecord>) -> String {
         Some(r) => format!("{}:{}", r.status.as_str(), r.hash),
         None => String::new(),
     }
-}
-
-/// [`prior_state`] of a live record at `hash`.
-pub fn live_prior_state(hash: &str) -> String {
-    format!("{}:{hash}", crate::record::RecordStatus::Live.as_str())
 }
 
 /// Timestamps in outputs: RFC 3339, UTC, millisecond precision.
@@ -354,6 +391,22 @@ mod tests {
         assert_ne!(a, decision_id("e1", "s/d/s/t", "upsert", "dropped:abc"));
         // Length-prefixing keeps ("ab","c") and ("a","bc") apart.
         assert_ne!(decision_id("ab", "c", "x", ""), decision_id("a", "bc", "x", ""));
+        let hash = "ab".repeat(32);
+        assert_eq!(
+            live_decision_id("e1", "k", "unchanged", &hash),
+            decision_id("e1", "k", "unchanged", &format!("live:{hash}"))
+        );
+    }
+
+    /// Ids are stored (history) and published: a new build must give the ids an older one gave
+    /// for the same decisions, or a replay across an upgrade would publish them again under new
+    /// ids. Pinned from the first implementation (each part hashed as it came).
+    #[test]
+    fn ids_are_those_earlier_builds_gave() {
+        assert_eq!(decision_id("e1", "s/d/s/t", "upsert", ""), "5be5790568fdcd81859e85bfd7792883");
+        // Parts longer than what is gathered before hashing.
+        let (long, hash) = ("k".repeat(300), "ab".repeat(32));
+        assert_eq!(live_decision_id("e1", &long, "unchanged", &hash), "79a51d19fa8893facdc7d408a65035f5");
     }
 
     #[test]

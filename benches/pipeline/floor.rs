@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use assetflow::adapters::state::StateStore;
-use assetflow_actors::decision::{HistoryRow, Outcome, decision_id, live_prior_state};
+use assetflow_actors::decision::{HistoryRow, Outcome, decision_id, live_decision_id};
 use assetflow_actors::event::{AssetEvent, EventKind, decode};
 use assetflow_actors::hash::{HashIgnore, content_hash};
 use assetflow_actors::ports::{ControlStore, HistoryStore, RecordKey, RecordWrite};
@@ -95,15 +95,18 @@ async fn apply(store: &StateStore, batch: &mut Vec<(AssetEvent, String, String)>
             (None, Some(r)) => (r.is_live() && r.hash == hash, r.version),
             (None, None) => (false, 0),
         };
-        // The decisor's prior of an updated asset names its old hash, which the index does not
-        // keep; the new one costs the same to hash into the id.
-        let prior = if version == 0 { String::new() } else { live_prior_state(&hash) };
         let outcome = match (same, version) {
             (true, _) => Outcome::Unchanged,
             (false, 0) => Outcome::Created,
             (false, _) => Outcome::Updated,
         };
-        let id = decision_id(&event.event_id, &key, outcome.decision_kind(), &prior);
+        // The decisor's prior of an updated asset names its old hash, which the index does not
+        // keep; the new one costs the same to hash into the id.
+        let id = if version == 0 {
+            decision_id(&event.event_id, &key, outcome.decision_kind(), "")
+        } else {
+            live_decision_id(&event.event_id, &key, outcome.decision_kind(), &hash)
+        };
         if same {
             touches.push(RecordTouch {
                 source: event.source.clone(),

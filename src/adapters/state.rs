@@ -37,9 +37,10 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::history_log::HistoryLog;
 use super::state_index::{CAPACITY, IndexKey, RecordIndex, Written};
+use super::state_index_file;
 use super::state_index_file::Loaded;
+use super::state_layout::{self, ControlKeys};
 use super::state_touches::{self, FrameBuilder};
-use super::{state_index_file, state_layout};
 
 const BACKEND: &str = "embedded store";
 
@@ -643,8 +644,9 @@ impl ControlStore for StateStore {
         let keys = keys.to_vec();
         blocking("get records", move || {
             let mut out = HashMap::with_capacity(keys.len());
+            let mut control_keys = ControlKeys::default();
             for k in keys {
-                let key = state_layout::control_key(&k.source, &k.asset_key);
+                let key = control_keys.key(&k.source, &k.asset_key);
                 if let Some(record) = inner.get_record(&key)? {
                     if record.asset_key != k.asset_key {
                         return Err(BackendError::permanent(
@@ -670,8 +672,8 @@ impl ControlStore for StateStore {
     }
 
     fn known_many(&self, keys: &[(&str, &str)]) -> Vec<Option<KnownRecord>> {
-        let keys: Vec<IndexKey> =
-            keys.iter().map(|(source, asset_key)| state_layout::control_key(source, asset_key)).collect();
+        let mut control_keys = ControlKeys::default();
+        let keys: Vec<IndexKey> = keys.iter().map(|(source, asset_key)| control_keys.key(source, asset_key)).collect();
         self.inner.index.get_many(&keys)
     }
 
@@ -691,8 +693,9 @@ impl ControlStore for StateStore {
         let inner = &self.inner;
         let mut batch = inner.db.batch().durability(Some(PersistMode::SyncAll));
         let mut written: Vec<(IndexKey, Written)> = Vec::with_capacity(writes.len());
+        let mut control_keys = ControlKeys::default();
         for RecordWrite { record: r, .. } in writes {
-            let key = state_layout::control_key(&r.source, &r.asset_key);
+            let key = control_keys.key(&r.source, &r.asset_key);
             batch.insert(&inner.control, key, state_layout::encode(r)?);
             inner.index.saw_source(&key, &r.source);
             written.push((key, state_layout::known(r)));
@@ -701,7 +704,7 @@ impl ControlStore for StateStore {
         let mut stamped: Vec<(IndexKey, u64, DateTime<Utc>, u64)> = Vec::with_capacity(touches.len());
         let mut frame = FrameBuilder::default();
         for t in touches {
-            let key = state_layout::control_key(&t.source, &t.asset_key);
+            let key = control_keys.key(&t.source, &t.asset_key);
             // Only an indexed asset's stamp may live in a frame: reads find it in the index.
             // This shard is the key's only writer, so the index still holds it at the commit
             // (and one the index vouched for in this batch needs no second lookup).

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use foldhash::{HashMap as FastMap, HashSet as FastSet};
 
 use super::super::Enriched;
-use crate::decision::{Decision, HistoryRow, Outcome, UpsertDecision, decision_id, live_prior_state, prior_state};
+use crate::decision::{Decision, HistoryRow, Outcome, UpsertDecision, decision_id, live_decision_id, prior_state};
 use crate::event::EventKind;
 use crate::ports::{ContentPut, RecordWrite, SinkRecord};
 use crate::record::{ControlRecord, KnownRecord, RecordStatus, RecordTouch, RunEvent};
@@ -84,7 +84,7 @@ pub fn plan_batch<'a>(
         if let Some(Unchanged { known: k, indexed }) = known.get(key) {
             // A replay is stale whatever the record says, and its record does not move.
             let outcome = if replayed { Outcome::Stale } else { Outcome::Unchanged };
-            let id = decision_id(&ev.event_id, key, outcome.decision_kind(), &live_prior_state(hash));
+            let id = live_decision_id(&ev.event_id, key, outcome.decision_kind(), hash);
             plan.rows.push(row(enriched, key, hash, outcome, id, now));
             *plan.outcomes.entry(outcome).or_default() += 1;
             if !replayed {
