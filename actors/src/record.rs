@@ -1,5 +1,7 @@
 //! The per-asset control record: what the control table remembers about each asset key.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -109,11 +111,14 @@ impl KnownRecord {
 
 /// An unchanged asset seen again: only its run stamp moves (`last_seen_run`, `last_seen_at`,
 /// and the version, one past the known one).
+///
+/// The strings borrow from the batch's events: a steady crawl makes a touch of nearly every
+/// event, and each copied three strings the event already holds.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RecordTouch {
-    pub source: String,
-    pub asset_key: String,
-    pub last_seen_run: String,
+pub struct RecordTouch<'a> {
+    pub source: Cow<'a, str>,
+    pub asset_key: Cow<'a, str>,
+    pub last_seen_run: Cow<'a, str>,
     pub last_seen_at: DateTime<Utc>,
     pub version: u64,
     /// The store's [`known`](crate::ports::ControlStore::known) vouched for the record in this

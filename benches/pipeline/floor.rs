@@ -8,6 +8,7 @@
 //! source's offsets, enrichment. CPU is the whole bench process's (the store's fsyncs and
 //! flushes run on its own threads), which is otherwise idle while this runs.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::Path;
@@ -87,12 +88,12 @@ async fn apply(store: &StateStore, batch: &mut Vec<(AssetEvent, String, String)>
         .map(|((e, key, _), _)| RecordKey { source: e.source.clone(), asset_key: key.clone() })
         .collect();
     let read: HashMap<String, ControlRecord> = store.get_many(&keys).await.expect("read records");
-    let (mut writes, mut touches, mut rows) = (Vec::new(), Vec::new(), Vec::with_capacity(batch.len()));
-    for ((event, key, hash), known) in batch.drain(..).zip(known) {
-        let record = read.get(&key);
+    let (mut writes, mut touches, mut decided) = (Vec::new(), Vec::new(), Vec::with_capacity(batch.len()));
+    for ((event, key, hash), known) in batch.iter().zip(known) {
+        let record = read.get(key);
         let (same, version) = match (&known, record) {
-            (Some(k), _) => (KnownRecord::hash_brief(&hash) == Some(k.hash), k.version),
-            (None, Some(r)) => (r.is_live() && r.hash == hash, r.version),
+            (Some(k), _) => (KnownRecord::hash_brief(hash) == Some(k.hash), k.version),
+            (None, Some(r)) => (r.is_live() && r.hash == *hash, r.version),
             (None, None) => (false, 0),
         };
         let outcome = match (same, version) {
@@ -103,15 +104,16 @@ async fn apply(store: &StateStore, batch: &mut Vec<(AssetEvent, String, String)>
         // The decisor's prior of an updated asset names its old hash, which the index does not
         // keep; the new one costs the same to hash into the id.
         let id = if version == 0 {
-            decision_id(&event.event_id, &key, outcome.decision_kind(), "")
+            decision_id(&event.event_id, key, outcome.decision_kind(), "")
         } else {
-            live_decision_id(&event.event_id, &key, outcome.decision_kind(), &hash)
+            live_decision_id(&event.event_id, key, outcome.decision_kind(), hash)
         };
+        decided.push((outcome, id));
         if same {
             touches.push(RecordTouch {
-                source: event.source.clone(),
-                asset_key: key.clone(),
-                last_seen_run: event.run_id.clone(),
+                source: Cow::Borrowed(&event.source),
+                asset_key: Cow::Borrowed(key),
+                last_seen_run: Cow::Borrowed(&event.run_id),
                 last_seen_at: event.emitted_at,
                 version: version + 1,
                 indexed: known.is_some(),
@@ -134,7 +136,15 @@ async fn apply(store: &StateStore, batch: &mut Vec<(AssetEvent, String, String)>
                 expected_version: version,
             });
         }
-        rows.push(HistoryRow {
+    }
+    let unchanged = touches.len() as u64;
+    store.put_with_touches(&writes, &touches).await.expect("write records and stamps");
+    drop(touches);
+    // The rows take the events' strings (the decisor copies them: its events outlive the batch).
+    let rows: Vec<HistoryRow> = batch
+        .drain(..)
+        .zip(decided)
+        .map(|((event, key, hash), (outcome, id))| HistoryRow {
             asset_key: Some(key),
             source: Some(event.source),
             event_id: Some(event.event_id),
@@ -143,10 +153,8 @@ async fn apply(store: &StateStore, batch: &mut Vec<(AssetEvent, String, String)>
             hash: Some(hash),
             decision_id: id,
             at: chrono::Utc::now(),
-        });
-    }
-    let unchanged = touches.len() as u64;
-    store.put_with_touches(&writes, &touches).await.expect("write records and stamps");
+        })
+        .collect();
     store.append(&rows).await.expect("append history");
     unchanged
 }

@@ -946,8 +946,8 @@ mod tests {
 
         let at = a.last_seen_at + chrono::Duration::hours(1);
         let touch = |r: &ControlRecord, version| RecordTouch {
-            source: r.source.clone(),
-            asset_key: r.asset_key.clone(),
+            source: r.source.clone().into(),
+            asset_key: r.asset_key.clone().into(),
             last_seen_run: "r2".into(),
             last_seen_at: at,
             version,
@@ -1092,7 +1092,7 @@ mod tests {
         let touches: Vec<RecordTouch> = (0..10)
             .map(|i| RecordTouch {
                 source: "pg".into(),
-                asset_key: format!("pg/db/s/t{i:02}"),
+                asset_key: format!("pg/db/s/t{i:02}").into(),
                 last_seen_run: "r2".into(),
                 last_seen_at: at,
                 version: 4,
@@ -1153,8 +1153,8 @@ mod tests {
         store.put_many(&writes).await.unwrap();
         let touch = |i: usize, run: &str, version| RecordTouch {
             source: "pg".into(),
-            asset_key: format!("pg/db/s/t{i}"),
-            last_seen_run: run.into(),
+            asset_key: format!("pg/db/s/t{i}").into(),
+            last_seen_run: run.to_owned().into(),
             last_seen_at: chrono::Utc::now(),
             version,
             indexed: false,
@@ -1227,7 +1227,7 @@ mod tests {
         store.put_many(&writes).await.unwrap();
         let touch = |i: usize| RecordTouch {
             source: "pg".into(),
-            asset_key: format!("pg/db/s/t{i}"),
+            asset_key: format!("pg/db/s/t{i}").into(),
             last_seen_run: "r2".into(),
             last_seen_at: chrono::Utc::now(),
             version: 4,
@@ -1308,7 +1308,7 @@ mod tests {
         let touches: Vec<RecordTouch> = (0..10)
             .map(|i| RecordTouch {
                 source: "pg".into(),
-                asset_key: format!("pg/db/s/t{i:02}"),
+                asset_key: format!("pg/db/s/t{i:02}").into(),
                 last_seen_run: "r2".into(),
                 last_seen_at: chrono::Utc::now(),
                 version: 4,

@@ -449,8 +449,8 @@ mod tests {
         let live = record(RecordStatus::Live);
         let bytes = encode(&live).unwrap();
         let touch = RecordTouch {
-            source: live.source.clone(),
-            asset_key: live.asset_key.clone(),
+            source: live.source.clone().into(),
+            asset_key: live.asset_key.clone().into(),
             last_seen_run: "run-8".into(),
             last_seen_at: live.last_seen_at + chrono::Duration::days(1),
             version: 43,

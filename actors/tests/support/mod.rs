@@ -195,8 +195,8 @@ impl ControlStore for MemControl {
             m.insert(w.record.asset_key.clone(), w.record.clone());
         }
         for t in touches {
-            let r = m.get_mut(&t.asset_key).expect("a touched record exists");
-            (r.last_seen_run, r.last_seen_at, r.version) = (t.last_seen_run.clone(), t.last_seen_at, t.version);
+            let r = m.get_mut(t.asset_key.as_ref()).expect("a touched record exists");
+            (r.last_seen_run, r.last_seen_at, r.version) = (t.last_seen_run.to_string(), t.last_seen_at, t.version);
         }
         self.touches.fetch_add(touches.len() as u64, Ordering::SeqCst);
         Ok(())

@@ -447,7 +447,7 @@ fn read_unchanged<'a>(
 /// exactly as the first did and writes the same rows again, with the same ids (§7).
 async fn apply(
     deps: &DecisorDeps,
-    plan: BatchPlan,
+    plan: BatchPlan<'_>,
     earlier: &mut EarlierRound,
 ) -> Result<usize, (Stage, BackendError)> {
     let BatchPlan { rows, outcomes, contents, upserts, mut writes, touches, landed, priors, run_events } = plan;

@@ -2,6 +2,7 @@
 //! in, everything the batch means to do comes out (history rows, upserts, content to store,
 //! control records to write). Pure: no actor, no backend, no clock; the shard applies the plan.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
@@ -25,7 +26,7 @@ pub struct Unchanged {
 /// What a batch will do, in the order the shard applies it: content, upserts, control records
 /// (and run stamps), history.
 #[derive(Debug, Default)]
-pub struct BatchPlan {
+pub struct BatchPlan<'a> {
     /// One row per event, in batch order.
     pub rows: Vec<HistoryRow>,
     /// How many events had each outcome.
@@ -39,7 +40,7 @@ pub struct BatchPlan {
     pub writes: Vec<RecordWrite>,
     /// The run stamps of unchanged assets decided from what the store knew of them, without
     /// their records ([`KnownRecord`]), in batch order.
-    pub touches: Vec<RecordTouch>,
+    pub touches: Vec<RecordTouch<'a>>,
     /// Records an earlier round of this batch already wrote: not written again.
     pub landed: Vec<ControlRecord>,
     /// Each changed key with the record it had before the batch (`None`: the asset was new):
@@ -65,7 +66,7 @@ pub fn plan_batch<'a>(
     landed: &HashSet<String>,
     content_ref: impl Fn(&str, &str) -> String,
     now: DateTime<Utc>,
-) -> BatchPlan {
+) -> BatchPlan<'a> {
     let read_versions: FastMap<String, u64> = records.iter().map(|(k, r)| (k.clone(), r.version)).collect();
     let events = events.into_iter();
     let mut plan = BatchPlan::default();
@@ -89,9 +90,9 @@ pub fn plan_batch<'a>(
             *plan.outcomes.entry(outcome).or_default() += 1;
             if !replayed {
                 plan.touches.push(RecordTouch {
-                    source: ev.source.clone(),
-                    asset_key: key.to_owned(),
-                    last_seen_run: ev.run_id.clone(),
+                    source: Cow::Borrowed(&ev.source),
+                    asset_key: Cow::Borrowed(key),
+                    last_seen_run: Cow::Borrowed(&ev.run_id),
                     last_seen_at: ev.emitted_at,
                     version: k.version + 1,
                     indexed: *indexed,
@@ -227,7 +228,11 @@ mod tests {
         }
     }
 
-    fn plan(events: &[(Enriched, String, String)], records: Vec<ControlRecord>, landed: &[&str]) -> BatchPlan {
+    fn plan<'a>(
+        events: &'a [(Enriched, String, String)],
+        records: Vec<ControlRecord>,
+        landed: &[&str],
+    ) -> BatchPlan<'a> {
         let records = records.into_iter().map(|r| (r.asset_key.clone(), r)).collect();
         let landed = landed.iter().map(|k| k.to_string()).collect();
         let now = DateTime::parse_from_rfc3339("2026-11-26T00:00:00Z").unwrap().to_utc();
@@ -330,14 +335,14 @@ mod tests {
         assert!(!known.vouches_unchanged(&hash, KnownRecord::run_brief("r1"), events[0].0.event.emitted_at));
         assert!(!known.vouches_unchanged(&"cd".repeat(32), KnownRecord::run_brief("r2"), events[0].0.event.emitted_at));
         let now = DateTime::parse_from_rfc3339("2026-11-26T00:00:00Z").unwrap().to_utc();
-        let mut pairs: Vec<(&Enriched, &str, &str, bool)> =
-            events.iter().map(|(e, k, h)| (e, k.as_str(), h.as_str(), false)).collect();
-        let vouched = |pairs: Vec<(&Enriched, &str, &str, bool)>| {
+        // The first event a replay or not.
+        let vouched = |replayed: bool| {
+            let pairs = events.iter().enumerate().map(|(i, (e, k, h))| (e, k.as_str(), h.as_str(), replayed && i == 0));
             let known: FastMap<&str, Unchanged> =
                 [("pg/db/s/same", Unchanged { known, indexed: true })].into_iter().collect();
             plan_batch(pairs, HashMap::new(), &known, &HashSet::new(), |k, h| format!("mem://{k}@{h}"), now)
         };
-        let fast = vouched(pairs.clone());
+        let fast = vouched(false);
         assert_eq!(fast.rows, read.rows, "the same outcomes and decision ids as with the record read");
         assert_eq!(fast.writes.len(), 1, "only the new asset's record is written");
         assert_eq!(
@@ -352,8 +357,7 @@ mod tests {
             }]
         );
         // A replay of it is stale and moves nothing.
-        pairs[0].3 = true;
-        let replay = vouched(pairs);
+        let replay = vouched(true);
         assert_eq!(replay.rows[0].outcome, Outcome::Stale);
         assert!(replay.touches.is_empty());
     }
