@@ -49,7 +49,12 @@ pub struct HistoryLog {
     dir: PathBuf,
     segment_bytes: u64,
     writer: Mutex<Writer>,
+    /// The buffer the last batch's frames were in, emptied, for the next ([`Self::buffer`]).
+    spare: Mutex<Vec<u8>>,
 }
+
+/// The largest frames buffer kept for the next batch; a larger one is let go.
+const SPARE_BYTES: usize = 1 << 20;
 
 struct Writer {
     /// The number the next segment takes.
@@ -89,7 +94,12 @@ impl HistoryLog {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the history folder {}: {e}", dir.display()))?;
         let segments = segments(dir).map_err(|e| e.to_string())?;
         let next = segments.last().map_or(1, |n| n + 1);
-        let log = HistoryLog { dir: dir.to_owned(), segment_bytes, writer: Mutex::new(Writer { next, current: None }) };
+        let log = HistoryLog {
+            dir: dir.to_owned(),
+            segment_bytes,
+            writer: Mutex::new(Writer { next, current: None }),
+            spare: Mutex::default(),
+        };
         for &n in &segments {
             if !log.index_path(n).exists() {
                 tracing::info!(segment = %log.segment_path(n).display(), "embedded store: indexing a history segment a crash left open");
@@ -109,11 +119,30 @@ impl HistoryLog {
 
     /// Appends the rows as one write and makes them durable before returning.
     pub fn append(&self, rows: &[HistoryRow]) -> BackendResult<()> {
-        self.append_frames(frames(rows)?)
+        let mut buf = self.buffer();
+        frames_into(rows, &mut buf)?;
+        self.append_frames(buf)
     }
 
-    /// Appends a batch's [`frames`] as one write and makes them durable before returning.
-    pub fn append_frames(&self, frames: Vec<u8>) -> BackendResult<()> {
+    /// An empty buffer for a batch's frames ([`frames_into`]), the last batch's where it is
+    /// back: a batch's frames (~100 KB for 512 rows) in a fresh allocation each time went back
+    /// to the system and were faulted in again.
+    pub fn buffer(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.spare.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Appends a batch's frames ([`frames_into`]) as one write and makes them durable before
+    /// returning; keeps their buffer for the next batch.
+    pub fn append_frames(&self, mut frames: Vec<u8>) -> BackendResult<()> {
+        let appended = self.append_frames_in(&frames);
+        if frames.capacity() <= SPARE_BYTES {
+            frames.clear();
+            *self.spare.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = frames;
+        }
+        appended
+    }
+
+    fn append_frames_in(&self, frames: &[u8]) -> BackendResult<()> {
         if frames.is_empty() {
             return Ok(());
         }
@@ -127,7 +156,7 @@ impl HistoryLog {
             }
         };
         let end = segment.bytes;
-        let written = segment.file.write_all(&frames).and_then(|()| segment.file.sync_data());
+        let written = segment.file.write_all(frames).and_then(|()| segment.file.sync_data());
         if let Err(e) = written {
             // A part-written batch must not be followed by the next one in this segment, where
             // readers would stop at it: cut it off, or leave the segment for the next append to
@@ -137,7 +166,7 @@ impl HistoryLog {
             }
             return Err(fail("append history", e));
         }
-        index_frames(&frames, end, &mut segment.index);
+        index_frames(frames, end, &mut segment.index);
         segment.bytes += frames.len() as u64;
         if segment.bytes < self.segment_bytes {
             w.current = Some(segment);
@@ -256,24 +285,32 @@ fn segments(dir: &Path) -> BackendResult<Vec<u64>> {
     Ok(out)
 }
 
-/// The batch's frames, back to back.
+/// A batch's frames in a buffer of their own (tests; the store reuses one, [`frames_into`]).
+#[cfg(test)]
 pub fn frames(rows: &[HistoryRow]) -> BackendResult<Vec<u8>> {
-    let mut out = Vec::with_capacity(rows.len() * 192);
+    let mut out = Vec::new();
+    frames_into(rows, &mut out)?;
+    Ok(out)
+}
+
+/// A batch's frames, back to back, appended to `out`.
+pub fn frames_into(rows: &[HistoryRow], out: &mut Vec<u8>) -> BackendResult<()> {
+    out.reserve(rows.len() * 192);
     for row in rows {
         let start = out.len();
         out.extend_from_slice(&[0; FRAME_HEADER]);
         out.extend_from_slice(&history_digest(row.asset_key.as_deref().unwrap_or("")));
-        state_layout::encode_history_into(row, &mut out)?;
+        state_layout::encode_history_into(row, out)?;
         let body = &out[start + FRAME_HEADER..];
         let len = u32::try_from(body.len()).map_err(|e| fail("append history", e))?;
         let crc = crc32fast::hash(body);
         out[start..start + 4].copy_from_slice(&len.to_le_bytes());
         out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     }
-    Ok(out)
+    Ok(())
 }
 
-/// Adds the digest and offset of each frame of `frames` (as [`frames`] lays them out), written
+/// Adds the digest and offset of each frame of `frames` (as [`frames_into`] lays them out), written
 /// at `base` in its segment, to `index`.
 fn index_frames(frames: &[u8], base: u64, index: &mut Vec<([u8; 8], u64)>) {
     let mut at = 0;

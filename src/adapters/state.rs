@@ -821,7 +821,8 @@ impl HistoryStore for StateStore {
         }
         // The frames are encoded here, so the rows are not copied to move them to the blocking
         // thread that writes.
-        let frames = super::history_log::frames(rows)?;
+        let mut frames = self.inner.history_log.buffer();
+        super::history_log::frames_into(rows, &mut frames)?;
         let inner = self.inner.clone();
         blocking("append history", move || inner.history_log.append_frames(frames)).await
     }

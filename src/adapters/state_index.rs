@@ -211,6 +211,28 @@ impl RecordIndex {
         false
     }
 
+    /// [`wrote`](Self::wrote) of live records, taking each stripe's lock once (as
+    /// [`get_many`](Self::get_many)): a saved index's entries as they are loaded.
+    pub fn wrote_live(&self, entries: &[(IndexKey, KnownRecord)]) {
+        let mut all_held = true;
+        for (stripe, at) in self.stripes.iter().zip(&by_stripe(entries.iter().map(|(key, _)| key))) {
+            if at.is_empty() {
+                continue;
+            }
+            let mut stripe = stripe.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for &i in at {
+                let (key, known) = &entries[i];
+                if !stripe.insert(key, *known) {
+                    stripe.map.remove(key);
+                    all_held = false;
+                }
+            }
+        }
+        if !all_held {
+            self.not_complete();
+        }
+    }
+
     /// Moves the run stamp of the live record at `key` once a touch of it is durable, in one
     /// lookup. One the index does not hold is live all the same: the index no longer has them
     /// all. Returns whether it held the key.
@@ -497,6 +519,27 @@ mod tests {
             index.wrote(&key(i), Written::Live(known(1)));
         }
         (index, n)
+    }
+
+    #[test]
+    fn live_entries_loaded_together_are_held_as_one_by_one() {
+        let n = (STRIPES * STRIPE_ENTRIES + 20_000) as u32;
+        let entries: Vec<(IndexKey, KnownRecord)> = (0..n).map(|i| (key(i), known(u64::from(i)))).collect();
+        let together = RecordIndex::default();
+        for chunk in entries.chunks(1024).take(10) {
+            together.wrote_live(chunk);
+        }
+        assert!(together.is_complete(), "10,240 entries fit");
+        assert_eq!(together.assets(), 10_240);
+        assert_eq!(together.get(&key(77)).map(|k| k.version), Some(77));
+        // Past the bound it stops, as key by key, and no longer vouches for having them all.
+        let (one_by_one, _) = offered_more_than_it_holds();
+        for chunk in entries.chunks(1024).skip(10) {
+            together.wrote_live(chunk);
+        }
+        assert!(!together.is_complete());
+        assert_eq!(together.assets(), one_by_one.assets());
+        assert!((0..n).all(|i| together.get(&key(i)).is_some() == one_by_one.get(&key(i)).is_some()));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::path::Path;
 use assetflow_actors::record::KnownRecord;
 use chrono::DateTime;
 
-use super::state_index::{IndexKey, PrefixOwner, RecordIndex, SourcePrefix, Written};
+use super::state_index::{IndexKey, PrefixOwner, RecordIndex, SourcePrefix};
 
 /// The layout's name and version.
 const MAGIC: &[u8; 8] = b"afindex3";
@@ -211,15 +211,17 @@ fn read(file: &mut std::fs::File, token: u64, index: &RecordIndex) -> Option<Loa
     let tail = len.checked_sub(HEADER)?.checked_sub(count.checked_mul(ENTRY)?)?.checked_sub(CHECKSUM)?;
     index.reserve(count);
     let mut buf = vec![0u8; ENTRY * ENTRIES_PER_READ];
+    let mut entries = Vec::with_capacity(ENTRIES_PER_READ);
     let mut left = count;
     while left > 0 {
         let chunk = &mut buf[..left.min(ENTRIES_PER_READ) * ENTRY];
         file.read_exact(chunk).ok()?;
         sum.update(chunk);
+        entries.clear();
         for e in chunk.chunks_exact(ENTRY) {
-            let (key, known) = parse_entry(e)?;
-            index.wrote(&key, Written::Live(known));
+            entries.push(parse_entry(e)?);
         }
+        index.wrote_live(&entries);
         left -= chunk.len() / ENTRY;
     }
     let mut rest = vec![0u8; tail + CHECKSUM];

@@ -179,12 +179,24 @@ async fn run_batch(deps: Arc<DecisorDeps>, items: Vec<Item>) {
     let _working = metrics.working(ActorName::Decisor);
     let mut events = Vec::new();
     let most = deps.control.max_batch().max(1);
+    // Events not yet in a batch: a batch gathered from many messages is sized once from it, not
+    // grown by doubling, each step a fresh allocation.
+    let mut left: usize = items.iter().map(|i| if let Item::Events(envs) = i { envs.len() } else { 0 }).sum();
     for item in items {
+        if let Item::Events(envs) = &item {
+            left -= envs.len();
+        }
         match item {
             // The usual case, a message that starts a batch and fits in it, moves in whole.
             Item::Events(envs) if events.is_empty() && envs.len() < most => events = envs,
             Item::Events(envs) => {
+                let mut here = envs.len();
                 for env in envs {
+                    if events.len() == events.capacity() {
+                        // Room for the rest up to a full batch (a batch holds under `most` here).
+                        events.reserve((left + here).min(most - events.len()));
+                    }
+                    here -= 1;
                     events.push(env);
                     if events.len() >= most {
                         apply_supervised(&deps, std::mem::take(&mut events)).await;
