@@ -27,7 +27,7 @@ use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use tokio::sync::oneshot;
 
-use self::plan::{BatchPlan, Unchanged, plan_batch, sink_record};
+use self::plan::{BatchPlan, PlanEvent, Unchanged, plan_batch, sink_record};
 use super::Enriched;
 use super::history::{DeadLetters, HistoryWriter, Record};
 use super::producer::{DropProducer, Publish, UpsertProducer};
@@ -348,13 +348,15 @@ async fn decide_and_publish(
     // replay, and a record that completion dropped must not come back for it.
     let sources: FastSet<&str> = batch.iter().map(|p| p.enriched.event.source.as_str()).collect();
     let first_round = earlier.is_empty();
-    let events_of = events_by_key(batch);
-    let mut known = if first_round { known_unchanged(deps, batch, &events_of) } else { FastMap::new() };
+    let alone = alone_in_batch(batch);
+    let mut known = if first_round { known_unchanged(deps, batch, &alone) } else { vec![None; batch.len()] };
     let keys: Vec<RecordKey> = {
         let mut seen = FastSet::default();
         batch
             .iter()
-            .filter(|p| !known.contains_key(p.key.as_str()) && seen.insert(p.key.as_str()))
+            .zip(&known)
+            .filter(|(p, k)| k.is_none() && seen.insert(p.key.as_str()))
+            .map(|(p, _)| p)
             .map(|p| RecordKey { source: p.enriched.event.source.clone(), asset_key: p.key.clone() })
             .chain(sources.iter().map(|s| mark_key(s)))
             .collect()
@@ -371,12 +373,17 @@ async fn decide_and_publish(
     };
     let landed = earlier.restore(&mut records);
     if first_round && deps.control.moves_run_stamps() {
-        read_unchanged(batch, &events_of, &mut records, &mut known, replayed);
+        read_unchanged(batch, &alone, &mut records, &mut known, replayed);
     }
     let plan = plan_batch(
-        batch.iter().map(|p| (&p.enriched, p.key.as_str(), p.hash.as_str(), replayed(p))),
+        batch.iter().zip(known).map(|(p, known)| PlanEvent {
+            enriched: &p.enriched,
+            key: &p.key,
+            hash: &p.hash,
+            replayed: replayed(p),
+            known,
+        }),
         records,
-        &known,
         &landed,
         |key, hash| deps.content.content_ref(key, hash),
         Utc::now(),
@@ -385,37 +392,35 @@ async fn decide_and_publish(
 }
 
 /// The batch's events that the store vouches are unchanged assets seen again
-/// ([`KnownRecord::vouches_unchanged`]), by key: they are decided without reading their
-/// records. A key with more than one event in the batch is read, so that its events see each
-/// other as usual.
-fn known_unchanged<'a>(
-    deps: &DecisorDeps,
-    batch: &'a [Pending],
-    events_of: &FastMap<&str, usize>,
-) -> FastMap<&'a str, Unchanged> {
+/// ([`KnownRecord::vouches_unchanged`]), by place in the batch: they are decided without
+/// reading their records. A key with more than one event in the batch is read, so that its
+/// events see each other as usual.
+fn known_unchanged(deps: &DecisorDeps, batch: &[Pending], alone: &[bool]) -> Vec<Option<Unchanged>> {
     let mut runs: FastMap<&str, u64> = FastMap::new();
-    let mut known = FastMap::with_capacity(batch.len());
-    let alone: Vec<&Pending> = batch.iter().filter(|p| events_of[p.key.as_str()] == 1).collect();
-    let keys: Vec<(&str, &str)> = alone.iter().map(|p| (p.enriched.event.source.as_str(), p.key.as_str())).collect();
-    for (p, k) in alone.into_iter().zip(deps.control.known_many(&keys)) {
+    let mut known = vec![None; batch.len()];
+    let asked: Vec<usize> = (0..batch.len()).filter(|&i| alone[i]).collect();
+    let keys: Vec<(&str, &str)> =
+        asked.iter().map(|&i| (batch[i].enriched.event.source.as_str(), batch[i].key.as_str())).collect();
+    for (i, k) in asked.into_iter().zip(deps.control.known_many(&keys)) {
+        let (p, Some(k)) = (&batch[i], k) else { continue };
         let ev = &p.enriched.event;
-        let Some(k) = k else { continue };
         let run = *runs.entry(ev.run_id.as_str()).or_insert_with(|| KnownRecord::run_brief(&ev.run_id));
         if k.vouches_unchanged(&p.hash, run, ev.emitted_at) {
-            known.insert(p.key.as_str(), Unchanged { known: k, indexed: true });
+            known[i] = Some(Unchanged { known: k, indexed: true });
         }
     }
     known
 }
 
-/// How many events of the batch each key has: a key with more than one is read and written, so
-/// that its events see each other.
-fn events_by_key(batch: &[Pending]) -> FastMap<&str, usize> {
+/// Whether each event of the batch is its key's only one: a key with more than one is read and
+/// written, so that its events see each other. By place in the batch, so that later steps look
+/// no key up again.
+fn alone_in_batch(batch: &[Pending]) -> Vec<bool> {
     let mut events_of: FastMap<&str, usize> = FastMap::with_capacity(batch.len());
     for p in batch {
         *events_of.entry(p.key.as_str()).or_default() += 1;
     }
-    events_of
+    batch.iter().map(|p| events_of[p.key.as_str()] == 1).collect()
 }
 
 /// Moves the batch's events whose records were read and show an unchanged asset seen again
@@ -427,26 +432,28 @@ fn events_by_key(batch: &[Pending]) -> FastMap<&str, usize> {
 /// the record was last seen in (those go the slow way, which counts run events, §3.3).
 ///
 /// [`judge`]: crate::rules::judge
-fn read_unchanged<'a>(
-    batch: &'a [Pending],
-    events_of: &FastMap<&str, usize>,
+fn read_unchanged(
+    batch: &[Pending],
+    alone: &[bool],
     records: &mut HashMap<String, ControlRecord>,
-    known: &mut FastMap<&'a str, Unchanged>,
+    known: &mut [Option<Unchanged>],
     replayed: impl Fn(&Pending) -> bool,
 ) {
-    for p in batch {
+    for (i, p) in batch.iter().enumerate() {
+        if known[i].is_some() || !alone[i] {
+            continue;
+        }
         let ev = &p.enriched.event;
         let Some(r) = records.get(&p.key) else { continue };
         let unchanged = r.is_live()
             && r.hash == p.hash
             && r.last_seen_at <= ev.emitted_at
             && r.last_seen_run != ev.run_id
-            && events_of[p.key.as_str()] == 1
             && !replayed(p);
         let Some(hash) = KnownRecord::hash_brief(&r.hash).filter(|_| unchanged) else { continue };
         let run = KnownRecord::run_brief(&r.last_seen_run);
         let k = KnownRecord { hash, run, last_seen_at: r.last_seen_at, version: r.version };
-        known.insert(p.key.as_str(), Unchanged { known: k, indexed: false });
+        known[i] = Some(Unchanged { known: k, indexed: false });
         records.remove(&p.key);
     }
 }

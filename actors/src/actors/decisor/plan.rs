@@ -23,6 +23,18 @@ pub struct Unchanged {
     pub indexed: bool,
 }
 
+/// One event of a batch as [`plan_batch`] takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanEvent<'a> {
+    pub enriched: &'a Enriched,
+    pub key: &'a str,
+    pub hash: &'a str,
+    /// Read again from before its source's last completion ([`crate::mark`]): stale.
+    pub replayed: bool,
+    /// The store vouched that this is an unchanged asset seen again (see [`plan_batch`]).
+    pub known: Option<Unchanged>,
+}
+
 /// What a batch will do, in the order the shard applies it: content, upserts, control records
 /// (and run stamps), history.
 #[derive(Debug, Default)]
@@ -55,14 +67,13 @@ pub struct BatchPlan<'a> {
 /// in order, so that two events of one key see each other. An event marked as a replay (read
 /// again from before its source's last completion, [`crate::mark`]) is `stale`. Keys in `landed` were written by an
 /// earlier round of the same batch: their records go to [`BatchPlan::landed`], not to the
-/// writes. Keys in `known` were not read: the store vouched that their event is an unchanged
+/// writes. An event with `known` was not read: the store vouched that it is an unchanged
 /// asset seen again ([`KnownRecord::vouches_unchanged`], checked by the caller, as is that the
-/// key has no other event in the batch), so it moves only their run stamp. `content_ref` names
+/// key has no other event in the batch), so it moves only its run stamp. `content_ref` names
 /// where an asset's content at a hash is stored; `now` is the decision time.
 pub fn plan_batch<'a>(
-    events: impl IntoIterator<Item = (&'a Enriched, &'a str, &'a str, bool)>,
+    events: impl IntoIterator<Item = PlanEvent<'a>>,
     mut records: HashMap<String, ControlRecord>,
-    known: &FastMap<&str, Unchanged>,
     landed: &HashSet<String>,
     content_ref: impl Fn(&str, &str) -> String,
     now: DateTime<Utc>,
@@ -77,12 +88,12 @@ pub fn plan_batch<'a>(
     // Keys in first-change order (the write order), and the same set for O(1) membership.
     let mut changed: Vec<String> = Vec::new();
     let mut changed_set: FastSet<String> = FastSet::default();
-    for (enriched, key, hash, replayed) in events {
+    for PlanEvent { enriched, key, hash, replayed, known } in events {
         let ev = &enriched.event;
         let EventKind::Running { name, body } = &ev.kind else {
             continue;
         };
-        if let Some(Unchanged { known: k, indexed }) = known.get(key) {
+        if let Some(Unchanged { known: k, indexed }) = known {
             // A replay is stale whatever the record says, and its record does not move.
             let outcome = if replayed { Outcome::Stale } else { Outcome::Unchanged };
             let id = live_decision_id(&ev.event_id, key, outcome.decision_kind(), hash);
@@ -95,7 +106,7 @@ pub fn plan_batch<'a>(
                     last_seen_run: Cow::Borrowed(&ev.run_id),
                     last_seen_at: ev.emitted_at,
                     version: k.version + 1,
-                    indexed: *indexed,
+                    indexed,
                 });
             }
             continue;
@@ -237,9 +248,8 @@ mod tests {
         let landed = landed.iter().map(|k| k.to_string()).collect();
         let now = DateTime::parse_from_rfc3339("2026-11-26T00:00:00Z").unwrap().to_utc();
         plan_batch(
-            events.iter().map(|(e, k, h)| (e, k.as_str(), h.as_str(), false)),
+            events.iter().map(|(e, k, h)| PlanEvent { enriched: e, key: k, hash: h, replayed: false, known: None }),
             records,
-            &FastMap::default(),
             &landed,
             |k, h| format!("mem://{k}@{h}"),
             now,
@@ -337,10 +347,15 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2026-11-26T00:00:00Z").unwrap().to_utc();
         // The first event a replay or not.
         let vouched = |replayed: bool| {
-            let pairs = events.iter().enumerate().map(|(i, (e, k, h))| (e, k.as_str(), h.as_str(), replayed && i == 0));
-            let known: FastMap<&str, Unchanged> =
-                [("pg/db/s/same", Unchanged { known, indexed: true })].into_iter().collect();
-            plan_batch(pairs, HashMap::new(), &known, &HashSet::new(), |k, h| format!("mem://{k}@{h}"), now)
+            let first = |i: usize| i == 0;
+            let events = events.iter().enumerate().map(|(i, (e, k, h))| PlanEvent {
+                enriched: e,
+                key: k,
+                hash: h,
+                replayed: replayed && first(i),
+                known: first(i).then_some(Unchanged { known, indexed: true }),
+            });
+            plan_batch(events, HashMap::new(), &HashSet::new(), |k, h| format!("mem://{k}@{h}"), now)
         };
         let fast = vouched(false);
         assert_eq!(fast.rows, read.rows, "the same outcomes and decision ids as with the record read");
