@@ -8,6 +8,7 @@ pub mod dead_letter_file;
 pub mod file_lookup;
 pub mod file_sink;
 pub mod file_source;
+pub mod group_sync;
 pub mod history_log;
 pub mod http_source;
 pub mod kafka;

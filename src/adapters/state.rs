@@ -35,6 +35,7 @@ use fjall::compaction::Leveled;
 use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
+use super::group_sync::GroupSync;
 use super::history_log::HistoryLog;
 use super::state_index::{CAPACITY, IndexKey, RecordIndex, Written};
 use super::state_index_file;
@@ -126,6 +127,8 @@ struct Inner {
     /// journal write), and reads refuse too, since the index may hold stamps no frame made
     /// durable, or lack some that one did. An open replays the frames.
     failed: AtomicBool,
+    /// The decisor batches' journal syncs, shared by the shards committing at the same time.
+    syncs: GroupSync,
 }
 
 /// The sequence numbers of the touch frames on disk: `first..next`.
@@ -208,6 +211,7 @@ impl StateStore {
             frames: Mutex::default(),
             fold_after: FOLD_FRAMES,
             failed: AtomicBool::new(false),
+            syncs: GroupSync::default(),
         };
         let unreadable = |e: BackendError| format!("cannot read the embedded store {}: {e}", path.display());
         match inner.take_saved_index().map_err(unreadable)? {
@@ -691,7 +695,8 @@ impl ControlStore for StateStore {
     /// its keys if the batch failed.
     async fn put_with_touches(&self, writes: &[RecordWrite], touches: &[RecordTouch]) -> BackendResult<()> {
         let inner = &self.inner;
-        let mut batch = inner.db.batch().durability(Some(PersistMode::SyncAll));
+        // Made durable below, with whatever other shards committed meanwhile (`GroupSync`).
+        let mut batch = inner.db.batch();
         let mut written: Vec<(IndexKey, Written)> = Vec::with_capacity(writes.len());
         let mut control_keys = ControlKeys::default();
         for RecordWrite { record: r, .. } in writes {
@@ -745,16 +750,25 @@ impl ControlStore for StateStore {
                 }
             }
             committed?;
+            let turn = inner.syncs.wrote();
             if has_frame {
                 frames.next += 1;
             }
             if frames.next - frames.first >= inner.fold_after
                 && let Err(e) = inner.fold(&mut frames)
             {
-                // The batch is durable either way; its frame stays until a fold succeeds.
+                // The batch is committed either way; its frame stays until a fold succeeds.
                 tracing::warn!(error = %e, "embedded store: could not fold its touch frames");
             }
-            Ok(())
+            drop(frames);
+            // Visible from here, and in the index, before it is durable: nothing else reads
+            // this batch's keys (one shard owns each, and waits for this), a sweep only reads a
+            // source whose events are all applied, and a failed sync fails the store (reads
+            // refuse, the next open replays the frames), as a failed commit does.
+            inner.syncs.sync_through(turn, || inner.db.persist(PersistMode::SyncAll)).map_err(|e| {
+                inner.failed.store(true, Ordering::Release);
+                err("put records", e)
+            })
         })
         .await
     }
