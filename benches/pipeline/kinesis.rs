@@ -114,17 +114,23 @@ pub fn takeover(work: &Path, endpoint: &str) -> Option<f64> {
         access_key_id: Some("bench".into()),
         secret_access_key: Some("bench".into()),
     }));
-    rt.block_on(async {
+    // An emulator that went away mid-bench leaves this figure out rather than the whole report.
+    let created = rt.block_on(async {
         let k = aws_sdk_kinesis::Client::new(&aws.sdk);
-        k.create_stream().stream_name(&stream).shard_count(SHARDS).send().await.expect("create stream");
+        k.create_stream().stream_name(&stream).shard_count(SHARDS).send().await.map_err(|e| format!("{e:?}"))?;
         for _ in 0..100 {
-            let d = k.describe_stream_summary().stream_name(&stream).send().await.expect("describe stream");
+            let d = k.describe_stream_summary().stream_name(&stream).send().await.map_err(|e| format!("{e:?}"))?;
             if d.stream_description_summary().is_some_and(|s| s.stream_status().as_str() == "ACTIVE") {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        Ok::<(), String>(())
     });
+    if let Err(e) = created {
+        eprintln!("bench: kinesis takeover: could not create the stream: {e}");
+        return None;
+    }
     let (a_dir, b_dir) = (root.join("a"), root.join("b"));
     let mut a = spawn(&a_dir, &config(endpoint, &stream, &lease_name, &tag, "a"));
     if !put(&a_dir, &stream, "1", "0") {
