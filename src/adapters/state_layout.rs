@@ -102,8 +102,13 @@ fn corrupt_history(what: impl std::fmt::Display) -> BackendError {
 /// completion's sweep scans, [`control_prefix`]), and no two asset keys of a store share a key
 /// in practice (2^-128 a pair); a read still checks the record's own asset key.
 pub fn control_key(source: &str, asset_key: &str) -> [u8; 20] {
+    key_under(control_prefix(source), asset_key)
+}
+
+/// The control key of `asset_key` under its source's `prefix`.
+fn key_under(prefix: [u8; 4], asset_key: &str) -> [u8; 20] {
     let mut key = [0u8; 20];
-    key[..4].copy_from_slice(&control_prefix(source));
+    key[..4].copy_from_slice(&prefix);
     key[4..].copy_from_slice(&blake3::hash(asset_key.as_bytes()).as_bytes()[..16]);
     key
 }
@@ -126,10 +131,7 @@ impl ControlKeys {
                 prefix
             }
         };
-        let mut key = [0u8; 20];
-        key[..4].copy_from_slice(&prefix);
-        key[4..].copy_from_slice(&blake3::hash(asset_key.as_bytes()).as_bytes()[..16]);
-        key
+        key_under(prefix, asset_key)
     }
 }
 
