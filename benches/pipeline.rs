@@ -11,6 +11,8 @@
 //! `make services`; they are reported as skipped when the backends are not there.
 //!
 //! Sizes: `BENCH_SMALL` (default 100000) and `BENCH_LARGE` (default 1000000) events.
+//! `BENCH_ONLY=<section>` runs one section and prints it; `ASSETFLOW_BIN` and `BENCH_WORK` name
+//! the binary and the work folder, for a copy of the bench run where cargo is not.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, Write};
@@ -30,7 +32,11 @@ mod scale;
 #[path = "pipeline/seed.rs"]
 mod seed;
 
-const BIN: &str = env!("CARGO_BIN_EXE_assetflow");
+/// The assetflow binary the bench runs: the release build beside it, or `ASSETFLOW_BIN` (a
+/// copy of the bench and the binary carried to a bigger machine, where cargo is not).
+static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("ASSETFLOW_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_assetflow").to_owned())
+});
 
 /// The one-thread loop allocates with the allocator assetflow has (`src/main.rs`), with the
 /// same options, so the two are compared on their work, not on their malloc.
@@ -123,7 +129,8 @@ fn main() {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let work = root.join("target/bench-work");
+    // `BENCH_WORK` puts the streams and state elsewhere (a copy of the bench on another machine).
+    let work = std::env::var_os("BENCH_WORK").map_or_else(|| root.join("target/bench-work"), Into::into);
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).expect("create target/bench-work");
     let small = env_usize("BENCH_SMALL", 100_000);
@@ -131,13 +138,16 @@ fn main() {
     let mut report = Report::default();
     let machine = machine();
     eprintln!("bench: {machine}");
-    // `BENCH_ONLY=kafka` (or `embedded`, `seed`, `scale`, `aws`) runs one section and prints it, leaving
-    // BENCHMARKS.md alone: for working on one figure.
+    // `BENCH_ONLY=kafka` (or `embedded`, `scaling`, `seed`, `scale`, `aws`) runs one section and
+    // prints it, leaving BENCHMARKS.md alone: for working on one figure.
     let only = std::env::var("BENCH_ONLY").ok();
     let wanted = |section: &str| only.as_deref().is_none_or(|o| o == section);
 
     if wanted("embedded") {
         embedded_sections(&work, &mut report, small, large);
+    } else if only.as_deref() == Some("scaling") {
+        // The scaling table alone (it is part of `embedded`): what a bigger machine is lent for.
+        scaling_section(&work, &mut report, small);
     }
 
     // Kafka against a bare loop on the same broker and data.
@@ -222,12 +232,29 @@ fn embedded_sections(work: &Path, report: &mut Report, small: usize, large: usiz
         &work.join(format!("steady-{small}.jsonl")),
         &work.join("ceiling.out"),
     );
-    // The durable floor runs over the state an assetflow first crawl left, as the steady run does.
-    let floor_dir = work.join("floor");
-    run_embedded(&floor_dir, &first_small, 4, true);
-    let floor = floor::run(&floor_dir.join("state"), &work.join(format!("steady-{small}.jsonl")));
     report.embedded(&embedded, &files, &ceiling, small, large);
+    let floor = durable_floor(work, small);
     report.scaling(&scaling(work, small), &ceiling, &floor, small);
+}
+
+/// The scaling table, with the ceiling and floor it is read against, and nothing else.
+fn scaling_section(work: &Path, report: &mut Report, small: usize) {
+    generate(work, &format!("first-{small}"), small, 1, 0);
+    generate(work, &format!("steady-{small}"), small, 2, 1);
+    let ceiling = ceiling(
+        &work.join(format!("first-{small}.jsonl")),
+        &work.join(format!("steady-{small}.jsonl")),
+        &work.join("ceiling.out"),
+    );
+    let floor = durable_floor(work, small);
+    report.scaling(&scaling(work, small), &ceiling, &floor, small);
+}
+
+/// The durable floor, over the state an assetflow first crawl left, as the steady run has.
+fn durable_floor(work: &Path, small: usize) -> floor::Floor {
+    let floor_dir = work.join("floor");
+    run_embedded(&floor_dir, &work.join(format!("first-{small}.jsonl")), 4, true);
+    floor::run(&floor_dir.join("state"), &work.join(format!("steady-{small}.jsonl")))
 }
 
 /// A first crawl from empty state and the steady crawl after it, with one shard count, on all
@@ -310,7 +337,7 @@ fn machine() -> String {
 fn generate(work: &Path, name: &str, events: usize, runs: usize, skip: usize) {
     let assets = (events / SOURCES).max(1).to_string();
     let out = work.join(format!("{name}.jsonl"));
-    let status = Command::new(BIN)
+    let status = Command::new(BIN.as_str())
         .args(["gen", "--sources", &SOURCES.to_string(), "--assets", &assets, "--runs", &runs.to_string()])
         .args(["--skip-runs", &skip.to_string(), "--churn", "0.02", "--missing", "0.01", "--payload", "1024"])
         .args(["--bad", "0", "--redeliver", "0", "--out"])
@@ -408,10 +435,10 @@ fn run_measured_on(dir: &Path, args: &[&str], cores: Option<&str>) -> Measured {
     let mut command = match cores {
         Some(cores) => {
             let mut c = Command::new("taskset");
-            c.args(["-c", cores, BIN]);
+            c.args(["-c", cores, BIN.as_str()]);
             c
         }
-        None => Command::new(BIN),
+        None => Command::new(BIN.as_str()),
     };
     // Reaped by the wait4 below, which also reports the child's peak RSS.
     #[allow(clippy::zombie_processes)]
@@ -582,7 +609,7 @@ fn kafka(work: &Path, brokers: &str, n: usize) -> Vec<KafkaRow> {
     let mut rows = Vec::new();
     for (crawl, runs, skip) in [("first", "1", "0"), ("steady", "2", "1")] {
         let input = format!("{tag}-{crawl}");
-        let status = Command::new(BIN)
+        let status = Command::new(BIN.as_str())
             .args(["gen", "--sources", &SOURCES.to_string(), "--assets", &assets, "--runs", runs, "--skip-runs", skip])
             .args(["--churn", "0.02", "--missing", "0.01", "--payload", "1024", "--bad", "0", "--redeliver", "0"])
             .args(["--topic", &input, "--kafka-brokers", brokers])
@@ -730,7 +757,7 @@ fn aws_requests(root: &Path) -> String {
     let out = Command::new("bash")
         .arg(root.join("scripts/aws-requests.sh"))
         .args(["300", "3"])
-        .env("ASSETFLOW_BIN", BIN)
+        .env("ASSETFLOW_BIN", BIN.as_str())
         .output()
         .expect("run scripts/aws-requests.sh");
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)

@@ -60,12 +60,22 @@ impl Default for Settings {
             cache_ttl: Duration::from_secs(60),
             enricher: true,
             pull_batch: 256,
-            max_in_flight: 4096,
+            max_in_flight: default_max_in_flight(),
             commit_interval: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(30),
             supervision: SupervisionPolicy::default(),
         }
     }
+}
+
+/// Messages in flight per source, by default: 2048 per core this process may run on, 4096 at
+/// the least. What a source keeps in flight is its throughput times the time an event takes
+/// to be acknowledged (Little's law), and the throughput grows with the cores while that time
+/// does not; a window fixed at two cores' size would cap a bigger machine at two cores' rate.
+/// A process pinned to two cores (`taskset`) gets two cores' window.
+pub fn default_max_in_flight() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    2048 * cores.max(2)
 }
 
 pub use crate::actors::redrive::RedrivePlan;

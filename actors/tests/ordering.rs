@@ -24,6 +24,33 @@ fn each_key_sees_its_events_in_input_order_when_the_ingests_route_them() {
     interleaved_keys_in_input_order(Settings { enricher: false, ..settings(8) }, 3);
 }
 
+/// Pulled batches that decode on the pool at the same time go on in the order they were
+/// pulled: a first batch slow to decode (large events) must not be overtaken by the small
+/// batches pulled while it decodes. Handed on as each decode finished, the later versions of
+/// the key would be decided first, and the earlier ones then taken for stale.
+#[test]
+fn batches_decoding_at_once_go_on_in_the_order_they_were_pulled() {
+    const PULL: usize = 40;
+    let large = "x".repeat(100_000);
+    let lines: Vec<String> = (0..PULL * 4)
+        .map(|v| {
+            // The first pull's events are large; every later one is small.
+            let content = if v < PULL { format!("{large}{v}") } else { format!("v{v}") };
+            running(&format!("e{v:06}"), "src", "r1", "t000", v as u32, &content)
+        })
+        .collect();
+    for enricher in [true, false] {
+        let control = MemControl::slow(Duration::ZERO);
+        let settings = Settings { enricher, ..settings(2) };
+        let source = VecSource::new(lines.clone()).in_pulls_of(PULL);
+        let out = run_with(settings, Box::new(source), Backends { control: control.clone(), ..Backends::default() });
+        assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+        let ids: Vec<&str> = out.upserts.iter().map(|u| u["event_id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), PULL * 4, "enricher {enricher}: one upsert per version, none taken for stale");
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "enricher {enricher}: upserts out of input order: {ids:?}");
+    }
+}
+
 /// Versions of `key_count` keys, interleaved, through `settings`: every key's upserts in input order.
 fn interleaved_keys_in_input_order(settings: Settings, key_count: usize) {
     const VERSIONS: usize = 30;

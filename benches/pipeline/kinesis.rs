@@ -60,7 +60,7 @@ secret_access_key = "bench"
 fn spawn(dir: &Path, config: &str) -> Child {
     std::fs::create_dir_all(dir).expect("process dir");
     std::fs::write(dir.join("config.toml"), config).expect("config");
-    Command::new(BIN)
+    Command::new(BIN.as_str())
         .args(["run", "--config", "config.toml"])
         .current_dir(dir)
         .env("RUST_LOG", "warn,assetflow::adapters::aws::kinesis=info")
@@ -75,7 +75,7 @@ fn spawn(dir: &Path, config: &str) -> Child {
 /// false, said on stderr, if that failed or took over two minutes (a dead emulator).
 fn put(dir: &Path, stream: &str, runs: &str, skip: &str) -> bool {
     let out = Command::new("timeout")
-        .args(["-k", "10", "120", BIN])
+        .args(["-k", "10", "120", BIN.as_str()])
         .args(["gen", "--sources", "8", "--assets", "300", "--runs", runs, "--skip-runs", skip])
         .args(["--payload", "512", "--bad", "0", "--kinesis-stream", stream, "--config", "config.toml"])
         .current_dir(dir)

@@ -89,7 +89,7 @@ listen = "{admin}"
 fn spawn(dir: &Path, config: &str) -> Child {
     std::fs::create_dir_all(dir).expect("process dir");
     std::fs::write(dir.join("config.toml"), config).expect("config");
-    Command::new(BIN)
+    Command::new(BIN.as_str())
         .args(["run", "--config", "config.toml", "--summary-json", "summary.json"])
         .current_dir(dir)
         .env("RUST_LOG", "warn,assetflow::adapters::kafka=info")
@@ -123,7 +123,7 @@ pub fn scale(work: &Path, brokers: &str) -> ScaleReport {
     for (crawl, runs, skip) in [("first", "1", "0"), ("steady", "2", "1")] {
         let topic = format!("{tag}-{crawl}");
         create_topic(brokers, &topic);
-        let out = Command::new(BIN)
+        let out = Command::new(BIN.as_str())
             .args(["gen", "--sources", &SOURCES.to_string(), "--assets", &assets, "--runs", runs, "--skip-runs", skip])
             .args(["--churn", "0.02", "--missing", "0.01", "--payload", "1024", "--bad", "0", "--redeliver", "0"])
             .args(["--topic", &topic, "--kafka-brokers", brokers])
@@ -232,7 +232,7 @@ fn takeover(root: &Path, brokers: &str, tag: &str, base: &str) -> Option<f64> {
     let _ = a.wait();
     // The next crawl arrives meanwhile, on every partition: the dead member's partitions have
     // news for their next owner to commit (the first crawl may be all read already).
-    let out = Command::new(BIN)
+    let out = Command::new(BIN.as_str())
         .args(["gen", "--sources", &SOURCES.to_string(), "--assets", "500", "--runs", "3", "--skip-runs", "2"])
         .args(["--payload", "1024", "--bad", "0", "--topic", &topic, "--kafka-brokers", brokers])
         .env("RUST_LOG", "warn")

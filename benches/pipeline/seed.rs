@@ -41,7 +41,7 @@ pub fn compare(work: &Path, brokers: &str, pg_url: &str, n: usize) -> SeedReport
     std::fs::create_dir_all(&dir).expect("seed dir");
     let topic = format!("{tag}-in");
     let assets = (n / SOURCES).max(1).to_string();
-    let status = std::process::Command::new(BIN)
+    let status = std::process::Command::new(BIN.as_str())
         .args(["gen", "--sources", &SOURCES.to_string(), "--assets", &assets, "--runs", "1"])
         .args(["--churn", "0.02", "--missing", "0.01", "--payload", "1200", "--bad", "0", "--redeliver", "0"])
         .args(["--topic", &topic, "--kafka-brokers", brokers])

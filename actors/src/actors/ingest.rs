@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Enriched;
 use super::enricher::{Enrich, Enricher};
@@ -125,15 +125,92 @@ impl IngestLoop {
     }
 
     /// Reads until drained or stopped; an error says why it could not drain.
+    ///
+    /// Reading and handing on run side by side: while up to [`DECODE_AHEAD`] pulled batches
+    /// decode on the pool, the next one is pulled, and each decoded batch is handed on in the
+    /// order it was pulled. Done one after the other (read, wait for the decode, send, read
+    /// again), that loop held a steady crawl on 16 cores at ~260-300k events/s with no thread
+    /// more than half busy; side by side, 448k (benches/analysis.md, twenty-second session).
     pub(super) async fn run(mut self) -> Result<(), String> {
+        let (decoded_tx, mut decoded_rx) = mpsc::channel::<Decoding>(DECODE_AHEAD);
+        let hand_on = HandOn { name: &self.name, onward: &self.onward, history: &self.history, metrics: &self.metrics };
+        let handing_on = async {
+            while let Some(decoding) = decoded_rx.recv().await {
+                if !hand_on.batch(decoding).await {
+                    // Dropping the receiver tells the reader the stage behind is gone.
+                    return false;
+                }
+            }
+            true
+        };
+        let mut reader = Reader {
+            name: &self.name,
+            source: &mut self.source,
+            settings: &self.settings,
+            metrics: &self.metrics,
+            supervisor: &self.supervisor,
+            stop: &mut self.stop,
+        };
+        let (read, handed_on) = tokio::join!(reader.read(decoded_tx), handing_on);
+        if !handed_on {
+            return Err(BEHIND_GONE.to_owned());
+        }
+        read?;
+        self.drain().await;
+        Ok(())
+    }
+
+    async fn commit(&mut self) {
+        commit(&self.name, &mut self.source, &self.metrics).await;
+    }
+
+    /// Waits for what is in flight to be acknowledged, committing as it goes.
+    async fn drain(&mut self) {
+        let started = Instant::now();
+        loop {
+            self.commit().await;
+            if self.source.outstanding() == 0 {
+                break;
+            }
+            if *self.stop.borrow() && started.elapsed() >= self.settings.drain_timeout {
+                tracing::warn!(source = %self.name, outstanding = self.source.outstanding(), "drain timed out; unacknowledged messages will be re-delivered after restart");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.commit().await;
+        self.source.close().await;
+    }
+}
+
+/// The reading half of an [`IngestLoop`]: pulls, starts each batch's decode, queues it.
+struct Reader<'a> {
+    name: &'a str,
+    source: &'a mut Box<dyn Source>,
+    settings: &'a IngestSettings,
+    metrics: &'a Metrics,
+    supervisor: &'a Supervisor,
+    stop: &'a mut watch::Receiver<bool>,
+}
+
+impl Reader<'_> {
+    /// Reads until drained or stopped, queueing each pulled batch's decode on `decoded`;
+    /// returns once nothing more will be read (dropping `decoded`, which lets the handing on
+    /// finish), with an error when the stage behind is gone.
+    async fn read(&mut self, decoded: mpsc::Sender<Decoding>) -> Result<(), String> {
         let mut last_commit = Instant::now();
         let mut idle_pause = Duration::from_millis(5);
         loop {
             if *self.stop.borrow() {
                 break;
             }
+            if decoded.is_closed() {
+                return Err(BEHIND_GONE.to_owned());
+            }
             let throttled = self.source.outstanding() >= self.settings.max_in_flight;
             let batch = self.settings.pull_batch;
+            // A pull is never cut short by the handing on (only by a stop, as ever): the queue
+            // of decodes waits for it, and every source may take a pull's time to return.
             let pulled = tokio::select! {
                 r = AssertUnwindSafe(self.source.pull(batch)).catch_unwind(), if !throttled => match r {
                     Ok(r) => r,
@@ -151,12 +228,18 @@ impl IngestLoop {
             match pulled {
                 Ok(Pull::Messages(msgs)) => {
                     idle_pause = Duration::from_millis(5);
-                    if !self.admit(msgs).await {
-                        return Err(BEHIND_GONE.to_owned());
+                    if !msgs.is_empty() {
+                        self.metrics.events_in(self.name, msgs.len() as u64);
+                        let decoding = Decoding::start(msgs, self.settings.max_event_bytes, self.supervisor);
+                        // Waits while DECODE_AHEAD batches are queued: back-pressure from the
+                        // stage behind reaches the source here.
+                        if decoded.send(decoding).await.is_err() {
+                            return Err(BEHIND_GONE.to_owned());
+                        }
                     }
                 }
                 Ok(Pull::Idle) => {
-                    self.commit().await;
+                    commit(self.name, self.source, self.metrics).await;
                     last_commit = Instant::now();
                     tokio::select! {
                         _ = tokio::time::sleep(idle_pause) => {},
@@ -167,7 +250,7 @@ impl IngestLoop {
                 Ok(Pull::Drained) => break,
                 Ok(Pull::Refused(why)) => {
                     tracing::error!(source = %self.name, "{why}");
-                    self.metrics.refuse(&self.name, &why);
+                    self.metrics.refuse(self.name, &why);
                     break;
                 }
                 Err(e) => {
@@ -176,24 +259,30 @@ impl IngestLoop {
                 }
             }
             if last_commit.elapsed() >= self.settings.commit_interval {
-                self.commit().await;
+                commit(self.name, self.source, self.metrics).await;
                 last_commit = Instant::now();
             }
         }
-        self.drain().await;
         Ok(())
     }
+}
 
-    /// Decodes a pulled batch and hands it on as one message to the Enricher (the valid events,
-    /// in input order) and one to the dead-letter path (the rest); false once the pipeline
-    /// behind is gone.
-    async fn admit(&mut self, msgs: Vec<RawMessage>) -> bool {
-        if msgs.is_empty() {
-            return true;
-        }
-        self.metrics.events_in(&self.name, msgs.len() as u64);
-        let read_at = Instant::now();
-        let decoded = decode_batch(msgs, self.settings.max_event_bytes, &self.supervisor).await;
+/// The handing-on half of an [`IngestLoop`]: a decoded batch's valid events go on as one
+/// message, the rest to the dead-letter path.
+struct HandOn<'a> {
+    name: &'a str,
+    onward: &'a Onward,
+    history: &'a Addr<HistoryWriter>,
+    metrics: &'a Metrics,
+}
+
+impl HandOn<'_> {
+    /// Waits for a batch's decode and hands it on as one message to the Enricher (the valid
+    /// events, in input order) and one to the dead-letter path (the rest); false once the
+    /// pipeline behind is gone.
+    async fn batch(&self, decoding: Decoding) -> bool {
+        let read_at = decoding.read_at;
+        let decoded = decoding.finish().await;
         let mut events = Vec::with_capacity(decoded.len());
         let mut letters = Vec::new();
         for (m, decoded) in decoded {
@@ -235,21 +324,21 @@ impl IngestLoop {
             }
         }
         if !letters.is_empty() {
-            self.metrics.sent_from(&self.name, Flow::IngestHistory, letters.len() as u64);
-            if forward(&self.history, DeadLetters(letters)).await.is_err() {
+            self.metrics.sent_from(self.name, Flow::IngestHistory, letters.len() as u64);
+            if forward(self.history, DeadLetters(letters)).await.is_err() {
                 return false;
             }
         }
         if events.is_empty() {
             return true;
         }
-        match &self.onward {
+        match self.onward {
             Onward::Enrich(enricher) => {
-                self.metrics.sent_from(&self.name, Flow::IngestEnricher, events.len() as u64);
+                self.metrics.sent_from(self.name, Flow::IngestEnricher, events.len() as u64);
                 forward(enricher, Enrich(events)).await.is_ok()
             }
             Onward::Route(router) => {
-                self.metrics.sent_from(&self.name, Flow::IngestRouter, events.len() as u64);
+                self.metrics.sent_from(self.name, Flow::IngestRouter, events.len() as u64);
                 let enriched_at = chrono::Utc::now();
                 let events =
                     events.into_iter().map(|env| env.map(|event| Enriched { event, business: None, enriched_at }));
@@ -257,34 +346,17 @@ impl IngestLoop {
             }
         }
     }
+}
 
-    async fn commit(&mut self) {
-        self.metrics.set_in_flight(&self.name, self.source.outstanding() as u64);
-        if let Some(lag) = self.source.lag() {
-            self.metrics.set_lag(&self.name, lag);
-        }
-        self.metrics.set_problem(&self.name, self.source.not_ready());
-        if let Err(e) = self.source.commit().await {
-            tracing::warn!(source = %self.name, error = %e, "committing the source position failed; will retry");
-        }
+/// Persists the source's watermarks and reports its in-flight count, lag and problem.
+async fn commit(name: &str, source: &mut Box<dyn Source>, metrics: &Metrics) {
+    metrics.set_in_flight(name, source.outstanding() as u64);
+    if let Some(lag) = source.lag() {
+        metrics.set_lag(name, lag);
     }
-
-    /// Waits for what is in flight to be acknowledged, committing as it goes.
-    async fn drain(&mut self) {
-        let started = Instant::now();
-        loop {
-            self.commit().await;
-            if self.source.outstanding() == 0 {
-                break;
-            }
-            if *self.stop.borrow() && started.elapsed() >= self.settings.drain_timeout {
-                tracing::warn!(source = %self.name, outstanding = self.source.outstanding(), "drain timed out; unacknowledged messages will be re-delivered after restart");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        self.commit().await;
-        self.source.close().await;
+    metrics.set_problem(name, source.not_ready());
+    if let Err(e) = source.commit().await {
+        tracing::warn!(source = %name, error = %e, "committing the source position failed; will retry");
     }
 }
 
@@ -296,26 +368,57 @@ type Decoded = (RawMessage, Result<Result<AssetEvent, Rejection>, Panicked>);
 /// handed to another thread.
 const PARALLEL_DECODE: usize = 32;
 
-/// Decodes a batch on the decode pool (rayon's, one thread per core), keeping input order, so
-/// that parsing and validating, the heaviest per-event work before the shards, is spread over
-/// the cores rather than done on the thread that runs the Ingests.
-async fn decode_batch(msgs: Vec<RawMessage>, max: usize, supervisor: &Supervisor) -> Vec<Decoded> {
-    let one = move |m: RawMessage, supervisor: &Supervisor| {
-        let decoded = supervisor.twice_now("ingest", "decode", || {
-            crate::failpoint!("ingest.decode");
-            decode(&m.bytes, max)
+/// Pulled batches of one source that may decode at once, waiting their turn to be handed on.
+/// Enough to keep a many-core decode pool fed from one source; memory stays bounded by
+/// `max_in_flight`, which counts these messages too.
+const DECODE_AHEAD: usize = 8;
+
+/// A pulled batch being decoded on the decode pool (rayon's, one thread per core), keeping
+/// input order, so that parsing and validating, the heaviest per-event work before the shards,
+/// is spread over the cores rather than done on the thread that runs the Ingests.
+enum DecodingState {
+    /// Small enough to have been decoded in place.
+    Done(Vec<Decoded>),
+    /// On the pool.
+    Pending(oneshot::Receiver<Vec<Decoded>>),
+}
+
+struct Decoding {
+    /// When the batch was read: where each event's decision latency starts.
+    read_at: Instant,
+    state: DecodingState,
+}
+
+impl Decoding {
+    /// Starts decoding `msgs` now (it goes on while the caller reads the next batch).
+    fn start(msgs: Vec<RawMessage>, max: usize, supervisor: &Supervisor) -> Decoding {
+        let read_at = Instant::now();
+        let one = move |m: RawMessage, supervisor: &Supervisor| {
+            let decoded = supervisor.twice_now("ingest", "decode", || {
+                crate::failpoint!("ingest.decode");
+                decode(&m.bytes, max)
+            });
+            (m, decoded)
+        };
+        if msgs.len() < PARALLEL_DECODE {
+            let decoded = msgs.into_iter().map(|m| one(m, supervisor)).collect();
+            return Decoding { read_at, state: DecodingState::Done(decoded) };
+        }
+        let (tx, rx) = oneshot::channel();
+        let sup = supervisor.clone();
+        rayon::spawn(move || {
+            use rayon::prelude::*;
+            let _ = tx.send(msgs.into_par_iter().map(|m| one(m, &sup)).collect::<Vec<_>>());
         });
-        (m, decoded)
-    };
-    if msgs.len() < PARALLEL_DECODE {
-        return msgs.into_iter().map(|m| one(m, supervisor)).collect();
+        Decoding { read_at, state: DecodingState::Pending(rx) }
     }
-    let (tx, rx) = oneshot::channel();
-    let sup = supervisor.clone();
-    rayon::spawn(move || {
-        use rayon::prelude::*;
-        let _ = tx.send(msgs.into_par_iter().map(|m| one(m, &sup)).collect::<Vec<_>>());
-    });
-    // The pool only drops the sender if the closure panicked, and `twice_now` catches panics.
-    rx.await.unwrap_or_default()
+
+    /// The batch, decoded, in input order.
+    async fn finish(self) -> Vec<Decoded> {
+        match self.state {
+            DecodingState::Done(decoded) => decoded,
+            // The pool only drops the sender if the closure panicked, and `twice_now` catches panics.
+            DecodingState::Pending(rx) => rx.await.unwrap_or_default(),
+        }
+    }
 }

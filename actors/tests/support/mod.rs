@@ -334,6 +334,8 @@ impl Lookup for MemLookup {
 pub struct VecSource {
     lines: std::vec::IntoIter<(u64, String)>,
     watermark: Arc<Watermark<u64>>,
+    /// Lines per pull, at most.
+    pull: usize,
 }
 
 impl VecSource {
@@ -344,7 +346,13 @@ impl VecSource {
     /// Lines read at the given offsets: an offset seen before is the same message read again
     /// (a replay after a crash, or by the partition's next owner).
     pub fn at_positions(lines: Vec<(u64, String)>) -> Self {
-        VecSource { lines: lines.into_iter(), watermark: Watermark::new() }
+        VecSource { lines: lines.into_iter(), watermark: Watermark::new(), pull: 16 }
+    }
+
+    /// Pulls of up to `n` lines (16 by default: under the size the Ingest decodes on the pool).
+    pub fn in_pulls_of(mut self, n: usize) -> Self {
+        self.pull = n;
+        self
     }
 }
 
@@ -352,7 +360,7 @@ impl VecSource {
 impl Source for VecSource {
     async fn pull(&mut self, max: usize) -> BackendResult<Pull> {
         let mut out = Vec::new();
-        for (pos, line) in self.lines.by_ref().take(max.min(16)) {
+        for (pos, line) in self.lines.by_ref().take(max.min(self.pull)) {
             let ack = self.watermark.register(pos);
             out.push(RawMessage::new(
                 line.into_bytes(),
