@@ -492,6 +492,43 @@ fn run_measured_on(dir: &Path, args: &[&str], cores: Option<&str>) -> Measured {
     }
 }
 
+/// Where a run's time went, from its summary: each kind of actor's working seconds (its own
+/// work and its backend calls, summed over its instances) and each backend call's seconds
+/// (summed over its callers), both per second of the run. Beside the threads' CPU shares it
+/// tells a stage that computes from one that waits on its store, and a stage that waits on
+/// both from one starved of input: shards that work 1.5 seconds a second out of 8 are fed too
+/// little, whatever their calls cost.
+fn time_went(run: &Measured, shards: usize) -> String {
+    let elapsed = run.summary["elapsed_seconds"].as_f64().unwrap_or(run.seconds).max(1e-9);
+    let per_second = |key: &str| -> Vec<(String, f64)> {
+        let mut v: Vec<(String, f64)> = run.summary[key]
+            .as_object()
+            .map(|o| o.iter().filter_map(|(k, s)| Some((k.clone(), s.as_f64()? / elapsed))).collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v.retain(|(_, s)| *s >= 0.005);
+        v
+    };
+    let (busy, calls) = (per_second("actor_busy_seconds"), per_second("backend_call_seconds"));
+    if busy.is_empty() && calls.is_empty() {
+        return "(the summary of that run has no time by actor or call)".to_owned();
+    }
+    let busy: Vec<String> = busy
+        .iter()
+        .map(
+            |(a, s)| {
+                if a == "decisor" { format!("decisor {s:.2} (of {shards} shards)") } else { format!("{a} {s:.2}") }
+            },
+        )
+        .collect();
+    let calls: Vec<String> = calls.iter().map(|(c, s)| format!("{c} {s:.2}")).collect();
+    format!(
+        "Where that run's time went (seconds per second of the run, from its `--summary-json`): actors at work, their calls included: {}; backend calls: {}.",
+        busy.join(", "),
+        calls.join(", ")
+    )
+}
+
 /// Reads every thread's name and CPU seconds (utime + stime) of process `pid` into `into`,
 /// by thread id.
 fn sample_threads(pid: u32, into: &mut std::collections::HashMap<u64, (String, f64)>) {
@@ -914,6 +951,7 @@ impl Report {
             })
             .collect();
         let _ = writeln!(b, "{}\n", if shares.is_empty() { "(none sampled)".to_owned() } else { shares.join(", ") });
+        let _ = writeln!(b, "{}\n", time_went(&best.steady, best.shards));
     }
 
     fn seed(&mut self, brokers: &str, r: &seed::SeedReport) {

@@ -40,6 +40,11 @@ pub struct RunSummary {
     pub latency: Option<(f64, f64)>,
     /// Backend call attempts by `backend operation` (`control store get`...): round trips.
     pub calls: Vec<(String, u64)>,
+    /// Seconds spent in those calls, summed over every caller, by the same key.
+    pub call_seconds: Vec<(String, f64)>,
+    /// Seconds each kind of actor worked (its own work and its backend calls, not its waits
+    /// for the next stage), summed over its instances: a shard busy all run adds the run's time.
+    pub busy_seconds: Vec<(String, f64)>,
 }
 
 impl RunSummary {
@@ -47,6 +52,8 @@ impl RunSummary {
     pub fn to_json(&self) -> serde_json::Value {
         let pairs =
             |v: &[(String, u64)]| serde_json::Value::Object(v.iter().map(|(k, n)| (k.clone(), (*n).into())).collect());
+        let seconds =
+            |v: &[(String, f64)]| serde_json::Value::Object(v.iter().map(|(k, s)| (k.clone(), (*s).into())).collect());
         serde_json::json!({
             "elapsed_seconds": self.elapsed.as_secs_f64(),
             "events_in": self.events_in,
@@ -60,6 +67,8 @@ impl RunSummary {
             "latency_p50_seconds": self.latency.map(|l| l.0),
             "latency_p99_seconds": self.latency.map(|l| l.1),
             "backend_calls": pairs(&self.calls),
+            "backend_call_seconds": seconds(&self.call_seconds),
+            "actor_busy_seconds": seconds(&self.busy_seconds),
         })
     }
 }
@@ -341,6 +350,8 @@ fn summarize(m: &Metrics, elapsed: Duration, stopped_by_signal: bool) -> RunSumm
         aws_requests: None,
         latency: m.decision_latency.quantile(0.5).zip(m.decision_latency.quantile(0.99)),
         calls: m.calls().into_iter().map(|((b, o), c)| (format!("{b} {o}"), c.count)).collect(),
+        call_seconds: m.calls().into_iter().map(|((b, o), c)| (format!("{b} {o}"), c.sum_seconds)).collect(),
+        busy_seconds: m.busy_seconds().into_iter().map(|(a, s)| (a.as_str().to_owned(), s)).collect(),
     }
 }
 

@@ -102,6 +102,31 @@ fn topology_draws_every_shard_in_each_format() {
     }
 }
 
+/// `--summary-json` says what a run did and where its time went: the outcomes, every backend
+/// call with the seconds spent in it, and each kind of actor's working seconds (what
+/// `make bench` reads to tell a stage that computes from one that waits on its store).
+#[test]
+fn the_summary_json_counts_outcomes_calls_and_the_time_they_took() {
+    let scenario = scenarios().into_iter().find(|p| p.ends_with("basics")).expect("basics scenario");
+    let dir = prepare(&scenario);
+    assert!(assetflow(dir.path(), &["run", "--summary-json", "summary.json"]).status.success());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
+    assert!(summary["events_in"].as_u64().unwrap() > 0, "{summary}");
+    assert!(summary["outcomes"]["created"].as_u64().unwrap() > 0, "{summary}");
+    let calls = summary["backend_calls"].as_object().expect("backend_calls");
+    let seconds = summary["backend_call_seconds"].as_object().expect("backend_call_seconds");
+    assert!(calls.contains_key("control store put"), "{summary}");
+    assert_eq!(calls.keys().collect::<Vec<_>>(), seconds.keys().collect::<Vec<_>>(), "one time per call kind");
+    assert!(seconds.values().all(|s| s.as_f64().is_some_and(|s| s >= 0.0)), "{summary}");
+    assert!(seconds["control store put"].as_f64().unwrap() > 0.0, "{summary}");
+    let busy = summary["actor_busy_seconds"].as_object().expect("actor_busy_seconds");
+    let decisor = busy["decisor"].as_f64().unwrap();
+    let elapsed = summary["elapsed_seconds"].as_f64().unwrap();
+    // The shards (4 in the scenario's config at most) cannot work longer than they ran.
+    assert!(decisor > 0.0 && decisor <= 4.0 * elapsed + 0.5, "decisor busy {decisor} s in a {elapsed} s run");
+}
+
 #[test]
 fn history_and_assets_read_back_a_run() {
     let scenario = scenarios().into_iter().find(|p| p.ends_with("basics")).expect("basics scenario");
