@@ -132,7 +132,7 @@ fn main() {
     // `BENCH_WORK` puts the streams and state elsewhere (a copy of the bench on another machine).
     let work = std::env::var_os("BENCH_WORK").map_or_else(|| root.join("target/bench-work"), Into::into);
     let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).expect("create target/bench-work");
+    std::fs::create_dir_all(&work).expect("create the bench's work folder (BENCH_WORK, or target/bench-work)");
     let small = env_usize("BENCH_SMALL", 100_000);
     let large = env_usize("BENCH_LARGE", 1_000_000);
     let mut report = Report::default();
