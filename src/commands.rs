@@ -339,6 +339,7 @@ async fn report_progress(m: Arc<Metrics>, started: Instant) {
 }
 
 fn summarize(m: &Metrics, elapsed: Duration, stopped_by_signal: bool) -> RunSummary {
+    let calls = m.calls();
     RunSummary {
         elapsed,
         events_in: Metrics::count(&m.events_in),
@@ -349,8 +350,8 @@ fn summarize(m: &Metrics, elapsed: Duration, stopped_by_signal: bool) -> RunSumm
         stopped_by_signal,
         aws_requests: None,
         latency: m.decision_latency.quantile(0.5).zip(m.decision_latency.quantile(0.99)),
-        calls: m.calls().into_iter().map(|((b, o), c)| (format!("{b} {o}"), c.count)).collect(),
-        call_seconds: m.calls().into_iter().map(|((b, o), c)| (format!("{b} {o}"), c.sum_seconds)).collect(),
+        calls: calls.iter().map(|((b, o), c)| (format!("{b} {o}"), c.count)).collect(),
+        call_seconds: calls.iter().map(|((b, o), c)| (format!("{b} {o}"), c.sum_seconds)).collect(),
         busy_seconds: m.busy_seconds().into_iter().map(|(a, s)| (a.as_str().to_owned(), s)).collect(),
     }
 }
