@@ -227,34 +227,34 @@ fn embedded_sections(work: &Path, report: &mut Report, small: usize, large: usiz
     // What content packs buy a first crawl: the same crawl with one content file per asset.
     let first_small = work.join(format!("first-{small}.jsonl"));
     let files = run_embedded_on(&work.join("embedded-files"), &first_small, 4, true, None, "files");
-    let ceiling = ceiling(
-        &work.join(format!("first-{small}.jsonl")),
-        &work.join(format!("steady-{small}.jsonl")),
-        &work.join("ceiling.out"),
-    );
+    let ceiling = small_ceiling(work, small);
     report.embedded(&embedded, &files, &ceiling, small, large);
-    let floor = durable_floor(work, small);
-    report.scaling(&scaling(work, small), &ceiling, &floor, small);
+    scaling_against(work, report, small, &ceiling);
 }
 
 /// The scaling table, with the ceiling and floor it is read against, and nothing else.
 fn scaling_section(work: &Path, report: &mut Report, small: usize) {
     generate(work, &format!("first-{small}"), small, 1, 0);
     generate(work, &format!("steady-{small}"), small, 2, 1);
-    let ceiling = ceiling(
+    scaling_against(work, report, small, &small_ceiling(work, small));
+}
+
+/// The one-thread loop over the `small` streams: what the scaling table is read against.
+fn small_ceiling(work: &Path, small: usize) -> Measured {
+    ceiling(
         &work.join(format!("first-{small}.jsonl")),
         &work.join(format!("steady-{small}.jsonl")),
         &work.join("ceiling.out"),
-    );
-    let floor = durable_floor(work, small);
-    report.scaling(&scaling(work, small), &ceiling, &floor, small);
+    )
 }
 
-/// The durable floor, over the state an assetflow first crawl left, as the steady run has.
-fn durable_floor(work: &Path, small: usize) -> floor::Floor {
+/// The durable floor (over the state an assetflow first crawl left, as the steady run has),
+/// then the scaling table, reported against it and `ceiling`.
+fn scaling_against(work: &Path, report: &mut Report, small: usize, ceiling: &Measured) {
     let floor_dir = work.join("floor");
     run_embedded(&floor_dir, &work.join(format!("first-{small}.jsonl")), 4, true);
-    floor::run(&floor_dir.join("state"), &work.join(format!("steady-{small}.jsonl")))
+    let floor = floor::run(&floor_dir.join("state"), &work.join(format!("steady-{small}.jsonl")));
+    report.scaling(&scaling(work, small), ceiling, &floor, small);
 }
 
 /// A first crawl from empty state and the steady crawl after it, with one shard count, on all

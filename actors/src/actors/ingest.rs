@@ -373,9 +373,7 @@ const PARALLEL_DECODE: usize = 32;
 /// `max_in_flight`, which counts these messages too.
 const DECODE_AHEAD: usize = 8;
 
-/// A pulled batch being decoded on the decode pool (rayon's, one thread per core), keeping
-/// input order, so that parsing and validating, the heaviest per-event work before the shards,
-/// is spread over the cores rather than done on the thread that runs the Ingests.
+/// Where a [`Decoding`] stands.
 enum DecodingState {
     /// Small enough to have been decoded in place.
     Done(Vec<Decoded>),
@@ -383,6 +381,9 @@ enum DecodingState {
     Pending(oneshot::Receiver<Vec<Decoded>>),
 }
 
+/// A pulled batch being decoded on the decode pool (rayon's, one thread per core), keeping
+/// input order, so that parsing and validating, the heaviest per-event work before the shards,
+/// is spread over the cores rather than done on the thread that runs the Ingests.
 struct Decoding {
     /// When the batch was read: where each event's decision latency starts.
     read_at: Instant,
