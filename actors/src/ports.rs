@@ -61,6 +61,34 @@ impl BackendError {
 
 pub type BackendResult<T> = Result<T, BackendError>;
 
+/// A control write's durability, still to come or already there
+/// ([`ControlStore::put_with_touches_deferred`]).
+#[must_use = "nothing the write carries may be acknowledged before it is durable"]
+pub struct Durable(Option<std::pin::Pin<Box<dyn std::future::Future<Output = BackendResult<()>> + Send>>>);
+
+impl Durable {
+    /// Durable already.
+    pub fn now() -> Self {
+        Durable(None)
+    }
+    /// Durable once `sync` resolves `Ok`; `sync` must already be under way (not wait to be
+    /// polled), so that a caller who goes on first loses no time.
+    pub fn later(sync: impl std::future::Future<Output = BackendResult<()>> + Send + 'static) -> Self {
+        Durable(Some(Box::pin(sync)))
+    }
+    /// Whether there is nothing to wait for.
+    pub fn is_now(&self) -> bool {
+        self.0.is_none()
+    }
+    /// Resolves once durable, or with why it cannot be.
+    pub async fn wait(self) -> BackendResult<()> {
+        match self.0 {
+            None => Ok(()),
+            Some(sync) => sync.await,
+        }
+    }
+}
+
 /// The control table: one [`ControlRecord`] per asset key.
 #[async_trait]
 pub trait ControlStore: Send + Sync + 'static {
@@ -115,6 +143,19 @@ pub trait ControlStore: Send + Sync + 'static {
             ));
         }
         self.put_many(writes).await
+    }
+    /// [`put_with_touches`](Self::put_with_touches), returning as soon as the batch is written
+    /// and every later read sees it, with what makes it durable still under way: the
+    /// [`Durable`] resolves once it is. The caller acknowledges nothing the batch carries before
+    /// then, but may go on to its next batch meanwhile. Only a store whose later writes cannot
+    /// become durable before this one's may return early (the embedded store: one journal,
+    /// synced in the order it was written); the default is durable on return.
+    async fn put_with_touches_deferred(
+        &self,
+        writes: &[RecordWrite],
+        touches: &[RecordTouch],
+    ) -> BackendResult<Durable> {
+        self.put_with_touches(writes, touches).await.map(|()| Durable::now())
     }
     /// Every record of one source (live and dropped).
     async fn list_source(&self, source: &str) -> BackendResult<Vec<ControlRecord>>;

@@ -125,6 +125,16 @@ fn each_key_sees_its_events_in_input_order_when_read_unchanged_assets_move_only_
     );
 }
 
+/// The same order when a shard goes on to its next batch while the last one's records are
+/// still syncing (`ControlStore::put_with_touches_deferred`, the embedded store's journal): the
+/// next batch must decide from those records as written, not from what is durable.
+#[test]
+fn each_key_sees_its_events_in_input_order_while_earlier_batches_are_still_syncing() {
+    let control = MemControl::syncing_later(Duration::from_millis(3));
+    unchanged_assets_in_input_order(control.clone(), "no event moved only its stamp");
+    assert!(control.syncs.overlapped.load(Ordering::SeqCst) > 0, "no batch was written while an earlier one synced");
+}
+
 /// An asset seen unchanged and then changed within one batch: its second event must see the
 /// first one's record, so a key with two events in the batch is never taken for a stamp alone
 /// (it would be decided from the record read before the batch, and its change missed).

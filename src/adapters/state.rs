@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use assetflow_actors::decision::HistoryRow;
 use assetflow_actors::envelope::Watermark;
 use assetflow_actors::ports::{
-    BackendError, BackendResult, ControlStore, FailureKind, HistoryStore, RecordKey, RecordWrite,
+    BackendError, BackendResult, ControlStore, Durable, FailureKind, HistoryStore, RecordKey, RecordWrite,
 };
 use assetflow_actors::record::{ControlRecord, KnownRecord, RecordTouch};
 use assetflow_actors::rules::{SweepPlan, SweepPlanner, SweepQuery};
@@ -691,11 +691,90 @@ impl ControlStore for StateStore {
     /// applies its batches one at a time after reading the records (or the index entries) they
     /// expect (the ordering tests fail if a shard ever runs two batches at once). Re-reading
     /// every key to compare versions was a fifth of the store's CPU on a steady crawl
-    /// (BENCHMARKS.md). The index learns what the batch wrote once it is durable, and forgets
-    /// its keys if the batch failed.
+    /// (BENCHMARKS.md). The index learns what the batch wrote once it is written, and forgets
+    /// its keys if the write failed (a failed sync fails the store: [`Inner::sync_through`]).
     async fn put_with_touches(&self, writes: &[RecordWrite], touches: &[RecordTouch]) -> BackendResult<()> {
+        let inner = self.inner.clone();
+        let turn = self.write_batch(writes, touches).await?;
+        blocking("put records", move || inner.sync_through(turn)).await
+    }
+
+    /// Written and visible on return; durable once the journal's next sync covers the batch,
+    /// which starts at once on tokio's blocking pool (not on the caller's thread, which goes on
+    /// to its next batch). The journal is synced in the order it was written, so no later
+    /// batch can be durable before this one. While a shard's batch waited for that sync, the
+    /// shard stood idle: with slow syncs against the cores, most of its time (benches/analysis.md).
+    async fn put_with_touches_deferred(
+        &self,
+        writes: &[RecordWrite],
+        touches: &[RecordTouch],
+    ) -> BackendResult<Durable> {
+        let inner = self.inner.clone();
+        let turn = self.write_batch(writes, touches).await?;
+        let sync = tokio::task::spawn_blocking(move || inner.sync_through(turn));
+        Ok(Durable::later(async move { sync.await.map_err(|e| BackendError::transient(BACKEND, "sync records", e))? }))
+    }
+
+    /// From the index where it can ([`Inner::sweep_from_index`]); otherwise streams the source's
+    /// records through the planner, keeping only the keys to drop.
+    async fn sweep_plan(&self, q: SweepQuery<'_>) -> BackendResult<SweepPlan> {
+        let inner = self.inner.clone();
+        let (source, run, max_drop_fraction) = (q.source.to_owned(), q.run.to_owned(), q.max_drop_fraction);
+        let from_index = !q.count_run_events;
+        blocking("list source", move || {
+            if from_index && let Some(plan) = inner.sweep_from_index(&source, &run, max_drop_fraction)? {
+                return Ok(plan);
+            }
+            let mut planner = SweepPlanner::new(&run);
+            inner.scan(&state_layout::control_prefix(&source), |_, value, stamp| {
+                let r = state_layout::sweep_view(value, stamp)?;
+                if r.source == source {
+                    planner.add(&r.asset_key, r.live, &r.last_seen_run);
+                }
+                Ok(ControlFlow::Continue(()))
+            })?;
+            Ok(planner.finish(max_drop_fraction))
+        })
+        .await
+    }
+
+    async fn list_all(&self) -> BackendResult<Vec<ControlRecord>> {
+        let inner = self.inner.clone();
+        blocking("list", move || {
+            let mut out = Vec::new();
+            inner.scan(&[], |_, value, stamp| {
+                out.push(state_layout::decode_stamped(value, stamp)?);
+                Ok(ControlFlow::Continue(()))
+            })?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_source(&self, source: &str) -> BackendResult<Vec<ControlRecord>> {
+        let inner = self.inner.clone();
+        let source = source.to_owned();
+        blocking("list source", move || {
+            let mut out = Vec::new();
+            inner.scan(&state_layout::control_prefix(&source), |_, value, stamp| {
+                let r = state_layout::decode_stamped(value, stamp)?;
+                if r.source == source {
+                    out.push(r);
+                }
+                Ok(ControlFlow::Continue(()))
+            })?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+impl StateStore {
+    /// Writes a control batch and its touches to the journal, unsynced, and lets the index
+    /// learn of it; returns its turn for [`Inner::sync_through`].
+    async fn write_batch(&self, writes: &[RecordWrite], touches: &[RecordTouch<'_>]) -> BackendResult<u64> {
         let inner = &self.inner;
-        // Made durable below, with whatever other shards committed meanwhile (`GroupSync`).
+        // Made durable by the caller, with whatever other shards wrote meanwhile (`GroupSync`).
         let mut batch = inner.db.batch();
         let mut written: Vec<(IndexKey, Written)> = Vec::with_capacity(writes.len());
         let mut control_keys = ControlKeys::default();
@@ -761,69 +840,23 @@ impl ControlStore for StateStore {
                 tracing::warn!(error = %e, "embedded store: could not fold its touch frames");
             }
             drop(frames);
-            // Visible from here, and in the index, before it is durable: nothing else reads
-            // this batch's keys (one shard owns each, and waits for this), a sweep only reads a
-            // source whose events are all applied, and a failed sync fails the store (reads
-            // refuse, the next open replays the frames), as a failed commit does.
-            inner.syncs.sync_through(turn, || inner.db.persist(PersistMode::SyncAll)).map_err(|e| {
-                inner.failed.store(true, Ordering::Release);
-                err("put records", e)
-            })
+            Ok(turn)
         })
         .await
     }
+}
 
-    /// From the index where it can ([`Inner::sweep_from_index`]); otherwise streams the source's
-    /// records through the planner, keeping only the keys to drop.
-    async fn sweep_plan(&self, q: SweepQuery<'_>) -> BackendResult<SweepPlan> {
-        let inner = self.inner.clone();
-        let (source, run, max_drop_fraction) = (q.source.to_owned(), q.run.to_owned(), q.max_drop_fraction);
-        let from_index = !q.count_run_events;
-        blocking("list source", move || {
-            if from_index && let Some(plan) = inner.sweep_from_index(&source, &run, max_drop_fraction)? {
-                return Ok(plan);
-            }
-            let mut planner = SweepPlanner::new(&run);
-            inner.scan(&state_layout::control_prefix(&source), |_, value, stamp| {
-                let r = state_layout::sweep_view(value, stamp)?;
-                if r.source == source {
-                    planner.add(&r.asset_key, r.live, &r.last_seen_run);
-                }
-                Ok(ControlFlow::Continue(()))
-            })?;
-            Ok(planner.finish(max_drop_fraction))
+impl Inner {
+    /// Returns once every batch through `turn` is durable (`GroupSync`). A batch is visible,
+    /// and in the index, before that: nothing else reads its keys before its events are
+    /// acknowledged (one shard owns each, and acknowledges only after this), a sweep reads a
+    /// source only past a barrier that waits for this, and a failed sync fails the store
+    /// (reads refuse, the next open replays the frames), as a failed commit does.
+    fn sync_through(&self, turn: u64) -> BackendResult<()> {
+        self.syncs.sync_through(turn, || self.db.persist(PersistMode::SyncAll)).map_err(|e| {
+            self.failed.store(true, Ordering::Release);
+            err("put records", e)
         })
-        .await
-    }
-
-    async fn list_all(&self) -> BackendResult<Vec<ControlRecord>> {
-        let inner = self.inner.clone();
-        blocking("list", move || {
-            let mut out = Vec::new();
-            inner.scan(&[], |_, value, stamp| {
-                out.push(state_layout::decode_stamped(value, stamp)?);
-                Ok(ControlFlow::Continue(()))
-            })?;
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn list_source(&self, source: &str) -> BackendResult<Vec<ControlRecord>> {
-        let inner = self.inner.clone();
-        let source = source.to_owned();
-        blocking("list source", move || {
-            let mut out = Vec::new();
-            inner.scan(&state_layout::control_prefix(&source), |_, value, stamp| {
-                let r = state_layout::decode_stamped(value, stamp)?;
-                if r.source == source {
-                    out.push(r);
-                }
-                Ok(ControlFlow::Continue(()))
-            })?;
-            Ok(out)
-        })
-        .await
     }
 }
 
@@ -943,6 +976,37 @@ mod tests {
         store.put_many(&[RecordWrite { record: next.clone(), expected_version: 3 }]).await.unwrap();
         assert_eq!(store.get_many(&keys(&[("pg", "pg/db/s/t00001")])).await.unwrap()["pg/db/s/t00001"], next);
         assert_eq!(store.list_all().await.unwrap().len(), all.len());
+    }
+
+    #[tokio::test]
+    async fn a_deferred_write_is_read_at_once_and_there_after_a_reopen_once_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        // Eight writers, as eight shards, each writing its next batch before the last is durable.
+        let writers = (0..8).map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut syncs = Vec::new();
+                for b in 0..20 {
+                    let r = record("pg", &format!("pg/db/s/w{w}b{b}"), "r1");
+                    let write = [RecordWrite { record: r.clone(), expected_version: 2 }];
+                    syncs.push(store.put_with_touches_deferred(&write, &[]).await.unwrap());
+                    let read = store.get_many(&keys(&[("pg", &r.asset_key)])).await.unwrap();
+                    assert_eq!(read.get(&r.asset_key), Some(&r), "a written batch is read before it is durable");
+                }
+                for sync in syncs {
+                    sync.wait().await.unwrap();
+                }
+            })
+        });
+        for w in writers.collect::<Vec<_>>() {
+            w.await.unwrap();
+        }
+        // No clean stop: what a reopen finds is what the syncs made durable.
+        drop(store);
+        let store = StateStore::open(dir.path()).unwrap();
+        let all = store.list_source("pg").await.unwrap();
+        assert_eq!(all.len(), 160, "every batch whose sync resolved is there after a reopen");
     }
 
     #[tokio::test]

@@ -97,6 +97,35 @@ pub struct MemControl {
     pub max_batch: usize,
     /// The number of keys of every `get_many`, in order.
     pub reads: Mutex<Vec<usize>>,
+    /// When not zero, writes are visible at once and durable this much later, in the order
+    /// they were written, as the embedded store's journal is (`put_with_touches_deferred`).
+    pub sync_delay: Duration,
+    pub syncs: Arc<Syncs>,
+}
+
+/// The deferred syncs of a [`MemControl`]: which write each key was last in, and how far
+/// writes are durable.
+#[derive(Default)]
+pub struct Syncs {
+    pub written: AtomicU64,
+    pub durable: AtomicU64,
+    /// The write each asset key was last written or touched in.
+    pub turn_of: Mutex<HashMap<String, u64>>,
+    /// Writes that began while an earlier one was not durable yet.
+    pub overlapped: AtomicU64,
+    /// Lists of a source (a sweep) made while a write was not durable yet.
+    pub listed_undurable: AtomicU64,
+}
+
+impl Syncs {
+    /// Whether the last write of `asset_key` is durable.
+    pub fn is_durable(&self, asset_key: &str) -> bool {
+        let turn = self.turn_of.lock().unwrap().get(asset_key).copied();
+        turn.is_some_and(|t| t <= self.durable.load(Ordering::SeqCst))
+    }
+    fn pending(&self) -> bool {
+        self.durable.load(Ordering::SeqCst) < self.written.load(Ordering::SeqCst)
+    }
 }
 
 impl MemControl {
@@ -108,6 +137,10 @@ impl MemControl {
     }
     pub fn stamped(delay: Duration) -> Arc<Self> {
         Arc::new(MemControl { delay, stamped: true, ..Default::default() })
+    }
+    /// [`indexed`](Self::indexed), its writes durable `sync_delay` after they return.
+    pub fn syncing_later(sync_delay: Duration) -> Arc<Self> {
+        Arc::new(MemControl { indexed: true, stamped: true, sync_delay, ..Default::default() })
     }
     async fn pause(&self) {
         if !self.delay.is_zero() {
@@ -201,7 +234,38 @@ impl ControlStore for MemControl {
         self.touches.fetch_add(touches.len() as u64, Ordering::SeqCst);
         Ok(())
     }
+    async fn put_with_touches_deferred(
+        &self,
+        writes: &[RecordWrite],
+        touches: &[RecordTouch],
+    ) -> BackendResult<Durable> {
+        if self.sync_delay.is_zero() {
+            return self.put_with_touches(writes, touches).await.map(|()| Durable::now());
+        }
+        if self.syncs.pending() {
+            self.syncs.overlapped.fetch_add(1, Ordering::SeqCst);
+        }
+        self.put_with_touches(writes, touches).await?;
+        let turn = self.syncs.written.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut turn_of = self.syncs.turn_of.lock().unwrap();
+        for key in
+            writes.iter().map(|w| w.record.asset_key.as_str()).chain(touches.iter().map(|t| t.asset_key.as_ref()))
+        {
+            turn_of.insert(key.to_owned(), turn);
+        }
+        drop(turn_of);
+        let (syncs, delay) = (self.syncs.clone(), self.sync_delay);
+        // Under way at once, and durable in write order (each waits the same delay).
+        let sync = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            syncs.durable.fetch_max(turn, Ordering::SeqCst);
+        });
+        Ok(Durable::later(async move { sync.await.map_err(|e| BackendError::transient("mem", "sync", e)) }))
+    }
     async fn list_source(&self, source: &str) -> BackendResult<Vec<ControlRecord>> {
+        if self.syncs.pending() {
+            self.syncs.listed_undurable.fetch_add(1, Ordering::SeqCst);
+        }
         // Not slowed: a sweep that did not wait behind the barrier would list at once and see
         // records the slow shards have not written yet.
         Ok(self.records.lock().unwrap().values().filter(|r| r.source == source).cloned().collect())

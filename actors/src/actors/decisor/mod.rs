@@ -10,8 +10,11 @@
 //!
 //! - `plan`: deciding a batch, pure: the events and the records they read in, a
 //!   `BatchPlan` out. This file applies plans, and supervises batches.
+//! - `settle`: batches written but waiting for their control records' sync, acknowledged as
+//!   each becomes durable while the shard goes on.
 
 mod plan;
+mod settle;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,6 +31,7 @@ use std::panic::AssertUnwindSafe;
 use tokio::sync::oneshot;
 
 use self::plan::{BatchPlan, PlanEvent, Unchanged, plan_batch, sink_record};
+use self::settle::Settling;
 use super::Enriched;
 use super::history::{DeadLetters, HistoryWriter, Record};
 use super::producer::{DropProducer, Publish, UpsertProducer};
@@ -39,7 +43,9 @@ use crate::hash::{HashIgnore, content_hash};
 use crate::lookup::{CachedLookup, LookupKeys};
 use crate::mark::{CompletionMark, mark_key};
 use crate::metrics::{ActorName, Flow, Metrics};
-use crate::ports::{BackendError, BackendResult, ContentStore, ControlStore, FailureKind, RecordKey, RecordWrite};
+use crate::ports::{
+    BackendError, BackendResult, ContentStore, ControlStore, Durable, FailureKind, RecordKey, RecordWrite,
+};
 use crate::record::{ControlRecord, KnownRecord, RecordStatus};
 use crate::retry::panic_message;
 use crate::supervise::Supervisor;
@@ -102,11 +108,12 @@ pub struct Decisor {
     mailbox: usize,
     queue: Vec<Item>,
     scheduled: bool,
+    settling: std::rc::Rc<Settling>,
 }
 
 impl Decisor {
     pub fn new(shard: usize, deps: Arc<DecisorDeps>, mailbox: usize) -> Self {
-        Decisor { shard, deps, mailbox, queue: Vec::new(), scheduled: false }
+        Decisor { shard, deps, mailbox, queue: Vec::new(), scheduled: false, settling: Default::default() }
     }
 
     fn push(&mut self, item: Item, ctx: &mut Context<Self>) {
@@ -164,7 +171,7 @@ impl Handler<Flush> for Decisor {
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
         self.scheduled = false;
         let items = std::mem::take(&mut self.queue);
-        ctx.wait(actix::fut::wrap_future(run_batch(self.deps.clone(), items)));
+        ctx.wait(actix::fut::wrap_future(run_batch(self.deps.clone(), self.settling.clone(), items)));
     }
 }
 
@@ -174,7 +181,7 @@ async fn waiting<T>(deps: &DecisorDeps, f: impl std::future::Future<Output = T>)
     f.await
 }
 
-async fn run_batch(deps: Arc<DecisorDeps>, items: Vec<Item>) {
+async fn run_batch(deps: Arc<DecisorDeps>, settling: std::rc::Rc<Settling>, items: Vec<Item>) {
     let metrics = deps.metrics.clone();
     let _working = metrics.working(ActorName::Decisor);
     let mut events = Vec::new();
@@ -199,16 +206,18 @@ async fn run_batch(deps: Arc<DecisorDeps>, items: Vec<Item>) {
                     here -= 1;
                     events.push(env);
                     if events.len() >= most {
-                        apply_supervised(&deps, std::mem::take(&mut events)).await;
+                        apply_supervised(&deps, &settling, std::mem::take(&mut events)).await;
                     }
                 }
             }
             Item::Barrier(tx) => {
-                apply_supervised(&deps, std::mem::take(&mut events)).await;
+                apply_supervised(&deps, &settling, std::mem::take(&mut events)).await;
+                // Applied means durable: a completion's sweep that follows reads these records.
+                settling.all().await;
                 let _ = tx.send(());
             }
             Item::Drops(cmd, tx) => {
-                apply_supervised(&deps, std::mem::take(&mut events)).await;
+                apply_supervised(&deps, &settling, std::mem::take(&mut events)).await;
                 // Drops are idempotent (a dropped record is not live any more): a panic is
                 // retried once, then the sweep dead-letters its completion.
                 let result = deps
@@ -220,7 +229,7 @@ async fn run_batch(deps: Arc<DecisorDeps>, items: Vec<Item>) {
             }
         }
     }
-    apply_supervised(&deps, events).await;
+    apply_supervised(&deps, &settling, events).await;
 }
 
 /// One event of a batch, its key and hash computed once.
@@ -235,7 +244,7 @@ struct Pending {
 /// delivers each event of the batch again, alone, after a pause (nothing it held is dropped);
 /// an event that panics on its own is a poison message and is dead-lettered (kind `panic`), so
 /// the events behind it go on.
-async fn apply_supervised(deps: &DecisorDeps, events: Vec<Envelope<Enriched>>) {
+async fn apply_supervised(deps: &Arc<DecisorDeps>, settling: &Settling, events: Vec<Envelope<Enriched>>) {
     let mut batch = Vec::with_capacity(events.len());
     for env in events {
         let (enriched, env) = env.split();
@@ -253,7 +262,7 @@ async fn apply_supervised(deps: &DecisorDeps, events: Vec<Envelope<Enriched>>) {
     if batch.is_empty() {
         return;
     }
-    let Err(panic) = AssertUnwindSafe(apply_events(deps, &mut batch)).catch_unwind().await else {
+    let Err(panic) = AssertUnwindSafe(apply_events(deps, settling, &mut batch)).catch_unwind().await else {
         return;
     };
     // The shard goes on from state it reads again (each batch reads its records afresh).
@@ -262,23 +271,24 @@ async fn apply_supervised(deps: &DecisorDeps, events: Vec<Envelope<Enriched>>) {
     tokio::time::sleep(pause).await;
     for p in std::mem::take(&mut batch) {
         let mut one = vec![p];
-        if let Err(panic) = AssertUnwindSafe(apply_events(deps, &mut one)).catch_unwind().await {
+        if let Err(panic) = AssertUnwindSafe(apply_events(deps, settling, &mut one)).catch_unwind().await {
             let why = BackendError::permanent("decisor", "decide", format!("panicked: {}", panic_message(&panic)));
             dead_letter_all(deps, one, Stage::Decide, "panic", &why).await;
         }
     }
 }
 
-/// Decides and applies `batch`, then acknowledges (or dead-letters) and empties it. A panic
-/// leaves the unacknowledged events in `batch` for the caller to deliver again.
-async fn apply_events(deps: &DecisorDeps, batch: &mut Vec<Pending>) {
+/// Decides and applies `batch`, then empties it: dead-lettered, or handed to `settling` to be
+/// acknowledged once its control records are durable. A panic leaves the unacknowledged
+/// events in `batch` for the caller to deliver again.
+async fn apply_events(deps: &Arc<DecisorDeps>, settling: &Settling, batch: &mut Vec<Pending>) {
     crate::failpoint!("decisor.batch");
     let mut round = 0;
     let mut earlier = EarlierRound::default();
-    let n = loop {
+    let (n, durable) = loop {
         round += 1;
         match decide_and_publish(deps, batch, &mut earlier).await {
-            Ok(n) => break n,
+            Ok(applied) => break applied,
             Err((_, e)) if e.kind == FailureKind::Conflict && round < CONFLICT_ROUNDS => {
                 tracing::info!(error = %e, "control record changed under this batch; deciding again");
             }
@@ -288,12 +298,7 @@ async fn apply_events(deps: &DecisorDeps, batch: &mut Vec<Pending>) {
         }
     };
     tracing::trace!(events = n, "batch applied");
-    // One clock read for the batch: its events are acknowledged together.
-    let now = std::time::Instant::now();
-    deps.metrics.decision_latency.observe_all(batch.iter().map(|p| now.saturating_duration_since(p.env.read_at)));
-    for p in batch.drain(..) {
-        p.env.ack.done();
-    }
+    settling.settle(deps.clone(), std::mem::take(batch), durable);
 }
 
 fn stopped(what: &str) -> BackendError {
@@ -337,12 +342,13 @@ impl EarlierRound {
 }
 
 /// Reads the batch's control records, plans it against them, and applies the plan.
-/// Returns how many history rows it wrote, or the stage that failed.
+/// Returns how many history rows it wrote and when its control records are durable, or the
+/// stage that failed.
 async fn decide_and_publish(
     deps: &DecisorDeps,
     batch: &mut [Pending],
     earlier: &mut EarlierRound,
-) -> Result<usize, (Stage, BackendError)> {
+) -> Result<(usize, Durable), (Stage, BackendError)> {
     // The batch's records and, in the same read (one snapshot where the store gives one), the
     // completion marks of its sources: an event from before a source's last completion is a
     // replay, and a record that completion dropped must not come back for it.
@@ -458,19 +464,28 @@ fn read_unchanged(
     }
 }
 
-/// Applies a plan outward first: content (an upsert must never point at content that is not
-/// there), then upserts, then history, then control records. Returns the rows written.
+/// Applies a plan outward first: content, then upserts (an upsert must never point at content
+/// that is not there), and beside them history; then, once all three are durable, the control
+/// records, returning once they are written (and seen by every later read) with their sync
+/// still to come where the store allows it. Returns the rows written and that [`Durable`].
 ///
 /// History goes before the control records because the records are what a delivery of the
 /// same events again decides against: with the records written and the rows not (a crash in
 /// between), that delivery would find its own writes, call the assets `unchanged`, and the
-/// decisions already published would have no row (EVENTS.md §6). In this order it decides
-/// exactly as the first did and writes the same rows again, with the same ids (§7).
+/// decisions already published would have no row (EVENTS.md §6). The upserts go before them
+/// for the same reason: with the records written and the upserts not, the upserts would be
+/// lost. In this order a delivery again decides exactly as the first did and writes the same
+/// rows and outputs again, with the same ids (§7).
+///
+/// Nothing orders history against content and upserts, so they are written side by side: each
+/// is a durable write of its own (a sync each), and a shard waits for the longer of the two
+/// rather than their sum. Where syncs are slow against the cores (a virtual disk, many shards)
+/// that wait is what a shard spends most of its time on (benches/analysis.md).
 async fn apply(
     deps: &DecisorDeps,
     plan: BatchPlan<'_>,
     earlier: &mut EarlierRound,
-) -> Result<usize, (Stage, BackendError)> {
+) -> Result<(usize, Durable), (Stage, BackendError)> {
     let BatchPlan { rows, outcomes, contents, upserts, mut writes, touches, landed, priors, run_events } = plan;
     if !run_events.is_empty() {
         // Rare (a stale or repeated event of a run): those already written are left alone.
@@ -485,50 +500,69 @@ async fn apply(
             }
         }
     }
-    if !contents.is_empty() {
-        deps.calls
-            .call("content store", "put", || deps.content.put_many(&contents))
-            .await
-            .map_err(|e| (Stage::Decide, e))?;
-        deps.metrics.sent(Flow::DecisorContent, contents.len() as u64);
-    }
-    if !upserts.is_empty() {
-        let n = upserts.len() as u64;
-        deps.metrics.sent(Flow::DecisorUpsert, n);
-        waiting(deps, deps.upserts.send(Publish(upserts)))
-            .await
-            .unwrap_or_else(|_| Err(stopped("upsert producer")))
-            .map_err(|e| (Stage::Publish, e))?;
-        Metrics::add(&deps.metrics.upserts_published, n);
-    }
+    let outputs = async {
+        if !contents.is_empty() {
+            // The shard's own write: work, though history may be under way beside it.
+            let _working = deps.metrics.working(ActorName::Decisor);
+            deps.calls
+                .call("content store", "put", || deps.content.put_many(&contents))
+                .await
+                .map_err(|e| (Stage::Decide, e))?;
+            deps.metrics.sent(Flow::DecisorContent, contents.len() as u64);
+        }
+        if !upserts.is_empty() {
+            let n = upserts.len() as u64;
+            deps.metrics.sent(Flow::DecisorUpsert, n);
+            deps.upserts
+                .send(Publish(upserts))
+                .await
+                .unwrap_or_else(|_| Err(stopped("upsert producer")))
+                .map_err(|e| (Stage::Publish, e))?;
+            Metrics::add(&deps.metrics.upserts_published, n);
+        }
+        Ok(())
+    };
     let n = rows.len();
-    write_history(deps, rows).await.map_err(|e| (Stage::History, e))?;
+    let history = async { send_history(deps, rows).await.map_err(|e| (Stage::History, e)) };
+    // Both run to the end even when one fails: neither is cut short half-written. The shard
+    // counts as waiting for the later stages throughout, but for its own content write.
+    let (outputs, history) = {
+        let _waiting = deps.metrics.waiting(ActorName::Decisor);
+        tokio::join!(outputs, history)
+    };
+    outputs?;
+    history?;
+    let mut durable = Durable::now();
     if !writes.is_empty() || !touches.is_empty() {
-        let put = deps.calls.call("control store", "put", || deps.control.put_with_touches(&writes, &touches)).await;
-        if let Err(e) = put {
-            if e.kind == FailureKind::Conflict {
-                earlier.read = priors.into_iter().collect();
-                let wrote = writes.into_iter().map(|w| w.record).chain(landed);
-                earlier.wrote = wrote.map(|r| (r.asset_key.clone(), r)).collect();
+        let put = deps.calls.call("control store", "put", || deps.control.put_with_touches_deferred(&writes, &touches));
+        match put.await {
+            Ok(sync) => durable = sync,
+            Err(e) => {
+                if e.kind == FailureKind::Conflict {
+                    earlier.read = priors.into_iter().collect();
+                    let wrote = writes.into_iter().map(|w| w.record).chain(landed);
+                    earlier.wrote = wrote.map(|r| (r.asset_key.clone(), r)).collect();
+                }
+                return Err((Stage::Decide, e));
             }
-            return Err((Stage::Decide, e));
         }
         deps.metrics.sent(Flow::DecisorControl, (writes.len() + touches.len()) as u64);
     }
     for (o, n) in outcomes {
         deps.metrics.outcome(o, n);
     }
-    Ok(n)
+    Ok((n, durable))
 }
 
 /// Sends `rows` to the history writer and waits until they are durable.
 async fn write_history(deps: &DecisorDeps, rows: Vec<HistoryRow>) -> BackendResult<()> {
-    waiting(deps, {
-        deps.metrics.sent(Flow::DecisorHistory, rows.len() as u64);
-        deps.history.send(Record(rows))
-    })
-    .await
-    .unwrap_or_else(|_| Err(stopped("history")))
+    waiting(deps, send_history(deps, rows)).await
+}
+
+/// [`write_history`], for a caller that counts its own waiting.
+async fn send_history(deps: &DecisorDeps, rows: Vec<HistoryRow>) -> BackendResult<()> {
+    deps.metrics.sent(Flow::DecisorHistory, rows.len() as u64);
+    deps.history.send(Record(rows)).await.unwrap_or_else(|_| Err(stopped("history")))
 }
 
 async fn dead_letter_all(deps: &DecisorDeps, batch: Vec<Pending>, stage: Stage, kind: &str, error: &BackendError) {

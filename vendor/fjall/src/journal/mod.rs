@@ -120,8 +120,21 @@ impl Journal {
 
     /// Persists the journal.
     pub fn persist(&self, mode: PersistMode) -> crate::Result<()> {
-        let mut journal_writer = self.get_writer()?;
-        journal_writer.persist(mode).map_err(Into::into)
+        // assetflow patch: the sync runs outside the writer's lock. Under it, every batch
+        // written meanwhile (by any thread) waited for the whole sync; now it waits only for
+        // the buffer's flush. The sync covers every write flushed before it starts, which is
+        // what a caller that persists after its own write needs; a rotation meanwhile seals the
+        // file synced here, and the new journal is synced by the next persist.
+        let file = {
+            let mut journal_writer = self.get_writer()?;
+            journal_writer.persist(PersistMode::Buffer)?;
+            if mode == PersistMode::Buffer {
+                return Ok(());
+            }
+            journal_writer.file_handle()?
+        };
+        let synced = if mode == PersistMode::SyncData { file.sync_data() } else { file.sync_all() };
+        synced.inspect_err(|e| log::error!("Failed to sync journal file: {e:?}")).map_err(Into::into)
     }
 
     pub fn recover<P: AsRef<Path>>(

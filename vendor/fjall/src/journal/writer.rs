@@ -199,6 +199,12 @@ impl Writer {
         })
     }
 
+    /// A handle of its own to the journal file, to sync it without holding the writer
+    /// (an assetflow patch).
+    pub(crate) fn file_handle(&self) -> std::io::Result<File> {
+        self.file.get_ref().try_clone()
+    }
+
     /// Persists the journal file.
     pub(crate) fn persist(&mut self, mode: PersistMode) -> std::io::Result<()> {
         log::trace!(
