@@ -67,6 +67,11 @@ impl GroupSync {
         synced
     }
 
+    /// Whether a writer is syncing now (a hint: it may end the next moment).
+    pub fn under_way(&self) -> bool {
+        self.state().syncing
+    }
+
     /// Every batch through this turn is durable.
     #[cfg(test)]
     fn synced(&self) -> u64 {
@@ -109,6 +114,29 @@ mod tests {
         let syncs = syncs.load(Ordering::SeqCst);
         assert!(syncs < 400, "400 batches, {syncs} syncs: writers waiting together should share one");
         assert_eq!(group.synced(), 400);
+    }
+
+    #[test]
+    fn a_sync_is_under_way_only_while_a_writer_runs_it() {
+        let group = Arc::new(GroupSync::default());
+        assert!(!group.under_way());
+        let (started, release) = (Arc::new(std::sync::Barrier::new(2)), Arc::new(std::sync::Barrier::new(2)));
+        let writer = {
+            let (group, started, release) = (group.clone(), started.clone(), release.clone());
+            std::thread::spawn(move || {
+                let turn = group.wrote();
+                group.sync_through(turn, || {
+                    started.wait();
+                    release.wait();
+                    Ok::<(), ()>(())
+                })
+            })
+        };
+        started.wait();
+        assert!(group.under_way(), "a writer is inside its sync");
+        release.wait();
+        writer.join().unwrap().unwrap();
+        assert!(!group.under_way());
     }
 
     #[test]

@@ -699,11 +699,15 @@ impl ControlStore for StateStore {
         blocking("put records", move || inner.sync_through(turn)).await
     }
 
-    /// Written and visible on return; durable once the journal's next sync covers the batch,
-    /// which starts at once on tokio's blocking pool (not on the caller's thread, which goes on
-    /// to its next batch). The journal is synced in the order it was written, so no later
-    /// batch can be durable before this one. While a shard's batch waited for that sync, the
-    /// shard stood idle: with slow syncs against the cores, most of its time (benches/analysis.md).
+    /// Written and visible on return. If no other writer is syncing the journal, this one
+    /// syncs it here, as [`put_with_touches`](Self::put_with_touches) does, and returns
+    /// durable. If one is, the batch waits for the sync after it on tokio's blocking pool while
+    /// the caller goes on to its next batch: with many shards and syncs slow against the cores,
+    /// that wait (for the sync under way, then its own) was most of a shard's time
+    /// (benches/analysis.md). Not always so: handing every sync to the pool cost a lone shard
+    /// two more thread switches a batch and ~5% more CPU, for nothing, as nobody else syncs
+    /// then. The journal is synced in the order it was written, so no later batch can be
+    /// durable before this one.
     async fn put_with_touches_deferred(
         &self,
         writes: &[RecordWrite],
@@ -711,6 +715,10 @@ impl ControlStore for StateStore {
     ) -> BackendResult<Durable> {
         let inner = self.inner.clone();
         let turn = self.write_batch(writes, touches).await?;
+        if !inner.syncs.under_way() {
+            blocking("put records", move || inner.sync_through(turn)).await?;
+            return Ok(Durable::now());
+        }
         let sync = tokio::task::spawn_blocking(move || inner.sync_through(turn));
         Ok(Durable::later(async move { sync.await.map_err(|e| BackendError::transient(BACKEND, "sync records", e))? }))
     }

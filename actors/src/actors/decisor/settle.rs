@@ -3,8 +3,9 @@
 //!
 //! A batch's effects are written outward first (content, upserts and history durable, then the
 //! control records); only the control records' sync is left when the shard moves on, and only
-//! where the store allows it ([`ControlStore::put_with_touches_deferred`]): a later batch's
-//! records can then never be durable before this one's. Nothing the batch carries is
+//! where the store allows it ([`ControlStore::put_with_touches_deferred`]; the embedded store,
+//! when another shard is syncing its journal): a later batch's records can then never be
+//! durable before this one's. Nothing the batch carries is
 //! acknowledged before its sync, so a crash in between re-delivers it, as any crash before an
 //! acknowledgement does; the next batch already decided against its records, which the
 //! re-delivery writes again exactly as they were (EVENTS.md §7).
