@@ -32,9 +32,16 @@ fmt:
 ## bench: end-to-end benchmarks (written to BENCHMARKS.md) and the hot-path micro-benchmarks.
 ## Starts the services first: the Kafka, seed and AWS sections use them, and the AWS script
 ## runs boto3 from this checkout's .services/venv even when another checkout's moto listens.
+## It measures the binary `cargo build --release` gives: left to itself, `cargo bench` would
+## hand the bench the one it builds with the dev-dependencies' features, the tests' fail points
+## among them (~1% more CPU per event), so the release build's is copied aside and named.
 bench: services
 	$(CARGO) bench -p assetflow-actors --bench hot_paths
-	$(CARGO) bench --bench pipeline
+	$(CARGO) build --release --bin assetflow
+	@dir=$$($(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p'); \
+	  cp "$$dir/release/assetflow" "$$dir/release/assetflow-as-built" && \
+	  echo "ASSETFLOW_BIN=$$dir/release/assetflow-as-built $(CARGO) bench --bench pipeline" && \
+	  ASSETFLOW_BIN="$$dir/release/assetflow-as-built" $(CARGO) bench --bench pipeline
 
 ## services: install and start the local backends the tests use (moto for AWS), on 127.0.0.1.
 services:
