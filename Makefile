@@ -34,14 +34,15 @@ fmt:
 ## runs boto3 from this checkout's .services/venv even when another checkout's moto listens.
 ## It measures the binary `cargo build --release` gives: left to itself, `cargo bench` would
 ## hand the bench the one it builds with the dev-dependencies' features, the tests' fail points
-## among them (~1% more CPU per event), so the release build's is copied aside and named.
+## among them (~1% more CPU per event), so the release build's is copied aside (same file name:
+## it names the process's main thread in the report) and named.
 bench: services
 	$(CARGO) bench -p assetflow-actors --bench hot_paths
 	$(CARGO) build --release --bin assetflow
 	@dir=$$($(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p'); \
-	  cp "$$dir/release/assetflow" "$$dir/release/assetflow-as-built" && \
-	  echo "ASSETFLOW_BIN=$$dir/release/assetflow-as-built $(CARGO) bench --bench pipeline" && \
-	  ASSETFLOW_BIN="$$dir/release/assetflow-as-built" $(CARGO) bench --bench pipeline
+	  mkdir -p "$$dir/release/as-built" && cp "$$dir/release/assetflow" "$$dir/release/as-built/assetflow" && \
+	  echo "ASSETFLOW_BIN=$$dir/release/as-built/assetflow $(CARGO) bench --bench pipeline" && \
+	  ASSETFLOW_BIN="$$dir/release/as-built/assetflow" $(CARGO) bench --bench pipeline
 
 ## services: install and start the local backends the tests use (moto for AWS), on 127.0.0.1.
 services:
