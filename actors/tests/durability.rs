@@ -81,7 +81,15 @@ fn stream() -> Vec<(String, Option<String>)> {
 
 #[test]
 fn nothing_is_acknowledged_before_its_records_are_durable_and_the_shard_goes_on_meanwhile() {
-    let control = MemControl::syncing_later(Duration::from_millis(20));
+    // Batches of at most 20 events: a shard then writes one batch after another out of what
+    // is queued, whatever the timing, and each sync outlasts the next batch's write.
+    let control = Arc::new(MemControl {
+        indexed: true,
+        stamped: true,
+        sync_delay: Duration::from_millis(50),
+        max_batch: 20,
+        ..Default::default()
+    });
     let lines = stream();
     let checked = Arc::new(Checked {
         control: control.clone(),
