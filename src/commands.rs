@@ -50,25 +50,25 @@ pub struct RunSummary {
 impl RunSummary {
     /// The summary as one JSON object (`assetflow run --summary-json`).
     pub fn to_json(&self) -> serde_json::Value {
-        let pairs =
-            |v: &[(String, u64)]| serde_json::Value::Object(v.iter().map(|(k, n)| (k.clone(), (*n).into())).collect());
-        let seconds =
-            |v: &[(String, f64)]| serde_json::Value::Object(v.iter().map(|(k, s)| (k.clone(), (*s).into())).collect());
+        // Named counts and named seconds alike: a JSON object by name.
+        fn by_name<T: Copy + Into<serde_json::Value>>(v: &[(String, T)]) -> serde_json::Value {
+            serde_json::Value::Object(v.iter().map(|(k, n)| (k.clone(), (*n).into())).collect())
+        }
         serde_json::json!({
             "elapsed_seconds": self.elapsed.as_secs_f64(),
             "events_in": self.events_in,
             "events_per_second": self.events_in as f64 / self.elapsed.as_secs_f64().max(1e-9),
-            "outcomes": pairs(&self.outcomes),
+            "outcomes": by_name(&self.outcomes),
             "upserts": self.upserts,
             "drops": self.drops,
-            "dead_letters": pairs(&self.dead_letters),
+            "dead_letters": by_name(&self.dead_letters),
             "stopped_by_signal": self.stopped_by_signal,
-            "aws_requests": self.aws_requests.as_deref().map(pairs),
+            "aws_requests": self.aws_requests.as_deref().map(by_name),
             "latency_p50_seconds": self.latency.map(|l| l.0),
             "latency_p99_seconds": self.latency.map(|l| l.1),
-            "backend_calls": pairs(&self.calls),
-            "backend_call_seconds": seconds(&self.call_seconds),
-            "actor_busy_seconds": seconds(&self.busy_seconds),
+            "backend_calls": by_name(&self.calls),
+            "backend_call_seconds": by_name(&self.call_seconds),
+            "actor_busy_seconds": by_name(&self.busy_seconds),
         })
     }
 }
