@@ -194,6 +194,12 @@ pub fn render(s: &AdminState) -> String {
         vec![(String::new(), Metrics::count(&m.batch_events) as f64)],
     );
     family(
+        "assetflow_decisor_hashed_events_total",
+        "counter",
+        "Of those events, the ones whose content hash was taken; the others were unchanged assets sent again as they were, known by their text print.",
+        vec![(String::new(), Metrics::count(&m.hashed) as f64)],
+    );
+    family(
         "assetflow_actor_restarts_total",
         "counter",
         "Times an actor recovered from a panic: it went on from re-read state and the message in hand was tried once more.",
@@ -308,6 +314,7 @@ async fn status(State(s): State<AdminState>) -> impl IntoResponse {
         "enriched": Metrics::count(&m.enriched_published),
         "batches": Metrics::count(&m.batches),
         "batch_events": Metrics::count(&m.batch_events),
+        "hashed_events": Metrics::count(&m.hashed),
         "restarts": m.restarts().values().sum::<u64>(),
         "aws_requests": s.aws.as_ref().map(|a| a.total()),
         "cache": {"hits": s.lookup.stats().hits, "misses": s.lookup.stats().misses, "size": s.lookup.stats().size},

@@ -45,6 +45,10 @@ pub struct RunSummary {
     /// Seconds each kind of actor worked (its own work and its backend calls, not its waits
     /// for the next stage), summed over its instances: a shard busy all run adds the run's time.
     pub busy_seconds: Vec<(String, f64)>,
+    /// Events the decisors decided, and of those the ones whose content hash they took (the
+    /// rest were unchanged assets known by their text print).
+    pub decided: u64,
+    pub hashed: u64,
 }
 
 impl RunSummary {
@@ -69,6 +73,8 @@ impl RunSummary {
             "backend_calls": by_name(&self.calls),
             "backend_call_seconds": by_name(&self.call_seconds),
             "actor_busy_seconds": by_name(&self.busy_seconds),
+            "decided_events": self.decided,
+            "hashed_events": self.hashed,
         })
     }
 }
@@ -85,6 +91,14 @@ impl std::fmt::Display for RunSummary {
         writeln!(f, "  published      {} upserts, {} drops", self.upserts, self.drops)?;
         let dl: Vec<String> = self.dead_letters.iter().map(|(k, n)| format!("{k} {n}")).collect();
         write!(f, "  dead letters   {}", if dl.is_empty() { "none".into() } else { dl.join(", ") })?;
+        if self.decided > 0 {
+            let known = self.decided.saturating_sub(self.hashed);
+            write!(
+                f,
+                "\n  hashed         {} of {} (the other {known} known by their text print)",
+                self.hashed, self.decided
+            )?;
+        }
         if let Some((p50, p99)) = self.latency {
             write!(f, "\n  latency        p50 {:.1} ms, p99 {:.1} ms (read to durable)", p50 * 1e3, p99 * 1e3)?;
         }
@@ -353,6 +367,8 @@ fn summarize(m: &Metrics, elapsed: Duration, stopped_by_signal: bool) -> RunSumm
         calls: calls.iter().map(|((b, o), c)| (format!("{b} {o}"), c.count)).collect(),
         call_seconds: calls.iter().map(|((b, o), c)| (format!("{b} {o}"), c.sum_seconds)).collect(),
         busy_seconds: m.busy_seconds().into_iter().map(|(a, s)| (a.as_str().to_owned(), s)).collect(),
+        decided: Metrics::count(&m.batch_events),
+        hashed: Metrics::count(&m.hashed),
     }
 }
 

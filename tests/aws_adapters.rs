@@ -78,8 +78,7 @@ fn dynamodb_batches_round_trip_and_a_conflict_writes_nothing() {
         control.ensure_table().await.unwrap();
         // 150 records: two transactions of at most 100, two BatchGetItems.
         let records: Vec<ControlRecord> = (0..150).map(|i| record("src", i, 1)).collect();
-        let writes: Vec<RecordWrite> =
-            records.iter().map(|r| RecordWrite { record: r.clone(), expected_version: 0 }).collect();
+        let writes: Vec<RecordWrite> = records.iter().map(|r| RecordWrite::new(r.clone(), 0)).collect();
         control.put_many(&writes).await.unwrap();
         let got = control.get_many(&records.iter().map(key).collect::<Vec<_>>()).await.unwrap();
         assert_eq!(got.len(), 150);
@@ -88,11 +87,10 @@ fn dynamodb_batches_round_trip_and_a_conflict_writes_nothing() {
         assert_eq!(counts.get("dynamodb.TransactWriteItems"), Some(&2));
         assert_eq!(counts.get("dynamodb.BatchGetItem"), Some(&2));
         // The sweep's query sees exactly its source.
-        control.put_many(&[RecordWrite { record: record("other", 1, 1), expected_version: 0 }]).await.unwrap();
+        control.put_many(&[RecordWrite::new(record("other", 1, 1), 0)]).await.unwrap();
         assert_eq!(control.list_source("src").await.unwrap().len(), 150);
         // One stale expectation among five: the whole write is refused as a conflict.
-        let mut batch: Vec<RecordWrite> =
-            (0..5).map(|i| RecordWrite { record: record("src", i, 2), expected_version: 1 }).collect();
+        let mut batch: Vec<RecordWrite> = (0..5).map(|i| RecordWrite::new(record("src", i, 2), 1)).collect();
         batch[3].expected_version = 7;
         let err = control.put_many(&batch).await.unwrap_err();
         assert_eq!(err.kind, FailureKind::Conflict, "{err}");
@@ -172,7 +170,7 @@ fn a_503_from_any_service_is_retried() {
         DynamoControl::new(&direct, &table).ensure_table().await.unwrap();
         let control = DynamoControl::new(&aws, &table);
         proxy.fail_next(2);
-        let w = [RecordWrite { record: record("src", 1, 1), expected_version: 0 }];
+        let w = [RecordWrite::new(record("src", 1, 1), 0)];
         retry.run(|| control.put_many(&w)).await.unwrap();
         assert_eq!(proxy.failed.load(Ordering::SeqCst), 2);
         // SQS

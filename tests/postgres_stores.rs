@@ -50,7 +50,7 @@ fn record(source: &str, table: &str, run: &str, version: u64) -> ControlRecord {
 }
 
 fn write(r: &ControlRecord, expected: u64) -> RecordWrite {
-    RecordWrite { record: r.clone(), expected_version: expected }
+    RecordWrite::new(r.clone(), expected)
 }
 
 /// The sweep of run `run` over source `pg`, counting every run event.

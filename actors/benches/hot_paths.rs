@@ -1,10 +1,12 @@
 //! Criterion micro-benchmarks of the per-event hot paths: decode and validate one ~1 KiB event,
-//! its canonical content hash, and the decision against a control record (with the decision id
+//! its canonical content hash, its text print (what a steady crawl computes instead of the hash
+//! for an asset sent again as it was), and the decision against a control record (with the decision id
 //! that goes with it). `make bench` runs them; `cargo test --all-targets` runs each once.
 
 use assetflow_actors::decision::{decision_id, prior_state};
 use assetflow_actors::event::{EventKind, decode};
 use assetflow_actors::hash::{HashIgnore, content_hash};
+use assetflow_actors::print::text_print;
 use assetflow_actors::record::{ControlRecord, RecordStatus};
 use assetflow_actors::rules::judge;
 use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
@@ -48,6 +50,7 @@ fn hot_paths(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(raw.len() as u64));
     g.bench_function("decode_and_validate", |b| b.iter(|| decode(black_box(&raw), 1 << 20)));
     g.bench_function("canonical_hash", |b| b.iter(|| content_hash(black_box(body), &ignore)));
+    g.bench_function("text_print", |b| b.iter(|| text_print(black_box(body), &ignore)));
     g.bench_function("judge_and_decision_id", |b| {
         b.iter(|| {
             let verdict = judge(Some(black_box(&record)), black_box(&hash), parsed.emitted_at);

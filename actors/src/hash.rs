@@ -33,13 +33,25 @@ impl HashIgnore {
         Self { paths }
     }
 
-    /// Is the member `key` of the object at `prefix` ignored, or does an ignored path go below it?
-    fn check(&self, prefix: &[String], key: &str) -> Membership {
+    /// Whether no path is ignored.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// The ignored paths, each split at its dots.
+    pub(crate) fn paths(&self) -> &[Vec<String>] {
+        &self.paths
+    }
+
+    /// Is the member `key` of the object at `prefix` ignored, or does an ignored path go below
+    /// it? Keys as their decoded bytes (the canonical form's) or as written without escapes
+    /// (the text print's, [`crate::print`]).
+    pub(crate) fn membership<P: AsRef<[u8]>>(&self, prefix: &[P], key: &[u8]) -> Membership {
         let mut below = false;
         for p in &self.paths {
             if p.len() > prefix.len()
-                && p[..prefix.len()].iter().zip(prefix).all(|(a, b)| a == b)
-                && p[prefix.len()] == key
+                && p[..prefix.len()].iter().zip(prefix).all(|(a, b)| a.as_bytes() == b.as_ref())
+                && p[prefix.len()].as_bytes() == key
             {
                 if p.len() == prefix.len() + 1 {
                     return Membership::Ignored;
@@ -51,9 +63,13 @@ impl HashIgnore {
     }
 }
 
-enum Membership {
+/// Where a member's key stands against the ignored paths.
+pub(crate) enum Membership {
+    /// On no path.
     Kept,
+    /// An ignored path goes below it.
     Partly,
+    /// Ignored.
     Ignored,
 }
 
@@ -189,7 +205,7 @@ impl<'de> Visitor<'de> for Canonical<'_, 'de> {
         let mut in_order = true;
         while let Some(Key(key)) = map.next_key()? {
             let sub_filter = if self.filtering {
-                match self.ignore.check(self.prefix, &key) {
+                match self.ignore.membership(self.prefix, key.as_bytes()) {
                     Membership::Ignored => {
                         map.next_value::<serde::de::IgnoredAny>()?;
                         continue;

@@ -6,6 +6,8 @@
 //!   [`event::Rejection`] that says which check failed (`too_large`, `invalid_json`,
 //!   `invalid_event`); [`event::sorted_members`] splits an object into its members.
 //! - [`hash`]: the canonical form of an asset and its content hash (BLAKE3 over canonical JSON).
+//! - [`print`]: the text print of an asset, a cheap fingerprint of its received text that a
+//!   store keeps beside a record's hash, so an asset sent again byte for byte is not hashed.
 //! - [`record`]: the per-asset [`record::ControlRecord`] kept in the control table.
 //! - [`mark`]: each source's [`mark::CompletionMark`], kept beside its records: a completion
 //!   is swept once and never after a newer one, and an event read again from before it (by a
@@ -49,6 +51,7 @@ pub mod mark;
 pub mod metrics;
 pub mod pipeline;
 pub mod ports;
+pub mod print;
 pub mod record;
 pub mod redrive;
 pub mod retry;

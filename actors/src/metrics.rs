@@ -188,6 +188,9 @@ pub struct Metrics {
     /// Decisor micro-batches applied, and the events in them.
     pub batches: AtomicU64,
     pub batch_events: AtomicU64,
+    /// Of those events, the ones whose content hash the decisor took; the others were
+    /// unchanged assets whose text print the store vouched for ([`crate::print`]).
+    pub hashed: AtomicU64,
     /// From reading a message to its decision being durable (acknowledged).
     pub decision_latency: crate::latency::LatencyHistogram,
     /// Time each actor spent on its own work (not waiting for the stage after it), summed over

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::decision::{HistoryRow, Origin};
 use crate::envelope::Ack;
+use crate::print::TextPrint;
 use crate::record::{ControlRecord, KnownRecord, RecordTouch};
 use crate::rules::{SweepPlan, SweepQuery, plan_sweep};
 
@@ -183,6 +184,16 @@ pub struct RecordWrite {
     pub record: ControlRecord,
     /// The version the record had when it was read (0: it did not exist).
     pub expected_version: u64,
+    /// The text print of the event whose content gave the record its hash, where the batch
+    /// knows it: a store that indexes its records keeps it ([`KnownRecord::print`]).
+    pub print: Option<TextPrint>,
+}
+
+impl RecordWrite {
+    /// A write with no text print: the store will not vouch for the next event by print.
+    pub fn new(record: ControlRecord, expected_version: u64) -> Self {
+        Self { record, expected_version, print: None }
+    }
 }
 
 /// The content bucket: one object per asset key and content hash, written idempotently.

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::event::AssetName;
+use crate::print::TextPrint;
 
 /// Whether the asset was seen in its source's latest completed run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,14 +66,17 @@ impl ControlRecord {
 
 /// A live record as a store that indexes its records in memory knows it
 /// ([`crate::ports::ControlStore::known`]): enough to decide an event of the asset whose content
-/// did not change, without reading the record. Hash and run are kept in brief; a brief that
-/// matches only says "maybe", so callers take the fast path only where the briefs prove it
-/// safe (a different run) or where a match is what they need (the same hash: 2^-128 a pair
-/// for 16 bytes of a BLAKE3 digest).
+/// did not change, without reading the record. The run is kept in brief; a brief that matches
+/// only says "maybe", so callers take the fast path only where the brief proves it safe (a
+/// different run).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KnownRecord {
-    /// [`KnownRecord::hash_brief`] of the record's hash.
-    pub hash: [u8; 16],
+    /// The record's content hash as bytes ([`KnownRecord::hash_bytes`]).
+    pub hash: [u8; 32],
+    /// The text print ([`crate::print`]) of the text the hash was taken from, where the store
+    /// learned it with the write or a later touch: an event with this print has this hash,
+    /// and is not hashed again.
+    pub print: Option<TextPrint>,
     /// [`KnownRecord::run_brief`] of its `last_seen_run`.
     pub run: u64,
     pub last_seen_at: DateTime<Utc>,
@@ -80,15 +84,35 @@ pub struct KnownRecord {
 }
 
 impl KnownRecord {
-    /// The first 16 bytes of a hex content hash; `None` for a hash that is not hex.
-    pub fn hash_brief(hash: &str) -> Option<[u8; 16]> {
-        let hex = hash.as_bytes().get(..32)?;
-        let mut out = [0u8; 16];
+    /// The bytes of a content hash, as [`crate::hash::content_hash`] writes it (64 lowercase
+    /// hex digits); `None` for any other hash, which [`KnownRecord::hash_hex`] could not give
+    /// back as it was.
+    pub fn hash_bytes(hash: &str) -> Option<[u8; 32]> {
+        let hex = hash.as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
         for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-            let digit = |c: u8| (c as char).to_digit(16);
-            *byte = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+            let digit = |c: u8| match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                _ => None,
+            };
+            *byte = digit(pair[0])? * 16 + digit(pair[1])?;
         }
         Some(out)
+    }
+
+    /// The record's content hash as text.
+    pub fn hash_hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(64);
+        for b in self.hash {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        out
     }
 
     /// Eight bytes of the BLAKE3 digest of a run id: different briefs, different runs; the
@@ -105,7 +129,17 @@ impl KnownRecord {
     /// unchanged asset seen again: the same content, no newer news, and certainly not already
     /// seen in this run (a run seen again goes the slow way, which counts run events, §3.3).
     pub fn vouches_unchanged(&self, hash: &str, run: u64, at: DateTime<Utc>) -> bool {
-        Self::hash_brief(hash) == Some(self.hash) && self.last_seen_at <= at && self.run != run
+        Self::hash_bytes(hash) == Some(self.hash) && self.is_news_of_another_run(run, at)
+    }
+
+    /// [`vouches_unchanged`](Self::vouches_unchanged) by the event's text print instead of its
+    /// hash, which then need not be taken: the hash is this record's.
+    pub fn vouches_print(&self, print: &TextPrint, run: u64, at: DateTime<Utc>) -> bool {
+        self.print.as_ref() == Some(print) && self.is_news_of_another_run(run, at)
+    }
+
+    fn is_news_of_another_run(&self, run: u64, at: DateTime<Utc>) -> bool {
+        self.last_seen_at <= at && self.run != run
     }
 }
 
@@ -125,6 +159,9 @@ pub struct RecordTouch<'a> {
     /// batch (it was not read): a store that indexes its records still holds this one, since
     /// the key's one shard has not written it since, and need not look it up again.
     pub indexed: bool,
+    /// The text print of the event, whose content hash is the record's: what a store that
+    /// indexes its records keeps, so the next event sent as this one was is not hashed.
+    pub print: Option<TextPrint>,
 }
 
 /// The `hash` of a run-event marker.

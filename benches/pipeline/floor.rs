@@ -92,7 +92,7 @@ async fn apply(store: &StateStore, batch: &mut Vec<(AssetEvent, String, String)>
     for ((event, key, hash), known) in batch.iter().zip(known) {
         let record = read.get(key);
         let (same, version) = match (&known, record) {
-            (Some(k), _) => (KnownRecord::hash_brief(hash) == Some(k.hash), k.version),
+            (Some(k), _) => (KnownRecord::hash_bytes(hash) == Some(k.hash), k.version),
             (None, Some(r)) => (r.is_live() && r.hash == *hash, r.version),
             (None, None) => (false, 0),
         };
@@ -117,6 +117,8 @@ async fn apply(store: &StateStore, batch: &mut Vec<(AssetEvent, String, String)>
                 last_seen_at: event.emitted_at,
                 version: version + 1,
                 indexed: known.is_some(),
+                // The floor hashes every event, as the loop does: no text prints.
+                print: None,
             });
         } else {
             let EventKind::Running { name, .. } = &event.kind else { continue };
@@ -134,6 +136,7 @@ async fn apply(store: &StateStore, batch: &mut Vec<(AssetEvent, String, String)>
                     version: version + 1,
                 },
                 expected_version: version,
+                print: None,
             });
         }
     }

@@ -37,7 +37,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::group_sync::GroupSync;
 use super::history_log::HistoryLog;
-use super::state_index::{CAPACITY, IndexKey, RecordIndex, Written};
+use super::state_index::{CAPACITY, IndexKey, RecordIndex, Stamped, Written};
 use super::state_index_file;
 use super::state_index_file::Loaded;
 use super::state_layout::{self, ControlKeys};
@@ -786,14 +786,14 @@ impl StateStore {
         let mut batch = inner.db.batch();
         let mut written: Vec<(IndexKey, Written)> = Vec::with_capacity(writes.len());
         let mut control_keys = ControlKeys::default();
-        for RecordWrite { record: r, .. } in writes {
+        for RecordWrite { record: r, print, .. } in writes {
             let key = control_keys.key(&r.source, &r.asset_key);
             batch.insert(&inner.control, key, state_layout::encode(r)?);
             inner.index.saw_source(&key, &r.source);
-            written.push((key, state_layout::known(r)));
+            written.push((key, state_layout::known(r, *print)));
         }
         let mut run_brief = run_briefs();
-        let mut stamped: Vec<(IndexKey, u64, DateTime<Utc>, u64)> = Vec::with_capacity(touches.len());
+        let mut stamped: Vec<Stamped> = Vec::with_capacity(touches.len());
         let mut frame = FrameBuilder::default();
         for t in touches {
             let key = control_keys.key(&t.source, &t.asset_key);
@@ -806,7 +806,13 @@ impl StateStore {
             } else {
                 batch.insert(&inner.stamps, key, state_layout::encode_stamp(t)?);
             }
-            stamped.push((key, run_brief(&t.last_seen_run), t.last_seen_at, t.version));
+            stamped.push(Stamped {
+                key,
+                run: run_brief(&t.last_seen_run),
+                at: t.last_seen_at,
+                version: t.version,
+                print: t.print,
+            });
         }
         let framed = if frame.is_empty() { None } else { Some(frame.encode()?) };
         let frame_runs: Vec<(u64, String)> = frame.runs().iter().map(|r| (run_brief(r), (*r).to_owned())).collect();
@@ -823,7 +829,7 @@ impl StateStore {
                 }
             }
             let committed = batch.commit().map_err(|e| err("put records", e));
-            let keys = written.iter().map(|(key, _)| key).chain(stamped.iter().map(|(key, ..)| key));
+            let keys = written.iter().map(|(key, _)| key).chain(stamped.iter().map(|s| &s.key));
             match committed {
                 Ok(()) => {
                     for (key, known) in &written {
@@ -958,8 +964,7 @@ mod tests {
         // whatever their digests share.
         let mut all: Vec<ControlRecord> = (0..5000).map(|i| record("pg", &format!("pg/db/s/t{i:05}"), "r1")).collect();
         all.push(record("pg/x", "pg/x/db/s/t", "r1"));
-        let writes: Vec<RecordWrite> =
-            all.iter().map(|r| RecordWrite { record: r.clone(), expected_version: 2 }).collect();
+        let writes: Vec<RecordWrite> = all.iter().map(|r| RecordWrite::new(r.clone(), 2)).collect();
         store.put_many(&writes).await.unwrap();
         drop(store);
 
@@ -981,7 +986,7 @@ mod tests {
         // A write replaces the record: one record per asset.
         let mut next = all[1].clone();
         next.version += 1;
-        store.put_many(&[RecordWrite { record: next.clone(), expected_version: 3 }]).await.unwrap();
+        store.put_many(&[RecordWrite::new(next.clone(), 3)]).await.unwrap();
         assert_eq!(store.get_many(&keys(&[("pg", "pg/db/s/t00001")])).await.unwrap()["pg/db/s/t00001"], next);
         assert_eq!(store.list_all().await.unwrap().len(), all.len());
     }
@@ -997,7 +1002,7 @@ mod tests {
                 let mut syncs = Vec::new();
                 for b in 0..20 {
                     let r = record("pg", &format!("pg/db/s/w{w}b{b}"), "r1");
-                    let write = [RecordWrite { record: r.clone(), expected_version: 2 }];
+                    let write = [RecordWrite::new(r.clone(), 2)];
                     syncs.push(store.put_with_touches_deferred(&write, &[]).await.unwrap());
                     let read = store.get_many(&keys(&[("pg", &r.asset_key)])).await.unwrap();
                     assert_eq!(read.get(&r.asset_key), Some(&r), "a written batch is read before it is durable");
@@ -1022,9 +1027,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();
         let (a, b) = (record("pg", "pg/db/s/a", "r1"), record("pg", "pg/db/s/b", "r1"));
-        let writes = [a.clone(), b.clone()].map(|record| RecordWrite { record, expected_version: 2 });
+        let writes = [a.clone(), b.clone()].map(|record| RecordWrite::new(record, 2));
         store.put_many(&writes).await.unwrap();
-        let brief = |r: &ControlRecord| match state_layout::known(r) {
+        let brief = |r: &ControlRecord| match state_layout::known(r, None) {
             Written::Live(known) => known,
             other => panic!("{other:?}"),
         };
@@ -1039,6 +1044,7 @@ mod tests {
             last_seen_at: at,
             version,
             indexed: false,
+            print: None,
         };
         store.put_with_touches(&[], &[touch(&a, 4), touch(&b, 4)]).await.unwrap();
         let mut seen = a.clone();
@@ -1061,12 +1067,12 @@ mod tests {
         // A full write supersedes the older stamp; a dropped record is no longer known.
         let mut changed = seen.clone();
         (changed.hash, changed.version) = ("cd".repeat(32), 5);
-        store.put_many(&[RecordWrite { record: changed.clone(), expected_version: 4 }]).await.unwrap();
+        store.put_many(&[RecordWrite::new(changed.clone(), 4)]).await.unwrap();
         assert_eq!(get("pg/db/s/a").await, Some(changed.clone()));
         assert_eq!(store.known("pg", "pg/db/s/a"), Some(brief(&changed)));
         let mut dropped = changed.clone();
         (dropped.status, dropped.version) = (assetflow_actors::record::RecordStatus::Dropped, 6);
-        store.put_many(&[RecordWrite { record: dropped.clone(), expected_version: 5 }]).await.unwrap();
+        store.put_many(&[RecordWrite::new(dropped.clone(), 5)]).await.unwrap();
         assert_eq!(store.known("pg", "pg/db/s/a"), None);
 
         // Reopened, the index is filled again from records and stamps.
@@ -1081,6 +1087,56 @@ mod tests {
         assert_eq!(all, [dropped, b_seen]);
     }
 
+    /// The index keeps the text print a write or a touch brings with the record's hash, drops
+    /// it with a write that brings none (the hash may have moved), keeps it over a clean stop
+    /// (the saved index) and forgets it in a crash (an index filled from records, which keep
+    /// no prints: the next event of the asset is hashed).
+    #[tokio::test]
+    async fn the_index_keeps_a_print_only_beside_the_hash_it_came_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let (a, b) = (record("pg", "pg/db/s/a", "r1"), record("pg", "pg/db/s/b", "r1"));
+        let printed = |record: &ControlRecord, print| RecordWrite { print, ..RecordWrite::new(record.clone(), 2) };
+        store.put_many(&[printed(&a, Some([1; 16])), printed(&b, None)]).await.unwrap();
+        let print = |key: &str| store.known("pg", key).and_then(|k| k.print);
+        assert_eq!((print("pg/db/s/a"), print("pg/db/s/b")), (Some([1; 16]), None));
+
+        let touch = |r: &ControlRecord, print| RecordTouch {
+            source: r.source.clone().into(),
+            asset_key: r.asset_key.clone().into(),
+            last_seen_run: "r2".into(),
+            last_seen_at: r.last_seen_at + chrono::Duration::hours(1),
+            version: 4,
+            indexed: true,
+            print,
+        };
+        store.put_with_touches(&[], &[touch(&a, None), touch(&b, Some([2; 16]))]).await.unwrap();
+        assert_eq!(
+            (print("pg/db/s/a"), print("pg/db/s/b")),
+            (Some([1; 16]), Some([2; 16])),
+            "a touch keeps or brings one"
+        );
+
+        let mut changed = b.clone();
+        (changed.hash, changed.version) = ("cd".repeat(32), 5);
+        store.put_many(&[RecordWrite::new(changed, 4)]).await.unwrap();
+        assert_eq!(print("pg/db/s/b"), None, "a new hash without a print");
+
+        store.settle(std::time::Duration::from_secs(30));
+        drop(store);
+        let store = StateStore::open(dir.path()).unwrap();
+        let known = store.known("pg", "pg/db/s/a").unwrap();
+        assert_eq!(
+            (known.print, known.hash_hex(), known.version),
+            (Some([1; 16]), a.hash.clone(), 4),
+            "after a clean stop"
+        );
+
+        drop(store);
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.known("pg", "pg/db/s/a").and_then(|k| k.print), None, "after a crash");
+    }
+
     #[tokio::test]
     async fn a_settled_store_opens_with_nothing_to_replay_and_everything_there() {
         let dir = tempfile::tempdir().unwrap();
@@ -1088,12 +1144,8 @@ mod tests {
             let path = dir.path().join(if settle { "settled" } else { "not" });
             async move {
                 let store = StateStore::open(&path).unwrap();
-                let writes: Vec<_> = (0..50)
-                    .map(|i| RecordWrite {
-                        record: record("pg", &format!("pg/db/s/t{i:03}"), "r1"),
-                        expected_version: 0,
-                    })
-                    .collect();
+                let writes: Vec<_> =
+                    (0..50).map(|i| RecordWrite::new(record("pg", &format!("pg/db/s/t{i:03}"), "r1"), 0)).collect();
                 store.put_many(&writes).await.unwrap();
                 store.append(&[row("pg/db/s/t001", "d1")]).await.unwrap();
                 if settle {
@@ -1171,9 +1223,8 @@ mod tests {
     async fn touch_frames_hold_the_stamps_through_a_crash_a_clean_stop_and_a_fold() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();
-        let writes: Vec<RecordWrite> = (0..20)
-            .map(|i| RecordWrite { record: record("pg", &format!("pg/db/s/t{i:02}"), "r1"), expected_version: 2 })
-            .collect();
+        let writes: Vec<RecordWrite> =
+            (0..20).map(|i| RecordWrite::new(record("pg", &format!("pg/db/s/t{i:02}"), "r1"), 2)).collect();
         store.put_many(&writes).await.unwrap();
         let at = chrono::Utc::now() + chrono::Duration::hours(1);
         let touches: Vec<RecordTouch> = (0..10)
@@ -1184,6 +1235,7 @@ mod tests {
                 last_seen_at: at,
                 version: 4,
                 indexed: false,
+                print: None,
             })
             .collect();
         store.put_with_touches(&[], &touches[..6]).await.unwrap();
@@ -1234,9 +1286,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = StateStore::open(dir.path()).unwrap();
         Arc::get_mut(&mut store.inner).unwrap().fold_after = 3;
-        let writes: Vec<RecordWrite> = (0..4)
-            .map(|i| RecordWrite { record: record("pg", &format!("pg/db/s/t{i}"), "r1"), expected_version: 2 })
-            .collect();
+        let writes: Vec<RecordWrite> =
+            (0..4).map(|i| RecordWrite::new(record("pg", &format!("pg/db/s/t{i}"), "r1"), 2)).collect();
         store.put_many(&writes).await.unwrap();
         let touch = |i: usize, run: &str, version| RecordTouch {
             source: "pg".into(),
@@ -1245,6 +1296,7 @@ mod tests {
             last_seen_at: chrono::Utc::now(),
             version,
             indexed: false,
+            print: None,
         };
         for (i, run) in ["r2", "r3"].iter().enumerate() {
             store.put_with_touches(&[], &[touch(i, run, 4)]).await.unwrap();
@@ -1308,9 +1360,8 @@ mod tests {
     async fn a_fold_leaves_records_written_after_their_frame_as_they_were_written() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();
-        let writes: Vec<RecordWrite> = (0..3)
-            .map(|i| RecordWrite { record: record("pg", &format!("pg/db/s/t{i}"), "r1"), expected_version: 2 })
-            .collect();
+        let writes: Vec<RecordWrite> =
+            (0..3).map(|i| RecordWrite::new(record("pg", &format!("pg/db/s/t{i}"), "r1"), 2)).collect();
         store.put_many(&writes).await.unwrap();
         let touch = |i: usize| RecordTouch {
             source: "pg".into(),
@@ -1319,6 +1370,7 @@ mod tests {
             last_seen_at: chrono::Utc::now(),
             version: 4,
             indexed: false,
+            print: None,
         };
         store.put_with_touches(&[], &[touch(0), touch(1), touch(2)]).await.unwrap();
         // Later in the same run: t1 changes and t2 is dropped, so the index's entries of the
@@ -1328,13 +1380,7 @@ mod tests {
         let mut dropped = record("pg", "pg/db/s/t2", "r2");
         (dropped.status, dropped.dropped_at, dropped.version) =
             (assetflow_actors::record::RecordStatus::Dropped, Some(chrono::Utc::now()), 5);
-        store
-            .put_many(&[
-                RecordWrite { record: changed, expected_version: 4 },
-                RecordWrite { record: dropped, expected_version: 4 },
-            ])
-            .await
-            .unwrap();
+        store.put_many(&[RecordWrite::new(changed, 4), RecordWrite::new(dropped, 4)]).await.unwrap();
         async fn read(store: &StateStore) -> Vec<(String, String, u64, String, bool)> {
             let mut all: Vec<_> = store
                 .list_source("pg")
@@ -1390,8 +1436,7 @@ mod tests {
         writes.push(record("my", "my/db/s/t", "r1"));
         let name = assetflow_actors::event::AssetName { database: "db".into(), schema: "s".into(), table: "t".into() };
         writes.push(assetflow_actors::record::RunEvent::record("pg", &name, "r2", "e-9", chrono::Utc::now()));
-        let writes: Vec<RecordWrite> =
-            writes.into_iter().map(|record| RecordWrite { record, expected_version: 2 }).collect();
+        let writes: Vec<RecordWrite> = writes.into_iter().map(|record| RecordWrite::new(record, 2)).collect();
         let touches: Vec<RecordTouch> = (0..10)
             .map(|i| RecordTouch {
                 source: "pg".into(),
@@ -1400,6 +1445,7 @@ mod tests {
                 last_seen_at: chrono::Utc::now(),
                 version: 4,
                 indexed: false,
+                print: None,
             })
             .collect();
         store.put_many(&writes).await.unwrap();
@@ -1427,8 +1473,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();
         let records: Vec<ControlRecord> = (0..8).map(|i| record("pg", &format!("pg/db/s/t{i}"), "r1")).collect();
-        let writes: Vec<RecordWrite> =
-            records.iter().map(|r| RecordWrite { record: r.clone(), expected_version: 2 }).collect();
+        let writes: Vec<RecordWrite> = records.iter().map(|r| RecordWrite::new(r.clone(), 2)).collect();
         store.put_many(&writes).await.unwrap();
         // A write whose outcome is unknown: the index forgets the key, though the record is live.
         store.inner.index.forget(&state_layout::control_key("pg", "pg/db/s/t3"));
@@ -1448,7 +1493,7 @@ mod tests {
         let writes: Vec<RecordWrite> =
             [record(&a, &format!("{a}/db/s/x"), "r1"), record(&b, &format!("{b}/db/s/y"), "r2")]
                 .into_iter()
-                .map(|record| RecordWrite { record, expected_version: 2 })
+                .map(|record| RecordWrite::new(record, 2))
                 .collect();
         store.put_many(&writes).await.unwrap();
         let (fast, read) = both_plans(&store, &a, "r2").await;

@@ -15,12 +15,13 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
+use assetflow_actors::print::TextPrint;
 use assetflow_actors::record::KnownRecord;
 
 /// Stripes, each under its own lock: the shards look keys up and update them concurrently.
 const STRIPES: usize = 16;
 /// Assets indexed per stripe: 7/8 of 2^13, the most a table of 2^13 slots holds before it
-/// doubles, so the index never takes more than 16 × 2^13 slots of 73 bytes (~9 MiB) and
+/// doubles, so the index never takes more than 16 × 2^13 slots of 105 bytes (~13 MiB) and
 /// covers about 115,000 assets. Twice that was measured: the 1M-asset run's peak memory then
 /// grew past 1.5x the 100k run's (BENCHMARKS.md), the bound `make bench` holds it to.
 pub const STRIPE_ENTRIES: usize = 7_168;
@@ -96,6 +97,19 @@ impl Stripe {
         self.at_bound |= self.map.capacity() >= STRIPE_ENTRIES;
         true
     }
+}
+
+/// A durable run stamp of an unchanged asset, as the index takes it
+/// ([`RecordIndex::touched_many`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Stamped {
+    pub key: IndexKey,
+    /// [`KnownRecord::run_brief`] of the run.
+    pub run: u64,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub version: u64,
+    /// The text print of the event, where it was taken.
+    pub print: Option<TextPrint>,
 }
 
 /// What a durable write left at a key, as the index takes it.
@@ -247,19 +261,24 @@ impl RecordIndex {
         false
     }
 
-    /// [`touched`](Self::touched) of each `(key, run, at, version)`, a batch's stamps, taking
-    /// each stripe's lock once (as [`get_many`](Self::get_many)).
-    pub fn touched_many(&self, stamps: &[(IndexKey, u64, chrono::DateTime<chrono::Utc>, u64)]) {
+    /// [`touched`](Self::touched) of each of a batch's stamps, taking each stripe's lock once
+    /// (as [`get_many`](Self::get_many)), keeping the text print a stamp brings.
+    pub fn touched_many(&self, stamps: &[Stamped]) {
         let mut all_held = true;
-        for (stripe, at) in self.stripes.iter().zip(&by_stripe(stamps.iter().map(|(key, ..)| key))) {
+        for (stripe, at) in self.stripes.iter().zip(&by_stripe(stamps.iter().map(|s| &s.key))) {
             if at.is_empty() {
                 continue;
             }
             let mut stripe = stripe.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             for &i in at {
-                let (key, run, seen_at, version) = &stamps[i];
-                match stripe.map.get_mut(key) {
-                    Some(known) => (known.run, known.last_seen_at, known.version) = (*run, *seen_at, *version),
+                let s = &stamps[i];
+                match stripe.map.get_mut(&s.key) {
+                    Some(known) => {
+                        (known.run, known.last_seen_at, known.version) = (s.run, s.at, s.version);
+                        // A touch is of an unchanged asset: its event's print goes with the
+                        // record's hash.
+                        known.print = s.print.or(known.print);
+                    }
                     None => all_held = false,
                 }
             }
@@ -406,7 +425,7 @@ mod tests {
 
     fn known(version: u64) -> KnownRecord {
         let at = chrono::DateTime::from_timestamp(1_790_000_000, 5).unwrap();
-        KnownRecord { hash: [7; 16], run: 1, last_seen_at: at, version }
+        KnownRecord { hash: [7; 32], print: None, run: 1, last_seen_at: at, version }
     }
 
     fn key(n: u32) -> IndexKey {
@@ -497,12 +516,21 @@ mod tests {
         assert_eq!(index.get(&key(1)).map(|k| k.version), Some(2));
         assert!(index.touched(&key(1), 5, known(1).last_seen_at, 3));
         assert_eq!(index.get(&key(1)), Some(KnownRecord { run: 5, ..known(3) }));
-        index.touched_many(&[(key(1), 6, known(1).last_seen_at, 4)]);
-        assert_eq!(index.get(&key(1)), Some(KnownRecord { run: 6, ..known(4) }));
+        let stamp = |key, print| Stamped { key, run: 6, at: known(1).last_seen_at, version: 4, print };
+        index.touched_many(&[stamp(key(1), Some([9; 16]))]);
+        assert_eq!(index.get(&key(1)), Some(KnownRecord { run: 6, print: Some([9; 16]), ..known(4) }));
+        index.touched_many(&[stamp(key(1), None)]);
+        assert_eq!(
+            index.get(&key(1)).and_then(|k| k.print),
+            Some([9; 16]),
+            "a stamp with no print keeps the one known"
+        );
+        index.wrote(&key(1), Written::Live(known(5)));
+        assert_eq!(index.get(&key(1)).and_then(|k| k.print), None, "a write brings its own print, or none");
         index.wrote(&key(1), Written::NotLive);
         assert_eq!(index.get(&key(1)), None);
         assert!(index.is_complete());
-        index.touched_many(&[(key(3), 6, known(1).last_seen_at, 4)]);
+        index.touched_many(&[stamp(key(3), None)]);
         assert!(!index.is_complete(), "a stamp of a key the index does not hold: it may be live");
         let index = RecordIndex::default();
         index.wrote(&key(2), Written::Live(known(1)));

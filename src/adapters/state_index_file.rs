@@ -16,17 +16,18 @@ use chrono::DateTime;
 
 use super::state_index::{IndexKey, PrefixOwner, RecordIndex, SourcePrefix};
 
-/// The layout's name and version.
-const MAGIC: &[u8; 8] = b"afindex3";
-/// One entry: key 20, hash 16, run 8, seconds 8, nanoseconds 4, version 8.
-const ENTRY: usize = 64;
+/// The layout's name and version: an older file is refused, and the store scanned.
+const MAGIC: &[u8; 8] = b"afindex4";
+/// One entry: key 20, hash 32, text print 16 (zeros: none), run 8, seconds 8, nanoseconds 4,
+/// version 8.
+const ENTRY: usize = 96;
 /// Magic, token, entries, whether the index held every live record, source prefixes, runs.
 const HEADER: usize = MAGIC.len() + 8 + 8 + 8 + 8 + 8;
 const CHECKSUM: usize = 32;
 /// A prefix owned by more than one source, in place of a name.
 const SHARED: u16 = u16::MAX;
 
-/// Entries read from the file per read: 64 KiB.
+/// Entries read from the file per read: 96 KiB.
 const ENTRIES_PER_READ: usize = 1024;
 
 /// What a saved index holds besides its entries, which [`take`] puts into the index itself.
@@ -92,11 +93,12 @@ pub fn write_index(
             written += 1;
             let mut entry = [0u8; ENTRY];
             entry[..20].copy_from_slice(key);
-            entry[20..36].copy_from_slice(&k.hash);
-            entry[36..44].copy_from_slice(&k.run.to_le_bytes());
-            entry[44..52].copy_from_slice(&k.last_seen_at.timestamp().to_le_bytes());
-            entry[52..56].copy_from_slice(&k.last_seen_at.timestamp_subsec_nanos().to_le_bytes());
-            entry[56..64].copy_from_slice(&k.version.to_le_bytes());
+            entry[20..52].copy_from_slice(&k.hash);
+            entry[52..68].copy_from_slice(&k.print.unwrap_or_default());
+            entry[68..76].copy_from_slice(&k.run.to_le_bytes());
+            entry[76..84].copy_from_slice(&k.last_seen_at.timestamp().to_le_bytes());
+            entry[84..88].copy_from_slice(&k.last_seen_at.timestamp_subsec_nanos().to_le_bytes());
+            entry[88..96].copy_from_slice(&k.version.to_le_bytes());
             out.put(&entry)
         })?;
         if written != count {
@@ -258,14 +260,18 @@ fn read(file: &mut std::fs::File, token: u64, index: &RecordIndex) -> Option<Loa
 /// One entry as [`write_index`] lays it out.
 fn parse_entry(e: &[u8]) -> Option<(IndexKey, KnownRecord)> {
     let key: IndexKey = e.get(..20)?.try_into().ok()?;
-    let hash: [u8; 16] = e.get(20..36)?.try_into().ok()?;
+    let hash: [u8; 32] = e.get(20..52)?.try_into().ok()?;
+    // A print of all zeros stands for none (a real one is that by a chance of 2^-128, and
+    // would only cost its asset a hash).
+    let print: [u8; 16] = e.get(52..68)?.try_into().ok()?;
+    let print = (print != [0; 16]).then_some(print);
     let word = |at: usize| e.get(at..at + 8).and_then(|b| b.try_into().ok());
-    let run = u64::from_le_bytes(word(36)?);
-    let secs = i64::from_le_bytes(word(44)?);
-    let nanos = u32::from_le_bytes(e.get(52..56)?.try_into().ok()?);
-    let version = u64::from_le_bytes(word(56)?);
+    let run = u64::from_le_bytes(word(68)?);
+    let secs = i64::from_le_bytes(word(76)?);
+    let nanos = u32::from_le_bytes(e.get(84..88)?.try_into().ok()?);
+    let version = u64::from_le_bytes(word(88)?);
     let last_seen_at = DateTime::from_timestamp(secs, nanos)?;
-    Some((key, KnownRecord { hash, run, last_seen_at, version }))
+    Some((key, KnownRecord { hash, print, run, last_seen_at, version }))
 }
 
 /// Removes a saved index, if there is one.
@@ -300,7 +306,13 @@ mod tests {
         let at = DateTime::from_timestamp(1_790_000_000 + i64::from(i), 123_456_789).unwrap();
         (
             [i; 20],
-            KnownRecord { hash: [i ^ 0xff; 16], run: u64::from(i) << 40, last_seen_at: at, version: u64::from(i) },
+            KnownRecord {
+                hash: [i ^ 0xff; 32],
+                print: (i % 2 == 0).then_some([i | 1; 16]),
+                run: u64::from(i) << 40,
+                last_seen_at: at,
+                version: u64::from(i),
+            },
         )
     }
 

@@ -22,6 +22,7 @@ use std::borrow::Cow;
 use assetflow_actors::decision::{HistoryRow, Outcome};
 use assetflow_actors::event::AssetName;
 use assetflow_actors::ports::{BackendError, BackendResult};
+use assetflow_actors::print::TextPrint;
 use assetflow_actors::record::{ControlRecord, KnownRecord, RecordStatus, RecordTouch};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -275,26 +276,30 @@ pub fn known_stored<'a>(
     if !s.live || asset_key == s.source {
         return Ok((s.source, Written::NotLive));
     }
-    let Some(hash) = KnownRecord::hash_brief(&s.hash) else { return Ok((s.source, Written::Unknown)) };
+    let Some(hash) = KnownRecord::hash_bytes(&s.hash) else { return Ok((s.source, Written::Unknown)) };
     let (run, at, version) = match stamp.map(stored_stamp).transpose()? {
         Some(t) if t.version > s.version => (t.last_seen_run, t.last_seen_at, t.version),
         _ => (s.last_seen_run, s.last_seen_at, s.version),
     };
-    let known = KnownRecord { hash, run: run_brief(&run), last_seen_at: at.time()?, version };
+    // Records do not keep text prints: an index filled from them hashes each asset's next
+    // event once, and keeps the print from then on.
+    let known = KnownRecord { hash, print: None, run: run_brief(&run), last_seen_at: at.time()?, version };
     Ok((s.source, Written::Live(known)))
 }
 
-/// What the store's index keeps of a record: a live asset's brief; `Unknown` for a live asset
-/// whose hash is not hex (every hash assetflow writes is), which the index cannot brief.
-pub fn known(r: &ControlRecord) -> Written {
+/// What the store's index keeps of a record written with the text print `print`: a live
+/// asset's brief; `Unknown` for a live asset whose hash is not one assetflow writes (64
+/// lowercase hex digits), which the index cannot brief.
+pub fn known(r: &ControlRecord, print: Option<TextPrint>) -> Written {
     // Run-event markers and completion marks are stored as dropped, so `is_live` leaves them
     // out; `is_asset` would also format a string on every write to tell a marker.
     if !r.is_live() || r.is_completion_mark() {
         return Written::NotLive;
     }
-    let Some(hash) = KnownRecord::hash_brief(&r.hash) else { return Written::Unknown };
+    let Some(hash) = KnownRecord::hash_bytes(&r.hash) else { return Written::Unknown };
     Written::Live(KnownRecord {
         hash,
+        print,
         run: KnownRecord::run_brief(&r.last_seen_run),
         last_seen_at: r.last_seen_at,
         version: r.version,
@@ -457,11 +462,12 @@ mod tests {
             last_seen_at: live.last_seen_at + chrono::Duration::days(1),
             version: 43,
             indexed: false,
+            print: None,
         };
         let stamp = encode_stamp(&touch).unwrap();
         let mut brief = KnownRecord::run_brief;
         for stamp in [None, Some(&stamp[..])] {
-            let want = known(&decode_stamped(&bytes, stamp).unwrap());
+            let want = known(&decode_stamped(&bytes, stamp).unwrap(), None);
             assert_eq!(known_stored(&bytes, stamp, &mut brief).unwrap(), (Cow::Borrowed("pg"), want));
         }
         let Written::Live(touched) = known_stored(&bytes, Some(&stamp), &mut brief).unwrap().1 else { panic!() };

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use assetflow_actors::decision::{HistoryRow, Origin};
 use assetflow_actors::envelope::Watermark;
+use assetflow_actors::metrics::Metrics;
 use assetflow_actors::pipeline::{DecisionPorts, Downstream, Pipeline, Ports, Settings};
 use assetflow_actors::ports::*;
+use assetflow_actors::print::TextPrint;
 use assetflow_actors::record::{ControlRecord, KnownRecord, RecordTouch};
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
@@ -101,6 +103,9 @@ pub struct MemControl {
     /// they were written, as the embedded store's journal is (`put_with_touches_deferred`).
     pub sync_delay: Duration,
     pub syncs: Arc<Syncs>,
+    /// The text print each written or touched asset came with, which `known` answers, as
+    /// the embedded store's index keeps it.
+    pub prints: Mutex<HashMap<String, TextPrint>>,
 }
 
 /// The deferred syncs of a [`MemControl`]: which write each key was last in, and how far
@@ -152,6 +157,21 @@ impl MemControl {
     pub fn record(&self, key: &str) -> Option<ControlRecord> {
         self.records.lock().unwrap().get(key).cloned()
     }
+    /// Keeps the prints of a batch that landed: a write's (or none), a touch's where it has one.
+    fn keep_prints(&self, writes: &[RecordWrite], touches: &[RecordTouch]) {
+        let mut prints = self.prints.lock().unwrap();
+        for w in writes {
+            match w.print {
+                Some(p) => prints.insert(w.record.asset_key.clone(), p),
+                None => prints.remove(&w.record.asset_key),
+            };
+        }
+        for t in touches {
+            if let Some(p) = t.print {
+                prints.insert(t.asset_key.to_string(), p);
+            }
+        }
+    }
 }
 
 fn fastrand_f64() -> f64 {
@@ -188,6 +208,7 @@ impl ControlStore for MemControl {
         for w in writes {
             m.insert(w.record.asset_key.clone(), w.record.clone());
         }
+        self.keep_prints(writes, &[]);
         if lost_reply {
             return Err(BackendError::transient("control", "put", "injected lost reply (the write landed)"));
         }
@@ -203,7 +224,8 @@ impl ControlStore for MemControl {
         let m = self.records.lock().unwrap();
         let r = m.get(asset_key).filter(|r| self.indexed && r.is_live())?;
         Some(KnownRecord {
-            hash: KnownRecord::hash_brief(&r.hash)?,
+            hash: KnownRecord::hash_bytes(&r.hash)?,
+            print: self.prints.lock().unwrap().get(asset_key).copied(),
             run: KnownRecord::run_brief(&r.last_seen_run),
             last_seen_at: r.last_seen_at,
             version: r.version,
@@ -231,6 +253,7 @@ impl ControlStore for MemControl {
             let r = m.get_mut(t.asset_key.as_ref()).expect("a touched record exists");
             (r.last_seen_run, r.last_seen_at, r.version) = (t.last_seen_run.to_string(), t.last_seen_at, t.version);
         }
+        self.keep_prints(writes, touches);
         self.touches.fetch_add(touches.len() as u64, Ordering::SeqCst);
         Ok(())
     }
@@ -450,6 +473,8 @@ pub struct Run {
     pub drops: Vec<Value>,
     pub dead_letters: Vec<Value>,
     pub history: Vec<HistoryRow>,
+    /// Events the decisor took the content hash of (`Metrics::hashed`).
+    pub hashed: u64,
 }
 
 impl Run {
@@ -535,10 +560,12 @@ pub fn run_dyn_sink(settings: Settings, source: Box<dyn Source>, upserts: Arc<dy
             drop_sink: b.drops.clone(),
         }),
     };
-    actix_rt::System::new().block_on(async move {
+    let hashed = actix_rt::System::new().block_on(async move {
         let mut p = Pipeline::start(settings, ports);
         tokio::time::timeout(Duration::from_secs(600), p.drained()).await.expect("pipeline drains");
+        let hashed = Metrics::count(&p.metrics.hashed);
         p.shutdown();
+        hashed
     });
     Run {
         control: b.control,
@@ -546,6 +573,7 @@ pub fn run_dyn_sink(settings: Settings, source: Box<dyn Source>, upserts: Arc<dy
         drops: b.drops.all(),
         dead_letters: b.dead.all(),
         history: Vec::new(),
+        hashed,
     }
 }
 
@@ -591,13 +619,15 @@ pub fn run_with(settings: Settings, source: Box<dyn Source>, b: Backends) -> Run
             drop_sink: drops.clone(),
         }),
     };
-    actix_rt::System::new().block_on(async move {
+    let hashed = actix_rt::System::new().block_on(async move {
         let mut p = Pipeline::start(settings, ports);
         tokio::time::timeout(Duration::from_secs(120), p.drained()).await.expect("pipeline drains within 2 minutes");
+        let hashed = Metrics::count(&p.metrics.hashed);
         p.shutdown();
+        hashed
     });
     let history = history.rows.lock().unwrap().clone();
-    Run { control, upserts: upserts.all(), drops: drops.all(), dead_letters: dead.all(), history }
+    Run { control, upserts: upserts.all(), drops: drops.all(), dead_letters: dead.all(), history, hashed }
 }
 
 /// A `running` event for table `table` of `source`, emitted `t` seconds into the day.

@@ -46,6 +46,7 @@ use crate::metrics::{ActorName, Flow, Metrics};
 use crate::ports::{
     BackendError, BackendResult, ContentStore, ControlStore, Durable, FailureKind, RecordKey, RecordWrite,
 };
+use crate::print::{TextPrint, text_print};
 use crate::record::{ControlRecord, KnownRecord, RecordStatus};
 use crate::retry::panic_message;
 use crate::supervise::Supervisor;
@@ -232,11 +233,15 @@ async fn run_batch(deps: Arc<DecisorDeps>, settling: std::rc::Rc<Settling>, item
     apply_supervised(&deps, &settling, events).await;
 }
 
-/// One event of a batch, its key and hash computed once.
+/// One event of a batch, its key, print and hash computed once.
 struct Pending {
     env: Envelope<()>,
     enriched: Enriched,
     key: String,
+    /// The asset's text print ([`crate::print`]), taken for every event: cheap.
+    print: TextPrint,
+    /// Its content hash: empty until [`hash_batch`] takes it, which it need not for an event
+    /// whose print the store vouches for ([`known_unchanged`]).
     hash: String,
 }
 
@@ -253,9 +258,9 @@ async fn apply_supervised(deps: &Arc<DecisorDeps>, settling: &Settling, events: 
             env.ack.done();
             continue;
         };
-        let hash = content_hash(body, &deps.ignore);
+        let print = text_print(body, &deps.ignore);
         let key = enriched.event.asset_key().unwrap_or_default();
-        batch.push(Pending { env, enriched, key, hash });
+        batch.push(Pending { env, enriched, key, print, hash: String::new() });
     }
     Metrics::add(&deps.metrics.batches, 1);
     Metrics::add(&deps.metrics.batch_events, batch.len() as u64);
@@ -352,10 +357,12 @@ async fn decide_and_publish(
     // The batch's records and, in the same read (one snapshot where the store gives one), the
     // completion marks of its sources: an event from before a source's last completion is a
     // replay, and a record that completion dropped must not come back for it.
-    let sources: FastSet<&str> = batch.iter().map(|p| p.enriched.event.source.as_str()).collect();
     let first_round = earlier.is_empty();
     let alone = alone_in_batch(batch);
     let mut known = if first_round { known_unchanged(deps, batch, &alone) } else { vec![None; batch.len()] };
+    hash_batch(deps, batch);
+    let batch: &[Pending] = batch;
+    let sources: FastSet<&str> = batch.iter().map(|p| p.enriched.event.source.as_str()).collect();
     let keys: Vec<RecordKey> = {
         let mut seen = FastSet::default();
         batch
@@ -386,6 +393,7 @@ async fn decide_and_publish(
             enriched: &p.enriched,
             key: &p.key,
             hash: &p.hash,
+            print: Some(p.print),
             replayed: replayed(p),
             known,
         }),
@@ -401,21 +409,55 @@ async fn decide_and_publish(
 /// ([`KnownRecord::vouches_unchanged`]), by place in the batch: they are decided without
 /// reading their records. A key with more than one event in the batch is read, so that its
 /// events see each other as usual.
-fn known_unchanged(deps: &DecisorDeps, batch: &[Pending], alone: &[bool]) -> Vec<Option<Unchanged>> {
-    let mut runs: FastMap<&str, u64> = FastMap::new();
+///
+/// An event whose text print is the one the store keeps for its record
+/// ([`KnownRecord::vouches_print`]) takes the record's hash and is not hashed: on a steady
+/// crawl, nearly every event. The others are hashed here and vouched for by hash, as before.
+fn known_unchanged(deps: &DecisorDeps, batch: &mut [Pending], alone: &[bool]) -> Vec<Option<Unchanged>> {
+    let mut runs: FastMap<String, u64> = FastMap::default();
     let mut known = vec![None; batch.len()];
     let asked: Vec<usize> = (0..batch.len()).filter(|&i| alone[i]).collect();
     let keys: Vec<(&str, &str)> =
         asked.iter().map(|&i| (batch[i].enriched.event.source.as_str(), batch[i].key.as_str())).collect();
-    for (i, k) in asked.into_iter().zip(deps.control.known_many(&keys)) {
-        let (p, Some(k)) = (&batch[i], k) else { continue };
-        let ev = &p.enriched.event;
-        let run = *runs.entry(ev.run_id.as_str()).or_insert_with(|| KnownRecord::run_brief(&ev.run_id));
-        if k.vouches_unchanged(&p.hash, run, ev.emitted_at) {
-            known[i] = Some(Unchanged { known: k, indexed: true });
+    let answers = deps.control.known_many(&keys);
+    let mut hashed = 0;
+    for (i, k) in asked.into_iter().zip(answers) {
+        let Some(k) = k else { continue };
+        let p = &mut batch[i];
+        let (run_id, at) = (&p.enriched.event.run_id, p.enriched.event.emitted_at);
+        let run = match runs.get(run_id.as_str()) {
+            Some(run) => *run,
+            None => *runs.entry(run_id.clone()).or_insert_with(|| KnownRecord::run_brief(run_id)),
+        };
+        if k.vouches_print(&p.print, run, at) {
+            p.hash = k.hash_hex();
+        } else {
+            hashed += u64::from(hash_event(deps, p));
+            if !k.vouches_unchanged(&p.hash, run, at) {
+                continue;
+            }
         }
+        known[i] = Some(Unchanged { known: k, indexed: true });
     }
+    Metrics::add(&deps.metrics.hashed, hashed);
     known
+}
+
+/// Takes the content hash of each event of the batch that has none yet.
+fn hash_batch(deps: &DecisorDeps, batch: &mut [Pending]) {
+    let hashed = batch.iter_mut().map(|p| u64::from(hash_event(deps, p))).sum();
+    Metrics::add(&deps.metrics.hashed, hashed);
+}
+
+/// Takes `p`'s content hash if it has none yet; returns whether it did.
+fn hash_event(deps: &DecisorDeps, p: &mut Pending) -> bool {
+    if p.hash.is_empty()
+        && let EventKind::Running { body, .. } = &p.enriched.event.kind
+    {
+        p.hash = content_hash(body, &deps.ignore);
+        return true;
+    }
+    false
 }
 
 /// Whether each event of the batch is its key's only one: a key with more than one is read and
@@ -456,9 +498,9 @@ fn read_unchanged(
             && r.last_seen_at <= ev.emitted_at
             && r.last_seen_run != ev.run_id
             && !replayed(p);
-        let Some(hash) = KnownRecord::hash_brief(&r.hash).filter(|_| unchanged) else { continue };
+        let Some(hash) = KnownRecord::hash_bytes(&r.hash).filter(|_| unchanged) else { continue };
         let run = KnownRecord::run_brief(&r.last_seen_run);
-        let k = KnownRecord { hash, run, last_seen_at: r.last_seen_at, version: r.version };
+        let k = KnownRecord { hash, print: None, run, last_seen_at: r.last_seen_at, version: r.version };
         known[i] = Some(Unchanged { known: k, indexed: false });
         records.remove(&p.key);
     }
@@ -496,7 +538,7 @@ async fn apply(
         let mut new: HashSet<String> = HashSet::new();
         for r in run_events {
             if !there.contains_key(&r.asset_key) && new.insert(r.asset_key.clone()) {
-                writes.push(RecordWrite { record: r, expected_version: 0 });
+                writes.push(RecordWrite::new(r, 0));
             }
         }
     }
@@ -652,7 +694,7 @@ async fn try_apply_drops(deps: &DecisorDeps, cmd: &ApplyDrops) -> BackendResult<
         next.status = RecordStatus::Dropped;
         next.dropped_at = Some(cmd.emitted_at);
         next.version += 1;
-        changed.push(RecordWrite { record: next, expected_version: r.version });
+        changed.push(RecordWrite::new(next, r.version));
     }
     if outputs.is_empty() {
         return Ok(0);

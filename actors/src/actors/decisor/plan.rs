@@ -12,6 +12,7 @@ use super::super::Enriched;
 use crate::decision::{Decision, HistoryRow, Outcome, UpsertDecision, decision_id, live_decision_id, prior_state};
 use crate::event::EventKind;
 use crate::ports::{ContentPut, RecordWrite, SinkRecord};
+use crate::print::TextPrint;
 use crate::record::{ControlRecord, KnownRecord, RecordStatus, RecordTouch, RunEvent};
 use crate::rules::judge;
 
@@ -29,6 +30,9 @@ pub struct PlanEvent<'a> {
     pub enriched: &'a Enriched,
     pub key: &'a str,
     pub hash: &'a str,
+    /// The event's text print, where it was taken: kept with the record it leaves, so the
+    /// store can vouch for the next event sent as this one was.
+    pub print: Option<TextPrint>,
     /// Read again from before its source's last completion ([`crate::mark`]): stale.
     pub replayed: bool,
     /// The store vouched that this is an unchanged asset seen again (see [`plan_batch`]).
@@ -88,7 +92,9 @@ pub fn plan_batch<'a>(
     // Keys in first-change order (the write order), and the same set for O(1) membership.
     let mut changed: Vec<String> = Vec::new();
     let mut changed_set: FastSet<String> = FastSet::default();
-    for PlanEvent { enriched, key, hash, replayed, known } in events {
+    // The print of the event each changed record's hash comes from.
+    let mut prints: FastMap<&str, Option<TextPrint>> = FastMap::default();
+    for PlanEvent { enriched, key, hash, print, replayed, known } in events {
         let ev = &enriched.event;
         let EventKind::Running { name, body } = &ev.kind else {
             continue;
@@ -107,6 +113,7 @@ pub fn plan_batch<'a>(
                     last_seen_at: ev.emitted_at,
                     version: k.version + 1,
                     indexed,
+                    print,
                 });
             }
             continue;
@@ -168,6 +175,7 @@ pub fn plan_batch<'a>(
             content_ref: stored_at,
             version: prior.map_or(0, |r| r.version) + 1,
         };
+        prints.insert(key, print);
         let before = records.insert(key.to_owned(), record);
         if changed_set.insert(key.to_owned()) {
             changed.push(key.to_owned());
@@ -181,7 +189,12 @@ pub fn plan_batch<'a>(
         if landed.contains(k) {
             plan.landed.push(record);
         } else {
-            plan.writes.push(RecordWrite { record, expected_version: read_versions.get(k).copied().unwrap_or(0) });
+            let print = prints.get(k.as_str()).copied().flatten();
+            plan.writes.push(RecordWrite {
+                record,
+                expected_version: read_versions.get(k).copied().unwrap_or(0),
+                print,
+            });
         }
     }
     plan
@@ -248,7 +261,14 @@ mod tests {
         let landed = landed.iter().map(|k| k.to_string()).collect();
         let now = DateTime::parse_from_rfc3339("2026-11-26T00:00:00Z").unwrap().to_utc();
         plan_batch(
-            events.iter().map(|(e, k, h)| PlanEvent { enriched: e, key: k, hash: h, replayed: false, known: None }),
+            events.iter().map(|(e, k, h)| PlanEvent {
+                enriched: e,
+                key: k,
+                hash: h,
+                print: None,
+                replayed: false,
+                known: None,
+            }),
             records,
             &landed,
             |k, h| format!("mem://{k}@{h}"),
@@ -336,7 +356,8 @@ mod tests {
         let read = plan(&events, vec![record("same", &hash, t1, RecordStatus::Live, 7)], &[]);
 
         let known = KnownRecord {
-            hash: KnownRecord::hash_brief(&hash).unwrap(),
+            hash: KnownRecord::hash_bytes(&hash).unwrap(),
+            print: None,
             run: KnownRecord::run_brief("r1"),
             last_seen_at: DateTime::parse_from_rfc3339(t1).unwrap().to_utc(),
             version: 7,
@@ -352,6 +373,7 @@ mod tests {
                 enriched: e,
                 key: k,
                 hash: h,
+                print: None,
                 replayed: replayed && first(i),
                 known: first(i).then_some(Unchanged { known, indexed: true }),
             });
@@ -369,6 +391,7 @@ mod tests {
                 last_seen_at: events[0].0.event.emitted_at,
                 version: 8,
                 indexed: true,
+                print: None,
             }]
         );
         // A replay of it is stale and moves nothing.

@@ -256,7 +256,7 @@ async fn write_mark(deps: &SweepDeps, source: &str, mark: &CompletionMark) -> Ba
             return Ok(false);
         }
         let version = stored.map_or(0, |r| r.version);
-        let write = [RecordWrite { record: mark.to_record(source, version + 1), expected_version: version }];
+        let write = [RecordWrite::new(mark.to_record(source, version + 1), version)];
         match deps.calls.call("control store", "put", || deps.control.put_many(&write)).await {
             // Another process wrote the mark between the read and the write: read it again.
             Err(e) if e.kind == FailureKind::Conflict && round < 3 => continue,
