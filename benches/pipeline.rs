@@ -1024,7 +1024,7 @@ in the hot paths below). The loop hashes every event.
     /// The criterion figures `make bench` produced just before this (actors/benches/hot_paths.rs).
     fn micro(&mut self, dir: &Path) {
         let mut rows = String::new();
-        for name in ["decode_and_validate", "canonical_hash", "judge_and_decision_id"] {
+        for name in ["decode_and_validate", "canonical_hash", "text_print", "judge_and_decision_id"] {
             let path = dir.join(name).join("new/estimates.json");
             let Ok(bytes) = std::fs::read(&path) else { continue };
             let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
