@@ -131,6 +131,12 @@ pub trait ControlStore: Send + Sync + 'static {
     fn moves_run_stamps(&self) -> bool {
         false
     }
+    /// Whether the store keeps the text prints that writes and touches bring
+    /// ([`KnownRecord::print`]), so that the decisor takes each event's print for it. Stores
+    /// that do not (the default) have every event hashed, and no print taken.
+    fn keeps_prints(&self) -> bool {
+        false
+    }
     /// [`put_many`](Self::put_many) and, in the same durable batch, the run stamps of unchanged
     /// records, whether [`known`](Self::known) vouched for them or they were read. Touches only
     /// come to stores that [`move run stamps`](Self::moves_run_stamps); the default writes the

@@ -114,12 +114,14 @@ fn text_written_differently_is_hashed_and_found_unchanged() {
     assert_eq!(third.hashed, 0, "the print the hashed event brought is kept");
 }
 
-/// A store without an index (DynamoDB, PostgreSQL) keeps no prints: every event is hashed.
+/// A store without an index (DynamoDB, PostgreSQL) keeps no prints: every event is hashed,
+/// and no print is taken for it.
 #[test]
 fn a_store_that_keeps_no_prints_hashes_every_event() {
     let control = MemControl::slow(Duration::ZERO);
     run(ignoring_row_counts(2), crawl(1, |_| "v1".into()), control.clone());
-    let second = run(ignoring_row_counts(2), crawl(2, |_| "v1".into()), control);
+    let second = run(ignoring_row_counts(2), crawl(2, |_| "v1".into()), control.clone());
     assert!(outcomes(&second).iter().all(|o| *o == Outcome::Unchanged));
     assert_eq!(second.hashed, ASSETS as u64);
+    assert!(control.prints.lock().unwrap().is_empty(), "prints were taken for a store that keeps none");
 }

@@ -671,6 +671,10 @@ impl ControlStore for StateStore {
         true
     }
 
+    fn keeps_prints(&self) -> bool {
+        true
+    }
+
     fn known(&self, source: &str, asset_key: &str) -> Option<KnownRecord> {
         self.inner.index.get(&state_layout::control_key(source, asset_key))
     }

@@ -217,6 +217,9 @@ impl ControlStore for MemControl {
     fn moves_run_stamps(&self) -> bool {
         self.stamped
     }
+    fn keeps_prints(&self) -> bool {
+        self.indexed
+    }
     fn max_batch(&self) -> usize {
         if self.max_batch == 0 { usize::MAX } else { self.max_batch }
     }

@@ -238,8 +238,9 @@ struct Pending {
     env: Envelope<()>,
     enriched: Enriched,
     key: String,
-    /// The asset's text print ([`crate::print`]), taken for every event: cheap.
-    print: TextPrint,
+    /// The asset's text print ([`crate::print`]), taken for every event where the store keeps
+    /// prints ([`ControlStore::keeps_prints`]): cheap.
+    print: Option<TextPrint>,
     /// Its content hash: empty until [`hash_batch`] takes it, which it need not for an event
     /// whose print the store vouches for ([`known_unchanged`]).
     hash: String,
@@ -251,6 +252,7 @@ struct Pending {
 /// the events behind it go on.
 async fn apply_supervised(deps: &Arc<DecisorDeps>, settling: &Settling, events: Vec<Envelope<Enriched>>) {
     let mut batch = Vec::with_capacity(events.len());
+    let keeps_prints = deps.control.keeps_prints();
     for env in events {
         let (enriched, env) = env.split();
         let EventKind::Running { name: _, body } = &enriched.event.kind else {
@@ -258,7 +260,7 @@ async fn apply_supervised(deps: &Arc<DecisorDeps>, settling: &Settling, events: 
             env.ack.done();
             continue;
         };
-        let print = text_print(body, &deps.ignore);
+        let print = keeps_prints.then(|| text_print(body, &deps.ignore));
         let key = enriched.event.asset_key().unwrap_or_default();
         batch.push(Pending { env, enriched, key, print, hash: String::new() });
     }
@@ -393,7 +395,7 @@ async fn decide_and_publish(
             enriched: &p.enriched,
             key: &p.key,
             hash: &p.hash,
-            print: Some(p.print),
+            print: p.print,
             replayed: replayed(p),
             known,
         }),
@@ -429,7 +431,7 @@ fn known_unchanged(deps: &DecisorDeps, batch: &mut [Pending], alone: &[bool]) ->
             Some(run) => *run,
             None => *runs.entry(run_id.clone()).or_insert_with(|| KnownRecord::run_brief(run_id)),
         };
-        if k.vouches_print(&p.print, run, at) {
+        if p.print.as_ref().is_some_and(|print| k.vouches_print(print, run, at)) {
             p.hash = k.hash_hex();
         } else {
             hashed += u64::from(hash_event(deps, p));
