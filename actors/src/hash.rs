@@ -18,29 +18,37 @@ use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// Dotted paths (`stats.row_count`) to leave out of the hash.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HashIgnore {
     paths: Vec<Vec<String>>,
+    /// The seed of text prints under these paths ([`crate::print`]), taken once.
+    print_seed: u64,
+}
+
+impl Default for HashIgnore {
+    fn default() -> Self {
+        Self::new::<&str>(&[])
+    }
 }
 
 impl HashIgnore {
     pub fn new<S: AsRef<str>>(dotted: &[S]) -> Self {
-        let paths = dotted
+        let paths: Vec<Vec<String>> = dotted
             .iter()
             .map(|p| p.as_ref().split('.').map(str::to_owned).collect::<Vec<_>>())
             .filter(|p: &Vec<String>| !p.iter().any(String::is_empty))
             .collect();
-        Self { paths }
+        let print_seed = crate::print::seed(&paths);
+        Self { paths, print_seed }
+    }
+
+    pub(crate) fn print_seed(&self) -> u64 {
+        self.print_seed
     }
 
     /// Whether no path is ignored.
     pub fn is_empty(&self) -> bool {
         self.paths.is_empty()
-    }
-
-    /// The ignored paths, each split at its dots.
-    pub(crate) fn paths(&self) -> &[Vec<String>] {
-        &self.paths
     }
 
     /// Is the member `key` of the object at `prefix` ignored, or does an ignored path go below

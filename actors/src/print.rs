@@ -36,7 +36,7 @@ const PRINT_VERSION: u64 = 1;
 /// The print of `asset`'s text, the values at `ignore`'s paths left out.
 pub fn text_print(asset: &RawValue, ignore: &HashIgnore) -> TextPrint {
     let text = asset.get().as_bytes();
-    let mut hasher = Xxh3::with_seed(seed(ignore));
+    let mut hasher = Xxh3::with_seed(ignore.print_seed());
     let mut cuts = Vec::new();
     if ignore.is_empty() || ignored_values(text, ignore, &mut cuts).is_none() {
         cuts.clear();
@@ -52,10 +52,11 @@ pub fn text_print(asset: &RawValue, ignore: &HashIgnore) -> TextPrint {
     hasher.digest128().to_le_bytes()
 }
 
-/// The seed of prints under `ignore`: its paths, in order, and [`PRINT_VERSION`].
-fn seed(ignore: &HashIgnore) -> u64 {
+/// The seed of prints under the ignored `paths`: the paths, in order, and [`PRINT_VERSION`].
+/// [`HashIgnore`] takes it once.
+pub(crate) fn seed(paths: &[Vec<String>]) -> u64 {
     let mut hasher = Xxh3::with_seed(PRINT_VERSION);
-    for path in ignore.paths() {
+    for path in paths {
         for part in path {
             hasher.update(&(part.len() as u64).to_le_bytes());
             hasher.update(part.as_bytes());

@@ -88,31 +88,16 @@ impl KnownRecord {
     /// hex digits); `None` for any other hash, which [`KnownRecord::hash_hex`] could not give
     /// back as it was.
     pub fn hash_bytes(hash: &str) -> Option<[u8; 32]> {
-        let hex = hash.as_bytes();
-        if hex.len() != 64 {
+        // BLAKE3 reads either case; only lowercase comes back as it was.
+        if hash.bytes().any(|b| b.is_ascii_uppercase()) {
             return None;
         }
-        let mut out = [0u8; 32];
-        for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-            let digit = |c: u8| match c {
-                b'0'..=b'9' => Some(c - b'0'),
-                b'a'..=b'f' => Some(c - b'a' + 10),
-                _ => None,
-            };
-            *byte = digit(pair[0])? * 16 + digit(pair[1])?;
-        }
-        Some(out)
+        blake3::Hash::from_hex(hash).ok().map(|h| *h.as_bytes())
     }
 
     /// The record's content hash as text.
     pub fn hash_hex(&self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(64);
-        for b in self.hash {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 15)]));
-        }
-        out
+        blake3::Hash::from_bytes(self.hash).to_hex().to_string()
     }
 
     /// Eight bytes of the BLAKE3 digest of a run id: different briefs, different runs; the
@@ -191,6 +176,31 @@ impl RunEvent {
             dropped_at: None,
             content_ref: None,
             version: 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_content_hash_is_kept_as_bytes_and_given_back_as_it_was() {
+        let hash = crate::hash::content_hash(
+            &serde_json::value::RawValue::from_string(r#"{"a":1}"#.into()).unwrap(),
+            &crate::hash::HashIgnore::default(),
+        );
+        let known = KnownRecord {
+            hash: KnownRecord::hash_bytes(&hash).unwrap(),
+            print: None,
+            run: 0,
+            last_seen_at: DateTime::<Utc>::MIN_UTC,
+            version: 1,
+        };
+        assert_eq!(known.hash_hex(), hash);
+        // Any other text could not be given back as it was: not briefed.
+        for other in [hash.to_uppercase(), hash[..62].to_owned(), format!("{}g", &hash[..63]), "h".into()] {
+            assert_eq!(KnownRecord::hash_bytes(&other), None, "{other}");
         }
     }
 }
