@@ -416,21 +416,27 @@ async fn decide_and_publish(
 /// ([`KnownRecord::vouches_print`]) takes the record's hash and is not hashed: on a steady
 /// crawl, nearly every event. The others are hashed here and vouched for by hash, as before.
 fn known_unchanged(deps: &DecisorDeps, batch: &mut [Pending], alone: &[bool]) -> Vec<Option<Unchanged>> {
-    let mut runs: FastMap<String, u64> = FastMap::default();
     let mut known = vec![None; batch.len()];
     let asked: Vec<usize> = (0..batch.len()).filter(|&i| alone[i]).collect();
     let keys: Vec<(&str, &str)> =
         asked.iter().map(|&i| (batch[i].enriched.event.source.as_str(), batch[i].key.as_str())).collect();
     let answers = deps.control.known_many(&keys);
+    // The run in brief of each event the store knows, taken once per run, before the events
+    // are hashed in place.
+    let mut briefs: FastMap<&str, u64> = FastMap::new();
+    let runs: Vec<Option<u64>> = asked
+        .iter()
+        .zip(&answers)
+        .map(|(&i, k)| {
+            let run_id = batch[i].enriched.event.run_id.as_str();
+            k.map(|_| *briefs.entry(run_id).or_insert_with(|| KnownRecord::run_brief(run_id)))
+        })
+        .collect();
     let mut hashed = 0;
-    for (i, k) in asked.into_iter().zip(answers) {
-        let Some(k) = k else { continue };
+    for ((i, k), run) in asked.into_iter().zip(answers).zip(runs) {
+        let (Some(k), Some(run)) = (k, run) else { continue };
         let p = &mut batch[i];
-        let (run_id, at) = (&p.enriched.event.run_id, p.enriched.event.emitted_at);
-        let run = match runs.get(run_id.as_str()) {
-            Some(run) => *run,
-            None => *runs.entry(run_id.clone()).or_insert_with(|| KnownRecord::run_brief(run_id)),
-        };
+        let at = p.enriched.event.emitted_at;
         if p.print.as_ref().is_some_and(|print| k.vouches_print(print, run, at)) {
             p.hash = k.hash_hex();
         } else {
