@@ -120,7 +120,13 @@ impl KnownRecord {
     /// [`vouches_unchanged`](Self::vouches_unchanged) by the event's text print instead of its
     /// hash, which then need not be taken: the hash is this record's.
     pub fn vouches_print(&self, print: &TextPrint, run: u64, at: DateTime<Utc>) -> bool {
-        self.print.as_ref() == Some(print) && self.is_news_of_another_run(run, at)
+        self.print_matches(print) && self.is_news_of_another_run(run, at)
+    }
+
+    /// Whether `print` is the print of the text this record's hash came from, so that an event
+    /// with that print has this record's hash, news or not.
+    pub fn print_matches(&self, print: &TextPrint) -> bool {
+        self.print.as_ref() == Some(print)
     }
 
     fn is_news_of_another_run(&self, run: u64, at: DateTime<Utc>) -> bool {

@@ -90,6 +90,35 @@ fn a_print_never_vouches_for_content_that_moved_on() {
     }
 }
 
+/// A re-delivery (the same event again, in the same run) is not vouched for by the index: it
+/// is read and counted as the run's event it is. Its print still names its hash, so neither
+/// copy is hashed, whether the two share a batch (a key's second event there is read too) or
+/// not, and each row carries the record's hash.
+#[test]
+fn a_redelivered_event_takes_its_hash_from_its_print() {
+    let control = MemControl::indexed(Duration::ZERO);
+    run(ignoring_row_counts(2), crawl(1, |_| "v1".into()), control.clone());
+    let twice: Vec<String> = crawl(2, |_| "v1".into()).into_iter().flat_map(|e| [e.clone(), e]).collect();
+    let second = run(ignoring_row_counts(2), twice.clone(), control.clone());
+    assert_eq!(second.history.len(), 2 * ASSETS);
+    assert!(outcomes(&second).iter().all(|o| *o == Outcome::Unchanged), "{:?}", outcomes(&second));
+    assert_eq!(second.hashed, 0, "a re-delivery was hashed though its print is the record's");
+    for row in &second.history {
+        let key = row.asset_key.as_deref().unwrap();
+        assert_eq!(row.hash.as_deref(), Some(control.record(key).unwrap().hash.as_str()));
+    }
+    // The same crawl with one asset changed: both its copies are hashed, nothing else.
+    let third: Vec<String> = crawl(3, |i| if i == 4 { "v2".into() } else { "v1".into() })
+        .into_iter()
+        .flat_map(|e| [e.clone(), e])
+        .collect();
+    let third = run(ignoring_row_counts(2), third, control.clone());
+    assert_eq!(third.upsert_changes("src/db/public/t04"), vec!["updated"]);
+    // Its second copy is hashed only where it shared the first's batch (before the write that
+    // brought the new print).
+    assert!((1..=2).contains(&third.hashed), "only the changed asset's copies are hashed: {}", third.hashed);
+}
+
 /// Key order is not content, but it is text: the print differs, so the asset is hashed, and
 /// found unchanged by its hash (and its print kept from then on).
 #[test]

@@ -412,40 +412,43 @@ async fn decide_and_publish(
 /// reading their records. A key with more than one event in the batch is read, so that its
 /// events see each other as usual.
 ///
-/// An event whose text print is the one the store keeps for its record
-/// ([`KnownRecord::vouches_print`]) takes the record's hash and is not hashed: on a steady
-/// crawl, nearly every event. The others are hashed here and vouched for by hash, as before.
+/// An event whose text print is the one the store keeps for its record takes the record's
+/// hash and is not hashed, whether or not it is vouched for ([`KnownRecord::print_matches`]):
+/// on a steady crawl, nearly every event, and also a re-delivery or a key's second event in a
+/// batch, which are read. The others are hashed here and vouched for by hash, as before.
 fn known_unchanged(deps: &DecisorDeps, batch: &mut [Pending], alone: &[bool]) -> Vec<Option<Unchanged>> {
     let mut known = vec![None; batch.len()];
-    let asked: Vec<usize> = (0..batch.len()).filter(|&i| alone[i]).collect();
-    let keys: Vec<(&str, &str)> =
-        asked.iter().map(|&i| (batch[i].enriched.event.source.as_str(), batch[i].key.as_str())).collect();
+    let keys: Vec<(&str, &str)> = batch.iter().map(|p| (p.enriched.event.source.as_str(), p.key.as_str())).collect();
     let answers = deps.control.known_many(&keys);
     // The run in brief of each event the store knows, taken once per run, before the events
     // are hashed in place.
     let mut briefs: FastMap<&str, u64> = FastMap::new();
-    let runs: Vec<Option<u64>> = asked
+    let runs: Vec<Option<u64>> = batch
         .iter()
         .zip(&answers)
-        .map(|(&i, k)| {
-            let run_id = batch[i].enriched.event.run_id.as_str();
+        .map(|(p, k)| {
+            let run_id = p.enriched.event.run_id.as_str();
             k.map(|_| *briefs.entry(run_id).or_insert_with(|| KnownRecord::run_brief(run_id)))
         })
         .collect();
     let mut hashed = 0;
-    for ((i, k), run) in asked.into_iter().zip(answers).zip(runs) {
+    for (((i, p), k), run) in batch.iter_mut().enumerate().zip(answers).zip(runs) {
         let (Some(k), Some(run)) = (k, run) else { continue };
-        let p = &mut batch[i];
         let at = p.enriched.event.emitted_at;
-        if p.print.as_ref().is_some_and(|print| k.vouches_print(print, run, at)) {
-            p.hash = k.hash_hex();
-        } else {
-            hashed += u64::from(hash_event(deps, p));
-            if !k.vouches_unchanged(&p.hash, run, at) {
-                continue;
+        let vouched = match &p.print {
+            Some(print) if k.print_matches(print) => {
+                p.hash = k.hash_hex();
+                k.vouches_print(print, run, at)
             }
+            _ if alone[i] => {
+                hashed += u64::from(hash_event(deps, p));
+                k.vouches_unchanged(&p.hash, run, at)
+            }
+            _ => false,
+        };
+        if alone[i] && vouched {
+            known[i] = Some(Unchanged { known: k, indexed: true });
         }
-        known[i] = Some(Unchanged { known: k, indexed: true });
     }
     Metrics::add(&deps.metrics.hashed, hashed);
     known
