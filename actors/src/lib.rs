@@ -6,7 +6,7 @@
 //!   [`event::Rejection`] that says which check failed (`too_large`, `invalid_json`,
 //!   `invalid_event`); [`event::sorted_members`] splits an object into its members.
 //! - [`hash`]: the canonical form of an asset and its content hash (BLAKE3 over canonical JSON).
-//! - [`print`]: the text print of an asset, a cheap fingerprint of its received text that a
+//! - [`print`](mod@print): the text print of an asset, a cheap fingerprint of its received text that a
 //!   store keeps beside a record's hash, so an asset sent again byte for byte is not hashed.
 //! - [`record`]: the per-asset [`record::ControlRecord`] kept in the control table.
 //! - [`mark`]: each source's [`mark::CompletionMark`], kept beside its records: a completion

@@ -108,10 +108,8 @@ fn a_redelivered_event_takes_its_hash_from_its_print() {
         assert_eq!(row.hash.as_deref(), Some(control.record(key).unwrap().hash.as_str()));
     }
     // The same crawl with one asset changed: both its copies are hashed, nothing else.
-    let third: Vec<String> = crawl(3, |i| if i == 4 { "v2".into() } else { "v1".into() })
-        .into_iter()
-        .flat_map(|e| [e.clone(), e])
-        .collect();
+    let third: Vec<String> =
+        crawl(3, |i| if i == 4 { "v2".into() } else { "v1".into() }).into_iter().flat_map(|e| [e.clone(), e]).collect();
     let third = run(ignoring_row_counts(2), third, control.clone());
     assert_eq!(third.upsert_changes("src/db/public/t04"), vec!["updated"]);
     // Its second copy is hashed only where it shared the first's batch (before the write that

@@ -381,7 +381,7 @@ enum DecodingState {
     Pending(oneshot::Receiver<Vec<Decoded>>),
 }
 
-/// A pulled batch being decoded on the decode pool (rayon's, one thread per core), keeping
+/// A pulled batch being decoded on the decode pool (rayon's, [`crate::threads::decode_threads`]), keeping
 /// input order, so that parsing and validating, the heaviest per-event work before the shards,
 /// is spread over the cores rather than done on the thread that runs the Ingests.
 struct Decoding {
