@@ -696,7 +696,7 @@ impl ControlStore for StateStore {
     /// expect (the ordering tests fail if a shard ever runs two batches at once). Re-reading
     /// every key to compare versions was a fifth of the store's CPU on a steady crawl
     /// (BENCHMARKS.md). The index learns what the batch wrote once it is written, and forgets
-    /// its keys if the write failed (a failed sync fails the store: [`Inner::sync_through`]).
+    /// its keys if the write failed (a failed sync fails the store: `Inner::sync_through`).
     async fn put_with_touches(&self, writes: &[RecordWrite], touches: &[RecordTouch]) -> BackendResult<()> {
         let inner = self.inner.clone();
         let turn = self.write_batch(writes, touches).await?;
@@ -727,7 +727,7 @@ impl ControlStore for StateStore {
         Ok(Durable::later(async move { sync.await.map_err(|e| BackendError::transient(BACKEND, "sync records", e))? }))
     }
 
-    /// From the index where it can ([`Inner::sweep_from_index`]); otherwise streams the source's
+    /// From the index where it can (`Inner::sweep_from_index`); otherwise streams the source's
     /// records through the planner, keeping only the keys to drop.
     async fn sweep_plan(&self, q: SweepQuery<'_>) -> BackendResult<SweepPlan> {
         let inner = self.inner.clone();

@@ -3,7 +3,7 @@
 //! `#source/{source}`), sort key `at_id` = the row's time (microseconds, UTC), its place in its
 //! append and its decision id, so an asset's rows read newest first with one Query (rows of one
 //! decisor batch share a time), and an append sent again after a lost reply writes the same
-//! items. Appends go out with BatchWriteItem, 25 items a request and up to [`TOGETHER`]
+//! items. Appends go out with BatchWriteItem, 25 items a request and up to `TOGETHER`
 //! requests at a time, unprocessed items sent again.
 
 use std::collections::HashMap;

@@ -4,7 +4,7 @@
 //!
 //! The consumer is polled on a thread of its own and hands messages over through a bounded
 //! channel: librdkafka runs the rebalance callbacks inside that poll, and a revoke waits there
-//! for the partition's in-flight messages ([`super::group`]), which the actors finish on their
+//! for the partition's in-flight messages (`super::group`), which the actors finish on their
 //! own threads meanwhile.
 //!
 //! A topology whose control table or history is embedded serves one process, so its member
