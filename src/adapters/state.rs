@@ -15,7 +15,7 @@
 //! bounded index does not hold is read, and its stamp written as a row at once.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +37,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::group_sync::GroupSync;
 use super::history_log::HistoryLog;
-use super::state_index::{CAPACITY, IndexKey, RecordIndex, Stamped, Written};
+use super::state_index::{CAPACITY, IndexKey, RecordIndex, STRIPES, Stamped, Written};
 use super::state_index_file;
 use super::state_index_file::Loaded;
 use super::state_layout::{self, ControlKeys};
@@ -78,9 +78,10 @@ const STAMPS_TABLE_BYTES: u64 = 8 << 20;
 const DEFAULT_TABLE_BYTES: u64 = 64 << 20;
 /// Memtable size of the touch frames (~20 KiB each).
 const TOUCHES_MEMTABLE_BYTES: u64 = 4 << 20;
-/// Touch frames kept before a fold (`state_touches.rs`): a frame holds a batch's stamps, at most
-/// 512, so this bounds the replay after a crash to about a million stamps (~45 MB), and a
-/// catalog of 100k assets crawls about ten times between folds.
+/// Touch frames kept before a fold begins (`state_touches.rs`): a frame holds a batch's stamps,
+/// at most 512, and a fold under way finishes by twice this many, so a crash replays at most
+/// about two million stamps (~90 MB); a catalog of 100k assets crawls about ten times between
+/// folds.
 const FOLD_FRAMES: u64 = 2_048;
 /// fjall's background threads, which flush memtables and compact. One: with more, fjall 3.1's
 /// first worker hands every compaction request back to the shared queue for another, and
@@ -131,11 +132,31 @@ struct Inner {
     syncs: GroupSync,
 }
 
-/// The sequence numbers of the touch frames on disk: `first..next`.
+/// The sequence numbers of the touch frames on disk: `first..next`, and the fold under way.
 #[derive(Debug, Default)]
 struct Frames {
     first: u64,
     next: u64,
+    folding: Option<Folding>,
+}
+
+/// A fold under way ([`Inner::fold_as_batches_land`]), written a stripe of the index at a time.
+#[derive(Debug)]
+struct Folding {
+    /// The frame it began at: it removes the frames before it.
+    until: u64,
+    /// The next stripe whose rows it writes.
+    stripe: usize,
+    rows: usize,
+    /// The runs of frames written since it began, whose stamps it may not have written: they
+    /// stay in `runs` when it ends.
+    later_runs: HashSet<u64>,
+}
+
+impl From<u64> for Folding {
+    fn from(until: u64) -> Folding {
+        Folding { until, stripe: 0, rows: 0, later_runs: HashSet::new() }
+    }
 }
 
 fn err(op: &str, e: fjall::Error) -> BackendError {
@@ -231,7 +252,7 @@ impl StateStore {
         }
         let seq = |g: Option<fjall::Guard>| g.and_then(|g| g.key().ok()).and_then(|k| state_touches::frame_seq(&k));
         let (first, last) = (seq(inner.touches.first_key_value()), seq(inner.touches.last_key_value()));
-        *inner.frames_held() = Frames { first: first.unwrap_or(0), next: last.map_or(0, |l| l + 1) };
+        *inner.frames_held() = Frames { first: first.unwrap_or(0), next: last.map_or(0, |l| l + 1), folding: None };
         Ok(StateStore { inner: Arc::new(inner) })
     }
 
@@ -587,7 +608,8 @@ impl Inner {
     }
 
     /// Writes as rows the stamps only touch frames hold and removes the frames, with the frames'
-    /// lock held so that no batch lands in between. Every [`FOLD_FRAMES`] frames.
+    /// lock held so that no batch lands in between: all at once (`assetflow fold`, tests).
+    /// Batches fold as they land instead ([`fold_as_batches_land`](Self::fold_as_batches_land)).
     ///
     /// The rows come from the index, not from the frames or a pass over the records: every stamp
     /// a frame holds is the index's (the `frames` lock keeps the two in step), and of a run in
@@ -598,45 +620,86 @@ impl Inner {
     /// bounded by the index. Reading every record and stamp instead grew with the store, with
     /// every shard's commit waiting on the `frames` lock (benches/analysis.md).
     fn fold(&self, frames: &mut Frames) -> BackendResult<usize> {
+        frames.folding.get_or_insert_with(|| Folding::from(frames.next));
+        self.fold_on(frames, || true)
+    }
+
+    /// Folds as a batch lands: a fold begins once [`FOLD_FRAMES`] frames are on disk, and
+    /// writes the rows of one stripe of the index after another while the stamps' memtable has
+    /// room for them, going on at the next batch where it has not. Every stripe's rows at once
+    /// (~150k rows in a 1M-asset crawl) outran fjall's one flush thread whenever it was
+    /// compacting, and sat in memtables: the peak memory of that crawl (benches/analysis.md).
+    /// Twice the bound of frames, it finishes at once, which bounds what a crash replays.
+    fn fold_as_batches_land(&self, frames: &mut Frames) -> BackendResult<()> {
+        let kept = frames.next - frames.first;
+        if frames.folding.is_none() {
+            if kept < self.fold_after {
+                return Ok(());
+            }
+            frames.folding = Some(Folding::from(frames.next));
+        }
+        let hurry = kept >= 2 * self.fold_after;
+        self.fold_on(frames, || hurry || self.stamps_have_room()).map(drop)
+    }
+
+    /// Whether the stamps' memtable takes another stripe's rows now: none sealed and waiting for
+    /// the flush thread, and the active one below its size.
+    fn stamps_have_room(&self) -> bool {
+        use fjall::AbstractTree;
+        self.stamps.sealed_memtable_count() == 0 && self.stamps.tree.active_memtable().size() < STAMPS_MEMTABLE_BYTES
+    }
+
+    /// Goes on with the fold under way, a stripe at a time while `may_go`; once every stripe's
+    /// rows are written, removes the frames it began with and the runs only they named. Returns
+    /// the rows written.
+    fn fold_on(&self, frames: &mut Frames, may_go: impl Fn() -> bool) -> BackendResult<usize> {
         let failed = |e| {
             self.failed.store(true, Ordering::Release);
             err("fold touch frames", e)
         };
-        let mut rows = 0usize;
+        let Some(folding) = frames.folding.as_mut() else { return Ok(0) };
+        let rows_before = folding.rows;
         {
             let runs = self.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-            // A stripe's rows (at most `STRIPE_ENTRIES`) go as one batch; the last batch below
-            // syncs the journal they share.
-            self.index.try_for_each_stripe(
-                |known| runs.contains_key(&known.run),
-                |entries| {
-                    let mut batch = self.db.batch();
-                    for (key, known) in entries {
-                        let run = runs.get(&known.run).map_or("", String::as_str);
-                        batch.insert(
-                            &self.stamps,
-                            key,
-                            state_layout::encode_stamp_of(run, known.last_seen_at, known.version)?,
-                        );
-                    }
-                    rows += entries.len();
-                    batch.commit().map_err(failed)
-                },
-            )?;
+            let mut entries = Vec::new();
+            // A stripe's rows (at most `STRIPE_ENTRIES`) go as one batch; the batch that removes
+            // the frames syncs the journal they share.
+            while folding.stripe < STRIPES {
+                if !may_go() {
+                    return Ok(folding.rows - rows_before);
+                }
+                self.index.stripe_entries(folding.stripe, |known| runs.contains_key(&known.run), &mut entries);
+                let mut batch = self.db.batch();
+                for (key, known) in &entries {
+                    let run = runs.get(&known.run).map_or("", String::as_str);
+                    batch.insert(
+                        &self.stamps,
+                        key,
+                        state_layout::encode_stamp_of(run, known.last_seen_at, known.version)?,
+                    );
+                }
+                batch.commit().map_err(failed)?;
+                folding.rows += entries.len();
+                folding.stripe += 1;
+            }
         }
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
-        for seq in frames.first..frames.next {
+        for seq in frames.first..folding.until {
             batch.remove(&self.touches, state_touches::frame_key(seq));
         }
         batch.commit().map_err(failed)?;
         tracing::debug!(
-            rows,
-            frames = frames.next - frames.first,
+            rows = folding.rows,
+            frames = folding.until - frames.first,
             "embedded store: folded touch frames into stamp rows"
         );
-        frames.first = frames.next;
-        // Every stamp the index holds is a row's now.
-        self.runs_mut().clear();
+        let rows = folding.rows - rows_before;
+        // Every stamp the index holds is a row's now, but for those of frames written since the
+        // fold began, whose runs stay known.
+        let later = std::mem::take(&mut folding.later_runs);
+        frames.first = folding.until;
+        frames.folding = None;
+        self.runs_mut().retain(|brief, _| later.contains(brief));
         Ok(rows)
     }
 }
@@ -829,6 +892,9 @@ impl StateStore {
                 // Known before the index shows a stamp of theirs, so a read can name them.
                 let mut runs = inner.runs_mut();
                 for (brief, run) in frame_runs {
+                    if let Some(folding) = frames.folding.as_mut() {
+                        folding.later_runs.insert(brief);
+                    }
                     runs.entry(brief).or_insert(run);
                 }
             }
@@ -851,9 +917,7 @@ impl StateStore {
             if has_frame {
                 frames.next += 1;
             }
-            if frames.next - frames.first >= inner.fold_after
-                && let Err(e) = inner.fold(&mut frames)
-            {
+            if let Err(e) = inner.fold_as_batches_land(&mut frames) {
                 // The batch is committed either way; its frame stays until a fold succeeds.
                 tracing::warn!(error = %e, "embedded store: could not fold its touch frames");
             }
@@ -1283,6 +1347,70 @@ mod tests {
         drop(store);
         let store = StateStore::open(dir.path()).unwrap();
         assert_eq!(after_touches(&store).await, expected, "after a fold and a crash");
+    }
+
+    /// A fold written a stripe at a time: a batch that lands while it is under way keeps its
+    /// frame and the run it names, whichever stripes its assets are in, through the fold's end
+    /// and a crash after it.
+    #[tokio::test]
+    async fn a_batch_that_lands_during_a_fold_keeps_its_frame_and_its_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        // No fold begins by itself: the test begins one.
+        Arc::get_mut(&mut store.inner).unwrap().fold_after = 100;
+        let key = |i: usize| format!("pg/db/s/t{i:02}");
+        let writes: Vec<RecordWrite> = (0..40).map(|i| RecordWrite::new(record("pg", &key(i), "r1"), 2)).collect();
+        store.put_many(&writes).await.unwrap();
+        let at = chrono::Utc::now() + chrono::Duration::hours(1);
+        let touch = |i: usize, run: &'static str, version| RecordTouch {
+            source: "pg".into(),
+            asset_key: key(i).into(),
+            last_seen_run: run.into(),
+            last_seen_at: at,
+            version,
+            indexed: false,
+            print: None,
+        };
+        let r2: Vec<RecordTouch> = (0..40).map(|i| touch(i, "r2", 4)).collect();
+        store.put_with_touches(&[], &r2[..20]).await.unwrap();
+        store.put_with_touches(&[], &r2[20..]).await.unwrap();
+        // A fold of both frames begins, and only half the index's stripes have room.
+        let stripes_done = std::cell::Cell::new(0);
+        let half = || {
+            stripes_done.set(stripes_done.get() + 1);
+            stripes_done.get() <= STRIPES / 2
+        };
+        {
+            let mut frames = store.inner.frames_held();
+            frames.folding = Some(Folding::from(frames.next));
+            store.inner.fold_on(&mut frames, half).unwrap();
+            assert_eq!(frames.folding.as_ref().map(|f| f.stripe), Some(STRIPES / 2));
+        }
+        // A batch of a new run, over assets of every stripe, lands and the fold ends with it.
+        let r3: Vec<RecordTouch> = (0..30).map(|i| touch(i, "r3", 5)).collect();
+        store.put_with_touches(&[], &r3).await.unwrap();
+        assert!(store.inner.frames_held().folding.is_none(), "the fold ended");
+        assert_eq!(store.inner.touches.iter().count(), 1, "the new batch's frame stays");
+        let expected = |store: &StateStore| {
+            let store = store.clone();
+            async move {
+                let mut got: Vec<_> = store
+                    .list_source("pg")
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| (r.asset_key, r.last_seen_run, r.version))
+                    .collect();
+                got.sort();
+                got
+            }
+        };
+        let want: Vec<_> =
+            (0..40).map(|i| if i < 30 { (key(i), "r3".to_owned(), 5) } else { (key(i), "r2".to_owned(), 4) }).collect();
+        assert_eq!(expected(&store).await, want, "after the fold");
+        drop(store);
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(expected(&store).await, want, "after a crash");
     }
 
     #[tokio::test]

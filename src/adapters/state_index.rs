@@ -19,7 +19,7 @@ use assetflow_actors::print::TextPrint;
 use assetflow_actors::record::KnownRecord;
 
 /// Stripes, each under its own lock: the shards look keys up and update them concurrently.
-const STRIPES: usize = 16;
+pub const STRIPES: usize = 16;
 /// Assets indexed per stripe: 7/8 of 2^13, the most a table of 2^13 slots holds before it
 /// doubles, so the index never takes more than 16 × 2^13 slots of 105 bytes (~13 MiB) and
 /// covers about 115,000 assets. Twice that was measured: the 1M-asset run's peak memory then
@@ -369,8 +369,8 @@ impl RecordIndex {
     }
 
     /// Hands `f` the entries `keep` selects, one stripe at a time, copied out so that no lock
-    /// is held while `f` runs: a fold writes them to the store stripe by stripe, and a stop
-    /// saves them all to the index file without a copy of the whole index first.
+    /// is held while `f` runs: a stop saves them all to the index file without a copy of the
+    /// whole index first.
     pub fn try_for_each_stripe<E>(
         &self,
         keep: impl Fn(&KnownRecord) -> bool,
@@ -385,6 +385,21 @@ impl RecordIndex {
             f(&entries)?;
         }
         Ok(())
+    }
+
+    /// Replaces `out` with the entries of stripe `stripe` (of [`STRIPES`]) that `keep` selects,
+    /// copied out so that no lock is held while they are used: a fold writes them to the store.
+    pub fn stripe_entries(
+        &self,
+        stripe: usize,
+        keep: impl Fn(&KnownRecord) -> bool,
+        out: &mut Vec<(IndexKey, KnownRecord)>,
+    ) {
+        out.clear();
+        if let Some(stripe) = self.stripes.get(stripe) {
+            let stripe = stripe.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            out.extend(stripe.map.iter().filter(|(_, v)| keep(v)).map(|(k, v)| (*k, *v)));
+        }
     }
 
     /// Sizes each stripe's table for its share of `assets` about to be loaded (a saved index),
