@@ -19,11 +19,17 @@ use assetflow_actors::print::TextPrint;
 use assetflow_actors::record::KnownRecord;
 
 /// Stripes, each under its own lock: the shards look keys up and update them concurrently.
-pub const STRIPES: usize = 16;
+/// Also what sizes the index (below): 24 covers all but ~15% of the 200,000-asset catalog of
+/// #18's own trial, whose steady crawl then ran at 158–174k events/s at one shard on 2 cores;
+/// at 16 (~115,000 assets) it read and hashed 44% of its assets and ran at 85–97k
+/// (benches/analysis.md, twenty-fifth session).
+pub const STRIPES: usize = 24;
 /// Assets indexed per stripe: 7/8 of 2^13, the most a table of 2^13 slots holds before it
-/// doubles, so the index never takes more than 16 × 2^13 slots of 105 bytes (~13 MiB) and
-/// covers about 115,000 assets. Twice that was measured: the 1M-asset run's peak memory then
-/// grew past 1.5x the 100k run's (BENCHMARKS.md), the bound `make bench` holds it to.
+/// doubles, so the index never takes more than 24 × 2^13 slots of 105 bytes (~20 MiB) and
+/// covers about 172,000 assets. Twice that per stripe (16 stripes) was measured: the 1M-asset
+/// run's peak memory then grew past 1.5x the 100k run's (BENCHMARKS.md), the bound `make
+/// bench` holds it to, where 24 stripes of 2^13 slots (which a 100k-asset store fills too)
+/// keep it near 1.3x.
 pub const STRIPE_ENTRIES: usize = 7_168;
 /// Assets the index can hold.
 pub const CAPACITY: usize = STRIPES * STRIPE_ENTRIES;
@@ -165,9 +171,10 @@ impl Default for RecordIndex {
     }
 }
 
-/// The stripe that holds `key`.
+/// The stripe that holds `key`: its last two bytes (digest bytes, uniformly random, and not
+/// the ones [`DigestHasher`] takes) scaled to [`STRIPES`], evenly whatever their number.
 fn stripe_of(key: &IndexKey) -> usize {
-    usize::from(key[19]) % STRIPES
+    (usize::from(u16::from_le_bytes([key[18], key[19]])) * STRIPES) >> 16
 }
 
 /// The places of `keys` in their list, grouped by the stripe that holds each, in order.
