@@ -1271,9 +1271,8 @@ mod tests {
             .collect()
     }
 
-    /// What a store gives back of 20 assets, 10 of them touched in r2 after a write in r1: the
-    /// records, and what a sweep of r2 that reads every record drops.
-    async fn after_touches(store: &StateStore) -> (Vec<(String, String, u64)>, Vec<String>) {
+    /// Each record of source `pg` as a read gives it back: key, last run, version; in key order.
+    async fn stamps_of(store: &StateStore) -> Vec<(String, String, u64)> {
         let mut all: Vec<_> = store
             .list_source("pg")
             .await
@@ -1282,6 +1281,13 @@ mod tests {
             .map(|r| (r.asset_key, r.last_seen_run, r.version))
             .collect();
         all.sort();
+        all
+    }
+
+    /// What a store gives back of 20 assets, 10 of them touched in r2 after a write in r1: the
+    /// records, and what a sweep of r2 that reads every record drops.
+    async fn after_touches(store: &StateStore) -> (Vec<(String, String, u64)>, Vec<String>) {
+        let all = stamps_of(store).await;
         let mut to_drop = store.sweep_plan(query("pg", "r2", true)).await.unwrap().to_drop;
         to_drop.sort();
         (all, to_drop)
@@ -1391,26 +1397,12 @@ mod tests {
         store.put_with_touches(&[], &r3).await.unwrap();
         assert!(store.inner.frames_held().folding.is_none(), "the fold ended");
         assert_eq!(store.inner.touches.iter().count(), 1, "the new batch's frame stays");
-        let expected = |store: &StateStore| {
-            let store = store.clone();
-            async move {
-                let mut got: Vec<_> = store
-                    .list_source("pg")
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .map(|r| (r.asset_key, r.last_seen_run, r.version))
-                    .collect();
-                got.sort();
-                got
-            }
-        };
         let want: Vec<_> =
             (0..40).map(|i| if i < 30 { (key(i), "r3".to_owned(), 5) } else { (key(i), "r2".to_owned(), 4) }).collect();
-        assert_eq!(expected(&store).await, want, "after the fold");
+        assert_eq!(stamps_of(&store).await, want, "after the fold");
         drop(store);
         let store = StateStore::open(dir.path()).unwrap();
-        assert_eq!(expected(&store).await, want, "after a crash");
+        assert_eq!(stamps_of(&store).await, want, "after a crash");
     }
 
     #[tokio::test]
