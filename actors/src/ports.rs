@@ -95,6 +95,12 @@ impl Durable {
 pub trait ControlStore: Send + Sync + 'static {
     /// The records that exist among `keys`, by asset key.
     async fn get_many(&self, keys: &[RecordKey]) -> BackendResult<HashMap<String, ControlRecord>>;
+    /// [`get_many`](Self::get_many), with the text print each record's hash came from where
+    /// the store keeps one ([`keeps_prints`](Self::keeps_prints)): an event with that print
+    /// has that hash, and is not hashed. Others give no prints (the default).
+    async fn get_many_printed(&self, keys: &[RecordKey]) -> BackendResult<PrintedRecords> {
+        Ok(PrintedRecords { records: self.get_many(keys).await?, prints: HashMap::new() })
+    }
     /// Writes all records or none; each must find the stored record still at the version it
     /// was read at (0: no record), else the call fails with [`FailureKind::Conflict`].
     ///
@@ -182,6 +188,15 @@ pub trait ControlStore: Send + Sync + 'static {
 pub struct RecordKey {
     pub source: String,
     pub asset_key: String,
+}
+
+/// Records read with the text prints of their hashes ([`ControlStore::get_many_printed`]).
+#[derive(Debug, Default)]
+pub struct PrintedRecords {
+    /// By asset key, as [`ControlStore::get_many`] gives them.
+    pub records: HashMap<String, ControlRecord>,
+    /// By asset key: the print of the text the record's hash was taken from, where kept.
+    pub prints: HashMap<String, TextPrint>,
 }
 
 /// A conditional write of one control record.

@@ -12,7 +12,9 @@
 //! batch's indexed assets go into one touch frame (`state_touches.rs`) and stay in the index,
 //! which reads of those records take them from, until a fold writes them as rows of a keyspace
 //! of their own (`stamps`, keyed like the records) so the records' tables stay still. One the
-//! bounded index does not hold is read, and its stamp written as a row at once.
+//! bounded index does not hold is read, and its stamp written as a row at once. Records and
+//! stamps keep the text print of the event their hash came from, so one read is vouched for by
+//! print as an indexed one is (`state_layout::encode_printed`), and not hashed.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -24,8 +26,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use assetflow_actors::decision::HistoryRow;
 use assetflow_actors::envelope::Watermark;
 use assetflow_actors::ports::{
-    BackendError, BackendResult, ControlStore, Durable, FailureKind, HistoryStore, RecordKey, RecordWrite,
+    BackendError, BackendResult, ControlStore, Durable, FailureKind, HistoryStore, PrintedRecords, RecordKey,
+    RecordWrite,
 };
+use assetflow_actors::print::TextPrint;
 use assetflow_actors::record::{ControlRecord, KnownRecord, RecordTouch};
 use assetflow_actors::rules::{SweepPlan, SweepPlanner, SweepQuery};
 use assetflow_actors::threads;
@@ -515,10 +519,10 @@ impl Inner {
         Ok(Some(planner.finish(max_drop_fraction)))
     }
 
-    /// A record with its run stamp applied.
-    fn get_record(&self, key: &[u8]) -> BackendResult<Option<ControlRecord>> {
+    /// A record with its run stamp applied, and the text print its hash came from if kept.
+    fn get_printed(&self, key: &[u8]) -> BackendResult<Option<(ControlRecord, Option<TextPrint>)>> {
         let Some((value, stamp)) = self.get_stored(key)? else { return Ok(None) };
-        state_layout::decode_stamped(&value, stamp.as_deref()).map(Some)
+        state_layout::decode_printed(&value, stamp.as_deref()).map(Some)
     }
 
     /// The stored row of the record at `key` and its newest run stamp, if it has one.
@@ -547,7 +551,8 @@ impl Inner {
                 "a stamp in the index names a run it does not know",
             ));
         };
-        state_layout::encode_stamp_of(run, framed.last_seen_at, framed.version).map(|s| Some(Cow::Owned(s)))
+        state_layout::encode_stamp_of(run, framed.last_seen_at, framed.version, framed.print)
+            .map(|s| Some(Cow::Owned(s)))
     }
 
     fn check_not_failed(&self) -> BackendResult<()> {
@@ -601,7 +606,7 @@ impl Inner {
         for (key, (run, at, version)) in unheld {
             let Some((value, stamp)) = self.get_stored(&key)? else { continue };
             if version > state_layout::stamped_version(&value, stamp.as_deref())? {
-                batch.insert(&self.stamps, key, state_layout::encode_stamp_of(&run, at, version)?);
+                batch.insert(&self.stamps, key, state_layout::encode_stamp_of(&run, at, version, None)?);
             }
         }
         batch.commit().map_err(|e| err("write replayed run stamps", e))
@@ -675,7 +680,7 @@ impl Inner {
                     batch.insert(
                         &self.stamps,
                         key,
-                        state_layout::encode_stamp_of(run, known.last_seen_at, known.version)?,
+                        state_layout::encode_stamp_of(run, known.last_seen_at, known.version, known.print)?,
                     );
                 }
                 batch.commit().map_err(failed)?;
@@ -707,14 +712,18 @@ impl Inner {
 #[async_trait]
 impl ControlStore for StateStore {
     async fn get_many(&self, keys: &[RecordKey]) -> BackendResult<HashMap<String, ControlRecord>> {
+        Ok(self.get_many_printed(keys).await?.records)
+    }
+
+    async fn get_many_printed(&self, keys: &[RecordKey]) -> BackendResult<PrintedRecords> {
         let inner = self.inner.clone();
         let keys = keys.to_vec();
         blocking("get records", move || {
-            let mut out = HashMap::with_capacity(keys.len());
+            let mut out = PrintedRecords { records: HashMap::with_capacity(keys.len()), prints: HashMap::new() };
             let mut control_keys = ControlKeys::default();
             for k in keys {
                 let key = control_keys.key(&k.source, &k.asset_key);
-                if let Some(record) = inner.get_record(&key)? {
+                if let Some((record, print)) = inner.get_printed(&key)? {
                     if record.asset_key != k.asset_key {
                         return Err(BackendError::permanent(
                             BACKEND,
@@ -722,7 +731,10 @@ impl ControlStore for StateStore {
                             format!("asset keys {} and {} share a control key digest", record.asset_key, k.asset_key),
                         ));
                     }
-                    out.insert(k.asset_key, record);
+                    if let Some(print) = print {
+                        out.prints.insert(k.asset_key.clone(), print);
+                    }
+                    out.records.insert(k.asset_key, record);
                 }
             }
             Ok(out)
@@ -855,7 +867,7 @@ impl StateStore {
         let mut control_keys = ControlKeys::default();
         for RecordWrite { record: r, print, .. } in writes {
             let key = control_keys.key(&r.source, &r.asset_key);
-            batch.insert(&inner.control, key, state_layout::encode(r)?);
+            batch.insert(&inner.control, key, state_layout::encode_printed(r, *print)?);
             inner.index.saw_source(&key, &r.source);
             written.push((key, state_layout::known(r, *print)));
         }
@@ -1156,9 +1168,8 @@ mod tests {
     }
 
     /// The index keeps the text print a write or a touch brings with the record's hash, drops
-    /// it with a write that brings none (the hash may have moved), keeps it over a clean stop
-    /// (the saved index) and forgets it in a crash (an index filled from records, which keep
-    /// no prints: the next event of the asset is hashed).
+    /// it with a write that brings none (the hash may have moved), and keeps it over a clean
+    /// stop (the saved index) and a crash (an index filled from the rows, which keep it too).
     #[tokio::test]
     async fn the_index_keeps_a_print_only_beside_the_hash_it_came_with() {
         let dir = tempfile::tempdir().unwrap();
@@ -1202,7 +1213,57 @@ mod tests {
 
         drop(store);
         let store = StateStore::open(dir.path()).unwrap();
-        assert_eq!(store.known("pg", "pg/db/s/a").and_then(|k| k.print), None, "after a crash");
+        assert_eq!(store.known("pg", "pg/db/s/a").and_then(|k| k.print), Some([1; 16]), "after a crash");
+        assert_eq!(store.known("pg", "pg/db/s/b").and_then(|k| k.print), None, "after a crash");
+    }
+
+    /// A record the index does not hold is read, and comes with the print of the event its
+    /// hash came from: the write's, or a newer stamp's (a touch moves no hash), never one kept
+    /// before the hash last moved.
+    #[tokio::test]
+    async fn a_record_read_comes_with_the_print_its_hash_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let (a, b) = (record("pg", "pg/db/s/a", "r1"), record("pg", "pg/db/s/b", "r1"));
+        let printed = |record: &ControlRecord, print| RecordWrite { print, ..RecordWrite::new(record.clone(), 2) };
+        store.put_many(&[printed(&a, Some([1; 16])), printed(&b, None)]).await.unwrap();
+        // Both past the index's bound, as in a catalog larger than it.
+        for r in [&a, &b] {
+            store.inner.index.forget(&state_layout::control_key(&r.source, &r.asset_key));
+        }
+        let both = keys(&[("pg", "pg/db/s/a"), ("pg", "pg/db/s/b")]);
+        let prints = |store: &StateStore| {
+            let store = store.clone();
+            let both = both.clone();
+            async move {
+                let read = store.get_many_printed(&both).await.unwrap();
+                assert_eq!(read.records.len(), 2);
+                (read.prints.get("pg/db/s/a").copied(), read.prints.get("pg/db/s/b").copied())
+            }
+        };
+        assert_eq!(prints(&store).await, (Some([1; 16]), None));
+
+        let touch = |r: &ControlRecord, print| RecordTouch {
+            source: r.source.clone().into(),
+            asset_key: r.asset_key.clone().into(),
+            last_seen_run: "r2".into(),
+            last_seen_at: r.last_seen_at + chrono::Duration::hours(1),
+            version: 4,
+            indexed: false,
+            print,
+        };
+        store.put_with_touches(&[], &[touch(&a, None), touch(&b, Some([2; 16]))]).await.unwrap();
+        assert_eq!(prints(&store).await, (Some([1; 16]), Some([2; 16])), "a stamp keeps the record's or brings one");
+
+        // b's hash moves with no print: the stamp's print is of the hash before.
+        let mut changed = b.clone();
+        (changed.hash, changed.version) = ("cd".repeat(32), 5);
+        store.put_many(&[RecordWrite::new(changed, 4)]).await.unwrap();
+        assert_eq!(prints(&store).await, (Some([1; 16]), None), "a new hash without a print");
+
+        drop(store);
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(prints(&store).await, (Some([1; 16]), None), "after a crash");
     }
 
     #[tokio::test]

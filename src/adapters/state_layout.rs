@@ -33,6 +33,12 @@ use super::state_index::Written;
 const RECORD_TAG: u8 = 2;
 /// The first byte of a run stamp (see [`encode_stamp`]).
 const STAMP_TAG: u8 = 3;
+/// The first byte of a control record kept with the text print its hash came from: the
+/// [`RECORD_TAG`] layout, then the print's 16 bytes.
+const PRINTED_RECORD_TAG: u8 = 4;
+/// The first byte of a run stamp kept with the print of the event that moved it: the
+/// [`STAMP_TAG`] layout, then the print's 16 bytes.
+const PRINTED_STAMP_TAG: u8 = 5;
 /// The first byte of a history row's value: its fields in postcard.
 const HISTORY_ROW_TAG: u8 = 1;
 /// The first byte of a history row's key (see [`history_key`]).
@@ -146,6 +152,14 @@ pub fn control_prefix(source: &str) -> [u8; 4] {
 
 /// The row value of `r`: its asset key, then the record's fields.
 pub fn encode(r: &ControlRecord) -> BackendResult<Vec<u8>> {
+    encode_printed(r, None)
+}
+
+/// [`encode`], keeping `print`, the text print of the event `r`'s hash came from, after the
+/// fields: a read of the record then vouches by print for an event sent as that one was, as
+/// the store's index does for the records it holds, and the event is not hashed. Past the
+/// index's bound (a catalog of over ~170k assets) that was most of a steady crawl's hashing.
+pub fn encode_printed(r: &ControlRecord, print: Option<TextPrint>) -> BackendResult<Vec<u8>> {
     let stored = Stored {
         source: Cow::Borrowed(&r.source),
         database: Cow::Borrowed(&r.name.database),
@@ -159,22 +173,48 @@ pub fn encode(r: &ControlRecord) -> BackendResult<Vec<u8>> {
         content_ref: r.content_ref.as_deref().map(Cow::Borrowed),
         version: r.version,
     };
-    postcard::to_extend(&(r.asset_key.as_str(), stored), with_tag(RECORD_TAG))
-        .map_err(|e| BackendError::permanent(BACKEND, "encode record", e))
+    let tag = if print.is_some() { PRINTED_RECORD_TAG } else { RECORD_TAG };
+    let mut out = postcard::to_extend(&(r.asset_key.as_str(), stored), with_tag(tag))
+        .map_err(|e| BackendError::permanent(BACKEND, "encode record", e))?;
+    out.extend_from_slice(print.as_ref().map_or(&[][..], |p| &p[..]));
+    Ok(out)
+}
+
+/// A value's postcard fields and the text print after them, told apart by the tag in front:
+/// `plain` carries no print, `printed` one; another tag is another layout (`what` is unreadable).
+fn fields<'a>(bytes: &'a [u8], plain: u8, printed: u8, what: &str) -> BackendResult<(&'a [u8], Option<TextPrint>)> {
+    match bytes.split_first() {
+        Some((&tag, rest)) if tag == plain => Ok((rest, None)),
+        Some((&tag, rest)) if tag == printed => {
+            let cut =
+                rest.len().checked_sub(size_of::<TextPrint>()).ok_or_else(|| corrupt(format!("{what} cut short")))?;
+            let (fields, print) = rest.split_at(cut);
+            Ok((fields, print.try_into().ok()))
+        }
+        Some((tag, _)) => Err(corrupt(format!("unknown {what} tag {tag}"))),
+        None => Err(corrupt(format!("an empty {what}"))),
+    }
 }
 
 /// A stored record's asset key and fields, borrowed from the row.
 fn stored(bytes: &[u8]) -> BackendResult<(Cow<'_, str>, Stored<'_>)> {
-    match bytes.split_first() {
-        Some((&RECORD_TAG, rest)) => postcard::from_bytes(rest).map_err(corrupt),
-        Some((tag, _)) => Err(corrupt(format!("unknown layout tag {tag}"))),
-        None => Err(corrupt("an empty value")),
-    }
+    stored_printed(bytes).map(|(asset_key, s, _)| (asset_key, s))
+}
+
+/// [`stored`], and the print kept with the record's hash.
+fn stored_printed(bytes: &[u8]) -> BackendResult<(Cow<'_, str>, Stored<'_>, Option<TextPrint>)> {
+    let (fields, print) = fields(bytes, RECORD_TAG, PRINTED_RECORD_TAG, "record layout")?;
+    let (asset_key, s) = postcard::from_bytes(fields).map_err(corrupt)?;
+    Ok((asset_key, s, print))
 }
 
 /// A stored control record.
 pub fn decode(bytes: &[u8]) -> BackendResult<ControlRecord> {
     let (asset_key, s) = stored(bytes)?;
+    record_of(asset_key, s)
+}
+
+fn record_of(asset_key: Cow<'_, str>, s: Stored<'_>) -> BackendResult<ControlRecord> {
     Ok(ControlRecord {
         asset_key: asset_key.into_owned(),
         source: s.source.into_owned(),
@@ -205,7 +245,7 @@ pub struct SweepView<'a> {
 pub fn sweep_view<'a>(bytes: &'a [u8], stamp: Option<&'a [u8]>) -> BackendResult<SweepView<'a>> {
     let (asset_key, s) = stored(bytes)?;
     let last_seen_run = match stamp.map(stored_stamp).transpose()? {
-        Some(t) if t.version > s.version => t.last_seen_run,
+        Some((t, _)) if t.version > s.version => t.last_seen_run,
         _ => s.last_seen_run,
     };
     Ok(SweepView { asset_key, source: s.source, last_seen_run, live: s.live })
@@ -223,45 +263,55 @@ struct StoredStamp<'a> {
     version: u64,
 }
 
-/// The row value of a touch.
+/// The row value of a touch, with its event's print: an unchanged asset's event has the
+/// record's hash, so the print goes with that hash as long as the stamp is the newer.
 pub fn encode_stamp(t: &RecordTouch) -> BackendResult<Vec<u8>> {
-    encode_stamp_of(&t.last_seen_run, t.last_seen_at, t.version)
+    encode_stamp_of(&t.last_seen_run, t.last_seen_at, t.version, t.print)
 }
 
 /// The row value of a run stamp from its parts.
-pub fn encode_stamp_of(run: &str, at: DateTime<Utc>, version: u64) -> BackendResult<Vec<u8>> {
+pub fn encode_stamp_of(run: &str, at: DateTime<Utc>, version: u64, print: Option<TextPrint>) -> BackendResult<Vec<u8>> {
     let stamp = StoredStamp { last_seen_run: Cow::Borrowed(run), last_seen_at: at.into(), version };
     let mut out = Vec::with_capacity(64);
-    out.push(STAMP_TAG);
-    postcard::to_extend(&stamp, out).map_err(|e| BackendError::permanent(BACKEND, "encode run stamp", e))
+    out.push(if print.is_some() { PRINTED_STAMP_TAG } else { STAMP_TAG });
+    let mut out =
+        postcard::to_extend(&stamp, out).map_err(|e| BackendError::permanent(BACKEND, "encode run stamp", e))?;
+    out.extend_from_slice(print.as_ref().map_or(&[][..], |p| &p[..]));
+    Ok(out)
 }
 
-fn stored_stamp(bytes: &[u8]) -> BackendResult<StoredStamp<'_>> {
-    match bytes.split_first() {
-        Some((&STAMP_TAG, rest)) => postcard::from_bytes(rest).map_err(corrupt),
-        Some((tag, _)) => Err(corrupt(format!("unknown run stamp tag {tag}"))),
-        None => Err(corrupt("an empty run stamp")),
-    }
+fn stored_stamp(bytes: &[u8]) -> BackendResult<(StoredStamp<'_>, Option<TextPrint>)> {
+    let (fields, print) = fields(bytes, STAMP_TAG, PRINTED_STAMP_TAG, "run stamp")?;
+    Ok((postcard::from_bytes(fields).map_err(corrupt)?, print))
 }
 
 /// The version of a stored record with its run stamp applied: the higher of the two.
 pub fn stamped_version(bytes: &[u8], stamp: Option<&[u8]>) -> BackendResult<u64> {
     let (_, s) = stored(bytes)?;
-    let stamp = stamp.map(stored_stamp).transpose()?.map_or(0, |t| t.version);
+    let stamp = stamp.map(stored_stamp).transpose()?.map_or(0, |(t, _)| t.version);
     Ok(s.version.max(stamp))
 }
 
 /// A stored control record with its run stamp applied, if the stamp is the newer.
 pub fn decode_stamped(bytes: &[u8], stamp: Option<&[u8]>) -> BackendResult<ControlRecord> {
-    let mut r = decode(bytes)?;
-    if let Some(t) = stamp.map(stored_stamp).transpose()?
+    decode_printed(bytes, stamp).map(|(r, _)| r)
+}
+
+/// [`decode_stamped`], and the text print that goes with the record's hash, if the store kept
+/// one ([`encode_printed`]): the newer stamp's, else the record's own (a stamp moves no hash,
+/// so the record's print holds under a newer stamp; an older stamp's may be of an older hash).
+pub fn decode_printed(bytes: &[u8], stamp: Option<&[u8]>) -> BackendResult<(ControlRecord, Option<TextPrint>)> {
+    let (asset_key, s, mut print) = stored_printed(bytes)?;
+    let mut r = record_of(asset_key, s)?;
+    if let Some((t, stamp_print)) = stamp.map(stored_stamp).transpose()?
         && t.version > r.version
     {
         r.last_seen_run = t.last_seen_run.into_owned();
         r.last_seen_at = t.last_seen_at.time()?;
         r.version = t.version;
+        print = stamp_print.or(print);
     }
-    Ok(r)
+    Ok((r, print))
 }
 
 /// [`known`] of a stored record and its stamp, read in place (the index is filled from every
@@ -272,18 +322,18 @@ pub fn known_stored<'a>(
     stamp: Option<&[u8]>,
     run_brief: &mut impl FnMut(&str) -> u64,
 ) -> BackendResult<(Cow<'a, str>, Written)> {
-    let (asset_key, s) = stored(bytes)?;
+    let (asset_key, s, print) = stored_printed(bytes)?;
     if !s.live || asset_key == s.source {
         return Ok((s.source, Written::NotLive));
     }
     let Some(hash) = KnownRecord::hash_bytes(&s.hash) else { return Ok((s.source, Written::Unknown)) };
-    let (run, at, version) = match stamp.map(stored_stamp).transpose()? {
-        Some(t) if t.version > s.version => (t.last_seen_run, t.last_seen_at, t.version),
-        _ => (s.last_seen_run, s.last_seen_at, s.version),
+    let (run, at, version, print) = match stamp.map(stored_stamp).transpose()? {
+        Some((t, stamp_print)) if t.version > s.version => {
+            (t.last_seen_run, t.last_seen_at, t.version, stamp_print.or(print))
+        }
+        _ => (s.last_seen_run, s.last_seen_at, s.version, print),
     };
-    // Records do not keep text prints: an index filled from them hashes each asset's next
-    // event once, and keeps the print from then on.
-    let known = KnownRecord { hash, print: None, run: run_brief(&run), last_seen_at: at.time()?, version };
+    let known = KnownRecord { hash, print, run: run_brief(&run), last_seen_at: at.time()?, version };
     Ok((s.source, Written::Live(known)))
 }
 
@@ -476,6 +526,47 @@ mod tests {
         assert_eq!(known_stored(&dropped, None, &mut brief).unwrap().1, Written::NotLive);
         let odd = ControlRecord { hash: "not hex".into(), ..live };
         assert_eq!(known_stored(&encode(&odd).unwrap(), None, &mut brief).unwrap().1, Written::Unknown);
+    }
+
+    #[test]
+    fn a_record_and_its_stamp_keep_the_print_of_the_hash_and_older_rows_still_read() {
+        let r = record(RecordStatus::Live);
+        let plain = encode(&r).unwrap();
+        let printed = encode_printed(&r, Some([3; 16])).unwrap();
+        assert_eq!(printed.len(), plain.len() + 16);
+        assert_eq!(decode(&printed).unwrap(), r);
+        assert_eq!(decode_printed(&plain, None).unwrap(), (r.clone(), None));
+        assert_eq!(decode_printed(&printed, None).unwrap(), (r.clone(), Some([3; 16])));
+
+        let stamp = |version, print| encode_stamp_of("run-8", r.last_seen_at, version, print).unwrap();
+        let print_under = |bytes: &[u8], stamp: &[u8]| decode_printed(bytes, Some(stamp)).unwrap().1;
+        assert_eq!(print_under(&printed, &stamp(43, Some([4; 16]))), Some([4; 16]), "a newer stamp's");
+        assert_eq!(print_under(&printed, &stamp(43, None)), Some([3; 16]), "a touch moves no hash");
+        assert_eq!(print_under(&plain, &stamp(41, Some([4; 16]))), None, "an older stamp's is of an older hash");
+        let (stamped, _) = decode_printed(&plain, Some(&stamp(43, Some([4; 16])))).unwrap();
+        assert_eq!(stamped, decode_stamped(&plain, Some(&stamp(43, None))).unwrap());
+        assert_eq!(stamped.version, 43);
+
+        // What the index takes at open.
+        let mut brief = KnownRecord::run_brief;
+        let Written::Live(k) = known_stored(&printed, Some(&stamp(43, Some([4; 16]))), &mut brief).unwrap().1 else {
+            panic!("live")
+        };
+        assert_eq!((k.print, k.version), (Some([4; 16]), 43));
+        let Written::Live(k) = known_stored(&printed, Some(&stamp(41, Some([4; 16]))), &mut brief).unwrap().1 else {
+            panic!("live")
+        };
+        assert_eq!((k.print, k.version), (Some([3; 16]), 42));
+
+        for cut in [1, 16, printed.len() - 16, printed.len() - 1] {
+            let err = decode(&printed[..cut]).unwrap_err();
+            assert!(err.to_string().contains("unreadable"), "{err}");
+        }
+        let stamp = stamp(43, Some([4; 16]));
+        for cut in [1, stamp.len() - 1] {
+            let err = decode_stamped(&plain, Some(&stamp[..cut])).unwrap_err();
+            assert!(err.to_string().contains("unreadable"), "{err}");
+        }
     }
 
     #[test]

@@ -94,6 +94,9 @@ pub struct MemControl {
     /// Moves run stamps alone (`moves_run_stamps`) for records it was read for, without
     /// answering `known`: every unchanged asset takes the read path.
     pub stamped: bool,
+    /// Keeps prints and gives them with the records it reads (`get_many_printed`), as the
+    /// embedded store does for records its index does not hold.
+    pub printed: bool,
     pub touches: AtomicU64,
     /// What `max_batch` says (0: no bound).
     pub max_batch: usize,
@@ -143,6 +146,10 @@ impl MemControl {
     pub fn stamped(delay: Duration) -> Arc<Self> {
         Arc::new(MemControl { delay, stamped: true, ..Default::default() })
     }
+    /// [`stamped`](Self::stamped), and keeping prints with its records ([`MemControl::printed`]).
+    pub fn printed(delay: Duration) -> Arc<Self> {
+        Arc::new(MemControl { delay, stamped: true, printed: true, ..Default::default() })
+    }
     /// [`indexed`](Self::indexed), its writes durable `sync_delay` after they return.
     pub fn syncing_later(sync_delay: Duration) -> Arc<Self> {
         Arc::new(MemControl { indexed: true, stamped: true, sync_delay, ..Default::default() })
@@ -188,6 +195,15 @@ impl ControlStore for MemControl {
         let m = self.records.lock().unwrap();
         Ok(keys.iter().filter_map(|k| m.get(&k.asset_key).map(|r| (k.asset_key.clone(), r.clone()))).collect())
     }
+    async fn get_many_printed(&self, keys: &[RecordKey]) -> BackendResult<PrintedRecords> {
+        let records = self.get_many(keys).await?;
+        let prints = self.prints.lock().unwrap();
+        let prints = match self.printed {
+            true => records.keys().filter_map(|k| prints.get(k).map(|p| (k.clone(), *p))).collect(),
+            false => HashMap::new(),
+        };
+        Ok(PrintedRecords { records, prints })
+    }
     async fn put_many(&self, writes: &[RecordWrite]) -> BackendResult<()> {
         let lost_reply = match &self.fault {
             Some(f) if f.mode == FaultMode::LostReply => f.fires(),
@@ -218,7 +234,7 @@ impl ControlStore for MemControl {
         self.stamped
     }
     fn keeps_prints(&self) -> bool {
-        self.indexed
+        self.indexed || self.printed
     }
     fn max_batch(&self) -> usize {
         if self.max_batch == 0 { usize::MAX } else { self.max_batch }

@@ -44,7 +44,8 @@ use crate::lookup::{CachedLookup, LookupKeys};
 use crate::mark::{CompletionMark, mark_key};
 use crate::metrics::{ActorName, Flow, Metrics};
 use crate::ports::{
-    BackendError, BackendResult, ContentStore, ControlStore, Durable, FailureKind, RecordKey, RecordWrite,
+    BackendError, BackendResult, ContentStore, ControlStore, Durable, FailureKind, PrintedRecords, RecordKey,
+    RecordWrite,
 };
 use crate::print::{TextPrint, text_print};
 use crate::record::{ControlRecord, KnownRecord, RecordStatus};
@@ -362,10 +363,8 @@ async fn decide_and_publish(
     let first_round = earlier.is_empty();
     let alone = alone_in_batch(batch);
     let mut known = if first_round { known_unchanged(deps, batch, &alone) } else { vec![None; batch.len()] };
-    hash_batch(deps, batch);
-    let batch: &[Pending] = batch;
-    let sources: FastSet<&str> = batch.iter().map(|p| p.enriched.event.source.as_str()).collect();
     let keys: Vec<RecordKey> = {
+        let sources: FastSet<&str> = batch.iter().map(|p| p.enriched.event.source.as_str()).collect();
         let mut seen = FastSet::default();
         batch
             .iter()
@@ -376,8 +375,12 @@ async fn decide_and_publish(
             .chain(sources.iter().map(|s| mark_key(s)))
             .collect()
     };
-    let read = deps.calls.call("control store", "get", || deps.control.get_many(&keys)).await;
-    let mut records = read.map_err(|e| (Stage::Decide, e))?;
+    let read = deps.calls.call("control store", "get", || deps.control.get_many_printed(&keys)).await;
+    let PrintedRecords { mut records, prints } = read.map_err(|e| (Stage::Decide, e))?;
+    hash_from_prints(batch, &records, &prints);
+    hash_batch(deps, batch);
+    let batch: &[Pending] = batch;
+    let sources: FastSet<&str> = batch.iter().map(|p| p.enriched.event.source.as_str()).collect();
     let marks: FastMap<&str, CompletionMark> = sources
         .iter()
         .filter_map(|s| records.remove(*s).as_ref().and_then(CompletionMark::from_record).map(|m| (*s, m)))
@@ -452,6 +455,27 @@ fn known_unchanged(deps: &DecisorDeps, batch: &mut [Pending], alone: &[bool]) ->
     }
     Metrics::add(&deps.metrics.hashed, hashed);
     known
+}
+
+/// Gives each event of the batch that has no hash yet its record's, where the record was read
+/// with the text print its hash came from and the event has that print
+/// ([`ControlStore::get_many_printed`]): past the bound of the store's index, a steady crawl's
+/// unchanged assets are read, and each was hashed to be compared.
+fn hash_from_prints(
+    batch: &mut [Pending],
+    records: &HashMap<String, ControlRecord>,
+    prints: &HashMap<String, TextPrint>,
+) {
+    if prints.is_empty() {
+        return;
+    }
+    for p in batch.iter_mut().filter(|p| p.hash.is_empty()) {
+        if let (Some(print), Some(kept), Some(r)) = (&p.print, prints.get(&p.key), records.get(&p.key))
+            && print == kept
+        {
+            p.hash.clone_from(&r.hash);
+        }
+    }
 }
 
 /// Takes the content hash of each event of the batch that has none yet.
