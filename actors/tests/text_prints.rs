@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use assetflow_actors::decision::Outcome;
@@ -47,9 +48,10 @@ fn outcomes(run: &Run) -> Vec<Outcome> {
     run.history.iter().map(|r| r.outcome).collect()
 }
 
-#[test]
-fn an_asset_sent_again_as_it_was_is_decided_unchanged_without_being_hashed() {
-    let control = MemControl::indexed(Duration::ZERO);
+/// Three crawls over `control`: every asset new (each hashed), every asset sent again as it
+/// was but for its row count (none hashed, and the rows carry the record's hash), one asset
+/// changed (it alone hashed). Returns the third.
+fn only_what_changed_is_hashed(control: &Arc<MemControl>) -> Run {
     let first = run(ignoring_row_counts(2), crawl(1, |_| "v1".into()), control.clone());
     assert_eq!(first.hashed, ASSETS as u64, "a new asset is hashed");
     assert!(outcomes(&first).iter().all(|o| *o == Outcome::Created));
@@ -57,7 +59,6 @@ fn an_asset_sent_again_as_it_was_is_decided_unchanged_without_being_hashed() {
     let second = run(ignoring_row_counts(2), crawl(2, |_| "v1".into()), control.clone());
     assert!(outcomes(&second).iter().all(|o| *o == Outcome::Unchanged), "{:?}", outcomes(&second));
     assert_eq!(second.hashed, 0, "only row counts moved: every asset is known by its print");
-    // The rows carry the record's hash, as a hashed event's would.
     for row in &second.history {
         let key = row.asset_key.as_deref().unwrap();
         assert_eq!(row.hash.as_deref(), Some(control.record(key).unwrap().hash.as_str()));
@@ -67,33 +68,23 @@ fn an_asset_sent_again_as_it_was_is_decided_unchanged_without_being_hashed() {
         run(ignoring_row_counts(2), crawl(3, |i| if i == 7 { "v2".into() } else { "v1".into() }), control.clone());
     assert_eq!(third.hashed, 1, "only the changed asset is hashed");
     assert_eq!(third.upsert_changes("src/db/public/t07"), vec!["updated"]);
+    third
+}
+
+#[test]
+fn an_asset_sent_again_as_it_was_is_decided_unchanged_without_being_hashed() {
+    let third = only_what_changed_is_hashed(&MemControl::indexed(Duration::ZERO));
     assert_eq!(outcomes(&third).iter().filter(|o| **o == Outcome::Unchanged).count(), ASSETS - 1);
 }
 
 /// Past the bound of the embedded store's index, a steady crawl's records are read, not known:
-/// the print kept with each record read vouches for the event as the index's does, and only
-/// what changed is hashed.
+/// the print kept with each record read vouches for the event as the index's does.
 #[test]
 fn an_asset_whose_record_is_read_is_known_by_the_print_kept_with_it() {
     let control = MemControl::printed(Duration::ZERO);
-    let first = run(ignoring_row_counts(2), crawl(1, |_| "v1".into()), control.clone());
-    assert_eq!(first.hashed, ASSETS as u64, "a new asset is hashed");
-
-    control.reads.lock().unwrap().clear();
-    let second = run(ignoring_row_counts(2), crawl(2, |_| "v1".into()), control.clone());
-    assert!(outcomes(&second).iter().all(|o| *o == Outcome::Unchanged), "{:?}", outcomes(&second));
-    assert!(control.reads.lock().unwrap().iter().sum::<usize>() >= ASSETS, "every record was read");
-    assert_eq!(second.hashed, 0, "a record read with its print was hashed again");
-    for row in &second.history {
-        let key = row.asset_key.as_deref().unwrap();
-        assert_eq!(row.hash.as_deref(), Some(control.record(key).unwrap().hash.as_str()));
-    }
-
-    // A changed asset is hashed and written with its new print; its old one vouches no more.
-    let third =
-        run(ignoring_row_counts(2), crawl(3, |i| if i == 7 { "v2".into() } else { "v1".into() }), control.clone());
-    assert_eq!(third.hashed, 1, "only the changed asset is hashed");
-    assert_eq!(third.upsert_changes("src/db/public/t07"), vec!["updated"]);
+    only_what_changed_is_hashed(&control);
+    assert!(control.reads.lock().unwrap().iter().sum::<usize>() >= 3 * ASSETS, "every event's record was read");
+    // The changed asset was written with its new print; its old one vouches no more.
     let back = run(ignoring_row_counts(2), crawl(4, |_| "v1".into()), control.clone());
     assert_eq!(back.hashed, 1, "the asset changed back is hashed");
     assert_eq!(back.upsert_changes("src/db/public/t07"), vec!["updated"]);

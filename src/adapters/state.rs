@@ -1032,6 +1032,19 @@ mod tests {
         }
     }
 
+    /// `r` seen again, unchanged, an hour later in run `r2`: a touch to version 4, unindexed.
+    fn seen_in_r2(r: &ControlRecord) -> RecordTouch<'static> {
+        RecordTouch {
+            source: r.source.clone().into(),
+            asset_key: r.asset_key.clone().into(),
+            last_seen_run: "r2".into(),
+            last_seen_at: r.last_seen_at + chrono::Duration::hours(1),
+            version: 4,
+            indexed: false,
+            print: None,
+        }
+    }
+
     fn keys(of: &[(&str, &str)]) -> Vec<RecordKey> {
         of.iter().map(|(s, k)| RecordKey { source: (*s).to_owned(), asset_key: (*k).to_owned() }).collect()
     }
@@ -1180,15 +1193,7 @@ mod tests {
         let print = |key: &str| store.known("pg", key).and_then(|k| k.print);
         assert_eq!((print("pg/db/s/a"), print("pg/db/s/b")), (Some([1; 16]), None));
 
-        let touch = |r: &ControlRecord, print| RecordTouch {
-            source: r.source.clone().into(),
-            asset_key: r.asset_key.clone().into(),
-            last_seen_run: "r2".into(),
-            last_seen_at: r.last_seen_at + chrono::Duration::hours(1),
-            version: 4,
-            indexed: true,
-            print,
-        };
+        let touch = |r: &ControlRecord, print| RecordTouch { indexed: true, print, ..seen_in_r2(r) };
         store.put_with_touches(&[], &[touch(&a, None), touch(&b, Some([2; 16]))]).await.unwrap();
         assert_eq!(
             (print("pg/db/s/a"), print("pg/db/s/b")),
@@ -1243,15 +1248,7 @@ mod tests {
         };
         assert_eq!(prints(&store).await, (Some([1; 16]), None));
 
-        let touch = |r: &ControlRecord, print| RecordTouch {
-            source: r.source.clone().into(),
-            asset_key: r.asset_key.clone().into(),
-            last_seen_run: "r2".into(),
-            last_seen_at: r.last_seen_at + chrono::Duration::hours(1),
-            version: 4,
-            indexed: false,
-            print,
-        };
+        let touch = |r: &ControlRecord, print| RecordTouch { print, ..seen_in_r2(r) };
         store.put_with_touches(&[], &[touch(&a, None), touch(&b, Some([2; 16]))]).await.unwrap();
         assert_eq!(prints(&store).await, (Some([1; 16]), Some([2; 16])), "a stamp keeps the record's or brings one");
 
