@@ -59,6 +59,9 @@ kind = "file"
 path = "out/dead-letter.jsonl"
 "#;
 const SOURCES: usize = 10;
+/// The size of the embedded crawls' events (`gen --payload`): #18's own trial and targets are
+/// of 1.2 KB events.
+const PAYLOAD: usize = 1200;
 
 /// One `assetflow run`, measured.
 #[derive(Debug, Clone)]
@@ -232,8 +235,16 @@ fn embedded_sections(work: &Path, report: &mut Report, small: usize, large: usiz
     let first_small = work.join(format!("first-{small}.jsonl"));
     let files = run_embedded_on(&work.join("embedded-files"), &first_small, 4, true, None, "files");
     let ceiling = small_ceiling(work, small);
-    report.embedded(&embedded, &files, &ceiling, small, large);
+    let line_bytes = mean_line_bytes(&work.join(format!("steady-{small}.jsonl")));
+    report.embedded(&embedded, &files, &ceiling, (small, large), line_bytes);
     scaling_against(work, report, small, &ceiling);
+}
+
+/// The mean size of a line of `path`, its newline included.
+fn mean_line_bytes(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).expect("read a stream");
+    let lines = bytes.iter().filter(|b| **b == b'\n').count().max(1);
+    (bytes.len() / lines) as u64
 }
 
 /// The scaling table, with the ceiling and floor it is read against, and nothing else.
@@ -337,13 +348,14 @@ fn machine() -> String {
     format!("{cpus} CPUs ({model})")
 }
 
-/// `assetflow gen` of about `events` events over [`SOURCES`] sources, ~1 KiB each.
+/// `assetflow gen` of about `events` events over [`SOURCES`] sources, [`PAYLOAD`] bytes each.
 fn generate(work: &Path, name: &str, events: usize, runs: usize, skip: usize) {
     let assets = (events / SOURCES).max(1).to_string();
     let out = work.join(format!("{name}.jsonl"));
     let status = Command::new(BIN.as_str())
         .args(["gen", "--sources", &SOURCES.to_string(), "--assets", &assets, "--runs", &runs.to_string()])
-        .args(["--skip-runs", &skip.to_string(), "--churn", "0.02", "--missing", "0.01", "--payload", "1024"])
+        .args(["--skip-runs", &skip.to_string(), "--churn", "0.02", "--missing", "0.01"])
+        .args(["--payload", &PAYLOAD.to_string()])
         .args(["--bad", "0", "--redeliver", "0", "--out"])
         .arg(&out)
         .env("RUST_LOG", "warn")
@@ -819,14 +831,14 @@ impl Report {
         runs: &[(usize, Measured, Measured)],
         files: &Measured,
         ceiling: &Measured,
-        small: usize,
-        large: usize,
+        (small, large): (usize, usize),
+        line_bytes: u64,
     ) {
         let b = &mut self.body;
         let _ = writeln!(b, "## Embedded end to end\n");
         let _ = writeln!(
             b,
-            "File source, no enricher, 4 decisor shards, embedded control table (fjall) and history (segment\nfiles), content folder, file sinks; every effect durable before its event is acknowledged. Events are ~1 KiB\n(18 columns), {SOURCES} sources. *First*: every asset new. *Steady*: the next crawl of the same\nassets over the state the first left (2% changed, 1% gone). Latency is read-to-durable per event\n(p50/p99 are bucket upper bounds, 25% wide). The {small}-event crawls ran {} times (a first crawl from\nempty state, then the steady crawl over it): each row is the run of median events/s, the range\nof all in brackets. The larger ones ran once: {} events is #18's own trial, {large} is there for\nmemory.\n",
+            "File source, no enricher, 4 decisor shards, embedded control table (fjall) and history (segment\nfiles), content folder, file sinks; every effect durable before its event is acknowledged. Events of\n{line_bytes} bytes a line on average (`assetflow gen --payload {PAYLOAD}`, #18's), {SOURCES} sources. *First*: every asset new. *Steady*: the next crawl of the same\nassets over the state the first left (2% changed, 1% gone). Latency is read-to-durable per event\n(p50/p99 are bucket upper bounds, 25% wide). The {small}-event crawls ran {} times (a first crawl from\nempty state, then the steady crawl over it): each row is the run of median events/s, the range\nof all in brackets. The larger ones ran once: {} events is #18's own trial, {large} is there for\nmemory.\n",
             repeats(),
             2 * small
         );
