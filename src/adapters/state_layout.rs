@@ -88,12 +88,21 @@ struct Stored<'a> {
     version: u64,
 }
 
-/// A value's buffer: its tag byte, and room for a whole row (grown from one byte, a ~300-byte
-/// record was reallocated six times).
-fn with_tag(tag: u8) -> Vec<u8> {
-    let mut v = Vec::with_capacity(384);
-    v.push(tag);
-    v
+/// `value` in postcard behind the tag of its layout: `plain`, or `printed` with the print's 16
+/// bytes after the fields, as [`fields`] reads them back. `room` is what the buffer starts
+/// with: a whole row (grown from one byte, a ~300-byte record was reallocated six times).
+fn encode_tagged(
+    value: &impl Serialize,
+    (plain, printed): (u8, u8),
+    print: Option<TextPrint>,
+    room: usize,
+    op: &str,
+) -> BackendResult<Vec<u8>> {
+    let mut out = Vec::with_capacity(room);
+    out.push(if print.is_some() { printed } else { plain });
+    let mut out = postcard::to_extend(value, out).map_err(|e| BackendError::permanent(BACKEND, op, e))?;
+    out.extend_from_slice(print.as_ref().map_or(&[][..], |p| &p[..]));
+    Ok(out)
 }
 
 fn corrupt(what: impl std::fmt::Display) -> BackendError {
@@ -173,11 +182,8 @@ pub fn encode_printed(r: &ControlRecord, print: Option<TextPrint>) -> BackendRes
         content_ref: r.content_ref.as_deref().map(Cow::Borrowed),
         version: r.version,
     };
-    let tag = if print.is_some() { PRINTED_RECORD_TAG } else { RECORD_TAG };
-    let mut out = postcard::to_extend(&(r.asset_key.as_str(), stored), with_tag(tag))
-        .map_err(|e| BackendError::permanent(BACKEND, "encode record", e))?;
-    out.extend_from_slice(print.as_ref().map_or(&[][..], |p| &p[..]));
-    Ok(out)
+    let tags = (RECORD_TAG, PRINTED_RECORD_TAG);
+    encode_tagged(&(r.asset_key.as_str(), stored), tags, print, 384, "encode record")
 }
 
 /// A value's postcard fields and the text print after them, told apart by the tag in front:
@@ -272,12 +278,7 @@ pub fn encode_stamp(t: &RecordTouch) -> BackendResult<Vec<u8>> {
 /// The row value of a run stamp from its parts.
 pub fn encode_stamp_of(run: &str, at: DateTime<Utc>, version: u64, print: Option<TextPrint>) -> BackendResult<Vec<u8>> {
     let stamp = StoredStamp { last_seen_run: Cow::Borrowed(run), last_seen_at: at.into(), version };
-    let mut out = Vec::with_capacity(64);
-    out.push(if print.is_some() { PRINTED_STAMP_TAG } else { STAMP_TAG });
-    let mut out =
-        postcard::to_extend(&stamp, out).map_err(|e| BackendError::permanent(BACKEND, "encode run stamp", e))?;
-    out.extend_from_slice(print.as_ref().map_or(&[][..], |p| &p[..]));
-    Ok(out)
+    encode_tagged(&stamp, (STAMP_TAG, PRINTED_STAMP_TAG), print, 64, "encode run stamp")
 }
 
 fn stored_stamp(bytes: &[u8]) -> BackendResult<(StoredStamp<'_>, Option<TextPrint>)> {
