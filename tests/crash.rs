@@ -235,7 +235,7 @@ fn metric(metrics: &str, sample: &str) -> Option<f64> {
 }
 
 /// Unchanged assets seen again keep their run stamps in memory and in touch frames until a fold
-/// (`src/adapters/state_touches.rs`): a SIGKILL after their events are acknowledged, before the
+/// (`src/adapters/state/touches.rs`): a SIGKILL after their events are acknowledged, before the
 /// run's completion, must not lose them. The completion, read by the next process, must drop
 /// only the assets the run did not see; with the stamps lost it would find none of the 50 seen
 /// and refuse to drop them all (the drop guard).

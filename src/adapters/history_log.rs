@@ -11,7 +11,7 @@
 //! Layout, in `{state_dir}/history/`:
 //! - `{n:010}.hlog`, a segment: frames, each `len` (u32 LE: the bytes after the header), `crc`
 //!   (u32 LE, CRC-32 of those bytes), then the asset key's 8-byte digest
-//!   (`state_layout::history_digest`) and the row as `state_layout::encode_history` writes it.
+//!   (`layout::history_digest`) and the row as `layout::encode_history` writes it.
 //!   Segments are numbered in the order they were started; a process only ever appends to a
 //!   segment it started, and starts a new one past [`SEGMENT_BYTES`], so a frame torn by a crash
 //!   is the last of its segment, and readers stop at the first frame that does not check.
@@ -30,7 +30,7 @@ use std::sync::Mutex;
 use assetflow_actors::decision::HistoryRow;
 use assetflow_actors::ports::{BackendError, BackendResult};
 
-use super::state_layout::{self, history_digest};
+use super::state::layout::{self, history_digest};
 
 /// A segment past this size is closed (indexed) and the next batch starts a new one. The
 /// segment being written keeps its index in memory until it closes (16 bytes a row, ~3 MiB
@@ -256,7 +256,7 @@ impl HistoryLog {
                 if out.len() >= limit {
                     break;
                 }
-                let row = state_layout::decode_history(&read_frame(&file, size, &path, offset)?)?;
+                let row = layout::decode_history(&read_frame(&file, size, &path, offset)?)?;
                 if row.asset_key.as_deref().unwrap_or("") == asset_key {
                     out.push(row);
                 }
@@ -300,7 +300,7 @@ pub fn frames_into(rows: &[HistoryRow], out: &mut Vec<u8>) -> BackendResult<()> 
         let start = out.len();
         out.extend_from_slice(&[0; FRAME_HEADER]);
         out.extend_from_slice(&history_digest(row.asset_key.as_deref().unwrap_or("")));
-        state_layout::encode_history_into(row, out)?;
+        layout::encode_history_into(row, out)?;
         let body = &out[start + FRAME_HEADER..];
         let len = u32::try_from(body.len()).map_err(|e| fail("append history", e))?;
         let crc = crc32fast::hash(body);
@@ -432,7 +432,7 @@ impl Index {
     }
 }
 
-/// History rows for the embedded history's tests (here and in `state.rs`).
+/// History rows for the embedded history's tests (here and in `state/tests.rs`).
 #[cfg(test)]
 pub(crate) mod test_rows {
     use assetflow_actors::decision::{HistoryRow, Outcome};

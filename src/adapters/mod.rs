@@ -15,7 +15,3 @@ pub mod kafka;
 pub mod postgres;
 pub mod scylla_history;
 pub mod state;
-pub mod state_index;
-pub mod state_index_file;
-pub mod state_layout;
-pub mod state_touches;

@@ -1,7 +1,7 @@
 //! From config to a running topology: the [`Graph`] of what runs, and the adapter behind each
 //! port it names (Vector's `topology::builder`, in small).
 //!
-//! - [`graph`]: the graph built once from the config, drawn by `assetflow topology` and served
+//! - `graph.rs`: the graph built once from the config, drawn by `assetflow topology` and served
 //!   to the status page.
 
 mod graph;

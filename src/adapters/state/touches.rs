@@ -7,11 +7,11 @@
 //! key is a sequence number). The store's index holds each indexed asset's latest stamp in
 //! memory and reads take it from there; the frames are what makes those stamps durable. An open
 //! after a crash replays them into the index, and once they pass a bound (`FOLD_FRAMES` in
-//! `state.rs`) a fold writes the index's stamps of the frames' runs as `stamps` rows and
+//! `fold.rs`) a fold writes the index's stamps of the frames' runs as `stamps` rows and
 //! removes the frames.
 //!
 //! A frame holds the batch's run ids once and, per asset, its control key, the run's place in
-//! that list, the time and the version, in postcard behind a tag byte (as `state_layout.rs`).
+//! that list, the time and the version, in postcard behind a tag byte (as `layout.rs`).
 //! Replaying keeps, per asset, the stamp of the highest version, so frames may be applied in
 //! any order and more than once.
 
@@ -21,7 +21,7 @@ use assetflow_actors::ports::{BackendError, BackendResult};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::state_index::IndexKey;
+use super::index::IndexKey;
 
 /// The first byte of a frame.
 const FRAME_TAG: u8 = 4;

@@ -34,11 +34,11 @@ pub const STRIPE_ENTRIES: usize = 7_168;
 /// Assets the index can hold.
 pub const CAPACITY: usize = STRIPES * STRIPE_ENTRIES;
 
-/// An asset's place in the index: its control key (`state_layout::control_key`), the 4 bytes
+/// An asset's place in the index: its control key (`layout::control_key`), the 4 bytes
 /// of its source's prefix, then 16 that digest the asset key, already uniformly random.
 pub type IndexKey = [u8; 20];
 
-/// The first bytes of an [`IndexKey`]: its source's (`state_layout::control_prefix`).
+/// The first bytes of an [`IndexKey`]: its source's (`layout::control_prefix`).
 pub type SourcePrefix = [u8; 4];
 
 /// Hashes an [`IndexKey`] by taking eight bytes of its asset digest: they are a BLAKE3 digest

@@ -14,7 +14,7 @@ use std::path::Path;
 use assetflow_actors::record::KnownRecord;
 use chrono::DateTime;
 
-use super::state_index::{IndexKey, PrefixOwner, RecordIndex, SourcePrefix};
+use super::index::{IndexKey, PrefixOwner, RecordIndex, SourcePrefix};
 
 /// The layout's name and version: an older file is refused, and the store scanned.
 const MAGIC: &[u8; 8] = b"afindex4";
@@ -36,7 +36,7 @@ pub struct Loaded {
     /// Whether the entries are every live record of the store.
     pub complete: bool,
     pub sources: Vec<(SourcePrefix, PrefixOwner)>,
-    /// The runs of the stamps that only touch frames hold, by brief (`state_touches.rs`).
+    /// The runs of the stamps that only touch frames hold, by brief (`touches.rs`).
     pub runs: Vec<(u64, String)>,
 }
 

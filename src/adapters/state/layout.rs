@@ -27,7 +27,7 @@ use assetflow_actors::record::{ControlRecord, KnownRecord, RecordStatus, RecordT
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::state_index::Written;
+use super::index::Written;
 
 /// The first byte of a control record: its asset key, then its fields, in postcard.
 const RECORD_TAG: u8 = 2;
