@@ -4,6 +4,8 @@
 //! - [`adapters`]: one module per backend, each implementing a port of `assetflow-actors`.
 //! - [`topology`]: builds the adapters a config names, and draws the graph.
 //! - [`commands`]: `run`, `check-config`, `topology`, `history`, `assets`.
+//! - [`admin`]: the admin HTTP server: health, readiness, metrics, the live status page.
+//! - [`generate`]: `assetflow gen`, the deterministic crawl streams of tests and benchmarks.
 //! - [`allocator`]: the options jemalloc runs with.
 
 pub mod adapters;
