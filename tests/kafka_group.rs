@@ -129,3 +129,30 @@ fn a_second_process_on_a_group_with_embedded_state_refuses_and_the_first_goes_on
     let upserts = lines(&a.path().join("out/upsert.jsonl"));
     assert!(upserts >= 90, "the first process decided the whole crawl: {upserts} upserts");
 }
+
+#[test]
+fn a_lone_process_that_drains_the_topic_leaves_its_group_without_an_error() {
+    // Leaving the group revokes every partition; counted as a rebalance, that read as "another
+    // process holds them" and logged an error at the end of every clean run.
+    require_broker();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (topic, group) = (unique("drained"), unique("group"));
+    rt.block_on(create_topic(&topic, 3));
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::assetflow(
+        dir.path(),
+        &["gen", "--sources", "3", "--assets", "20", "--runs", "1", "--bad", "0", "--out", "all.jsonl"],
+    );
+    assert!(out.status.success());
+    let all: Vec<String> =
+        std::fs::read_to_string(dir.path().join("all.jsonl")).unwrap().lines().map(str::to_owned).collect();
+    rt.block_on(produce_lines(&topic, &all));
+    let config =
+        config(&topic, &group, "").replace("session_timeout_ms = 6000", "session_timeout_ms = 6000\nfollow = false");
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let out = common::bin().arg("run").current_dir(dir.path()).env("RUST_LOG", "warn").output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(lines(&dir.path().join("out/upsert.jsonl")), 60, "the whole crawl is decided: {stderr}");
+    assert!(!stderr.contains("ERROR") && !stderr.contains("reading paused"), "a clean drain logs no error: {stderr}");
+}

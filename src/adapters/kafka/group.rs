@@ -233,7 +233,10 @@ impl ConsumerContext for GroupContext {
             Rebalance::Revoke(_) => matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative),
             Rebalance::Error(_) => false,
         };
-        if self.0.one_process && counts {
+        // Leaving the group (the source is dropped after a drain or a stop) revokes every
+        // partition: this process going away, not another one taking them.
+        let leaving = self.0.stopping.load(Ordering::Relaxed);
+        if self.0.one_process && counts && !leaving {
             self.0.check_sharing(consumer);
         }
     }
