@@ -39,6 +39,17 @@ fn lines(path: &Path) -> usize {
     std::fs::read_to_string(path).map(|t| t.lines().count()).unwrap_or(0)
 }
 
+/// The lines of `assetflow gen` for 3 sources of `assets` assets each, over `runs` runs.
+fn crawl_lines(assets: &str, runs: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::assetflow(
+        dir.path(),
+        &["gen", "--sources", "3", "--assets", assets, "--runs", runs, "--bad", "0", "--out", "all.jsonl"],
+    );
+    assert!(out.status.success());
+    std::fs::read_to_string(dir.path().join("all.jsonl")).unwrap().lines().map(str::to_owned).collect()
+}
+
 /// Polls `/status.json` until `want` holds of it, or the deadline passes.
 fn wait_status(port: u16, deadline: Duration, want: impl Fn(&serde_json::Value) -> bool) -> bool {
     let started = Instant::now();
@@ -59,14 +70,7 @@ fn a_second_process_on_a_group_with_embedded_state_refuses_and_the_first_goes_on
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (topic, group) = (unique("shared"), unique("group"));
     rt.block_on(create_topic(&topic, 3));
-    let gen_dir = tempfile::tempdir().unwrap();
-    let out = common::assetflow(
-        gen_dir.path(),
-        &["gen", "--sources", "3", "--assets", "30", "--runs", "2", "--bad", "0", "--out", "all.jsonl"],
-    );
-    assert!(out.status.success());
-    let all: Vec<String> =
-        std::fs::read_to_string(gen_dir.path().join("all.jsonl")).unwrap().lines().map(str::to_owned).collect();
+    let all = crawl_lines("30", "2");
     let (first, second) = all.split_at(all.len() / 2);
     rt.block_on(produce_lines(&topic, first));
 
@@ -138,14 +142,8 @@ fn a_lone_process_that_drains_the_topic_leaves_its_group_without_an_error() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (topic, group) = (unique("drained"), unique("group"));
     rt.block_on(create_topic(&topic, 3));
+    let all = crawl_lines("20", "1");
     let dir = tempfile::tempdir().unwrap();
-    let out = common::assetflow(
-        dir.path(),
-        &["gen", "--sources", "3", "--assets", "20", "--runs", "1", "--bad", "0", "--out", "all.jsonl"],
-    );
-    assert!(out.status.success());
-    let all: Vec<String> =
-        std::fs::read_to_string(dir.path().join("all.jsonl")).unwrap().lines().map(str::to_owned).collect();
     rt.block_on(produce_lines(&topic, &all));
     let config =
         config(&topic, &group, "").replace("session_timeout_ms = 6000", "session_timeout_ms = 6000\nfollow = false");
