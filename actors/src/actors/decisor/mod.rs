@@ -367,8 +367,12 @@ async fn decide_and_publish(
     let first_round = earlier.is_empty();
     let alone = alone_in_batch(batch);
     let mut known = if first_round { known_unchanged(deps, batch, &alone) } else { vec![None; batch.len()] };
+    // The batch's sources, owned: the events are hashed in place between the read and the marks.
+    let sources: Vec<String> = {
+        let distinct: FastSet<&str> = batch.iter().map(|p| p.enriched.event.source.as_str()).collect();
+        distinct.into_iter().map(str::to_owned).collect()
+    };
     let keys: Vec<RecordKey> = {
-        let sources: FastSet<&str> = batch.iter().map(|p| p.enriched.event.source.as_str()).collect();
         let mut seen = FastSet::default();
         batch
             .iter()
@@ -384,10 +388,9 @@ async fn decide_and_publish(
     hash_from_prints(batch, &records, &prints);
     hash_batch(deps, batch);
     let batch: &[Pending] = batch;
-    let sources: FastSet<&str> = batch.iter().map(|p| p.enriched.event.source.as_str()).collect();
     let marks: FastMap<&str, CompletionMark> = sources
         .iter()
-        .filter_map(|s| records.remove(*s).as_ref().and_then(CompletionMark::from_record).map(|m| (*s, m)))
+        .filter_map(|s| records.remove(s).as_ref().and_then(CompletionMark::from_record).map(|m| (s.as_str(), m)))
         .collect();
     let replayed = |p: &Pending| {
         let ev = &p.enriched.event;
