@@ -195,7 +195,7 @@ fn steady_round(root: &Path, brokers: &str, tag: &str, base: &str, k: usize, att
         .iter()
         .map(|d| spawn(d, &config(brokers, &format!("{tag}-steady"), &group, &control, &history, false, "")))
         .collect();
-    for (c, d) in children.iter_mut().enumerate().map(|(i, c)| (c, &dirs[i])) {
+    for (c, d) in children.iter_mut().zip(&dirs) {
         let status = loop {
             if let Some(status) = c.try_wait().expect("wait") {
                 break Some(status);
