@@ -19,17 +19,18 @@ use assetflow_actors::print::TextPrint;
 use assetflow_actors::record::KnownRecord;
 
 /// Stripes, each under its own lock: the shards look keys up and update them concurrently.
-/// Also what sizes the index (below): 24 covers all but ~15% of the 200,000-asset catalog of
-/// #18's own trial, whose steady crawl then ran at 158–174k events/s at one shard on 2 cores;
-/// at 16 (~115,000 assets) it read and hashed 44% of its assets and ran at 85–97k
-/// (benches/analysis.md, twenty-fifth session).
-pub const STRIPES: usize = 24;
+/// Also what sizes the index (below): 30 holds every asset of the 200,000-asset catalog of
+/// #18's own trial. At 24 (~172,000 assets) the trial's steady crawl read and hashed the ~15%
+/// it left out; at 16 (~115,000) 44% of its assets, at 85–97k events/s against 158–174k at 24
+/// (benches/analysis.md, twenty-fifth and twenty-eighth sessions).
+pub const STRIPES: usize = 30;
 /// Assets indexed per stripe: 7/8 of 2^13, the most a table of 2^13 slots holds before it
-/// doubles, so the index never takes more than 24 × 2^13 slots of 105 bytes (~20 MiB) and
-/// covers about 172,000 assets. Twice that per stripe (16 stripes) was measured: the 1M-asset
-/// run's peak memory then grew past 1.5x the 100k run's (BENCHMARKS.md), the bound `make
-/// bench` holds it to, where 24 stripes of 2^13 slots (which a 100k-asset store fills too)
-/// keep it near 1.3x.
+/// doubles, so the index never takes more than 30 × 2^13 slots of 105 bytes (~26 MiB) and
+/// covers about 215,000 assets. A 100k-asset store fills 2^13-slot tables too (its share of a
+/// stripe, and the eighth more that [`RecordIndex::reserve`] allows, passes 2^12's 3,584), so
+/// the index adds the same to a 100k run's peak memory as to a 1M run's, and the ratio `make
+/// bench` holds to 1.5x stays near 1.3x. Twice the entries per stripe (16 stripes of 2^14)
+/// broke it: a 100k store fills only half of those tables (BENCHMARKS.md).
 pub const STRIPE_ENTRIES: usize = 7_168;
 /// Assets the index can hold.
 pub const CAPACITY: usize = STRIPES * STRIPE_ENTRIES;
