@@ -107,11 +107,17 @@ struct Inner<P> {
     slots: VecDeque<(P, bool)>,
     /// The newest position below which everything is done, not yet taken for commit.
     ready: Option<P>,
+    /// Messages read and not yet done (`slots` not marked done).
+    pending: usize,
 }
+
+/// What a message not yet below the watermark counts against the window, against a whole one
+/// for a message not yet done: see [`Watermark::outstanding`].
+pub const SPAN_PER_WINDOW: usize = 4;
 
 impl<P: Send + 'static> Watermark<P> {
     pub fn new() -> Arc<Self> {
-        Arc::new(Watermark { inner: Mutex::new(Inner { base: 0, slots: VecDeque::new(), ready: None }) })
+        Arc::new(Watermark { inner: Mutex::new(Inner { base: 0, slots: VecDeque::new(), ready: None, pending: 0 }) })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner<P>> {
@@ -124,6 +130,7 @@ impl<P: Send + 'static> Watermark<P> {
         let mut inner = self.lock();
         let seq = inner.base + inner.slots.len() as u64;
         inner.slots.push_back((resume_at, false));
+        inner.pending += 1;
         drop(inner);
         Ack::new(self.clone() as Arc<dyn AckSink>, seq)
     }
@@ -133,8 +140,27 @@ impl<P: Send + 'static> Watermark<P> {
         self.lock().ready.take()
     }
 
-    /// Messages read but not yet below the watermark.
+    /// What counts against a source's window (`pipeline.max_in_flight`): the messages read and
+    /// not yet acknowledged, or a [`SPAN_PER_WINDOW`]th of those not yet below the watermark,
+    /// whichever is more. Zero exactly when everything read is acknowledged.
+    ///
+    /// Not the distance from the watermark alone: one slow message (a shard whose batch waits
+    /// on a slow sync) would then stop reading for every shard while the messages behind it are
+    /// long done, which on a machine whose syncs are slow against its cores is most of the
+    /// time. Not the messages in flight alone either: the span is what a restart re-delivers,
+    /// so it stays bounded, at [`SPAN_PER_WINDOW`] windows.
     pub fn outstanding(&self) -> usize {
+        let inner = self.lock();
+        inner.pending.max(inner.slots.len() / SPAN_PER_WINDOW)
+    }
+
+    /// Messages read and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.lock().pending
+    }
+
+    /// Messages read and not yet below the watermark: what a restart would read again.
+    pub fn behind(&self) -> usize {
         self.lock().slots.len()
     }
 }
@@ -145,8 +171,11 @@ impl<P: Send + 'static> AckSink for Watermark<P> {
         let Some(idx) = seq.checked_sub(inner.base) else {
             return;
         };
-        if let Some(slot) = inner.slots.get_mut(idx as usize) {
+        if let Some(slot) = inner.slots.get_mut(idx as usize)
+            && !slot.1
+        {
             slot.1 = true;
+            inner.pending -= 1;
         }
         while inner.slots.front().is_some_and(|s| s.1) {
             if let Some((pos, _)) = inner.slots.pop_front() {
@@ -175,5 +204,23 @@ mod tests {
         assert_eq!(wm.outstanding(), 1);
         drop(c);
         assert_eq!(wm.take_ready(), None, "a dropped ack never moves the watermark");
+    }
+
+    #[test]
+    fn the_window_counts_messages_in_flight_and_a_share_of_the_span() {
+        let wm = Watermark::<u64>::new();
+        let head = wm.register(0);
+        let rest: Vec<Ack> = (1..=12).map(|i| wm.register(i)).collect();
+        assert_eq!(wm.outstanding(), 13);
+        for ack in rest {
+            ack.done();
+        }
+        // Twelve done behind a head still in flight: one message in flight, thirteen behind.
+        assert_eq!((wm.in_flight(), wm.behind()), (1, 13));
+        assert_eq!(wm.outstanding(), 13 / SPAN_PER_WINDOW, "the span still counts, a share of it");
+        assert_eq!(wm.take_ready(), None);
+        head.done();
+        assert_eq!((wm.outstanding(), wm.in_flight(), wm.behind()), (0, 0, 0));
+        assert_eq!(wm.take_ready(), Some(12));
     }
 }

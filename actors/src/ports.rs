@@ -369,7 +369,11 @@ pub trait Source: Send + 'static {
     async fn pull(&mut self, max: usize) -> BackendResult<Pull>;
     /// Persists every partition's watermark that moved (offset commit, checkpoint...).
     async fn commit(&mut self) -> BackendResult<()>;
-    /// Messages read but not yet acknowledged.
+    /// What counts against `pipeline.max_in_flight`: messages read and not yet acknowledged
+    /// (a source that acknowledges by watermark counts as [`Watermark::outstanding`] does, so
+    /// one slow message does not stop reading); zero exactly when everything read is.
+    ///
+    /// [`Watermark::outstanding`]: crate::envelope::Watermark::outstanding
     fn outstanding(&self) -> usize;
     /// How far behind the input's end the source is, in the source's own unit (bytes for a
     /// file, milliseconds for Kinesis), when it can tell cheaply.

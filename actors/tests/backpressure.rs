@@ -123,3 +123,83 @@ fn a_slow_sink_slows_the_source_and_memory_stays_flat() {
     assert!(early > 0 && late > 0, "{samples:?}");
     assert!(late < early + 64 * 1024, "memory grew from {early} KiB to {late} KiB: {samples:?}");
 }
+
+const WINDOW: usize = 256;
+const PULL: usize = 32;
+
+/// Generates `total` events, one asset each, after a first message it keeps in flight itself
+/// until `release` passes: a message whose batch waits on a slow sync. Records the most
+/// messages ever in flight and ever behind the watermark (what a restart would read again).
+struct HeldHead {
+    next: usize,
+    total: usize,
+    watermark: Arc<Watermark<u64>>,
+    peaks: Arc<Mutex<(usize, usize)>>,
+}
+
+impl HeldHead {
+    fn new(total: usize, release: Duration, peaks: Arc<Mutex<(usize, usize)>>) -> Self {
+        let watermark = Watermark::new();
+        let head = watermark.register(0);
+        std::thread::spawn(move || {
+            std::thread::sleep(release);
+            head.done();
+        });
+        HeldHead { next: 1, total, watermark, peaks }
+    }
+}
+
+#[async_trait]
+impl Source for HeldHead {
+    async fn pull(&mut self, max: usize) -> BackendResult<Pull> {
+        if self.next > self.total {
+            return Ok(Pull::Drained);
+        }
+        let mut out = Vec::with_capacity(max);
+        while out.len() < max && self.next <= self.total {
+            let i = self.next;
+            self.next += 1;
+            out.push(RawMessage::new(
+                running(&format!("e{i}"), "s", "r1", &format!("t{i}"), 1, "v").into_bytes(),
+                Origin { source: "held".into(), partition: "0".into(), offset: i.to_string() },
+                self.watermark.register(i as u64),
+            ));
+        }
+        let mut peaks = self.peaks.lock().unwrap();
+        peaks.0 = peaks.0.max(self.watermark.in_flight());
+        peaks.1 = peaks.1.max(self.watermark.behind());
+        Ok(Pull::Messages(out))
+    }
+    async fn commit(&mut self) -> BackendResult<()> {
+        let _ = self.watermark.take_ready();
+        Ok(())
+    }
+    fn outstanding(&self) -> usize {
+        self.watermark.outstanding()
+    }
+}
+
+/// The window bounds the messages in flight, not the distance from the oldest of them: while
+/// one message is held, the source reads on (its followers are done), until what a restart
+/// would read again reaches `SPAN_PER_WINDOW` windows.
+#[test]
+fn one_slow_message_does_not_stop_reading_until_the_span_bound() {
+    let peaks = Arc::new(Mutex::new((0, 0)));
+    let total = 8 * WINDOW * assetflow_actors::envelope::SPAN_PER_WINDOW;
+    let source = HeldHead::new(total, Duration::from_millis(1500), peaks.clone());
+    let sink = Arc::new(MemSink::default());
+    let mut s = settings(4);
+    s.max_in_flight = WINDOW;
+    s.pull_batch = PULL;
+    let upserts: Arc<dyn Sink> = sink.clone();
+    let out = run_dyn_sink(s, Box::new(source), upserts);
+    assert_eq!(sink.all().len(), total, "every event reached the sink");
+    assert!(out.dead_letters.is_empty());
+    let (in_flight, behind) = *peaks.lock().unwrap();
+    // A pull that starts just under the bound may take one more batch.
+    assert!(in_flight <= WINDOW + PULL, "{in_flight} messages in flight at once, window {WINDOW}");
+    let span = WINDOW * assetflow_actors::envelope::SPAN_PER_WINDOW;
+    assert!(behind <= span + PULL, "{behind} messages behind the watermark, bound {span}");
+    // Counting the distance from the held message, reading would stop at one window.
+    assert!(behind >= span - WINDOW, "reading stopped {behind} messages behind the held one");
+}
