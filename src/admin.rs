@@ -117,7 +117,7 @@ pub fn render(s: &AdminState) -> String {
     family(
         "assetflow_in_flight",
         "gauge",
-        "Messages read but not yet acknowledged, by source.",
+        "What counts against pipeline.max_in_flight, by source: messages read and not yet acknowledged, or a quarter of those not yet committed if more.",
         m.in_flight().into_iter().map(|(k, v)| (format!("{{source=\"{}\"}}", label(&k)), v as f64)).collect(),
     );
     family(
