@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use assetflow_actors::envelope::SPAN_PER_WINDOW;
 use assetflow_actors::lookup::CachedLookup;
 use assetflow_actors::metrics::Metrics;
 use axum::Router;
@@ -117,7 +118,9 @@ pub fn render(s: &AdminState) -> String {
     family(
         "assetflow_in_flight",
         "gauge",
-        "What counts against pipeline.max_in_flight, by source: messages read and not yet acknowledged, or a quarter of those not yet committed if more.",
+        &format!(
+            "What counts against pipeline.max_in_flight, by source: messages read and not yet acknowledged, or one in {SPAN_PER_WINDOW} of those not yet committed if more."
+        ),
         m.in_flight().into_iter().map(|(k, v)| (format!("{{source=\"{}\"}}", label(&k)), v as f64)).collect(),
     );
     family(
