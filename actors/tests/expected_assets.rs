@@ -86,3 +86,49 @@ fn a_stale_or_repeated_event_of_the_run_counts_and_an_exact_redelivery_does_not(
     let out = run(s, short, MemControl::slow(Duration::ZERO));
     assert_eq!(out.dead_letter_kinds(), vec!["incomplete_run"]);
 }
+
+#[test]
+fn a_late_event_of_the_run_does_not_overtake_the_next_completion() {
+    // r1's completion waits for a fourth asset (t3) that its partition delivers only after
+    // r2's completion. Read in order, r2's completion is swept before t3 exists: it drops t1
+    // and t2, and r1's completion, still short of its count, times out. Let through early, t3
+    // would complete r1 and then be dropped by r2, whose sweep comes before it in the input.
+    let mut lines = Vec::new();
+    for k in 0..3 {
+        lines.push(running(&format!("a{k}"), "s", "r1", &format!("t{k}"), 10, "c"));
+    }
+    lines.push(completed("c1", "s", "r1", 11, Some(4)));
+    lines.push(running("b0", "s", "r2", "t0", 20, "c"));
+    lines.push(completed("c2", "s", "r2", 21, None));
+    lines.push(running("a3", "s", "r1", "t3", 12, "c"));
+    let mut s = settings(2);
+    s.max_drop_fraction = 1.0;
+    s.completion_timeout = Duration::from_millis(500);
+    let out = run(s, lines, MemControl::slow(Duration::ZERO));
+    assert_eq!(out.dead_letter_kinds(), vec!["incomplete_run"]);
+    assert_eq!(out.dropped_keys(), vec!["s/db/public/t1".to_string(), "s/db/public/t2".to_string()]);
+    assert!(out.control.record("s/db/public/t3").unwrap().is_live(), "t3 arrives after both sweeps");
+}
+
+#[test]
+fn a_late_event_from_another_partition_still_completes_its_run() {
+    // The same stream, but t3 comes on a partition of its own: nothing read before it there is
+    // held, so it passes, r1 completes with its four assets, and r2's sweep comes after it.
+    let mut lines = Vec::new();
+    for k in 0..3 {
+        lines.push(("0", running(&format!("a{k}"), "s", "r1", &format!("t{k}"), 10, "c")));
+    }
+    lines.push(("0", completed("c1", "s", "r1", 11, Some(4))));
+    lines.push(("0", running("b0", "s", "r2", "t0", 20, "c")));
+    lines.push(("0", completed("c2", "s", "r2", 21, None)));
+    lines.push(("1", running("a3", "s", "r1", "t3", 12, "c")));
+    let mut s = settings(2);
+    s.max_drop_fraction = 1.0;
+    s.completion_timeout = Duration::from_secs(20);
+    let started = Instant::now();
+    let out = run_with(s, Box::new(VecSource::across_partitions(lines)), Backends::default());
+    assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+    assert!(started.elapsed() < Duration::from_secs(10), "r1 completed on its fourth asset, not at the time-out");
+    let expected: Vec<String> = (1..4).map(|k| format!("s/db/public/t{k}")).collect();
+    assert_eq!(out.dropped_keys(), expected);
+}

@@ -438,7 +438,8 @@ impl Lookup for MemLookup {
 
 /// A finite source over lines, in small pulls so the pipeline sees many batches.
 pub struct VecSource {
-    lines: std::vec::IntoIter<(u64, String)>,
+    /// (offset, partition, line), in the order they are read.
+    lines: std::vec::IntoIter<(u64, String, String)>,
     watermark: Arc<Watermark<u64>>,
     /// Lines per pull, at most.
     pull: usize,
@@ -452,6 +453,13 @@ impl VecSource {
     /// Lines read at the given offsets: an offset seen before is the same message read again
     /// (a replay after a crash, or by the partition's next owner).
     pub fn at_positions(lines: Vec<(u64, String)>) -> Self {
+        let lines = lines.into_iter().map(|(pos, l)| (pos, "0".to_string(), l)).collect::<Vec<_>>();
+        VecSource { lines: lines.into_iter(), watermark: Watermark::new(), pull: 16 }
+    }
+
+    /// Lines read in this order from the named partitions (offsets count on across them).
+    pub fn across_partitions(lines: Vec<(&str, String)>) -> Self {
+        let lines = lines.into_iter().zip(1..).map(|((part, l), pos)| (pos, part.to_string(), l)).collect::<Vec<_>>();
         VecSource { lines: lines.into_iter(), watermark: Watermark::new(), pull: 16 }
     }
 
@@ -466,11 +474,11 @@ impl VecSource {
 impl Source for VecSource {
     async fn pull(&mut self, max: usize) -> BackendResult<Pull> {
         let mut out = Vec::new();
-        for (pos, line) in self.lines.by_ref().take(max.min(self.pull)) {
+        for (pos, partition, line) in self.lines.by_ref().take(max.min(self.pull)) {
             let ack = self.watermark.register(pos);
             out.push(RawMessage::new(
                 line.into_bytes(),
-                Origin { source: "test".into(), partition: "0".into(), offset: pos.to_string() },
+                Origin { source: "test".into(), partition, offset: pos.to_string() },
                 ack,
             ));
         }

@@ -4,7 +4,9 @@
 //! While a source's completion is being swept, that source's later events are held here (in
 //! order, up to the mailbox bound) so that a run's drops are decided before the next run's
 //! events; other sources keep flowing. When a completion says how many assets its run has
-//! (`expected_assets`), that run's own late events still pass, since the sweep waits for them.
+//! (`expected_assets`), that run's own late events still pass, since the sweep waits for them,
+//! but only until an event of their partition is held: one read after a held event (the next
+//! run's completion, say) waits behind it, as input order on a partition asks.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -43,6 +45,9 @@ struct PendingSweep {
     /// The completion waits for its run's assets: let that run's events through.
     passes_run: bool,
     held: VecDeque<Envelope<Enriched>>,
+    /// The partitions (configured source, partition) with an event in `held`: nothing more of
+    /// theirs passes, or it would overtake that event. A handful, so a list.
+    blocked: Vec<(String, String)>,
     done: watch::Receiver<bool>,
 }
 
@@ -111,8 +116,14 @@ impl Router {
         };
         let ev = &env.body.event;
         if let Some(p) = self.pending.get_mut(&ev.source) {
-            let passes = p.passes_run && ev.run_id == p.run_id && matches!(ev.kind, EventKind::Running { .. });
+            let origin = &env.origin;
+            let blocked = p.blocked.iter().any(|(s, part)| *s == origin.source && *part == origin.partition);
+            let passes =
+                p.passes_run && ev.run_id == p.run_id && matches!(ev.kind, EventKind::Running { .. }) && !blocked;
             if !passes {
+                if !blocked {
+                    p.blocked.push((origin.source.clone(), origin.partition.clone()));
+                }
                 p.held.push_back(env);
                 if p.held.len() >= self.mailbox {
                     // Held events are at their bound: stop taking anything until the sweep ends.
@@ -162,6 +173,7 @@ impl Router {
                 run_id: env.body.event.run_id.clone(),
                 passes_run,
                 held: VecDeque::new(),
+                blocked: Vec::new(),
                 done: rx,
             },
         );
