@@ -53,9 +53,10 @@ fn write(r: &ControlRecord, expected: u64) -> RecordWrite {
     RecordWrite::new(r.clone(), expected)
 }
 
-/// The sweep of run `run` over source `pg`, counting every run event.
+/// The sweep of run `run` over source `pg`, counting every run event, by a completion newer
+/// than every record.
 fn query(run: &str, max_drop_fraction: f64) -> SweepQuery<'_> {
-    SweepQuery { source: "pg", run, max_drop_fraction, count_run_events: true }
+    SweepQuery { source: "pg", run, emitted_at: DateTime::<Utc>::MAX_UTC, max_drop_fraction, count_run_events: true }
 }
 
 fn key(r: &ControlRecord) -> RecordKey {
@@ -130,6 +131,11 @@ fn sweeps_and_listings_page_through_a_source_by_key() {
         assert_eq!((plan.live, plan.seen_in_run), (5, 2));
         assert_eq!(plan.to_drop, ["pg/db/s/t2", "pg/db/s/t3", "pg/db/s/t4"]);
         assert!(store.sweep_plan(query("r2", 0.5)).await.unwrap().guarded, "3 of 5 is over half");
+        // A completion emitted before the records were last seen (read late): none is its to
+        // drop, and the guard weighs nothing.
+        let late = SweepQuery { emitted_at: t("2026-11-01T10:00:00Z"), ..query("r2", 0.5) };
+        let plan = store.sweep_plan(late).await.unwrap();
+        assert_eq!((plan.live, plan.to_drop.len(), plan.guarded), (5, 0, false));
         assert_eq!(store.list_all().await.unwrap().len(), 7);
     });
 }

@@ -62,9 +62,16 @@ fn id_of(parts: [&[&str]; 4]) -> String {
     id
 }
 
-/// The part of a record's state a decision id depends on: `""` for no record.
+/// The part of a record's state a decision id depends on: `""` for no record. A dropped
+/// record adds when it was dropped (its completion's time): an event re-delivered after each
+/// of two drops of its asset re-creates it twice, two decisions that need two ids. In
+/// milliseconds, as every control store keeps it (PostgreSQL keeps microseconds).
 pub fn prior_state(record: Option<&crate::record::ControlRecord>) -> String {
     match record {
+        Some(r) if !r.is_live() => {
+            let at = r.dropped_at.map(rfc3339).unwrap_or_default();
+            format!("{}:{}:{at}", r.status.as_str(), r.hash)
+        }
         Some(r) => format!("{}:{}", r.status.as_str(), r.hash),
         None => String::new(),
     }

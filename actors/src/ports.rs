@@ -179,7 +179,7 @@ pub trait ControlStore: Send + Sync + 'static {
     /// lists them all (so it counts every run event); a store that can stream its records
     /// overrides it, so that a sweep's memory does not grow with the size of the source.
     async fn sweep_plan(&self, q: SweepQuery<'_>) -> BackendResult<SweepPlan> {
-        Ok(plan_sweep(&self.list_source(q.source).await?, q.run, q.max_drop_fraction))
+        Ok(plan_sweep(&self.list_source(q.source).await?, q.run, q.emitted_at, q.max_drop_fraction))
     }
 }
 

@@ -27,6 +27,8 @@ pub struct SweepQuery<'a> {
     pub source: &'a str,
     /// The completed run.
     pub run: &'a str,
+    /// When the completion was emitted: a record touched by a newer event is not its to drop.
+    pub emitted_at: DateTime<Utc>,
     pub max_drop_fraction: f64,
     /// Whether the plan's `seen_in_run` must count every applied run event (§3.3: the
     /// completion names `expected_assets`). Without it a store may leave out those its records
@@ -42,21 +44,23 @@ pub struct SweepPlan {
     /// The completed run's applied `running` events (what `expected_assets` counts): records
     /// whose `last_seen_run` is the run, and its run-event markers ([`crate::record::RunEvent`]).
     pub seen_in_run: usize,
-    /// Asset keys of live records not seen in the run, in key order.
+    /// Asset keys of live records not seen in the run nor touched after the completion was
+    /// emitted, in key order.
     pub to_drop: Vec<String>,
     /// The drop guard holds: dropping `to_drop` would remove more than the allowed fraction.
     pub guarded: bool,
 }
 
-/// Plans the sweep of a completed run over all records of its source.
+/// Plans the sweep of a completed run, emitted at `at`, over all records of its source.
 pub fn plan_sweep<'a>(
     records: impl IntoIterator<Item = &'a ControlRecord>,
     run: &str,
+    at: DateTime<Utc>,
     max_drop_fraction: f64,
 ) -> SweepPlan {
-    let mut planner = SweepPlanner::new(run);
+    let mut planner = SweepPlanner::new(run, at);
     for r in records {
-        planner.add(&r.asset_key, r.is_live(), &r.last_seen_run);
+        planner.add(&r.asset_key, r.is_live(), &r.last_seen_run, r.last_seen_at);
     }
     planner.finish(max_drop_fraction)
 }
@@ -66,25 +70,30 @@ pub fn plan_sweep<'a>(
 #[derive(Debug)]
 pub struct SweepPlanner<'r> {
     run: &'r str,
+    at: DateTime<Utc>,
     live: usize,
     seen_in_run: usize,
     to_drop: Vec<String>,
 }
 
 impl<'r> SweepPlanner<'r> {
-    pub fn new(run: &'r str) -> Self {
-        SweepPlanner { run, live: 0, seen_in_run: 0, to_drop: Vec::new() }
+    /// The planner of the sweep of `run`, whose completion was emitted at `at`.
+    pub fn new(run: &'r str, at: DateTime<Utc>) -> Self {
+        SweepPlanner { run, at, live: 0, seen_in_run: 0, to_drop: Vec::new() }
     }
 
-    /// Counts one record of the source: its key, whether it is live, the run that last saw it.
-    pub fn add(&mut self, asset_key: &str, live: bool, last_seen_run: &str) {
+    /// Counts one record of the source: its key, whether it is live, the run that last saw it
+    /// and when. A live record an event newer than the completion touched (the next run,
+    /// read before a late completion) counts as live but is not dropped, nor counted against
+    /// the drop guard: the guard weighs what the sweep would do.
+    pub fn add(&mut self, asset_key: &str, live: bool, last_seen_run: &str, last_seen_at: DateTime<Utc>) {
         let in_run = last_seen_run == self.run;
         if in_run {
             self.seen_in_run += 1;
         }
         if live {
             self.live += 1;
-            if !in_run {
+            if !in_run && last_seen_at <= self.at {
                 self.to_drop.push(asset_key.to_owned());
             }
         }
@@ -146,13 +155,28 @@ mod tests {
             rec("b", "h", "r1", at, RecordStatus::Live),
             rec("c", "h", "r1", at, RecordStatus::Dropped),
         ];
-        let plan = plan_sweep(&rs, "r2", 0.5);
+        let t = at.parse().unwrap();
+        let plan = plan_sweep(&rs, "r2", t, 0.5);
         assert_eq!(
             (plan.live, plan.seen_in_run, plan.to_drop.clone(), plan.guarded),
             (2, 1, vec!["b".to_string()], false)
         );
-        let plan = plan_sweep(&rs, "r3", 0.5);
+        let plan = plan_sweep(&rs, "r3", t, 0.5);
         assert!(plan.guarded, "dropping 2 of 2 is over half");
-        assert!(!plan_sweep(&rs, "r3", 1.0).guarded);
+        assert!(!plan_sweep(&rs, "r3", t, 1.0).guarded);
+    }
+
+    #[test]
+    fn records_touched_after_the_completion_are_neither_dropped_nor_weighed_by_the_guard() {
+        // r1's completion, emitted at 10:00, is read after r2 refreshed a, b and c at 11:00:
+        // only d is r1's to drop, one of four live records, which the guard allows.
+        let rs = [
+            rec("a", "h", "r2", "2026-01-01T11:00:00Z", RecordStatus::Live),
+            rec("b", "h", "r2", "2026-01-01T11:00:00Z", RecordStatus::Live),
+            rec("c", "h", "r2", "2026-01-01T11:00:00Z", RecordStatus::Live),
+            rec("d", "h", "r0", "2026-01-01T09:00:00Z", RecordStatus::Live),
+        ];
+        let plan = plan_sweep(&rs, "r1", "2026-01-01T10:00:00Z".parse().unwrap(), 0.5);
+        assert_eq!((plan.live, plan.to_drop.clone(), plan.guarded), (4, vec!["d".to_string()], false));
     }
 }

@@ -51,6 +51,21 @@ fn an_older_completion_leaves_assets_touched_after_it() {
 }
 
 #[test]
+fn the_drop_guard_weighs_only_what_a_late_completion_drops() {
+    // r1 saw t000..t007; its completion is read after r2 refreshed t000..t005. It drops t008
+    // and t009, two of ten live assets, which the default guard (half) allows: the six r2
+    // refreshed are newer news, neither dropped nor counted as drops.
+    let mut lines = run_of("r0", 0..10, 10, 0);
+    lines.push(completed("c0", "src", "r0", 11, None));
+    lines.extend(run_of("r1", 0..8, 20, 100));
+    lines.extend(run_of("r2", 0..6, 30, 200));
+    lines.push(completed("c1", "src", "r1", 21, None));
+    let out = run(settings(4), lines, MemControl::slow(Duration::ZERO));
+    assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+    assert_eq!(out.dropped_keys(), vec!["src/db/public/t008".to_string(), "src/db/public/t009".to_string()]);
+}
+
+#[test]
 fn a_newer_completion_still_drops_after_an_older_one() {
     let mut lines = run_of("r0", 0..10, 10, 0);
     lines.push(completed("c0", "src", "r0", 11, None));
@@ -93,4 +108,27 @@ fn the_same_event_delivered_again_later_on_the_partition_brings_the_asset_back()
     let out = run_with(all_settings(), Box::new(VecSource::at_positions(lines)), Backends::default());
     assert_eq!(out.upsert_changes("src/db/public/t005"), vec!["created", "created"]);
     assert!(out.control.record("src/db/public/t005").unwrap().is_live());
+}
+
+#[test]
+fn an_event_that_brings_its_asset_back_after_each_of_two_drops_decides_twice_under_two_ids() {
+    // r0's event of t005, delivered again after r1's completion dropped t005 and again after
+    // r2's dropped it once more: two `created` decisions, from the same event and the same
+    // dropped hash, which only the drop they follow tells apart.
+    let mut lines = two_runs();
+    let (_, t005) = lines[5].clone();
+    let mut more = vec![t005.clone()];
+    more.extend(run_of("r2", 0..5, 30, 300));
+    more.push(completed("c2", "src", "r2", 31, None));
+    more.push(t005);
+    for line in more {
+        lines.push((lines.len() as u64 + 1, line));
+    }
+    let out = run_with(all_settings(), Box::new(VecSource::at_positions(lines)), Backends::default());
+    assert_eq!(out.upsert_changes("src/db/public/t005"), vec!["created", "created", "created"]);
+    let mut ids: Vec<&str> = out.upserts.iter().chain(&out.drops).filter_map(|d| d["decision_id"].as_str()).collect();
+    let all = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "every decision has an id of its own");
 }

@@ -241,8 +241,8 @@ impl ControlStore for PgControl {
     /// Streams the source's records through the planner a page at a time: only the keys to
     /// drop are kept. It reads every record, so it counts every run event.
     async fn sweep_plan(&self, q: SweepQuery<'_>) -> BackendResult<SweepPlan> {
-        let mut planner = SweepPlanner::new(q.run);
-        self.scan(Some(q.source), |r| planner.add(&r.asset_key, r.is_live(), &r.last_seen_run)).await?;
+        let mut planner = SweepPlanner::new(q.run, q.emitted_at);
+        self.scan(Some(q.source), |r| planner.add(&r.asset_key, r.is_live(), &r.last_seen_run, r.last_seen_at)).await?;
         Ok(planner.finish(q.max_drop_fraction))
     }
 

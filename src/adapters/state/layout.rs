@@ -244,17 +244,18 @@ pub struct SweepView<'a> {
     pub asset_key: Cow<'a, str>,
     pub source: Cow<'a, str>,
     pub last_seen_run: Cow<'a, str>,
+    pub last_seen_at: DateTime<Utc>,
     pub live: bool,
 }
 
 /// The sweep's view of a stored record and its run stamp, borrowed from the rows.
 pub fn sweep_view<'a>(bytes: &'a [u8], stamp: Option<&'a [u8]>) -> BackendResult<SweepView<'a>> {
     let (asset_key, s) = stored(bytes)?;
-    let last_seen_run = match stamp.map(stored_stamp).transpose()? {
-        Some((t, _)) if t.version > s.version => t.last_seen_run,
-        _ => s.last_seen_run,
+    let (last_seen_run, last_seen_at) = match stamp.map(stored_stamp).transpose()? {
+        Some((t, _)) if t.version > s.version => (t.last_seen_run, t.last_seen_at),
+        _ => (s.last_seen_run, s.last_seen_at),
     };
-    Ok(SweepView { asset_key, source: s.source, last_seen_run, live: s.live })
+    Ok(SweepView { asset_key, source: s.source, last_seen_run, last_seen_at: last_seen_at.time()?, live: s.live })
 }
 
 /// A run stamp: what an unchanged asset seen again moves of its record, kept apart from the

@@ -489,19 +489,20 @@ impl Inner {
     /// of every record of its source, which was a tenth of a steady crawl's CPU
     /// (benches/analysis.md). The run events the index does not count (markers, dropped
     /// records) matter only to `expected_assets`, whose sweeps read every record.
-    fn sweep_from_index(&self, source: &str, run: &str, max_drop_fraction: f64) -> BackendResult<Option<SweepPlan>> {
+    fn sweep_from_index(&self, q: &SweepQuery<'_>) -> BackendResult<Option<SweepPlan>> {
+        let (source, run) = (q.source, q.run);
         let prefix = layout::control_prefix(source);
         let Some(swept) = self.index.sweep(prefix, source, KnownRecord::run_brief(run)) else { return Ok(None) };
-        let mut planner = SweepPlanner::new(run);
+        let mut planner = SweepPlanner::new(run, q.emitted_at);
         planner.add_seen(swept.seen);
         for key in swept.unseen {
             let Some((value, stamp)) = self.get_stored(&key)? else { continue };
             let r = layout::sweep_view(&value, stamp.as_deref())?;
             if r.source == source {
-                planner.add(&r.asset_key, r.live, &r.last_seen_run);
+                planner.add(&r.asset_key, r.live, &r.last_seen_run, r.last_seen_at);
             }
         }
-        Ok(Some(planner.finish(max_drop_fraction)))
+        Ok(Some(planner.finish(q.max_drop_fraction)))
     }
 
     /// A record with its run stamp applied, and the text print its hash came from if kept.
@@ -657,17 +658,19 @@ impl ControlStore for StateStore {
     /// records through the planner, keeping only the keys to drop.
     async fn sweep_plan(&self, q: SweepQuery<'_>) -> BackendResult<SweepPlan> {
         let inner = self.inner.clone();
-        let (source, run, max_drop_fraction) = (q.source.to_owned(), q.run.to_owned(), q.max_drop_fraction);
-        let from_index = !q.count_run_events;
+        let (source, run, at, max_drop_fraction) =
+            (q.source.to_owned(), q.run.to_owned(), q.emitted_at, q.max_drop_fraction);
+        let count_run_events = q.count_run_events;
         blocking("list source", move || {
-            if from_index && let Some(plan) = inner.sweep_from_index(&source, &run, max_drop_fraction)? {
+            let q = SweepQuery { source: &source, run: &run, emitted_at: at, max_drop_fraction, count_run_events };
+            if !count_run_events && let Some(plan) = inner.sweep_from_index(&q)? {
                 return Ok(plan);
             }
-            let mut planner = SweepPlanner::new(&run);
+            let mut planner = SweepPlanner::new(&run, at);
             inner.scan(&layout::control_prefix(&source), |_, value, stamp| {
                 let r = layout::sweep_view(value, stamp)?;
                 if r.source == source {
-                    planner.add(&r.asset_key, r.live, &r.last_seen_run);
+                    planner.add(&r.asset_key, r.live, &r.last_seen_run, r.last_seen_at);
                 }
                 Ok(ControlFlow::Continue(()))
             })?;

@@ -607,8 +607,10 @@ async fn a_fold_leaves_records_written_after_their_frame_as_they_were_written() 
     assert_eq!(read(&store).await, expected, "after the fold and a crash");
 }
 
+/// The sweep of `run` by a completion newer than every record.
 fn query<'a>(source: &'a str, run: &'a str, count_run_events: bool) -> SweepQuery<'a> {
-    SweepQuery { source, run, max_drop_fraction: 1.0, count_run_events }
+    let emitted_at = chrono::DateTime::<chrono::Utc>::MAX_UTC;
+    SweepQuery { source, run, emitted_at, max_drop_fraction: 1.0, count_run_events }
 }
 
 /// The plan a sweep makes from the index and the one a read of every record makes.
@@ -665,6 +667,40 @@ async fn a_sweep_from_the_index_drops_what_a_read_of_every_record_drops() {
     let store = StateStore::open(dir.path()).unwrap();
     assert!(store.inner.index.is_complete(), "scanned to the end");
     same_drops(&both_plans(&store, "pg", "r2").await.0, &read);
+}
+
+#[tokio::test]
+async fn a_late_completion_leaves_what_newer_events_touched_from_the_index_and_by_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    let completed = chrono::Utc::now();
+    let later = completed + chrono::Duration::hours(1);
+    // r1 saw t0..t3 before its completion; r2 then wrote t0 and touched t1 (a run stamp).
+    let mut records: Vec<ControlRecord> = (0..4).map(|i| record("pg", &format!("pg/db/s/t{i}"), "r0")).collect();
+    for r in &mut records {
+        r.last_seen_at = completed - chrono::Duration::hours(1);
+    }
+    records[0].last_seen_run = "r2".into();
+    records[0].last_seen_at = later;
+    let writes: Vec<RecordWrite> = records.into_iter().map(|record| RecordWrite::new(record, 2)).collect();
+    store.put_many(&writes).await.unwrap();
+    let touch = RecordTouch {
+        source: "pg".into(),
+        asset_key: "pg/db/s/t1".into(),
+        last_seen_run: "r2".into(),
+        last_seen_at: later,
+        version: 4,
+        indexed: false,
+        print: None,
+    };
+    store.put_with_touches(&[], &[touch]).await.unwrap();
+    for count_run_events in [false, true] {
+        let q = SweepQuery { emitted_at: completed, max_drop_fraction: 0.5, ..query("pg", "r1", count_run_events) };
+        let plan = store.sweep_plan(q).await.unwrap();
+        assert_eq!(plan.live, 4);
+        assert_eq!(plan.to_drop, ["pg/db/s/t2", "pg/db/s/t3"], "counting run events: {count_run_events}");
+        assert!(!plan.guarded, "two of four, not the four the run did not see");
+    }
 }
 
 #[tokio::test]

@@ -97,6 +97,7 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
             let query = SweepQuery {
                 source: &ev.source,
                 run: &ev.run_id,
+                emitted_at: ev.emitted_at,
                 max_drop_fraction: deps.max_drop_fraction,
                 count_run_events: expected.is_some(),
             };
