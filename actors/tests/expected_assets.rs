@@ -132,3 +132,29 @@ fn a_late_event_from_another_partition_still_completes_its_run() {
     let expected: Vec<String> = (1..4).map(|k| format!("s/db/public/t{k}")).collect();
     assert_eq!(out.dropped_keys(), expected);
 }
+
+#[test]
+fn a_completion_read_again_after_its_run_moved_on_is_not_waited_for() {
+    // A crash after r2 was applied, before the partition's position passed r1's completion:
+    // r1's events and its completion are read again. Every r1 record is r2's now and the
+    // replayed events are replays (stale, not counted), so r1's count never comes back; the
+    // completion's mark says it was applied, and that is the answer, not a time-out.
+    let mut lines = Vec::new();
+    for k in 0..4 {
+        lines.push(running(&format!("a{k}"), "s", "r1", &format!("t{k}"), 10, "c"));
+    }
+    lines.push(completed("c1", "s", "r1", 11, Some(4)));
+    for k in 0..4 {
+        lines.push(running(&format!("b{k}"), "s", "r2", &format!("t{k}"), 20, "c"));
+    }
+    let mut positioned: Vec<(u64, String)> = lines.into_iter().zip(1..).map(|(l, p)| (p, l)).collect();
+    let replay: Vec<(u64, String)> = positioned[..5].to_vec();
+    positioned.extend(replay);
+    let mut s = settings(2);
+    s.completion_timeout = Duration::from_secs(20);
+    let started = Instant::now();
+    let out = run_with(s, Box::new(VecSource::at_positions(positioned)), Backends::default());
+    assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+    assert!(started.elapsed() < Duration::from_secs(10), "decided by its mark, not at the time-out");
+    assert!(out.drops.is_empty());
+}

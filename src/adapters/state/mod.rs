@@ -23,6 +23,7 @@
 //! - `index_file.rs`: that index saved at a clean stop and loaded by the next open.
 //! - `touches.rs`: the touch frames, a batch's stamps of indexed assets until a fold.
 //! - `fold.rs`: folding the frames into stamp rows, and replaying them after a crash.
+//! - `unfinished.rs`: a database whose creation a crash cut short, cleared before the open.
 //! - `tests.rs`: the store's tests.
 
 use std::borrow::Cow;
@@ -63,6 +64,7 @@ pub mod layout;
 #[cfg(test)]
 mod tests;
 mod touches;
+mod unfinished;
 
 const BACKEND: &str = "embedded store";
 
@@ -165,6 +167,13 @@ impl StateStore {
     pub fn open(dir: &Path) -> Result<StateStore, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create pipeline.state_dir {}: {e}", dir.display()))?;
         let path = dir.join("state");
+        match unfinished::clear_unfinished_create(&path) {
+            Ok(true) => {
+                tracing::warn!(path = %path.display(), "the embedded store's creation was cut short (a crash); creating it again")
+            }
+            Ok(false) => {}
+            Err(e) => return Err(format!("cannot look into the embedded store {}: {e}", path.display())),
+        }
         let marker = dir.join(PINNED_MARKER);
         let marked = marker.exists();
         let pinned = !path.exists() || marked;

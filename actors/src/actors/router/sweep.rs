@@ -87,6 +87,8 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
         DeadLetter::new(stage, kind, message, &env.raw, Some(ev.event_id.clone()), env.origin.clone(), env.attempts)
             .of_event(ev)
     };
+    // A first delivery is attempt 1; a redrive counts on from the dead letter.
+    let redriven = env.attempts > 1;
     let started = Instant::now();
     let plan: SweepPlan = loop {
         // Every message sent to a shard before this barrier is applied once it returns.
@@ -112,6 +114,18 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
         };
         match expected {
             Some(n) if (plan.seen_in_run as u64) < n => {
+                // This completion read again (a replay after a crash) when its mark already
+                // says how it ended, or older than the last one applied: the run's records may
+                // have moved on to the next run, so its count may never come. The mark decides
+                // it below, as it would have once the count came.
+                if read_mark(deps, &ev.source)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|m| m.covers(&ev.run_id, ev.emitted_at, redriven))
+                {
+                    break plan;
+                }
                 let waited = started.elapsed();
                 if waited >= deps.completion_timeout {
                     let msg = format!(
@@ -131,8 +145,6 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
     if deps.supervisor.given_up() {
         return Finish::Leave;
     }
-    // A first delivery is attempt 1; a redrive counts on from the dead letter.
-    let redriven = env.attempts > 1;
     let marked = |state| CompletionMark::new(&ev.run_id, ev.emitted_at, state, &env.origin);
     let stored = match read_mark(deps, &ev.source).await {
         Ok(mark) => mark,
