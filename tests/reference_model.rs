@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Outputs, SCENARIO_CONFIG, bin, compare};
+use common::{Outputs, SCENARIO_CONFIG, bin, compare, spawn_run};
 use serde_json::Value;
 
 /// Streams of the clean run, and of the killed one: each a fresh folder and debug binary runs,
@@ -82,14 +82,7 @@ fn generated_streams_killed_at_random_moments_decide_as_the_model_says() {
             let _ = std::fs::remove_dir_all(dir.join("out"));
         };
         for _ in 0..4 {
-            let mut child = bin()
-                .args(["run"])
-                .current_dir(dir.path())
-                .env("RUST_LOG", "error")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
+            let mut child = spawn_run(dir.path());
             // From the first milliseconds (the store being created) to the middle of the run.
             std::thread::sleep(Duration::from_millis(rng.u64(0..100)));
             let _ = child.kill();
