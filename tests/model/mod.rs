@@ -19,6 +19,8 @@ use serde_json::{Map, Value, json};
 pub struct Expected {
     pub upserts: Vec<(String, &'static str, Value)>,
     pub drops: Vec<String>,
+    /// Each drop as (asset key, its `last_seen_run`, `business.domain`, the completed run).
+    pub drop_details: Vec<(String, String, Value, String)>,
     pub dead_letters: BTreeMap<&'static str, u64>,
 }
 
@@ -34,6 +36,7 @@ impl Expected {
 
 struct Record {
     source: String,
+    domain: Value,
     hash: String,
     run: String,
     at: DateTime<Utc>,
@@ -104,11 +107,11 @@ impl Model<'_> {
                 Some(_) => Some(None),
             };
             if let Some(change) = change {
+                let domain = self.domain(&source, &part("database"), &part("schema"));
                 if let Some(change) = change {
-                    let domain = self.domain(&source, &part("database"), &part("schema"));
-                    self.out.upserts.push((key.clone(), change, domain));
+                    self.out.upserts.push((key.clone(), change, domain.clone()));
                 }
-                self.records.insert(key, Record { source, hash, run, at, live: true });
+                self.records.insert(key, Record { source, domain, hash, run, at, live: true });
             }
             self.sweep_ready();
         } else {
@@ -167,6 +170,7 @@ impl Model<'_> {
         for key in gone {
             if let Some(r) = self.records.get_mut(&key) {
                 r.live = false;
+                self.out.drop_details.push((key.clone(), r.run.clone(), r.domain.clone(), run.to_owned()));
             }
             self.out.drops.push(key);
         }
