@@ -1,7 +1,8 @@
 //! The binary against a reference model of EVENTS.md (`tests/model/`): generated streams of
 //! several interleaved sources, run as the scenarios README runs them, must give what the model
-//! decides, output by output; and so must the same streams with the process SIGKILLed at
-//! random moments and restarted, once its outputs are de-duplicated by decision id.
+//! decides, output by output; and so must the same streams split into a file per source, and
+//! with the process SIGKILLed at random moments and restarted, once its outputs are
+//! de-duplicated by decision id.
 
 mod common;
 mod model;
@@ -13,11 +14,13 @@ use std::time::Duration;
 use common::{Outputs, SCENARIO_CONFIG, bin, compare, spawn_run};
 use serde_json::Value;
 
-/// Streams of the clean run, and of the killed one: each a fresh folder and debug binary runs,
-/// a quarter of a second clean, a third of a second with the kills. Some bugs only a few
-/// streams in forty show (a replayed completion after a crash), hence so many.
+/// Streams of the clean run, of the killed one and of the one split by source: each a fresh
+/// folder and debug binary runs, a quarter of a second clean, a third of a second with the
+/// kills. Some bugs only a few streams in forty show (a replayed completion after a crash),
+/// hence so many.
 const STREAMS: u64 = 64;
 const KILLED_STREAMS: u64 = 40;
+const SPLIT_STREAMS: u64 = 24;
 
 /// Writes stream `seed` into `dir` with the scenario config (the completion time-out cut to a
 /// second, so that runs that never complete end quickly) and the model's `expected.json`.
@@ -81,6 +84,46 @@ fn generated_streams_decide_as_the_model_says() {
         }
         if !got.duplicate_ids().is_empty() {
             failed.push(format!("stream {seed}: decision ids written twice in a clean run: {:?}", got.duplicate_ids()));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}
+
+/// The same streams with each source's events in a file of its own (bad lines in one more),
+/// each file a source of the topology: partitions read side by side, one Router, the order
+/// within each source kept.
+#[test]
+fn generated_streams_split_into_a_file_per_source_decide_as_the_model_says() {
+    let mut failed = Vec::new();
+    for seed in 500..500 + SPLIT_STREAMS {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path(), seed);
+        let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+        let mut files: Vec<(String, Vec<&str>)> = Vec::new();
+        for line in text.lines() {
+            let source = serde_json::from_str::<Value>(line)
+                .ok()
+                .and_then(|v| v.get("source").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_default();
+            match files.iter_mut().find(|(s, _)| *s == source) {
+                Some((_, lines)) => lines.push(line),
+                None => files.push((source, vec![line])),
+            }
+        }
+        let mut sources = String::new();
+        for (i, (_, lines)) in files.iter().enumerate() {
+            std::fs::write(dir.path().join(format!("part-{i}.jsonl")), lines.join("\n") + "\n").unwrap();
+            sources.push_str(&format!(
+                "[[sources]]\nkind = \"file\"\npath = \"part-{i}.jsonl\"\nfollow = false\nname = \"part-{i}\"\n"
+            ));
+        }
+        let config = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
+        let one = "[[sources]]\nkind = \"file\"\npath = \"events.jsonl\"\nfollow = false\n";
+        assert!(config.contains(one));
+        std::fs::write(dir.path().join("config.toml"), config.replace(one, &sources)).unwrap();
+        run_to_the_end(dir.path());
+        if let Err(e) = compare(&dir.path().join("expected.json"), &Outputs::read(dir.path())) {
+            failed.push(format!("stream {seed}, {} files:\n{e}", files.len()));
         }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
