@@ -6,12 +6,14 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
+/// Events `{id}{k}` of run `run` of source `s`, one per table `t{k}` of `tables`, emitted at `t`.
+fn seen_in(id: &str, run: &str, tables: std::ops::Range<usize>, t: u32) -> Vec<String> {
+    tables.map(|k| running(&format!("{id}{k}"), "s", run, &format!("t{k}"), t, "c")).collect()
+}
+
 #[test]
 fn the_sweep_waits_for_late_events_of_its_run() {
-    let mut lines = Vec::new();
-    for k in 0..6 {
-        lines.push(running(&format!("a{k}"), "s", "r1", &format!("t{k}"), 10, "c"));
-    }
+    let mut lines = seen_in("a", "r1", 0..6, 10);
     lines.push(completed("c1", "s", "r1", 11, None));
     // r2 says 4 assets, but two of them arrive after the completion (another partition, say).
     lines.push(running("b0", "s", "r2", "t0", 20, "c"));
@@ -28,10 +30,7 @@ fn the_sweep_waits_for_late_events_of_its_run() {
 
 #[test]
 fn a_run_that_never_completes_times_out_and_drops_nothing() {
-    let mut lines = Vec::new();
-    for k in 0..4 {
-        lines.push(running(&format!("a{k}"), "s", "r1", &format!("t{k}"), 10, "c"));
-    }
+    let mut lines = seen_in("a", "r1", 0..4, 10);
     lines.push(completed("c1", "s", "r1", 11, Some(4)));
     lines.push(running("b0", "s", "r2", "t0", 20, "c"));
     lines.push(running("b1", "s", "r2", "t1", 20, "c"));
@@ -52,10 +51,7 @@ fn a_stale_or_repeated_event_of_the_run_counts_and_an_exact_redelivery_does_not(
     // t1 twice (b1 at 20, then b1x at 25: the asset's record shows only the later), t2 twice
     // in the wrong order (b2 at 26, then b2old at 22: stale), and t0. Counting records (three
     // assets) would wait for five forever; counting events completes at once.
-    let mut lines = Vec::new();
-    for k in 0..4 {
-        lines.push(running(&format!("a{k}"), "s", "r1", &format!("t{k}"), 10, "c"));
-    }
+    let mut lines = seen_in("a", "r1", 0..4, 10);
     lines.push(completed("c1", "s", "r1", 11, None));
     lines.push(running("b0", "s", "r2", "t0", 20, "c"));
     lines.push(running("b1", "s", "r2", "t1", 20, "c"));
@@ -93,10 +89,7 @@ fn a_late_event_of_the_run_does_not_overtake_the_next_completion() {
     // r2's completion. Read in order, r2's completion is swept before t3 exists: it drops t1
     // and t2, and r1's completion, still short of its count, times out. Let through early, t3
     // would complete r1 and then be dropped by r2, whose sweep comes before it in the input.
-    let mut lines = Vec::new();
-    for k in 0..3 {
-        lines.push(running(&format!("a{k}"), "s", "r1", &format!("t{k}"), 10, "c"));
-    }
+    let mut lines = seen_in("a", "r1", 0..3, 10);
     lines.push(completed("c1", "s", "r1", 11, Some(4)));
     lines.push(running("b0", "s", "r2", "t0", 20, "c"));
     lines.push(completed("c2", "s", "r2", 21, None));
@@ -114,10 +107,7 @@ fn a_late_event_of_the_run_does_not_overtake_the_next_completion() {
 fn a_late_event_from_another_partition_still_completes_its_run() {
     // The same stream, but t3 comes on a partition of its own: nothing read before it there is
     // held, so it passes, r1 completes with its four assets, and r2's sweep comes after it.
-    let mut lines = Vec::new();
-    for k in 0..3 {
-        lines.push(("0", running(&format!("a{k}"), "s", "r1", &format!("t{k}"), 10, "c")));
-    }
+    let mut lines = seen_in("a", "r1", 0..3, 10).into_iter().map(|l| ("0", l)).collect::<Vec<_>>();
     lines.push(("0", completed("c1", "s", "r1", 11, Some(4))));
     lines.push(("0", running("b0", "s", "r2", "t0", 20, "c")));
     lines.push(("0", completed("c2", "s", "r2", 21, None)));
@@ -139,14 +129,9 @@ fn a_completion_read_again_after_its_run_moved_on_is_not_waited_for() {
     // r1's events and its completion are read again. Every r1 record is r2's now and the
     // replayed events are replays (stale, not counted), so r1's count never comes back; the
     // completion's mark says it was applied, and that is the answer, not a time-out.
-    let mut lines = Vec::new();
-    for k in 0..4 {
-        lines.push(running(&format!("a{k}"), "s", "r1", &format!("t{k}"), 10, "c"));
-    }
+    let mut lines = seen_in("a", "r1", 0..4, 10);
     lines.push(completed("c1", "s", "r1", 11, Some(4)));
-    for k in 0..4 {
-        lines.push(running(&format!("b{k}"), "s", "r2", &format!("t{k}"), 20, "c"));
-    }
+    lines.extend(seen_in("b", "r2", 0..4, 20));
     let mut positioned: Vec<(u64, String)> = lines.into_iter().zip(1..).map(|(l, p)| (p, l)).collect();
     let replay: Vec<(u64, String)> = positioned[..5].to_vec();
     positioned.extend(replay);
