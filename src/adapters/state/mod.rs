@@ -667,23 +667,24 @@ impl ControlStore for StateStore {
     /// records through the planner, keeping only the keys to drop.
     async fn sweep_plan(&self, q: SweepQuery<'_>) -> BackendResult<SweepPlan> {
         let inner = self.inner.clone();
-        let (source, run, at, max_drop_fraction) =
-            (q.source.to_owned(), q.run.to_owned(), q.emitted_at, q.max_drop_fraction);
-        let count_run_events = q.count_run_events;
+        let (source, run) = (q.source.to_owned(), q.run.to_owned());
         blocking("list source", move || {
-            let q = SweepQuery { source: &source, run: &run, emitted_at: at, max_drop_fraction, count_run_events };
-            if !count_run_events && let Some(plan) = inner.sweep_from_index(&q)? {
+            // The same query, over the copies this thread owns.
+            let q = SweepQuery { source: &source, run: &run, ..q };
+            if !q.count_run_events
+                && let Some(plan) = inner.sweep_from_index(&q)?
+            {
                 return Ok(plan);
             }
-            let mut planner = SweepPlanner::new(&run, at);
-            inner.scan(&layout::control_prefix(&source), |_, value, stamp| {
+            let mut planner = SweepPlanner::new(q.run, q.emitted_at);
+            inner.scan(&layout::control_prefix(q.source), |_, value, stamp| {
                 let r = layout::sweep_view(value, stamp)?;
-                if r.source == source {
+                if r.source == q.source {
                     planner.add(&r.asset_key, r.live, &r.last_seen_run, r.last_seen_at);
                 }
                 Ok(ControlFlow::Continue(()))
             })?;
-            Ok(planner.finish(max_drop_fraction))
+            Ok(planner.finish(q.max_drop_fraction))
         })
         .await
     }
