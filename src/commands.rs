@@ -415,13 +415,24 @@ fn redact(v: &mut toml::Value) {
     }
 }
 
+/// How `history` and `assets` print their rows: an aligned table for a person (long values
+/// cut to fit), or one JSON object per line, every field whole, for a script.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Listing {
+    Text,
+    Json,
+}
+
 /// `assetflow history KEY`: the asset's history rows, newest first.
-pub fn history(config: &Config, asset_key: &str, limit: usize) -> anyhow::Result<String> {
+pub fn history(config: &Config, asset_key: &str, limit: usize, listing: Listing) -> anyhow::Result<String> {
     let state = open_state(config)?;
     let rows = actix_rt::System::new().block_on(async move {
         let store = crate::topology::open_history(config, &state).await?;
         anyhow::Ok(store.read(asset_key, limit).await?)
     })?;
+    if listing == Listing::Json {
+        return Ok(rows.iter().map(|r| history_json(r).to_string() + "\n").collect());
+    }
     if rows.is_empty() {
         return Ok(format!("no history for {asset_key}\n"));
     }
@@ -443,6 +454,20 @@ pub fn history(config: &Config, asset_key: &str, limit: usize) -> anyhow::Result
     Ok(out)
 }
 
+/// One history row as `history --format json` prints it: times as the outputs write them.
+fn history_json(r: &assetflow_actors::decision::HistoryRow) -> serde_json::Value {
+    serde_json::json!({
+        "at": assetflow_actors::decision::rfc3339(r.at),
+        "asset_key": r.asset_key,
+        "source": r.source,
+        "outcome": r.outcome.as_str(),
+        "event_id": r.event_id,
+        "run_id": r.run_id,
+        "hash": r.hash,
+        "decision_id": r.decision_id,
+    })
+}
+
 /// `assetflow fold`: the embedded store's touch frames written as stamp rows, then a clean stop.
 pub fn fold(config: &Config) -> anyhow::Result<String> {
     let store = open_state(config)?;
@@ -455,7 +480,7 @@ pub fn fold(config: &Config) -> anyhow::Result<String> {
 
 /// `assetflow assets`: the control table, optionally filtered, read through the control store
 /// the config names (embedded, DynamoDB...).
-pub fn assets(config: &Config, source: Option<&str>, status: Option<&str>) -> anyhow::Result<String> {
+pub fn assets(config: &Config, source: Option<&str>, status: Option<&str>, listing: Listing) -> anyhow::Result<String> {
     let state = open_state(config)?;
     let mut records = actix_rt::System::new().block_on(async move {
         let store = open_control(config, &state).await?;
@@ -468,6 +493,9 @@ pub fn assets(config: &Config, source: Option<&str>, status: Option<&str>) -> an
         r.is_asset() && source.is_none_or(|s| r.source == s) && status.is_none_or(|s| r.status.as_str() == s)
     });
     records.sort_by(|a, b| a.asset_key.cmp(&b.asset_key));
+    if listing == Listing::Json {
+        return Ok(records.iter().map(|r| record_json(r).to_string() + "\n").collect());
+    }
     let mut out =
         format!("{:<48}  {:<8}  {:<14}  {:<24}  {}\n", "asset_key", "status", "last_seen_run", "last_seen_at", "hash");
     for r in &records {
@@ -482,4 +510,23 @@ pub fn assets(config: &Config, source: Option<&str>, status: Option<&str>) -> an
     }
     out.push_str(&format!("{} assets\n", records.len()));
     Ok(out)
+}
+
+/// One control record as `assets --format json` prints it (EVENTS.md §2's fields).
+fn record_json(r: &assetflow_actors::record::ControlRecord) -> serde_json::Value {
+    use assetflow_actors::decision::rfc3339;
+    serde_json::json!({
+        "asset_key": r.asset_key,
+        "source": r.source,
+        "database": r.name.database,
+        "schema": r.name.schema,
+        "table": r.name.table,
+        "status": r.status.as_str(),
+        "hash": r.hash,
+        "last_seen_run": r.last_seen_run,
+        "last_seen_at": rfc3339(r.last_seen_at),
+        "dropped_at": r.dropped_at.map(rfc3339),
+        "content_ref": r.content_ref,
+        "version": r.version,
+    })
 }

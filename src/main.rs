@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use assetflow::commands;
+use assetflow::commands::{self, Listing};
 use assetflow::config::Config;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -63,6 +63,9 @@ enum Command {
         config: PathBuf,
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// An aligned table (long values cut), or one JSON object per row.
+        #[arg(long, value_enum, default_value_t = Listing::Text)]
+        format: Listing,
     },
     /// Print the content a `file://` content ref points at (an upsert's or a record's
     /// `content_ref`), in either layout of the `dir` content store.
@@ -114,6 +117,9 @@ enum Command {
         source: Option<String>,
         #[arg(long, value_parser = ["live", "dropped"])]
         status: Option<String>,
+        /// An aligned table (long values cut), or one JSON object per asset.
+        #[arg(long, value_enum, default_value_t = Listing::Text)]
+        format: Listing,
     },
 }
 
@@ -240,9 +246,9 @@ fn main() -> ExitCode {
             };
             assetflow::topology::graph(&c).draw(f)
         }),
-        Command::History { asset_key, config, limit } => {
-            Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::history(&c, &asset_key, limit))
-        }
+        Command::History { asset_key, config, limit, format } => Config::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| commands::history(&c, &asset_key, limit, format)),
         Command::Content { content_ref } => assetflow::adapters::content_pack::read_content(&content_ref)
             .map(|c| format!("{c}\n"))
             .map_err(anyhow::Error::from),
@@ -267,9 +273,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Fold { config } => Config::load(&config).map_err(anyhow::Error::from).and_then(|c| commands::fold(&c)),
-        Command::Assets { config, source, status } => Config::load(&config)
+        Command::Assets { config, source, status, format } => Config::load(&config)
             .map_err(anyhow::Error::from)
-            .and_then(|c| commands::assets(&c, source.as_deref(), status.as_deref())),
+            .and_then(|c| commands::assets(&c, source.as_deref(), status.as_deref(), format)),
     };
     match result {
         Ok(out) => match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{assetflow, bin, prepare, scenarios};
+use serde_json::Value;
 
 fn err_of(dir: &std::path::Path, config: &str) -> (i32, String) {
     std::fs::write(dir.join("bad.toml"), config).unwrap();
@@ -145,6 +146,20 @@ fn history_and_assets_read_back_a_run() {
     assert!(text.contains("4 assets"), "{text}");
     let out = assetflow(dir.path(), &["assets", "--source", "mysql"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 assets"));
+
+    // For scripts: one whole object per row, the same rows in the same order.
+    let out = assetflow(dir.path(), &["history", "pg/sales/public/customers", "--format", "json"]);
+    let rows: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let json_outcomes: Vec<&str> = rows.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(json_outcomes, outcomes);
+    assert!(rows.iter().all(|r| r["asset_key"] == "pg/sales/public/customers" && r["decision_id"].is_string()));
+    let out = assetflow(dir.path(), &["assets", "--status", "live", "--format", "json"]);
+    let rows: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert!(rows.iter().all(|r| r["status"] == "live" && r["dropped_at"].is_null()), "{rows:?}");
+    assert!(rows.iter().all(|r| r["hash"].as_str().is_some_and(|h| h.len() > 16)), "the hash is whole: {rows:?}");
 
     // A fold writes the run stamps held in touch frames as rows: the assets read the same.
     let before = assetflow(dir.path(), &["assets"]).stdout;

@@ -1,8 +1,8 @@
 //! The binary against a reference model of EVENTS.md (`tests/model/`): generated streams of
 //! several interleaved sources, run as the scenarios README runs them, must give what the model
-//! decides, output by output; and so must the same streams split into a file per source, and
-//! with the process SIGKILLed at random moments and restarted, once its outputs are
-//! de-duplicated by decision id.
+//! decides, output by output, and leave the control table and history it says; and so must the
+//! same streams split into a file per source, and with the process SIGKILLed at random moments
+//! and restarted, once its outputs are de-duplicated by decision id.
 
 mod common;
 mod model;
@@ -58,6 +58,51 @@ fn drop_details(drops: &[Value]) -> Vec<(String, String, Value, String)> {
     all
 }
 
+/// Asset keys whose history a clean stream reads back: the longest first, where drops,
+/// re-creations and stale events meet. Each read is a process start, so not every key.
+const HISTORIES_READ: usize = 8;
+
+/// The state a run leaves against the model's: the control table (`assets`: status, last run
+/// and time of every asset) and the history of the `histories` assets that went through the
+/// most (`history`: every decision, oldest to newest once the newest-first listing is turned
+/// round; a run replayed after a crash may write a row twice, so those read none).
+fn compare_state(dir: &Path, expected: &model::Expected, histories: usize) -> Result<(), String> {
+    let json_lines = |args: &[&str]| -> Vec<Value> {
+        let out = bin().args(args).args(["--format", "json"]).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let text = |v: &Value, f: &str| v[f].as_str().unwrap_or_default().to_owned();
+    let millis = |t: &str| chrono::DateTime::parse_from_rfc3339(t).map_or(i64::MIN, |t| t.timestamp_millis());
+    let got: Vec<(String, String, String, i64)> = json_lines(&["assets"])
+        .iter()
+        .map(|r| (text(r, "asset_key"), text(r, "status"), text(r, "last_seen_run"), millis(&text(r, "last_seen_at"))))
+        .collect();
+    let want: Vec<(String, String, String, i64)> = expected
+        .records
+        .iter()
+        .map(|(k, (status, run, at))| (k.clone(), (*status).to_owned(), run.clone(), at.timestamp_millis()))
+        .collect();
+    if got != want {
+        return Err(format!("assets:\n  got  {got:?}\n  want {want:?}"));
+    }
+    let mut keys: Vec<(&String, &Vec<_>)> = expected.history.iter().collect();
+    keys.sort_by_key(|(k, rows)| (std::cmp::Reverse(rows.len()), (*k).clone()));
+    for (key, want) in keys.into_iter().take(histories) {
+        let mut got: Vec<(String, String, String)> = json_lines(&["history", key, "--limit", "10000"])
+            .iter()
+            .map(|r| (text(r, "outcome"), text(r, "event_id"), text(r, "run_id")))
+            .collect();
+        got.reverse();
+        let want: Vec<(String, String, String)> =
+            want.iter().map(|(o, e, r)| ((*o).to_owned(), e.clone(), r.clone())).collect();
+        if got != want {
+            return Err(format!("history of {key}, oldest first:\n  got  {got:?}\n  want {want:?}"));
+        }
+    }
+    Ok(())
+}
+
 fn run_to_the_end(dir: &Path) {
     let out = bin().args(["run"]).current_dir(dir).env("RUST_LOG", "error").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -85,6 +130,9 @@ fn generated_streams_decide_as_the_model_says() {
         if !got.duplicate_ids().is_empty() {
             failed.push(format!("stream {seed}: decision ids written twice in a clean run: {:?}", got.duplicate_ids()));
         }
+        if let Err(e) = compare_state(dir.path(), &expected, HISTORIES_READ) {
+            failed.push(format!("stream {seed}: {e}"));
+        }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
@@ -97,7 +145,7 @@ fn generated_streams_split_into_a_file_per_source_decide_as_the_model_says() {
     let mut failed = Vec::new();
     for seed in 500..500 + SPLIT_STREAMS {
         let dir = tempfile::tempdir().unwrap();
-        prepare(dir.path(), seed);
+        let expected = prepare(dir.path(), seed);
         let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
         let mut files: Vec<(String, Vec<&str>)> = Vec::new();
         for line in text.lines() {
@@ -125,6 +173,9 @@ fn generated_streams_split_into_a_file_per_source_decide_as_the_model_says() {
         if let Err(e) = compare(&dir.path().join("expected.json"), &Outputs::read(dir.path())) {
             failed.push(format!("stream {seed}, {} files:\n{e}", files.len()));
         }
+        if let Err(e) = compare_state(dir.path(), &expected, HISTORIES_READ) {
+            failed.push(format!("stream {seed}, {} files: {e}", files.len()));
+        }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
@@ -135,7 +186,7 @@ fn generated_streams_killed_at_random_moments_decide_as_the_model_says() {
     let mut rng = fastrand::Rng::with_seed(5);
     for seed in 1000..1000 + KILLED_STREAMS {
         let dir = tempfile::tempdir().unwrap();
-        prepare(dir.path(), seed);
+        let expected = prepare(dir.path(), seed);
         let mut all = Outputs { upserts: Vec::new(), drops: Vec::new(), dead_letters: Vec::new() };
         // Each kill's outputs are moved aside, so that the union is what every process wrote.
         let mut collect = |dir: &Path| {
@@ -157,6 +208,9 @@ fn generated_streams_killed_at_random_moments_decide_as_the_model_says() {
         collect(dir.path());
         if let Err(e) = compare(&dir.path().join("expected.json"), &all.dedup()) {
             failed.push(format!("stream {seed}:\n{e}"));
+        }
+        if let Err(e) = compare_state(dir.path(), &expected, 0) {
+            failed.push(format!("stream {seed}: {e}"));
         }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));

@@ -22,6 +22,10 @@ pub struct Expected {
     /// Each drop as (asset key, its `last_seen_run`, `business.domain`, the completed run).
     pub drop_details: Vec<(String, String, Value, String)>,
     pub dead_letters: BTreeMap<&'static str, u64>,
+    /// Each asset's history rows, oldest first: (outcome, event id, run) (EVENTS.md §6).
+    pub history: BTreeMap<String, Vec<(&'static str, String, String)>>,
+    /// The control table at the end: asset key to (status, `last_seen_run`, `last_seen_at`).
+    pub records: BTreeMap<String, (&'static str, String, DateTime<Utc>)>,
 }
 
 impl Expected {
@@ -65,6 +69,10 @@ pub fn decide(lines: &[String], business: &HashMap<[String; 3], Value>, ignore: 
     if never > 0 {
         *m.out.dead_letters.entry("incomplete_run").or_default() += never;
     }
+    for (key, r) in &m.records {
+        let status = if r.live { "live" } else { "dropped" };
+        m.out.records.insert(key.clone(), (status, r.run.clone(), r.at));
+    }
     m.out
 }
 
@@ -75,10 +83,19 @@ struct Model<'a> {
     records: BTreeMap<String, Record>,
     /// Distinct event ids of each (source, run) applied.
     applied: HashMap<(String, String), BTreeSet<String>>,
-    /// Completions waiting for their expected assets: (source, run, count, time).
-    pending: Vec<(String, String, usize, DateTime<Utc>)>,
+    /// Completions waiting for their expected assets.
+    pending: Vec<Completion>,
     marks: HashMap<String, Mark>,
     out: Expected,
+}
+
+/// A completion as the sweep needs it: its source, run, event id, `expected_assets` and time.
+struct Completion {
+    source: String,
+    run: String,
+    event_id: String,
+    expected: usize,
+    at: DateTime<Utc>,
 }
 
 impl Model<'_> {
@@ -106,6 +123,8 @@ impl Model<'_> {
                 Some(r) if r.hash != hash => Some(Some("updated")),
                 Some(_) => Some(None),
             };
+            let outcome = change.map_or("stale", |c| c.unwrap_or("unchanged"));
+            self.out.history.entry(key.clone()).or_default().push((outcome, text("event_id"), run.clone()));
             if let Some(change) = change {
                 let domain = self.domain(&source, &part("database"), &part("schema"));
                 if let Some(change) = change {
@@ -115,10 +134,12 @@ impl Model<'_> {
             }
             self.sweep_ready();
         } else {
-            let expected = ev.get("expected_assets").and_then(Value::as_u64).map(|n| n as usize);
-            match expected {
-                Some(n) if self.seen(&source, &run) < n => self.pending.push((source, run, n, at)),
-                _ => self.sweep(&source, &run, at),
+            let expected = ev.get("expected_assets").and_then(Value::as_u64).map_or(0, |n| n as usize);
+            let completion = Completion { source, run, event_id: text("event_id"), expected, at };
+            if self.seen(&completion.source, &completion.run) < expected {
+                self.pending.push(completion);
+            } else {
+                self.sweep(&completion);
             }
         }
     }
@@ -134,16 +155,17 @@ impl Model<'_> {
 
     fn sweep_ready(&mut self) {
         let pending = std::mem::take(&mut self.pending);
-        for (source, run, n, at) in pending {
-            if self.seen(&source, &run) >= n {
-                self.sweep(&source, &run, at);
+        for c in pending {
+            if self.seen(&c.source, &c.run) >= c.expected {
+                self.sweep(&c);
             } else {
-                self.pending.push((source, run, n, at));
+                self.pending.push(c);
             }
         }
     }
 
-    fn sweep(&mut self, source: &str, run: &str, at: DateTime<Utc>) {
+    fn sweep(&mut self, c: &Completion) {
+        let (source, run, at) = (c.source.as_str(), c.run.as_str(), c.at);
         if let Some((marked_at, marked_run, guarded)) = self.marks.get(source) {
             if *marked_at > at {
                 return;
@@ -171,6 +193,8 @@ impl Model<'_> {
             if let Some(r) = self.records.get_mut(&key) {
                 r.live = false;
                 self.out.drop_details.push((key.clone(), r.run.clone(), r.domain.clone(), run.to_owned()));
+                let row = ("dropped", c.event_id.clone(), run.to_owned());
+                self.out.history.entry(key.clone()).or_default().push(row);
             }
             self.out.drops.push(key);
         }
