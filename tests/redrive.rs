@@ -45,6 +45,49 @@ fn a_guarded_completion_redriven_with_the_guard_lifted_drops() {
 }
 
 #[test]
+fn a_guarded_completion_counting_its_assets_is_redriven_after_the_next_run_moved_them_on() {
+    // r2 saw one asset of four and said so (expected_assets 1): the guard stopped it. r3 then
+    // refreshed that asset, so no record says r2 any more; the count r2's completion waited
+    // for was met when it was first read, and its redrive applies it at once.
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::SCENARIO_CONFIG
+        .replace("max_drop_fraction = 0.5", "max_drop_fraction = 0.5\ncompletion_timeout = \"3s\"");
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    std::fs::write(dir.path().join("business.json"), "[]").unwrap();
+    let running = |id: &str, run: &str, table: &str, second: u32| {
+        format!(
+            r#"{{"event_id":"{id}","source":"s","run_id":"{run}","status":"running","emitted_at":"2026-11-01T00:00:{second:02}Z","asset":{{"database":"d","schema":"p","table":"{table}"}}}}"#
+        )
+    };
+    let completed = |id: &str, run: &str, second: u32, expected: &str| {
+        format!(
+            r#"{{"event_id":"{id}","source":"s","run_id":"{run}","status":"completed","emitted_at":"2026-11-01T00:00:{second:02}Z"{expected}}}"#
+        )
+    };
+    let mut lines: Vec<String> = (0..4).map(|i| running(&format!("a{i}"), "r1", &format!("t{i}"), i)).collect();
+    lines.push(completed("c1", "r1", 5, ""));
+    lines.push(running("b0", "r2", "t0", 10));
+    lines.push(completed("c2", "r2", 11, r#","expected_assets":1"#));
+    lines.push(running("x0", "r3", "t0", 20));
+    lines.push(running("x1", "r3", "t1", 21));
+    std::fs::write(dir.path().join("events.jsonl"), lines.join("\n") + "\n").unwrap();
+    assert!(assetflow(dir.path(), &["run"]).status.success());
+    let first = Outputs::read(dir.path());
+    assert_eq!(first.dead_letters.len(), 1);
+    assert_eq!(first.dead_letters[0]["error"]["kind"], "drop_guard");
+
+    let report = redrive(dir.path(), &[("ASSETFLOW__DECISOR__MAX_DROP_FRACTION", "1.0")], &[]);
+    assert!(report.contains("1 replayed"), "{report}");
+    let after = Outputs::read(dir.path());
+    assert_eq!(after.dead_letters.len(), 1, "no incomplete_run: {:?}", after.dead_letters);
+    // t1 was refreshed by r3 after c2 was emitted: not c2's to drop.
+    let mut dropped: Vec<&str> = after.drops.iter().map(|d| d["asset_key"].as_str().unwrap()).collect();
+    dropped.sort();
+    assert_eq!(dropped, vec!["s/d/p/t2", "s/d/p/t3"]);
+    assert!(after.drops.iter().all(|d| d["event_id"] == "c2"));
+}
+
+#[test]
 fn past_max_attempts_a_dead_letter_is_parked_and_kept() {
     let dir = basics();
     let env = [("ASSETFLOW__REDRIVE__MAX_ATTEMPTS", "2")];

@@ -139,7 +139,15 @@ impl CompletionMark {
 
     /// Whether the drop guard stopped this very completion `(run_id, emitted_at)`.
     pub fn guarded(&self, run_id: &str, emitted_at: DateTime<Utc>) -> bool {
-        self.state == MarkState::Guarded && self.run_id == run_id && self.emitted_at == emitted_at
+        self.state == MarkState::Guarded && self.names(run_id, emitted_at)
+    }
+
+    /// Whether this is the mark of the completion `(run_id, emitted_at)`, in any state. A mark
+    /// is written only once its completion stopped waiting for `expected_assets`, so it also
+    /// says that the run's events were all applied then, when the records that counted them
+    /// may since have moved on to the next run.
+    pub fn names(&self, run_id: &str, emitted_at: DateTime<Utc>) -> bool {
+        self.run_id == run_id && self.emitted_at == emitted_at
     }
 
     /// Whether an event read at `origin`, emitted at `at`, came before this completion on the

@@ -22,7 +22,8 @@ pub struct Expected {
     /// Each drop as (asset key, its `last_seen_run`, `business.domain`, the completed run).
     pub drop_details: Vec<(String, String, Value, String)>,
     pub dead_letters: BTreeMap<&'static str, u64>,
-    /// Each asset's history rows, oldest first: (outcome, event id, run) (EVENTS.md §6).
+    /// Each asset's history rows, oldest first: (outcome, event id, run) (EVENTS.md §6), all
+    /// of them, not only those of the lines taken since the last `finish`.
     pub history: BTreeMap<String, Vec<(&'static str, String, String)>>,
     /// The control table at the end: asset key to (status, `last_seen_run`, `last_seen_at`).
     pub records: BTreeMap<String, (&'static str, String, DateTime<Utc>)>,
@@ -52,34 +53,21 @@ type Mark = (DateTime<Utc>, String, bool);
 
 /// Decides `lines` as EVENTS.md says, with `business` rows by (source, database, schema).
 pub fn decide(lines: &[String], business: &HashMap<[String; 3], Value>, ignore: &[&str], fraction: f64) -> Expected {
-    let mut m = Model {
-        business,
-        ignore,
-        fraction,
-        records: BTreeMap::new(),
-        applied: HashMap::new(),
-        pending: Vec::new(),
-        marks: HashMap::new(),
-        out: Expected::default(),
-    };
+    let mut m = Model::new(business, ignore, fraction);
     for line in lines {
         m.take(line);
     }
-    let never = m.pending.len() as u64;
-    if never > 0 {
-        *m.out.dead_letters.entry("incomplete_run").or_default() += never;
-    }
-    for (key, r) in &m.records {
-        let status = if r.live { "live" } else { "dropped" };
-        m.out.records.insert(key.clone(), (status, r.run.clone(), r.at));
-    }
-    m.out
+    m.finish()
 }
 
-struct Model<'a> {
+/// The service's state as the model keeps it: fed a stream, then (`redrive`) its dead letters.
+pub struct Model<'a> {
     business: &'a HashMap<[String; 3], Value>,
     ignore: &'a [&'a str],
     fraction: f64,
+    /// Whether the lines now taken are dead letters replayed by `assetflow redrive`.
+    redriven: bool,
+    history: BTreeMap<String, Vec<(&'static str, String, String)>>,
     records: BTreeMap<String, Record>,
     /// Distinct event ids of each (source, run) applied.
     applied: HashMap<(String, String), BTreeSet<String>>,
@@ -98,12 +86,53 @@ struct Completion {
     at: DateTime<Utc>,
 }
 
-impl Model<'_> {
+impl<'a> Model<'a> {
+    pub fn new(business: &'a HashMap<[String; 3], Value>, ignore: &'a [&'a str], fraction: f64) -> Self {
+        Model {
+            business,
+            ignore,
+            fraction,
+            redriven: false,
+            history: BTreeMap::new(),
+            records: BTreeMap::new(),
+            applied: HashMap::new(),
+            pending: Vec::new(),
+            marks: HashMap::new(),
+            out: Expected::default(),
+        }
+    }
+
+    /// What the lines taken since the last `finish` produced, and the state they left: a
+    /// completion still waiting for its assets times out into `incomplete_run`.
+    pub fn finish(&mut self) -> Expected {
+        let never = std::mem::take(&mut self.pending).len() as u64;
+        if never > 0 {
+            *self.out.dead_letters.entry("incomplete_run").or_default() += never;
+        }
+        for (key, r) in &self.records {
+            let status = if r.live { "live" } else { "dropped" };
+            self.out.records.insert(key.clone(), (status, r.run.clone(), r.at));
+        }
+        self.out.history = self.history.clone();
+        std::mem::take(&mut self.out)
+    }
+
+    /// Replays dead letters' payloads, as `assetflow redrive` does, with the drop guard at
+    /// `fraction` (an operator lifts it to apply a completion it stopped): a completion the
+    /// guard stopped is weighed again, not turned away by its mark.
+    pub fn redrive(&mut self, payloads: &[String], fraction: f64) -> Expected {
+        (self.redriven, self.fraction) = (true, fraction);
+        for line in payloads {
+            self.take(line);
+        }
+        self.finish()
+    }
+
     fn dead(&mut self, kind: &'static str) {
         *self.out.dead_letters.entry(kind).or_default() += 1;
     }
 
-    fn take(&mut self, line: &str) {
+    pub fn take(&mut self, line: &str) {
         let ev = match validate(line) {
             Ok(ev) => ev,
             Err(kind) => return self.dead(kind),
@@ -124,7 +153,7 @@ impl Model<'_> {
                 Some(_) => Some(None),
             };
             let outcome = change.map_or("stale", |c| c.unwrap_or("unchanged"));
-            self.out.history.entry(key.clone()).or_default().push((outcome, text("event_id"), run.clone()));
+            self.history.entry(key.clone()).or_default().push((outcome, text("event_id"), run.clone()));
             if let Some(change) = change {
                 let domain = self.domain(&source, &part("database"), &part("schema"));
                 if let Some(change) = change {
@@ -170,7 +199,7 @@ impl Model<'_> {
             if *marked_at > at {
                 return;
             }
-            if *marked_at == at && marked_run == run {
+            if *marked_at == at && marked_run == run && !(*guarded && self.redriven) {
                 if *guarded {
                     self.dead("drop_guard");
                 }
@@ -194,7 +223,7 @@ impl Model<'_> {
                 r.live = false;
                 self.out.drop_details.push((key.clone(), r.run.clone(), r.domain.clone(), run.to_owned()));
                 let row = ("dropped", c.event_id.clone(), run.to_owned());
-                self.out.history.entry(key.clone()).or_default().push(row);
+                self.history.entry(key.clone()).or_default().push(row);
             }
             self.out.drops.push(key);
         }

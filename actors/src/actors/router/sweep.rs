@@ -114,16 +114,14 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
         };
         match expected {
             Some(n) if (plan.seen_in_run as u64) < n => {
-                // This completion read again (a replay after a crash) when its mark already
-                // says how it ended, or older than the last one applied: the run's records may
-                // have moved on to the next run, so its count may never come. The mark decides
-                // it below, as it would have once the count came.
-                if read_mark(deps, &ev.source)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|m| m.covers(&ev.run_id, ev.emitted_at, redriven))
-                {
+                // This completion read again (a replay after a crash, or a redrive of one the
+                // guard stopped) when its mark says its count was met then, or older than the
+                // last one applied: the run's records may have moved on to the next run, so the
+                // count may never come again. The mark decides it below, as it would have once
+                // the count came.
+                if read_mark(deps, &ev.source).await.ok().flatten().is_some_and(|m| {
+                    m.names(&ev.run_id, ev.emitted_at) || m.covers(&ev.run_id, ev.emitted_at, redriven)
+                }) {
                     break plan;
                 }
                 let waited = started.elapsed();
