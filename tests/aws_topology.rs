@@ -1,8 +1,10 @@
 //! The AWS topology end to end against the local emulator: events on a Kinesis stream keyed by
 //! `source`, control table and history in DynamoDB, content in S3, outputs and dead letters on
-//! SQS queues.
+//! SQS queues; and the reference model's generated streams (clean, SIGKILLed, redriven) with
+//! the control table, history and content in DynamoDB and S3.
 
 mod common;
+mod model;
 
 use std::path::Path;
 
@@ -139,6 +141,35 @@ fn every_shared_scenario_through_kinesis_dynamodb_s3_and_sqs() {
         assert!(stderr.contains("aws requests"), "{stderr}");
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// `reference_model.rs`'s streams, a few, read from files as there, with the control table
+/// and history in DynamoDB and the content in S3: conditional writes, marks, sweeps by query
+/// and the history's sort key under the model's runs, kills and redrives.
+#[test]
+fn generated_streams_with_control_history_and_content_in_dynamodb_and_s3_decide_as_the_model_says() {
+    let stores = |config: String| {
+        let edited = config
+            .replace(
+                "[control]\nkind = \"embedded\"",
+                &format!("[control]\nkind = \"dynamodb\"\ntable = \"{}\"\ncreate_if_missing = true", unique("control")),
+            )
+            .replace(
+                "[history]\nkind = \"embedded\"",
+                &format!("[history]\nkind = \"dynamodb\"\ntable = \"{}\"\ncreate_if_missing = true", unique("history")),
+            )
+            .replace(
+                "[content]\nkind = \"dir\"\npath = \"state/content\"",
+                &format!("[content]\nkind = \"s3\"\nbucket = \"{}\"\ncreate_if_missing = true", unique("content")),
+            );
+        assert_eq!(edited.matches("kind = \"dynamodb\"").count() + edited.matches("kind = \"s3\"").count(), 3);
+        edited + &aws_section()
+    };
+    let mut rng = fastrand::Rng::with_seed(9);
+    let mut failed = model::harness::each(0..6, |seed| model::harness::clean(seed, &stores));
+    failed.extend(model::harness::each(1000..1006, |seed| model::harness::killed(seed, &mut rng, &stores)));
+    failed.extend(model::harness::each(2000..2004, |seed| model::harness::redriven(seed, &stores)));
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
 #[test]

@@ -1,9 +1,11 @@
 //! The `postgres` control table and history against the real PostgreSQL that `make services`
 //! starts: batched reads, writes conditional on the version read (all or none), sweeps paged by
 //! key, history newest first, a missing table refused at start, and every shared scenario
-//! through a topology whose control table and history both live in PostgreSQL.
+//! and generated streams of the reference model (clean, SIGKILLed, redriven) through a
+//! topology whose control table and history both live in PostgreSQL.
 
 mod common;
+mod model;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -172,8 +174,14 @@ fn history_reads_one_asset_newest_first() {
 
 /// The scenario config with the control table and history in PostgreSQL.
 fn postgres_config(control: &str, history: &str) -> String {
+    in_postgres(common::SCENARIO_CONFIG, control, history)
+}
+
+/// `config` (the scenario's, or one made from it) with the control table and history in
+/// PostgreSQL, in the tables named.
+fn in_postgres(config: &str, control: &str, history: &str) -> String {
     let url = pg_url();
-    common::SCENARIO_CONFIG
+    let edited = config
         .replace(
             "[control]\nkind = \"embedded\"",
             &format!(
@@ -185,7 +193,9 @@ fn postgres_config(control: &str, history: &str) -> String {
             &format!(
                 "[history]\nkind = \"postgres\"\nurl = \"{url}\"\ntable = \"{history}\"\ncreate_if_missing = true"
             ),
-        )
+        );
+    assert_eq!(edited.matches("kind = \"postgres\"").count(), 2, "both store sections replaced in {config}");
+    edited
 }
 
 #[test]
@@ -203,6 +213,18 @@ fn a_missing_table_is_refused_at_start_naming_the_key() {
         !stderr.contains("panicked") && !stderr.contains("assetflow:assetflow@"),
         "no panic, no password: {stderr}"
     );
+}
+
+/// `reference_model.rs`'s streams, fewer, with the control table and history in PostgreSQL:
+/// its marks, conditional writes and paged sweeps under the model's runs, kills and redrives.
+#[test]
+fn generated_streams_with_control_and_history_in_postgres_decide_as_the_model_says() {
+    let stores = |config: String| in_postgres(&config, &unique("control"), &unique("history"));
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut failed = model::harness::each(0..10, |seed| model::harness::clean(seed, &stores));
+    failed.extend(model::harness::each(1000..1010, |seed| model::harness::killed(seed, &mut rng, &stores)));
+    failed.extend(model::harness::each(2000..2006, |seed| model::harness::redriven(seed, &stores)));
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
 #[test]

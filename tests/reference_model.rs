@@ -3,282 +3,44 @@
 //! decides, output by output, and leave the control table and history it says; and so must the
 //! same streams split into a file per source, and with the process SIGKILLed at random moments
 //! and restarted, once its outputs are de-duplicated by decision id; and `assetflow redrive` of
-//! what a clean run dead-lettered must add what the model decides for those payloads.
+//! what a clean run dead-lettered must add what the model decides for those payloads. Here with
+//! the embedded stores; `postgres_stores.rs` and `aws_topology.rs` run fewer streams with theirs.
 
 mod common;
 mod model;
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::time::Duration;
+use model::harness::{self, embedded};
 
-use common::{Outputs, SCENARIO_CONFIG, bin, compare, spawn_run};
-use serde_json::Value;
-
-/// Streams of the clean run, of the killed one, of the one split by source and of the one
-/// redriven: each a fresh folder and debug binary runs, a quarter of a second clean, a third of
-/// a second with the kills, a second more for a redrive that waits out a completion time-out. Some bugs only a few streams in forty show (a replayed completion after a crash),
+/// Streams of each kind: each a fresh folder and debug binary runs, a quarter of a second clean,
+/// a third of a second with the kills, a second more for a redrive that waits out a completion
+/// time-out. Some bugs only a few streams in forty show (a replayed completion after a crash),
 /// hence so many.
 const STREAMS: u64 = 64;
 const KILLED_STREAMS: u64 = 40;
 const SPLIT_STREAMS: u64 = 24;
 const REDRIVEN_STREAMS: u64 = 24;
 
-/// The scenario config's `decisor.hash_ignore`.
-const IGNORED: &[&str] = &["stats.row_count"];
-
-/// Writes stream `seed` into `dir` with the scenario config (the completion time-out cut to a
-/// second, so that runs that never complete end quickly) and the model's `expected.json`.
-fn prepare(dir: &Path, seed: u64) -> model::Expected {
-    let (stream, business) = write_stream(dir, seed);
-    let expected = model::decide(&stream.lines, &business, IGNORED, 0.5);
-    std::fs::write(dir.join("expected.json"), expected.to_json().to_string()).unwrap();
-    expected
-}
-
-/// Writes stream `seed`, its business rows and its config into `dir`; the rows by (source,
-/// database, schema), as the model looks them up.
-fn write_stream(dir: &Path, seed: u64) -> (model::Stream, HashMap<[String; 3], Value>) {
-    let stream = model::generate(seed, if seed % 2 == 0 { 14 } else { 40 });
-    let config =
-        SCENARIO_CONFIG.replace("max_drop_fraction = 0.5", "max_drop_fraction = 0.5\ncompletion_timeout = \"1s\"");
-    let shards = [1, 4, 7][(seed % 3) as usize];
-    let config = config.replace("shards = 4", &format!("shards = {shards}"));
-    std::fs::write(dir.join("config.toml"), config).unwrap();
-    std::fs::write(dir.join("events.jsonl"), stream.lines.join("\n") + "\n").unwrap();
-    std::fs::write(dir.join("business.json"), Value::Array(stream.business.clone()).to_string()).unwrap();
-    let business: HashMap<[String; 3], Value> = stream
-        .business
-        .iter()
-        .map(|row| {
-            let f = |k: &str| row[k].as_str().unwrap_or_default().to_owned();
-            ([f("source"), f("database"), f("schema")], row.clone())
-        })
-        .collect();
-    (stream, business)
-}
-
-/// What `compare` leaves out of a drop: the run that last saw the asset, its business (looked
-/// up for the asset it drops, EVENTS.md §5) and the completed run.
-fn drop_details(drops: &[Value]) -> Vec<(String, String, Value, String)> {
-    let text = |v: &Value, f: &str| v[f].as_str().unwrap_or_default().to_owned();
-    let mut all: Vec<_> = drops
-        .iter()
-        .map(|d| (text(d, "asset_key"), text(d, "last_seen_run"), d["business"]["domain"].clone(), text(d, "run_id")))
-        .collect();
-    all.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
-    all
-}
-
-/// Asset keys whose history a clean stream reads back: the longest first, where drops,
-/// re-creations and stale events meet. Each read is a process start, so not every key.
-const HISTORIES_READ: usize = 8;
-
-/// The state a run leaves against the model's: the control table (`assets`: status, last run
-/// and time of every asset) and the history of the `histories` assets that went through the
-/// most (`history`: every decision, oldest to newest once the newest-first listing is turned
-/// round; a run replayed after a crash may write a row twice, so those read none).
-fn compare_state(dir: &Path, expected: &model::Expected, histories: usize) -> Result<(), String> {
-    let json_lines = |args: &[&str]| -> Vec<Value> {
-        let out = bin().args(args).args(["--format", "json"]).current_dir(dir).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-    };
-    let text = |v: &Value, f: &str| v[f].as_str().unwrap_or_default().to_owned();
-    let millis = |t: &str| chrono::DateTime::parse_from_rfc3339(t).map_or(i64::MIN, |t| t.timestamp_millis());
-    let got: Vec<(String, String, String, i64)> = json_lines(&["assets"])
-        .iter()
-        .map(|r| (text(r, "asset_key"), text(r, "status"), text(r, "last_seen_run"), millis(&text(r, "last_seen_at"))))
-        .collect();
-    let want: Vec<(String, String, String, i64)> = expected
-        .records
-        .iter()
-        .map(|(k, (status, run, at))| (k.clone(), (*status).to_owned(), run.clone(), at.timestamp_millis()))
-        .collect();
-    if got != want {
-        return Err(format!("assets:\n  got  {got:?}\n  want {want:?}"));
-    }
-    let mut keys: Vec<(&String, &Vec<_>)> = expected.history.iter().collect();
-    keys.sort_by_key(|(k, rows)| (std::cmp::Reverse(rows.len()), (*k).clone()));
-    for (key, want) in keys.into_iter().take(histories) {
-        let mut got: Vec<(String, String, String)> = json_lines(&["history", key, "--limit", "10000"])
-            .iter()
-            .map(|r| (text(r, "outcome"), text(r, "event_id"), text(r, "run_id")))
-            .collect();
-        got.reverse();
-        let want: Vec<(String, String, String)> =
-            want.iter().map(|(o, e, r)| ((*o).to_owned(), e.clone(), r.clone())).collect();
-        if got != want {
-            return Err(format!("history of {key}, oldest first:\n  got  {got:?}\n  want {want:?}"));
-        }
-    }
-    Ok(())
-}
-
-fn run_to_the_end(dir: &Path) {
-    let out = bin().args(["run"]).current_dir(dir).env("RUST_LOG", "error").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
 #[test]
 fn generated_streams_decide_as_the_model_says() {
-    let mut failed = Vec::new();
-    for seed in 0..STREAMS {
-        let dir = tempfile::tempdir().unwrap();
-        let mut expected = prepare(dir.path(), seed);
-        run_to_the_end(dir.path());
-        let got = Outputs::read(dir.path());
-        if let Err(e) = compare(&dir.path().join("expected.json"), &got) {
-            failed.push(format!("stream {seed}:\n{e}"));
-        }
-        expected.drop_details.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
-        if drop_details(&got.drops) != expected.drop_details {
-            failed.push(format!(
-                "stream {seed}: drops {:?}, expected {:?}",
-                drop_details(&got.drops),
-                expected.drop_details
-            ));
-        }
-        if !got.duplicate_ids().is_empty() {
-            failed.push(format!("stream {seed}: decision ids written twice in a clean run: {:?}", got.duplicate_ids()));
-        }
-        if let Err(e) = compare_state(dir.path(), &expected, HISTORIES_READ) {
-            failed.push(format!("stream {seed}: {e}"));
-        }
-    }
+    let failed = harness::each(0..STREAMS, |seed| harness::clean(seed, &embedded));
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
-/// The same streams with each source's events in a file of its own (bad lines in one more),
-/// each file a source of the topology: partitions read side by side, one Router, the order
-/// within each source kept.
 #[test]
 fn generated_streams_split_into_a_file_per_source_decide_as_the_model_says() {
-    let mut failed = Vec::new();
-    for seed in 500..500 + SPLIT_STREAMS {
-        let dir = tempfile::tempdir().unwrap();
-        let expected = prepare(dir.path(), seed);
-        let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
-        let mut files: Vec<(String, Vec<&str>)> = Vec::new();
-        for line in text.lines() {
-            let source = serde_json::from_str::<Value>(line)
-                .ok()
-                .and_then(|v| v.get("source").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or_default();
-            match files.iter_mut().find(|(s, _)| *s == source) {
-                Some((_, lines)) => lines.push(line),
-                None => files.push((source, vec![line])),
-            }
-        }
-        let mut sources = String::new();
-        for (i, (_, lines)) in files.iter().enumerate() {
-            std::fs::write(dir.path().join(format!("part-{i}.jsonl")), lines.join("\n") + "\n").unwrap();
-            sources.push_str(&format!(
-                "[[sources]]\nkind = \"file\"\npath = \"part-{i}.jsonl\"\nfollow = false\nname = \"part-{i}\"\n"
-            ));
-        }
-        let config = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
-        let one = "[[sources]]\nkind = \"file\"\npath = \"events.jsonl\"\nfollow = false\n";
-        assert!(config.contains(one));
-        std::fs::write(dir.path().join("config.toml"), config.replace(one, &sources)).unwrap();
-        run_to_the_end(dir.path());
-        if let Err(e) = compare(&dir.path().join("expected.json"), &Outputs::read(dir.path())) {
-            failed.push(format!("stream {seed}, {} files:\n{e}", files.len()));
-        }
-        if let Err(e) = compare_state(dir.path(), &expected, HISTORIES_READ) {
-            failed.push(format!("stream {seed}, {} files: {e}", files.len()));
-        }
-    }
+    let failed = harness::each(500..500 + SPLIT_STREAMS, |seed| harness::split(seed, &embedded));
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
-/// After a clean run, `assetflow redrive` replays its dead letters, half the streams with the
-/// drop guard lifted (as an operator applies a completion the guard stopped): the new outputs
-/// are what the model decides for those payloads, in the order the dead-letter file holds
-/// them, each new dead letter one attempt on; and the state is the model's.
 #[test]
 fn generated_streams_redriven_decide_as_the_model_says() {
-    let mut failed = Vec::new();
-    for seed in 2000..2000 + REDRIVEN_STREAMS {
-        let dir = tempfile::tempdir().unwrap();
-        let (stream, business) = write_stream(dir.path(), seed);
-        let mut model = model::Model::new(&business, IGNORED, 0.5);
-        stream.lines.iter().for_each(|line| model.take(line));
-        model.finish();
-        run_to_the_end(dir.path());
-        let before = Outputs::read(dir.path());
-        let payloads: Vec<String> =
-            before.dead_letters.iter().map(|d| d["payload"].as_str().unwrap_or_default().to_owned()).collect();
-        let fraction = if seed % 2 == 0 { 1.0 } else { 0.5 };
-        let out = bin()
-            .arg("redrive")
-            .current_dir(dir.path())
-            .env("RUST_LOG", "error")
-            .env("ASSETFLOW__DECISOR__MAX_DROP_FRACTION", fraction.to_string())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let mut expected = model.redrive(&payloads, fraction);
-        std::fs::write(dir.path().join("redriven.json"), expected.to_json().to_string()).unwrap();
-        let after = Outputs::read(dir.path());
-        let new = Outputs {
-            upserts: after.upserts[before.upserts.len()..].to_vec(),
-            drops: after.drops[before.drops.len()..].to_vec(),
-            dead_letters: after.dead_letters[before.dead_letters.len()..].to_vec(),
-        };
-        if let Err(e) = compare(&dir.path().join("redriven.json"), &new) {
-            failed.push(format!("stream {seed}, {} dead letters redriven:\n{e}", payloads.len()));
-        }
-        expected.drop_details.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
-        if drop_details(&new.drops) != expected.drop_details {
-            failed.push(format!(
-                "stream {seed}: redriven drops {:?}, expected {:?}",
-                drop_details(&new.drops),
-                expected.drop_details
-            ));
-        }
-        if let Some(d) = new.dead_letters.iter().find(|d| d["attempts"] != 2) {
-            failed.push(format!("stream {seed}: a dead letter redriven once that is not at attempt 2: {d}"));
-        }
-        if let Err(e) = compare_state(dir.path(), &expected, HISTORIES_READ) {
-            failed.push(format!("stream {seed}, redriven: {e}"));
-        }
-    }
+    let failed = harness::each(2000..2000 + REDRIVEN_STREAMS, |seed| harness::redriven(seed, &embedded));
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
 #[test]
 fn generated_streams_killed_at_random_moments_decide_as_the_model_says() {
-    let mut failed = Vec::new();
     let mut rng = fastrand::Rng::with_seed(5);
-    for seed in 1000..1000 + KILLED_STREAMS {
-        let dir = tempfile::tempdir().unwrap();
-        let expected = prepare(dir.path(), seed);
-        let mut all = Outputs { upserts: Vec::new(), drops: Vec::new(), dead_letters: Vec::new() };
-        // Each kill's outputs are moved aside, so that the union is what every process wrote.
-        let mut collect = |dir: &Path| {
-            let got = Outputs::read(dir);
-            all.upserts.extend(got.upserts);
-            all.drops.extend(got.drops);
-            all.dead_letters.extend(got.dead_letters);
-            let _ = std::fs::remove_dir_all(dir.join("out"));
-        };
-        for _ in 0..4 {
-            let mut child = spawn_run(dir.path());
-            // From the first milliseconds (the store being created) to the middle of the run.
-            std::thread::sleep(Duration::from_millis(rng.u64(0..100)));
-            let _ = child.kill();
-            child.wait().unwrap();
-            collect(dir.path());
-        }
-        run_to_the_end(dir.path());
-        collect(dir.path());
-        if let Err(e) = compare(&dir.path().join("expected.json"), &all.dedup()) {
-            failed.push(format!("stream {seed}:\n{e}"));
-        }
-        if let Err(e) = compare_state(dir.path(), &expected, 0) {
-            failed.push(format!("stream {seed}: {e}"));
-        }
-    }
+    let failed = harness::each(1000..1000 + KILLED_STREAMS, |seed| harness::killed(seed, &mut rng, &embedded));
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }

@@ -9,6 +9,8 @@
 //! `expected_assets` counts the run's distinct event ids. The generator emits only what both
 //! read alike: no timestamp the two could parse differently, no number whose form matters.
 
+pub mod harness;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, FixedOffset, TimeZone, Utc};
