@@ -172,6 +172,36 @@ fn generated_streams_with_control_history_and_content_in_dynamodb_and_s3_decide_
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
+/// The reference model's streams read from AWS transports instead of a file: a Kinesis stream
+/// of two shards (partition key: the source) and an SQS FIFO queue (message group: the source).
+/// A FIFO group gives nothing more while one of its messages is in flight, so there a run's
+/// events after its completion cannot arrive while the completion waits for them: those
+/// streams have none.
+#[test]
+fn generated_streams_read_from_kinesis_and_an_sqs_fifo_queue_decide_as_the_model_says() {
+    require_emulator();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let conf = rt.block_on(sdk_config());
+    let kinesis = |lines: &[String]| {
+        let stream = unique("events");
+        rt.block_on(create_stream(&conf, &stream, 2));
+        rt.block_on(put_lines(&conf, &stream, lines));
+        format!("[[sources]]\nkind = \"kinesis\"\nstream = \"{stream}\"\nfollow = false\n{}", aws_section())
+    };
+    let sqs = |lines: &[String]| {
+        let url = rt.block_on(create_fifo_queue(&conf, &unique("events")));
+        rt.block_on(send_lines_fifo(&conf, &url, lines));
+        format!(
+            "[[sources]]\nkind = \"sqs\"\nqueue_url = \"{url}\"\nwait_seconds = 0\nfollow = false\n{}",
+            aws_section()
+        )
+    };
+    let embedded = model::harness::embedded;
+    let mut failed = model::harness::each(0..6, |seed| model::harness::clean_from(seed, true, &kinesis, &embedded));
+    failed.extend(model::harness::each(100..106, |seed| model::harness::clean_from(seed, false, &sqs, &embedded)));
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}
+
 #[test]
 fn assets_lists_the_control_table_in_dynamodb() {
     // `assetflow assets` once read the embedded store whatever the config named, and listed

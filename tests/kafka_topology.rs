@@ -1,8 +1,10 @@
 //! The Kafka topology end to end against a real Kafka-protocol broker: events on a topic keyed
 //! by `source`, outputs and dead letters (the failure topic) read back from their topics, and,
-//! as in examples/kafka.toml, the control table and history in PostgreSQL.
+//! as in examples/kafka.toml, the control table and history in PostgreSQL; and the reference
+//! model's generated streams read from a topic.
 
 mod common;
+mod model;
 
 use std::path::Path;
 
@@ -153,6 +155,27 @@ fn every_shared_scenario_through_kafka() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The reference model's streams read from a topic of three partitions (key: the source), one
+/// process of a fresh group: several sources share a partition, each source's order kept.
+#[test]
+fn generated_streams_read_from_a_topic_decide_as_the_model_says() {
+    require_broker();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let topic = |lines: &[String]| {
+        let topic = unique("events");
+        rt.block_on(create_topic(&topic, 3));
+        rt.block_on(produce_lines(&topic, lines));
+        format!(
+            "[[sources]]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopic = \"{topic}\"\ngroup = \"{}\"\nfollow = false\nsession_timeout_ms = 6000\n",
+            brokers(),
+            unique("assetflow")
+        )
+    };
+    let failed =
+        model::harness::each(0..3, |seed| model::harness::clean_from(seed, true, &topic, &model::harness::embedded));
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
 #[test]

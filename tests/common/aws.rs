@@ -115,6 +115,27 @@ pub async fn create_fifo_queue(conf: &aws_config::SdkConfig, name: &str) -> Stri
         .to_owned()
 }
 
+/// Sends each line to a FIFO queue, in order, its message group its `source` (or "unkeyed") as
+/// producers are told to, each with a deduplication id of its own: a line sent twice is a
+/// re-delivery the service must see, not one SQS may drop.
+pub async fn send_lines_fifo(conf: &aws_config::SdkConfig, url: &str, lines: &[String]) {
+    let q = aws_sdk_sqs::Client::new(conf);
+    for (i, l) in lines.iter().enumerate() {
+        let group = serde_json::from_str::<Value>(l)
+            .ok()
+            .and_then(|v| v["source"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "unkeyed".into());
+        q.send_message()
+            .queue_url(url)
+            .message_body(l)
+            .message_group_id(group)
+            .message_deduplication_id(format!("line-{i}"))
+            .send()
+            .await
+            .expect("send to the FIFO queue");
+    }
+}
+
 /// Every message now on a queue (received, then deleted).
 pub async fn drain_queue(conf: &aws_config::SdkConfig, url: &str) -> Vec<Value> {
     let q = aws_sdk_sqs::Client::new(conf);

@@ -18,6 +18,13 @@ use crate::common::{Outputs, SCENARIO_CONFIG, bin, compare, spawn_run};
 /// An edit of the scenario config: where the stores live.
 pub type Stores<'a> = &'a dyn Fn(String) -> String;
 
+/// Puts a stream's lines on a transport (a Kafka topic, a Kinesis stream, an SQS queue) and
+/// gives the `[[sources]]` section that reads them there.
+pub type Input<'a> = &'a dyn Fn(&[String]) -> String;
+
+/// The scenario config's source: the stream's lines in `events.jsonl`.
+const FILE_SOURCE: &str = "[[sources]]\nkind = \"file\"\npath = \"events.jsonl\"\nfollow = false\n";
+
 /// The config as written: every store embedded.
 pub fn embedded(config: String) -> String {
     config
@@ -33,7 +40,13 @@ const HISTORIES_READ: usize = 8;
 /// Writes stream `seed` into `dir` with the scenario config (the completion time-out cut to a
 /// second, so that runs that never complete end quickly) and the model's `expected.json`.
 fn prepare(dir: &Path, seed: u64, stores: Stores) -> Expected {
-    let (stream, business) = write_stream(dir, seed, stores);
+    prepare_from(dir, seed, true, &|_| FILE_SOURCE.to_owned(), stores)
+}
+
+/// [`prepare`], the stream with or without late events ([`super::generate`]) and read
+/// from where `input` puts it.
+fn prepare_from(dir: &Path, seed: u64, late_events: bool, input: Input, stores: Stores) -> Expected {
+    let (stream, business) = write_stream(dir, seed, late_events, input, stores);
     let expected = decide(&stream.lines, &business, IGNORED, 0.5);
     std::fs::write(dir.join("expected.json"), expected.to_json().to_string()).unwrap();
     expected
@@ -41,12 +54,20 @@ fn prepare(dir: &Path, seed: u64, stores: Stores) -> Expected {
 
 /// Writes stream `seed`, its business rows and its config into `dir`; the rows by (source,
 /// database, schema), as the model looks them up.
-fn write_stream(dir: &Path, seed: u64, stores: Stores) -> (Stream, HashMap<[String; 3], Value>) {
-    let stream = generate(seed, if seed % 2 == 0 { 14 } else { 40 });
+fn write_stream(
+    dir: &Path,
+    seed: u64,
+    late_events: bool,
+    input: Input,
+    stores: Stores,
+) -> (Stream, HashMap<[String; 3], Value>) {
+    let stream = generate(seed, if seed % 2 == 0 { 14 } else { 40 }, late_events);
     let config =
         SCENARIO_CONFIG.replace("max_drop_fraction = 0.5", "max_drop_fraction = 0.5\ncompletion_timeout = \"1s\"");
     let shards = [1, 4, 7][(seed % 3) as usize];
     let config = config.replace("shards = 4", &format!("shards = {shards}"));
+    assert!(config.contains(FILE_SOURCE));
+    let config = config.replace(FILE_SOURCE, &input(&stream.lines));
     std::fs::write(dir.join("config.toml"), stores(config)).unwrap();
     std::fs::write(dir.join("events.jsonl"), stream.lines.join("\n") + "\n").unwrap();
     std::fs::write(dir.join("business.json"), Value::Array(stream.business.clone()).to_string()).unwrap();
@@ -136,8 +157,13 @@ pub fn each(seeds: std::ops::Range<u64>, mut check: impl FnMut(u64) -> Result<()
 /// Stream `seed` run once to its end: every output as the model decides (drops with their
 /// details), no decision id twice, and the model's control table and histories.
 pub fn clean(seed: u64, stores: Stores) -> Result<(), String> {
+    clean_from(seed, true, &|_| FILE_SOURCE.to_owned(), stores)
+}
+
+/// [`clean`], the stream (with or without late events) read from where `input` puts it.
+pub fn clean_from(seed: u64, late_events: bool, input: Input, stores: Stores) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
-    let mut expected = prepare(dir.path(), seed, stores);
+    let mut expected = prepare_from(dir.path(), seed, late_events, input, stores);
     run_to_the_end(dir.path());
     let got = Outputs::read(dir.path());
     compare(&dir.path().join("expected.json"), &got)?;
@@ -174,9 +200,8 @@ pub fn split(seed: u64, stores: Stores) -> Result<(), String> {
         ));
     }
     let config = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
-    let one = "[[sources]]\nkind = \"file\"\npath = \"events.jsonl\"\nfollow = false\n";
-    assert!(config.contains(one));
-    std::fs::write(dir.path().join("config.toml"), config.replace(one, &sources)).unwrap();
+    assert!(config.contains(FILE_SOURCE));
+    std::fs::write(dir.path().join("config.toml"), config.replace(FILE_SOURCE, &sources)).unwrap();
     run_to_the_end(dir.path());
     let files = files.len();
     compare(&dir.path().join("expected.json"), &Outputs::read(dir.path()))
@@ -218,7 +243,7 @@ pub fn killed(seed: u64, rng: &mut fastrand::Rng, stores: Stores) -> Result<(), 
 /// holds them, each new dead letter one attempt on; and the state is the model's.
 pub fn redriven(seed: u64, stores: Stores) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
-    let (stream, business) = write_stream(dir.path(), seed, stores);
+    let (stream, business) = write_stream(dir.path(), seed, true, &|_| FILE_SOURCE.to_owned(), stores);
     let mut model = Model::new(&business, IGNORED, 0.5);
     stream.lines.iter().for_each(|line| model.take(line));
     model.finish();

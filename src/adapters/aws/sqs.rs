@@ -280,6 +280,26 @@ impl SqsSource {
         Ok(out.messages().to_vec())
     }
 
+    /// Whether the queue holds no message at all: none visible, in flight or delayed.
+    async fn holds_nothing(&self) -> BackendResult<bool> {
+        let counts = [
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+        ];
+        self.requests.hit(SVC, "GetQueueAttributes");
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .set_attribute_names(Some(counts.to_vec()))
+            .send()
+            .await
+            .map_err(|e| sdk_error(SVC, "GetQueueAttributes", e))?;
+        let attrs = out.attributes();
+        Ok(counts.iter().all(|c| attrs.and_then(|a| a.get(c)).is_none_or(|n| n.trim() == "0")))
+    }
+
     /// Gives messages still in flight another visibility period, so that a slow pipeline does
     /// not see them re-delivered to another consumer meanwhile.
     async fn extend_visibility(&self) -> BackendResult<()> {
@@ -352,7 +372,12 @@ impl Source for SqsSource {
     async fn pull(&mut self, max: usize) -> BackendResult<Pull> {
         let messages = self.receive(max).await?;
         if messages.is_empty() {
-            return Ok(if self.stop_when_empty { Pull::Drained } else { Pull::Idle });
+            // An empty receive is not the end of the queue: a FIFO queue holds back a message
+            // group while one of its messages is in flight (ours, not yet deleted), and a
+            // short poll samples only some of the servers. A finite run stops once nothing it
+            // read is unacknowledged and the queue says it holds nothing, visible or not.
+            let drained = self.stop_when_empty && self.outstanding() == 0 && self.holds_nothing().await?;
+            return Ok(if drained { Pull::Drained } else { Pull::Idle });
         }
         let mut out = Vec::with_capacity(messages.len());
         for m in messages {
