@@ -18,7 +18,7 @@ use assetflow::adapters::postgres::control::PgControl;
 use assetflow_actors::ports::ControlStore;
 use common::kafka::{brokers, create_topic, produce_lines, require_broker};
 use common::scale::{assert_same_outputs, control_row, decided, holds_everything, run_reference, shared_config, union};
-use common::{Outputs, compare, pg_url};
+use common::{Outputs, pg_url};
 use serde_json::Value;
 
 /// 12 sources × 600 tables × 5 runs (every third stops half-way and trips the drop guard),
@@ -212,77 +212,30 @@ fn a_process_stalled_past_its_session_loses_whatever_it_writes_late() {
 }
 
 /// The reference model's streams (`tests/model/`) on a topic of three partitions, read by a
-/// group whose first member is SIGKILLed once a second has joined, a third joining after: what
-/// they wrote together, de-duplicated by decision id, is what the model decides. The generated
-/// crawl above weighs scale; these weigh the rules across hand-overs: completions waiting for
+/// group whose members join and die ([`model::harness::shared`]). The generated crawl above
+/// weighs scale; these weigh the rules across hand-overs: completions waiting for
 /// `expected_assets`, read late or twice, re-deliveries and bad lines.
 #[test]
 fn generated_streams_read_by_a_group_whose_members_join_and_die_decide_as_the_model_says() {
     require_broker();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut rng = fastrand::Rng::with_seed(11);
-    let mut failed = Vec::new();
-    for seed in 3000..3002 {
+    let failed = model::harness::each(3000..3002, |seed| {
         let root = tempfile::tempdir().unwrap();
-        let stream = model::generate(seed, 40, true);
-        let business: HashMap<[String; 3], Value> = stream
-            .business
-            .iter()
-            .map(|row| {
-                let f = |k: &str| row[k].as_str().unwrap_or_default().to_owned();
-                ([f("source"), f("database"), f("schema")], row.clone())
-            })
-            .collect();
-        let expected = model::decide(&stream.lines, &business, &["stats.row_count"], 0.5);
-        std::fs::write(root.path().join("expected.json"), expected.to_json().to_string()).unwrap();
-        let topic = unique("model");
-        rt.block_on(create_topic(&topic, 3));
-        rt.block_on(produce_lines(&topic, &stream.lines));
-        let (group, control, history) = (unique("group"), unique("control"), unique("history"));
-        let content = root.path().join("content");
-        let start = |name: &str| {
-            let dir = root.path().join(name);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("business.json"), Value::Array(stream.business.clone()).to_string()).unwrap();
-            let source = format!(
+        let topic = |lines: &[String]| {
+            let topic = unique("model");
+            rt.block_on(create_topic(&topic, 3));
+            rt.block_on(produce_lines(&topic, lines));
+            let group = unique("group");
+            format!(
                 "kind = \"kafka\"\nbrokers = \"{}\"\ntopic = \"{topic}\"\ngroup = \"{group}\"\nsession_timeout_ms = 6000",
                 brokers()
-            );
-            let extra = "[enricher]\nkind = \"file\"\npath = \"business.json\"\n[admin]\nlisten = \"\"\n";
-            std::fs::write(dir.join("config.toml"), shared_config(&source, &control, &history, &content, extra))
-                .unwrap();
-            let child = common::bin()
-                .arg("run")
-                .current_dir(&dir)
-                // Runs that never complete end in a second, as the model's other streams do.
-                .env("ASSETFLOW__DECISOR__COMPLETION_TIMEOUT", "1s")
-                .env("RUST_LOG", "warn")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::fs::File::create(dir.join("run.log")).unwrap())
-                .spawn()
-                .expect("spawn assetflow");
-            Member { dir, child }
+            )
         };
-        let mut one = start("one");
-        std::thread::sleep(Duration::from_millis(rng.u64(200..3000)));
-        let two = start("two");
-        std::thread::sleep(Duration::from_millis(rng.u64(200..3000)));
-        signal(&one, libc::SIGKILL);
-        one.child.wait().unwrap();
-        let three = start("three");
-        let dirs = Setup::dirs(&[&one, &two, &three]);
-        let decisions = expected.upserts.len() + expected.drops.len();
-        let letters: u64 = expected.dead_letters.values().sum();
-        wait_until(Duration::from_secs(90), || {
-            let u = union(&dirs).dedup();
-            u.upserts.len() + u.drops.len() >= decisions && u.dead_letters.len() as u64 >= letters
-        });
-        // Whatever a late member still writes must show in the comparison.
-        std::thread::sleep(Duration::from_secs(3));
-        let (_two, _three) = (stop(two), stop(three));
-        if let Err(e) = compare(&root.path().join("expected.json"), &union(&dirs).dedup()) {
-            failed.push(format!("stream {seed}:\n{e}"));
-        }
-    }
+        let (control, history, content) = (unique("control"), unique("history"), root.path().join("content"));
+        let extra = "[enricher]\nkind = \"file\"\npath = \"business.json\"\n[admin]\nlisten = \"\"\n";
+        let config = |source: &str| shared_config(source, &control, &history, &content, extra);
+        model::harness::shared(seed, &mut rng, &topic, &config)
+    });
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }

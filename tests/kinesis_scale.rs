@@ -4,8 +4,10 @@
 //! over the same input. Control table and history are in PostgreSQL here: through the local
 //! emulator the DynamoDB stores decide ~30 events/s (each is tested on its own in
 //! aws_adapters.rs and aws_topology.rs), where this test needs 10,000 events several times.
+//! The reference model's streams (`tests/model/`) go through the same hand-overs.
 
 mod common;
+mod model;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -226,4 +228,33 @@ fn sigterm_hands_the_leases_over_without_waiting_for_the_failover_time() {
     unsafe { libc::kill(second.child.id() as i32, libc::SIGTERM) };
     assert!(second.child.wait().unwrap().success());
     assert!(owners().iter().all(Option::is_none), "released on stop: {:?}", owners());
+}
+
+/// The reference model's streams on a stream of three shards, read by workers that join and
+/// die ([`model::harness::shared`]): completions waiting for `expected_assets`, read late or
+/// twice, re-deliveries and bad lines across lease hand-overs.
+#[test]
+fn generated_streams_read_by_workers_that_join_and_die_decide_as_the_model_says() {
+    require_emulator();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let conf = rt.block_on(sdk_config());
+    let mut rng = fastrand::Rng::with_seed(13);
+    let failed = model::harness::each(3000..3002, |seed| {
+        let root = tempfile::tempdir().unwrap();
+        let shards = |lines: &[String]| {
+            let stream = unique("model");
+            rt.block_on(create_stream(&conf, &stream, 3));
+            rt.block_on(put_lines(&conf, &stream, lines));
+            let leases = unique("leases");
+            format!(
+                "kind = \"kinesis\"\nstream = \"{stream}\"\nlease_table = \"{leases}\"\ncreate_if_missing = true\nfailover = \"3s\""
+            )
+        };
+        let (control, history, content) = (table_name("control"), table_name("history"), root.path().join("content"));
+        let config = |source: &str| {
+            config(source, &control, &history, &content) + "[enricher]\nkind = \"file\"\npath = \"business.json\"\n"
+        };
+        model::harness::shared(seed, &mut rng, &shards, &config)
+    });
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{Expected, Model, Stream, decide, generate};
+use crate::common::scale::union;
 use crate::common::{Outputs, SCENARIO_CONFIG, bin, compare, spawn_run};
 
 /// An edit of the scenario config: where the stores live.
@@ -275,4 +276,72 @@ pub fn redriven(seed: u64, stores: Stores) -> Result<(), String> {
         return Err(format!("a dead letter redriven once that is not at attempt 2: {d}"));
     }
     compare_state(dir.path(), &expected, HISTORIES_READ).map_err(|e| format!("redriven: {e}"))
+}
+
+/// Stream `seed` read by several processes sharing its transport (a Kafka group, Kinesis shard
+/// leases) and their stores: `input` puts the lines there and gives the `[[sources]]` body that
+/// reads them, `config` makes a process's config from that body (stores shared, outputs in the
+/// process's folder, the business rows in `business.json` beside it). A first process is
+/// SIGKILLed once a second has joined, at random moments, and a third joins after: what they
+/// wrote together, de-duplicated by decision id, is what the model decides.
+pub fn shared(seed: u64, rng: &mut fastrand::Rng, input: Input, config: &dyn Fn(&str) -> String) -> Result<(), String> {
+    let root = tempfile::tempdir().unwrap();
+    let stream = generate(seed, 40, true);
+    let business: HashMap<[String; 3], Value> = stream
+        .business
+        .iter()
+        .map(|row| {
+            let f = |k: &str| row[k].as_str().unwrap_or_default().to_owned();
+            ([f("source"), f("database"), f("schema")], row.clone())
+        })
+        .collect();
+    let expected = decide(&stream.lines, &business, IGNORED, 0.5);
+    std::fs::write(root.path().join("expected.json"), expected.to_json().to_string()).unwrap();
+    let text = config(&input(&stream.lines));
+    let start = |name: &str| {
+        let dir = root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("business.json"), Value::Array(stream.business.clone()).to_string()).unwrap();
+        std::fs::write(dir.join("config.toml"), &text).unwrap();
+        let child = bin()
+            .arg("run")
+            .current_dir(&dir)
+            // Runs that never complete end in a second, as in the model's other streams.
+            .env("ASSETFLOW__DECISOR__COMPLETION_TIMEOUT", "1s")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("run.log")).unwrap())
+            .spawn()
+            .expect("spawn assetflow");
+        (dir, child)
+    };
+    let (first, mut killed) = start("one");
+    std::thread::sleep(Duration::from_millis(rng.u64(200..3000)));
+    let (second, two) = start("two");
+    std::thread::sleep(Duration::from_millis(rng.u64(200..3000)));
+    let _ = killed.kill();
+    killed.wait().unwrap();
+    let (third, three) = start("three");
+    let dirs = [first, second, third];
+    let decisions = expected.upserts.len() + expected.drops.len();
+    let letters: u64 = expected.dead_letters.values().sum();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(90) {
+        let got = union(&dirs).dedup();
+        if got.upserts.len() + got.drops.len() >= decisions && got.dead_letters.len() as u64 >= letters {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Whatever a late process still writes must show in the comparison.
+    std::thread::sleep(Duration::from_secs(3));
+    for mut child in [two, three] {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        if !status.success() {
+            return Err(format!("a process did not stop cleanly on SIGTERM: {status}"));
+        }
+    }
+    compare(&root.path().join("expected.json"), &union(&dirs).dedup())
 }
