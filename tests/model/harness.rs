@@ -6,7 +6,6 @@
 // Each test file runs the kinds of stream it needs.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -47,21 +46,14 @@ fn prepare(dir: &Path, seed: u64, stores: Stores) -> Expected {
 /// [`prepare`], the stream with or without late events ([`super::generate`]) and read
 /// from where `input` puts it.
 fn prepare_from(dir: &Path, seed: u64, late_events: bool, input: Input, stores: Stores) -> Expected {
-    let (stream, business) = write_stream(dir, seed, late_events, input, stores);
-    let expected = decide(&stream.lines, &business, IGNORED, 0.5);
+    let stream = write_stream(dir, seed, late_events, input, stores);
+    let expected = decide(&stream.lines, &stream.business_by_key(), IGNORED, 0.5);
     std::fs::write(dir.join("expected.json"), expected.to_json().to_string()).unwrap();
     expected
 }
 
-/// Writes stream `seed`, its business rows and its config into `dir`; the rows by (source,
-/// database, schema), as the model looks them up.
-fn write_stream(
-    dir: &Path,
-    seed: u64,
-    late_events: bool,
-    input: Input,
-    stores: Stores,
-) -> (Stream, HashMap<[String; 3], Value>) {
+/// Writes stream `seed`, its business rows and its config into `dir`.
+fn write_stream(dir: &Path, seed: u64, late_events: bool, input: Input, stores: Stores) -> Stream {
     let stream = generate(seed, if seed % 2 == 0 { 14 } else { 40 }, late_events);
     let config =
         SCENARIO_CONFIG.replace("max_drop_fraction = 0.5", "max_drop_fraction = 0.5\ncompletion_timeout = \"1s\"");
@@ -72,15 +64,7 @@ fn write_stream(
     std::fs::write(dir.join("config.toml"), stores(config)).unwrap();
     std::fs::write(dir.join("events.jsonl"), stream.lines.join("\n") + "\n").unwrap();
     std::fs::write(dir.join("business.json"), Value::Array(stream.business.clone()).to_string()).unwrap();
-    let business: HashMap<[String; 3], Value> = stream
-        .business
-        .iter()
-        .map(|row| {
-            let f = |k: &str| row[k].as_str().unwrap_or_default().to_owned();
-            ([f("source"), f("database"), f("schema")], row.clone())
-        })
-        .collect();
-    (stream, business)
+    stream
 }
 
 /// What `compare` leaves out of a drop: the run that last saw the asset, its business (looked
@@ -244,7 +228,8 @@ pub fn killed(seed: u64, rng: &mut fastrand::Rng, stores: Stores) -> Result<(), 
 /// holds them, each new dead letter one attempt on; and the state is the model's.
 pub fn redriven(seed: u64, stores: Stores) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
-    let (stream, business) = write_stream(dir.path(), seed, true, &|_| FILE_SOURCE.to_owned(), stores);
+    let stream = write_stream(dir.path(), seed, true, &|_| FILE_SOURCE.to_owned(), stores);
+    let business = stream.business_by_key();
     let mut model = Model::new(&business, IGNORED, 0.5);
     stream.lines.iter().for_each(|line| model.take(line));
     model.finish();
@@ -287,15 +272,7 @@ pub fn redriven(seed: u64, stores: Stores) -> Result<(), String> {
 pub fn shared(seed: u64, rng: &mut fastrand::Rng, input: Input, config: &dyn Fn(&str) -> String) -> Result<(), String> {
     let root = tempfile::tempdir().unwrap();
     let stream = generate(seed, 40, true);
-    let business: HashMap<[String; 3], Value> = stream
-        .business
-        .iter()
-        .map(|row| {
-            let f = |k: &str| row[k].as_str().unwrap_or_default().to_owned();
-            ([f("source"), f("database"), f("schema")], row.clone())
-        })
-        .collect();
-    let expected = decide(&stream.lines, &business, IGNORED, 0.5);
+    let expected = decide(&stream.lines, &stream.business_by_key(), IGNORED, 0.5);
     std::fs::write(root.path().join("expected.json"), expected.to_json().to_string()).unwrap();
     let text = config(&input(&stream.lines));
     let start = |name: &str| {

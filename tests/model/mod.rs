@@ -297,6 +297,19 @@ pub struct Stream {
     pub business: Vec<Value>,
 }
 
+impl Stream {
+    /// The business rows by (source, database, schema), as the model looks them up.
+    pub fn business_by_key(&self) -> HashMap<[String; 3], Value> {
+        self.business
+            .iter()
+            .map(|row| {
+                let f = |k: &str| row[k].as_str().unwrap_or_default().to_owned();
+                ([f("source"), f("database"), f("schema")], row.clone())
+            })
+            .collect()
+    }
+}
+
 /// A stream of several sources' interleaved runs: churn, key order and formatting changed,
 /// timestamps in several offsets and precisions, exact and late re-deliveries, bad lines,
 /// runs that stop half-way, completions counting their assets (some late, some never
