@@ -3,7 +3,9 @@
 //! decides, output by output, and leave the control table and history it says; and so must the
 //! same streams split into a file per source, and with the process SIGKILLed at random moments
 //! and restarted, once its outputs are de-duplicated by decision id; and `assetflow redrive` of
-//! what a clean run dead-lettered must add what the model decides for those payloads. Here with
+//! what a clean run dead-lettered must add what the model decides for those payloads; through
+//! the enrich-only topology each valid event is enriched once, each invalid one a dead letter
+//! of the model's kind. Here with
 //! the embedded stores; `postgres_stores.rs` and `aws_topology.rs` run fewer streams with theirs.
 
 mod common;
@@ -19,10 +21,17 @@ const STREAMS: u64 = 64;
 const KILLED_STREAMS: u64 = 40;
 const SPLIT_STREAMS: u64 = 24;
 const REDRIVEN_STREAMS: u64 = 24;
+const ENRICHED_STREAMS: u64 = 16;
 
 #[test]
 fn generated_streams_decide_as_the_model_says() {
     let failed = harness::each(0..STREAMS, |seed| harness::clean(seed, &embedded));
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}
+
+#[test]
+fn generated_streams_through_the_enrich_only_topology_are_enriched_as_the_model_says() {
+    let failed = harness::each(3000..3000 + ENRICHED_STREAMS, harness::enriched);
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Expected, Model, Stream, decide, generate};
+use super::{Expected, Model, Stream, decide, generate, validate};
 use crate::common::scale::union;
 use crate::common::{Outputs, SCENARIO_CONFIG, bin, compare, spawn_run};
 
@@ -157,6 +157,61 @@ pub fn clean_from(seed: u64, late_events: bool, input: Input, stores: Stores) ->
         return Err(format!("decision ids written twice in a clean run: {:?}", got.duplicate_ids()));
     }
     compare_state(dir.path(), &expected, HISTORIES_READ)
+}
+
+/// Stream `seed` through the enrich-only topology (`stages = ["enrich"]`, EVENTS.md §4.3):
+/// each valid event, `running` or `completed`, once on the enriched sink as it came, with the
+/// business of its (source, database, schema) or `null` (a completion is not looked up), and
+/// each invalid line a dead letter of the model's kind; nothing decided.
+pub fn enriched(seed: u64) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = write_stream(dir.path(), seed, true, &|_| FILE_SOURCE.to_owned(), &embedded);
+    let business = stream.business_by_key();
+    let config = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
+    let sink = "[sinks.enriched]\nkind = \"file\"\npath = \"out/enriched.jsonl\"\n";
+    let config = config.replace("stages = [\"enrich\", \"decide\"]", "stages = [\"enrich\"]") + sink;
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let mut want = (Vec::new(), std::collections::BTreeMap::<&str, usize>::new());
+    for line in &stream.lines {
+        match validate(line) {
+            Ok(ev) => {
+                let text = |v: &Value, f: &str| v[f].as_str().unwrap_or_default().to_owned();
+                let asset = ev.get("asset").cloned().unwrap_or_default();
+                let key =
+                    [text(&Value::Object(ev.clone()), "source"), text(&asset, "database"), text(&asset, "schema")];
+                let domain = match ev["status"].as_str() {
+                    Some("running") => business.get(&key).map_or(Value::Null, |row| row["domain"].clone()),
+                    _ => Value::Null,
+                };
+                want.0.push((Value::Object(ev).to_string(), domain));
+            }
+            Err(kind) => *want.1.entry(kind).or_default() += 1,
+        }
+    }
+    run_to_the_end(dir.path());
+    let mut got = (Vec::new(), std::collections::BTreeMap::<&str, usize>::new());
+    for mut e in crate::common::read_lines(&dir.path().join("out/enriched.jsonl")) {
+        let object = e.as_object_mut().ok_or("an enriched output that is not an object")?;
+        if !object.remove("enriched_at").is_some_and(|t| t.is_string()) {
+            return Err(format!("an enriched output without `enriched_at`: {e}"));
+        }
+        let domain = object.remove("business").map_or(Value::Null, |b| b["domain"].clone());
+        got.0.push((e.to_string(), domain));
+    }
+    let outputs = Outputs::read(dir.path());
+    for d in &outputs.dead_letters {
+        let kind = ["invalid_json", "invalid_event", "too_large"].into_iter().find(|k| d["error"]["kind"] == *k);
+        *got.1.entry(kind.unwrap_or("other")).or_default() += 1;
+    }
+    want.0.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    got.0.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    if got != want {
+        return Err(format!("enriched and dead letters:\n  got  {got:?}\n  want {want:?}"));
+    }
+    if !outputs.upserts.is_empty() || !outputs.drops.is_empty() {
+        return Err("the enrich-only topology decided something".into());
+    }
+    Ok(())
 }
 
 /// Stream `seed` with each source's events in a file of its own (bad lines in one more), each

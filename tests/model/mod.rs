@@ -233,7 +233,7 @@ impl<'a> Model<'a> {
 }
 
 /// The event, or the dead letter kind that turns it away (EVENTS.md §1, first match wins).
-fn validate(line: &str) -> Result<Map<String, Value>, &'static str> {
+pub fn validate(line: &str) -> Result<Map<String, Value>, &'static str> {
     if line.len() > 1 << 20 {
         return Err("too_large");
     }
