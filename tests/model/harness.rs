@@ -30,8 +30,17 @@ pub fn embedded(config: String) -> String {
     config
 }
 
-/// The scenario config's `decisor.hash_ignore`.
+/// The scenario config's `decisor.hash_ignore`, and the one of the processes of [`shared`].
 const IGNORED: &[&str] = &["stats.row_count"];
+
+/// Stream `seed`'s `decisor.hash_ignore` and `max_drop_fraction`, varied across seeds apart
+/// from the shard count (`seed % 3`): nothing ignored, or more than the scenario's (a text
+/// field, a whole nested object); the guard tighter, off, or stopping any drop.
+fn decisor(seed: u64) -> (&'static [&'static str], f64) {
+    const IGNORES: [&[&str]; 4] = [IGNORED, &[], &["stats.row_count", "comment"], &["nested.a", "stats"]];
+    const FRACTIONS: [f64; 4] = [0.5, 0.3, 1.0, 0.0];
+    (IGNORES[(seed / 3 % 4) as usize], FRACTIONS[(seed / 12 % 4) as usize])
+}
 
 /// Asset keys whose history a clean stream reads back: the longest first, where drops,
 /// re-creations and stale events meet. Each read is a process start, so not every key.
@@ -47,7 +56,8 @@ fn prepare(dir: &Path, seed: u64, stores: Stores) -> Expected {
 /// from where `input` puts it.
 fn prepare_from(dir: &Path, seed: u64, late_events: bool, input: Input, stores: Stores) -> Expected {
     let stream = write_stream(dir, seed, late_events, input, stores);
-    let expected = decide(&stream.lines, &stream.business_by_key(), IGNORED, 0.5);
+    let (ignore, fraction) = decisor(seed);
+    let expected = decide(&stream.lines, &stream.business_by_key(), ignore, fraction);
     std::fs::write(dir.join("expected.json"), expected.to_json().to_string()).unwrap();
     expected
 }
@@ -55,8 +65,14 @@ fn prepare_from(dir: &Path, seed: u64, late_events: bool, input: Input, stores: 
 /// Writes stream `seed`, its business rows and its config into `dir`.
 fn write_stream(dir: &Path, seed: u64, late_events: bool, input: Input, stores: Stores) -> Stream {
     let stream = generate(seed, if seed % 2 == 0 { 14 } else { 40 }, late_events);
-    let config =
-        SCENARIO_CONFIG.replace("max_drop_fraction = 0.5", "max_drop_fraction = 0.5\ncompletion_timeout = \"1s\"");
+    let (ignore, fraction) = decisor(seed);
+    let decisor = format!(
+        "hash_ignore = {}\nmax_drop_fraction = {fraction:?}\ncompletion_timeout = \"1s\"",
+        serde_json::to_string(ignore).unwrap()
+    );
+    let scenario = "hash_ignore = [\"stats.row_count\"]\nmax_drop_fraction = 0.5";
+    assert!(SCENARIO_CONFIG.contains(scenario));
+    let config = SCENARIO_CONFIG.replace(scenario, &decisor);
     let shards = [1, 4, 7][(seed % 3) as usize];
     let config = config.replace("shards = 4", &format!("shards = {shards}"));
     assert!(config.contains(FILE_SOURCE));
@@ -277,22 +293,24 @@ pub fn killed(seed: u64, rng: &mut fastrand::Rng, stores: Stores) -> Result<(), 
     compare_state(dir.path(), &expected, 0)
 }
 
-/// Stream `seed` run clean, then `assetflow redrive` of its dead letters, the drop guard
-/// lifted for even seeds (as an operator applies a completion the guard stopped): the new
-/// outputs are what the model decides for those payloads, in the order the dead-letter store
-/// holds them, each new dead letter one attempt on; and the state is the model's.
+/// Stream `seed` run clean, then `assetflow redrive` of its dead letters, the drop guard lifted
+/// for even seeds (as an operator applies a completion the guard stopped) and as it was for the
+/// others: the new outputs are what the model decides for those payloads, in the order the
+/// dead-letter store holds them, each new dead letter one attempt on; and the state is the
+/// model's.
 pub fn redriven(seed: u64, stores: Stores) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
     let stream = write_stream(dir.path(), seed, true, &|_| FILE_SOURCE.to_owned(), stores);
     let business = stream.business_by_key();
-    let mut model = Model::new(&business, IGNORED, 0.5);
+    let (ignore, first) = decisor(seed);
+    let mut model = Model::new(&business, ignore, first);
     stream.lines.iter().for_each(|line| model.take(line));
     model.finish();
     run_to_the_end(dir.path());
     let before = Outputs::read(dir.path());
     let payloads: Vec<String> =
         before.dead_letters.iter().map(|d| d["payload"].as_str().unwrap_or_default().to_owned()).collect();
-    let fraction = if seed % 2 == 0 { 1.0 } else { 0.5 };
+    let fraction = if seed % 2 == 0 { 1.0 } else { first };
     let out = bin()
         .arg("redrive")
         .current_dir(dir.path())
