@@ -175,6 +175,44 @@ pub fn clean_from(seed: u64, late_events: bool, input: Input, stores: Stores) ->
     compare_state(dir.path(), &expected, HISTORIES_READ)
 }
 
+/// Stream `seed` POSTed to the `http` source a line at a time, each line a one-element array
+/// (a line that is itself an array stays one invalid event), each request sent once the one
+/// before was answered, then SIGTERM: every output and the end state as the model says. A
+/// request is answered once its events are durable, so a run's events after its completion
+/// cannot come while it waits for them: those streams have none, as on an SQS FIFO queue.
+pub fn posted(seed: u64) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::common::free_port();
+    let http = format!("[[sources]]\nkind = \"http\"\nlisten = \"127.0.0.1:{port}\"\n");
+    let mut expected = prepare_from(dir.path(), seed, false, &|_| http.clone(), &embedded);
+    let mut child = spawn_run(dir.path());
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err(format!("the http source never listened on {port}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+    for line in text.lines() {
+        let answer = crate::common::http_request(port, "POST", "/events", format!("[{line}]").as_bytes());
+        let want = if serde_json::from_str::<Value>(line).is_ok() { 200 } else { 400 };
+        if answer.as_ref().map(|(status, _)| *status) != Some(want) {
+            return Err(format!("POST of {line}: {answer:?}, expected {want}"));
+        }
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    if !status.success() {
+        return Err(format!("SIGTERM did not stop the service cleanly: {status}"));
+    }
+    let got = Outputs::read(dir.path());
+    compare(&dir.path().join("expected.json"), &got)?;
+    compare_drops(&got.drops, &mut expected)?;
+    compare_state(dir.path(), &expected, HISTORIES_READ)
+}
+
 /// Stream `seed` through the enrich-only topology (`stages = ["enrich"]`, EVENTS.md §4.3):
 /// each valid event, `running` or `completed`, once on the enriched sink as it came, with the
 /// business of its (source, database, schema) or `null` (a completion is not looked up), and
