@@ -5,10 +5,11 @@
 //! and restarted, once its outputs are de-duplicated by decision id; and `assetflow redrive` of
 //! what a clean run dead-lettered must add what the model decides for those payloads; through
 //! the enrich-only topology each valid event is enriched once, each invalid one a dead letter
-//! of the model's kind; and POSTed line by line to the `http` source they decide as from a file. Here with the embedded stores; `postgres_stores.rs` and
-//! `aws_topology.rs` run fewer streams with theirs, `kafka_topology.rs` and `aws_topology.rs`
-//! read them from a topic, a Kinesis stream and an SQS FIFO queue, and `kafka_scale.rs` and
-//! `kinesis_scale.rs` through several processes.
+//! of the model's kind; and POSTed line by line to the `http` source they decide as from a
+//! file. Here with the embedded stores; `postgres_stores.rs` and `aws_topology.rs` run fewer
+//! streams with theirs, `kafka_topology.rs` and `aws_topology.rs` read them from a topic, a
+//! Kinesis stream and an SQS FIFO queue, and `kafka_scale.rs` and `kinesis_scale.rs` through
+//! several processes.
 
 mod common;
 mod model;

@@ -186,24 +186,29 @@ pub fn posted(seed: u64) -> Result<(), String> {
     let http = format!("[[sources]]\nkind = \"http\"\nlisten = \"127.0.0.1:{port}\"\n");
     let mut expected = prepare_from(dir.path(), seed, false, &|_| http.clone(), &embedded);
     let mut child = spawn_run(dir.path());
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if started.elapsed() > Duration::from_secs(30) {
-            return Err(format!("the http source never listened on {port}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
-    for line in text.lines() {
-        let answer = crate::common::http_request(port, "POST", "/events", format!("[{line}]").as_bytes());
-        let want = if serde_json::from_str::<Value>(line).is_ok() { 200 } else { 400 };
-        if answer.as_ref().map(|(status, _)| *status) != Some(want) {
-            return Err(format!("POST of {line}: {answer:?}, expected {want}"));
+    let post_all = || -> Result<(), String> {
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(format!("the http source never listened on {port}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-    }
+        for line in text.lines() {
+            let answer = crate::common::http_request(port, "POST", "/events", format!("[{line}]").as_bytes());
+            let want = if serde_json::from_str::<Value>(line).is_ok() { 200 } else { 400 };
+            if answer.as_ref().map(|(status, _)| *status) != Some(want) {
+                return Err(format!("POST of {line}: {answer:?}, expected {want}"));
+            }
+        }
+        Ok(())
+    };
+    let posted = post_all();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
+    posted?;
     if !status.success() {
         return Err(format!("SIGTERM did not stop the service cleanly: {status}"));
     }
