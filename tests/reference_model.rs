@@ -5,11 +5,11 @@
 //! and restarted, once its outputs are de-duplicated by decision id; and `assetflow redrive` of
 //! what a clean run dead-lettered must add what the model decides for those payloads; through
 //! the enrich-only topology each valid event is enriched once, each invalid one a dead letter
-//! of the model's kind; and POSTed line by line to the `http` source they decide as from a
-//! file. Here with the embedded stores; `postgres_stores.rs` and `aws_topology.rs` run fewer
-//! streams with theirs, `kafka_topology.rs` and `aws_topology.rs` read them from a topic, a
-//! Kinesis stream and an SQS FIFO queue, and `kafka_scale.rs` and `kinesis_scale.rs` through
-//! several processes.
+//! of the model's kind; and POSTed line by line to the `http` source, or piped to the `stdin`
+//! one, they decide as from a file. Here with the embedded stores; `postgres_stores.rs` and
+//! `aws_topology.rs` run fewer streams with theirs, `kafka_topology.rs` and `aws_topology.rs`
+//! read them from a topic, a Kinesis stream and an SQS FIFO queue, and `kafka_scale.rs` and
+//! `kinesis_scale.rs` through several processes.
 
 mod common;
 mod model;
@@ -26,6 +26,7 @@ const SPLIT_STREAMS: u64 = 24;
 const REDRIVEN_STREAMS: u64 = 24;
 const ENRICHED_STREAMS: u64 = 16;
 const POSTED_STREAMS: u64 = 8;
+const PIPED_STREAMS: u64 = 8;
 
 #[test]
 fn generated_streams_decide_as_the_model_says() {
@@ -42,6 +43,13 @@ fn generated_streams_through_the_enrich_only_topology_are_enriched_as_the_model_
 #[test]
 fn generated_streams_posted_to_the_http_source_decide_as_the_model_says() {
     let failed = harness::each(4000..4000 + POSTED_STREAMS, harness::posted);
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}
+
+#[test]
+fn generated_streams_piped_to_the_stdin_source_decide_as_the_model_says() {
+    let stdin = |_: &[String]| "[[sources]]\nkind = \"stdin\"\n".to_owned();
+    let failed = harness::each(4500..4500 + PIPED_STREAMS, |seed| harness::clean_from(seed, true, &stdin, &embedded));
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 

@@ -145,8 +145,11 @@ fn compare_state(dir: &Path, expected: &Expected, histories: usize) -> Result<()
     Ok(())
 }
 
+/// `assetflow run` in `dir` until it ends by itself, the stream on its standard input too (for a
+/// `stdin` source; any other leaves it unread).
 fn run_to_the_end(dir: &Path) {
-    let out = bin().args(["run"]).current_dir(dir).env("RUST_LOG", "error").output().unwrap();
+    let stdin = std::fs::File::open(dir.join("events.jsonl")).unwrap();
+    let out = bin().args(["run"]).current_dir(dir).env("RUST_LOG", "error").stdin(stdin).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
