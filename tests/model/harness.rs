@@ -1,8 +1,11 @@
-//! Runs the binary over a generated stream and holds what it did against the model: a clean
-//! run, the same stream split into a file per source, one SIGKILLed at random moments, and a
-//! redrive of what a clean run dead-lettered. Each takes `stores`, an edit of the config that
-//! puts the control table, history and content where a test wants them (the embedded stores
-//! as written, PostgreSQL, DynamoDB and S3...), and says what differs, if anything.
+//! Runs the binary over a generated stream and holds what it did against the model, each
+//! function one way of running it: `clean` (and `clean_from`, read from a topic, a Kinesis
+//! stream, a queue or standard input), `split` into a file per source, `killed` at random
+//! moments, `redriven` after a clean run (then parked), `posted` to the http source, `enriched`
+//! by the enrich-only topology, and `shared` by several processes. Most take `stores`, an edit
+//! of the config that puts the control table, history and content where a test wants them
+//! (the embedded stores as written, PostgreSQL, DynamoDB and S3...), and all say what differs
+//! from the model, if anything.
 // Each test file runs the kinds of stream it needs.
 #![allow(dead_code)]
 
