@@ -166,7 +166,8 @@ fn generated_streams_with_control_history_and_content_in_dynamodb_and_s3_decide_
         edited + &aws_section()
     };
     let mut rng = fastrand::Rng::with_seed(9);
-    let mut failed = model::harness::each(0..6, |seed| model::harness::clean(seed, &stores));
+    let mut failed =
+        model::harness::each(0..6, |seed| model::harness::clean_from(seed, true, &model::harness::file, &stores));
     failed.extend(model::harness::each(1000..1006, |seed| model::harness::killed(seed, &mut rng, &stores)));
     failed.extend(model::harness::each(2000..2004, |seed| model::harness::redriven(seed, &stores)));
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
