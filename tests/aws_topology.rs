@@ -165,11 +165,7 @@ fn generated_streams_with_control_history_and_content_in_dynamodb_and_s3_decide_
         assert_eq!(edited.matches("kind = \"dynamodb\"").count() + edited.matches("kind = \"s3\"").count(), 3);
         edited + &aws_section()
     };
-    let mut rng = fastrand::Rng::with_seed(9);
-    let mut failed =
-        model::harness::each(0..6, |seed| model::harness::clean_from(seed, true, &model::harness::file, &stores));
-    failed.extend(model::harness::each(1000..1006, |seed| model::harness::killed(seed, &mut rng, &stores)));
-    failed.extend(model::harness::each(2000..2004, |seed| model::harness::redriven(seed, &stores)));
+    let failed = model::harness::through_stores(&stores, 6, 4, 9);
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 

@@ -220,11 +220,7 @@ fn a_missing_table_is_refused_at_start_naming_the_key() {
 #[test]
 fn generated_streams_with_control_and_history_in_postgres_decide_as_the_model_says() {
     let stores = |config: String| in_postgres(&config, &unique("control"), &unique("history"));
-    let mut rng = fastrand::Rng::with_seed(7);
-    let mut failed =
-        model::harness::each(0..10, |seed| model::harness::clean_from(seed, true, &model::harness::file, &stores));
-    failed.extend(model::harness::each(1000..1010, |seed| model::harness::killed(seed, &mut rng, &stores)));
-    failed.extend(model::harness::each(2000..2006, |seed| model::harness::redriven(seed, &stores)));
+    let failed = model::harness::through_stores(&stores, 10, 6, 7);
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 

@@ -176,6 +176,16 @@ pub fn each(seeds: std::ops::Range<u64>, mut check: impl FnMut(u64) -> Result<()
     seeds.filter_map(|seed| check(seed).err().map(|e| format!("stream {seed}: {e}"))).collect()
 }
 
+/// The streams a store's test runs with its `stores`: `streams` clean from `events.jsonl`, as
+/// many SIGKILLed (kill moments drawn from `rng_seed`), and `redrives` redriven; what went wrong.
+pub fn through_stores(stores: Stores, streams: u64, redrives: u64, rng_seed: u64) -> Vec<String> {
+    let mut rng = fastrand::Rng::with_seed(rng_seed);
+    let mut failed = each(0..streams, |seed| clean_from(seed, true, &file, stores));
+    failed.extend(each(1000..1000 + streams, |seed| killed(seed, &mut rng, stores)));
+    failed.extend(each(2000..2000 + redrives, |seed| redriven(seed, stores)));
+    failed
+}
+
 /// Stream `seed` run once to its end: every output as the model decides (drops with their
 /// details), no decision id twice, and the model's control table and histories.
 pub fn clean(seed: u64, stores: Stores) -> Result<(), String> {
