@@ -88,6 +88,51 @@ fn a_guarded_completion_counting_its_assets_is_redriven_after_the_next_run_moved
 }
 
 #[test]
+fn an_incomplete_run_redriven_after_the_next_run_moved_its_assets_on_is_applied() {
+    // r1 said four assets; its fourth came after its completion had timed out (behind r2's
+    // first event, which waited for it), then r2 refreshed all four. Redriven once the operator sees the
+    // run was whole, the completion finds its four events counted (no record says r1 any
+    // more: each left a marker as r2 moved it on) and is applied at once: it drops t9, which
+    // r1 did not see, and nothing r2 refreshed after it.
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::SCENARIO_CONFIG
+        .replace("max_drop_fraction = 0.5", "max_drop_fraction = 0.5\ncompletion_timeout = \"2s\"");
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    std::fs::write(dir.path().join("business.json"), "[]").unwrap();
+    let running = |id: &str, run: &str, table: &str, second: u32| {
+        format!(
+            r#"{{"event_id":"{id}","source":"s","run_id":"{run}","status":"running","emitted_at":"2026-11-01T00:00:{second:02}Z","asset":{{"database":"d","schema":"p","table":"{table}"}}}}"#
+        )
+    };
+    let completed = |id: &str, run: &str, second: u32, expected: &str| {
+        format!(
+            r#"{{"event_id":"{id}","source":"s","run_id":"{run}","status":"completed","emitted_at":"2026-11-01T00:00:{second:02}Z"{expected}}}"#
+        )
+    };
+    let mut lines = vec![running("z9", "r0", "t9", 0), completed("c0", "r0", 1, "")];
+    lines.extend((0..3).map(|i| running(&format!("a{i}"), "r1", &format!("t{i}"), 2 + i)));
+    lines.push(completed("c1", "r1", 8, r#","expected_assets":4"#));
+    // r2's first event waits behind the waiting completion, and a3 behind it (§3.3).
+    lines.push(running("b0", "r2", "t0", 10));
+    lines.push(running("a3", "r1", "t3", 5));
+    lines.extend((1..4).map(|i| running(&format!("b{i}"), "r2", &format!("t{i}"), 10 + i)));
+    std::fs::write(dir.path().join("events.jsonl"), lines.join("\n") + "\n").unwrap();
+    assert!(assetflow(dir.path(), &["run"]).status.success());
+    let first = Outputs::read(dir.path());
+    assert_eq!(first.dead_letters.len(), 1);
+    assert_eq!(first.dead_letters[0]["error"]["kind"], "incomplete_run");
+    assert!(first.drops.is_empty());
+
+    let report = redrive(dir.path(), &[], &[]);
+    assert!(report.contains("1 replayed"), "{report}");
+    let after = Outputs::read(dir.path());
+    assert_eq!(after.dead_letters.len(), 1, "applied, not timed out again: {:?}", after.dead_letters);
+    let dropped: Vec<(&str, &str)> =
+        after.drops.iter().map(|d| (d["asset_key"].as_str().unwrap(), d["event_id"].as_str().unwrap())).collect();
+    assert_eq!(dropped, vec![("s/d/p/t9", "c1")]);
+}
+
+#[test]
 fn past_max_attempts_a_dead_letter_is_parked_and_kept() {
     let dir = basics();
     let env = [("ASSETFLOW__REDRIVE__MAX_ATTEMPTS", "2")];

@@ -158,21 +158,76 @@ pub struct RecordTouch<'a> {
 /// The `hash` of a run-event marker.
 const RUN_EVENT: &str = "run-event";
 
-/// A `running` event of a run that its asset's record does not show: a second event of the same
-/// asset in the run, or a stale one. EVENTS.md §3.3 counts the run's applied `running` events;
-/// records count one per asset, so each such event leaves a marker beside them: a record that
-/// is never live (never dropped, never listed as an asset) whose `last_seen_run` is the run, so
-/// a sweep counts it with the run's records. Keyed by the event id: a re-delivery counts once.
+/// A `running` event of a run that its asset's record does not show. EVENTS.md §3.3 counts the
+/// run's applied `running` events; records count one per asset (the event each shows), so each
+/// applied event no record shows leaves a marker beside them: a record that is never live
+/// (never dropped, never listed as an asset) whose `last_seen_run` is the run, so a sweep
+/// counts it with the run's records. Two kinds:
+///
+/// - an *event marker*, for a stale event, or the event a record showed before a second event
+///   of the asset in the same run replaced it: keyed by what the event was (run, asset, time,
+///   content), not by its id, so an event delivered again finds its marker and counts once;
+/// - the asset's *moved-on marker*, for the event a record showed before the next run moved it
+///   on while that event's run was still to complete (its completion read late, or
+///   dead-lettered and redriven): one per asset, overwritten by the next such move, so a source
+///   that stops completing its runs keeps one per asset, not one per asset per run.
 pub struct RunEvent;
 
 impl RunEvent {
-    pub fn key(source: &str, event_id: &str) -> String {
-        format!("{source}#run-event#{event_id}")
+    /// The control-table key of the event marker of the event of `run_id` that saw `asset_key`
+    /// with content `hash` at `at`.
+    pub fn key(source: &str, run_id: &str, asset_key: &str, at: DateTime<Utc>, hash: &str) -> String {
+        let mut h = blake3::Hasher::new();
+        // Each part with its length: no two different events run into one text.
+        for part in [run_id, asset_key, hash] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.update(&at.timestamp().to_le_bytes());
+        h.update(&at.timestamp_subsec_nanos().to_le_bytes());
+        let digest = h.finalize().to_hex();
+        format!("{source}#run-event#{}", &digest[..32])
     }
 
-    pub fn record(source: &str, name: &AssetName, run_id: &str, event_id: &str, at: DateTime<Utc>) -> ControlRecord {
+    /// The control-table key of the moved-on marker of `asset_key`.
+    pub fn moved_key(source: &str, asset_key: &str) -> String {
+        format!("{source}#moved#{asset_key}")
+    }
+
+    /// The event marker of the event of `run_id` that saw the asset `asset_key` (named `name`)
+    /// with content `hash` at `at`.
+    pub fn record(
+        source: &str,
+        name: &AssetName,
+        run_id: &str,
+        asset_key: &str,
+        at: DateTime<Utc>,
+        hash: &str,
+    ) -> ControlRecord {
+        Self::marker(Self::key(source, run_id, asset_key, at, hash), source, name, run_id, at, hash)
+    }
+
+    /// The moved-on marker of `asset_key` for its record as it was before the move.
+    pub fn moved(before: &ControlRecord) -> ControlRecord {
+        let key = Self::moved_key(&before.source, &before.asset_key);
+        Self::marker(key, &before.source, &before.name, &before.last_seen_run, before.last_seen_at, &before.hash)
+    }
+
+    /// Whether two markers stand for the same event: same run, time and content.
+    pub fn same_event(a: &ControlRecord, b: &ControlRecord) -> bool {
+        a.last_seen_run == b.last_seen_run && a.last_seen_at == b.last_seen_at && a.content_ref == b.content_ref
+    }
+
+    fn marker(
+        key: String,
+        source: &str,
+        name: &AssetName,
+        run_id: &str,
+        at: DateTime<Utc>,
+        hash: &str,
+    ) -> ControlRecord {
         ControlRecord {
-            asset_key: Self::key(source, event_id),
+            asset_key: key,
             source: source.to_owned(),
             name: name.clone(),
             hash: RUN_EVENT.to_owned(),
@@ -180,7 +235,9 @@ impl RunEvent {
             last_seen_at: at,
             status: RecordStatus::Dropped,
             dropped_at: None,
-            content_ref: None,
+            // The content the event saw: a marker is never an asset, and this field of it is
+            // what tells which event it stands for (`same_event`).
+            content_ref: Some(hash.to_owned()),
             version: 1,
         }
     }

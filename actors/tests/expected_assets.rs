@@ -143,3 +143,80 @@ fn a_completion_read_again_after_its_run_moved_on_is_not_waited_for() {
     assert!(started.elapsed() < Duration::from_secs(10), "decided by its mark, not at the time-out");
     assert!(out.drops.is_empty());
 }
+
+#[test]
+fn a_completion_read_after_the_next_run_moved_its_assets_on_still_counts_them() {
+    // r1's completion reaches the service late, after r2's events (its crawler's last write
+    // was slow, say). Its four events were applied, but two of its records are r2's by then:
+    // each left a marker of the r1 event it showed as it moved on, so r1 completes at once,
+    // with nothing to drop (r2 refreshed those two after it; the other two are r1's own).
+    // Then r2 completes and drops what it did not see. In every kind of store: none of the
+    // unchanged assets' fast ways may skip the markers.
+    // r0 completed before; r1's events in a run of the service of their own, so that r2's
+    // are decided in batches of their own, where the index answers for them.
+    for control in controls() {
+        let mut lines = seen_in("z", "r0", 0..4, 1);
+        lines.push(completed("c0", "s", "r0", 2, Some(4)));
+        lines.extend(seen_in("a", "r1", 0..4, 10));
+        let first = run(settings(2), lines, control.clone());
+        assert!(first.dead_letters.is_empty() && first.drops.is_empty());
+        let mut lines = seen_in("b", "r2", 0..2, 20);
+        lines.push(completed("c1", "s", "r1", 11, Some(4)));
+        lines.push(completed("c2", "s", "r2", 21, Some(2)));
+        let mut s = settings(2);
+        s.completion_timeout = Duration::from_secs(20);
+        let started = Instant::now();
+        let out = run(s, lines, control);
+        assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+        assert!(started.elapsed() < Duration::from_secs(10), "counted at once, not at the time-out");
+        assert_eq!(out.dropped_keys(), vec!["s/db/public/t2".to_string(), "s/db/public/t3".to_string()]);
+        assert!(out.drops.iter().all(|d| d["event_id"] == "c2"), "{:?}", out.drops);
+    }
+}
+
+#[test]
+fn an_event_moved_on_and_delivered_again_counts_once() {
+    // As above, but r1's event of t0 comes again after r2 moved t0 on: stale, and the event
+    // its moved-on marker counted already. A completion that says five waits for a fifth.
+    for control in controls() {
+        let mut lines = seen_in("z", "r0", 0..4, 1);
+        lines.push(completed("c0", "s", "r0", 2, Some(4)));
+        lines.extend(seen_in("a", "r1", 0..4, 10));
+        run(settings(2), lines, control.clone());
+        let mut lines = seen_in("b", "r2", 0..2, 20);
+        lines.push(running("a0", "s", "r1", "t0", 10, "c"));
+        lines.push(completed("c1", "s", "r1", 11, Some(5)));
+        let mut s = settings(2);
+        s.completion_timeout = Duration::from_millis(500);
+        let out = run(s, lines, control);
+        assert_eq!(out.dead_letter_kinds(), vec!["incomplete_run"]);
+        assert!(out.drops.is_empty());
+    }
+}
+
+#[test]
+fn a_steady_crawl_after_its_last_completion_leaves_no_markers() {
+    // The other side of the markers: a record whose run's completion was applied has been
+    // counted, and moving it on writes nothing but its run stamp.
+    for control in controls() {
+        let mut lines = seen_in("a", "r1", 0..4, 10);
+        lines.push(completed("c1", "s", "r1", 11, Some(4)));
+        run(settings(2), lines, control.clone());
+        let mut lines = seen_in("b", "r2", 0..4, 20);
+        lines.push(completed("c2", "s", "r2", 21, Some(4)));
+        let out = run(settings(2), lines, control.clone());
+        assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+        let markers = out.control.records.lock().unwrap().values().filter(|r| r.is_run_event()).count();
+        assert_eq!(markers, 0);
+        if control.stamped {
+            assert_eq!(control.touches.load(std::sync::atomic::Ordering::SeqCst), 4, "r2 moved run stamps alone");
+        }
+    }
+}
+
+/// A store that rewrites records, one that moves run stamps alone for records it read, and
+/// one whose index answers for them without a read.
+fn controls() -> [std::sync::Arc<MemControl>; 3] {
+    let stamped = MemControl { stamped: true, ..Default::default() };
+    [MemControl::slow(Duration::ZERO), std::sync::Arc::new(stamped), MemControl::indexed(Duration::ZERO)]
+}

@@ -636,7 +636,7 @@ async fn a_sweep_from_the_index_drops_what_a_read_of_every_record_drops() {
     writes.push(gone);
     writes.push(record("my", "my/db/s/t", "r1"));
     let name = assetflow_actors::event::AssetName { database: "db".into(), schema: "s".into(), table: "t".into() };
-    writes.push(assetflow_actors::record::RunEvent::record("pg", &name, "r2", "e-9", chrono::Utc::now()));
+    writes.push(assetflow_actors::record::RunEvent::record("pg", &name, "r2", "pg/db/s/t", chrono::Utc::now(), "h"));
     let writes: Vec<RecordWrite> = writes.into_iter().map(|record| RecordWrite::new(record, 2)).collect();
     let touches: Vec<RecordTouch> = (0..10)
         .map(|i| RecordTouch {

@@ -33,7 +33,9 @@ use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use tokio::sync::oneshot;
 
-use self::known::{alone_in_batch, hash_batch, hash_from_prints, known_unchanged, read_unchanged};
+use self::known::{
+    alone_in_batch, hash_batch, hash_from_prints, known_unchanged, read_unchanged, spent_count_unproven,
+};
 use self::plan::{BatchPlan, PlanEvent, plan_batch, sink_record};
 use self::settle::Settling;
 use super::Enriched;
@@ -52,7 +54,7 @@ use crate::ports::{
     RecordWrite,
 };
 use crate::print::{TextPrint, text_print};
-use crate::record::{ControlRecord, RecordStatus};
+use crate::record::{ControlRecord, RecordStatus, RunEvent};
 use crate::retry::panic_message;
 use crate::supervise::Supervisor;
 
@@ -396,9 +398,20 @@ async fn decide_and_publish(
         let ev = &p.enriched.event;
         marks.get(ev.source.as_str()).is_some_and(|m| m.precedes(&p.env.origin, ev.emitted_at, p.env.attempts > 1))
     };
+    let marked_run = |p: &Pending| marks.get(p.enriched.event.source.as_str()).map(|m| m.run_id.as_str());
+    // An unchanged asset moves only its run stamp, which leaves no run-event marker (§3.3):
+    // right where its record's run is the one its source's mark names, whose count is spent
+    // (a steady crawl after its last completion), or its source has no mark. Where it is not
+    // (that run's completion is late, or was dead-lettered), the record is read and moved on
+    // the slow way, which leaves one.
+    let unmarked = spent_count_unproven(batch, &mut known, marked_run);
+    if !unmarked.is_empty() {
+        let more = deps.calls.call("control store", "get", || deps.control.get_many(&unmarked)).await;
+        records.extend(more.map_err(|e| (Stage::Decide, e))?);
+    }
     let landed = earlier.restore(&mut records);
     if first_round && deps.control.moves_run_stamps() {
-        read_unchanged(batch, &alone, &mut records, &mut known, replayed);
+        read_unchanged(batch, &alone, &mut records, &mut known, replayed, marked_run);
     }
     let plan = plan_batch(
         batch.iter().zip(known).map(|(p, known)| PlanEvent {
@@ -408,6 +421,7 @@ async fn decide_and_publish(
             print: p.print,
             replayed: replayed(p),
             known,
+            marked_run: marked_run(p),
         }),
         records,
         &landed,
@@ -415,6 +429,48 @@ async fn decide_and_publish(
         Utc::now(),
     );
     apply(deps, plan, earlier).await
+}
+
+/// The writes of a batch's run-event markers ([`RunEvent`]) that are not there yet. Rare (a
+/// stale or repeated event of a run, a run moved on before its completion): read first, so
+/// that an event delivered again counts once. An event marker is not written where the
+/// asset's moved-on marker already stands for its event (the move counted it); a moved-on
+/// marker is written over the asset's last one, unless that stands for the same event.
+async fn new_markers(
+    deps: &DecisorDeps,
+    run_events: Vec<(String, ControlRecord)>,
+    moved: Vec<ControlRecord>,
+) -> Result<Vec<RecordWrite>, BackendError> {
+    let key = |r: &ControlRecord| RecordKey { source: r.source.clone(), asset_key: r.asset_key.clone() };
+    let keys: Vec<RecordKey> = run_events
+        .iter()
+        .flat_map(|(asset, r)| {
+            [key(r), RecordKey { source: r.source.clone(), asset_key: RunEvent::moved_key(&r.source, asset) }]
+        })
+        .chain(moved.iter().map(key))
+        .collect();
+    let there = deps.calls.call("control store", "get", || deps.control.get_many(&keys)).await?;
+    let mut writes = Vec::new();
+    // The moved-on markers as they will be: those of this batch over those there.
+    let mut slots: HashMap<&str, &ControlRecord> = there.iter().map(|(k, r)| (k.as_str(), r)).collect();
+    for m in &moved {
+        let old = there.get(&m.asset_key);
+        if old.is_some_and(|o| RunEvent::same_event(o, m)) {
+            continue;
+        }
+        let version = old.map_or(0, |o| o.version);
+        writes.push(RecordWrite::new(ControlRecord { version: version + 1, ..m.clone() }, version));
+        slots.insert(m.asset_key.as_str(), m);
+    }
+    let mut new: HashSet<String> = HashSet::new();
+    for (asset, r) in run_events {
+        let counted_by_move =
+            slots.get(RunEvent::moved_key(&r.source, &asset).as_str()).is_some_and(|m| RunEvent::same_event(m, &r));
+        if !there.contains_key(&r.asset_key) && !counted_by_move && new.insert(r.asset_key.clone()) {
+            writes.push(RecordWrite::new(r, 0));
+        }
+    }
+    Ok(writes)
 }
 
 /// Applies a plan outward first: content, then upserts (an upsert must never point at content
@@ -439,19 +495,13 @@ async fn apply(
     plan: BatchPlan<'_>,
     earlier: &mut EarlierRound,
 ) -> Result<(usize, Durable), (Stage, BackendError)> {
-    let BatchPlan { rows, outcomes, contents, upserts, mut writes, touches, landed, priors, run_events } = plan;
-    if !run_events.is_empty() {
-        // Rare (a stale or repeated event of a run): those already written are left alone.
-        let keys: Vec<RecordKey> =
-            run_events.iter().map(|r| RecordKey { source: r.source.clone(), asset_key: r.asset_key.clone() }).collect();
-        let there = deps.calls.call("control store", "get", || deps.control.get_many(&keys)).await;
-        let there = there.map_err(|e| (Stage::Decide, e))?;
-        let mut new: HashSet<String> = HashSet::new();
-        for r in run_events {
-            if !there.contains_key(&r.asset_key) && new.insert(r.asset_key.clone()) {
-                writes.push(RecordWrite::new(r, 0));
-            }
-        }
+    let BatchPlan { rows, outcomes, contents, upserts, mut writes, touches, landed, priors, run_events, moved } = plan;
+    if !run_events.is_empty() || !moved.is_empty() {
+        // Ahead of the records: where a store writes them one by one, a crash in between
+        // leaves a marker without its move (written again as the same, not counted twice),
+        // never a move without its marker.
+        let markers = new_markers(deps, run_events, moved).await.map_err(|e| (Stage::Decide, e))?;
+        writes.splice(0..0, markers);
     }
     let outputs = async {
         if !contents.is_empty() {

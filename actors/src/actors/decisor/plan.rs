@@ -37,6 +37,10 @@ pub struct PlanEvent<'a> {
     pub replayed: bool,
     /// The store vouched that this is an unchanged asset seen again (see [`plan_batch`]).
     pub known: Option<Unchanged>,
+    /// The run whose completion the source's completion mark names ([`crate::mark`]): a
+    /// record of that run that moves on to this event's run needs no run-event marker, its
+    /// completion having counted it already.
+    pub marked_run: Option<&'a str>,
 }
 
 /// What a batch will do, in the order the shard applies it: content, upserts, control records
@@ -62,9 +66,12 @@ pub struct BatchPlan<'a> {
     /// Each changed key with the record it had before the batch (`None`: the asset was new):
     /// what a later round needs if the write loses a conditional check.
     pub priors: Vec<(String, Option<ControlRecord>)>,
-    /// Run-event markers ([`RunEvent`]) for events of a run that their asset's record will not
-    /// show; the shard writes those not already there.
-    pub run_events: Vec<ControlRecord>,
+    /// Event markers ([`RunEvent::record`]) for events of a run that their asset's record will
+    /// not show, each with its asset key; the shard writes those not already there.
+    pub run_events: Vec<(String, ControlRecord)>,
+    /// Moved-on markers ([`RunEvent::moved`]), the last of each asset: the shard writes those
+    /// that do not already stand for the same event.
+    pub moved: Vec<ControlRecord>,
 }
 
 /// Decides a batch of `running` events against `records` (the stored records of their keys),
@@ -94,7 +101,7 @@ pub fn plan_batch<'a>(
     let mut changed_set: FastSet<String> = FastSet::default();
     // The print of the event each changed record's hash comes from.
     let mut prints: FastMap<&str, Option<TextPrint>> = FastMap::default();
-    for PlanEvent { enriched, key, hash, print, replayed, known } in events {
+    for PlanEvent { enriched, key, hash, print, replayed, known, marked_run } in events {
         let ev = &enriched.event;
         let EventKind::Running { name, body } = &ev.kind else {
             continue;
@@ -120,13 +127,29 @@ pub fn plan_batch<'a>(
         }
         let prior = records.get(key);
         let outcome = if replayed { Outcome::Stale } else { judge(prior, hash, ev.emitted_at) };
-        // An event of the run its record will not count (§3.3): stale, or a second event of
-        // the asset in the run. An exact re-delivery (same time, same content) is the event
+        // Events no record will show are still counted by their run (§3.3), each by a marker:
+        // a stale event itself; or, when this event moves the record on, the event it showed,
+        // if that was of this run (a second event of the asset in the run), or of a run after
+        // its source's last completion (this is the next run, and that run's completion comes
+        // late, or is redriven). A source with no completion yet leaves none of the latter: it
+        // may never send one. An exact re-delivery (same time, same content) is the event
         // already counted; a replay from before the last completion counted before it.
-        let seen_in_run_already =
-            prior.is_some_and(|r| r.last_seen_run == ev.run_id && !(r.last_seen_at == ev.emitted_at && r.hash == hash));
-        if !replayed && (outcome == Outcome::Stale || seen_in_run_already) {
-            plan.run_events.push(RunEvent::record(&ev.source, name, &ev.run_id, &ev.event_id, ev.emitted_at));
+        if !replayed {
+            if outcome == Outcome::Stale {
+                let marker = RunEvent::record(&ev.source, name, &ev.run_id, key, ev.emitted_at, hash);
+                plan.run_events.push((key.to_owned(), marker));
+            } else if let Some(r) = prior {
+                let exact = r.last_seen_at == ev.emitted_at && r.hash == hash;
+                if r.last_seen_run == ev.run_id && !exact {
+                    let marker = RunEvent::record(&r.source, &r.name, &r.last_seen_run, key, r.last_seen_at, &r.hash);
+                    plan.run_events.push((key.to_owned(), marker));
+                } else if r.last_seen_run != ev.run_id
+                    && r.is_live()
+                    && marked_run.is_some_and(|m| m != r.last_seen_run)
+                {
+                    plan.moved.push(RunEvent::moved(r));
+                }
+            }
         }
         let id = decision_id(&ev.event_id, key, outcome.decision_kind(), &prior_state(prior));
         let span = tracing::debug_span!("decision", event_id = %ev.event_id, asset_key = %key, decision_id = %id);
@@ -182,6 +205,13 @@ pub fn plan_batch<'a>(
             plan.priors.push((key.to_owned(), before));
         }
     }
+    // The last move of each asset is its marker (two in a batch: three runs, two incomplete).
+    if plan.moved.len() > 1 {
+        let mut seen: FastSet<String> = FastSet::default();
+        plan.moved.reverse();
+        plan.moved.retain(|m| seen.insert(m.asset_key.clone()));
+        plan.moved.reverse();
+    }
     plan.contents.sort_by(|a, b| (&a.asset_key, &a.hash).cmp(&(&b.asset_key, &b.hash)));
     plan.contents.dedup_by(|a, b| a.asset_key == b.asset_key && a.hash == b.hash);
     for k in &changed {
@@ -231,8 +261,12 @@ mod tests {
     use crate::event::decode;
 
     fn event(id: &str, table: &str, at: &str, payload: &str) -> Enriched {
+        event_of("r2", id, table, at, payload)
+    }
+
+    fn event_of(run: &str, id: &str, table: &str, at: &str, payload: &str) -> Enriched {
         let line = format!(
-            r#"{{"event_id":"{id}","source":"pg","run_id":"r2","status":"running","emitted_at":"{at}","asset":{{"database":"db","schema":"s","table":"{table}","cols":{payload}}}}}"#
+            r#"{{"event_id":"{id}","source":"pg","run_id":"{run}","status":"running","emitted_at":"{at}","asset":{{"database":"db","schema":"s","table":"{table}","cols":{payload}}}}}"#
         );
         Enriched { event: decode(line.as_bytes(), 1 << 20).unwrap(), business: None, enriched_at: Utc::now() }
     }
@@ -252,10 +286,20 @@ mod tests {
         }
     }
 
+    /// The plan of `events` against `records`, whose run `r1` has completed (the usual case).
     fn plan<'a>(
         events: &'a [(Enriched, String, String)],
         records: Vec<ControlRecord>,
         landed: &[&str],
+    ) -> BatchPlan<'a> {
+        plan_marked(events, records, landed, Some("r1"))
+    }
+
+    fn plan_marked<'a>(
+        events: &'a [(Enriched, String, String)],
+        records: Vec<ControlRecord>,
+        landed: &[&str],
+        marked_run: Option<&'a str>,
     ) -> BatchPlan<'a> {
         let records = records.into_iter().map(|r| (r.asset_key.clone(), r)).collect();
         let landed = landed.iter().map(|k| k.to_string()).collect();
@@ -268,6 +312,7 @@ mod tests {
                 print: None,
                 replayed: false,
                 known: None,
+                marked_run,
             }),
             records,
             &landed,
@@ -315,6 +360,58 @@ mod tests {
         let same = &p.writes[3].record;
         assert_eq!((same.content_ref.as_deref(), same.last_seen_run.as_str()), (Some("old/same"), "r2"));
         assert_eq!(p.writes[2].record.content_ref.as_deref(), Some("mem://pg/db/s/changed@h2"));
+    }
+
+    #[test]
+    fn a_record_moved_on_before_its_runs_completion_leaves_a_marker_for_that_run() {
+        // r2's events move three r1 records on. Once r1's completion is marked, its count is
+        // spent and nothing is left behind; while the mark names an earlier run, the two live
+        // records each leave a moved-on marker of the r1 event they showed, so that a late r1
+        // completion still counts them (§3.3). The dropped record counted for a completion
+        // already applied; a source never completed may never be: no marker for either.
+        let (t1, t2) = ("2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z");
+        let events = vec![
+            with_key(event("e1", "changed", t2, "2"), "h2"),
+            with_key(event("e2", "same", t2, "1"), "h1"),
+            with_key(event("e3", "gone", t2, "1"), "h1"),
+        ];
+        let records = || {
+            vec![
+                record("changed", "h1", t1, RecordStatus::Live, 2),
+                record("same", "h1", t1, RecordStatus::Live, 7),
+                record("gone", "h1", t1, RecordStatus::Dropped, 4),
+            ]
+        };
+        for marked in [Some("r1"), None] {
+            let p = plan_marked(&events, records(), &[], marked);
+            assert!(p.moved.is_empty() && p.run_events.is_empty(), "{marked:?}");
+        }
+        let p = plan_marked(&events, records(), &[], Some("r0"));
+        assert!(p.run_events.is_empty());
+        let at = DateTime::parse_from_rfc3339(t1).unwrap().to_utc();
+        let markers: Vec<(&str, &str, DateTime<Utc>)> =
+            p.moved.iter().map(|r| (r.asset_key.as_str(), r.last_seen_run.as_str(), r.last_seen_at)).collect();
+        assert_eq!(markers, [("pg#moved#pg/db/s/changed", "r1", at), ("pg#moved#pg/db/s/same", "r1", at)]);
+        assert!(p.moved.iter().all(|r| r.is_run_event() && !r.is_live() && !r.is_asset()));
+        // The r1 event of `same` delivered again after the move is stale: its event marker
+        // stands for the event the moved-on marker stands for, and the shard writes one.
+        let again = vec![with_key(event_of("r1", "a2", "same", t1, "1"), "h1")];
+        let mut same = record("same", "h1", t2, RecordStatus::Live, 8);
+        same.last_seen_run = "r2".into();
+        let stale = plan_marked(&again, vec![same], &[], Some("r0"));
+        assert_eq!(stale.rows[0].outcome, Outcome::Stale);
+        let [(asset, marker)] = &stale.run_events[..] else { panic!("{:?}", stale.run_events) };
+        assert_eq!(asset, "pg/db/s/same");
+        assert_eq!(marker.asset_key, RunEvent::key("pg", "r1", "pg/db/s/same", at, "h1"));
+        assert!(RunEvent::same_event(marker, &p.moved[1]));
+        // Moved on twice in one batch (r1 to r2 to r3, neither completed): the last move is
+        // the asset's marker.
+        let twice = vec![
+            with_key(event("e1", "same", t2, "1"), "h1"),
+            with_key(event_of("r3", "f1", "same", "2026-11-03T00:00:00Z", "1"), "h1"),
+        ];
+        let p = plan_marked(&twice, vec![record("same", "h1", t1, RecordStatus::Live, 7)], &[], Some("r0"));
+        assert_eq!(p.moved.iter().map(|r| r.last_seen_run.as_str()).collect::<Vec<_>>(), ["r2"]);
     }
 
     #[test]
@@ -376,6 +473,7 @@ mod tests {
                 print: None,
                 replayed: replayed && first(i),
                 known: first(i).then_some(Unchanged { known, indexed: true }),
+                marked_run: Some("r1"),
             });
             plan_batch(events, HashMap::new(), &HashSet::new(), |k, h| format!("mem://{k}@{h}"), now)
         };
