@@ -24,6 +24,34 @@ fn redrive(dir: &std::path::Path, env: &[(&str, &str)], extra: &[&str]) -> Strin
     stderr
 }
 
+/// Runs the scenario config (no business data, `completion_timeout` as given) over `lines` in
+/// a directory of its own, and returns it.
+fn stream_run(lines: &[String], completion_timeout: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let timeout = format!("max_drop_fraction = 0.5\ncompletion_timeout = \"{completion_timeout}\"");
+    let config = common::SCENARIO_CONFIG.replace("max_drop_fraction = 0.5", &timeout);
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    std::fs::write(dir.path().join("business.json"), "[]").unwrap();
+    std::fs::write(dir.path().join("events.jsonl"), lines.join("\n") + "\n").unwrap();
+    assert!(assetflow(dir.path(), &["run"]).status.success());
+    dir
+}
+
+/// A `running` event of table `table` of source `s`, emitted `second` seconds into the day.
+fn running(id: &str, run: &str, table: &str, second: u32) -> String {
+    format!(
+        r#"{{"event_id":"{id}","source":"s","run_id":"{run}","status":"running","emitted_at":"2026-11-01T00:00:{second:02}Z","asset":{{"database":"d","schema":"p","table":"{table}"}}}}"#
+    )
+}
+
+/// The completion of run `run` of source `s`, counting its assets where `expected` says.
+fn completed(id: &str, run: &str, second: u32, expected: Option<u64>) -> String {
+    let expected = expected.map(|n| format!(r#","expected_assets":{n}"#)).unwrap_or_default();
+    format!(
+        r#"{{"event_id":"{id}","source":"s","run_id":"{run}","status":"completed","emitted_at":"2026-11-01T00:00:{second:02}Z"{expected}}}"#
+    )
+}
+
 #[test]
 fn a_guarded_completion_redriven_with_the_guard_lifted_drops() {
     let dir = basics();
@@ -49,29 +77,13 @@ fn a_guarded_completion_counting_its_assets_is_redriven_after_the_next_run_moved
     // r2 saw one asset of four and said so (expected_assets 1): the guard stopped it. r3 then
     // refreshed that asset, so no record says r2 any more; the count r2's completion waited
     // for was met when it was first read, and its redrive applies it at once.
-    let dir = tempfile::tempdir().unwrap();
-    let config = common::SCENARIO_CONFIG
-        .replace("max_drop_fraction = 0.5", "max_drop_fraction = 0.5\ncompletion_timeout = \"3s\"");
-    std::fs::write(dir.path().join("config.toml"), config).unwrap();
-    std::fs::write(dir.path().join("business.json"), "[]").unwrap();
-    let running = |id: &str, run: &str, table: &str, second: u32| {
-        format!(
-            r#"{{"event_id":"{id}","source":"s","run_id":"{run}","status":"running","emitted_at":"2026-11-01T00:00:{second:02}Z","asset":{{"database":"d","schema":"p","table":"{table}"}}}}"#
-        )
-    };
-    let completed = |id: &str, run: &str, second: u32, expected: &str| {
-        format!(
-            r#"{{"event_id":"{id}","source":"s","run_id":"{run}","status":"completed","emitted_at":"2026-11-01T00:00:{second:02}Z"{expected}}}"#
-        )
-    };
     let mut lines: Vec<String> = (0..4).map(|i| running(&format!("a{i}"), "r1", &format!("t{i}"), i)).collect();
-    lines.push(completed("c1", "r1", 5, ""));
+    lines.push(completed("c1", "r1", 5, None));
     lines.push(running("b0", "r2", "t0", 10));
-    lines.push(completed("c2", "r2", 11, r#","expected_assets":1"#));
+    lines.push(completed("c2", "r2", 11, Some(1)));
     lines.push(running("x0", "r3", "t0", 20));
     lines.push(running("x1", "r3", "t1", 21));
-    std::fs::write(dir.path().join("events.jsonl"), lines.join("\n") + "\n").unwrap();
-    assert!(assetflow(dir.path(), &["run"]).status.success());
+    let dir = stream_run(&lines, "3s");
     let first = Outputs::read(dir.path());
     assert_eq!(first.dead_letters.len(), 1);
     assert_eq!(first.dead_letters[0]["error"]["kind"], "drop_guard");
@@ -94,30 +106,14 @@ fn an_incomplete_run_redriven_after_the_next_run_moved_its_assets_on_is_applied(
     // run was whole, the completion finds its four events counted (no record says r1 any
     // more: each left a marker as r2 moved it on) and is applied at once: it drops t9, which
     // r1 did not see, and nothing r2 refreshed after it.
-    let dir = tempfile::tempdir().unwrap();
-    let config = common::SCENARIO_CONFIG
-        .replace("max_drop_fraction = 0.5", "max_drop_fraction = 0.5\ncompletion_timeout = \"2s\"");
-    std::fs::write(dir.path().join("config.toml"), config).unwrap();
-    std::fs::write(dir.path().join("business.json"), "[]").unwrap();
-    let running = |id: &str, run: &str, table: &str, second: u32| {
-        format!(
-            r#"{{"event_id":"{id}","source":"s","run_id":"{run}","status":"running","emitted_at":"2026-11-01T00:00:{second:02}Z","asset":{{"database":"d","schema":"p","table":"{table}"}}}}"#
-        )
-    };
-    let completed = |id: &str, run: &str, second: u32, expected: &str| {
-        format!(
-            r#"{{"event_id":"{id}","source":"s","run_id":"{run}","status":"completed","emitted_at":"2026-11-01T00:00:{second:02}Z"{expected}}}"#
-        )
-    };
-    let mut lines = vec![running("z9", "r0", "t9", 0), completed("c0", "r0", 1, "")];
+    let mut lines = vec![running("z9", "r0", "t9", 0), completed("c0", "r0", 1, None)];
     lines.extend((0..3).map(|i| running(&format!("a{i}"), "r1", &format!("t{i}"), 2 + i)));
-    lines.push(completed("c1", "r1", 8, r#","expected_assets":4"#));
+    lines.push(completed("c1", "r1", 8, Some(4)));
     // r2's first event waits behind the waiting completion, and a3 behind it (§3.3).
     lines.push(running("b0", "r2", "t0", 10));
     lines.push(running("a3", "r1", "t3", 5));
     lines.extend((1..4).map(|i| running(&format!("b{i}"), "r2", &format!("t{i}"), 10 + i)));
-    std::fs::write(dir.path().join("events.jsonl"), lines.join("\n") + "\n").unwrap();
-    assert!(assetflow(dir.path(), &["run"]).status.success());
+    let dir = stream_run(&lines, "2s");
     let first = Outputs::read(dir.path());
     assert_eq!(first.dead_letters.len(), 1);
     assert_eq!(first.dead_letters[0]["error"]["kind"], "incomplete_run");

@@ -152,14 +152,8 @@ fn a_completion_read_after_the_next_run_moved_its_assets_on_still_counts_them() 
     // with nothing to drop (r2 refreshed those two after it; the other two are r1's own).
     // Then r2 completes and drops what it did not see. In every kind of store: none of the
     // unchanged assets' fast ways may skip the markers.
-    // r0 completed before; r1's events in a run of the service of their own, so that r2's
-    // are decided in batches of their own, where the index answers for them.
     for control in controls() {
-        let mut lines = seen_in("z", "r0", 0..4, 1);
-        lines.push(completed("c0", "s", "r0", 2, Some(4)));
-        lines.extend(seen_in("a", "r1", 0..4, 10));
-        let first = run(settings(2), lines, control.clone());
-        assert!(first.dead_letters.is_empty() && first.drops.is_empty());
+        r1_after_a_completed_r0(&control);
         let mut lines = seen_in("b", "r2", 0..2, 20);
         lines.push(completed("c1", "s", "r1", 11, Some(4)));
         lines.push(completed("c2", "s", "r2", 21, Some(2)));
@@ -179,10 +173,7 @@ fn an_event_moved_on_and_delivered_again_counts_once() {
     // As above, but r1's event of t0 comes again after r2 moved t0 on: stale, and the event
     // its moved-on marker counted already. A completion that says five waits for a fifth.
     for control in controls() {
-        let mut lines = seen_in("z", "r0", 0..4, 1);
-        lines.push(completed("c0", "s", "r0", 2, Some(4)));
-        lines.extend(seen_in("a", "r1", 0..4, 10));
-        run(settings(2), lines, control.clone());
+        r1_after_a_completed_r0(&control);
         let mut lines = seen_in("b", "r2", 0..2, 20);
         lines.push(running("a0", "s", "r1", "t0", 10, "c"));
         lines.push(completed("c1", "s", "r1", 11, Some(5)));
@@ -219,4 +210,15 @@ fn a_steady_crawl_after_its_last_completion_leaves_no_markers() {
 fn controls() -> [std::sync::Arc<MemControl>; 3] {
     let stamped = MemControl { stamped: true, ..Default::default() };
     [MemControl::slow(Duration::ZERO), std::sync::Arc::new(stamped), MemControl::indexed(Duration::ZERO)]
+}
+
+/// Runs r0 of four assets and its completion, then r1 over the same four, without its
+/// completion, into `control`: in a run of the service of their own, so that the next run's
+/// events are decided in batches of their own, where a store's index answers for them.
+fn r1_after_a_completed_r0(control: &std::sync::Arc<MemControl>) {
+    let mut lines = seen_in("z", "r0", 0..4, 1);
+    lines.push(completed("c0", "s", "r0", 2, Some(4)));
+    lines.extend(seen_in("a", "r1", 0..4, 10));
+    let first = run(settings(2), lines, control.clone());
+    assert!(first.dead_letters.is_empty() && first.drops.is_empty());
 }

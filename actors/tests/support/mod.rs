@@ -1,7 +1,7 @@
 //! In-memory ports and a harness that runs the real actors over them.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -190,6 +190,11 @@ fn fastrand_f64() -> f64 {
 impl ControlStore for MemControl {
     async fn get_many(&self, keys: &[RecordKey]) -> BackendResult<HashMap<String, ControlRecord>> {
         self.reads.lock().unwrap().push(keys.len());
+        // As DynamoDB's BatchGetItem does: a read that names a key twice is refused.
+        let distinct: HashSet<&RecordKey> = keys.iter().collect();
+        if distinct.len() < keys.len() {
+            return Err(BackendError::permanent("mem", "get", "a key named twice in one read"));
+        }
         maybe(&self.fault, "control").await?;
         self.pause().await;
         let m = self.records.lock().unwrap();

@@ -442,12 +442,16 @@ async fn new_markers(
     moved: Vec<ControlRecord>,
 ) -> Result<Vec<RecordWrite>, BackendError> {
     let key = |r: &ControlRecord| RecordKey { source: r.source.clone(), asset_key: r.asset_key.clone() };
+    // Each key once: two stale events of an asset share its moved-on marker, and a store may
+    // refuse a read that names a key twice (DynamoDB's BatchGetItem does).
+    let mut seen: HashSet<RecordKey> = HashSet::new();
     let keys: Vec<RecordKey> = run_events
         .iter()
         .flat_map(|(asset, r)| {
             [key(r), RecordKey { source: r.source.clone(), asset_key: RunEvent::moved_key(&r.source, asset) }]
         })
         .chain(moved.iter().map(key))
+        .filter(|k| seen.insert(k.clone()))
         .collect();
     let there = deps.calls.call("control store", "get", || deps.control.get_many(&keys)).await?;
     let mut writes = Vec::new();
