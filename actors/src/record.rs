@@ -189,9 +189,12 @@ impl RunEvent {
         format!("{source}#run-event#{}", &digest[..32])
     }
 
-    /// The control-table key of the moved-on marker of `asset_key`.
+    /// The control-table key of the moved-on marker of `asset_key`: of a fixed length, so that
+    /// a store that bounds its keys (DynamoDB's sort key, 1 KiB) takes it wherever it takes
+    /// the asset's own.
     pub fn moved_key(source: &str, asset_key: &str) -> String {
-        format!("{source}#moved#{asset_key}")
+        let digest = blake3::hash(asset_key.as_bytes()).to_hex();
+        format!("{source}#moved#{}", &digest[..32])
     }
 
     /// The event marker of the event of `run_id` that saw the asset `asset_key` (named `name`)

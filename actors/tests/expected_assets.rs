@@ -84,6 +84,26 @@ fn a_stale_or_repeated_event_of_the_run_counts_and_an_exact_redelivery_does_not(
 }
 
 #[test]
+fn an_event_replaced_in_its_run_and_delivered_again_counts_once() {
+    // r2 sees t0 once and t1 twice (b1 at 20, then b1x at 25 with other content): three
+    // events; t1's record shows b1x, and a marker stands for b1. b1 delivered again after both
+    // is stale, and the event that marker stands for: three events still, never four.
+    for (expected, kinds) in [(3, vec![]), (4, vec!["incomplete_run"])] {
+        let mut lines = seen_in("a", "r1", 0..2, 10);
+        lines.push(completed("c1", "s", "r1", 11, None));
+        lines.push(running("b0", "s", "r2", "t0", 20, "c"));
+        lines.push(running("b1", "s", "r2", "t1", 20, "c"));
+        lines.push(running("b1x", "s", "r2", "t1", 25, "c2"));
+        lines.push(running("b1", "s", "r2", "t1", 20, "c"));
+        lines.push(completed("c2", "s", "r2", 30, Some(expected)));
+        let mut s = settings(2);
+        s.completion_timeout = Duration::from_millis(500);
+        let out = run(s, lines, MemControl::slow(Duration::ZERO));
+        assert_eq!(out.dead_letter_kinds(), kinds, "expected_assets {expected}");
+    }
+}
+
+#[test]
 fn a_late_event_of_the_run_does_not_overtake_the_next_completion() {
     // r1's completion waits for a fourth asset (t3) that its partition delivers only after
     // r2's completion. Read in order, r2's completion is swept before t3 exists: it drops t1
