@@ -12,6 +12,8 @@
 //! - [`mark`]: each source's [`mark::CompletionMark`], kept beside its records: a completion
 //!   is swept once and never after a newer one, and an event read again from before it (by a
 //!   process that lost the partition, or after a crash) changes nothing.
+//! - [`open_runs`]: which runs of a source may still have a completion to count for, so that
+//!   their records leave a moved-on marker as the next run moves them on (§3.3).
 //! - [`rules`]: the decision rules of EVENTS.md as pure functions: [`rules::judge`] gives a
 //!   `running` event's [`decision::Outcome`], [`rules::plan_sweep`] a completion's drops and
 //!   its drop guard.
@@ -49,6 +51,7 @@ mod latency;
 pub mod lookup;
 pub mod mark;
 pub mod metrics;
+pub mod open_runs;
 pub mod pipeline;
 pub mod ports;
 pub mod print;

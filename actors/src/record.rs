@@ -168,9 +168,9 @@ const RUN_EVENT: &str = "run-event";
 ///   of the asset in the same run replaced it: keyed by what the event was (run, asset, time,
 ///   content), not by its id, so an event delivered again finds its marker and counts once;
 /// - the asset's *moved-on marker*, for the event a record showed before the next run moved it
-///   on while that event's run was still to complete (its completion read late, or
-///   dead-lettered and redriven): one per asset, overwritten by the next such move, so a source
-///   that stops completing its runs keeps one per asset, not one per asset per run.
+///   on while that event's run may still complete ([`crate::open_runs`]: its completion read
+///   late, or dead-lettered and redriven): one per asset, overwritten by the next such move, so
+///   a source that stops completing its runs keeps one per asset, not one per asset per run.
 pub struct RunEvent;
 
 impl RunEvent {

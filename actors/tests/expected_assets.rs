@@ -189,6 +189,45 @@ fn a_completion_read_after_the_next_run_moved_its_assets_on_still_counts_them() 
 }
 
 #[test]
+fn a_first_runs_completion_read_after_the_next_run_began_still_counts() {
+    // The same late completion on a source's first run: it has no completion mark yet, and
+    // its first run, kept when its first event came, is the run whose records leave markers.
+    for control in controls() {
+        let first = run(settings(2), seen_in("a", "r1", 0..4, 10), control.clone());
+        assert!(first.dead_letters.is_empty());
+        let kept = control.record("s#first-run").map(|r| r.content_ref);
+        assert_eq!(kept, Some(Some("r1".to_owned())), "the first run is kept");
+        let mut lines = seen_in("b", "r2", 0..2, 20);
+        lines.push(completed("c1", "s", "r1", 11, Some(4)));
+        lines.push(completed("c2", "s", "r2", 21, Some(2)));
+        let mut s = settings(2);
+        s.completion_timeout = Duration::from_secs(20);
+        let started = Instant::now();
+        let out = run(s, lines, control);
+        assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+        assert!(started.elapsed() < Duration::from_secs(10), "counted at once, not at the time-out");
+        assert_eq!(out.dropped_keys(), vec!["s/db/public/t2".to_string(), "s/db/public/t3".to_string()]);
+    }
+}
+
+#[test]
+fn a_source_that_never_completes_leaves_markers_for_its_first_run_alone() {
+    // Three runs and no completion: r2 moving r1's records on leaves a marker each (r1's
+    // completion may yet come), r3 moving r2's leaves none, and where the store can, r3's
+    // unchanged assets move their run stamps alone, as on any steady crawl.
+    for control in controls() {
+        for (run_id, t) in [("r1", 10), ("r2", 20), ("r3", 30)] {
+            let out = run(settings(2), seen_in(run_id, run_id, 0..4, t), control.clone());
+            assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+        }
+        assert_eq!(markers_of(&control), vec!["r1"; 4]);
+        if control.stamped {
+            assert_eq!(control.touches.load(std::sync::atomic::Ordering::SeqCst), 4, "r3 moved run stamps alone");
+        }
+    }
+}
+
+#[test]
 fn an_event_moved_on_and_delivered_again_counts_once() {
     // As above, but r1's event of t0 comes again after r2 moved t0 on: stale, and the event
     // its moved-on marker counted already. A completion that says five waits for a fifth.
@@ -217,8 +256,7 @@ fn a_steady_crawl_after_its_last_completion_leaves_no_markers() {
         lines.push(completed("c2", "s", "r2", 21, Some(4)));
         let out = run(settings(2), lines, control.clone());
         assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
-        let markers = out.control.records.lock().unwrap().values().filter(|r| r.is_run_event()).count();
-        assert_eq!(markers, 0);
+        assert_eq!(markers_of(&out.control), Vec::<String>::new());
         if control.stamped {
             assert_eq!(control.touches.load(std::sync::atomic::Ordering::SeqCst), 4, "r2 moved run stamps alone");
         }
@@ -241,4 +279,15 @@ fn r1_after_a_completed_r0(control: &std::sync::Arc<MemControl>) {
     lines.extend(seen_in("a", "r1", 0..4, 10));
     let first = run(settings(2), lines, control.clone());
     assert!(first.dead_letters.is_empty() && first.drops.is_empty());
+}
+
+/// The run of each run-event marker in `control` (not the first-run record, which counts for
+/// no run).
+fn markers_of(control: &MemControl) -> Vec<String> {
+    let records = control.records.lock().unwrap();
+    records
+        .values()
+        .filter(|r| r.is_run_event() && !r.last_seen_run.is_empty())
+        .map(|r| r.last_seen_run.clone())
+        .collect()
 }

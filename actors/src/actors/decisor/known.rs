@@ -11,6 +11,7 @@ use super::{DecisorDeps, Pending};
 use crate::event::EventKind;
 use crate::hash::content_hash;
 use crate::metrics::Metrics;
+use crate::open_runs::OpenRuns;
 use crate::ports::RecordKey;
 use crate::print::TextPrint;
 use crate::record::{ControlRecord, KnownRecord};
@@ -117,8 +118,8 @@ pub(super) fn alone_in_batch(batch: &[Pending]) -> Vec<bool> {
 /// rewriting each one's whole record filled the control keyspace's memtables with copies of
 /// records that had not changed. The test is [`judge`]'s `unchanged` plus what
 /// [`known_unchanged`] asks: one event of the key in the batch, not a replay, not of the run
-/// the record was last seen in, and that run the one its source's completion mark names, if
-/// it has one (the others go the slow way, which counts run events, §3.3).
+/// the record was last seen in, nor of a run that may still have a completion to count for
+/// ([`crate::open_runs`]; those go the slow way, which counts run events, §3.3).
 ///
 /// [`judge`]: crate::rules::judge
 pub(super) fn read_unchanged<'m>(
@@ -127,7 +128,7 @@ pub(super) fn read_unchanged<'m>(
     records: &mut HashMap<String, ControlRecord>,
     known: &mut [Option<Unchanged>],
     replayed: impl Fn(&Pending) -> bool,
-    marked_run: impl Fn(&Pending) -> Option<&'m str>,
+    open_runs: impl Fn(&Pending) -> OpenRuns<'m>,
 ) {
     for (i, p) in batch.iter().enumerate() {
         if known[i].is_some() || !alone[i] {
@@ -139,7 +140,7 @@ pub(super) fn read_unchanged<'m>(
             && r.hash == p.hash
             && r.last_seen_at <= ev.emitted_at
             && r.last_seen_run != ev.run_id
-            && marked_run(p).is_none_or(|m| m == r.last_seen_run)
+            && !open_runs(p).includes(&r.last_seen_run)
             && !replayed(p);
         let Some(hash) = KnownRecord::hash_bytes(&r.hash).filter(|_| unchanged) else { continue };
         let run = KnownRecord::run_brief(&r.last_seen_run);
@@ -149,22 +150,20 @@ pub(super) fn read_unchanged<'m>(
     }
 }
 
-/// Takes out of `known` each event whose record's run (in brief) is not the run its source's
-/// completion mark names (`marked_run`), and returns their keys to be read: a record of a run
-/// after its source's last completion leaves a moved-on marker when it moves on (§3.3), which
-/// only the slow way writes. A source with no mark leaves none. A brief that matches only says
-/// "maybe" (64 bits of a hash).
+/// Takes out of `known` each event whose record's run (in brief) may still have a completion
+/// to count for ([`OpenRuns::may_include`]), and returns their keys to be read: such a record
+/// leaves a moved-on marker when it moves on (§3.3), which only the slow way writes.
 pub(super) fn spent_count_unproven<'m>(
     batch: &[Pending],
     known: &mut [Option<Unchanged>],
-    marked_run: impl Fn(&Pending) -> Option<&'m str>,
+    open_runs: impl Fn(&Pending) -> OpenRuns<'m>,
 ) -> Vec<RecordKey> {
     let mut briefs: FastMap<&str, u64> = FastMap::new();
     let mut unproven = Vec::new();
     for (p, k) in batch.iter().zip(known.iter_mut()) {
         let Some(Unchanged { known: record, .. }) = k else { continue };
-        let Some(run) = marked_run(p) else { continue };
-        if *briefs.entry(run).or_insert_with(|| KnownRecord::run_brief(run)) != record.run {
+        let brief_of = |run: &'m str| *briefs.entry(run).or_insert_with(|| KnownRecord::run_brief(run));
+        if open_runs(p).may_include(record.run, brief_of) {
             *k = None;
             unproven.push(RecordKey { source: p.enriched.event.source.clone(), asset_key: p.key.clone() });
         }

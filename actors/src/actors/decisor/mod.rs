@@ -49,6 +49,7 @@ use crate::hash::HashIgnore;
 use crate::lookup::{CachedLookup, LookupKeys};
 use crate::mark::{CompletionMark, mark_key};
 use crate::metrics::{ActorName, Flow, Metrics};
+use crate::open_runs::{OpenRuns, first_run_key, first_run_of};
 use crate::ports::{
     BackendError, BackendResult, ContentStore, ControlStore, Durable, FailureKind, PrintedRecords, RecordKey,
     RecordWrite,
@@ -365,7 +366,8 @@ async fn decide_and_publish(
 ) -> Result<(usize, Durable), (Stage, BackendError)> {
     // The batch's records and, in the same read (one snapshot where the store gives one), the
     // completion marks of its sources: an event from before a source's last completion is a
-    // replay, and a record that completion dropped must not come back for it.
+    // replay, and a record that completion dropped must not come back for it. With them, each
+    // source's first run, where the Router kept one ([`crate::open_runs`]).
     let first_round = earlier.is_empty();
     let alone = alone_in_batch(batch);
     let mut known = if first_round { known_unchanged(deps, batch, &alone) } else { vec![None; batch.len()] };
@@ -383,6 +385,7 @@ async fn decide_and_publish(
             .map(|(p, _)| p)
             .map(|p| RecordKey { source: p.enriched.event.source.clone(), asset_key: p.key.clone() })
             .chain(sources.iter().map(|s| mark_key(s)))
+            .chain(sources.iter().map(|s| first_run_key(s)))
             .collect()
     };
     let read = deps.calls.call("control store", "get", || deps.control.get_many_printed(&keys)).await;
@@ -398,20 +401,33 @@ async fn decide_and_publish(
         let ev = &p.enriched.event;
         marks.get(ev.source.as_str()).is_some_and(|m| m.precedes(&p.env.origin, ev.emitted_at, p.env.attempts > 1))
     };
-    let marked_run = |p: &Pending| marks.get(p.enriched.event.source.as_str()).map(|m| m.run_id.as_str());
+    let first_runs: FastMap<&str, String> = sources
+        .iter()
+        .filter_map(|s| {
+            let kept = records.remove(&first_run_key(s).asset_key)?;
+            first_run_of(s, &kept).map(|run| (s.as_str(), run))
+        })
+        .collect();
+    let open_runs = |p: &Pending| {
+        let source = p.enriched.event.source.as_str();
+        match (marks.get(source), first_runs.get(source)) {
+            (Some(mark), _) => OpenRuns::AllBut(&mark.run_id),
+            (None, Some(first)) => OpenRuns::Only(first),
+            (None, None) => OpenRuns::Unknown,
+        }
+    };
     // An unchanged asset moves only its run stamp, which leaves no run-event marker (§3.3):
-    // right where its record's run is the one its source's mark names, whose count is spent
-    // (a steady crawl after its last completion), or its source has no mark. Where it is not
-    // (that run's completion is late, or was dead-lettered), the record is read and moved on
-    // the slow way, which leaves one.
-    let unmarked = spent_count_unproven(batch, &mut known, marked_run);
+    // right where its record's run has no completion left to count for it (a steady crawl
+    // after its last completion). Where it may (that run's completion is late, or was
+    // dead-lettered), the record is read and moved on the slow way, which leaves one.
+    let unmarked = spent_count_unproven(batch, &mut known, open_runs);
     if !unmarked.is_empty() {
         let more = deps.calls.call("control store", "get", || deps.control.get_many(&unmarked)).await;
         records.extend(more.map_err(|e| (Stage::Decide, e))?);
     }
     let landed = earlier.restore(&mut records);
     if first_round && deps.control.moves_run_stamps() {
-        read_unchanged(batch, &alone, &mut records, &mut known, replayed, marked_run);
+        read_unchanged(batch, &alone, &mut records, &mut known, replayed, open_runs);
     }
     let plan = plan_batch(
         batch.iter().zip(known).map(|(p, known)| PlanEvent {
@@ -421,7 +437,7 @@ async fn decide_and_publish(
             print: p.print,
             replayed: replayed(p),
             known,
-            marked_run: marked_run(p),
+            open_runs: open_runs(p),
         }),
         records,
         &landed,

@@ -11,6 +11,7 @@ use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use super::super::Enriched;
 use crate::decision::{Decision, HistoryRow, Outcome, UpsertDecision, decision_id, live_decision_id, prior_state};
 use crate::event::EventKind;
+use crate::open_runs::OpenRuns;
 use crate::ports::{ContentPut, RecordWrite, SinkRecord};
 use crate::print::TextPrint;
 use crate::record::{ControlRecord, KnownRecord, RecordStatus, RecordTouch, RunEvent};
@@ -37,10 +38,9 @@ pub struct PlanEvent<'a> {
     pub replayed: bool,
     /// The store vouched that this is an unchanged asset seen again (see [`plan_batch`]).
     pub known: Option<Unchanged>,
-    /// The run whose completion the source's completion mark names ([`crate::mark`]): a
-    /// record of that run that moves on to this event's run needs no run-event marker, its
-    /// completion having counted it already.
-    pub marked_run: Option<&'a str>,
+    /// The runs of the event's source whose records leave a moved-on marker as they move on
+    /// ([`crate::open_runs`]).
+    pub open_runs: OpenRuns<'a>,
 }
 
 /// What a batch will do, in the order the shard applies it: content, upserts, control records
@@ -101,7 +101,7 @@ pub fn plan_batch<'a>(
     let mut changed_set: FastSet<String> = FastSet::default();
     // The print of the event each changed record's hash comes from.
     let mut prints: FastMap<&str, Option<TextPrint>> = FastMap::default();
-    for PlanEvent { enriched, key, hash, print, replayed, known, marked_run } in events {
+    for PlanEvent { enriched, key, hash, print, replayed, known, open_runs } in events {
         let ev = &enriched.event;
         let EventKind::Running { name, body } = &ev.kind else {
             continue;
@@ -129,11 +129,11 @@ pub fn plan_batch<'a>(
         let outcome = if replayed { Outcome::Stale } else { judge(prior, hash, ev.emitted_at) };
         // Events no record will show are still counted by their run (§3.3), each by a marker:
         // a stale event itself; or, when this event moves the record on, the event it showed,
-        // if that was of this run (a second event of the asset in the run), or of a run after
-        // its source's last completion (this is the next run, and that run's completion comes
-        // late, or is redriven). A source with no completion yet leaves none of the latter: it
-        // may never send one. An exact re-delivery (same time, same content) is the event
-        // already counted; a replay from before the last completion counted before it.
+        // if that was of this run (a second event of the asset in the run), or of a run whose
+        // completion may still come (this is the next run, and that run's completion comes
+        // late, or is redriven; `open_runs`). An exact re-delivery (same time, same content)
+        // is the event already counted; a replay from before the last completion counted
+        // before it.
         if !replayed {
             if outcome == Outcome::Stale {
                 let marker = RunEvent::record(&ev.source, name, &ev.run_id, key, ev.emitted_at, hash);
@@ -143,10 +143,7 @@ pub fn plan_batch<'a>(
                 if r.last_seen_run == ev.run_id && !exact {
                     let marker = RunEvent::record(&r.source, &r.name, &r.last_seen_run, key, r.last_seen_at, &r.hash);
                     plan.run_events.push((key.to_owned(), marker));
-                } else if r.last_seen_run != ev.run_id
-                    && r.is_live()
-                    && marked_run.is_some_and(|m| m != r.last_seen_run)
-                {
+                } else if r.last_seen_run != ev.run_id && r.is_live() && open_runs.includes(&r.last_seen_run) {
                     plan.moved.push(RunEvent::moved(r));
                 }
             }
@@ -292,14 +289,14 @@ mod tests {
         records: Vec<ControlRecord>,
         landed: &[&str],
     ) -> BatchPlan<'a> {
-        plan_marked(events, records, landed, Some("r1"))
+        plan_marked(events, records, landed, OpenRuns::AllBut("r1"))
     }
 
     fn plan_marked<'a>(
         events: &'a [(Enriched, String, String)],
         records: Vec<ControlRecord>,
         landed: &[&str],
-        marked_run: Option<&'a str>,
+        open_runs: OpenRuns<'a>,
     ) -> BatchPlan<'a> {
         let records = records.into_iter().map(|r| (r.asset_key.clone(), r)).collect();
         let landed = landed.iter().map(|k| k.to_string()).collect();
@@ -312,7 +309,7 @@ mod tests {
                 print: None,
                 replayed: false,
                 known: None,
-                marked_run,
+                open_runs,
             }),
             records,
             &landed,
@@ -365,10 +362,10 @@ mod tests {
     #[test]
     fn a_record_moved_on_before_its_runs_completion_leaves_a_marker_for_that_run() {
         // r2's events move three r1 records on. Once r1's completion is marked, its count is
-        // spent and nothing is left behind; while the mark names an earlier run, the two live
-        // records each leave a moved-on marker of the r1 event they showed, so that a late r1
-        // completion still counts them (§3.3). The dropped record counted for a completion
-        // already applied; a source never completed may never be: no marker for either.
+        // spent and nothing is left behind; while r1 is open (the mark names an earlier run, or
+        // r1 is the first run of a source with no mark), the two live records each leave a
+        // moved-on marker of the r1 event they showed, so that a late r1 completion still
+        // counts them (§3.3). The dropped record counted for a completion already applied.
         let (t1, t2) = ("2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z");
         let events = vec![
             with_key(event("e1", "changed", t2, "2"), "h2"),
@@ -382,11 +379,13 @@ mod tests {
                 record("gone", "h1", t1, RecordStatus::Dropped, 4),
             ]
         };
-        for marked in [Some("r1"), None] {
-            let p = plan_marked(&events, records(), &[], marked);
-            assert!(p.moved.is_empty() && p.run_events.is_empty(), "{marked:?}");
+        for open in [OpenRuns::AllBut("r1"), OpenRuns::Only("r0"), OpenRuns::Unknown] {
+            let p = plan_marked(&events, records(), &[], open);
+            assert!(p.moved.is_empty() && p.run_events.is_empty(), "{open:?}");
         }
-        let p = plan_marked(&events, records(), &[], Some("r0"));
+        let p = plan_marked(&events, records(), &[], OpenRuns::AllBut("r0"));
+        assert_eq!(p.moved.len(), 2);
+        let p = plan_marked(&events, records(), &[], OpenRuns::Only("r1"));
         assert!(p.run_events.is_empty());
         let at = DateTime::parse_from_rfc3339(t1).unwrap().to_utc();
         let markers: Vec<(&str, &str, DateTime<Utc>)> =
@@ -399,7 +398,7 @@ mod tests {
         let again = vec![with_key(event_of("r1", "a2", "same", t1, "1"), "h1")];
         let mut same = record("same", "h1", t2, RecordStatus::Live, 8);
         same.last_seen_run = "r2".into();
-        let stale = plan_marked(&again, vec![same], &[], Some("r0"));
+        let stale = plan_marked(&again, vec![same], &[], OpenRuns::AllBut("r0"));
         assert_eq!(stale.rows[0].outcome, Outcome::Stale);
         let [(asset, marker)] = &stale.run_events[..] else { panic!("{:?}", stale.run_events) };
         assert_eq!(asset, "pg/db/s/same");
@@ -411,7 +410,7 @@ mod tests {
             with_key(event("e1", "same", t2, "1"), "h1"),
             with_key(event_of("r3", "f1", "same", "2026-11-03T00:00:00Z", "1"), "h1"),
         ];
-        let p = plan_marked(&twice, vec![record("same", "h1", t1, RecordStatus::Live, 7)], &[], Some("r0"));
+        let p = plan_marked(&twice, vec![record("same", "h1", t1, RecordStatus::Live, 7)], &[], OpenRuns::AllBut("r0"));
         assert_eq!(p.moved.iter().map(|r| r.last_seen_run.as_str()).collect::<Vec<_>>(), ["r2"]);
     }
 
@@ -474,7 +473,7 @@ mod tests {
                 print: None,
                 replayed: replayed && first(i),
                 known: first(i).then_some(Unchanged { known, indexed: true }),
-                marked_run: Some("r1"),
+                open_runs: OpenRuns::AllBut("r1"),
             });
             plan_batch(events, HashMap::new(), &HashSet::new(), |k, h| format!("mem://{k}@{h}"), now)
         };

@@ -7,8 +7,11 @@
 //! (`expected_assets`), that run's own late events still pass, since the sweep waits for them,
 //! but only until an event of their partition is held: one read after a held event (the next
 //! run's completion, say) waits behind it, as input order on a partition asks.
+//!
+//! On a source's first `running` event it also sees to its first run being kept, for
+//! `expected_assets` of a completion read late (`first_run.rs`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -16,6 +19,7 @@ use tokio::sync::watch;
 
 use super::Enriched;
 use super::decisor::{Decide, Decisor};
+mod first_run;
 mod sweep;
 
 use crate::decision::{DeadLetter, Stage};
@@ -61,6 +65,8 @@ pub struct Router {
     /// Per shard, the events routed to it and not yet sent: each shard gets one message per
     /// batch routed. Always sent before a sweep starts, so a barrier comes after them.
     outbox: Vec<Vec<Envelope<Enriched>>>,
+    /// The sources whose first run this process has seen to being kept ([`first_run`]).
+    first_runs_kept: HashSet<String>,
 }
 
 impl Router {
@@ -74,6 +80,7 @@ impl Router {
             pending: HashMap::new(),
             generation: 0,
             outbox,
+            first_runs_kept: HashSet::new(),
         }
     }
 
@@ -140,7 +147,14 @@ impl Router {
             }
         }
         match ev.kind {
-            EventKind::Running { .. } => self.outbox[shard].push(env),
+            EventKind::Running { .. } => {
+                if !self.first_runs_kept.contains(&ev.source) {
+                    self.first_runs_kept.insert(ev.source.clone());
+                    let keep = first_run::keep(self.sweep.clone(), ev.source.clone(), ev.run_id.clone(), ev.emitted_at);
+                    actix_rt::spawn(keep);
+                }
+                self.outbox[shard].push(env)
+            }
             EventKind::Completed { expected_assets } => {
                 self.send_routed(ctx);
                 self.start_sweep(env, expected_assets.is_some(), ctx)
