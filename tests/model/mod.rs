@@ -405,14 +405,9 @@ pub fn generate(seed: u64, max_tables: usize, late_events: bool) -> Stream {
         }
         let text = g.write(&completion);
         // Held back only where it counts what came before it: not with late events of its
-        // own, nor on a source's first run (with no completion before it, a run moved on
-        // leaves no marker, docs/EVENTS.md §3.3), nor where it waits for more than came.
+        // own, nor where it waits for more than came.
         let counted = completion.get("expected_assets").is_none_or(|n| n.as_u64() <= Some(ids.len() as u64));
-        if late.is_empty()
-            && !is_last
-            && (n == 1 && completion.get("expected_assets").is_none() || n > 1 && counted)
-            && g.rng.f64() < 0.15
-        {
+        if late.is_empty() && !is_last && counted && g.rng.f64() < 0.15 {
             deferred.push((s.clone(), text.clone()));
         } else {
             g.lines.push(text.clone());

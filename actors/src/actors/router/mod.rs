@@ -8,8 +8,8 @@
 //! but only until an event of their partition is held: one read after a held event (the next
 //! run's completion, say) waits behind it, as input order on a partition asks.
 //!
-//! On a source's first `running` event it also sees to its first run being kept, for
-//! `expected_assets` of a completion read late (`first_run.rs`).
+//! Before a source's first `running` event is routed it also sees to its first run being kept,
+//! for `expected_assets` of a completion read late (`first_run.rs`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -147,14 +147,7 @@ impl Router {
             }
         }
         match ev.kind {
-            EventKind::Running { .. } => {
-                if !self.first_runs_kept.contains(&ev.source) {
-                    self.first_runs_kept.insert(ev.source.clone());
-                    let keep = first_run::keep(self.sweep.clone(), ev.source.clone(), ev.run_id.clone(), ev.emitted_at);
-                    actix_rt::spawn(keep);
-                }
-                self.outbox[shard].push(env)
-            }
+            EventKind::Running { .. } => self.outbox[shard].push(env),
             EventKind::Completed { expected_assets } => {
                 self.send_routed(ctx);
                 self.start_sweep(env, expected_assets.is_some(), ctx)
@@ -228,21 +221,49 @@ impl Actor for Router {
     }
 }
 
+impl Router {
+    /// Routes a batch of events, in order.
+    fn route_batch(&mut self, batch: Vec<Envelope<Enriched>>, ctx: &mut Context<Self>) {
+        let metrics = self.sweep.metrics.clone();
+        let _working = metrics.working(ActorName::Router);
+        // Each shard's share of the batch, room made once rather than by doubling.
+        let share = batch.len().div_ceil(self.outbox.len().max(1));
+        for events in &mut self.outbox {
+            events.reserve(share);
+        }
+        for env in batch {
+            self.route(env, ctx);
+        }
+        self.send_routed(ctx);
+    }
+
+    /// The sources of `batch` this process has not seen before, each with the run and time of
+    /// its first `running` event there; marked as seen.
+    fn first_seen(&mut self, batch: &[Envelope<Enriched>]) -> Vec<first_run::FirstSeen> {
+        let mut seen = Vec::new();
+        for env in batch {
+            let ev = &env.body.event;
+            if matches!(ev.kind, EventKind::Running { .. }) && !self.first_runs_kept.contains(&ev.source) {
+                self.first_runs_kept.insert(ev.source.clone());
+                seen.push((ev.source.clone(), ev.run_id.clone(), ev.emitted_at));
+            }
+        }
+        seen
+    }
+}
+
 impl Handler<Route> for Router {
     type Result = ();
     fn handle(&mut self, msg: Route, ctx: &mut Context<Self>) {
         self.sweep.metrics.handled(ActorName::Router);
-        let metrics = self.sweep.metrics.clone();
-        let _working = metrics.working(ActorName::Router);
-        // Each shard's share of the batch, room made once rather than by doubling.
-        let share = msg.0.len().div_ceil(self.outbox.len().max(1));
-        for events in &mut self.outbox {
-            events.reserve(share);
+        let seen = self.first_seen(&msg.0);
+        if seen.is_empty() {
+            return self.route_batch(msg.0, ctx);
         }
-        for env in msg.0 {
-            self.route(env, ctx);
-        }
-        self.send_routed(ctx);
+        // New sources (once each per process): their first runs kept before any of their
+        // events is routed, the Router waiting meanwhile so that the input stays in order.
+        let keep = first_run::keep(self.sweep.clone(), seen);
+        ctx.wait(actix::fut::wrap_future::<_, Self>(keep).map(move |_, act, ctx| act.route_batch(msg.0, ctx)));
     }
 }
 
