@@ -241,9 +241,15 @@ impl Router {
     /// its first `running` event there; marked as seen.
     fn first_seen(&mut self, batch: &[Envelope<Enriched>]) -> Vec<first_run::FirstSeen> {
         let mut seen = Vec::new();
+        // A source's events come in runs: its name is looked up once per run of them.
+        let mut last: Option<&str> = None;
         for env in batch {
             let ev = &env.body.event;
-            if matches!(ev.kind, EventKind::Running { .. }) && !self.first_runs_kept.contains(&ev.source) {
+            if !matches!(ev.kind, EventKind::Running { .. }) || last == Some(ev.source.as_str()) {
+                continue;
+            }
+            last = Some(ev.source.as_str());
+            if !self.first_runs_kept.contains(&ev.source) {
                 self.first_runs_kept.insert(ev.source.clone());
                 seen.push((ev.source.clone(), ev.run_id.clone(), ev.emitted_at));
             }
