@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 
 use crate::event::AssetName;
 use crate::ports::RecordKey;
-use crate::record::{ControlRecord, KnownRecord, RecordStatus, RunEvent};
+use crate::record::{ControlRecord, RunEvent};
 
 /// The runs of a source whose records leave a moved-on marker as they move on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,11 +56,7 @@ pub fn first_run_key(source: &str) -> RecordKey {
 /// sweep (no `last_seen_run`), never listed as an asset (a run-event kind of record); the run
 /// lives in `content_ref`.
 pub fn first_run_record(source: &str, run: &str, at: DateTime<Utc>) -> ControlRecord {
-    let mut r = RunEvent::record(source, &AssetName::default(), "", "", at, "");
-    r.asset_key = first_run_key(source).asset_key;
-    r.content_ref = Some(run.to_owned());
-    r.status = RecordStatus::Dropped;
-    r
+    RunEvent::marker(first_run_key(source).asset_key, source, &AssetName::default(), "", at, run)
 }
 
 /// The first run a record keeps, if it is `source`'s first-run record.
@@ -68,14 +64,14 @@ pub fn first_run_of(source: &str, r: &ControlRecord) -> Option<String> {
     (r.asset_key == first_run_key(source).asset_key && r.is_run_event()).then(|| r.content_ref.clone()).flatten()
 }
 
-/// [`KnownRecord::run_brief`], for callers that take it as a function.
-pub fn brief(run: &str) -> u64 {
-    KnownRecord::run_brief(run)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::KnownRecord;
+
+    fn brief(run: &str) -> u64 {
+        KnownRecord::run_brief(run)
+    }
 
     #[test]
     fn a_mark_opens_every_other_run_and_a_first_run_only_itself() {

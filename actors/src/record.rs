@@ -221,7 +221,9 @@ impl RunEvent {
         a.last_seen_run == b.last_seen_run && a.last_seen_at == b.last_seen_at && a.content_ref == b.content_ref
     }
 
-    fn marker(
+    /// A record of the marker kind under `key`: never live, counted for `run_id` (for none if
+    /// it is empty), keeping `hash` where [`same_event`](Self::same_event) compares it.
+    pub(crate) fn marker(
         key: String,
         source: &str,
         name: &AssetName,
