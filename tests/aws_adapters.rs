@@ -19,8 +19,9 @@ use assetflow::config::AwsConfig;
 use assetflow_actors::decision::{HistoryRow, Outcome};
 use assetflow_actors::event::AssetName;
 use assetflow_actors::ports::*;
-use assetflow_actors::record::{ControlRecord, RecordStatus};
+use assetflow_actors::record::{ControlRecord, RecordStatus, RunEvent};
 use assetflow_actors::retry::RetryPolicy;
+use assetflow_actors::rules::SweepQuery;
 use async_trait::async_trait;
 use common::aws::*;
 use common::proxy::FaultProxy;
@@ -99,6 +100,47 @@ fn dynamodb_batches_round_trip_and_a_conflict_writes_nothing() {
         // Checkpoints live beside the records.
         control.set("kinesis:s:shard-0", "123").await.unwrap();
         assert_eq!(Checkpoints::get(&control, "kinesis:s:shard-0").await.unwrap().as_deref(), Some("123"));
+    });
+}
+
+#[test]
+fn dynamodb_sweeps_list_the_event_markers_they_spend_and_only_markers_are_removed() {
+    rt().block_on(async {
+        let aws = aws_at(&endpoint()).await;
+        let control = DynamoControl::new(&aws, &unique("control"));
+        control.ensure_table().await.unwrap();
+        let asset = record("src", 0, 1);
+        // 120 markers of run r2: two transactions of at most 100.
+        let markers: Vec<ControlRecord> = (0..120)
+            .map(|i| {
+                let at = asset.last_seen_at + chrono::Duration::seconds(i);
+                RunEvent::record("src", &asset.name, "r2", &asset.asset_key, at, "h")
+            })
+            .collect();
+        let writes: Vec<RecordWrite> =
+            std::iter::once(&asset).chain(&markers).map(|r| RecordWrite::new(r.clone(), 0)).collect();
+        control.put_many(&writes).await.unwrap();
+        let query = SweepQuery {
+            source: "src",
+            run: "r2",
+            emitted_at: chrono::DateTime::<chrono::Utc>::MAX_UTC,
+            max_drop_fraction: 1.0,
+            count_run_events: true,
+        };
+        let mut spent = control.sweep_plan(query).await.unwrap().spent_markers;
+        spent.sort();
+        let mut expected: Vec<String> = markers.iter().map(|m| m.asset_key.clone()).collect();
+        expected.sort();
+        assert_eq!(spent, expected);
+
+        let before = aws.requests.snapshot().get("dynamodb.TransactWriteItems").copied().unwrap_or(0);
+        let mut keys: Vec<RecordKey> = markers.iter().map(key).collect();
+        keys.push(key(&asset));
+        control.remove_markers(&keys).await.unwrap();
+        let after = aws.requests.snapshot().get("dynamodb.TransactWriteItems").copied().unwrap_or(0);
+        assert_eq!(after - before, 2);
+        let left = control.list_source("src").await.unwrap();
+        assert_eq!(left, [asset], "the asset stays, every marker is gone");
     });
 }
 

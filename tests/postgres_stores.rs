@@ -16,7 +16,7 @@ use assetflow::adapters::postgres::history::PgHistory;
 use assetflow_actors::decision::{HistoryRow, Outcome};
 use assetflow_actors::event::AssetName;
 use assetflow_actors::ports::{ControlStore, FailureKind, HistoryStore, RecordKey, RecordWrite};
-use assetflow_actors::record::{ControlRecord, RecordStatus};
+use assetflow_actors::record::{ControlRecord, RecordStatus, RunEvent};
 use assetflow_actors::rules::SweepQuery;
 use chrono::{DateTime, Utc};
 use common::{Outputs, compare, pg_url, scenarios};
@@ -139,6 +139,25 @@ fn sweeps_and_listings_page_through_a_source_by_key() {
         let plan = store.sweep_plan(late).await.unwrap();
         assert_eq!((plan.live, plan.to_drop.len(), plan.guarded), (5, 0, false));
         assert_eq!(store.list_all().await.unwrap().len(), 7);
+    });
+}
+
+#[test]
+fn a_sweep_lists_the_event_markers_it_spends_and_only_markers_are_removed() {
+    rt().block_on(async {
+        let store = control(2).await;
+        let asset = record("pg", "a", "r1", 1);
+        let marker = RunEvent::record("pg", &asset.name, "r2", &asset.asset_key, asset.last_seen_at, "h");
+        let writes = [write(&asset, 0), write(&marker, 0), write(&record("pg2", "a", "r2", 1), 0)];
+        store.put_many(&writes).await.unwrap();
+        let plan = store.sweep_plan(query("r2", 1.0)).await.unwrap();
+        assert_eq!(plan.spent_markers, std::slice::from_ref(&marker.asset_key));
+        assert_eq!(plan.seen_in_run, 1, "the marker counts for its run");
+
+        store.remove_markers(&[key(&marker), key(&asset)]).await.unwrap();
+        let left = store.get_many(&[key(&marker), key(&asset)]).await.unwrap();
+        assert_eq!(left.into_keys().collect::<Vec<_>>(), std::slice::from_ref(&asset.asset_key), "the asset stays");
+        assert!(store.sweep_plan(query("r2", 1.0)).await.unwrap().spent_markers.is_empty());
     });
 }
 

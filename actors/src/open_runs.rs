@@ -90,7 +90,14 @@ mod tests {
         assert_eq!(first_run_of("pg", &r).as_deref(), Some("r1"));
         assert_eq!(first_run_of("my", &r), None);
         assert!(!r.is_asset() && !r.is_live() && r.last_seen_run.is_empty());
-        let plan = crate::rules::plan_sweep([&r], "r1", Utc::now(), 0.5);
-        assert_eq!((plan.live, plan.seen_in_run), (0, 0));
+        let q = crate::rules::SweepQuery {
+            source: "pg",
+            run: "r1",
+            emitted_at: Utc::now(),
+            max_drop_fraction: 0.5,
+            count_run_events: true,
+        };
+        let plan = crate::rules::plan_sweep([&r], q);
+        assert_eq!((plan.live, plan.seen_in_run, plan.spent_markers.len()), (0, 0, 0));
     }
 }

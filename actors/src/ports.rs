@@ -179,8 +179,12 @@ pub trait ControlStore: Send + Sync + 'static {
     /// lists them all (so it counts every run event); a store that can stream its records
     /// overrides it, so that a sweep's memory does not grow with the size of the source.
     async fn sweep_plan(&self, q: SweepQuery<'_>) -> BackendResult<SweepPlan> {
-        Ok(plan_sweep(&self.list_source(q.source).await?, q.run, q.emitted_at, q.max_drop_fraction))
+        Ok(plan_sweep(&self.list_source(q.source).await?, q))
     }
+    /// Removes the run-event markers at `keys` ([`SweepPlan::spent_markers`]), which no
+    /// completion still to come counts. A key whose record is not a run-event marker is left
+    /// as it is, so that nothing but a marker is ever removed; a key with no record is no error.
+    async fn remove_markers(&self, keys: &[RecordKey]) -> BackendResult<()>;
 }
 
 /// Where a control record lives: its source (the partition of keyed stores) and asset key.

@@ -58,6 +58,12 @@ impl ControlRecord {
         self.hash == RUN_EVENT && self.asset_key.starts_with(&format!("{}#", self.source))
     }
 
+    /// Whether this is an event marker ([`RunEvent::event_key_prefix`]), which a completion's
+    /// sweep spends ([`crate::rules::SweepPlan::spent_markers`]).
+    pub fn is_event_marker(&self) -> bool {
+        self.hash == RUN_EVENT && self.asset_key.starts_with(&RunEvent::event_key_prefix(&self.source))
+    }
+
     /// An asset of the catalog: neither a completion mark nor a run-event marker.
     pub fn is_asset(&self) -> bool {
         !self.is_completion_mark() && !self.is_run_event()
@@ -174,6 +180,9 @@ const RUN_EVENT: &str = "run-event";
 pub struct RunEvent;
 
 impl RunEvent {
+    /// The `hash` every marker has (no content hash is ever this text).
+    pub const HASH: &'static str = RUN_EVENT;
+
     /// The control-table key of the event marker of the event of `run_id` that saw `asset_key`
     /// with content `hash` at `at`.
     pub fn key(source: &str, run_id: &str, asset_key: &str, at: DateTime<Utc>, hash: &str) -> String {
@@ -186,7 +195,13 @@ impl RunEvent {
         h.update(&at.timestamp().to_le_bytes());
         h.update(&at.timestamp_subsec_nanos().to_le_bytes());
         let digest = h.finalize().to_hex();
-        format!("{source}#run-event#{}", &digest[..32])
+        format!("{}{}", Self::event_key_prefix(source), &digest[..32])
+    }
+
+    /// How the keys of `source`'s event markers begin (not its moved-on markers'): a sweep
+    /// tells them by it ([`crate::rules::SweepPlan::spent_markers`]).
+    pub fn event_key_prefix(source: &str) -> String {
+        format!("{source}#run-event#")
     }
 
     /// The control-table key of the moved-on marker of `asset_key`: of a fixed length, so that

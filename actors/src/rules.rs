@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::decision::Outcome;
-use crate::record::ControlRecord;
+use crate::record::{ControlRecord, RunEvent};
 
 /// Applies §3.1 to the record of an asset (if any) and an event with hash `hash` emitted at
 /// `at`, first match wins:
@@ -49,37 +49,44 @@ pub struct SweepPlan {
     pub to_drop: Vec<String>,
     /// The drop guard holds: dropping `to_drop` would remove more than the allowed fraction.
     pub guarded: bool,
+    /// Keys of the event markers ([`RunEvent::event_key_prefix`]) that no completion still to
+    /// come counts once this one is applied: the run's own, whose completion its mark decides
+    /// from then on (§3.2), and any emitted no later than the completion, whose runs came
+    /// before it (a source's runs follow one another), so that their completions are older news
+    /// than its mark. Found only where the store listed the source's records; the sweep removes
+    /// them once the completion is applied, so that a source's markers do not pile up run after
+    /// run. A marker removed too early could only make a count short (an `incomplete_run`),
+    /// never a drop early.
+    pub spent_markers: Vec<String>,
 }
 
-/// Plans the sweep of a completed run, emitted at `at`, over all records of its source.
-pub fn plan_sweep<'a>(
-    records: impl IntoIterator<Item = &'a ControlRecord>,
-    run: &str,
-    at: DateTime<Utc>,
-    max_drop_fraction: f64,
-) -> SweepPlan {
-    let mut planner = SweepPlanner::new(run, at);
+/// Plans the sweep `q` over all records of its source.
+pub fn plan_sweep<'a>(records: impl IntoIterator<Item = &'a ControlRecord>, q: SweepQuery<'_>) -> SweepPlan {
+    let mut planner = SweepPlanner::new(q);
     for r in records {
         planner.add(&r.asset_key, r.is_live(), &r.last_seen_run, r.last_seen_at);
     }
-    planner.finish(max_drop_fraction)
+    planner.finish()
 }
 
 /// Builds a [`SweepPlan`] one record at a time, so a store can stream a source's records
 /// through it instead of holding them all.
 #[derive(Debug)]
-pub struct SweepPlanner<'r> {
-    run: &'r str,
-    at: DateTime<Utc>,
+pub struct SweepPlanner<'q> {
+    q: SweepQuery<'q>,
+    /// [`RunEvent::event_key_prefix`] of the source.
+    markers: String,
     live: usize,
     seen_in_run: usize,
     to_drop: Vec<String>,
+    spent_markers: Vec<String>,
 }
 
-impl<'r> SweepPlanner<'r> {
-    /// The planner of the sweep of `run`, whose completion was emitted at `at`.
-    pub fn new(run: &'r str, at: DateTime<Utc>) -> Self {
-        SweepPlanner { run, at, live: 0, seen_in_run: 0, to_drop: Vec::new() }
+impl<'q> SweepPlanner<'q> {
+    /// The planner of the sweep `q`.
+    pub fn new(q: SweepQuery<'q>) -> Self {
+        let markers = RunEvent::event_key_prefix(q.source);
+        SweepPlanner { q, markers, live: 0, seen_in_run: 0, to_drop: Vec::new(), spent_markers: Vec::new() }
     }
 
     /// Counts one record of the source: its key, whether it is live, the run that last saw it
@@ -87,15 +94,17 @@ impl<'r> SweepPlanner<'r> {
     /// read before a late completion) counts as live but is not dropped, nor counted against
     /// the drop guard: the guard weighs what the sweep would do.
     pub fn add(&mut self, asset_key: &str, live: bool, last_seen_run: &str, last_seen_at: DateTime<Utc>) {
-        let in_run = last_seen_run == self.run;
+        let in_run = last_seen_run == self.q.run;
         if in_run {
             self.seen_in_run += 1;
         }
         if live {
             self.live += 1;
-            if !in_run && last_seen_at <= self.at {
+            if !in_run && last_seen_at <= self.q.emitted_at {
                 self.to_drop.push(asset_key.to_owned());
             }
+        } else if (in_run || last_seen_at <= self.q.emitted_at) && is_event_marker(asset_key, &self.markers) {
+            self.spent_markers.push(asset_key.to_owned());
         }
     }
 
@@ -105,12 +114,25 @@ impl<'r> SweepPlanner<'r> {
         self.seen_in_run += n;
     }
 
-    pub fn finish(mut self, max_drop_fraction: f64) -> SweepPlan {
+    pub fn finish(mut self) -> SweepPlan {
         self.to_drop.sort_unstable();
         let dropping = self.to_drop.len();
-        let guarded = dropping > 0 && (dropping as f64) > max_drop_fraction * (self.live as f64);
-        SweepPlan { live: self.live, seen_in_run: self.seen_in_run, to_drop: self.to_drop, guarded }
+        let guarded = dropping > 0 && (dropping as f64) > self.q.max_drop_fraction * (self.live as f64);
+        SweepPlan {
+            live: self.live,
+            seen_in_run: self.seen_in_run,
+            to_drop: self.to_drop,
+            guarded,
+            spent_markers: self.spent_markers,
+        }
     }
+}
+
+/// Whether `key` is the key of an event marker of the source whose
+/// [`RunEvent::event_key_prefix`] is `prefix`: an asset's key starts with its source and a `/`,
+/// so none does.
+fn is_event_marker(key: &str, prefix: &str) -> bool {
+    key.starts_with(prefix)
 }
 
 #[cfg(test)]
@@ -132,6 +154,10 @@ mod tests {
             content_ref: None,
             version: 1,
         }
+    }
+
+    fn query(run: &str, emitted_at: DateTime<Utc>, max_drop_fraction: f64) -> SweepQuery<'_> {
+        SweepQuery { source: "s", run, emitted_at, max_drop_fraction, count_run_events: true }
     }
 
     #[test]
@@ -156,14 +182,14 @@ mod tests {
             rec("c", "h", "r1", at, RecordStatus::Dropped),
         ];
         let t = at.parse().unwrap();
-        let plan = plan_sweep(&rs, "r2", t, 0.5);
+        let plan = plan_sweep(&rs, query("r2", t, 0.5));
         assert_eq!(
             (plan.live, plan.seen_in_run, plan.to_drop.clone(), plan.guarded),
             (2, 1, vec!["b".to_string()], false)
         );
-        let plan = plan_sweep(&rs, "r3", t, 0.5);
+        let plan = plan_sweep(&rs, query("r3", t, 0.5));
         assert!(plan.guarded, "dropping 2 of 2 is over half");
-        assert!(!plan_sweep(&rs, "r3", t, 1.0).guarded);
+        assert!(!plan_sweep(&rs, query("r3", t, 1.0)).guarded);
     }
 
     #[test]
@@ -176,7 +202,30 @@ mod tests {
             rec("c", "h", "r2", "2026-01-01T11:00:00Z", RecordStatus::Live),
             rec("d", "h", "r0", "2026-01-01T09:00:00Z", RecordStatus::Live),
         ];
-        let plan = plan_sweep(&rs, "r1", "2026-01-01T10:00:00Z".parse().unwrap(), 0.5);
+        let plan = plan_sweep(&rs, query("r1", "2026-01-01T10:00:00Z".parse().unwrap(), 0.5));
         assert_eq!((plan.live, plan.to_drop.clone(), plan.guarded), (4, vec!["d".to_string()], false));
+    }
+
+    #[test]
+    fn a_sweep_spends_the_event_markers_of_its_run_and_of_the_runs_before_it() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let name = AssetName { database: "d".into(), schema: "p".into(), table: "x".into() };
+        let event = |run: &str, at: &str| RunEvent::record("s", &name, run, "s/d/p/x", t(at), "h");
+        let own = event("r1", "2026-01-01T11:00:00Z");
+        let before = event("r0", "2026-01-01T09:00:00Z");
+        let next = event("r2", "2026-01-01T10:30:00Z");
+        let asset = rec("s/d/p/x", "h", "r0", "2026-01-01T09:00:00Z", RecordStatus::Dropped);
+        let moved = RunEvent::moved(&asset);
+        let first = crate::open_runs::first_run_record("s", "r0", t("2026-01-01T09:00:00Z"));
+        let rs = [own.clone(), before.clone(), next, asset, moved, first];
+        // r1's completion, emitted at 10:00, read after r1's own marker (a second event of x,
+        // emitted late) and r2's began.
+        let plan = plan_sweep(&rs, query("r1", t("2026-01-01T10:00:00Z"), 0.5));
+        let mut spent = plan.spent_markers.clone();
+        spent.sort();
+        let mut expected = vec![own.asset_key, before.asset_key];
+        expected.sort();
+        assert_eq!(spent, expected);
+        assert_eq!(plan.seen_in_run, 1);
     }
 }

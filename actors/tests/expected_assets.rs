@@ -251,6 +251,50 @@ fn a_steady_crawl_after_its_last_completion_leaves_no_markers() {
     }
 }
 
+#[test]
+fn an_applied_completion_removes_the_event_markers_no_completion_still_counts() {
+    // r2 leaves two event markers (t1's first event, replaced by a second; t2's stale one),
+    // and r1, completed before r2 began, one (its event of t0 read again after r2 moved t0 on).
+    // r2's completion counts its two, then removes all three: r2's completion is decided by
+    // its mark from then on, and r1's is older news. Kept, they would pile up run after run.
+    let mut lines = seen_in("a", "r1", 0..4, 10);
+    lines.push(completed("c1", "s", "r1", 11, None));
+    lines.push(running("b0", "s", "r2", "t0", 20, "c"));
+    lines.push(running("b1", "s", "r2", "t1", 20, "c"));
+    lines.push(running("b1x", "s", "r2", "t1", 25, "c2"));
+    lines.push(running("b2", "s", "r2", "t2", 26, "c"));
+    lines.push(running("b2old", "s", "r2", "t2", 22, "c"));
+    lines.push(running("b3", "s", "r2", "t3", 20, "c"));
+    lines.push(running("a0", "s", "r1", "t0", 10, "c"));
+    for control in controls() {
+        let mut these = lines.clone();
+        these.push(completed("c2", "s", "r2", 30, Some(6)));
+        let mut s = settings(2);
+        s.completion_timeout = Duration::from_secs(20);
+        let out = run(s, these, control.clone());
+        assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+        assert_eq!(event_markers_of(&control), Vec::<String>::new());
+    }
+    // A completion that times out is not applied: the markers stay for its redrive to count.
+    for control in controls() {
+        let mut these = lines.clone();
+        these.push(completed("c2", "s", "r2", 30, Some(7)));
+        let mut s = settings(2);
+        s.completion_timeout = Duration::from_millis(300);
+        let out = run(s, these, control.clone());
+        assert_eq!(out.dead_letter_kinds(), vec!["incomplete_run"]);
+        let mut left = event_markers_of(&control);
+        left.sort();
+        assert_eq!(left, vec!["r1", "r2", "r2"]);
+    }
+}
+
+/// The run of each event marker in `control`.
+fn event_markers_of(control: &MemControl) -> Vec<String> {
+    let records = control.records.lock().unwrap();
+    records.values().filter(|r| r.is_event_marker()).map(|r| r.last_seen_run.clone()).collect()
+}
+
 /// A store that rewrites records, one that moves run stamps alone for records it read, and
 /// one whose index answers for them without a read.
 fn controls() -> [std::sync::Arc<MemControl>; 3] {

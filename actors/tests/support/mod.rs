@@ -320,6 +320,16 @@ impl ControlStore for MemControl {
     async fn list_all(&self) -> BackendResult<Vec<ControlRecord>> {
         Ok(self.records.lock().unwrap().values().cloned().collect())
     }
+    async fn remove_markers(&self, keys: &[RecordKey]) -> BackendResult<()> {
+        maybe(&self.fault, "control").await?;
+        let mut m = self.records.lock().unwrap();
+        for k in keys {
+            if m.get(&k.asset_key).is_some_and(|r| r.source == k.source && r.is_run_event()) {
+                m.remove(&k.asset_key);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Default)]

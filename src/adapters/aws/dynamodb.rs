@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use assetflow_actors::event::AssetName;
 use assetflow_actors::ports::{BackendError, BackendResult, ControlStore, FailureKind, RecordKey, RecordWrite};
-use assetflow_actors::record::{ControlRecord, RecordStatus};
+use assetflow_actors::record::{ControlRecord, RecordStatus, RunEvent};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes, Put,
+    AttributeDefinition, AttributeValue, BillingMode, Delete, KeySchemaElement, KeyType, KeysAndAttributes, Put,
     ScalarAttributeType, TransactWriteItem,
 };
 use chrono::{DateTime, Utc};
@@ -261,6 +261,43 @@ impl ControlStore for DynamoControl {
                 _ => return Ok(out),
             }
         }
+    }
+
+    /// The keys' items read first (BatchGetItem), then those that are markers removed with
+    /// TransactWriteItems of Deletes, 100 a call, each conditional on the item still being a
+    /// marker (or gone), so nothing else is ever removed.
+    async fn remove_markers(&self, keys: &[RecordKey]) -> BackendResult<()> {
+        let found = self.get_many(keys).await?;
+        let markers: Vec<&RecordKey> = keys
+            .iter()
+            .filter(|k| found.get(&k.asset_key).is_some_and(|r| r.source == k.source && r.is_run_event()))
+            .collect();
+        for chunk in markers.chunks(BATCH) {
+            let mut items = Vec::with_capacity(chunk.len());
+            for k in chunk {
+                let key =
+                    HashMap::from([("source".to_string(), s(&k.source)), ("asset_key".to_string(), s(&k.asset_key))]);
+                let delete = Delete::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(key))
+                    .condition_expression("attribute_not_exists(asset_key) OR (#h = :h AND #st = :st)")
+                    .expression_attribute_names("#h", "hash")
+                    .expression_attribute_names("#st", "status")
+                    .expression_attribute_values(":h", s(RunEvent::HASH))
+                    .expression_attribute_values(":st", s(RecordStatus::Dropped.as_str()))
+                    .build()
+                    .map_err(|e| build_error(SVC, "TransactWriteItems", e))?;
+                items.push(TransactWriteItem::builder().delete(delete).build());
+            }
+            self.requests.hit(SVC, "TransactWriteItems");
+            self.client
+                .transact_write_items()
+                .set_transact_items(Some(items))
+                .send()
+                .await
+                .map_err(|e| sdk_error(SVC, "TransactWriteItems", e))?;
+        }
+        Ok(())
     }
 
     /// A Scan of the whole table, page by page: `assetflow assets` is the only caller, never

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use assetflow_actors::event::AssetName;
 use assetflow_actors::ports::{BackendError, BackendResult, ControlStore, FailureKind, RecordKey, RecordWrite};
-use assetflow_actors::record::{ControlRecord, RecordStatus};
+use assetflow_actors::record::{ControlRecord, RecordStatus, RunEvent};
 use assetflow_actors::rules::{SweepPlan, SweepPlanner, SweepQuery};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -241,9 +241,31 @@ impl ControlStore for PgControl {
     /// Streams the source's records through the planner a page at a time: only the keys to
     /// drop are kept. It reads every record, so it counts every run event.
     async fn sweep_plan(&self, q: SweepQuery<'_>) -> BackendResult<SweepPlan> {
-        let mut planner = SweepPlanner::new(q.run, q.emitted_at);
+        let mut planner = SweepPlanner::new(q);
         self.scan(Some(q.source), |r| planner.add(&r.asset_key, r.is_live(), &r.last_seen_run, r.last_seen_at)).await?;
-        Ok(planner.finish(q.max_drop_fraction))
+        Ok(planner.finish())
+    }
+
+    /// One statement, which leaves any row that is not a run-event marker.
+    async fn remove_markers(&self, keys: &[RecordKey]) -> BackendResult<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let sources: Vec<&str> = keys.iter().map(|k| k.source.as_str()).collect();
+        let assets: Vec<&str> = keys.iter().map(|k| k.asset_key.as_str()).collect();
+        let sql = format!(
+            "DELETE FROM {t} WHERE (source, asset_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+               AND hash = $3 AND status = $4",
+            t = self.table
+        );
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&sql).await.map_err(|e| self.err("prepare", &e))?;
+        let marker = (RunEvent::HASH, RecordStatus::Dropped.as_str());
+        client
+            .execute(&stmt, &[&sources, &assets, &marker.0, &marker.1])
+            .await
+            .map_err(|e| self.err("remove markers", &e))?;
+        Ok(())
     }
 
     async fn list_all(&self) -> BackendResult<Vec<ControlRecord>> {

@@ -40,7 +40,7 @@ use assetflow_actors::ports::{
     RecordWrite,
 };
 use assetflow_actors::print::TextPrint;
-use assetflow_actors::record::{ControlRecord, KnownRecord, RecordTouch};
+use assetflow_actors::record::{ControlRecord, KnownRecord, RecordTouch, RunEvent};
 use assetflow_actors::rules::{SweepPlan, SweepPlanner, SweepQuery};
 use assetflow_actors::threads;
 use async_trait::async_trait;
@@ -130,6 +130,10 @@ struct Inner {
     checkpoints: Keyspace,
     /// Touch frames (`touches.rs`), keyed by sequence number.
     touches: Keyspace,
+    /// The sources whose records may hold event markers ([`RunEvent`]), by name (the value is
+    /// empty): set by a write of one, cleared by a sweep that lists the source's records and
+    /// finds none. A sweep of another source plans from the index, without listing.
+    marked: Keyspace,
     history_log: HistoryLog,
     index: RecordIndex,
     /// Where a clean stop saves the index (`index_file.rs`).
@@ -208,6 +212,7 @@ impl StateStore {
         let history = opened("history", HISTORY_MEMTABLE_BYTES, DEFAULT_TABLE_BYTES)?;
         let checkpoints = opened("checkpoints", 1 << 20, DEFAULT_TABLE_BYTES)?;
         let touches = opened("touches", TOUCHES_MEMTABLE_BYTES, DEFAULT_TABLE_BYTES)?;
+        let marked_sources = opened("marked", 1 << 20, DEFAULT_TABLE_BYTES)?;
         if pinned
             && !marked
             && let Err(e) = std::fs::write(&marker, "index and filter blocks pinned\n")
@@ -223,6 +228,7 @@ impl StateStore {
             history,
             checkpoints,
             touches,
+            marked: marked_sources,
             history_log,
             index: RecordIndex::default(),
             index_file: dir.join("state-index"),
@@ -301,7 +307,8 @@ impl StateStore {
     pub fn settle(&self, within: std::time::Duration) {
         let inner = &self.inner;
         let deadline = std::time::Instant::now() + within;
-        let keyspaces = [&inner.control, &inner.stamps, &inner.history, &inner.checkpoints, &inner.touches];
+        let keyspaces =
+            [&inner.control, &inner.stamps, &inner.history, &inner.checkpoints, &inner.touches, &inner.marked];
         if !flush(&keyspaces, deadline) {
             return;
         }
@@ -502,7 +509,7 @@ impl Inner {
         let (source, run) = (q.source, q.run);
         let prefix = layout::control_prefix(source);
         let Some(swept) = self.index.sweep(prefix, source, KnownRecord::run_brief(run)) else { return Ok(None) };
-        let mut planner = SweepPlanner::new(run, q.emitted_at);
+        let mut planner = SweepPlanner::new(*q);
         planner.add_seen(swept.seen);
         for key in swept.unseen {
             let Some((value, stamp)) = self.get_stored(&key)? else { continue };
@@ -511,7 +518,7 @@ impl Inner {
                 planner.add(&r.asset_key, r.live, &r.last_seen_run, r.last_seen_at);
             }
         }
-        Ok(Some(planner.finish(q.max_drop_fraction)))
+        Ok(Some(planner.finish()))
     }
 
     /// A record with its run stamp applied, and the text print its hash came from if kept.
@@ -671,20 +678,58 @@ impl ControlStore for StateStore {
         blocking("list source", move || {
             // The same query, over the copies this thread owns.
             let q = SweepQuery { source: &source, run: &run, ..q };
+            let marked = inner.marked.contains_key(q.source).map_err(|e| err("list source", e))?;
             if !q.count_run_events
+                && !marked
                 && let Some(plan) = inner.sweep_from_index(&q)?
             {
                 return Ok(plan);
             }
-            let mut planner = SweepPlanner::new(q.run, q.emitted_at);
+            // Cleared before the scan: a marker written during it sets it again.
+            if marked {
+                inner.marked.remove(q.source).map_err(|e| err("list source", e))?;
+            }
+            let prefix = RunEvent::event_key_prefix(q.source);
+            let mut markers = false;
+            let mut planner = SweepPlanner::new(q);
             inner.scan(&layout::control_prefix(q.source), |_, value, stamp| {
                 let r = layout::sweep_view(value, stamp)?;
                 if r.source == q.source {
+                    markers |= !r.live && r.asset_key.starts_with(&prefix);
                     planner.add(&r.asset_key, r.live, &r.last_seen_run, r.last_seen_at);
                 }
                 Ok(ControlFlow::Continue(()))
             })?;
-            Ok(planner.finish(q.max_drop_fraction))
+            // Set again while any is there, spent or not: the sweep removes the spent ones only
+            // once its completion is applied, if it is, and the next sweep finds them gone.
+            if markers {
+                inner.marked.insert(q.source, []).map_err(|e| err("list source", e))?;
+            }
+            Ok(planner.finish())
+        })
+        .await
+    }
+
+    async fn remove_markers(&self, keys: &[RecordKey]) -> BackendResult<()> {
+        let inner = self.inner.clone();
+        let keys = keys.to_vec();
+        blocking("remove markers", move || {
+            inner.check_not_failed()?;
+            let mut batch = inner.db.batch();
+            for k in &keys {
+                let key = layout::control_key(&k.source, &k.asset_key);
+                let Some(value) = inner.control.get(key).map_err(|e| err("remove markers", e))? else { continue };
+                let r = layout::decode(&value)?;
+                if r.source == k.source && r.asset_key == k.asset_key && r.is_run_event() {
+                    batch.remove(&inner.control, key);
+                    batch.remove(&inner.stamps, key);
+                }
+            }
+            // Not synced: a removal the journal loses leaves a marker the next sweep spends.
+            batch.commit().map_err(|e| {
+                inner.failed.store(true, Ordering::Release);
+                err("remove markers", e)
+            })
         })
         .await
     }
@@ -729,11 +774,16 @@ impl StateStore {
         let mut batch = inner.db.batch();
         let mut written: Vec<(IndexKey, Written)> = Vec::with_capacity(writes.len());
         let mut control_keys = ControlKeys::default();
+        let mut marked: Option<&str> = None;
         for RecordWrite { record: r, print, .. } in writes {
             let key = control_keys.key(&r.source, &r.asset_key);
             batch.insert(&inner.control, key, layout::encode_printed(r, *print)?);
             inner.index.saw_source(&key, &r.source);
             written.push((key, layout::known(r, *print)));
+            if marked != Some(r.source.as_str()) && r.is_event_marker() {
+                batch.insert(&inner.marked, r.source.as_str(), []);
+                marked = Some(&r.source);
+            }
         }
         let mut run_brief = run_briefs();
         let mut stamped: Vec<Stamped> = Vec::with_capacity(touches.len());

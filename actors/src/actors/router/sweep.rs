@@ -18,7 +18,7 @@ use crate::envelope::Envelope;
 use crate::event::{AssetEvent, EventKind};
 use crate::mark::{CompletionMark, MarkState, mark_key};
 use crate::metrics::{Flow, Metrics};
-use crate::ports::{BackendResult, ControlStore, FailureKind, RecordWrite};
+use crate::ports::{BackendResult, ControlStore, FailureKind, RecordKey, RecordWrite};
 use crate::rules::{SweepPlan, SweepQuery};
 use crate::supervise::Supervisor;
 
@@ -199,6 +199,7 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
     if deps.supervisor.given_up() {
         return Finish::Leave;
     }
+    let spent_markers = plan.spent_markers;
     let n = deps.shards.len();
     let mut per_shard: Vec<Vec<String>> = vec![Vec::new(); n];
     for key in plan.to_drop {
@@ -240,12 +241,31 @@ async fn sweep(deps: &SweepDeps, ev: &AssetEvent, env: &Envelope<()>) -> Finish 
         Ok(Ok(())) => match write_mark(deps, &ev.source, &marked(MarkState::Applied)).await {
             Ok(_) => {
                 deps.metrics.outcome(Outcome::Completed, 1);
+                remove_spent_markers(deps, &ev.source, spent_markers).await;
                 Finish::Ack
             }
             Err(e) => Finish::Dead(Box::new(dead("backend", Stage::Decide, format!("completion mark: {e}")))),
         },
         Ok(Err(e)) => Finish::Dead(Box::new(dead("backend", Stage::History, e.to_string()))),
         Err(_) => Finish::Leave,
+    }
+}
+
+/// Removes the event markers an applied completion spent ([`SweepPlan::spent_markers`]), so
+/// that they do not pile up run after run. Tidying only: one that stays (the store failed, or
+/// the process stopped) is spent again by the source's next sweep.
+async fn remove_spent_markers(deps: &SweepDeps, source: &str, keys: Vec<String>) {
+    if keys.is_empty() {
+        return;
+    }
+    let keys: Vec<RecordKey> =
+        keys.into_iter().map(|asset_key| RecordKey { source: source.to_owned(), asset_key }).collect();
+    let removed = deps.calls.call("control store", "remove markers", || deps.control.remove_markers(&keys)).await;
+    match removed {
+        Ok(()) => tracing::debug!(source, markers = keys.len(), "spent run-event markers removed"),
+        Err(e) => {
+            tracing::warn!(source, error = %e, "cannot remove spent run-event markers; the next sweep tries again")
+        }
     }
 }
 
