@@ -45,12 +45,10 @@ fn a_run_that_never_completes_times_out_and_drops_nothing() {
     assert_eq!(out.dead_letter_kinds(), vec!["incomplete_run"]);
 }
 
-#[test]
-fn a_stale_or_repeated_event_of_the_run_counts_and_an_exact_redelivery_does_not() {
-    // EVENTS.md §3.3 counts the run's running events that were applied. Run r2 emits five:
-    // t1 twice (b1 at 20, then b1x at 25: the asset's record shows only the later), t2 twice
-    // in the wrong order (b2 at 26, then b2old at 22: stale), and t0. Counting records (three
-    // assets) would wait for five forever; counting events completes at once.
+/// r1 over t0..t3 and its completion, then five events of r2: t0; t1 twice (b1 at 20, then
+/// b1x at 25: the record shows only the later); t2 twice in the wrong order (b2 at 26, then
+/// b2old at 22: stale).
+fn r2_with_a_second_and_a_stale_event() -> Vec<String> {
     let mut lines = seen_in("a", "r1", 0..4, 10);
     lines.push(completed("c1", "s", "r1", 11, None));
     lines.push(running("b0", "s", "r2", "t0", 20, "c"));
@@ -58,6 +56,15 @@ fn a_stale_or_repeated_event_of_the_run_counts_and_an_exact_redelivery_does_not(
     lines.push(running("b1x", "s", "r2", "t1", 25, "c2"));
     lines.push(running("b2", "s", "r2", "t2", 26, "c"));
     lines.push(running("b2old", "s", "r2", "t2", 22, "c"));
+    lines
+}
+
+#[test]
+fn a_stale_or_repeated_event_of_the_run_counts_and_an_exact_redelivery_does_not() {
+    // EVENTS.md §3.3 counts the run's running events that were applied. Run r2 emits five
+    // over three assets: counting records would wait for five forever; counting events
+    // completes at once.
+    let mut lines = r2_with_a_second_and_a_stale_event();
     // An exact re-delivery of b0: the same event, counted once.
     lines.push(running("b0", "s", "r2", "t0", 20, "c"));
     lines.push(completed("c2", "s", "r2", 30, Some(5)));
@@ -253,17 +260,11 @@ fn a_steady_crawl_after_its_last_completion_leaves_no_markers() {
 
 #[test]
 fn an_applied_completion_removes_the_event_markers_no_completion_still_counts() {
-    // r2 leaves two event markers (t1's first event, replaced by a second; t2's stale one),
-    // and r1, completed before r2 began, one (its event of t0 read again after r2 moved t0 on).
+    // r2 leaves two event markers (t1's first event, replaced by a second; t2's stale one), and
+    // r1, completed before r2 began, one (its event of t0 read again after r2 moved t0 on).
     // r2's completion counts its two, then removes all three: r2's completion is decided by
     // its mark from then on, and r1's is older news. Kept, they would pile up run after run.
-    let mut lines = seen_in("a", "r1", 0..4, 10);
-    lines.push(completed("c1", "s", "r1", 11, None));
-    lines.push(running("b0", "s", "r2", "t0", 20, "c"));
-    lines.push(running("b1", "s", "r2", "t1", 20, "c"));
-    lines.push(running("b1x", "s", "r2", "t1", 25, "c2"));
-    lines.push(running("b2", "s", "r2", "t2", 26, "c"));
-    lines.push(running("b2old", "s", "r2", "t2", 22, "c"));
+    let mut lines = r2_with_a_second_and_a_stale_event();
     lines.push(running("b3", "s", "r2", "t3", 20, "c"));
     lines.push(running("a0", "s", "r1", "t0", 10, "c"));
     for control in controls() {
