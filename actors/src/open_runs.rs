@@ -35,9 +35,9 @@ impl<'a> OpenRuns<'a> {
         }
     }
 
-    /// Whether a record whose run has brief `brief` ([`KnownRecord::run_brief`]) may leave one:
-    /// a brief that matches only says "maybe", so this errs towards yes (the record is then
-    /// read, and [`includes`](Self::includes) decides).
+    /// Whether a record whose run has brief `brief` ([`crate::record::KnownRecord::run_brief`])
+    /// may leave one: a brief that matches only says "maybe", so this errs towards yes (the
+    /// record is then read, and [`includes`](Self::includes) decides).
     pub fn may_include(self, brief: u64, brief_of: impl FnOnce(&'a str) -> u64) -> bool {
         match self {
             OpenRuns::AllBut(marked) => brief_of(marked) != brief,
