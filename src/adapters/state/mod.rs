@@ -16,6 +16,11 @@
 //! stamps keep the text print of the event their hash came from, so one read is vouched for by
 //! print as an indexed one is (`layout::encode_printed`), and not hashed.
 //!
+//! A completion's sweep takes the source's live records from the index too, unless it must
+//! count run events (`expected_assets`) or the source may hold event markers, which the index
+//! does not hold and the sweep spends: a write of one notes its source in the `marked`
+//! keyspace, and such a source's sweep reads its records until a read finds none.
+//!
 //! Where each part lives, in this folder:
 //! - `mod.rs`: the store: opening it, reads, batched writes, sweeps, the ports it implements.
 //! - `layout.rs`: how rows and keys are laid out (records, stamps, history rows).
