@@ -18,8 +18,8 @@
 //!
 //! A completion's sweep takes the source's live records from the index too, unless it must
 //! count run events (`expected_assets`) or the source may hold event markers, which the index
-//! does not hold and the sweep spends: a write of one notes its source in the `marked`
-//! keyspace, and such a source's sweep reads its records until a read finds none.
+//! does not hold and the sweep spends: a write of one notes its source in the
+//! `with-markers` keyspace, and such a source's sweep reads its records until a read finds none.
 //!
 //! Where each part lives, in this folder:
 //! - `mod.rs`: the store: opening it, reads, batched writes, sweeps, the ports it implements.
@@ -138,7 +138,7 @@ struct Inner {
     /// The sources whose records may hold event markers ([`RunEvent`]), by name (the value is
     /// empty): set by a write of one, cleared by a sweep that lists the source's records and
     /// finds none. A sweep of another source plans from the index, without listing.
-    marked: Keyspace,
+    with_markers: Keyspace,
     history_log: HistoryLog,
     index: RecordIndex,
     /// Where a clean stop saves the index (`index_file.rs`).
@@ -217,7 +217,7 @@ impl StateStore {
         let history = opened("history", HISTORY_MEMTABLE_BYTES, DEFAULT_TABLE_BYTES)?;
         let checkpoints = opened("checkpoints", 1 << 20, DEFAULT_TABLE_BYTES)?;
         let touches = opened("touches", TOUCHES_MEMTABLE_BYTES, DEFAULT_TABLE_BYTES)?;
-        let marked_sources = opened("marked", 1 << 20, DEFAULT_TABLE_BYTES)?;
+        let with_markers = opened("with-markers", 1 << 20, DEFAULT_TABLE_BYTES)?;
         if pinned
             && !marked
             && let Err(e) = std::fs::write(&marker, "index and filter blocks pinned\n")
@@ -233,7 +233,7 @@ impl StateStore {
             history,
             checkpoints,
             touches,
-            marked: marked_sources,
+            with_markers,
             history_log,
             index: RecordIndex::default(),
             index_file: dir.join("state-index"),
@@ -313,7 +313,7 @@ impl StateStore {
         let inner = &self.inner;
         let deadline = std::time::Instant::now() + within;
         let keyspaces =
-            [&inner.control, &inner.stamps, &inner.history, &inner.checkpoints, &inner.touches, &inner.marked];
+            [&inner.control, &inner.stamps, &inner.history, &inner.checkpoints, &inner.touches, &inner.with_markers];
         if !flush(&keyspaces, deadline) {
             return;
         }
@@ -683,16 +683,16 @@ impl ControlStore for StateStore {
         blocking("list source", move || {
             // The same query, over the copies this thread owns.
             let q = SweepQuery { source: &source, run: &run, ..q };
-            let marked = inner.marked.contains_key(q.source).map_err(|e| err("list source", e))?;
+            let may_hold_markers = inner.with_markers.contains_key(q.source).map_err(|e| err("list source", e))?;
             if !q.count_run_events
-                && !marked
+                && !may_hold_markers
                 && let Some(plan) = inner.sweep_from_index(&q)?
             {
                 return Ok(plan);
             }
             // Cleared before the scan: a marker written during it sets it again.
-            if marked {
-                inner.marked.remove(q.source).map_err(|e| err("list source", e))?;
+            if may_hold_markers {
+                inner.with_markers.remove(q.source).map_err(|e| err("list source", e))?;
             }
             let prefix = RunEvent::event_key_prefix(q.source);
             let mut markers = false;
@@ -708,7 +708,7 @@ impl ControlStore for StateStore {
             // Set again while any is there, spent or not: the sweep removes the spent ones only
             // once its completion is applied, if it is, and the next sweep finds them gone.
             if markers {
-                inner.marked.insert(q.source, []).map_err(|e| err("list source", e))?;
+                inner.with_markers.insert(q.source, []).map_err(|e| err("list source", e))?;
             }
             Ok(planner.finish())
         })
@@ -779,15 +779,15 @@ impl StateStore {
         let mut batch = inner.db.batch();
         let mut written: Vec<(IndexKey, Written)> = Vec::with_capacity(writes.len());
         let mut control_keys = ControlKeys::default();
-        let mut marked: Option<&str> = None;
+        let mut noted: Option<&str> = None;
         for RecordWrite { record: r, print, .. } in writes {
             let key = control_keys.key(&r.source, &r.asset_key);
             batch.insert(&inner.control, key, layout::encode_printed(r, *print)?);
             inner.index.saw_source(&key, &r.source);
             written.push((key, layout::known(r, *print)));
-            if marked != Some(r.source.as_str()) && r.is_event_marker() {
-                batch.insert(&inner.marked, r.source.as_str(), []);
-                marked = Some(&r.source);
+            if noted != Some(r.source.as_str()) && r.is_event_marker() {
+                batch.insert(&inner.with_markers, r.source.as_str(), []);
+                noted = Some(&r.source);
             }
         }
         let mut run_brief = run_briefs();

@@ -770,7 +770,7 @@ async fn a_source_that_may_hold_event_markers_is_swept_by_reading_until_they_are
     // The next sweep reads the source, finds no marker, and clears the source: the one after
     // plans from the index.
     assert!(store.sweep_plan(query("pg", "r2", false)).await.unwrap().spent_markers.is_empty());
-    assert!(!store.inner.marked.contains_key("pg").unwrap());
+    assert!(!store.inner.with_markers.contains_key("pg").unwrap());
     let plan = store.sweep_plan(query("pg", "r2", false)).await.unwrap();
     assert_eq!((plan.live, plan.seen_in_run, plan.to_drop.len()), (3, 0, 3));
 }
