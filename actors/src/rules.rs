@@ -80,13 +80,23 @@ pub struct SweepPlanner<'q> {
     seen_in_run: usize,
     to_drop: Vec<String>,
     spent_markers: Vec<String>,
+    /// Event markers of the source seen, spent or not.
+    event_markers: usize,
 }
 
 impl<'q> SweepPlanner<'q> {
     /// The planner of the sweep `q`.
     pub fn new(q: SweepQuery<'q>) -> Self {
         let markers = RunEvent::event_key_prefix(q.source);
-        SweepPlanner { q, markers, live: 0, seen_in_run: 0, to_drop: Vec::new(), spent_markers: Vec::new() }
+        SweepPlanner {
+            q,
+            markers,
+            live: 0,
+            seen_in_run: 0,
+            to_drop: Vec::new(),
+            spent_markers: Vec::new(),
+            event_markers: 0,
+        }
     }
 
     /// Counts one record of the source: its key, whether it is live, the run that last saw it
@@ -103,9 +113,17 @@ impl<'q> SweepPlanner<'q> {
             if !in_run && last_seen_at <= self.q.emitted_at {
                 self.to_drop.push(asset_key.to_owned());
             }
-        } else if (in_run || last_seen_at <= self.q.emitted_at) && is_event_marker(asset_key, &self.markers) {
-            self.spent_markers.push(asset_key.to_owned());
+        } else if is_event_marker(asset_key, &self.markers) {
+            self.event_markers += 1;
+            if in_run || last_seen_at <= self.q.emitted_at {
+                self.spent_markers.push(asset_key.to_owned());
+            }
         }
+    }
+
+    /// How many of the records added were event markers, spent or not.
+    pub fn event_markers(&self) -> usize {
+        self.event_markers
     }
 
     /// Counts `n` live records of the source seen in the run, whose keys the plan does not need.

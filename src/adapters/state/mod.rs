@@ -45,7 +45,7 @@ use assetflow_actors::ports::{
     RecordWrite,
 };
 use assetflow_actors::print::TextPrint;
-use assetflow_actors::record::{ControlRecord, KnownRecord, RecordTouch, RunEvent};
+use assetflow_actors::record::{ControlRecord, KnownRecord, RecordTouch};
 use assetflow_actors::rules::{SweepPlan, SweepPlanner, SweepQuery};
 use assetflow_actors::threads;
 use async_trait::async_trait;
@@ -135,9 +135,10 @@ struct Inner {
     checkpoints: Keyspace,
     /// Touch frames (`touches.rs`), keyed by sequence number.
     touches: Keyspace,
-    /// The sources whose records may hold event markers ([`RunEvent`]), by name (the value is
-    /// empty): set by a write of one, cleared by a sweep that lists the source's records and
-    /// finds none. A sweep of another source plans from the index, without listing.
+    /// The sources whose records may hold event markers
+    /// ([`ControlRecord::is_event_marker`]), by name (the value is empty): set by a write of
+    /// one, cleared by a sweep that lists the source's records and finds none. A sweep of
+    /// another source plans from the index, without listing.
     with_markers: Keyspace,
     history_log: HistoryLog,
     index: RecordIndex,
@@ -694,20 +695,17 @@ impl ControlStore for StateStore {
             if may_hold_markers {
                 inner.with_markers.remove(q.source).map_err(|e| err("list source", e))?;
             }
-            let prefix = RunEvent::event_key_prefix(q.source);
-            let mut markers = false;
             let mut planner = SweepPlanner::new(q);
             inner.scan(&layout::control_prefix(q.source), |_, value, stamp| {
                 let r = layout::sweep_view(value, stamp)?;
                 if r.source == q.source {
-                    markers |= !r.live && r.asset_key.starts_with(&prefix);
                     planner.add(&r.asset_key, r.live, &r.last_seen_run, r.last_seen_at);
                 }
                 Ok(ControlFlow::Continue(()))
             })?;
             // Set again while any is there, spent or not: the sweep removes the spent ones only
             // once its completion is applied, if it is, and the next sweep finds them gone.
-            if markers {
+            if planner.event_markers() > 0 {
                 inner.with_markers.insert(q.source, []).map_err(|e| err("list source", e))?;
             }
             Ok(planner.finish())

@@ -737,7 +737,7 @@ async fn a_source_that_may_hold_event_markers_is_swept_by_reading_until_they_are
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
     let name = assetflow_actors::event::AssetName { database: "db".into(), schema: "s".into(), table: "t".into() };
-    let marker = RunEvent::record("pg", &name, "r2", "pg/db/s/t0", chrono::Utc::now(), "h");
+    let marker = assetflow_actors::record::RunEvent::record("pg", &name, "r2", "pg/db/s/t0", chrono::Utc::now(), "h");
     let mut records: Vec<ControlRecord> = (0..3).map(|i| record("pg", &format!("pg/db/s/t{i}"), "r1")).collect();
     records.push(record("my", "my/db/s/t", "r1"));
     records.push(marker.clone());
@@ -759,6 +759,8 @@ async fn a_source_that_may_hold_event_markers_is_swept_by_reading_until_they_are
         assert_eq!(plan.seen_in_run, 1, "the marker counts");
         assert_eq!(store.sweep_plan(query("my", "r2", false)).await.unwrap().spent_markers, Vec::<String>::new());
     }
+
+    assert!(store.inner.with_markers.contains_key("pg").unwrap(), "noted again by the read that found it");
 
     // Only markers are removed, whatever the keys name.
     store
