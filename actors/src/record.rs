@@ -58,6 +58,13 @@ impl ControlRecord {
         self.hash == RUN_EVENT && self.asset_key.starts_with(&format!("{}#", self.source))
     }
 
+    /// Whether this is the run-event marker stored at `key`: what a store checks before it
+    /// removes a record ([`crate::ports::ControlStore::remove_markers`]), so that nothing but a
+    /// marker is ever removed.
+    pub fn is_run_event_at(&self, key: &crate::ports::RecordKey) -> bool {
+        self.source == key.source && self.asset_key == key.asset_key && self.is_run_event()
+    }
+
     /// Whether this is an event marker ([`RunEvent::event_key_prefix`]), which a completion's
     /// sweep spends ([`crate::rules::SweepPlan::spent_markers`]).
     pub fn is_event_marker(&self) -> bool {

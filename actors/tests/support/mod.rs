@@ -324,7 +324,7 @@ impl ControlStore for MemControl {
         maybe(&self.fault, "control").await?;
         let mut m = self.records.lock().unwrap();
         for k in keys {
-            if m.get(&k.asset_key).is_some_and(|r| r.source == k.source && r.is_run_event()) {
+            if m.get(&k.asset_key).is_some_and(|r| r.is_run_event_at(k)) {
                 m.remove(&k.asset_key);
             }
         }

@@ -63,6 +63,11 @@ fn to_item(r: &ControlRecord) -> Item {
     item
 }
 
+/// The table key of a record: its partition (`source`) and sort key (`asset_key`).
+fn item_key(k: &RecordKey) -> Item {
+    HashMap::from([("source".to_string(), s(&k.source)), ("asset_key".to_string(), s(&k.asset_key))])
+}
+
 fn from_item(item: &Item) -> BackendResult<ControlRecord> {
     let bad = |what: &str| BackendError::permanent(SVC, "decode record", format!("item has no valid `{what}`"));
     let time =
@@ -143,12 +148,7 @@ impl ControlStore for DynamoControl {
     async fn get_many(&self, keys: &[RecordKey]) -> BackendResult<HashMap<String, ControlRecord>> {
         let mut out = HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(BATCH) {
-            let mut pending: Vec<Item> = chunk
-                .iter()
-                .map(|k| {
-                    HashMap::from([("source".to_string(), s(&k.source)), ("asset_key".to_string(), s(&k.asset_key))])
-                })
-                .collect();
+            let mut pending: Vec<Item> = chunk.iter().map(item_key).collect();
             let mut rounds = 0;
             while !pending.is_empty() {
                 rounds += 1;
@@ -268,18 +268,14 @@ impl ControlStore for DynamoControl {
     /// marker (or gone), so nothing else is ever removed.
     async fn remove_markers(&self, keys: &[RecordKey]) -> BackendResult<()> {
         let found = self.get_many(keys).await?;
-        let markers: Vec<&RecordKey> = keys
-            .iter()
-            .filter(|k| found.get(&k.asset_key).is_some_and(|r| r.source == k.source && r.is_run_event()))
-            .collect();
+        let markers: Vec<&RecordKey> =
+            keys.iter().filter(|k| found.get(&k.asset_key).is_some_and(|r| r.is_run_event_at(k))).collect();
         for chunk in markers.chunks(BATCH) {
             let mut items = Vec::with_capacity(chunk.len());
             for k in chunk {
-                let key =
-                    HashMap::from([("source".to_string(), s(&k.source)), ("asset_key".to_string(), s(&k.asset_key))]);
                 let delete = Delete::builder()
                     .table_name(&self.table)
-                    .set_key(Some(key))
+                    .set_key(Some(item_key(k)))
                     .condition_expression("attribute_not_exists(asset_key) OR (#h = :h AND #st = :st)")
                     .expression_attribute_names("#h", "hash")
                     .expression_attribute_names("#st", "status")

@@ -723,7 +723,7 @@ impl ControlStore for StateStore {
                 let key = layout::control_key(&k.source, &k.asset_key);
                 let Some(value) = inner.control.get(key).map_err(|e| err("remove markers", e))? else { continue };
                 let r = layout::decode(&value)?;
-                if r.source == k.source && r.asset_key == k.asset_key && r.is_run_event() {
+                if r.is_run_event_at(k) {
                     batch.remove(&inner.control, key);
                     batch.remove(&inner.stamps, key);
                 }
