@@ -735,7 +735,7 @@ async fn an_index_that_lost_a_record_or_shares_a_prefix_sweeps_by_reading() {
 #[tokio::test]
 async fn a_source_that_may_hold_event_markers_is_swept_by_reading_until_they_are_spent() {
     let dir = tempfile::tempdir().unwrap();
-    let store = StateStore::open(dir.path()).unwrap();
+    let mut store = StateStore::open(dir.path()).unwrap();
     let name = assetflow_actors::event::AssetName { database: "db".into(), schema: "s".into(), table: "t".into() };
     let marker = assetflow_actors::record::RunEvent::record("pg", &name, "r2", "pg/db/s/t0", chrono::Utc::now(), "h");
     let mut records: Vec<ControlRecord> = (0..3).map(|i| record("pg", &format!("pg/db/s/t{i}"), "r1")).collect();
@@ -747,7 +747,6 @@ async fn a_source_that_may_hold_event_markers_is_swept_by_reading_until_they_are
     // A completion without `expected_assets` would plan from the index, which holds no marker;
     // the source's records are read instead, so the sweep finds the marker it spends. So
     // after a clean stop and a reopen, too.
-    let mut store = store;
     for reopened in [false, true] {
         if reopened {
             store.settle(std::time::Duration::from_secs(30));
