@@ -4,7 +4,8 @@
 //!
 //! Why packs: with one file per asset (the `files` layout) a first crawl, where every asset is
 //! new, spent most of its time in the file system making and syncing names. A pack costs one
-//! append and one `fdatasync` per batch, and a folder sync only when a pack is started.
+//! append per batch and one `fdatasync`, which the shards' batches that append while another
+//! batch's sync runs share, and a folder sync only when a pack is started.
 //!
 //! A content ref names the pack and, after `#`, the asset key and hash (each escaped as in the
 //! `files` layout): `file:///…/packs/1764650000000-4242-000001.jsonl#pg%2Fdb%2Fs%2Ft@3f2a…`. The
@@ -13,11 +14,12 @@
 //! its start time and pid), so a line torn by a crash is only ever the last one of a pack that
 //! nothing refers to: content is durable before the control record that points at it is written.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use assetflow_actors::ports::{BackendError, BackendResult, ContentPut, ContentStore};
 use async_trait::async_trait;
@@ -38,20 +40,75 @@ struct Inner {
     dir: PathBuf,
     /// `{start millis}-{pid}`: what makes this process's pack names its own.
     prefix: String,
-    /// The pack content refs point into now, and its size; appends hold this lock, so lines of
-    /// two batches never interleave.
+    /// The pack content refs point into now, and the packs open for appends; appends hold this
+    /// lock, so lines of two batches never interleave.
     current: Mutex<Current>,
 }
 
 struct Current {
     seq: u64,
-    bytes: u64,
     /// `file://{pack}#`: the start of every ref into the current pack.
     ref_prefix: String,
+    /// The packs appended to since the current one started, open: the current one, and any
+    /// older one a batch planned before it started still wrote to.
+    open: HashMap<PathBuf, Arc<Pack>>,
     /// Packs whose name is known to be durable (their folder synced after they were made). A
     /// batch that appended to any other pack syncs the folder before it returns, even when
     /// another call made the pack: that call's folder sync may not have happened yet.
     named: HashSet<PathBuf>,
+}
+
+/// One pack file, open for appends, whose `fdatasync`s concurrent batches share (group commit):
+/// the shards append one after another, but each batch's sync waits only for a sync that
+/// started after its append. With a sync per batch, the pack was the file a first crawl on
+/// many shards synced most (902 of 2,300 syncs at 16 shards, 100k events).
+struct Pack {
+    file: File,
+    /// The pack's length: bytes appended whole, raised only under [`Inner::current`].
+    written: AtomicU64,
+    /// How many bytes are durable; held through a sync, so that a batch whose bytes another
+    /// batch's sync covered returns without one of its own.
+    synced: Mutex<u64>,
+    /// `fdatasync` calls made, for tests.
+    syncs: AtomicU64,
+}
+
+impl Pack {
+    fn open(path: &Path) -> std::io::Result<Pack> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let written = AtomicU64::new(file.metadata()?.len());
+        Ok(Pack { file, written, synced: Mutex::new(0), syncs: AtomicU64::new(0) })
+    }
+
+    /// Appends `lines` whole or not at all; returns the pack's length after them. Called only
+    /// under [`Inner::current`].
+    fn append(&self, lines: &[u8]) -> std::io::Result<u64> {
+        let end = self.written.load(Ordering::Acquire);
+        if let Err(e) = (&self.file).write_all(lines) {
+            // A part-written batch (a full disk) would run into the next append's first line
+            // and hide it from readers: cut it off, so the retry starts clean.
+            let _ = self.file.set_len(end);
+            return Err(e);
+        }
+        let end = end + lines.len() as u64;
+        self.written.store(end, Ordering::Release);
+        Ok(end)
+    }
+
+    /// Returns once the pack's first `end` bytes are durable: at once if a sync since covered
+    /// them, else after a sync of everything appended by the time it starts.
+    fn sync_through(&self, end: u64) -> std::io::Result<()> {
+        let mut synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
+        if *synced >= end {
+            return Ok(());
+        }
+        // Read before the sync: every byte counted here was written, so the sync covers it.
+        let upto = self.written.load(Ordering::Acquire);
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.file.sync_data()?;
+        *synced = upto;
+        Ok(())
+    }
 }
 
 impl ContentPacks {
@@ -62,7 +119,7 @@ impl ContentPacks {
         let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let prefix = format!("{millis}-{}", std::process::id());
-        let current = Current { seq: 1, bytes: 0, ref_prefix: String::new(), named: HashSet::new() };
+        let current = Current { seq: 1, ref_prefix: String::new(), open: HashMap::new(), named: HashSet::new() };
         let packs = ContentPacks { inner: Arc::new(Inner { dir, prefix, current: Mutex::new(current) }) };
         packs.start_pack(&mut *packs.inner.current.lock().map_err(|e| e.to_string())?, 1);
         Ok(packs)
@@ -80,46 +137,45 @@ impl ContentPacks {
         self.inner.current.lock().map_or(1, |c| c.seq)
     }
 
-    /// Makes pack `seq` the one new refs point into.
+    /// Makes pack `seq` the one new refs point into, and closes the packs before it (a batch
+    /// still syncing one keeps it open until it is done).
     fn start_pack(&self, current: &mut Current, seq: u64) {
         current.seq = seq;
-        current.bytes = 0;
         current.ref_prefix = format!("file://{}#", self.pack_path(seq).display());
+        current.open.clear();
     }
 
-    /// Appends each pack's lines, then makes them durable: `fdatasync` per pack, plus a folder
-    /// sync while a pack written to is new (its name must survive a crash too).
+    /// Appends each pack's lines, then makes them durable: a sync per pack, shared with the
+    /// batches that appended meanwhile ([`Pack::sync_through`]), plus a folder sync while a pack
+    /// written to is new (its name must survive a crash too).
     fn write_batch(&self, packs: BTreeMap<PathBuf, Vec<u8>>) -> BackendResult<()> {
         let mut unnamed = Vec::new();
-        let mut written = Vec::with_capacity(packs.len());
+        let mut appended = Vec::with_capacity(packs.len());
         {
             let mut current = self.inner.current.lock().map_err(|e| self.fail("append", e))?;
-            let current_path = self.pack_path(current.seq);
             for (path, lines) in packs {
                 if !current.named.contains(&path) {
                     unnamed.push(path.clone());
                 }
-                let mut file =
-                    OpenOptions::new().create(true).append(true).open(&path).map_err(|e| self.fail("open", e))?;
-                let end = file.metadata().map_err(|e| self.fail("append", e))?.len();
-                if let Err(e) = file.write_all(&lines) {
-                    // A part-written batch (a full disk) would run into the next append's first
-                    // line and hide it from readers: cut it off, so the retry starts clean.
-                    let _ = file.set_len(end);
-                    return Err(self.fail("append", e));
-                }
-                if path == current_path {
-                    current.bytes += lines.len() as u64;
-                }
-                written.push(file);
+                let pack = match current.open.get(&path) {
+                    Some(pack) => Arc::clone(pack),
+                    None => {
+                        let pack = Arc::new(Pack::open(&path).map_err(|e| self.fail("open", e))?);
+                        current.open.insert(path, Arc::clone(&pack));
+                        pack
+                    }
+                };
+                let end = pack.append(&lines).map_err(|e| self.fail("append", e))?;
+                appended.push((pack, end));
             }
-            if current.bytes >= PACK_BYTES {
+            let current_path = self.pack_path(current.seq);
+            if current.open.get(&current_path).is_some_and(|p| p.written.load(Ordering::Acquire) >= PACK_BYTES) {
                 let next = current.seq + 1;
                 self.start_pack(&mut current, next);
             }
         }
-        for file in written {
-            file.sync_data().map_err(|e| self.fail("sync", e))?;
+        for (pack, end) in appended {
+            pack.sync_through(end).map_err(|e| self.fail("sync", e))?;
         }
         if !unnamed.is_empty() {
             File::open(&self.inner.dir).and_then(|d| d.sync_all()).map_err(|e| self.fail("sync folder", e))?;
@@ -328,6 +384,53 @@ mod tests {
         assert_eq!(read_content(&late.content_ref).unwrap(), r#"{"late":true}"#);
         assert_eq!(read_content(&after.content_ref).unwrap(), r#"{"after":true}"#);
         assert_eq!(std::fs::read_dir(dir.path().join("packs")).unwrap().count(), 2);
+    }
+
+    #[tokio::test]
+    async fn batches_that_append_while_a_sync_runs_share_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentPacks::open(dir.path()).unwrap();
+        let first = put(&store, "k/first", "h1", "{}");
+        store.put_many(std::slice::from_ref(&first)).await.unwrap();
+        let path = pack_of(&first.content_ref).unwrap();
+        let pack = Arc::clone(&store.inner.current.lock().unwrap().open[&path]);
+        assert_eq!(pack.syncs.load(Ordering::Relaxed), 1);
+
+        // Stands for a sync under way: three batches append meanwhile and then wait for it.
+        let sync_under_way = pack.synced.lock().unwrap();
+        let items: Vec<ContentPut> = (0..3).map(|i| put(&store, &format!("k/{i}"), "h1", "{}")).collect();
+        let lines: Vec<Vec<u8>> = items
+            .iter()
+            .map(|item| {
+                let mut line = Vec::new();
+                pack_line(&mut line, item);
+                line
+            })
+            .collect();
+        let all_appended = pack.written.load(Ordering::Acquire) + lines.iter().map(|l| l.len() as u64).sum::<u64>();
+        let writers: Vec<_> = lines
+            .into_iter()
+            .map(|line| {
+                let (store, path) = (store.clone(), path.clone());
+                std::thread::spawn(move || store.write_batch(BTreeMap::from([(path, line)])))
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while pack.written.load(Ordering::Acquire) < all_appended {
+            assert!(std::time::Instant::now() < deadline, "the three batches never appended");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(writers.iter().all(|w| !w.is_finished()), "a batch returned before a sync covered it");
+        drop(sync_under_way);
+        for writer in writers {
+            writer.join().unwrap().unwrap();
+        }
+        assert_eq!(pack.syncs.load(Ordering::Relaxed), 2, "one sync for the three batches, not one each");
+        assert_eq!(*pack.synced.lock().unwrap(), pack.written.load(Ordering::Acquire));
+        for item in &items {
+            assert_eq!(read_content(&item.content_ref).unwrap(), "{}");
+        }
     }
 
     #[tokio::test]
