@@ -19,12 +19,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use assetflow_actors::ports::{BackendError, BackendResult, ContentPut, ContentStore};
 use async_trait::async_trait;
 
 use super::content_dir::{escape, escape_into};
+use super::group_sync::GroupSync;
 
 /// A pack past this size is closed and the next batch starts a new one.
 pub const PACK_BYTES: u64 = 64 << 20;
@@ -58,56 +59,49 @@ struct Current {
     named: HashSet<PathBuf>,
 }
 
-/// One pack file, open for appends, whose `fdatasync`s concurrent batches share (group commit):
-/// the shards append one after another, but each batch's sync waits only for a sync that
-/// started after its append. With a sync per batch, the pack was the file a first crawl on
-/// many shards synced most (902 of 2,300 syncs at 16 shards, 100k events).
+/// One pack file, open for appends, whose `fdatasync`s concurrent batches share
+/// ([`GroupSync`], as the embedded store's journal does): the shards append one after another,
+/// and a batch's sync covers every batch that appended before it began. With a sync per batch,
+/// the pack was the file a first crawl on many shards synced most (902 of 2,300 syncs at 16
+/// shards, 100k events).
 struct Pack {
     file: File,
-    /// The pack's length: bytes appended whole, raised only under [`Inner::current`].
-    written: AtomicU64,
-    /// How many bytes are durable; held through a sync, so that a batch whose bytes another
-    /// batch's sync covered returns without one of its own.
-    synced: Mutex<u64>,
+    /// The pack's length: bytes appended whole, changed only under [`Inner::current`].
+    len: AtomicU64,
+    /// Turns of appends written and synced.
+    syncs: GroupSync,
     /// `fdatasync` calls made, for tests.
-    syncs: AtomicU64,
+    synced_times: AtomicU64,
 }
 
 impl Pack {
     fn open(path: &Path) -> std::io::Result<Pack> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        let written = AtomicU64::new(file.metadata()?.len());
-        Ok(Pack { file, written, synced: Mutex::new(0), syncs: AtomicU64::new(0) })
+        let len = AtomicU64::new(file.metadata()?.len());
+        Ok(Pack { file, len, syncs: GroupSync::default(), synced_times: AtomicU64::new(0) })
     }
 
-    /// Appends `lines` whole or not at all; returns the pack's length after them. Called only
-    /// under [`Inner::current`].
+    /// Appends `lines` whole or not at all; returns the append's turn, for
+    /// [`sync_through`](Self::sync_through). Called only under [`Inner::current`], so turns
+    /// follow the order of the bytes.
     fn append(&self, lines: &[u8]) -> std::io::Result<u64> {
-        let end = self.written.load(Ordering::Acquire);
+        let len = self.len.load(Ordering::Acquire);
         if let Err(e) = (&self.file).write_all(lines) {
             // A part-written batch (a full disk) would run into the next append's first line
             // and hide it from readers: cut it off, so the retry starts clean.
-            let _ = self.file.set_len(end);
+            let _ = self.file.set_len(len);
             return Err(e);
         }
-        let end = end + lines.len() as u64;
-        self.written.store(end, Ordering::Release);
-        Ok(end)
+        self.len.store(len + lines.len() as u64, Ordering::Release);
+        Ok(self.syncs.wrote())
     }
 
-    /// Returns once the pack's first `end` bytes are durable: at once if a sync since covered
-    /// them, else after a sync of everything appended by the time it starts.
-    fn sync_through(&self, end: u64) -> std::io::Result<()> {
-        let mut synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
-        if *synced >= end {
-            return Ok(());
-        }
-        // Read before the sync: every byte counted here was written, so the sync covers it.
-        let upto = self.written.load(Ordering::Acquire);
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.file.sync_data()?;
-        *synced = upto;
-        Ok(())
+    /// Returns once the append of `turn` is durable, by its own sync or another batch's.
+    fn sync_through(&self, turn: u64) -> std::io::Result<()> {
+        self.syncs.sync_through(turn, || {
+            self.synced_times.fetch_add(1, Ordering::Relaxed);
+            self.file.sync_data()
+        })
     }
 }
 
@@ -165,17 +159,17 @@ impl ContentPacks {
                         pack
                     }
                 };
-                let end = pack.append(&lines).map_err(|e| self.fail("append", e))?;
-                appended.push((pack, end));
+                let turn = pack.append(&lines).map_err(|e| self.fail("append", e))?;
+                appended.push((pack, turn));
             }
             let current_path = self.pack_path(current.seq);
-            if current.open.get(&current_path).is_some_and(|p| p.written.load(Ordering::Acquire) >= PACK_BYTES) {
+            if current.open.get(&current_path).is_some_and(|p| p.len.load(Ordering::Acquire) >= PACK_BYTES) {
                 let next = current.seq + 1;
                 self.start_pack(&mut current, next);
             }
         }
-        for (pack, end) in appended {
-            pack.sync_through(end).map_err(|e| self.fail("sync", e))?;
+        for (pack, turn) in appended {
+            pack.sync_through(turn).map_err(|e| self.fail("sync", e))?;
         }
         if !unnamed.is_empty() {
             File::open(&self.inner.dir).and_then(|d| d.sync_all()).map_err(|e| self.fail("sync folder", e))?;
@@ -394,10 +388,23 @@ mod tests {
         store.put_many(std::slice::from_ref(&first)).await.unwrap();
         let path = pack_of(&first.content_ref).unwrap();
         let pack = Arc::clone(&store.inner.current.lock().unwrap().open[&path]);
-        assert_eq!(pack.syncs.load(Ordering::Relaxed), 1);
+        assert_eq!(pack.synced_times.load(Ordering::Relaxed), 1);
 
-        // Stands for a sync under way: three batches append meanwhile and then wait for it.
-        let sync_under_way = pack.synced.lock().unwrap();
+        // Stands for a batch whose sync is under way: three batches append meanwhile, and
+        // must wait for a sync that began after their appends.
+        let (started, release) = (Arc::new(std::sync::Barrier::new(2)), Arc::new(std::sync::Barrier::new(2)));
+        let under_way = {
+            let (pack, started, release) = (Arc::clone(&pack), started.clone(), release.clone());
+            std::thread::spawn(move || {
+                let turn = pack.syncs.wrote();
+                pack.syncs.sync_through(turn, || {
+                    started.wait();
+                    release.wait();
+                    Ok::<(), ()>(())
+                })
+            })
+        };
+        started.wait();
         let items: Vec<ContentPut> = (0..3).map(|i| put(&store, &format!("k/{i}"), "h1", "{}")).collect();
         let lines: Vec<Vec<u8>> = items
             .iter()
@@ -407,7 +414,7 @@ mod tests {
                 line
             })
             .collect();
-        let all_appended = pack.written.load(Ordering::Acquire) + lines.iter().map(|l| l.len() as u64).sum::<u64>();
+        let all_appended = pack.len.load(Ordering::Acquire) + lines.iter().map(|l| l.len() as u64).sum::<u64>();
         let writers: Vec<_> = lines
             .into_iter()
             .map(|line| {
@@ -416,18 +423,18 @@ mod tests {
             })
             .collect();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while pack.written.load(Ordering::Acquire) < all_appended {
+        while pack.len.load(Ordering::Acquire) < all_appended {
             assert!(std::time::Instant::now() < deadline, "the three batches never appended");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(writers.iter().all(|w| !w.is_finished()), "a batch returned before a sync covered it");
-        drop(sync_under_way);
+        release.wait();
+        under_way.join().unwrap().unwrap();
         for writer in writers {
             writer.join().unwrap().unwrap();
         }
-        assert_eq!(pack.syncs.load(Ordering::Relaxed), 2, "one sync for the three batches, not one each");
-        assert_eq!(*pack.synced.lock().unwrap(), pack.written.load(Ordering::Acquire));
+        assert_eq!(pack.synced_times.load(Ordering::Relaxed), 2, "one sync for the three batches, not one each");
         for item in &items {
             assert_eq!(read_content(&item.content_ref).unwrap(), "{}");
         }

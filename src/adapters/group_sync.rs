@@ -6,7 +6,8 @@
 //! more `fsync`s per event: at 4 shards a steady crawl's shards spent four times as long in
 //! them per event as at one (benches/analysis.md). Here a writer that finds a sync under way
 //! waits for it and, if its batch was written after that sync began, joins the next one, which
-//! covers everyone who came in the meantime.
+//! covers everyone who came in the meantime. The embedded store's journal and each content
+//! pack (`content_pack.rs`) sync this way.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 
