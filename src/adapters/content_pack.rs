@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,6 +80,13 @@ impl Pack {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let len = AtomicU64::new(file.metadata()?.len());
         Ok(Pack { file, len, syncs: GroupSync::default(), synced_times: AtomicU64::new(0) })
+    }
+
+    /// Whether the pack still has its name. One removed while open (by hand, or its folder
+    /// with it) would take every later append with it: the next batch opens the path again,
+    /// and makes the pack anew or fails, as it would have with a pack opened per batch.
+    fn is_linked(&self) -> bool {
+        self.file.metadata().is_ok_and(|m| m.nlink() > 0)
     }
 
     /// Appends `lines` whole or not at all; returns the append's turn, for
@@ -148,17 +156,21 @@ impl ContentPacks {
         {
             let mut current = self.inner.current.lock().map_err(|e| self.fail("append", e))?;
             for (path, lines) in packs {
-                if !current.named.contains(&path) {
-                    unnamed.push(path.clone());
-                }
-                let pack = match current.open.get(&path) {
-                    Some(pack) => Arc::clone(pack),
-                    None => {
+                let pack = match current.open.get(&path).map(|pack| (pack.is_linked(), Arc::clone(pack))) {
+                    Some((true, pack)) => pack,
+                    removed => {
+                        if removed.is_some() {
+                            // Made anew: its name is not durable until the folder is synced.
+                            current.named.remove(&path);
+                        }
                         let pack = Arc::new(Pack::open(&path).map_err(|e| self.fail("open", e))?);
-                        current.open.insert(path, Arc::clone(&pack));
+                        current.open.insert(path.clone(), Arc::clone(&pack));
                         pack
                     }
                 };
+                if !current.named.contains(&path) {
+                    unnamed.push(path.clone());
+                }
                 let turn = pack.append(&lines).map_err(|e| self.fail("append", e))?;
                 appended.push((pack, turn));
             }
@@ -438,6 +450,18 @@ mod tests {
         for item in &items {
             assert_eq!(read_content(&item.content_ref).unwrap(), "{}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_pack_removed_while_open_is_made_anew_rather_than_written_unnamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentPacks::open(dir.path()).unwrap();
+        let a = put(&store, "k/a", "h1", r#"{"a":1}"#);
+        store.put_many(std::slice::from_ref(&a)).await.unwrap();
+        std::fs::remove_file(pack_of(&a.content_ref).unwrap()).unwrap();
+        let b = put(&store, "k/b", "h1", r#"{"b":2}"#);
+        store.put_many(std::slice::from_ref(&b)).await.unwrap();
+        assert_eq!(read_content(&b.content_ref).unwrap(), r#"{"b":2}"#);
     }
 
     #[tokio::test]
