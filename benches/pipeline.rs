@@ -16,7 +16,7 @@
 
 use std::fmt::Write as _;
 use std::io::{BufRead, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -202,7 +202,7 @@ fn main() {
         report.skipped("AWS requests per 1,000 events", "no AWS emulator at 127.0.0.1:4566 (make services)");
     }
 
-    report.micro(&root.join("target/criterion/per_event"));
+    report.micro(&target_dir(root).join("criterion/per_event"));
     let text = report.finish(&machine);
     if only.is_none() {
         std::fs::write(root.join("BENCHMARKS.md"), &text).expect("write BENCHMARKS.md");
@@ -332,6 +332,17 @@ fn crawl_pairs(
         steadies.push(run_embedded_on(dir, steady, shards, false, cores, "packs"));
     }
     (median(firsts), median(steadies))
+}
+
+/// Where cargo writes its output, criterion's results among it: the folder this bench was built
+/// into (`{target}/release/deps/`), which follows `CARGO_TARGET_DIR` and cargo's config, else
+/// `target/` (the bench binary copied elsewhere to run).
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
+        .filter(|dir| dir.join("criterion").is_dir())
+        .unwrap_or_else(|| root.join("target"))
 }
 
 fn env_usize(key: &str, default: usize) -> usize {
@@ -1061,8 +1072,8 @@ in the hot paths below). The loop hashes every event.
             let _ = writeln!(rows, "| {name} | {:.2} µs | {:.0} per second on one core |", ns / 1e3, 1e9 / ns);
         }
         if rows.is_empty() {
-            return self
-                .skipped("Hot paths (criterion)", "no criterion results in target/criterion (run `make bench`)");
+            let why = format!("no criterion results in {} (run `make bench`)", dir.display());
+            return self.skipped("Hot paths (criterion)", &why);
         }
         let _ = writeln!(
             self.body,
