@@ -290,6 +290,31 @@ fn an_applied_completion_removes_the_event_markers_no_completion_still_counts() 
     }
 }
 
+#[test]
+fn a_record_dropped_while_it_showed_a_run_to_complete_still_counts_for_it_once_created_again() {
+    // r3's events are read before r2's completion, and t0's was emitted no later than it, so
+    // r2 drops t0 (§3.2) while its record shows r3's event, which r3 counts as a dropped
+    // record does. Then r4 creates t0 again before r3's completion comes (late, counting
+    // two): the record no longer shows r3's event, and a moved-on marker must, as it does
+    // when a live record moves on. Found by the reference model (seed 30074).
+    let mut lines = seen_in("a", "r1", 0..3, 1);
+    lines.push(completed("c1", "s", "r1", 3, None));
+    lines.push(running("b1", "s", "r2", "t1", 4, "c"));
+    lines.push(running("d0", "s", "r3", "t0", 5, "c"));
+    lines.push(running("d2", "s", "r3", "t2", 6, "c"));
+    lines.push(completed("c2", "s", "r2", 5, None));
+    lines.push(running("e1", "s", "r4", "t1", 35, "c"));
+    lines.push(running("e0", "s", "r4", "t0", 35, "c"));
+    lines.push(completed("c3", "s", "r3", 7, Some(2)));
+    for control in controls() {
+        let mut s = settings(2);
+        s.completion_timeout = Duration::from_millis(500);
+        let out = run(s, lines.clone(), control);
+        assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+        assert_eq!(out.dropped_keys(), vec!["s/db/public/t0".to_string()]);
+    }
+}
+
 /// The run of each event marker in `control`.
 fn event_markers_of(control: &MemControl) -> Vec<String> {
     let records = control.records.lock().unwrap();

@@ -143,7 +143,7 @@ pub fn plan_batch<'a>(
                 if r.last_seen_run == ev.run_id && !exact {
                     let marker = RunEvent::record(&r.source, &r.name, &r.last_seen_run, key, r.last_seen_at, &r.hash);
                     plan.run_events.push((key.to_owned(), marker));
-                } else if r.last_seen_run != ev.run_id && r.is_live() && open_runs.includes(&r.last_seen_run) {
+                } else if r.last_seen_run != ev.run_id && open_runs.includes(&r.last_seen_run) {
                     plan.moved.push(RunEvent::moved(r));
                 }
             }
@@ -363,9 +363,10 @@ mod tests {
     fn a_record_moved_on_before_its_runs_completion_leaves_a_marker_for_that_run() {
         // r2's events move three r1 records on. Once r1's completion is marked, its count is
         // spent and nothing is left behind; while r1 is open (the mark names an earlier run, or
-        // r1 is the first run of a source with no mark), the two live records each leave a
-        // moved-on marker of the r1 event they showed, so that a late r1 completion still
-        // counts them (§3.3). The dropped record counted for a completion already applied.
+        // r1 is the first run of a source with no mark), each record leaves a moved-on marker
+        // of the r1 event it showed, so that a late r1 completion still counts them (§3.3):
+        // the dropped one too, which an earlier run's completion read late dropped, and which
+        // r1's completion counts until r2 creates it again.
         let (t1, t2) = ("2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z");
         let events = vec![
             with_key(event("e1", "changed", t2, "2"), "h2"),
@@ -384,14 +385,15 @@ mod tests {
             assert!(p.moved.is_empty() && p.run_events.is_empty(), "{open:?}");
         }
         let p = plan_marked(&events, records(), &[], OpenRuns::AllBut("r0"));
-        assert_eq!(p.moved.len(), 2);
+        assert_eq!(p.moved.len(), 3);
         let p = plan_marked(&events, records(), &[], OpenRuns::Only("r1"));
         assert!(p.run_events.is_empty());
         let at = DateTime::parse_from_rfc3339(t1).unwrap().to_utc();
         let markers: Vec<(&str, &str, DateTime<Utc>)> =
             p.moved.iter().map(|r| (r.asset_key.as_str(), r.last_seen_run.as_str(), r.last_seen_at)).collect();
-        let (changed, same) = (RunEvent::moved_key("pg", "pg/db/s/changed"), RunEvent::moved_key("pg", "pg/db/s/same"));
-        assert_eq!(markers, [(changed.as_str(), "r1", at), (same.as_str(), "r1", at)]);
+        let [changed, same, gone] =
+            ["changed", "same", "gone"].map(|t| RunEvent::moved_key("pg", &format!("pg/db/s/{t}")));
+        assert_eq!(markers, [(changed.as_str(), "r1", at), (same.as_str(), "r1", at), (gone.as_str(), "r1", at)]);
         assert!(p.moved.iter().all(|r| r.is_run_event() && !r.is_live() && !r.is_asset()));
         // The r1 event of `same` delivered again after the move is stale: its event marker
         // stands for the event the moved-on marker stands for, and the shard writes one.
