@@ -195,27 +195,34 @@ fn sigkill_after_commits_keeps_every_events_history() {
 }
 
 /// A SIGKILL while the very first start creates the embedded store leaves fjall's first files
-/// without its `version` marker (the state below, as a kill in the first few milliseconds left
-/// it); the next start must create the store again, not stop on "File exists".
+/// without its `version` marker, or with the marker created but not yet written (the states
+/// below, as kills in the first few milliseconds left them; the second in a soak of the
+/// reference model's killed streams); the next start must create the store again, not stop on
+/// "File exists" or "InvalidVersion".
 #[test]
 fn a_sigkill_while_the_store_is_first_created_does_not_stop_the_next_start() {
     let clean = tempfile::tempdir().unwrap();
     make_input(clean.path(), "100");
     let clean_out = run_clean(clean.path());
 
-    let dir = tempfile::tempdir().unwrap();
-    make_input(dir.path(), "100");
-    let db = dir.path().join("state").join("state");
-    std::fs::create_dir_all(db.join("keyspaces")).unwrap();
-    std::fs::write(db.join("lock"), b"").unwrap();
-    std::fs::write(db.join("0.jnl"), vec![0u8; 1 << 16]).unwrap();
-    let out = bin().args(["run"]).current_dir(dir.path()).env("RUST_LOG", "warn").output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("creation was cut short"), "the start says what it cleared: {stderr}");
-    let resumed = Outputs::read(dir.path());
-    assert!(resumed.duplicate_ids().is_empty());
-    assert_same_decisions(&clean_out, &resumed);
+    for empty_marker in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        make_input(dir.path(), "100");
+        let db = dir.path().join("state").join("state");
+        std::fs::create_dir_all(db.join("keyspaces")).unwrap();
+        std::fs::write(db.join("lock"), b"").unwrap();
+        std::fs::write(db.join("0.jnl"), vec![0u8; 1 << 16]).unwrap();
+        if empty_marker {
+            std::fs::write(db.join("version"), b"").unwrap();
+        }
+        let out = bin().args(["run"]).current_dir(dir.path()).env("RUST_LOG", "warn").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "empty marker: {empty_marker}: {stderr}");
+        assert!(stderr.contains("creation was cut short"), "the start says what it cleared: {stderr}");
+        let resumed = Outputs::read(dir.path());
+        assert!(resumed.duplicate_ids().is_empty());
+        assert_same_decisions(&clean_out, &resumed);
+    }
 }
 
 #[test]
