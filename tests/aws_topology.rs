@@ -1,7 +1,8 @@
 //! The AWS topology end to end against the local emulator: events on a Kinesis stream keyed by
 //! `source`, control table and history in DynamoDB, content in S3, outputs and dead letters on
 //! SQS queues; and the reference model's generated streams (clean, SIGKILLed, redriven) with
-//! the control table, history and content in DynamoDB and S3.
+//! the control table, history and content in DynamoDB and S3, and read from Kinesis (clean and
+//! SIGKILLed) and an SQS FIFO queue.
 
 mod common;
 mod model;
@@ -196,6 +197,29 @@ fn generated_streams_read_from_kinesis_and_an_sqs_fifo_queue_decide_as_the_model
     let embedded = model::harness::embedded;
     let mut failed = model::harness::each(0..6, |seed| model::harness::clean_from(seed, true, &kinesis, &embedded));
     failed.extend(model::harness::each(100..106, |seed| model::harness::clean_from(seed, false, &sqs, &embedded)));
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}
+
+/// The reference model's streams read from a Kinesis stream by one process, SIGKILLed four
+/// times (once it has written a random share of its outputs, or sooner) and started again:
+/// each start takes up from the checkpoints its store kept, so what every process wrote,
+/// de-duplicated by decision id, is what the model decides, and so is the control table.
+#[test]
+fn generated_streams_read_from_kinesis_by_a_process_killed_at_random_moments_decide_as_the_model_says() {
+    require_emulator();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let conf = rt.block_on(sdk_config());
+    let kinesis = |lines: &[String]| {
+        let stream = unique("events");
+        rt.block_on(create_stream(&conf, &stream, 2));
+        rt.block_on(put_lines(&conf, &stream, lines));
+        format!("[[sources]]\nkind = \"kinesis\"\nstream = \"{stream}\"\nfollow = false\n{}", aws_section())
+    };
+    let mut rng = fastrand::Rng::with_seed(19);
+    let failed = model::harness::each(5000..5008, |seed| {
+        let kills = model::harness::Kills::AtOutputs(0..1000);
+        model::harness::killed_from(seed, &mut rng, kills, &kinesis, &model::harness::embedded)
+    });
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 

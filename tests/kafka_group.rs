@@ -154,3 +154,72 @@ fn a_lone_process_that_drains_the_topic_leaves_its_group_without_an_error() {
     assert_eq!(lines(&dir.path().join("out/upsert.jsonl")), 60, "the whole crawl is decided: {stderr}");
     assert!(!stderr.contains("ERROR") && !stderr.contains("reading paused"), "a clean drain logs no error: {stderr}");
 }
+
+/// A process SIGKILLed leaves its member in the group until its session times out. Started
+/// again and killed again while its join waits on that member, as in a crash loop under a
+/// supervisor, the group holds several such members, and the broker (tansu here) gives the
+/// next start only some partitions at first. That start must not take its own predecessors
+/// for another process and refuse (exit 1, "reads topic … with another process"): it waits
+/// them out, then reads on from the last commit.
+#[test]
+fn a_process_in_a_crash_loop_waits_out_its_old_members_instead_of_refusing() {
+    require_broker();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (topic, group) = (unique("restarted"), unique("group"));
+    rt.block_on(create_topic(&topic, 3));
+    let all = crawl_lines("20", "2");
+    let (first, second) = all.split_at(all.len() / 2);
+    rt.block_on(produce_lines(&topic, first));
+
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.toml"), config(&topic, &group, &format!("127.0.0.1:{port}"))).unwrap();
+    let mut killed = common::spawn_run(dir.path());
+    let events_in = |v: &serde_json::Value| {
+        v["events_in"].as_object().map_or(0, |m| m.values().filter_map(|n| n.as_u64()).sum::<u64>())
+    };
+    assert!(
+        wait_status(port, Duration::from_secs(60), |v| events_in(v) == first.len() as u64),
+        "the first process reads the topic"
+    );
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    for _ in 0..std::env::var("KILLS").map_or(2, |v| v.parse().unwrap()) {
+        let mut again = common::spawn_run(dir.path());
+        std::thread::sleep(Duration::from_millis(1500));
+        again.kill().unwrap();
+        again.wait().unwrap();
+    }
+
+    rt.block_on(produce_lines(&topic, second));
+    let config =
+        config(&topic, &group, "").replace("session_timeout_ms = 6000", "session_timeout_ms = 6000\nfollow = false");
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let mut restarted = common::bin()
+        .args(["run", "--summary-json", "summary.json"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the restarted process");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = restarted.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            let _ = restarted.kill();
+            panic!("the restarted process did not read the topic to its end in 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(restarted.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "the restarted process reads on: {stderr}");
+    assert!(!stderr.contains("with another process"), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+    let read = summary["events_in"].as_u64().unwrap_or(0);
+    assert!(read >= second.len() as u64, "the restarted process read what came after the kill: {read} events");
+}

@@ -1,7 +1,8 @@
 //! The Kafka topology end to end against a real Kafka-protocol broker: events on a topic keyed
 //! by `source`, outputs and dead letters (the failure topic) read back from their topics, and,
 //! as in examples/kafka.toml, the control table and history in PostgreSQL; and the reference
-//! model's generated streams read from a topic.
+//! model's generated streams read from a topic, by one process run clean or SIGKILLed and
+//! started again.
 
 mod common;
 mod model;
@@ -175,6 +176,35 @@ fn generated_streams_read_from_a_topic_decide_as_the_model_says() {
     };
     let failed =
         model::harness::each(0..3, |seed| model::harness::clean_from(seed, true, &topic, &model::harness::embedded));
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}
+
+/// The reference model's streams read from a topic by one process of a group, SIGKILLed four
+/// times (once it has written a random share of its outputs, or sooner) and started again at
+/// once: each start waits out the members its predecessors left in the group, then takes up
+/// from the offsets the group committed, so what every process wrote, de-duplicated by
+/// decision id, is what the model decides, and so is the control table. Each start waits up to
+/// twice the session timeout for the group, hence two streams only; `kafka_group.rs` has the
+/// crash loop on its own.
+#[test]
+fn generated_streams_read_from_a_topic_by_a_process_killed_at_random_moments_decide_as_the_model_says() {
+    require_broker();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let topic = |lines: &[String]| {
+        let topic = unique("events");
+        rt.block_on(create_topic(&topic, 3));
+        rt.block_on(produce_lines(&topic, lines));
+        format!(
+            "[[sources]]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopic = \"{topic}\"\ngroup = \"{}\"\nfollow = false\nsession_timeout_ms = 6000\n",
+            brokers(),
+            unique("assetflow")
+        )
+    };
+    let mut rng = fastrand::Rng::with_seed(17);
+    let failed = model::harness::each(5000..5002, |seed| {
+        let kills = model::harness::Kills::AtOutputs(0..15_000);
+        model::harness::killed_from(seed, &mut rng, kills, &topic, &model::harness::embedded)
+    });
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 

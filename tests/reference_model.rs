@@ -8,8 +8,9 @@
 //! of the model's kind; and POSTed line by line to the `http` source, or piped to the `stdin`
 //! one, they decide as from a file. Here with the embedded stores; `postgres_stores.rs` and
 //! `aws_topology.rs` run fewer streams with theirs, `kafka_topology.rs` and `aws_topology.rs`
-//! read them from a topic, a Kinesis stream and an SQS FIFO queue, and `kafka_scale.rs` and
-//! `kinesis_scale.rs` through several processes.
+//! read them from a topic, a Kinesis stream and an SQS FIFO queue (and SIGKILL the process
+//! reading a topic or a Kinesis stream), and `kafka_scale.rs` and `kinesis_scale.rs` through
+//! several processes.
 
 mod common;
 mod model;

@@ -1,7 +1,7 @@
 //! Runs the binary over a generated stream and holds what it did against the model, each
 //! function one way of running it: `clean` (and `clean_from`, read from a topic, a Kinesis
 //! stream, a queue or standard input), `split` into a file per source, `killed` at random
-//! moments, `redriven` after a clean run (then parked), `posted` to the http source, `enriched`
+//! moments (and `killed_from` a topic or a Kinesis stream), `redriven` after a clean run (then parked), `posted` to the http source, `enriched`
 //! by the enrich-only topology, and `shared` by several processes. Most take `stores`, an edit
 //! of the config that puts the control table, history and content where a test wants them
 //! (the embedded stores as written, PostgreSQL, DynamoDB and S3...), and all say what differs
@@ -351,8 +351,32 @@ pub fn split(seed: u64, stores: Stores) -> Result<(), String> {
 /// being created) to the middle of the run, then run to its end: what every process wrote,
 /// de-duplicated by decision id, is what the model decides, and so is the control table.
 pub fn killed(seed: u64, rng: &mut fastrand::Rng, stores: Stores) -> Result<(), String> {
+    killed_from(seed, rng, Kills::After(0..100), &file, stores)
+}
+
+/// When [`killed_from`] kills each process.
+pub enum Kills {
+    /// A random moment in this range of milliseconds after the start.
+    After(std::ops::Range<u64>),
+    /// Once the process has written a random share of the outputs the model expects (a
+    /// transport is read in a few milliseconds once a process has joined its group or found
+    /// its shards, so a moment drawn from the clock would mostly miss the run), or a random
+    /// moment in the range, whichever comes first.
+    AtOutputs(std::ops::Range<u64>),
+}
+
+/// [`killed`] with the stream read from where `input` puts it, and each kill when `kills`
+/// says.
+pub fn killed_from(
+    seed: u64,
+    rng: &mut fastrand::Rng,
+    kills: Kills,
+    input: Input,
+    stores: Stores,
+) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
-    let expected = prepare(dir.path(), seed, stores);
+    let expected = prepare_from(dir.path(), seed, true, input, stores);
+    let outputs = expected.upserts.len() + expected.drops.len() + expected.dead_letters.values().sum::<u64>() as usize;
     let mut all = Outputs { upserts: Vec::new(), drops: Vec::new(), dead_letters: Vec::new() };
     // Each kill's outputs are moved aside, so that the union is what every process wrote.
     // Whole lines only after a kill: a process killed mid-write leaves a torn last line, a
@@ -367,7 +391,20 @@ pub fn killed(seed: u64, rng: &mut fastrand::Rng, stores: Stores) -> Result<(), 
     };
     for _ in 0..4 {
         let mut child = spawn_run(dir.path());
-        std::thread::sleep(Duration::from_millis(rng.u64(0..100)));
+        match &kills {
+            Kills::After(moments) => std::thread::sleep(Duration::from_millis(rng.u64(moments.clone()))),
+            Kills::AtOutputs(moments) => {
+                let until = std::time::Instant::now() + Duration::from_millis(rng.u64(moments.clone()));
+                let share = rng.usize(1..outputs.max(2));
+                while std::time::Instant::now() < until && matches!(child.try_wait(), Ok(None)) {
+                    let so_far = Outputs::so_far(dir.path());
+                    if so_far.upserts.len() + so_far.drops.len() + so_far.dead_letters.len() >= share {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
         let _ = child.kill();
         child.wait().unwrap();
         collect(dir.path(), true);

@@ -40,6 +40,9 @@ pub(super) struct Sharing {
     held_all: bool,
     /// Why reading is paused: another member holds some partitions.
     pub paused: Option<String>,
+    /// A newcomer that has not yet held every partition: since when, and why it would refuse
+    /// once [`Group::grace`] has passed without it holding them all.
+    waiting: Option<(Instant, String)>,
     /// Why this member will not read at all: it joined a group another process reads.
     pub refused: Option<String>,
 }
@@ -52,6 +55,12 @@ pub(super) struct Group {
     pub one_process: bool,
     /// How long a revoked partition's in-flight messages may take before it moves anyway.
     pub revoke_timeout: Duration,
+    /// How long a newcomer that holds only some partitions waits before it refuses: a member
+    /// that left without a word (this process's own predecessor, killed and restarted) stays
+    /// in the group until its session times out, and the rebalance after that gives the
+    /// newcomer everything. Twice the session timeout, which leaves a heartbeat's time for the
+    /// newcomer to hear of that rebalance.
+    pub grace: Duration,
     pub assignment: Mutex<Assignment>,
     /// Held around building and sending every commit.
     pub commits: Mutex<()>,
@@ -68,12 +77,19 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Group {
-    pub fn new(topic: &str, group: &str, one_process: bool, revoke_timeout: Duration) -> Self {
+    pub fn new(
+        topic: &str,
+        group: &str,
+        one_process: bool,
+        revoke_timeout: Duration,
+        session_timeout: Duration,
+    ) -> Self {
         Group {
             topic: topic.to_owned(),
             group: group.to_owned(),
             one_process,
             revoke_timeout,
+            grace: session_timeout * 2,
             assignment: Mutex::default(),
             commits: Mutex::default(),
             sharing: Mutex::default(),
@@ -89,6 +105,21 @@ impl Group {
 
     pub fn is_paused(&self) -> bool {
         lock(&self.sharing).paused.is_some()
+    }
+
+    /// Why this member will not read at all, if it will not: a newcomer still short of some
+    /// partitions once [`Group::grace`] has passed refuses (another process reads the group).
+    pub fn refusal(&self) -> Option<String> {
+        let mut s = lock(&self.sharing);
+        if s.refused.is_none()
+            && let Some((since, why)) = s.waiting.take_if(|(since, _)| since.elapsed() >= self.grace)
+        {
+            let waited = since.elapsed().as_secs();
+            s.refused = Some(format!(
+                "{why} (waited {waited} s, twice the session timeout, for a member that left without a word to time out)"
+            ));
+        }
+        s.refused.clone()
     }
 
     /// The done prefix of every held partition, as a commit list.
@@ -163,7 +194,14 @@ impl Group {
         let mut s = lock(&self.sharing);
         if total > 0 && held >= total {
             if s.paused.take().is_some() {
-                tracing::info!(topic = %self.topic, "this process holds every partition again; reading resumes");
+                match s.waiting.take() {
+                    Some((since, _)) => {
+                        tracing::info!(topic = %self.topic, waited_ms = since.elapsed().as_millis() as u64, "this process holds every partition now; reading begins")
+                    }
+                    None => {
+                        tracing::info!(topic = %self.topic, "this process holds every partition again; reading resumes")
+                    }
+                }
                 if let Err(e) = consumer.resume(&mine) {
                     tracing::warn!(error = %e, "resuming the partitions failed");
                 }
@@ -190,8 +228,23 @@ impl Group {
                 tracing::error!("reading paused: {why}");
             }
             s.paused = Some(why);
-        } else {
-            s.refused = Some(why);
+        } else if s.refused.is_none() {
+            // A newcomer reads nothing until it holds every partition, and refuses if another
+            // process still holds some once the grace has passed ([`Group::refusal`]).
+            if s.waiting.is_none() {
+                tracing::warn!(
+                    topic = %self.topic,
+                    held,
+                    total,
+                    grace_s = self.grace.as_secs(),
+                    "this process holds only some partitions of its topic; it waits for a member that left without \
+                     a word (a process killed before this start) to time out, and stops if another process still \
+                     holds them then"
+                );
+            }
+            let since = s.waiting.take().map_or_else(Instant::now, |(since, _)| since);
+            s.paused = Some(format!("waiting to hold every partition of {}: {why}", self.topic));
+            s.waiting = Some((since, why));
         }
     }
 }

@@ -97,7 +97,8 @@ impl KafkaSource {
         for (k, v) in &opts.extra {
             cfg.set(k, v);
         }
-        let group = Arc::new(Group::new(topic, group_id, opts.one_process, opts.revoke_timeout));
+        let session_timeout = Duration::from_millis(opts.session_timeout_ms.into());
+        let group = Arc::new(Group::new(topic, group_id, opts.one_process, opts.revoke_timeout, session_timeout));
         let consumer: BaseConsumer<GroupContext> = cfg
             .create_with_context(GroupContext(group.clone()))
             .map_err(|e| format!("cannot create a Kafka consumer for {brokers}: {e}"))?;
@@ -256,7 +257,7 @@ fn poll_loop(consumer: &BaseConsumer<GroupContext>, group: &Group, tx: &mpsc::Se
 #[async_trait]
 impl Source for KafkaSource {
     async fn pull(&mut self, max: usize) -> BackendResult<Pull> {
-        if let Some(why) = lock(&self.group.sharing).refused.clone() {
+        if let Some(why) = self.group.refusal() {
             return Ok(Pull::Refused(why));
         }
         let mut out = Vec::new();
