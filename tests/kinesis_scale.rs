@@ -258,3 +258,70 @@ fn generated_streams_read_by_workers_that_join_and_die_decide_as_the_model_says(
     });
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
+
+/// A worker SIGKILLed leaves its leases in its name until they expire. One started after it
+/// with `follow = false` must not take those for a live worker's (whose shards are that
+/// worker's to drain) and stop at once, leaving them unread: a lease it has not seen renewed
+/// is waited out, taken and read to its end.
+#[test]
+fn a_draining_worker_started_after_one_was_killed_reads_the_dead_workers_shards() {
+    require_emulator();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let conf = rt.block_on(sdk_config());
+    let root = tempfile::tempdir().unwrap();
+    let stream = unique("drain");
+    rt.block_on(create_stream(&conf, &stream, 3));
+    let out = common::assetflow(
+        root.path(),
+        &["gen", "--sources", "3", "--assets", "20", "--runs", "2", "--bad", "0", "--out", "all.jsonl"],
+    );
+    assert!(out.status.success());
+    let all: Vec<String> =
+        std::fs::read_to_string(root.path().join("all.jsonl")).unwrap().lines().map(str::to_owned).collect();
+    let (first, second) = all.split_at(all.len() / 2);
+    rt.block_on(put_lines(&conf, &stream, first));
+    let leases = unique("leases");
+    let (control, history) = (table_name("control"), table_name("history"));
+    let worker = |follow: bool| {
+        let source = format!(
+            "kind = \"kinesis\"\nstream = \"{stream}\"\nlease_table = \"{leases}\"\ncreate_if_missing = true\nfailover = \"2s\"\nfollow = {follow}"
+        );
+        config(&source, &control, &history, &root.path().join("content"))
+    };
+    let mut killed = start(&root.path().join("killed"), &worker(true));
+    let upserts = |dir: &Path| common::read_lines_so_far(&dir.join("out/upsert.jsonl")).len();
+    wait_until(Duration::from_secs(60), || upserts(&killed.dir) >= 60);
+    assert!(upserts(&killed.dir) >= 60, "the first worker decides the first crawl: {}", upserts(&killed.dir));
+    // Its checkpoints written (a commit follows the events within a second or so).
+    std::thread::sleep(Duration::from_secs(2));
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+
+    rt.block_on(put_lines(&conf, &stream, second));
+    let dir = root.path().join("draining");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.toml"), worker(false)).unwrap();
+    let mut draining = bin()
+        .args(["run", "--summary-json", "summary.json"])
+        .current_dir(&dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn assetflow");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = draining.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = draining.kill();
+            panic!("the draining worker did not end in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success());
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let read = summary["events_in"].as_u64().unwrap_or(0);
+    assert!(read >= second.len() as u64, "it read what came after the kill: {read} of {} events", second.len());
+}

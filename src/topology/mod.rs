@@ -186,7 +186,10 @@ fn source(
                         ready.map_err(|e| backend_err(config, &format!("{key}.lease_table"), e))?;
                         let me = worker_id.clone().unwrap_or_else(default_worker_id);
                         tracing::info!(stream = %stream, lease_table = %table.name(), worker = %me, "reading the shards this worker leases");
-                        Box::new(source.with_leases(Leasing::new(table, me, *failover)))
+                        let one_process = matches!(config.control, ControlConfig::Embedded)
+                            || matches!(config.history, HistoryConfig::Embedded);
+                        let leasing = Leasing::new(table, me, *failover).serving_one_process(one_process);
+                        Box::new(source.with_leases(leasing))
                     }
                 }
             }

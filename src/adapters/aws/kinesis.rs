@@ -10,6 +10,11 @@
 //! checkpoints into the lease (refused once the lease moved: a worker that lost a shard stops
 //! reading it and its position never moves again), finishes a parent before any worker starts
 //! its children, and releases its leases when it stops.
+//!
+//! A topology whose control table or history is embedded serves one process, so its worker
+//! reads every shard or none: it never steals, and while another worker's unexpired lease is
+//! in the table it reads nothing; if that lasts twice the failover time (a live worker, not
+//! one killed before this start, whose leases would have expired by then), it refuses.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -70,6 +75,13 @@ pub struct Leasing {
     /// Every lease, as last listed: whose parents are finished.
     all: Vec<Lease>,
     cycled_at: Option<Instant>,
+    /// The topology keeps state that serves one process (an embedded control table or
+    /// history): this worker reads every shard or none.
+    one_process: bool,
+    /// One process: since when another worker has held an unexpired lease.
+    sharing: Option<Instant>,
+    /// One process: why this worker will not read at all (another worker reads the stream).
+    refused: Option<String>,
 }
 
 impl Leasing {
@@ -82,7 +94,16 @@ impl Leasing {
             held: HashMap::new(),
             all: Vec::new(),
             cycled_at: None,
+            one_process: false,
+            sharing: None,
+            refused: None,
         }
+    }
+
+    /// For a topology whose state serves one process (see the module's documentation).
+    pub fn serving_one_process(mut self, one_process: bool) -> Self {
+        self.one_process = one_process;
+        self
     }
 }
 
@@ -179,6 +200,9 @@ impl KinesisSource {
     /// Shards that may be read now: held, not finished, and every parent we know of is
     /// finished (with leases: its lease says `SHARD_END`, whoever held it).
     fn ready(&self) -> Vec<String> {
+        if self.leasing.as_ref().is_some_and(|l| l.sharing.is_some()) {
+            return Vec::new();
+        }
         let mut finished: HashSet<&str> = self.shards.values().filter(|s| s.finished).map(|s| s.id.as_str()).collect();
         if let Some(l) = &self.leasing {
             finished.extend(l.all.iter().filter(|l| l.is_finished()).map(|l| l.shard.as_str()));
@@ -231,9 +255,50 @@ impl KinesisSource {
                 && (lost.contains(&x.shard) || !l.held.contains_key(&x.shard))
         });
         let mut take: Vec<Lease> = own.cloned().collect();
-        take.extend(leases_to_take(&all, &me, |x| {
-            l.observations.expired(x, now, failover) && x.owner.as_deref() != Some(me.as_str())
-        }));
+        let expired = |x: &Lease| l.observations.expired(x, now, failover) && x.owner.as_deref() != Some(me.as_str());
+        // One process: the other workers holding an unexpired lease, which this one waits out.
+        let mut others: Vec<&str> = all
+            .iter()
+            .filter(|x| l.one_process && !x.is_finished() && !expired(x))
+            .filter_map(|x| x.owner.as_deref().filter(|o| *o != me))
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        if others.is_empty() {
+            take.extend(leases_to_take(&all, &me, expired));
+        }
+        let others = others.join(", ");
+        match (others.is_empty(), l.sharing) {
+            (true, Some(since)) => {
+                tracing::info!(stream = %self.stream, waited_ms = now.duration_since(since).as_millis() as u64, "no other worker holds a lease any more; this one reads every shard");
+                l.sharing = None;
+            }
+            (true, None) => {}
+            (false, None) => {
+                tracing::warn!(
+                    stream = %self.stream,
+                    workers = %others,
+                    grace_s = (failover * 2).as_secs(),
+                    "another worker holds shard leases; this one reads nothing while it waits for them to expire (a \
+                     worker killed before this start), and stops if that worker still renews them then"
+                );
+                l.sharing = Some(now);
+            }
+            (false, Some(since)) if l.refused.is_none() && now.duration_since(since) >= failover * 2 => {
+                l.refused = Some(format!(
+                    "the Kinesis stream `{stream}` is read through lease table `{table}` by another worker too \
+                     ({others}), but this topology keeps its control table or history in the embedded store, which \
+                     serves one process: a shard whose lease moved would be decided without its records. Run one \
+                     worker per lease table, or keep control and history in DynamoDB or PostgreSQL (control.kind \
+                     and history.kind, docs/CONFIG.md) (waited {waited} s, twice the failover time, for the leases \
+                     of a worker that stopped to expire)",
+                    stream = self.stream,
+                    table = l.table.name(),
+                    waited = now.duration_since(since).as_secs()
+                ));
+            }
+            (false, Some(_)) => {}
+        }
         let mut taken = Vec::new();
         for lease in take {
             match l.table.take(&lease, &me).await {
@@ -323,11 +388,22 @@ impl KinesisSource {
     /// children come next.
     fn drained(&self) -> bool {
         // With leases: the shards held by other live workers are theirs to drain; a free or
-        // expired one is still to be taken.
-        let others_free =
-            self.leasing.as_ref().is_some_and(|l| l.all.iter().any(|x| !x.is_finished() && x.owner.is_none()));
+        // expired one is still to be taken, and one whose owner this worker has not yet seen
+        // renew it may be a worker killed before this one started (taken once it expires).
+        let others_free = self.leasing.as_ref().is_some_and(|l| {
+            l.all.iter().any(|x| {
+                !x.is_finished()
+                    && match x.owner.as_deref() {
+                        None => true,
+                        Some(owner) => owner != l.me && !l.observations.renewed(x),
+                    }
+            })
+        });
+        // One process, waiting out another worker's leases: what they hold is this one's to read.
+        let waiting = self.leasing.as_ref().is_some_and(|l| l.sharing.is_some());
         !self.follow
             && !others_free
+            && !waiting
             && self.outstanding() == 0
             && self.shards.values().filter(|s| s.held).all(|s| s.finished || (s.started && s.caught_up && !s.closed))
     }
@@ -386,6 +462,9 @@ impl Source for KinesisSource {
             self.list_shards().await?;
         }
         self.lease_cycle().await?;
+        if let Some(why) = self.leasing.as_ref().and_then(|l| l.refused.clone()) {
+            return Ok(Pull::Refused(why));
+        }
         let ready = self.ready();
         if ready.is_empty() {
             return Ok(if self.drained() { Pull::Drained } else { Pull::Idle });
@@ -443,6 +522,16 @@ impl Source for KinesisSource {
                 }
             }
         }
+    }
+
+    /// Not ready while this worker waits out another's leases (one process).
+    fn not_ready(&self) -> Option<String> {
+        let l = self.leasing.as_ref().filter(|l| l.sharing.is_some())?;
+        Some(format!(
+            "waiting for another worker's leases on {} to expire (lease table {})",
+            self.stream,
+            l.table.name()
+        ))
     }
 
     /// Milliseconds behind the tip, the most of any shard being read.

@@ -22,15 +22,25 @@ use super::table::Lease;
 /// What this worker has seen of each lease's counter, and since when.
 #[derive(Debug, Default)]
 pub struct Observations {
-    seen: HashMap<String, (u64, Instant)>,
+    seen: HashMap<String, Seen>,
+}
+
+#[derive(Debug)]
+struct Seen {
+    counter: u64,
+    since: Instant,
+    /// The counter moved while this worker watched: its owner was alive then.
+    moved: bool,
 }
 
 impl Observations {
     /// Records a listing made at `now`.
     pub fn observe(&mut self, leases: &[Lease], now: Instant) {
         for l in leases {
-            if self.seen.get(&l.shard).is_none_or(|(counter, _)| *counter != l.counter) {
-                self.seen.insert(l.shard.clone(), (l.counter, now));
+            let seen = self.seen.get(&l.shard);
+            if seen.is_none_or(|s| s.counter != l.counter) {
+                let moved = seen.is_some();
+                self.seen.insert(l.shard.clone(), Seen { counter: l.counter, since: now, moved });
             }
         }
         self.seen.retain(|k, _| leases.iter().any(|l| &l.shard == k));
@@ -42,10 +52,16 @@ impl Observations {
             return true;
         }
         match self.seen.get(&lease.shard) {
-            Some((counter, since)) => *counter == lease.counter && now.duration_since(*since) >= failover,
+            Some(s) => s.counter == lease.counter && now.duration_since(s.since) >= failover,
             // Never seen before: give its owner a whole failover time.
             None => false,
         }
+    }
+
+    /// This worker has seen the lease's counter move (a renewal or a checkpoint): its owner
+    /// was alive since this worker started watching, not a worker killed before it.
+    pub fn renewed(&self, lease: &Lease) -> bool {
+        self.seen.get(&lease.shard).is_some_and(|s| s.moved)
     }
 }
 
@@ -185,5 +201,19 @@ mod tests {
         // A lease never seen before is given a whole failover time; a free one is free.
         assert!(!obs.expired(&lease("new", Some("c")), t0 + Duration::from_secs(100), failover));
         assert!(obs.expired(&lease("free", None), t0, failover));
+    }
+
+    #[test]
+    fn a_lease_counts_as_renewed_only_once_its_counter_moved_while_watched() {
+        let t0 = Instant::now();
+        let mut obs = Observations::default();
+        let mut l = lease("s0", Some("b"));
+        obs.observe(std::slice::from_ref(&l), t0);
+        assert!(!obs.renewed(&l), "first seen: its owner may have died before this worker came");
+        obs.observe(std::slice::from_ref(&l), t0 + Duration::from_secs(1));
+        assert!(!obs.renewed(&l), "seen again unchanged");
+        l.counter += 1;
+        obs.observe(std::slice::from_ref(&l), t0 + Duration::from_secs(2));
+        assert!(obs.renewed(&l), "its counter moved");
     }
 }
