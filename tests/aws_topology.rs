@@ -170,6 +170,20 @@ fn generated_streams_with_control_history_and_content_in_dynamodb_and_s3_decide_
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
+/// A model stream's lines put on a fresh Kinesis stream of two shards (partition key: the
+/// source), and the `[[sources]]` section that reads it to its end.
+fn on_a_kinesis_stream<'a>(
+    rt: &'a tokio::runtime::Runtime,
+    conf: &'a aws_config::SdkConfig,
+) -> impl Fn(&[String]) -> String + 'a {
+    move |lines: &[String]| {
+        let stream = unique("events");
+        rt.block_on(create_stream(conf, &stream, 2));
+        rt.block_on(put_lines(conf, &stream, lines));
+        format!("[[sources]]\nkind = \"kinesis\"\nstream = \"{stream}\"\nfollow = false\n{}", aws_section())
+    }
+}
+
 /// The reference model's streams read from AWS transports instead of a file: a Kinesis stream
 /// of two shards (partition key: the source) and an SQS FIFO queue (message group: the source).
 /// A FIFO group gives nothing more while one of its messages is in flight, so there a run's
@@ -180,12 +194,7 @@ fn generated_streams_read_from_kinesis_and_an_sqs_fifo_queue_decide_as_the_model
     require_emulator();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let conf = rt.block_on(sdk_config());
-    let kinesis = |lines: &[String]| {
-        let stream = unique("events");
-        rt.block_on(create_stream(&conf, &stream, 2));
-        rt.block_on(put_lines(&conf, &stream, lines));
-        format!("[[sources]]\nkind = \"kinesis\"\nstream = \"{stream}\"\nfollow = false\n{}", aws_section())
-    };
+    let kinesis = on_a_kinesis_stream(&rt, &conf);
     let sqs = |lines: &[String]| {
         let url = rt.block_on(create_fifo_queue(&conf, &unique("events")));
         rt.block_on(send_lines_fifo(&conf, &url, lines));
@@ -209,12 +218,7 @@ fn generated_streams_read_from_kinesis_by_a_process_killed_at_random_moments_dec
     require_emulator();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let conf = rt.block_on(sdk_config());
-    let kinesis = |lines: &[String]| {
-        let stream = unique("events");
-        rt.block_on(create_stream(&conf, &stream, 2));
-        rt.block_on(put_lines(&conf, &stream, lines));
-        format!("[[sources]]\nkind = \"kinesis\"\nstream = \"{stream}\"\nfollow = false\n{}", aws_section())
-    };
+    let kinesis = on_a_kinesis_stream(&rt, &conf);
     let mut rng = fastrand::Rng::with_seed(19);
     let failed = model::harness::each(5000..5008, |seed| {
         let kills = model::harness::Kills::AtOutputs(0..1000);

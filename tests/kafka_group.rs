@@ -39,17 +39,6 @@ fn lines(path: &Path) -> usize {
     std::fs::read_to_string(path).map(|t| t.lines().count()).unwrap_or(0)
 }
 
-/// The lines of `assetflow gen` for 3 sources of `assets` assets each, over `runs` runs.
-fn crawl_lines(assets: &str, runs: &str) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let out = common::assetflow(
-        dir.path(),
-        &["gen", "--sources", "3", "--assets", assets, "--runs", runs, "--bad", "0", "--out", "all.jsonl"],
-    );
-    assert!(out.status.success());
-    std::fs::read_to_string(dir.path().join("all.jsonl")).unwrap().lines().map(str::to_owned).collect()
-}
-
 /// Polls `/status.json` until `want` holds of it, or the deadline passes.
 fn wait_status(port: u16, deadline: Duration, want: impl Fn(&serde_json::Value) -> bool) -> bool {
     let started = Instant::now();
@@ -70,7 +59,7 @@ fn a_second_process_on_a_group_with_embedded_state_refuses_and_the_first_goes_on
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (topic, group) = (unique("shared"), unique("group"));
     rt.block_on(create_topic(&topic, 3));
-    let all = crawl_lines("30", "2");
+    let all = common::crawl_lines("30", "2");
     let (first, second) = all.split_at(all.len() / 2);
     rt.block_on(produce_lines(&topic, first));
 
@@ -88,24 +77,7 @@ fn a_second_process_on_a_group_with_embedded_state_refuses_and_the_first_goes_on
 
     let b = tempfile::tempdir().unwrap();
     std::fs::write(b.path().join("config.toml"), config(&topic, &group, "")).unwrap();
-    let mut second_process = common::bin()
-        .arg("run")
-        .current_dir(b.path())
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn the second process");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = second_process.try_wait().unwrap() {
-            break s;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "the second process neither refused nor ended");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(second_process.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let (status, stderr) = common::run_until_it_ends(b.path(), &["run"], Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "the second process refuses: {stderr}");
     assert!(stderr.contains("embedded store") && stderr.contains("postgres"), "and says what to change: {stderr}");
     let decided_by_b = lines(&b.path().join("out/upsert.jsonl")) + lines(&b.path().join("out/drop.jsonl"));
@@ -142,7 +114,7 @@ fn a_lone_process_that_drains_the_topic_leaves_its_group_without_an_error() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (topic, group) = (unique("drained"), unique("group"));
     rt.block_on(create_topic(&topic, 3));
-    let all = crawl_lines("20", "1");
+    let all = common::crawl_lines("20", "1");
     let dir = tempfile::tempdir().unwrap();
     rt.block_on(produce_lines(&topic, &all));
     let config =
@@ -167,7 +139,7 @@ fn a_process_in_a_crash_loop_waits_out_its_old_members_instead_of_refusing() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (topic, group) = (unique("restarted"), unique("group"));
     rt.block_on(create_topic(&topic, 3));
-    let all = crawl_lines("20", "2");
+    let all = common::crawl_lines("20", "2");
     let (first, second) = all.split_at(all.len() / 2);
     rt.block_on(produce_lines(&topic, first));
 
@@ -195,27 +167,8 @@ fn a_process_in_a_crash_loop_waits_out_its_old_members_instead_of_refusing() {
     let config =
         config(&topic, &group, "").replace("session_timeout_ms = 6000", "session_timeout_ms = 6000\nfollow = false");
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
-    let mut restarted = common::bin()
-        .args(["run", "--summary-json", "summary.json"])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn the restarted process");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = restarted.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > Duration::from_secs(90) {
-            let _ = restarted.kill();
-            panic!("the restarted process did not read the topic to its end in 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(restarted.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let args = ["run", "--summary-json", "summary.json"];
+    let (status, stderr) = common::run_until_it_ends(dir.path(), &args, Duration::from_secs(90));
     assert!(status.success(), "the restarted process reads on: {stderr}");
     assert!(!stderr.contains("with another process"), "{stderr}");
     let summary: serde_json::Value =

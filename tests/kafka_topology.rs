@@ -158,13 +158,10 @@ fn every_shared_scenario_through_kafka() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-/// The reference model's streams read from a topic of three partitions (key: the source), one
-/// process of a fresh group: several sources share a partition, each source's order kept.
-#[test]
-fn generated_streams_read_from_a_topic_decide_as_the_model_says() {
-    require_broker();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let topic = |lines: &[String]| {
+/// A model stream's lines produced to a fresh topic of three partitions (key: the source), and
+/// the `[[sources]]` section that reads it with a fresh group to its end.
+fn on_a_topic(rt: &tokio::runtime::Runtime) -> impl Fn(&[String]) -> String + '_ {
+    move |lines: &[String]| {
         let topic = unique("events");
         rt.block_on(create_topic(&topic, 3));
         rt.block_on(produce_lines(&topic, lines));
@@ -173,7 +170,16 @@ fn generated_streams_read_from_a_topic_decide_as_the_model_says() {
             brokers(),
             unique("assetflow")
         )
-    };
+    }
+}
+
+/// The reference model's streams read from a topic of three partitions (key: the source), one
+/// process of a fresh group: several sources share a partition, each source's order kept.
+#[test]
+fn generated_streams_read_from_a_topic_decide_as_the_model_says() {
+    require_broker();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let topic = on_a_topic(&rt);
     let failed =
         model::harness::each(0..3, |seed| model::harness::clean_from(seed, true, &topic, &model::harness::embedded));
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
@@ -190,16 +196,7 @@ fn generated_streams_read_from_a_topic_decide_as_the_model_says() {
 fn generated_streams_read_from_a_topic_by_a_process_killed_at_random_moments_decide_as_the_model_says() {
     require_broker();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let topic = |lines: &[String]| {
-        let topic = unique("events");
-        rt.block_on(create_topic(&topic, 3));
-        rt.block_on(produce_lines(&topic, lines));
-        format!(
-            "[[sources]]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopic = \"{topic}\"\ngroup = \"{}\"\nfollow = false\nsession_timeout_ms = 6000\n",
-            brokers(),
-            unique("assetflow")
-        )
-    };
+    let topic = on_a_topic(&rt);
     let mut rng = fastrand::Rng::with_seed(17);
     let failed = model::harness::each(5000..5002, |seed| {
         let kills = model::harness::Kills::AtOutputs(0..15_000);

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::aws::*;
@@ -36,17 +34,6 @@ listen = "{admin}"
     )
 }
 
-/// The lines of `assetflow gen` for 3 sources of 20 assets each, over 2 runs.
-fn crawl_lines() -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let out = common::assetflow(
-        dir.path(),
-        &["gen", "--sources", "3", "--assets", "20", "--runs", "2", "--bad", "0", "--out", "all.jsonl"],
-    );
-    assert!(out.status.success());
-    std::fs::read_to_string(dir.path().join("all.jsonl")).unwrap().lines().map(str::to_owned).collect()
-}
-
 fn events_in(port: u16) -> u64 {
     let Some((200, body)) = http_get(port, "/status.json") else { return 0 };
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -64,32 +51,6 @@ fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
     false
 }
 
-/// `assetflow run` in `dir` with its stderr kept, until it ends by itself (or `limit`).
-fn run_until_it_ends(dir: &Path, limit: Duration) -> (std::process::ExitStatus, String) {
-    let mut child = common::bin()
-        .args(["run", "--summary-json", "summary.json"])
-        .current_dir(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn assetflow");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            panic!("the process neither ended nor refused in {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    (status, stderr)
-}
-
 #[test]
 fn a_second_worker_on_a_lease_table_with_embedded_state_refuses_and_the_first_goes_on() {
     require_emulator();
@@ -97,7 +58,7 @@ fn a_second_worker_on_a_lease_table_with_embedded_state_refuses_and_the_first_go
     let conf = rt.block_on(sdk_config());
     let (stream, leases) = (unique("one-worker"), unique("leases"));
     rt.block_on(create_stream(&conf, &stream, 3));
-    let all = crawl_lines();
+    let all = common::crawl_lines("20", "2");
     let (first, second) = all.split_at(all.len() / 2);
     rt.block_on(put_lines(&conf, &stream, first));
 
@@ -114,7 +75,7 @@ fn a_second_worker_on_a_lease_table_with_embedded_state_refuses_and_the_first_go
     // refuses, having read nothing.
     let b = tempfile::tempdir().unwrap();
     std::fs::write(b.path().join("config.toml"), config(&stream, &leases, "", true)).unwrap();
-    let (status, stderr) = run_until_it_ends(b.path(), Duration::from_secs(60));
+    let (status, stderr) = common::run_until_it_ends(b.path(), &["run"], Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "the second worker refuses: {stderr}");
     assert!(
         stderr.contains("embedded store") && stderr.contains("DynamoDB or PostgreSQL"),
@@ -144,7 +105,7 @@ fn a_worker_killed_and_started_again_waits_out_its_old_leases_and_reads_on() {
     let conf = rt.block_on(sdk_config());
     let (stream, leases) = (unique("restarted"), unique("leases"));
     rt.block_on(create_stream(&conf, &stream, 3));
-    let all = crawl_lines();
+    let all = common::crawl_lines("20", "2");
     let (first, second) = all.split_at(all.len() / 2);
     rt.block_on(put_lines(&conf, &stream, first));
 
@@ -164,7 +125,8 @@ fn a_worker_killed_and_started_again_waits_out_its_old_leases_and_reads_on() {
 
     rt.block_on(put_lines(&conf, &stream, second));
     std::fs::write(dir.path().join("config.toml"), config(&stream, &leases, "", false)).unwrap();
-    let (status, stderr) = run_until_it_ends(dir.path(), Duration::from_secs(60));
+    let (status, stderr) =
+        common::run_until_it_ends(dir.path(), &["run", "--summary-json", "summary.json"], Duration::from_secs(60));
     assert!(status.success(), "the restarted worker reads on: {stderr}");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();

@@ -271,13 +271,7 @@ fn a_draining_worker_started_after_one_was_killed_reads_the_dead_workers_shards(
     let root = tempfile::tempdir().unwrap();
     let stream = unique("drain");
     rt.block_on(create_stream(&conf, &stream, 3));
-    let out = common::assetflow(
-        root.path(),
-        &["gen", "--sources", "3", "--assets", "20", "--runs", "2", "--bad", "0", "--out", "all.jsonl"],
-    );
-    assert!(out.status.success());
-    let all: Vec<String> =
-        std::fs::read_to_string(root.path().join("all.jsonl")).unwrap().lines().map(str::to_owned).collect();
+    let all = common::crawl_lines("20", "2");
     let (first, second) = all.split_at(all.len() / 2);
     rt.block_on(put_lines(&conf, &stream, first));
     let leases = unique("leases");
@@ -301,26 +295,9 @@ fn a_draining_worker_started_after_one_was_killed_reads_the_dead_workers_shards(
     let dir = root.path().join("draining");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("config.toml"), worker(false)).unwrap();
-    let mut draining = bin()
-        .args(["run", "--summary-json", "summary.json"])
-        .current_dir(&dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn assetflow");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = draining.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = draining.kill();
-            panic!("the draining worker did not end in 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert!(status.success());
+    let args = ["run", "--summary-json", "summary.json"];
+    let (status, stderr) = common::run_until_it_ends(&dir, &args, Duration::from_secs(60));
+    assert!(status.success(), "{stderr}");
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     let read = summary["events_in"].as_u64().unwrap_or(0);
     assert!(read >= second.len() as u64, "it read what came after the kill: {read} of {} events", second.len());

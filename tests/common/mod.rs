@@ -279,6 +279,17 @@ pub fn http_request(port: u16, method: &str, path: &str, body: &[u8]) -> Option<
 }
 
 /// `assetflow run` in `dir`, in the background, quiet.
+/// The lines of `assetflow gen` for 3 sources of `assets` assets each, over `runs` runs.
+pub fn crawl_lines(assets: &str, runs: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = assetflow(
+        dir.path(),
+        &["gen", "--sources", "3", "--assets", assets, "--runs", runs, "--bad", "0", "--out", "all.jsonl"],
+    );
+    assert!(out.status.success());
+    std::fs::read_to_string(dir.path().join("all.jsonl")).unwrap().lines().map(str::to_owned).collect()
+}
+
 pub fn spawn_run(dir: &Path) -> std::process::Child {
     bin()
         .arg("run")
@@ -288,4 +299,38 @@ pub fn spawn_run(dir: &Path) -> std::process::Child {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn assetflow")
+}
+
+/// `assetflow` with `args` in `dir` (`RUST_LOG=warn`), its stderr kept, until it ends by
+/// itself: its exit status and stderr. Past `limit` it is killed and the test fails: a process
+/// that neither ends nor refuses is what these tests are there to catch.
+pub fn run_until_it_ends(dir: &Path, args: &[&str], limit: std::time::Duration) -> (std::process::ExitStatus, String) {
+    let mut child = bin()
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn assetflow");
+    // Read while it runs: a full pipe would otherwise stall a process that logs much.
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`assetflow {}` neither ended nor refused in {limit:?}: {}", args.join(" "), reader.join().unwrap());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    (status, reader.join().unwrap())
 }
