@@ -39,20 +39,6 @@ fn lines(path: &Path) -> usize {
     std::fs::read_to_string(path).map(|t| t.lines().count()).unwrap_or(0)
 }
 
-/// Polls `/status.json` until `want` holds of it, or the deadline passes.
-fn wait_status(port: u16, deadline: Duration, want: impl Fn(&serde_json::Value) -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < deadline {
-        if let Some((200, body)) = http_get(port, "/status.json") {
-            if serde_json::from_str(&body).is_ok_and(|v| want(&v)) {
-                return true;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
-}
-
 #[test]
 fn a_second_process_on_a_group_with_embedded_state_refuses_and_the_first_goes_on() {
     require_broker();
@@ -67,11 +53,8 @@ fn a_second_process_on_a_group_with_embedded_state_refuses_and_the_first_goes_on
     let a = tempfile::tempdir().unwrap();
     std::fs::write(a.path().join("config.toml"), config(&topic, &group, &format!("127.0.0.1:{port}"))).unwrap();
     let mut first_process = common::spawn_run(a.path());
-    let events_in = |v: &serde_json::Value| {
-        v["events_in"].as_object().map_or(0, |m| m.values().filter_map(|n| n.as_u64()).sum::<u64>())
-    };
     assert!(
-        wait_status(port, Duration::from_secs(60), |v| events_in(v) == first.len() as u64),
+        common::wait_until(Duration::from_secs(60), || common::events_in(port) == first.len() as u64),
         "the first process reads the topic"
     );
 
@@ -87,7 +70,7 @@ fn a_second_process_on_a_group_with_embedded_state_refuses_and_the_first_goes_on
     // what comes next.
     rt.block_on(produce_lines(&topic, second));
     assert!(
-        wait_status(port, Duration::from_secs(60), |v| events_in(v) == all.len() as u64),
+        common::wait_until(Duration::from_secs(60), || common::events_in(port) == all.len() as u64),
         "the first process reads on after the second left"
     );
     // A member that left without a word stays in the group until its session times out, and
@@ -147,11 +130,8 @@ fn a_process_in_a_crash_loop_waits_out_its_old_members_instead_of_refusing() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.toml"), config(&topic, &group, &format!("127.0.0.1:{port}"))).unwrap();
     let mut killed = common::spawn_run(dir.path());
-    let events_in = |v: &serde_json::Value| {
-        v["events_in"].as_object().map_or(0, |m| m.values().filter_map(|n| n.as_u64()).sum::<u64>())
-    };
     assert!(
-        wait_status(port, Duration::from_secs(60), |v| events_in(v) == first.len() as u64),
+        common::wait_until(Duration::from_secs(60), || common::events_in(port) == first.len() as u64),
         "the first process reads the topic"
     );
     killed.kill().unwrap();

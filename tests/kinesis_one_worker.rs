@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::aws::*;
-use common::{free_port, http_get};
+use common::free_port;
 
 fn config(stream: &str, leases: &str, admin: &str, follow: bool) -> String {
     format!(
@@ -34,23 +34,6 @@ listen = "{admin}"
     )
 }
 
-fn events_in(port: u16) -> u64 {
-    let Some((200, body)) = http_get(port, "/status.json") else { return 0 };
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    v["events_in"].as_object().map_or(0, |m| m.values().filter_map(|n| n.as_u64()).sum())
-}
-
-fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
-}
-
 #[test]
 fn a_second_worker_on_a_lease_table_with_embedded_state_refuses_and_the_first_goes_on() {
     require_emulator();
@@ -67,7 +50,7 @@ fn a_second_worker_on_a_lease_table_with_embedded_state_refuses_and_the_first_go
     std::fs::write(a.path().join("config.toml"), config(&stream, &leases, &format!("127.0.0.1:{port}"), true)).unwrap();
     let mut first_worker = common::spawn_run(a.path());
     assert!(
-        wait_until(Duration::from_secs(60), || events_in(port) == first.len() as u64),
+        common::wait_until(Duration::from_secs(60), || common::events_in(port) == first.len() as u64),
         "the first worker reads the stream"
     );
 
@@ -86,7 +69,7 @@ fn a_second_worker_on_a_lease_table_with_embedded_state_refuses_and_the_first_go
 
     rt.block_on(put_lines(&conf, &stream, second));
     assert!(
-        wait_until(Duration::from_secs(60), || events_in(port) == all.len() as u64),
+        common::wait_until(Duration::from_secs(60), || common::events_in(port) == all.len() as u64),
         "the first worker reads on, every shard still its own"
     );
     // SAFETY: signalling our own child.
@@ -115,7 +98,7 @@ fn a_worker_killed_and_started_again_waits_out_its_old_leases_and_reads_on() {
         .unwrap();
     let mut killed = common::spawn_run(dir.path());
     assert!(
-        wait_until(Duration::from_secs(60), || events_in(port) == first.len() as u64),
+        common::wait_until(Duration::from_secs(60), || common::events_in(port) == first.len() as u64),
         "the first start reads the stream"
     );
     // Its checkpoints written (a commit follows the events within a second or so).

@@ -290,6 +290,26 @@ pub fn crawl_lines(assets: &str, runs: &str) -> Vec<String> {
     std::fs::read_to_string(dir.path().join("all.jsonl")).unwrap().lines().map(str::to_owned).collect()
 }
 
+/// Events the service whose admin listens on `port` has read so far (every source's
+/// `events_in` in `/status.json`); 0 while it does not answer.
+pub fn events_in(port: u16) -> u64 {
+    let Some((200, body)) = http_get(port, "/status.json") else { return 0 };
+    let v: Value = serde_json::from_str(&body).unwrap_or_default();
+    v["events_in"].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
+}
+
+/// Polls `ok` every 200 ms until it holds or `limit` has passed; whether it held.
+pub fn wait_until(limit: std::time::Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    false
+}
+
 pub fn spawn_run(dir: &Path) -> std::process::Child {
     bin()
         .arg("run")
