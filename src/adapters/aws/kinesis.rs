@@ -257,17 +257,21 @@ impl KinesisSource {
         let mut take: Vec<Lease> = own.cloned().collect();
         let expired = |x: &Lease| l.observations.expired(x, now, failover) && x.owner.as_deref() != Some(me.as_str());
         // One process: the other workers holding an unexpired lease, which this one waits out.
-        let mut others: Vec<&str> = all
-            .iter()
-            .filter(|x| l.one_process && !x.is_finished() && !expired(x))
-            .filter_map(|x| x.owner.as_deref().filter(|o| *o != me))
-            .collect();
+        let mut others: Vec<&str> = if l.one_process {
+            all.iter()
+                .filter(|x| !x.is_finished() && !expired(x))
+                .filter_map(|x| x.owner.as_deref().filter(|o| *o != me))
+                .collect()
+        } else {
+            Vec::new()
+        };
         others.sort_unstable();
         others.dedup();
         if others.is_empty() {
             take.extend(leases_to_take(&all, &me, expired));
         }
         let others = others.join(", ");
+        let grace = failover * 2;
         match (others.is_empty(), l.sharing) {
             (true, Some(since)) => {
                 tracing::info!(stream = %self.stream, waited_ms = now.duration_since(since).as_millis() as u64, "no other worker holds a lease any more; this one reads every shard");
@@ -278,13 +282,13 @@ impl KinesisSource {
                 tracing::warn!(
                     stream = %self.stream,
                     workers = %others,
-                    grace_s = (failover * 2).as_secs(),
+                    grace_s = grace.as_secs(),
                     "another worker holds shard leases; this one reads nothing while it waits for them to expire (a \
                      worker killed before this start), and stops if that worker still renews them then"
                 );
                 l.sharing = Some(now);
             }
-            (false, Some(since)) if l.refused.is_none() && now.duration_since(since) >= failover * 2 => {
+            (false, Some(since)) if l.refused.is_none() && now.duration_since(since) >= grace => {
                 l.refused = Some(format!(
                     "the Kinesis stream `{stream}` is read through lease table `{table}` by another worker too \
                      ({others}), but this topology keeps its control table or history in the embedded store, which \

@@ -231,18 +231,21 @@ impl Group {
         } else if s.refused.is_none() {
             // A newcomer reads nothing until it holds every partition, and refuses if another
             // process still holds some once the grace has passed ([`Group::refusal`]).
-            if s.waiting.is_none() {
-                tracing::warn!(
-                    topic = %self.topic,
-                    held,
-                    total,
-                    grace_s = self.grace.as_secs(),
-                    "this process holds only some partitions of its topic; it waits for a member that left without \
-                     a word (a process killed before this start) to time out, and stops if another process still \
-                     holds them then"
-                );
-            }
-            let since = s.waiting.take().map_or_else(Instant::now, |(since, _)| since);
+            let since = match s.waiting.take() {
+                Some((since, _)) => since,
+                None => {
+                    tracing::warn!(
+                        topic = %self.topic,
+                        held,
+                        total,
+                        grace_s = self.grace.as_secs(),
+                        "this process holds only some partitions of its topic; it waits for a member that left without \
+                         a word (a process killed before this start) to time out, and stops if another process still \
+                         holds them then"
+                    );
+                    Instant::now()
+                }
+            };
             s.paused = Some(format!("waiting to hold every partition of {}: {why}", self.topic));
             s.waiting = Some((since, why));
         }
