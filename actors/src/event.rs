@@ -166,6 +166,13 @@ pub fn decode(raw: &[u8], max_bytes: usize) -> Result<AssetEvent, Rejection> {
     // One pass splits an object into its members; only when that fails is the text looked at
     // again, to tell a message that is not JSON from JSON that is not an object.
     let members = sorted_members(text).map_err(|split| match serde_json::from_str::<&RawValue>(text) {
+        // Editors on Windows save one; JSON forbids it, and "expected value at line 1 column 1"
+        // would not say why a line that looks right was refused.
+        Err(_) if text.starts_with('\u{feff}') => reject(
+            RejectKind::InvalidJson,
+            "not JSON: it starts with a byte order mark (U+FEFF), which JSON does not allow; write UTF-8 without one",
+            None,
+        ),
         Err(e) => reject(RejectKind::InvalidJson, format!("not JSON: {e}"), None),
         Ok(doc) if !doc.get().starts_with('{') => {
             reject(RejectKind::InvalidEvent, format!("expected a JSON object, got {}", raw_type_name(doc)), None)
@@ -595,6 +602,16 @@ mod tests {
         );
         assert_eq!(kind(br#"{"event_id":"e","source":"s","run_id":"r","status":"completed","emitted_at":"2026-11-01T10:00:00Z","expected_assets":-1}"#), RejectKind::InvalidEvent);
         assert_eq!(kind(br#"{"event_id":"e","source":"s","run_id":"r","status":"running","emitted_at":"2026-11-01T10:00:00Z","asset":{"database":"d","schema":"","table":"t"}}"#), RejectKind::InvalidEvent);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_refused_saying_so() {
+        let event =
+            r#"{"event_id":"e","source":"s","run_id":"r","status":"completed","emitted_at":"2026-11-01T10:00:00Z"}"#;
+        let refused = decode(format!("\u{feff}{event}").as_bytes(), 1 << 20).expect_err("JSON has no BOM");
+        assert_eq!(refused.kind, RejectKind::InvalidJson);
+        assert!(refused.message.contains("byte order mark"), "{}", refused.message);
+        assert!(decode(event.as_bytes(), 1 << 20).is_ok());
     }
 
     #[test]

@@ -395,7 +395,8 @@ impl Index {
         }
         let count = u64::from_le_bytes(header[8..].try_into().unwrap_or_default());
         let len = file.metadata().map_err(|e| fail("read history", e))?.len();
-        if len != 16 + count * ENTRY {
+        // A damaged count must not overflow: the file's length is what says it is whole.
+        if count.checked_mul(ENTRY).and_then(|entries| entries.checked_add(16)) != Some(len) {
             return Ok(None);
         }
         Ok(Some(Index { file, path: path.to_owned(), count }))
@@ -592,5 +593,8 @@ mod tests {
         let len = std::fs::metadata(&index).unwrap().len();
         OpenOptions::new().write(true).open(&index).unwrap().set_len(len - 3).unwrap();
         assert_eq!(ids(&log.read("k", 10).unwrap()), ["1", "0"], "the segment is scanned instead");
+        // A count so large that the length it implies overflows (a read panicked on it).
+        std::fs::write(&index, [&INDEX_MAGIC[..], &u64::MAX.to_le_bytes()].concat()).unwrap();
+        assert_eq!(ids(&log.read("k", 10).unwrap()), ["1", "0"], "a damaged count is scanned past");
     }
 }

@@ -101,7 +101,10 @@ impl Config {
         let (mut config, failed) = deserialize_each(doc.clone());
         if failed.is_empty() {
             for key in unknown_keys(&doc, &config) {
-                tracing::warn!("{file}: unknown key `{key}` is ignored (check its spelling against docs/CONFIG.md)");
+                let from = set_by(&key, env).map(|how| format!(" ({how})")).unwrap_or_default();
+                tracing::warn!(
+                    "{file}: unknown key `{key}`{from} is ignored (check its spelling against docs/CONFIG.md)"
+                );
             }
         }
         config.file = path.to_path_buf();
@@ -116,6 +119,12 @@ impl Config {
         problems.extend(validation::problems(&config).into_iter().filter(|p| {
             !failed.iter().any(|f| p.key.starts_with(f.key.as_str()) || f.key.starts_with(p.key.as_str()))
         }));
+        // The file may say something else: a value from the environment is named as such.
+        for p in &mut problems {
+            if let Some(how) = set_by(&p.key, env) {
+                p.message.push_str(&format!(" ({how})"));
+            }
+        }
         if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid { file, problems }) }
     }
 
@@ -152,14 +161,14 @@ fn deserialize_each(mut doc: toml::Value) -> (Config, Vec<Problem>) {
         let Some(value) = table.get_mut(&key) else { continue };
         match (key.as_str(), value) {
             ("sources", toml::Value::Array(entries)) => {
-                let mut kept = Vec::new();
-                for (i, entry) in entries.drain(..).enumerate() {
-                    match serde_path_to_error::deserialize::<_, SourceConfig>(entry.clone()) {
-                        Ok(_) => kept.push(entry),
-                        Err(e) => failed.push(field_problem(e, &format!("sources[{i}]."))),
+                for (i, entry) in entries.iter_mut().enumerate() {
+                    if let Err(e) = serde_path_to_error::deserialize::<_, SourceConfig>(entry.clone()) {
+                        failed.push(field_problem(e, &format!("sources[{i}].")));
+                        // A stand-in keeps the entries after it at their places, so that the
+                        // rules about them name the index the file gives them.
+                        *entry = toml::Value::Table([("kind".to_owned(), "stdin".into())].into_iter().collect());
                     }
                 }
-                *entries = kept;
             }
             ("sinks", toml::Value::Table(sinks)) => {
                 let names: Vec<String> = sinks.keys().cloned().collect();
@@ -338,6 +347,27 @@ fn expand_env(v: &mut toml::Value, key: &str, file: &Path, env: &BTreeMap<String
 }
 
 /// `ASSETFLOW__SECTION__KEY=value` sets `section.key` (numbers index arrays: `SOURCES__0__PATH`).
+/// How the environment had a hand in `key` (`sources[0].path`, as a problem names it): the
+/// `ASSETFLOW__…` variable that set it or a table it is in, or one that set a key inside it (a
+/// source entry's problem names only the entry).
+fn set_by(key: &str, env: &BTreeMap<String, String>) -> Option<String> {
+    let key = key.replace('[', ".").replace(']', "");
+    let set = |name: &String| {
+        let rest = name.strip_prefix("ASSETFLOW__")?;
+        Some((name.clone(), rest.split("__").map(str::to_lowercase).collect::<Vec<_>>().join(".")))
+    };
+    let overrides: Vec<(String, String)> = env.keys().filter_map(set).collect();
+    if let Some((name, _)) = overrides.iter().find(|(_, set)| key == *set || key.starts_with(&format!("{set}."))) {
+        return Some(format!("set by {name}"));
+    }
+    let inside: Vec<&str> = overrides
+        .iter()
+        .filter(|(_, set)| set.starts_with(&format!("{key}.")))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    (!inside.is_empty()).then(|| format!("{} set a key inside it", inside.join(", ")))
+}
+
 fn apply_overrides(doc: &mut toml::Value, file: &Path, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("ASSETFLOW__") else {
@@ -442,6 +472,25 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_value_from_the_environment_names_its_variable() {
+        // The file sets neither key: a message naming only the key would send its reader to a
+        // file that holds nothing wrong.
+        let err = parse(MIN, &[("ASSETFLOW__PIPELINE__SHARDS", "four"), ("ASSETFLOW__SOURCES__0__FOLLOW", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`pipeline.shards`") && err.contains("(set by ASSETFLOW__PIPELINE__SHARDS)"), "{err}");
+        assert!(
+            err.contains("`sources[0]") && err.contains("(ASSETFLOW__SOURCES__0__FOLLOW set a key inside it)"),
+            "{err}"
+        );
+        let err = parse(&format!("{MIN}[pipeline]\nshards = 0\n"), &[("ASSETFLOW__PIPELINE__MAILBOX", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("(set by ASSETFLOW__PIPELINE__MAILBOX)"), "{err}");
+        assert_eq!(err.matches("set by").count(), 1, "the file's own mistake is the file's: {err}");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let err = parse(&format!("{MIN}[pipeline]\nshards = \"four\"\n"), &[]).unwrap_err().to_string();
         assert!(err.contains("pipeline.shards"), "{err}");
@@ -473,11 +522,16 @@ mod tests {
         assert_eq!(err.lines().count(), 3, "{err}");
         assert!(err.lines().all(|l| l.starts_with("/cfg/config.toml: key `")), "one line each, naming the file: {err}");
 
-        // Two broken entries of one list, and a rule about another section.
-        let text = "[[sources]]\nkind = \"file\"\n[[sources]]\nkind = \"kafka\"\nbrokers = \"b\"\n[decisor]\nmax_drop_fraction = 2.0\n";
+        // Three broken entries of one list, and rules about other sections.
+        let text = "[[sources]]\nkind = \"file\"\n[[sources]]\nkind = \"kafka\"\nbrokers = \"b\"\n\
+                    [[sources]]\nkind = \"http\"\nlisten = \"8088\"\n\
+                    [decisor]\nmax_drop_fraction = 2.0\n[admin]\nlisten = \"localhost\"\n";
         let mut keys: Vec<String> = problems(text).into_iter().map(|p| p.key).collect();
         keys.sort();
-        assert_eq!(keys, ["decisor.max_drop_fraction", "sources[0].path", "sources[1].topic"]);
+        assert_eq!(
+            keys,
+            ["admin.listen", "decisor.max_drop_fraction", "sources[0].path", "sources[1].topic", "sources[2].listen"]
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What serde cannot check: ranges, paths and identifiers. Every rule runs, so a file with
 //! several mistakes reports them all at once.
 
-use super::sections::{ControlConfig, HistoryConfig, StageName};
+use super::sections::{ControlConfig, HistoryConfig, SourceConfig, StageName};
 use super::{Config, Problem};
 use crate::adapters::postgres::valid_table;
 
@@ -27,6 +27,13 @@ pub fn problems(c: &Config) -> Vec<Problem> {
     }
     if c.sources.is_empty() {
         bad("sources", "expected at least one [[sources]] entry, e.g. kind = \"file\", path = \"events.jsonl\"".into());
+    }
+    for (i, source) in c.sources.iter().enumerate() {
+        if let SourceConfig::Http { listen, .. } = source
+            && !is_listen_address(listen)
+        {
+            bad(&format!("sources[{i}].listen"), format!("expected host:port like \"127.0.0.1:8088\", got {listen:?}"));
+        }
     }
     for (i, ptr) in c.enricher.lookup().lookup.iter().enumerate() {
         if !ptr.starts_with('/') {
@@ -68,5 +75,43 @@ pub fn problems(c: &Config) -> Vec<Problem> {
     if c.retry.attempts == 0 {
         bad("retry.attempts", "expected at least 1 attempt".into());
     }
+    if !c.admin.listen.is_empty() && !is_listen_address(&c.admin.listen) {
+        bad(
+            "admin.listen",
+            format!(
+                "expected host:port like \"127.0.0.1:9464\", or \"\" to turn the admin server off, got {:?}",
+                c.admin.listen
+            ),
+        );
+    }
     out
+}
+
+/// `host:port` with a port number, the host a name, an IPv4 address or an IPv6 one in
+/// brackets: what a bind could resolve, checked without resolving it (`check-config` must not
+/// need DNS, and whether the port is free is only known when the service starts).
+fn is_listen_address(listen: &str) -> bool {
+    listen.rsplit_once(':').is_some_and(|(host, port)| {
+        let host_ok = match host.strip_prefix('[') {
+            Some(v6) => v6.strip_suffix(']').is_some_and(|v6| !v6.is_empty()),
+            None => !host.is_empty() && !host.contains([':', ']']),
+        };
+        host_ok && port.parse::<u16>().is_ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_listen_address;
+
+    #[test]
+    fn a_listen_address_is_a_host_and_a_port() {
+        for good in ["127.0.0.1:9464", "0.0.0.0:0", "localhost:8088", "[::1]:9464", "catalog.internal:80"] {
+            assert!(is_listen_address(good), "{good}");
+        }
+        for bad in ["", "notanaddr", "127.0.0.1", ":9464", "127.0.0.1:", "127.0.0.1:99999", "::1:9464", "[]:80", "h:p"]
+        {
+            assert!(!is_listen_address(bad), "{bad}");
+        }
+    }
 }

@@ -28,19 +28,19 @@ pub struct GenParams {
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
     /// Share of assets whose content changes between two runs.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = share)]
     pub churn: f64,
     /// Share of assets a run does not see (dropped, and back in a later run).
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = 0.02, value_parser = share)]
     pub missing: f64,
     /// Size of one `running` event's line, in bytes (to within ~30, a column; at least ~270).
     #[arg(long, default_value_t = 1024)]
     pub payload: usize,
     /// Share of events delivered twice (exact re-deliveries).
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = share)]
     pub redeliver: f64,
     /// Share of lines that are malformed.
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = 0.001, value_parser = share)]
     pub bad: f64,
     /// Every Nth run of a source stops half-way (its completion must trip the drop guard); 0: never.
     #[arg(long, default_value_t = 0)]
@@ -51,6 +51,14 @@ pub struct GenParams {
     /// in the full stream): a "steady crawl" over state a full first run left behind.
     #[arg(long, default_value_t = 0)]
     pub skip_runs: usize,
+}
+
+/// A share from 0 to 1, for `gen`'s `--churn`, `--missing`, `--redeliver` and `--bad`.
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("expected a share from 0 to 1 (0.02 is 2%), got {text}")),
+    }
 }
 
 impl Default for GenParams {
@@ -169,6 +177,15 @@ pub fn generate(p: &GenParams, out: &mut dyn Write) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_share_is_from_zero_to_one() {
+        assert_eq!(share("0.02"), Ok(0.02));
+        assert_eq!(share("1"), Ok(1.0));
+        for bad in ["2", "-0.1", "NaN", "ten"] {
+            assert!(share(bad).unwrap_err().contains(bad), "{bad}");
+        }
+    }
 
     /// Benchmarks and the issues that set their targets name events by `--payload`: a stream
     /// of "1.2 KB events" must be one.
