@@ -164,6 +164,29 @@ fn err(op: &str, e: fjall::Error) -> BackendError {
     BackendError::new(BACKEND, op, e, FailureKind::Transient)
 }
 
+/// Why the store at `path` (or its keyspace `keyspace`) would not open, and what to do about it.
+fn open_error(path: &Path, keyspace: Option<&str>, e: fjall::Error) -> String {
+    let store = match keyspace {
+        Some(name) => format!("the embedded store {} ({name})", path.display()),
+        None => format!("the embedded store {}", path.display()),
+    };
+    match e {
+        fjall::Error::Locked => format!(
+            "{} is in use by another assetflow process; stop it first (or give this one another pipeline.state_dir)",
+            path.display()
+        ),
+        fjall::Error::Io(io) | fjall::Error::Storage(fjall::LsmError::Io(io)) => {
+            format!("cannot open {store}: {io}; check that this user may read and write its folder and files")
+        }
+        // A checksum that does not match, a block that does not decode, a journal that does not
+        // recover: bytes on disk that are not what was written.
+        damaged => format!(
+            "{store} is damaged and cannot be opened ({damaged}): restore pipeline.state_dir from a backup, or move \
+             it aside to start with empty state (every asset is then new again)"
+        ),
+    }
+}
+
 /// Runs blocking store work where the caller's thread allows it ([`threads::blocking`]).
 async fn blocking<T: Send + 'static>(
     op: &'static str,
@@ -192,13 +215,7 @@ impl StateStore {
             .max_journaling_size(JOURNAL_BYTES)
             .worker_threads(STORE_WORKERS)
             .open()
-            .map_err(|e| match e {
-                fjall::Error::Locked => format!(
-                    "{} is in use by another assetflow process; stop it first (or give this one another pipeline.state_dir)",
-                    path.display()
-                ),
-                other => format!("cannot open the embedded store {}: {other}", path.display()),
-            })?;
+            .map_err(|e| open_error(&path, None, e))?;
         // These options take effect where a keyspace is created; an existing one keeps its own.
         // Pinned index and filter blocks (a few bytes per asset, loaded with each table) keep
         // a point read from fetching them through the cache.
@@ -210,8 +227,7 @@ impl StateStore {
                     .filter_block_pinning_policy(PinningPolicy::all(true))
                     .compaction_strategy(Arc::new(Leveled::default().with_table_target_size(table)))
             };
-            db.keyspace(name, options)
-                .map_err(|e| format!("cannot open the embedded store {} ({name}): {e}", path.display()))
+            db.keyspace(name, options).map_err(|e| open_error(&path, Some(name), e))
         };
         let control = opened("control", MEMTABLE_BYTES, DEFAULT_TABLE_BYTES)?;
         let stamps = opened("stamps", STAMPS_MEMTABLE_BYTES, STAMPS_TABLE_BYTES)?;

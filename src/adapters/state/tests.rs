@@ -559,6 +559,30 @@ async fn a_meta_keyspace_killed_before_its_current_pointer_is_made_again_on_the_
     assert_eq!(runs, ["r1"], "what the store took after that start is there after the next");
 }
 
+/// Bytes on disk that are not what was written (a disk fault, a copy cut short) stop the start
+/// with what to do, not only the engine's words for it.
+#[tokio::test]
+async fn a_damaged_store_names_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    store.put_many(&[RecordWrite::new(record("pg", "pg/db/s/t", "r1"), 2)]).await.unwrap();
+    drop(store);
+    let mut damaged = 0;
+    for keyspace in std::fs::read_dir(dir.path().join("state/keyspaces")).unwrap() {
+        let Ok(tables) = std::fs::read_dir(keyspace.unwrap().path().join("tables")) else { continue };
+        for table in tables {
+            let path = table.unwrap().path();
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[10..20].fill(0xa5);
+            std::fs::write(&path, bytes).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "a closed store has tables to damage");
+    let Err(e) = StateStore::open(dir.path()) else { panic!("a damaged store opened") };
+    assert!(e.contains("is damaged") && e.contains("restore pipeline.state_dir from a backup"), "{e}");
+}
+
 /// The table size a keyspace compacts to, as fjall keeps it for the keyspace.
 fn table_target(ks: &Keyspace) -> u64 {
     let config = ks.config.compaction_strategy.get_config();
