@@ -21,7 +21,7 @@ use crate::adapters::dead_letter_file::DeadLetterFile;
 use crate::adapters::kafka::dead_letters::KafkaDeadLetters;
 use crate::adapters::state::StateStore;
 use crate::admin::AdminState;
-use crate::config::{Config, SinkConfig, redact_url};
+use crate::config::{Config, ControlConfig, HistoryConfig, SinkConfig, redact_url};
 use crate::topology::{Graph, build_ports, graph, open_control, open_state, settings};
 
 /// What a finished run did, for the closing summary.
@@ -423,8 +423,27 @@ pub enum Listing {
     Json,
 }
 
+/// Why there is nothing to read where the embedded stores would be: nothing has run with this
+/// config yet, or the command runs from another folder than the service did. A read must not
+/// create a store there (one created in the wrong folder would then look like a real one).
+fn nothing_ran_yet(config: &Config) -> Option<String> {
+    let dir = config.state_dir();
+    (!dir.join("state").exists()).then(|| {
+        format!(
+            "no state in {} yet: nothing has run with this config (pipeline.state_dir, relative to the config file's folder)",
+            dir.display()
+        )
+    })
+}
+
 /// `assetflow history KEY`: the asset's history rows, newest first.
 pub fn history(config: &Config, asset_key: &str, limit: usize, listing: Listing) -> anyhow::Result<String> {
+    if matches!(config.history, HistoryConfig::Embedded)
+        && let Some(why) = nothing_ran_yet(config)
+    {
+        tracing::warn!("{why}");
+        return Ok(if listing == Listing::Json { String::new() } else { format!("no history for {asset_key}\n") });
+    }
     let state = open_state(config)?;
     let rows = actix_rt::System::new().block_on(async move {
         let store = crate::topology::open_history(config, &state).await?;
@@ -481,14 +500,14 @@ pub fn fold(config: &Config) -> anyhow::Result<String> {
 /// `assetflow assets`: the control table, optionally filtered, read through the control store
 /// the config names (embedded, DynamoDB...).
 pub fn assets(config: &Config, source: Option<&str>, status: Option<&str>, listing: Listing) -> anyhow::Result<String> {
-    let state = open_state(config)?;
-    let mut records = actix_rt::System::new().block_on(async move {
-        let store = open_control(config, &state).await?;
-        anyhow::Ok(match source {
-            Some(s) => store.list_source(s).await?,
-            None => store.list_all().await?,
-        })
-    })?;
+    let unread = matches!(config.control, ControlConfig::Embedded).then(|| nothing_ran_yet(config)).flatten();
+    let mut records = match unread {
+        Some(why) => {
+            tracing::warn!("{why}");
+            Vec::new()
+        }
+        None => read_assets(config, source)?,
+    };
     records.retain(|r| {
         r.is_asset() && source.is_none_or(|s| r.source == s) && status.is_none_or(|s| r.status.as_str() == s)
     });
@@ -528,5 +547,17 @@ fn record_json(r: &assetflow_actors::record::ControlRecord) -> serde_json::Value
         "dropped_at": r.dropped_at.map(rfc3339),
         "content_ref": r.content_ref,
         "version": r.version,
+    })
+}
+
+/// Every control record, or a source's, through the control store the config names.
+fn read_assets(config: &Config, source: Option<&str>) -> anyhow::Result<Vec<assetflow_actors::record::ControlRecord>> {
+    let state = open_state(config)?;
+    actix_rt::System::new().block_on(async move {
+        let store = open_control(config, &state).await?;
+        anyhow::Ok(match source {
+            Some(s) => store.list_source(s).await?,
+            None => store.list_all().await?,
+        })
     })
 }

@@ -172,6 +172,28 @@ fn history_and_assets_read_back_a_run() {
 }
 
 #[test]
+fn reading_before_anything_ran_says_so_and_creates_no_state() {
+    // Run from another folder than the service's, a read once created an empty store there,
+    // which then looked like the real one.
+    let scenario = scenarios().into_iter().find(|p| p.ends_with("basics")).expect("basics scenario");
+    let dir = prepare(&scenario);
+    for args in [&["assets"][..], &["assets", "--format", "json"], &["history", "pg/sales/public/orders"]] {
+        let out = assetflow(dir.path(), args);
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains("nothing has run with this config"), "{args:?}: {stderr}");
+        assert!(
+            stdout.is_empty() || stdout.contains("0 assets") || stdout.contains("no history"),
+            "{args:?}: {stdout}"
+        );
+    }
+    assert!(!dir.path().join("state").exists(), "a read leaves no state dir behind (state_dir = \"state\")");
+    assert!(assetflow(dir.path(), &["run"]).status.success());
+    let out = assetflow(dir.path(), &["assets"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("nothing has run"), "once it ran, it reads");
+}
+
+#[test]
 fn output_to_a_reader_that_has_gone_is_no_crash() {
     use std::os::fd::{FromRawFd, OwnedFd};
     // stdout is a pipe whose reader has gone, as `assetflow history KEY | head` once `head` has
