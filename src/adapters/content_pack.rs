@@ -273,10 +273,18 @@ impl ContentStore for ContentPacks {
 pub enum ReadError {
     #[error("{0} is not a file:// content ref (s3:// content is read with the AWS tools)")]
     NotAFileRef(String),
-    #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
-    #[error("{asset_key} at {hash} is not in {path}")]
-    NotInPack { path: String, asset_key: String, hash: String },
+    #[error("cannot read {path}: {reason}")]
+    Io { path: String, reason: std::io::Error },
+    #[error("{asset_key} at {hash} is not in {path}{}", damaged_lines(*unreadable))]
+    NotInPack { path: String, asset_key: String, hash: String, unreadable: usize },
+}
+
+/// What a pack's unreadable lines may have hidden, for [`ReadError::NotInPack`].
+fn damaged_lines(unreadable: usize) -> String {
+    match unreadable {
+        0 => String::new(),
+        n => format!(" ({n} of its lines cannot be read: the file is damaged, and the content may be on one of them)"),
+    }
 }
 
 /// The content a `file://` ref points at, in either layout: the whole file, or the pack line's
@@ -284,13 +292,12 @@ pub enum ReadError {
 pub fn read_content(content_ref: &str) -> Result<String, ReadError> {
     let rest = content_ref.strip_prefix("file://").ok_or_else(|| ReadError::NotAFileRef(content_ref.into()))?;
     fn io(path: &str) -> impl FnOnce(std::io::Error) -> ReadError + '_ {
-        move |source| ReadError::Io { path: path.to_owned(), source }
+        move |reason| ReadError::Io { path: path.to_owned(), reason }
     }
     let Some((path, entry)) = rest.split_once('#') else {
         return std::fs::read_to_string(rest).map_err(io(rest));
     };
     let (asset_key, hash) = entry.rsplit_once('@').unwrap_or((entry, ""));
-    let not_found = || ReadError::NotInPack { path: path.into(), asset_key: unescape(asset_key), hash: unescape(hash) };
     let file = File::open(path).map_err(io(path))?;
     #[derive(serde::Deserialize)]
     struct Line<'a> {
@@ -299,15 +306,24 @@ pub fn read_content(content_ref: &str) -> Result<String, ReadError> {
         #[serde(borrow)]
         content: &'a serde_json::value::RawValue,
     }
-    for line in BufReader::new(file).lines() {
+    // A line that does not read is skipped: a torn last one (a crash mid-append) is what no ref
+    // points at, and a damaged one (bytes that are not UTF-8 or JSON) must not hide the others.
+    let (mut unreadable, mut last_torn) = (0, false);
+    for line in BufReader::new(file).split(b'\n') {
         let line = line.map_err(io(path))?;
-        // A torn last line (a crash mid-append) is skipped: nothing refers to it.
-        let Ok(found) = serde_json::from_str::<Line>(&line) else { continue };
+        let Ok(found) = serde_json::from_slice::<Line>(&line) else {
+            unreadable += 1;
+            last_torn = true;
+            continue;
+        };
+        last_torn = false;
         if escape(&found.asset_key) == asset_key && escape(&found.hash) == hash {
             return Ok(found.content.get().to_owned());
         }
     }
-    Err(not_found())
+    // A torn last line is what a crash leaves, not damage.
+    let unreadable = unreadable - usize::from(last_torn);
+    Err(ReadError::NotInPack { path: path.into(), asset_key: unescape(asset_key), hash: unescape(hash), unreadable })
 }
 
 /// Undoes [`escape`], for messages.
@@ -372,6 +388,29 @@ mod tests {
         let pack = pack_of(&a.content_ref).unwrap();
         OpenOptions::new().append(true).open(&pack).unwrap().write_all(br#"{"asset_key":"pg/db/s/b","ha"#).unwrap();
         assert_eq!(read_content(&a.content_ref).unwrap(), r#"{"a":1}"#);
+        let b_in_that_pack = a.content_ref.replace("s%2Fa@", "s%2Fb@");
+        let err = read_content(&b_in_that_pack).unwrap_err().to_string();
+        assert!(err.contains("pg/db/s/b at h1 is not in"), "{err}");
+        assert!(!err.contains("damaged"), "what a crash leaves is not damage: {err}");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_line_hides_only_itself_and_a_miss_says_the_pack_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentPacks::open(dir.path()).unwrap();
+        let items: Vec<ContentPut> = ["a", "b", "c"].map(|k| put(&store, &format!("k/{k}"), "h1", r#"{"x":1}"#)).into();
+        store.put_many(&items).await.unwrap();
+        let pack = pack_of(&items[0].content_ref).unwrap();
+        let mut bytes = std::fs::read(&pack).unwrap();
+        // Bytes that are not UTF-8 in the first line and the second: a read of the third once
+        // stopped at the first ("stream did not contain valid UTF-8").
+        let second = bytes.iter().position(|b| *b == b'\n').unwrap() + 1;
+        bytes[5] = 0xff;
+        bytes[second + 5] = 0xff;
+        std::fs::write(&pack, bytes).unwrap();
+        assert_eq!(read_content(&items[2].content_ref).unwrap(), r#"{"x":1}"#);
+        let err = read_content(&items[0].content_ref).unwrap_err().to_string();
+        assert!(err.contains("k/a at h1 is not in") && err.contains("2 of its lines cannot be read"), "{err}");
     }
 
     #[tokio::test]
