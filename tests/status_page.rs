@@ -256,13 +256,20 @@ fn a_throttled_sink_is_marked_as_the_slowest_stage() {
     }
     let url = format!("http://127.0.0.1:{port}/");
     let dom = render(&url, None);
+    // What the page drew from, read right after it: if the page ever points elsewhere (it did
+    // once in 36 runs), this says whether the data or the drawing was wrong.
+    let status = http_get(port, "/status.json").map(|(_, body)| body).unwrap_or_default();
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/status-page-throttled-sink.png");
     std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
     render(&url, Some(&shot));
     let _ = child.kill();
     let _ = child.wait();
     assert!(throttle.requests.load(std::sync::atomic::Ordering::SeqCst) > 0, "the sink went through the throttle");
-    assert_eq!(slowest(&dom).as_deref(), Some("upsert_producer"), "the page must point at the throttled sink: {dom}");
+    assert_eq!(
+        slowest(&dom).as_deref(),
+        Some("upsert_producer"),
+        "the page must point at the throttled sink:\n/status.json just after: {status}\npage: {dom}"
+    );
     assert!(dom.contains("◀ slowest stage"), "and say so in words: {dom}");
     assert!(deepest > 0.0, "the upsert producer's mailbox depth moved under load");
 }
