@@ -31,6 +31,10 @@ pub struct FileSource {
     state: StateStore,
     checkpoint_key: String,
     max_line: usize,
+    /// The inode of the file read, to tell a replaced file (rotation by rename) from this one.
+    inode: u64,
+    /// Whether [`FileSource::rotation`] has been reported, so it is logged once, not per poll.
+    rotation_reported: bool,
 }
 
 impl FileSource {
@@ -40,7 +44,8 @@ impl FileSource {
         let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let checkpoint_key = format!("file:{}", canonical.display());
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let meta = file.metadata().map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let (len, inode) = (meta.len(), std::os::unix::fs::MetadataExt::ino(&meta));
         let saved = state.offset(&checkpoint_key).map_err(|e| e.to_string())?.unwrap_or(0);
         let offset = if saved > len {
             tracing::warn!(file = %path.display(), saved, len, "file is shorter than its checkpoint (replaced or truncated?); reading it from the start");
@@ -66,6 +71,25 @@ impl FileSource {
             state,
             checkpoint_key,
             max_line: max_line.saturating_add(1),
+            inode,
+            rotation_reported: false,
+        })
+    }
+
+    /// Why what is written at the path now is not being read, if it is not: the file was
+    /// truncated below the position read (`copytruncate`) or another file took its name
+    /// (rotation by rename). Followed reading stays with the file it opened, as it grows.
+    fn rotation(&self) -> Option<String> {
+        let meta = std::fs::metadata(&self.path).ok()?;
+        let replaced = std::os::unix::fs::MetadataExt::ino(&meta) != self.inode;
+        (replaced || meta.len() < self.offset).then(|| {
+            format!(
+                "{} was {} while followed: rotation is not followed, and what is written there now is not read. \
+                 Restart the service to read it (a file shorter than its checkpoint is read from its start, a longer \
+                 one from the checkpoint), or follow the file the crawler keeps appending to",
+                self.path.display(),
+                if replaced { "replaced by another file" } else { "truncated below the position read" },
+            )
         })
     }
 }
@@ -136,6 +160,12 @@ impl Source for FileSource {
         self.partial_start = start;
         self.offset = offset;
         if read.lines.is_empty() {
+            if read.eof && self.follow && !self.rotation_reported {
+                if let Some(why) = self.rotation() {
+                    tracing::warn!(source = %self.name, "{why}");
+                    self.rotation_reported = true;
+                }
+            }
             return Ok(if read.eof && !self.follow { Pull::Drained } else { Pull::Idle });
         }
         let mut out = Vec::with_capacity(read.lines.len());
@@ -297,6 +327,28 @@ mod tests {
         std::fs::write(&path, &text).unwrap();
         let got = read_all(&mut source(dir.path(), &path, false, 100)).await;
         assert_eq!(got, vec![(vec![b'x'; 101], 0), (b"{\"next\":1}".to_vec(), long.len() as u64 + 1)]);
+    }
+
+    // Followed reading stays with the file it opened; a truncated or replaced one is reported
+    // (it was a silent stall), and a file that only grew is not.
+    #[tokio::test]
+    async fn a_followed_file_truncated_or_replaced_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, b"{\"a\":1}\n{\"b\":2}\n").unwrap();
+        let mut src = source(dir.path(), &path, true, 1 << 20);
+        assert_eq!(read_all(&mut src).await.len(), 2);
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"c\":3}\n").unwrap();
+        assert_eq!(src.rotation(), None, "a file that grew is the same file");
+        assert_eq!(read_all(&mut src).await.len(), 1);
+        std::fs::write(&path, b"{\"d\":4}\n").unwrap();
+        assert!(src.rotation().is_some_and(|why| why.contains("truncated")), "{:?}", src.rotation());
+
+        let mut src = source(&dir.path().join("second"), &path, true, 1 << 20);
+        assert_eq!(read_all(&mut src).await.len(), 1);
+        std::fs::rename(&path, dir.path().join("in.jsonl.1")).unwrap();
+        std::fs::write(&path, b"{\"e\":5}\n{\"f\":6}\n").unwrap();
+        assert!(src.rotation().is_some_and(|why| why.contains("replaced")), "{:?}", src.rotation());
     }
 
     // A followed file's last line may still be being written: it is held until its newline.
