@@ -428,7 +428,7 @@ pub enum Listing {
 /// create a store there (one created in the wrong folder would then look like a real one).
 fn nothing_ran_yet(config: &Config) -> Option<String> {
     let dir = config.state_dir();
-    (!dir.join("state").exists()).then(|| {
+    (!StateStore::exists_in(&dir)).then(|| {
         format!(
             "no state in {} yet: nothing has run with this config (pipeline.state_dir, relative to the config file's folder)",
             dir.display()

@@ -196,10 +196,21 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl StateStore {
+    /// Whether a store has been made in `dir` (a `pipeline.state_dir`): what a command that only
+    /// reads asks before [`StateStore::open`], which would make one.
+    pub fn exists_in(dir: &Path) -> bool {
+        Self::path_in(dir).exists()
+    }
+
+    /// Where the store of `dir` keeps its database.
+    fn path_in(dir: &Path) -> PathBuf {
+        dir.join("state")
+    }
+
     /// Opens (or creates) the store in `{dir}/state/`.
     pub fn open(dir: &Path) -> Result<StateStore, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create pipeline.state_dir {}: {e}", dir.display()))?;
-        let path = dir.join("state");
+        let path = Self::path_in(dir);
         match unfinished::clear_unfinished_create(&path) {
             Ok(true) => {
                 tracing::warn!(path = %path.display(), "the embedded store's creation was cut short (a crash); creating it again")
